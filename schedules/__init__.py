@@ -1,0 +1,1 @@
+"""tvmq's kernel library: TE computes, schedule templates and packing for CPU kernels."""

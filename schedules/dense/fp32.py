@@ -1,0 +1,83 @@
+"""fp32 dense: ``out[n, k] = act(sum_c data[n, c] * weight[k, c] + bias[k])``.
+
+Weights are packed ``[K/oc_bn, C, oc_bn]`` so the reduction streams one contiguous vector of
+output channels per input feature (batch-1 inference is a weight-bandwidth-bound GEMV). The output
+channel tail is padded inside the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te
+
+from ..common import apply_activation, ceil_div
+from ..target_features import TargetFeatures
+from ..workload import DenseWorkload
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    oc_bn: int
+    unroll_c: int
+
+
+def fallback_config(wl: DenseWorkload, features: TargetFeatures) -> DenseConfig:
+    unroll = max(d for d in (1, 2, 4, 8) if wl.in_features % d == 0)
+    return DenseConfig(oc_bn=features.fp32_lanes * 2, unroll_c=unroll)
+
+
+def packed_weight_shape(wl: DenseWorkload, cfg: DenseConfig) -> tuple[int, ...]:
+    return (ceil_div(wl.out_features, cfg.oc_bn), wl.in_features, cfg.oc_bn)
+
+
+def pack_weight(weight: np.ndarray, wl: DenseWorkload, cfg: DenseConfig) -> np.ndarray:
+    if weight.shape != wl.weight_shape:
+        raise ValueError(f"weight shape {weight.shape} does not match workload {wl.weight_shape}")
+    kb, c, oc_bn = packed_weight_shape(wl, cfg)
+    padded = np.zeros((kb * oc_bn, c), dtype=np.float32)
+    padded[: wl.out_features] = weight
+    return np.ascontiguousarray(padded.reshape(kb, oc_bn, c).transpose(0, 2, 1))
+
+
+def output_shape(wl: DenseWorkload) -> tuple[int, ...]:
+    return wl.out_shape
+
+
+def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
+    kb, c_, oc_bn = packed_weight_shape(wl, cfg)
+    data = te.placeholder(wl.data_shape, "float32", name="data")
+    weight = te.placeholder((kb, c_, oc_bn), "float32", name="weight")
+    rc = te.reduce_axis((0, c_), "rc")
+    acc = te.compute((wl.batch, kb, oc_bn),
+                     lambda n, b, ko: te.sum(data[n, rc] * weight[b, rc, ko], axis=[rc]),
+                     name="dense")
+    args: list[te.Tensor] = [data, weight]
+    bias = None
+    if wl.epilogue.bias:
+        bias = te.placeholder((wl.out_features,), "float32", name="bias")
+        args.append(bias)
+
+    def epilogue(n, k):  # type: ignore[no-untyped-def]
+        v = acc[n, k // oc_bn, k % oc_bn]
+        if bias is not None:
+            v = v + bias[k]
+        return apply_activation(v, wl.epilogue)
+
+    return args + [te.compute(wl.out_shape, epilogue, name="out")]
+
+
+def schedule(sch, wl: DenseWorkload, cfg: DenseConfig) -> None:  # type: ignore[no-untyped-def]
+    acc_b = sch.get_sblock("dense")
+    out_b = sch.get_sblock("out")
+    n, b, ko, rc = sch.get_loops(acc_b)
+    rco, rci = sch.split(rc, [None, cfg.unroll_c])
+    sch.reorder(n, b, rco, rci, ko)
+    outer = sch.fuse(n, b)
+    sch.parallel(outer)
+    sch.vectorize(ko)
+    sch.reverse_compute_at(out_b, outer, preserve_unit_loops=True)
+    init = sch.decompose_reduction(acc_b, rco)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(rci)

@@ -1,0 +1,108 @@
+"""The kernel registry: ``KernelKey(op, precision, isa) -> KernelDef``.
+
+Each ``KernelDef`` bundles what it takes to run one kind of layer: the TE compute, the schedule
+template, the fallback configuration (chosen from the shape, no tuning), the weight packing and
+the shape of the kernel's output buffer. ``select`` picks the best kernel the target's features
+allow, walking down the ISA levels to the portable one; a miss names the keys that exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .conv2d import fp32 as conv2d_fp32
+from .dense import fp32 as dense_fp32
+from .depthwise import fp32 as depthwise_fp32
+from .target_features import ISA_LEVELS, TargetFeatures
+from .workload import Conv2dWorkload, DenseWorkload, Workload
+
+OPS = ("conv2d", "depthwise_conv2d", "dense")
+
+
+@dataclass(frozen=True)
+class KernelKey:
+    op: str
+    precision: str
+    isa: str
+
+    def __str__(self) -> str:
+        return f"{self.op}/{self.precision}/{self.isa}"
+
+
+@dataclass(frozen=True)
+class KernelDef:
+    key: KernelKey
+    compute: Callable[[Any, Any], list]
+    schedule: Callable[[Any, Any, Any], None]
+    fallback_config: Callable[[Any, TargetFeatures], Any]
+    pack_weight: Callable[[np.ndarray, Any, Any], np.ndarray]
+    output_shape: Callable[[Any], tuple[int, ...]]
+    description: str = ""
+
+    def build_primfunc(self, workload: Workload, config: Any):  # type: ignore[no-untyped-def]
+        """The scheduled ``PrimFunc`` (attribute ``tirx.is_scheduled`` set)."""
+        from tvm import s_tir, te
+
+        func = te.create_prim_func(self.compute(workload, config))
+        sch = s_tir.Schedule(func)
+        self.schedule(sch, workload, config)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+class KernelNotFound(LookupError):
+    pass
+
+
+_REGISTRY: dict[KernelKey, KernelDef] = {}
+
+
+def register(kernel: KernelDef) -> KernelDef:
+    if kernel.key in _REGISTRY:
+        raise ValueError(f"kernel {kernel.key} registered twice")
+    _REGISTRY[kernel.key] = kernel
+    return kernel
+
+
+def registered_keys() -> list[KernelKey]:
+    return sorted(_REGISTRY, key=str)
+
+
+def get(key: KernelKey) -> KernelDef:
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        known = ", ".join(str(k) for k in registered_keys())
+        raise KernelNotFound(f"no kernel {key}; registered: {known}") from None
+
+
+def op_of(workload: Workload) -> str:
+    if isinstance(workload, DenseWorkload):
+        return "dense"
+    if isinstance(workload, Conv2dWorkload):
+        return "depthwise_conv2d" if workload.is_depthwise else "conv2d"
+    raise TypeError(f"not a workload: {workload!r}")
+
+
+def select(op: str, precision: str, features: TargetFeatures) -> KernelDef:
+    """The best registered kernel for ``op``/``precision`` that ``features`` can run."""
+    start = ISA_LEVELS.index(features.isa)
+    for isa in ISA_LEVELS[start:]:
+        kernel = _REGISTRY.get(KernelKey(op, precision, isa))
+        if kernel is not None:
+            return kernel
+    known = ", ".join(str(k) for k in registered_keys())
+    raise KernelNotFound(f"no {op}/{precision} kernel runs on a {features.isa} target; "
+                         f"registered: {known}")
+
+
+for _op, _mod, _desc in (
+    ("conv2d", conv2d_fp32, "NCHWc register-tiled direct conv, dense and grouped"),
+    ("depthwise_conv2d", depthwise_fp32, "channel-vectorised NCHWc depthwise conv"),
+    ("dense", dense_fp32, "packed-weight GEMV/GEMM"),
+):
+    # fp32 kernels are written once for every ISA: the vector width comes from the config
+    register(KernelDef(KernelKey(_op, "fp32", "generic"), _mod.compute, _mod.schedule,
+                       _mod.fallback_config, _mod.pack_weight, _mod.output_shape, _desc))

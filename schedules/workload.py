@@ -1,0 +1,161 @@
+"""Workload descriptions: the shape facts a kernel is compiled for.
+
+A workload is everything that changes the generated code of one layer: shapes, strides, padding,
+groups and the fused epilogue. Two layers with equal workloads share one compiled kernel (their
+weights are arguments), and the workload's ``key`` is what the tuning database is keyed on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+Activation = Literal["none", "relu", "clip"]
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What a kernel does to its accumulator before it stores it.
+
+    ``bias`` adds a per-output-channel vector; ``activation`` is applied after the bias:
+    ``relu`` is ``max(x, 0)``, ``clip`` is ``min(max(x, clip_min), clip_max)`` (ReLU6 is
+    ``clip`` with 0 and 6).
+    """
+
+    bias: bool = True
+    activation: Activation = "none"
+    clip_min: float = 0.0
+    clip_max: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("none", "relu", "clip"):
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.activation == "clip" and not self.clip_min <= self.clip_max:
+            raise ValueError(f"clip_min {self.clip_min} > clip_max {self.clip_max}")
+
+
+@dataclass(frozen=True)
+class Conv2dWorkload:
+    """A 2-D convolution, NCHW data and OIHW weights as ONNX has them.
+
+    ``groups == 1`` is a dense conv, ``groups == in_channels == out_channels`` a depthwise
+    conv, anything between a grouped conv.
+    """
+
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+    pad_bottom: int = 0
+    pad_right: int = 0
+    dilation_h: int = 1
+    dilation_w: int = 1
+    groups: int = 1
+    epilogue: Epilogue = Epilogue()
+
+    def __post_init__(self) -> None:
+        ints = [f.name for f in dataclasses.fields(self) if f.name != "epilogue"]
+        for name in ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"Conv2dWorkload.{name} must be an int, got {value!r}")
+        positive = ("batch", "in_channels", "height", "width", "out_channels", "kernel_h",
+                    "kernel_w", "stride_h", "stride_w", "dilation_h", "dilation_w", "groups")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"Conv2dWorkload.{name} must be >= 1, got {getattr(self, name)}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"channels {self.in_channels}->{self.out_channels} not divisible "
+                             f"by groups {self.groups}")
+        if self.out_height < 1 or self.out_width < 1:
+            raise ValueError(f"convolution output would be empty: {self}")
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def out_height(self) -> int:
+        span = (self.kernel_h - 1) * self.dilation_h + 1
+        return (self.height + self.pad_top + self.pad_bottom - span) // self.stride_h + 1
+
+    @property
+    def out_width(self) -> int:
+        span = (self.kernel_w - 1) * self.dilation_w + 1
+        return (self.width + self.pad_left + self.pad_right - span) // self.stride_w + 1
+
+    @property
+    def in_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def macs(self) -> int:
+        return (self.batch * self.out_channels * self.out_height * self.out_width
+                * self.in_per_group * self.kernel_h * self.kernel_w)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_per_group, self.kernel_h, self.kernel_w)
+
+    @property
+    def data_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    def key(self) -> str:
+        """A stable string key (JSON of the fields)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class DenseWorkload:
+    """``out[n, k] = sum_c data[n, c] * weight[k, c]`` (+ bias, activation)."""
+
+    batch: int
+    in_features: int
+    out_features: int
+    epilogue: Epilogue = Epilogue()
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "in_features", "out_features"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"DenseWorkload.{name} must be a positive int, got {value!r}")
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.in_features * self.out_features
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def data_shape(self) -> tuple[int, int]:
+        return (self.batch, self.in_features)
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        return (self.batch, self.out_features)
+
+    def key(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+Workload = Conv2dWorkload | DenseWorkload

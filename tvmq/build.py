@@ -1,0 +1,139 @@
+"""ONNX -> one deployable shared library (``model.so``) + ``manifest.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from schedules.target_features import TargetFeatures, detect_host
+
+from . import __version__
+from .errors import ArtifactError, TvmqError
+from .frontend import PreparedModel, prepare, to_relax
+
+MANIFEST_SCHEMA = 1
+
+
+@dataclass
+class BuildResult:
+    library: Path
+    manifest: Path
+    manifest_data: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _progress_default(msg: str) -> None:
+    pass
+
+
+def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
+                  progress: Callable[[str], None] = _progress_default):  # type: ignore[no-untyped-def]
+    """Prepared model -> (``tvm.runtime.Executable``, kernels chosen per layer, timings)."""
+    import tvm
+    from tvm import relax
+
+    from .passes.lower_kernels import LowerToKernels
+    from .passes.schedule_generic import ScheduleGeneric
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    mod, params = to_relax(pm)
+    timings["import"] = time.perf_counter() - t
+    progress(f"imported: {len(pm.layers)} layers")
+
+    t = time.perf_counter()
+    lower = LowerToKernels(pm.layers, params, pm.param_layer, features)
+    mod = lower(mod)
+    remaining = {p.name: params[p.name] for p in mod["main"].params if p.name in params}
+    mod = relax.transform.BindParams("main", remaining)(mod)
+    func = mod["main"]
+    mod["main"] = func.without_attr("params") if func.attrs and "params" in func.attrs else func
+    timings["lower_kernels"] = time.perf_counter() - t
+    progress(f"kernels: {len(lower.kernels)} layers on {len({k['function'] for k in lower.kernels.values()})} kernels")
+
+    target = tvm.target.Target(features.target_json())
+    t = time.perf_counter()
+    with target:
+        mod = tvm.transform.Sequential([
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(["main"]),
+        ])(mod)
+        mod = ScheduleGeneric(features.fp32_lanes)(mod)
+    timings["legalize_fuse_schedule"] = time.perf_counter() - t
+    progress("codegen (LLVM)...")
+    t = time.perf_counter()
+    from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+
+    pipeline = tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
+    ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    timings["codegen"] = time.perf_counter() - t
+    return ex, lower.kernels, timings
+
+
+def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
+          features: TargetFeatures | None = None,
+          input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
+          progress: Callable[[str], None] = _progress_default) -> BuildResult:
+    """Compile an fp32 ONNX model into ``output_dir/model.so`` + ``output_dir/manifest.json``.
+
+    Examples
+    --------
+    >>> r = build("model.onnx", "out/")                 # doctest: +SKIP
+    >>> m = tvmq.load(r.library); m.run({"input": x})   # doctest: +SKIP
+    """
+    import tvm
+
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"output path exists and is not a directory: {out}")
+    features = features or detect_host()
+    t0 = time.perf_counter()
+    progress(f"reading {model}")
+    pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
+    t_prepare = time.perf_counter() - t0
+    try:
+        ex, kernels, timings = compile_relax(pm, features, progress=progress)
+    except TvmqError:
+        raise
+    except Exception as e:
+        raise TvmqError(f"compilation failed inside TVM: {type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
+    timings = {"prepare": t_prepare, **timings}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot create output directory {out}: {e.strerror}") from None
+    lib = out / "model.so"
+    t = time.perf_counter()
+    ex.export_library(str(lib))
+    timings["export"] = time.perf_counter() - t
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "tvmq_version": __version__,
+        "tvm_version": tvm.__version__,
+        "source_model": os.path.basename(os.fspath(model)),
+        "target": features.target_json(),
+        "target_features": {k: v for k, v in vars(features).items()},
+        "isa": features.isa,
+        "host": platform.node(),
+        "inputs": [s.to_json() for s in pm.inputs],
+        "outputs": [s.to_json() for s in pm.outputs],
+        "layers": pm.layers.to_json(),
+        "kernels": kernels,
+        "precision": "fp32",
+        "total_macs": pm.layers.total_macs,
+        "weight_bytes": sum(l.weight_bytes(32) for l in pm.layers),
+        "build_seconds": timings,
+    }
+    mpath = out / "manifest.json"
+    mpath.write_text(json.dumps(manifest, indent=1))
+    return BuildResult(lib, mpath, manifest, timings)

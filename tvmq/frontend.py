@@ -1,0 +1,369 @@
+"""ONNX -> (cleaned ONNX, LayerTable, weights) -> Relax IRModule.
+
+``prepare`` settles everything that depends on the ONNX graph: static input shapes, folded
+constants and batch norms, and the ``LayerTable``: one entry per conv / depthwise conv / dense,
+named after its ONNX node (or its weight initializer when the node has no name). Each layer's
+weight and bias are kept as initializers renamed ``tvmq.<index>.weight`` / ``.bias`` so the Relax
+module (imported with ``keep_params_in_input=True``) refers to them by name; every later table
+(statistics, sensitivity, latency, plan) is keyed by the layer name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from . import onnx_graph as og
+from .errors import ModelLoadError, UnsupportedModelError
+
+# Operators tvmq compiles (anything that only feeds constants is folded away before import).
+SUPPORTED_OPS = frozenset({
+    "Conv", "Gemm", "MatMul", "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div",
+    "Sum", "Max", "Min", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool",
+    "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Transpose", "Softmax", "HardSigmoid",
+    "HardSwish", "Sigmoid", "Tanh", "PRelu", "LeakyRelu", "Pad", "Dropout", "Identity",
+    "Constant", "ConstantOfShape", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "LRN",
+    "Slice", "Split", "Exp", "Sqrt", "Pow", "Neg", "Abs",
+})
+
+LAYER_OPS = ("conv2d", "depthwise_conv2d", "dense")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantizable layer: its stable name and the facts allocation needs."""
+
+    name: str
+    op: str  # one of LAYER_OPS
+    node: str  # the ONNX node name
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    has_bias: bool
+    macs: int
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def weight_params(self) -> int:
+        return int(np.prod(self.weight_shape))
+
+    def weight_bytes(self, bits: int = 32) -> int:
+        return (self.weight_params * bits + 7) // 8
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["weight_bytes_fp32"] = self.weight_bytes(32)
+        return d
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    layers: tuple[LayerInfo, ...]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer {name!r}; layers: {', '.join(l.name for l in self.layers)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    @property
+    def total_macs(self) -> int:
+        return sum(l.macs for l in self.layers)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [l.to_json() for l in self.layers]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class PreparedModel:
+    """The cleaned graph and what was learned from it."""
+
+    model: onnx.ModelProto
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    layers: LayerTable
+    params: dict[str, np.ndarray]  # initializer name -> value (layer weights and biases only)
+    param_layer: dict[str, str] = field(default_factory=dict)  # initializer name -> layer name
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Read and validate an ONNX model; a clear ``ModelLoadError`` on any problem."""
+    if isinstance(source, onnx.ModelProto):
+        model = source
+        where = "<model>"
+    else:
+        where = os.fspath(source)
+        if not os.path.exists(where):
+            raise ModelLoadError(f"ONNX file not found: {where}")
+        if os.path.isdir(where):
+            raise ModelLoadError(f"expected an ONNX file, got a directory: {where}")
+        try:
+            model = onnx.load(where)
+        except Exception as e:  # protobuf DecodeError, truncated files, external data...
+            raise ModelLoadError(f"cannot parse {where} as ONNX (truncated or not an ONNX "
+                                 f"file?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not model.graph.node:
+        raise ModelLoadError(f"{where}: the ONNX graph has no nodes (truncated or empty file?)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ModelLoadError(f"{where}: invalid ONNX model: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """``(op_type, node name)`` of every node tvmq cannot compile, in graph order."""
+    return [(n.op_type, n.name or f"#{k}") for k, n in enumerate(model.graph.node)
+            if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")]
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    bad = unsupported_ops(model)
+    if bad:
+        ops = sorted({op for op, _ in bad})
+        listed = ", ".join(f"{op} (node {name!r})" for op, name in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise UnsupportedModelError(
+            f"unsupported operator(s) {', '.join(ops)}: {listed}{more}; supported: "
+            f"{', '.join(sorted(SUPPORTED_OPS))}")
+
+
+def _input_specs(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
+                 batch_size: int) -> list[TensorSpec]:
+    specs = []
+    given = dict(input_shapes or {})
+    for vi in g.inputs:
+        t = vi.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
+        if vi.name in given:
+            shape = tuple(int(d) for d in given.pop(vi.name))
+        else:
+            dims = []
+            for k, d in enumerate(t.shape.dim):
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    dims.append(d.dim_value)
+                elif k == 0:
+                    dims.append(batch_size)
+                else:
+                    raise UnsupportedModelError(
+                        f"input {vi.name!r} has a dynamic dimension {k} "
+                        f"({d.dim_param or '?'}); give its shape explicitly (input_shapes)")
+            shape = tuple(dims)
+        specs.append(TensorSpec(vi.name, shape, dtype))
+    if given:
+        raise UnsupportedModelError(f"input_shapes names unknown inputs {sorted(given)}; "
+                                    f"the model's inputs are {[v.name for v in g.inputs]}")
+    return specs
+
+
+def _set_input_shapes(g: og.Graph, specs: list[TensorSpec]) -> None:
+    new = []
+    for vi, spec in zip(g.inputs, specs):
+        new.append(helper.make_tensor_value_info(
+            spec.name, helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), list(spec.shape)))
+    g.inputs = new
+
+
+def _canonical_dense(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> bool:
+    """Rewrite Gemm / MatMul with a constant 2-D weight to ``Gemm(transB=1)``; False if not one."""
+    a = og.attrs(n)
+    if n.op_type == "Gemm":
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or n.input[1] not in g.consts:
+            return False
+        if len(n.input) > 2 and n.input[2] and (a.get("beta", 1.0) != 1.0 or n.input[2] not in g.consts):
+            return False
+        w = g.consts[n.input[1]]
+        if not a.get("transB", 0):
+            w = w.T
+    elif n.op_type == "MatMul":
+        if n.input[1] not in g.consts or len(shapes.get(n.input[0], ())) != 2:
+            return False
+        w = g.consts[n.input[1]].T
+    else:
+        return False
+    if w.ndim != 2:
+        return False
+    if len(n.input) > 2 and n.input[2]:
+        bias = np.broadcast_to(g.consts[n.input[2]], (w.shape[0],)).astype(np.float32)
+        if g.consts[n.input[2]].size not in (1, w.shape[0]):
+            return False
+        g.consts[n.input[2]] = bias
+    wname = f"{n.input[1]}__dense{id(n)}"
+    g.consts[wname] = np.ascontiguousarray(w.astype(np.float32))
+    ins = [n.input[0], wname] + ([n.input[2]] if len(n.input) > 2 and n.input[2] else [])
+    new = helper.make_node("Gemm", ins, list(n.output), name=n.name, transB=1)
+    del n.attribute[:]
+    n.attribute.extend(new.attribute)
+    n.op_type = "Gemm"
+    del n.input[:]
+    n.input.extend(ins)
+    return True
+
+
+def prepare(source: str | os.PathLike | onnx.ModelProto, *,
+            input_shapes: dict[str, tuple[int, ...]] | None = None,
+            batch_size: int = 1) -> PreparedModel:
+    """Load, check and clean an ONNX model; build its ``LayerTable``.
+
+    Parameters
+    ----------
+    source : path or ModelProto
+    input_shapes : optional static shapes by input name (needed for dynamic non-batch dims)
+    batch_size : the batch used for a dynamic first dimension
+
+    Examples
+    --------
+    >>> pm = prepare("model.onnx")                      # doctest: +SKIP
+    >>> [l.name for l in pm.layers][:2]                 # doctest: +SKIP
+    ['/conv1/Conv', '/layer1/layer1.0/conv1/Conv']
+    """
+    model = load_model(source)
+    check_supported(model)
+    g = og.Graph(onnx.ModelProto.FromString(model.SerializeToString()))
+    og.check_single_graph_domain(g)
+    specs = _input_specs(g, input_shapes, batch_size)
+    _set_input_shapes(g, specs)
+    og.inline_constant_nodes(g)
+    og.simplify_inference_ops(g)
+    og.fold_constants(g)
+    og.fold_into_conv(g)
+    og.decompose_batch_norm(g)
+    og.fold_constants(g)
+    og.unique_names(g.nodes)
+    shapes = og.static_shapes(g)
+
+    layers: list[LayerInfo] = []
+    params: dict[str, np.ndarray] = {}
+    param_layer: dict[str, str] = {}
+    used_names: set[str] = set()
+    for n in g.nodes:
+        if n.op_type == "Conv":
+            if n.input[1] not in g.consts or len(shapes.get(n.input[0], ())) != 4:
+                continue
+            info = _conv_info(g, n, shapes)
+        elif n.op_type in ("Gemm", "MatMul") and _canonical_dense(g, n, shapes):
+            w = g.consts[n.input[1]]
+            x_shape = shapes.get(n.input[0]) or ()
+            if len(x_shape) != 2:
+                continue
+            info = LayerInfo(name="", op="dense", node=n.name, input_shape=tuple(x_shape),
+                             output_shape=(x_shape[0], w.shape[0]), weight_shape=tuple(w.shape),
+                             has_bias=len(n.input) > 2 and bool(n.input[2]),
+                             macs=int(x_shape[0] * w.shape[0] * w.shape[1]))
+        else:
+            continue
+        name = n.name or n.input[1]
+        base, k = name, 1
+        while name in used_names:
+            name, k = f"{base}_{k}", k + 1
+        used_names.add(name)
+        index = len(layers)
+        info = dataclasses.replace(info, name=name)
+        layers.append(info)
+        # fresh, per-layer parameter names (a weight shared by two nodes is duplicated)
+        wname = f"tvmq.{index}.weight"
+        params[wname] = np.ascontiguousarray(g.consts[n.input[1]].astype(np.float32))
+        param_layer[wname] = name
+        ins = list(n.input)
+        ins[1] = wname
+        if info.has_bias:
+            bname = f"tvmq.{index}.bias"
+            params[bname] = np.ascontiguousarray(g.consts[n.input[2]].astype(np.float32).reshape(-1))
+            param_layer[bname] = name
+            ins[2] = bname
+        del n.input[:]
+        n.input.extend(ins)
+    og.constants_to_nodes(g, keep=params)
+    for k, v in params.items():
+        g.consts[k] = v
+    cleaned = g.to_model()
+    outputs = [TensorSpec(name, tuple(shapes.get(name, ())), "float32") for name in g.outputs]
+    return PreparedModel(model=cleaned, inputs=specs, outputs=outputs,
+                         layers=LayerTable(tuple(layers)), params=params, param_layer=param_layer)
+
+
+def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
+    a = og.attrs(n)
+    w = g.consts[n.input[1]]
+    if w.ndim != 4:
+        raise UnsupportedModelError(f"Conv node {n.name!r}: only 2-D convolutions are supported "
+                                    f"(weight rank {w.ndim})")
+    x_shape = shapes[n.input[0]]
+    out_shape = shapes.get(n.output[0])
+    kh, kw = w.shape[2], w.shape[3]
+    strides = tuple(a.get("strides", [1, 1]))
+    dil = tuple(a.get("dilations", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for dim, k, s, d in ((x_shape[2], kh, strides[0], dil[0]), (x_shape[3], kw, strides[1], dil[1])):
+            out = -(-dim // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - dim, 0)
+            small, big = total // 2, total - total // 2
+            pads.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
+        pads = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    top, left, bottom, right = int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])
+    groups = int(a.get("group", 1))
+    if out_shape is None:
+        oh = (x_shape[2] + top + bottom - (kh - 1) * dil[0] - 1) // strides[0] + 1
+        ow = (x_shape[3] + left + right - (kw - 1) * dil[1] - 1) // strides[1] + 1
+        out_shape = (x_shape[0], w.shape[0], oh, ow)
+    depthwise = groups > 1 and groups == x_shape[1] == w.shape[0]
+    macs = int(np.prod(out_shape) * w.shape[1] * kh * kw)
+    return LayerInfo(name="", op="depthwise_conv2d" if depthwise else "conv2d", node=n.name,
+                     input_shape=tuple(x_shape), output_shape=tuple(out_shape),
+                     weight_shape=tuple(w.shape), has_bias=len(n.input) > 2 and bool(n.input[2]),
+                     macs=macs, strides=(int(strides[0]), int(strides[1])), pads=(top, left, bottom, right),
+                     dilations=(int(dil[0]), int(dil[1])), groups=groups)
+
+
+def to_relax(pm: PreparedModel):  # type: ignore[no-untyped-def]
+    """Import the cleaned model: ``(IRModule, params)`` with layer weights as named params."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(pm.model, shape_dict={s.name: list(s.shape) for s in pm.inputs},
+                        keep_params_in_input=True)
+    except Exception as e:
+        raise UnsupportedModelError(f"TVM's ONNX importer rejected the model: "
+                                    f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}") from None
+    mod, params = relax.frontend.detach_params(mod)
+    func = mod["main"]
+    num_input = int(func.attrs["num_input"])
+    names = [p.name for p in func.params[num_input:]]
+    values = {n: v.numpy() for n, v in zip(names, params.get("main", []))}
+    return mod, values

@@ -1,0 +1,290 @@
+"""ONNX graph clean-up before import: fixed input shapes, constant folding, BN folding.
+
+Everything here works on ``onnx.ModelProto`` with numpy, so that the layer names, the weights and
+the folded graph are settled before TVM sees the model:
+
+* inputs get static shapes (the batch dimension from ``batch_size``);
+* every subgraph whose inputs are constants is evaluated (``ConstantOfShape`` weights of the
+  ``light_*`` zoo models, ``Shape -> Gather -> Reshape`` chains of torch exports);
+* ``BatchNormalization`` and per-channel ``Mul`` / ``Add`` after a conv fold into its weights and
+  bias; a BN with no conv before it becomes a per-channel ``Mul`` + ``Add``;
+* ``Sum``, ``Dropout`` and ``Identity`` become what they mean at inference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import UnsupportedModelError
+
+# Ops that are never evaluated at compile time even when their inputs are constant.
+_NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                 "Multinomial", "If", "Loop", "Scan"}
+
+
+class Graph:
+    """A mutable view of an ONNX graph: nodes in order, constants by name."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        g = model.graph
+        self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.nodes: list[onnx.NodeProto] = list(g.node)
+        self.inputs = [i for i in g.input if i.name not in self.consts]
+        self.outputs = [o.name for o in g.output]
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+    def consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        uses: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            for i in n.input:
+                uses.setdefault(i, []).append(n)
+        return uses
+
+    def producer(self) -> dict[str, onnx.NodeProto]:
+        return {o: n for n in self.nodes for o in n.output}
+
+    def rename_uses(self, old: str, new: str) -> None:
+        for n in self.nodes:
+            for k, i in enumerate(n.input):
+                if i == old:
+                    n.input[k] = new
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def to_model(self) -> onnx.ModelProto:
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        # IR < 4 requires every initializer to be a graph input too; ours are not
+        m.ir_version = max(m.ir_version, 7)
+        g = m.graph
+        del g.node[:]
+        g.node.extend(self.nodes)
+        del g.initializer[:]
+        g.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in self.consts.items())
+        del g.input[:]
+        g.input.extend(self.inputs)
+        old_outputs = {o.name: o for o in self.model.graph.output}
+        del g.output[:]
+        for name in self.outputs:
+            g.output.append(old_outputs.get(name) or helper.make_empty_tensor_value_info(name))
+        del g.value_info[:]
+        return m
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _eval_node(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if v is not None else "" for k, v in enumerate(values)]
+    n = helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))],
+                         domain=node.domain)
+    n.attribute.extend(node.attribute)
+    graph = helper.make_graph(
+        [n], "fold",
+        [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
+                                       np.asarray(v).shape)
+         for nm, v in zip(names, values) if v is not None],
+        [helper.make_empty_tensor_value_info(f"o{k}") for k in range(len(node.output))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    feeds = {nm: np.asarray(v) for nm, v in zip(names, values) if v is not None}
+    return [np.asarray(o) for o in ReferenceEvaluator(model).run(None, feeds)]
+
+
+def inline_constant_nodes(g: Graph) -> None:
+    kept = []
+    for n in g.nodes:
+        if n.op_type == "Constant":
+            g.consts[n.output[0]] = _eval_node(n, [], g.opset)[0]
+        else:
+            kept.append(n)
+    g.nodes = kept
+
+
+def static_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
+    """Fully static shapes of every tensor ONNX shape inference can resolve."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(g.to_model(), strict_mode=False)
+    except Exception:  # inference is a help, not a requirement
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = tuple(d.dim_value for d in t.shape.dim)
+    for k, v in g.consts.items():
+        shapes[k] = tuple(v.shape)
+    return shapes
+
+
+def fold_constants(g: Graph) -> int:
+    """Evaluate every node whose inputs are all constant (and ``Shape`` of static tensors)."""
+    shapes = static_shapes(g)
+    folded = 0
+    kept = []
+    for n in g.nodes:
+        if n.op_type == "Shape" and n.input[0] in shapes and not attrs(n):
+            g.consts[n.output[0]] = np.array(shapes[n.input[0]], dtype=np.int64)
+            folded += 1
+            continue
+        if (n.op_type not in _NOT_FOLDABLE and n.domain in ("", "ai.onnx")
+                and all(i == "" or i in g.consts for i in n.input)
+                and not any(o in g.outputs for o in n.output)):
+            outs = _eval_node(n, [g.consts[i] if i else None for i in n.input], g.opset)
+            for name, value in zip(n.output, outs):
+                g.consts[name] = value
+            folded += 1
+            continue
+        kept.append(n)
+    g.nodes = kept
+    return folded
+
+
+def simplify_inference_ops(g: Graph) -> None:
+    """``Dropout``/``Identity`` -> nothing, ``Sum`` -> ``Add`` chain."""
+    kept: list[onnx.NodeProto] = []
+    for n in g.nodes:
+        if n.op_type in ("Dropout", "Identity"):
+            if n.output[0] in g.outputs:
+                kept.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name)
+                            if n.op_type == "Dropout" else n)
+            else:
+                g.rename_uses(n.output[0], n.input[0])
+            continue
+        if n.op_type == "Sum":
+            ins = list(n.input)
+            if len(ins) == 1:
+                g.rename_uses(n.output[0], ins[0])
+                continue
+            acc = ins[0]
+            for k, other in enumerate(ins[1:]):
+                out = n.output[0] if k == len(ins) - 2 else f"{n.output[0]}__sum{k}"
+                kept.append(helper.make_node("Add", [acc, other], [out],
+                                             name=n.name if k == len(ins) - 2 else f"{n.name}__sum{k}"))
+                acc = out
+            continue
+        kept.append(n)
+    g.nodes = kept
+
+
+def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """``value`` as a ``[channels]`` vector if it broadcasts per NCHW channel, else None."""
+    v = np.asarray(value, dtype=np.float32)
+    if v.size == 1:
+        return np.full(channels, float(v.reshape(())), dtype=np.float32)
+    squeezed = v.reshape([d for d in v.shape if d != 1]) if v.ndim else v
+    if squeezed.shape != (channels,):
+        return None
+    # the channel axis of a 4-D NCHW tensor: shape [C,1,1] or [1,C,1,1]
+    if v.shape in ((channels, 1, 1), (1, channels, 1, 1)):
+        return squeezed
+    return None
+
+
+def fold_into_conv(g: Graph) -> int:
+    """Fold BatchNormalization / per-channel Mul / Add that directly follow a Conv."""
+    folded = 0
+    changed = True
+    while changed:
+        changed = False
+        uses = g.consumers()
+        prod = g.producer()
+        for n in list(g.nodes):
+            src = n.input[0] if n.input else ""
+            conv = prod.get(src)
+            if conv is None or conv.op_type != "Conv" or conv.input[1] not in g.consts:
+                continue
+            if len(uses.get(src, [])) != 1 or src in g.outputs:
+                continue
+            w = g.consts[conv.input[1]].astype(np.float32)
+            k = w.shape[0]
+            b = (g.consts[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2]
+                 else np.zeros(k, np.float32))
+            if n.op_type == "BatchNormalization" and all(i in g.consts for i in n.input[1:5]):
+                eps = attrs(n).get("epsilon", 1e-5)
+                gamma, beta, mean, var = (g.consts[i].astype(np.float64) for i in n.input[1:5])
+                scale = gamma / np.sqrt(var + eps)
+                shift = beta - mean * scale
+            elif n.op_type in ("Mul", "Add") and len(n.input) == 2 and n.input[1] in g.consts:
+                vec = _per_channel(g.consts[n.input[1]], k)
+                if vec is None:
+                    continue
+                scale = vec if n.op_type == "Mul" else np.ones(k)
+                shift = np.zeros(k) if n.op_type == "Mul" else vec
+            else:
+                continue
+            new_w = (w * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
+            new_b = (b * scale + shift).astype(np.float32)
+            wname, bname = f"{conv.input[1]}__f{folded}", f"{conv.output[0]}__bias{folded}"
+            g.consts[wname], g.consts[bname] = new_w, new_b
+            ins = list(conv.input) + [""] * (3 - len(conv.input))
+            ins[1], ins[2] = wname, bname
+            del conv.input[:]
+            conv.input.extend(ins)
+            out = n.output[0]
+            g.nodes.remove(n)
+            conv.output[0] = out
+            folded += 1
+            changed = True
+            break
+    return folded
+
+
+def decompose_batch_norm(g: Graph) -> None:
+    """A BatchNormalization with no conv to fold into becomes a per-channel Mul + Add."""
+    kept = []
+    for n in g.nodes:
+        if n.op_type == "BatchNormalization" and all(i in g.consts for i in n.input[1:5]):
+            eps = attrs(n).get("epsilon", 1e-5)
+            gamma, beta, mean, var = (g.consts[i].astype(np.float64) for i in n.input[1:5])
+            scale = gamma / np.sqrt(var + eps)
+            shift = beta - mean * scale
+            sname, tname = f"{n.output[0]}__bn_scale", f"{n.output[0]}__bn_shift"
+            g.consts[sname] = scale.astype(np.float32).reshape(-1, 1, 1)
+            g.consts[tname] = shift.astype(np.float32).reshape(-1, 1, 1)
+            mid = f"{n.output[0]}__bn_mul"
+            kept.append(helper.make_node("Mul", [n.input[0], sname], [mid], name=f"{n.name}__mul"))
+            kept.append(helper.make_node("Add", [mid, tname], [n.output[0]], name=f"{n.name}__add"))
+        else:
+            kept.append(n)
+    g.nodes = kept
+
+
+def constants_to_nodes(g: Graph, keep: Iterable[str]) -> None:
+    """Every constant not in ``keep`` becomes a ``Constant`` node (inlined by the importer)."""
+    keep = set(keep)
+    used = {i for n in g.nodes for i in n.input} | set(g.outputs)
+    const_nodes = []
+    for name in list(g.consts):
+        if name in keep:
+            continue
+        value = g.consts.pop(name)
+        if name in used:
+            const_nodes.append(helper.make_node(
+                "Constant", [], [name], name=f"{name}__const",
+                value=numpy_helper.from_array(np.asarray(value), name)))
+    g.nodes = const_nodes + g.nodes
+
+
+def unique_names(nodes: list[onnx.NodeProto]) -> None:
+    """Give every node a unique, non-empty name (keeping the ones the model has)."""
+    seen: Counter[str] = Counter()
+    for k, n in enumerate(nodes):
+        base = n.name or f"{n.op_type}_{k}"
+        name = base if seen[base] == 0 else f"{base}_{seen[base]}"
+        seen[base] += 1
+        n.name = name
+
+
+def check_single_graph_domain(g: Graph) -> None:
+    bad = [f"{n.op_type} (domain {n.domain}, node {n.name!r})" for n in g.nodes
+           if n.domain not in ("", "ai.onnx")]
+    if bad:
+        raise UnsupportedModelError("custom-domain operators are not supported: " + ", ".join(bad))

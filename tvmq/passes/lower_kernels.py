@@ -1,0 +1,262 @@
+"""``LowerToKernels``: each conv / depthwise conv / dense layer becomes one ``schedules`` kernel.
+
+Precondition: ``main`` as imported by ``frontend.to_relax`` (layer weights and biases are function
+parameters named ``tvmq.<i>.weight`` / ``tvmq.<i>.bias``), before ``BindParams``.
+
+For every ``conv2d(x, W)`` / ``matmul(x, permute_dims(W))`` whose weight is a layer parameter, the
+chain ``-> add(bias) -> relu | maximum(lo) [-> minimum(hi)]`` that follows it (each link with a
+single user) is replaced by one ``call_tir`` of the kernel the registry selects, with the
+weight packed ahead of time and the epilogue fused. Identical workloads share one ``PrimFunc``.
+
+Postcondition: no ``relax.nn.conv2d`` / ``relax.matmul`` is left on a layer weight; each kernel
+``PrimFunc`` carries ``tirx.is_scheduled`` and ``op_pattern = kOpaque`` (so ``FuseOps`` leaves it
+alone) and the attribute ``tvmq.layer`` naming its first layer. ``self.kernels`` records, per
+layer, the kernel key and configuration chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from schedules import registry
+from schedules.target_features import TargetFeatures
+from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
+
+from ..frontend import LayerInfo, LayerTable
+
+_OP_OPAQUE = 8  # relax OpPatternKind.kOpaque
+
+
+def _op(name: str) -> tvm.ir.Op:
+    return tvm.ir.Op.get(name)
+
+
+CONV2D, MATMUL, ADD = _op("relax.nn.conv2d"), _op("relax.matmul"), _op("relax.add")
+RELU, MAXIMUM, MINIMUM = _op("relax.nn.relu"), _op("relax.maximum"), _op("relax.minimum")
+RESHAPE, PERMUTE = _op("relax.reshape"), _op("relax.permute_dims")
+
+
+def const_value(expr: relax.Expr) -> np.ndarray | None:
+    if isinstance(expr, tvm.ir.Constant):
+        return expr.value.numpy()
+    return None
+
+
+class _Analysis:
+    """Bindings of ``main`` by var, and how many times each var is used."""
+
+    def __init__(self, func: relax.Function) -> None:
+        self.value: dict[relax.Var, relax.Expr] = {}
+        self.uses: dict[relax.Var, int] = {}
+        self.user: dict[relax.Var, relax.VarBinding] = {}
+        for block in func.body.blocks:
+            for b in block.bindings:
+                self.value[b.var] = b.value
+                for v in relax.analysis.free_vars(b.value):
+                    self.uses[v] = self.uses.get(v, 0) + 1
+                    self.user[v] = b
+        for v in relax.analysis.free_vars(func.body.body):
+            self.uses[v] = self.uses.get(v, 0) + 2  # a function output is never fused away
+
+    def single_user(self, var: relax.Var) -> relax.VarBinding | None:
+        return self.user.get(var) if self.uses.get(var, 0) == 1 else None
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, dict[str, Any]]) -> None:
+        super().__init__(mod)
+        self.plan = plan  # tail var -> {"call": ..., "skip": set}
+        self.skip: set[relax.Var] = set()
+        for p in plan.values():
+            self.skip |= p["interior"]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # type: ignore[override]
+        if binding.var in self.skip:
+            return
+        p = self.plan.get(binding.var)
+        if p is None:
+            super().visit_var_binding_(binding)
+            return
+        x = self.visit_expr(p["data"])
+        call = relax.call_tir(p["gv"], [x, *p["consts"]], relax.TensorType(p["buf_shape"], "float32"))
+        emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
+                else self.builder_.emit_output)
+        if tuple(p["buf_shape"]) != tuple(p["out_shape"]):
+            y = self.builder_.emit(call, name_hint=f"{binding.var.name}_k")
+            new = emit(relax.op.reshape(y, p["out_shape"]), name_hint=binding.var.name)
+        else:
+            new = emit(call, name_hint=binding.var.name)
+        self.set_var_remap(binding.var, new)
+
+
+class LowerToKernels:
+    """Replace each layer of ``layers`` by a scheduled ``schedules`` kernel call.
+
+    Parameters
+    ----------
+    layers : the model's LayerTable
+    params : parameter name -> numpy value (``tvmq.<i>.weight`` / ``.bias``)
+    param_layer : parameter name -> layer name
+    features : the target's features (selects kernels and their fallback configs)
+    precision : kernel precision for every layer (``fp32`` for now)
+    """
+
+    def __init__(self, layers: LayerTable, params: dict[str, np.ndarray],
+                 param_layer: dict[str, str], features: TargetFeatures, precision: str = "fp32") -> None:
+        self.layers = layers
+        self.params = params
+        self.param_layer = param_layer
+        self.features = features
+        self.precision = precision
+        self.kernels: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        func = mod["main"]
+        an = _Analysis(func)
+        params = {p.name: p for p in func.params}
+        plan: dict[relax.Var, dict[str, Any]] = {}
+        cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
+        new_funcs: dict[str, tvm.tirx.PrimFunc] = {}
+        for block in func.body.blocks:
+            for b in block.bindings:
+                match = self._match_layer(b, an, params)
+                if match is None:
+                    continue
+                layer, data, weight, chain, tail = match
+                bias, ep = self._epilogue(chain, an, layer, params)
+                wl = self._workload(layer, ep)
+                kernel = registry.select(registry.op_of(wl), self.precision, self.features)
+                cfg = kernel.fallback_config(wl, self.features)
+                key = (str(kernel.key), wl.key() + repr(cfg))
+                if key not in cache:
+                    fname = f"tvmq_{kernel.key.op}_{len(cache)}"
+                    pf = kernel.build_primfunc(wl, cfg).with_attrs(
+                        {"global_symbol": fname, "op_pattern": _OP_OPAQUE, "tvmq.layer": layer.name})
+                    new_funcs[fname] = pf
+                    cache[key] = (relax.GlobalVar(fname), cfg)
+                gv, cfg = cache[key]
+                consts = [relax.const(kernel.pack_weight(weight, wl, cfg))]
+                if ep.bias:
+                    consts.append(relax.const(bias.astype(np.float32)))
+                plan[tail] = dict(gv=gv, data=data, consts=consts,
+                                  buf_shape=kernel.output_shape(wl), out_shape=layer.output_shape,
+                                  interior={v for v in chain if v is not tail})
+                self.kernels[layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
+                                            "config": asdict(cfg), "epilogue": asdict(ep)}
+        if not plan:
+            return mod
+        rw = _Rewriter(mod, plan)
+        typed = {gv.name_hint: rw.builder_.add_func(new_funcs[gv.name_hint], gv.name_hint)
+                 for gv, _ in cache.values()}
+        for p in plan.values():
+            p["gv"] = typed[p["gv"].name_hint]
+        new_main = rw.visit_expr(mod["main"])
+        out = rw.builder_.get()
+        out.update_func(out.get_global_var("main"), new_main)
+        return relax.transform.DeadCodeElimination(["main"])(out)
+
+    # -- matching --------------------------------------------------------------------------
+    def _param_name(self, expr: relax.Expr, an: _Analysis, kind: str) -> str | None:
+        if isinstance(expr, relax.Var) and expr.name in self.param_layer and expr.name.endswith(kind):
+            return expr.name
+        return None
+
+    def _match_layer(self, b: relax.VarBinding, an: _Analysis, params: dict) -> Any:
+        v = b.value
+        if not isinstance(v, relax.Call):
+            return None
+        if v.op == CONV2D:
+            wname = self._param_name(v.args[1], an, ".weight")
+        elif v.op == MATMUL:
+            w = v.args[1]
+            if isinstance(w, relax.Var) and isinstance(an.value.get(w), relax.Call) \
+                    and an.value[w].op == PERMUTE and an.uses.get(w) == 1:
+                wname = self._param_name(an.value[w].args[0], an, ".weight")
+            else:
+                wname = None
+        else:
+            return None
+        if wname is None:
+            return None
+        layer = self.layers[self.param_layer[wname]]
+        chain = [b.var]
+        return layer, v.args[0], self.params[wname], chain, self._extend_chain(chain, an)
+
+    def _extend_chain(self, chain: list[relax.Var], an: _Analysis) -> relax.Var:
+        """Grow ``chain`` over bias add and activation; returns its tail var."""
+        state = "bias"
+        while True:
+            nxt = an.single_user(chain[-1])
+            if nxt is None or not isinstance(nxt.value, relax.Call):
+                break
+            call = nxt.value
+            if state == "bias" and call.op == ADD and self._bias_name(call, chain[-1], an):
+                state = "act"
+            elif state in ("bias", "act") and call.op == RELU:
+                state = "done"
+            elif state in ("bias", "act") and call.op in (MAXIMUM, MINIMUM) \
+                    and self._scalar_operand(call, chain[-1]) is not None:
+                state = "clip2" if call.op == MAXIMUM else "done"
+            elif state == "clip2" and call.op == MINIMUM \
+                    and self._scalar_operand(call, chain[-1]) is not None:
+                state = "done"
+            else:
+                break
+            chain.append(nxt.var)
+            if state == "done":
+                break
+        return chain[-1]
+
+    def _bias_name(self, call: relax.Call, prev: relax.Var, an: _Analysis) -> str | None:
+        other = call.args[1] if call.args[0].same_as(prev) else call.args[0]
+        if isinstance(other, relax.Var) and other in an.value:
+            inner = an.value[other]
+            if isinstance(inner, relax.Call) and inner.op == RESHAPE and an.uses.get(other) == 1:
+                other = inner.args[0]
+        return self._param_name(other, an, ".bias")
+
+    @staticmethod
+    def _scalar_operand(call: relax.Call, prev: relax.Var) -> float | None:
+        other = call.args[1] if call.args[0].same_as(prev) else call.args[0]
+        value = const_value(other)
+        if value is None or value.size != 1:
+            return None
+        return float(value.reshape(()))
+
+    def _epilogue(self, chain: list[relax.Var], an: _Analysis, layer: LayerInfo,
+                  params: dict) -> tuple[np.ndarray | None, Epilogue]:
+        bias = None
+        act, lo, hi = "none", float("-inf"), float("inf")
+        for var in chain[1:]:
+            call = an.value[var]
+            prev = chain[chain.index(var) - 1]
+            if call.op == ADD:
+                bias = self.params[self._bias_name(call, prev, an)].reshape(-1)
+            elif call.op == RELU:
+                act = "relu"
+            elif call.op == MAXIMUM:
+                act, lo = "clip", self._scalar_operand(call, prev)
+            elif call.op == MINIMUM:
+                act, hi = "clip", self._scalar_operand(call, prev)
+        if act == "clip" and lo == 0.0 and hi == float("inf"):
+            act = "relu"
+        ep = Epilogue(bias=bias is not None, activation=act,  # type: ignore[arg-type]
+                      clip_min=lo if act == "clip" else 0.0, clip_max=hi if act == "clip" else 0.0)
+        return bias, ep
+
+    def _workload(self, layer: LayerInfo, ep: Epilogue) -> Conv2dWorkload | DenseWorkload:
+        if layer.op == "dense":
+            n, c = layer.input_shape
+            return DenseWorkload(int(n), int(c), int(layer.weight_shape[0]), ep)
+        n, c, h, w = layer.input_shape
+        k, _, r, s = layer.weight_shape
+        t, l, bo, ri = layer.pads
+        return Conv2dWorkload(int(n), int(c), int(h), int(w), int(k), int(r), int(s),
+                              layer.strides[0], layer.strides[1], t, l, bo, ri,
+                              layer.dilations[0], layer.dilations[1], layer.groups, ep)

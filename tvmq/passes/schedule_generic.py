@@ -1,0 +1,109 @@
+"""``ScheduleGeneric``: a real CPU schedule for every PrimFunc no kernel owns.
+
+After ``LegalizeOps`` + ``FuseOps`` + ``FuseTIR`` the elementwise chains, pooling, reductions and
+softmax are fused PrimFuncs with naive single-threaded loops. This pass gives each of them a
+schedule from its structure, without tuning:
+
+* injective producers are inlined into their consumers;
+* a purely spatial block has all its loops fused, the innermost ``lanes`` vectorised and the rest
+  run in parallel (when there is enough work to pay for waking the thread pool);
+* a reduction block runs its leading spatial loops in parallel.
+
+Functions already scheduled (``tirx.is_scheduled``, e.g. the ``schedules`` kernels) are left as
+they are. A block this pass cannot schedule keeps its loops (correct, only slower).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+_MIN_PARALLEL_WORK = 4096  # output elements below which threading costs more than it saves
+
+
+def _is_spatial(sch: s_tir.Schedule, block) -> bool:  # type: ignore[no-untyped-def]
+    return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:  # type: ignore[no-untyped-def]
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _inline_producers(sch: s_tir.Schedule) -> None:
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    blocks = sch.get_child_blocks(root) if root is not None else []
+    for block in blocks[:-1]:
+        try:
+            sch.compute_inline(block)
+        except Exception:  # not inlinable (reduction, multiple consumers...): keep it
+            continue
+
+
+def _has_root(sch: s_tir.Schedule) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:
+        return False
+
+
+def _schedule_block(sch: s_tir.Schedule, block, lanes: int) -> None:  # type: ignore[no-untyped-def]
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    if _is_spatial(sch, block):
+        # keep the loop nest (fusing it turns every index into div/mod chains): vectorise the
+        # innermost loop when it is whole vectors, run the leading loops in parallel
+        inner = loops[-1]
+        extent = _extent(sch, inner) or 0
+        if len(loops) > 1 and extent >= lanes and extent % lanes == 0:
+            _, vec = sch.split(inner, [None, lanes])
+            sch.vectorize(vec)
+        total = 1
+        for loop in loops:
+            total *= _extent(sch, loop) or 1
+        if total >= _MIN_PARALLEL_WORK and len(loops) > 1:
+            outer = sch.fuse(*loops[: max(1, len(loops) - 2)])
+            sch.parallel(outer)
+        return
+    # reduction: parallel over the leading data-parallel loops (TOPI puts them first)
+    n_spatial = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar)
+    spatial = loops[:n_spatial]
+    if not spatial:
+        return
+    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    if (_extent(sch, fused) or 0) >= 2:
+        sch.parallel(fused)
+
+
+def schedule_primfunc(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
+    sch = s_tir.Schedule(func)
+    _inline_producers(sch)
+    if not _has_root(sch):
+        return func
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        try:
+            trial = sch.copy()
+            _schedule_block(trial, trial.get_sblock(sch.get(block).name_hint), lanes)
+            sch = trial
+        except Exception:  # leave this block naive, keep the others
+            continue
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+class ScheduleGeneric:
+    """Schedule every unscheduled PrimFunc of ``mod`` (see module docstring)."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        for gv, func in list(mod.functions_items()):
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+                continue
+            mod[gv] = schedule_primfunc(func, self.lanes).with_attr(
+                "global_symbol", func.attrs["global_symbol"] if func.attrs and "global_symbol" in func.attrs else gv.name_hint)
+        return mod

@@ -1,0 +1,170 @@
+"""Load a compiled model, run it on numpy arrays, time it.
+
+``tvmq.load(path)`` takes ``out/model.so`` (or the ``out/`` folder) and the ``manifest.json``
+beside it; nothing of the original ONNX model is needed. Inputs are checked against the
+manifest (names, shapes, dtypes) before anything reaches TVM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import ArtifactError, InputError
+
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+_SYS_ARCH_PRCTL = 158
+
+
+def request_amx_permission() -> bool:
+    """Ask Linux for the AMX tile state (needed once per process before any AMX instruction)."""
+    try:
+        return ctypes.CDLL(None).syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def set_num_threads(threads: int) -> None:
+    """Size TVM's thread pool (``threads`` >= 1)."""
+    import tvm
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    p10_ms: float
+    p90_ms: float
+    n: int
+    threads: int
+
+    @property
+    def spread_ms(self) -> float:
+        return self.p90_ms - self.p10_ms
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"median_ms": self.median_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms,
+                "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "n": self.n, "threads": self.threads}
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], threads: int) -> BenchmarkResult:
+        s = sorted(samples_ms)
+        q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
+        return cls(median_ms=statistics.median(s), mean_ms=statistics.fmean(s), min_ms=s[0],
+                   p10_ms=q[0], p90_ms=q[-1], n=len(s), threads=threads)
+
+
+class Module:
+    """A compiled tvmq model: ``run`` and ``benchmark``."""
+
+    def __init__(self, library: Path, manifest: dict[str, Any]) -> None:
+        import tvm
+        from tvm import relax
+
+        self.library = library
+        self.manifest = manifest
+        if manifest.get("isa") == "amx":
+            request_amx_permission()
+        try:
+            lib = tvm.runtime.load_module(str(library))
+        except Exception as e:
+            raise ArtifactError(f"cannot load {library}: {str(e).strip().splitlines()[-1]}") from None
+        self._dev = tvm.cpu()
+        self._vm = relax.VirtualMachine(lib, self._dev)
+        self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
+        self.output_names = [o["name"] for o in manifest["outputs"]]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [n for n, _, _ in self.inputs]
+
+    def _convert(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> list[Any]:
+        import tvm
+
+        if isinstance(feeds, np.ndarray):
+            if len(self.inputs) != 1:
+                raise InputError(f"the model has {len(self.inputs)} inputs "
+                                 f"{self.input_names}: pass a dict")
+            feeds = {self.inputs[0][0]: feeds}
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"inputs must be a dict name -> numpy array, got {type(feeds).__name__}")
+        unknown = sorted(set(feeds) - set(self.input_names))
+        missing = [n for n in self.input_names if n not in feeds]
+        if unknown or missing:
+            raise InputError(f"input names do not match the model: missing {missing}, "
+                             f"unknown {unknown}; expected {self.input_names}")
+        args = []
+        for name, shape, dtype in self.inputs:
+            value = feeds[name]
+            if not isinstance(value, np.ndarray):
+                value = np.asarray(value)
+            if value.dtype != np.dtype(dtype):
+                raise InputError(f"input {name!r}: dtype {value.dtype} but the model was compiled "
+                                 f"for {dtype}")
+            if tuple(value.shape) != shape:
+                raise InputError(f"input {name!r}: shape {tuple(value.shape)} but the model was "
+                                 f"compiled for {shape}")
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(value), self._dev))
+        return args
+
+    def _outputs(self, result: Any) -> dict[str, np.ndarray]:
+        items = list(result) if not hasattr(result, "numpy") else [result]
+        return {name: t.numpy() for name, t in zip(self.output_names, items)}
+
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model: ``{input name: array}`` -> ``{output name: array}`` (ONNX names)."""
+        return self._outputs(self._vm["main"](*self._convert(feeds)))
+
+    def benchmark(self, feeds: Mapping[str, np.ndarray] | np.ndarray | None = None, *,
+                  warmup: int = 10, repeat: int = 50, threads: int | None = None) -> BenchmarkResult:
+        """Time ``repeat`` calls after ``warmup`` (random inputs unless ``feeds`` is given)."""
+        if repeat < 1 or warmup < 0:
+            raise ValueError("repeat must be >= 1 and warmup >= 0")
+        n_threads = threads or int(os.environ.get("TVM_NUM_THREADS", "0")) or (os.cpu_count() or 1)
+        set_num_threads(n_threads)
+        if feeds is None:
+            rng = np.random.default_rng(0)
+            feeds = {n: rng.standard_normal(s).astype(d) for n, s, d in self.inputs}
+        args = self._convert(feeds)
+        main = self._vm["main"]
+        for _ in range(warmup):
+            main(*args)
+        samples = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            main(*args)
+            samples.append((time.perf_counter() - t) * 1e3)
+        return BenchmarkResult.from_samples(samples, n_threads)
+
+
+def load(path: str | os.PathLike) -> Module:
+    """Load ``model.so`` (or a folder holding it) and its ``manifest.json``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.so"
+    if not p.exists():
+        raise ArtifactError(f"compiled model not found: {p} (run `tvmq compile` first)")
+    mpath = p.with_name("manifest.json")
+    if not mpath.exists():
+        raise ArtifactError(f"manifest.json missing next to {p}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"cannot read {mpath}: {e}") from None
+    if not isinstance(manifest, dict) or "inputs" not in manifest or "outputs" not in manifest:
+        raise ArtifactError(f"{mpath} is not a tvmq manifest")
+    return Module(p, manifest)
