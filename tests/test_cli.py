@@ -1,0 +1,53 @@
+"""The command line end to end on the bundled model: compile, bench --compare, info."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .conftest import FMNIST_DIR, ROOT, fmnist_inputs
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tvmq", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_compile_then_run_in_a_fresh_process(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "compiled 7 layers" in r.stdout
+    assert "[" in r.stderr  # progress lines
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"] == [{"name": "input", "shape": [1, 1, 28, 28], "dtype": "float32"}]
+    assert manifest["outputs"][0]["name"] == "logits"
+    # a fresh interpreter that never sees the ONNX file
+    x, _ = fmnist_inputs(1)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import numpy as np, tvmq, sys; m = tvmq.load(sys.argv[1]); "
+            "y = m.run({'input': np.load(sys.argv[2])})['logits']; print(y.shape, int(y.argmax()))")
+    p = subprocess.run([sys.executable, "-c", code, str(out / "model.so"), str(tmp_path / "x.npy")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("(1, 10)")
+
+
+def test_bench_compare_reports_both_runtimes(fmnist_compiled: Path) -> None:
+    r = _cli("bench", str(fmnist_compiled), "--threads", "1", "--repeat", "5", "--warmup", "1",
+             "--compare", str(FMNIST_DIR / "model.onnx"), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert set(data) == {"tvmq", "onnxruntime"}
+    for row in data.values():
+        assert row["n"] == 5 and row["threads"] == 1 and 0 < row["median_ms"] < 1000
+
+
+def test_info_lists_layers() -> None:
+    r = _cli("info", str(FMNIST_DIR / "model.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert "7 layers" in r.stdout and "depthwise_conv2d" in r.stdout

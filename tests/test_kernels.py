@@ -1,0 +1,118 @@
+"""fp32 kernels against the numpy reference over many shapes (tight tolerance).
+
+Every kernel is also built for the portable ISA levels (avx2 / generic vector widths) so the
+fallback paths are exercised on any host that can run them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from schedules import reference, registry
+from schedules.target_features import TargetFeatures, detect_host
+from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
+
+HOST = detect_host()
+ISAS = ["host", "generic"] + (["avx2"] if HOST.avx2 and HOST.isa != "avx2" else [])
+
+
+def _features(isa: str) -> TargetFeatures:
+    return HOST if isa == "host" else HOST.with_isa(isa)
+
+
+def _run(wl, weight, bias, data, features: TargetFeatures) -> np.ndarray:  # type: ignore[no-untyped-def]
+    kernel = registry.select(registry.op_of(wl), "fp32", features)
+    cfg = kernel.fallback_config(wl, features)
+    func = kernel.build_primfunc(wl, cfg)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json()))
+    args = [tvm.runtime.tensor(data), tvm.runtime.tensor(kernel.pack_weight(weight, wl, cfg))]
+    if wl.epilogue.bias:
+        args.append(tvm.runtime.tensor(bias))
+    out = tvm.runtime.empty(kernel.output_shape(wl), "float32")
+    ex(*args, out)
+    return out.numpy().reshape(wl.out_shape)
+
+
+def _check(wl, isa: str, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal(wl.data_shape).astype(np.float32)
+    weight = rng.standard_normal(wl.weight_shape).astype(np.float32)
+    bias = rng.standard_normal(wl.weight_shape[0]).astype(np.float32)
+    ref_fn = reference.dense if isinstance(wl, DenseWorkload) else reference.conv2d
+    expected = ref_fn(data, weight, bias if wl.epilogue.bias else None, wl)
+    got = _run(wl, weight, bias, data, _features(isa))
+    scale = max(float(np.abs(expected).max()), 1.0)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
+
+
+RELU = Epilogue(True, "relu")
+RELU6 = Epilogue(True, "clip", 0.0, 6.0)
+NONE = Epilogue(False, "none")
+
+# (N, C, H, W, K, R, S, stride, pad, dilation, groups, epilogue)
+CONVS = [
+    (1, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1, RELU),      # stem-like, C < block
+    (1, 16, 17, 19, 24, 3, 3, 2, 1, 1, 1, RELU6),    # odd sizes, stride 2
+    (1, 7, 9, 9, 5, 1, 1, 1, 0, 1, 1, NONE),         # 1x1, odd channels, no bias
+    (2, 13, 11, 11, 33, 5, 5, 1, 2, 1, 1, RELU),     # 5x5, batch 2, channels not multiple of 16
+    (1, 3, 23, 23, 8, 7, 7, 2, 3, 1, 1, RELU),       # 7x7 stride 2 stem
+    (1, 32, 14, 14, 64, 3, 3, 1, 2, 2, 1, NONE),     # dilation 2
+    (1, 24, 12, 12, 36, 1, 1, 1, 0, 1, 4, RELU),     # grouped 1x1 (ShuffleNet style), 6/9 per group
+    (1, 20, 10, 10, 20, 3, 3, 1, 1, 1, 2, RELU),     # grouped 3x3
+    (1, 64, 13, 13, 48, 1, 1, 1, 0, 1, 1, RELU),     # width 13 (prime): padded register tile
+    (1, 16, 8, 8, 16, 3, 3, 1, 0, 1, 1, RELU),       # no padding
+    (1, 8, 9, 10, 8, 3, 3, 1, 0, 1, 1, NONE),        # asymmetric via shapes
+]
+DEPTHWISE = [
+    (1, 32, 28, 28, 3, 1, 1, RELU6),
+    (1, 37, 15, 15, 3, 2, 1, RELU),   # channel tail, stride 2
+    (1, 16, 9, 9, 5, 1, 2, NONE),     # 5x5
+    (2, 24, 7, 7, 3, 2, 1, RELU6),    # batch 2
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: "x".join(map(str, c[:11])))
+def test_conv2d_matches_reference(case, isa: str) -> None:  # type: ignore[no-untyped-def]
+    n, c, h, w, k, r, s, st, p, d, g, ep = case
+    _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep), isa)
+
+
+def test_conv2d_asymmetric_padding() -> None:
+    wl = Conv2dWorkload(1, 8, 10, 12, 16, 3, 3, 2, 1, 0, 1, 2, 0, groups=1, epilogue=RELU)
+    _check(wl, "host")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", DEPTHWISE, ids=lambda c: "x".join(map(str, c[:7])))
+def test_depthwise_matches_reference(case, isa: str) -> None:  # type: ignore[no-untyped-def]
+    n, c, h, r, st, p, ep = case[0], case[1], case[2], case[4], case[5], case[6], case[7]
+    wl = Conv2dWorkload(n, c, h, h, c, r, r, st, st, p, p, p, p, groups=c, epilogue=ep)
+    assert registry.op_of(wl) == "depthwise_conv2d"
+    _check(wl, isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,c,k,ep", [(1, 1280, 1000, NONE), (1, 64, 10, RELU), (3, 100, 37, RELU6),
+                                      (1, 7, 5, NONE)])
+def test_dense_matches_reference(n: int, c: int, k: int, ep: Epilogue, isa: str) -> None:
+    _check(DenseWorkload(n, c, k, ep), isa)
+
+
+def test_registry_miss_names_known_keys() -> None:
+    with pytest.raises(registry.KernelNotFound, match="registered: conv2d/fp32/generic"):
+        registry.get(registry.KernelKey("conv2d", "int3", "generic"))
+
+
+def test_registry_falls_back_to_portable_kernel() -> None:
+    kernel = registry.select("conv2d", "fp32", TargetFeatures())  # no vector extensions at all
+    assert kernel.key.isa == "generic"
+
+
+def test_workload_validation() -> None:
+    with pytest.raises(ValueError, match="groups"):
+        Conv2dWorkload(1, 6, 8, 8, 4, 3, 3, groups=4)
+    with pytest.raises(ValueError, match="empty"):
+        Conv2dWorkload(1, 4, 2, 2, 4, 5, 5)

@@ -1,0 +1,110 @@
+"""Whole models, compiled fp32, against onnxruntime (max abs diff <= 1e-4 x output scale).
+
+The ``light_*`` zoo models in the ``onnx`` wheel build their weights with ConstantOfShape
+(constant values, which would make every channel equal and the comparison meaningless), so the
+test folds those constants and gives every weight, bias and batch-norm statistic seeded random
+values before both runtimes see the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import tvmq
+from tvmq import onnx_graph as og
+
+from .conftest import FMNIST_DIR, MOBILENETV2, fmnist_inputs, light_model, ort_session
+
+TOL = 1e-4
+
+
+def randomized(path: Path, seed: int = 0) -> onnx.ModelProto:
+    g = og.Graph(onnx.load(str(path)))
+    og.inline_constant_nodes(g)
+    og.fold_constants(g)
+    rng = np.random.default_rng(seed)
+    role: dict[str, str] = {}
+    for n in g.nodes:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1:
+            role[n.input[1]] = "weight"
+            if len(n.input) > 2 and n.input[2]:
+                role[n.input[2]] = "bias"
+        if n.op_type == "BatchNormalization":
+            for name, r in zip(n.input[1:5], ("gamma", "beta", "mean", "var")):
+                role[name] = r
+    for name, r in role.items():
+        v = g.consts.get(name)
+        if v is None or v.dtype != np.float32:
+            continue
+        if r == "weight":
+            fan_in = int(np.prod(v.shape[1:])) if v.ndim > 1 else v.shape[0]
+            if v.ndim == 2:  # Gemm weight, either orientation
+                fan_in = min(v.shape)
+            new = rng.standard_normal(v.shape) * np.sqrt(2.0 / max(fan_in, 1))
+        elif r in ("gamma", "var"):
+            new = rng.uniform(0.5, 1.5, v.shape)
+        else:
+            new = rng.standard_normal(v.shape) * 0.1
+        g.consts[name] = new.astype(np.float32)
+    return g.to_model()
+
+
+def _compare(model_path: Path, tmp_path: Path, x: np.ndarray) -> float:
+    out = tmp_path / "out"
+    tvmq.build(model_path, out)
+    m = tvmq.load(out / "model.so")
+    (name, _, _), = m.inputs
+    got = m.run({name: x})
+    ref = ort_session(model_path).run(None, {name: x})
+    worst = 0.0
+    for (oname, value), expected in zip(got.items(), ref):
+        assert value.shape == expected.shape, oname
+        scale = max(float(np.abs(expected).max()), 1e-12)
+        worst = max(worst, float(np.abs(value - expected).max()) / scale)
+    return worst
+
+
+def test_fmnist_cnn_matches_onnxruntime(fmnist_compiled: Path) -> None:
+    m = tvmq.load(fmnist_compiled)
+    x, _ = fmnist_inputs(16)
+    sess = ort_session(FMNIST_DIR / "model.onnx")
+    for i in range(len(x)):
+        got = m.run({"input": x[i:i + 1]})["logits"]
+        ref = sess.run(None, {"input": x[i:i + 1]})[0]
+        assert np.abs(got - ref).max() <= TOL * np.abs(ref).max()
+
+
+def test_fmnist_cnn_layer_table(fmnist_compiled: Path) -> None:
+    import json
+
+    manifest = json.loads((fmnist_compiled / "manifest.json").read_text())
+    layers = {l["name"]: l for l in manifest["layers"]}
+    ops = sorted(l["op"] for l in layers.values())
+    assert ops == ["conv2d"] * 5 + ["dense", "depthwise_conv2d"]
+    # names come from the ONNX graph, BN was folded (every conv now has a bias)
+    graph_nodes = {n.name for n in onnx.load(str(FMNIST_DIR / "model.onnx")).graph.node}
+    assert set(layers) <= graph_nodes
+    assert all(l["has_bias"] for l in layers.values())
+    assert set(manifest["kernels"]) == set(layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "squeezenet", "shufflenet", "densenet121",
+                                  "inception_v1", "inception_v2"])
+def test_light_zoo_model_matches_onnxruntime(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(randomized(light_model(name)), str(path))
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    assert _compare(path, tmp_path, x) <= TOL
+
+
+@pytest.mark.slow
+def test_mobilenetv2_matches_onnxruntime(tmp_path: Path) -> None:
+    if not MOBILENETV2.exists():
+        pytest.skip(f"{MOBILENETV2} missing: run `make models` (exports the real MobileNetV2)")
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    assert _compare(MOBILENETV2, tmp_path, x) <= TOL

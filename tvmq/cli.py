@@ -1,0 +1,178 @@
+"""``tvmq`` command line: each subcommand wraps one library function.
+
+    tvmq compile model.onnx -o out/ [--isa avx2] [--batch-size 1] [--input-shape name=1,3,224,224]
+    tvmq bench out/ [--threads 1] [--repeat 50] [--compare model.onnx]
+    tvmq info model.onnx          # layer table, unsupported ops, without compiling
+
+Errors a user can cause print one line ``tvmq: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .errors import TvmqError
+
+
+class _Progress:
+    """One line per step with the elapsed time (stderr, so stdout stays parseable)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        if not sep or not name:
+            raise TvmqError(f"--input-shape expects name=d0,d1,..., got {item!r}")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise TvmqError(f"--input-shape {item!r}: dimensions must be integers") from None
+    return shapes
+
+
+def _features(isa: str | None):  # type: ignore[no-untyped-def]
+    from schedules.target_features import detect_host
+
+    host = detect_host()
+    if isa is None:
+        return host
+    try:
+        return host.with_isa(isa)
+    except ValueError as e:
+        raise TvmqError(str(e)) from None
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .build import build
+
+    progress = _Progress(args.quiet)
+    result = build(args.model, args.output, features=_features(args.isa),
+                   input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
+                   progress=progress)
+    m = result.manifest_data
+    progress(f"wrote {result.library} and {result.manifest}")
+    print(f"compiled {len(m['layers'])} layers ({m['total_macs'] / 1e6:.1f} MMAC, "
+          f"{m['weight_bytes'] / 1e6:.2f} MB fp32 weights) for {m['isa']} "
+          f"in {sum(result.timings.values()):.1f}s -> {result.library}")
+    return 0
+
+
+def _ort_session(path: str, threads: int):  # type: ignore[no-untyped-def]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise TvmqError("--compare needs onnxruntime: pip install onnxruntime") from None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .runtime import BenchmarkResult, load
+
+    m = load(args.model)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal(s).astype(d) for n, s, d in m.inputs}
+    r = m.benchmark(feeds, warmup=args.warmup, repeat=args.repeat, threads=args.threads)
+    rows = [("tvmq", r)]
+    if args.compare:
+        from .frontend import load_model
+
+        load_model(args.compare)  # a clear error for a bad file before onnxruntime sees it
+        sess = _ort_session(args.compare, r.threads)
+        ort_feeds = dict(feeds)
+        for _ in range(args.warmup):
+            sess.run(None, ort_feeds)
+        samples = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            sess.run(None, ort_feeds)
+            samples.append((time.perf_counter() - t) * 1e3)
+        rows.append(("onnxruntime", BenchmarkResult.from_samples(samples, r.threads)))
+    if args.json:
+        print(json.dumps({name: res.to_json() for name, res in rows}))
+        return 0
+    print(f"{'runtime':<12} {'threads':>7} {'median ms':>10} {'p10-p90 ms':>16} {'n':>5}")
+    for name, res in rows:
+        print(f"{name:<12} {res.threads:>7} {res.median_ms:>10.3f} "
+              f"{res.p10_ms:>7.3f}-{res.p90_ms:<8.3f} {res.n:>5}")
+    if len(rows) == 2:
+        print(f"tvmq / onnxruntime = {rows[0][1].median_ms / rows[1][1].median_ms:.2f}x (medians)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .frontend import prepare
+
+    pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
+    print(f"inputs:  {[s.to_json() for s in pm.inputs]}")
+    print(f"outputs: {[s.to_json() for s in pm.outputs]}")
+    print(f"{'layer':<48} {'op':<17} {'weight':<18} {'MMAC':>8}")
+    for l in pm.layers:
+        print(f"{l.name[:48]:<48} {l.op:<17} {str(l.weight_shape):<18} {l.macs / 1e6:>8.2f}")
+    print(f"{len(pm.layers)} layers, {pm.layers.total_macs / 1e6:.1f} MMAC")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tvmq", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="ONNX -> out/model.so + out/manifest.json")
+    c.add_argument("model")
+    c.add_argument("-o", "--output", required=True, help="output directory (created)")
+    c.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"],
+                   help="limit kernels to this ISA level (default: detected from the CPU)")
+    c.add_argument("--batch-size", type=int, default=1)
+    c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=cmd_compile)
+
+    b = sub.add_parser("bench", help="time a compiled model (optionally onnxruntime beside it)")
+    b.add_argument("model", help="out/ folder or out/model.so")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--repeat", type=int, default=50)
+    b.add_argument("--compare", metavar="MODEL.onnx", help="also time onnxruntime on this model")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("info", help="layer table of an ONNX model (no compilation)")
+    i.add_argument("model")
+    i.add_argument("--batch-size", type=int, default=1)
+    i.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TvmqError as e:
+        print(f"tvmq: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tvmq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
