@@ -35,3 +35,41 @@ def apply_activation(x: tirx.PrimExpr, ep: Epilogue) -> tirx.PrimExpr:
         return tirx.min(tirx.max(x, tirx.const(ep.clip_min, "float32")),
                         tirx.const(ep.clip_max, "float32"))
     return x
+
+
+def optional_bias(ep: Epilogue, channels: int):  # type: ignore[no-untyped-def]
+    """The bias placeholder when the epilogue has one, else None."""
+    from tvm import te
+
+    return te.placeholder((channels,), "float32", name="bias") if ep.bias else None
+
+
+def finish(acc: tirx.PrimExpr, bias, channel: tirx.PrimExpr, ep: Epilogue) -> tirx.PrimExpr:  # type: ignore[no-untyped-def]
+    """Accumulator -> stored value: add the bias of ``channel`` (if any), then the activation."""
+    if bias is not None:
+        acc = acc + bias[channel]
+    return apply_activation(acc, ep)
+
+
+def schedule_register_tile(sch, conv_b, out_b, *, outer: list, x, reductions: list, lane,  # type: ignore[no-untyped-def]
+                           reg_n: int) -> None:
+    """The common direct-conv schedule: a ``reg_n`` x ``lane`` accumulator tile in registers.
+
+    ``outer`` loops run in parallel; ``x`` (output width) is split by ``reg_n``; the tile is
+    accumulated over ``reductions`` and written back by ``out_b`` per tile.
+    """
+    xo, xi = sch.split(x, [None, reg_n])
+    sch.reorder(*outer, xo, *reductions, xi, lane)
+    sch.parallel(sch.fuse(*outer))
+    sch.vectorize(lane)  # before decompose_reduction, which leaves a non-"compact" block
+    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
+    init = sch.decompose_reduction(conv_b, reductions[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(xi)
+
+
+def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]
+    """The input repack ``[N, blocks, H, W, lanes]``: parallel over (n, block, row)."""
+    pn, pb, ph, _, pc = sch.get_loops(pack_b)
+    sch.parallel(sch.fuse(pn, pb, ph))
+    sch.unroll(pc)

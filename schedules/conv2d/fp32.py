@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import apply_activation, ceil_div, padded_width, register_tile
+from ..common import (ceil_div, finish, optional_bias, padded_width, register_tile,
+                      schedule_register_tile, schedule_repack)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -105,22 +106,15 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
             dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, ri]
             * weight[gi * ocb + b, rc, rh, rw, ri, ko], axis=[rc, rh, rw, ri]),
         name="conv")
-    args: list[te.Tensor] = [data, weight]
-    bias = None
-    if wl.epilogue.bias:
-        bias = te.placeholder((wl.out_channels,), "float32", name="bias")
-        args.append(bias)
+    bias = optional_bias(wl.epilogue, wl.out_channels)
 
     def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
-        acc = conv[n, gi, kk // oc_bn, y, x, kk % oc_bn]
-        if bias is not None:
-            acc = acc + bias[gi * kg + kk]
-        return apply_activation(acc, wl.epilogue)
+        return finish(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias, gi * kg + kk, wl.epilogue)
 
     # grouped convs write [N, G, K/G, OH, OW] (a free reshape of NCHW): keeping the group axis
     # separate keeps every index affine, which the schedule's region analysis needs
     out = te.compute((n_, g, kg, wl.out_height, wl.out_width), epilogue, name="out")
-    return args + [out]
+    return [data, weight] + ([bias] if bias is not None else []) + [out]
 
 
 def output_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
@@ -139,15 +133,6 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig) -> None:  # type: ignor
     out_b = sch.get_sblock("out")
     pack_b = sch.get_sblock("data_pack")
     n, gi, b, y, x, ko, rc, rh, rw, ri = sch.get_loops(conv_b)
-    xo, xi = sch.split(x, [None, cfg.reg_n])
-    sch.reorder(n, gi, b, y, xo, rc, rh, rw, ri, xi, ko)
-    sch.parallel(sch.fuse(n, gi, b, y))
-    sch.vectorize(ko)  # before decompose_reduction, which leaves a non-"compact" block
-    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
-    init = sch.decompose_reduction(conv_b, rc)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(xi)
-    # the input repack: parallel over (n, channel block, row)
-    pn, pg, ph, pw, pc = sch.get_loops(pack_b)
-    sch.parallel(sch.fuse(pn, pg, ph))
-    sch.unroll(pc)
+    schedule_register_tile(sch, conv_b, out_b, outer=[n, gi, b, y], x=x,
+                           reductions=[rc, rh, rw, ri], lane=ko, reg_n=cfg.reg_n)
+    schedule_repack(sch, pack_b)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import apply_activation, ceil_div
+from ..common import ceil_div, finish, optional_bias
 from ..target_features import TargetFeatures
 from ..workload import DenseWorkload
 
@@ -53,19 +53,13 @@ def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
     acc = te.compute((wl.batch, kb, oc_bn),
                      lambda n, b, ko: te.sum(data[n, rc] * weight[b, rc, ko], axis=[rc]),
                      name="dense")
-    args: list[te.Tensor] = [data, weight]
-    bias = None
-    if wl.epilogue.bias:
-        bias = te.placeholder((wl.out_features,), "float32", name="bias")
-        args.append(bias)
+    bias = optional_bias(wl.epilogue, wl.out_features)
 
     def epilogue(n, k):  # type: ignore[no-untyped-def]
-        v = acc[n, k // oc_bn, k % oc_bn]
-        if bias is not None:
-            v = v + bias[k]
-        return apply_activation(v, wl.epilogue)
+        return finish(acc[n, k // oc_bn, k % oc_bn], bias, k, wl.epilogue)
 
-    return args + [te.compute(wl.out_shape, epilogue, name="out")]
+    out = te.compute(wl.out_shape, epilogue, name="out")
+    return [data, weight] + ([bias] if bias is not None else []) + [out]
 
 
 def schedule(sch, wl: DenseWorkload, cfg: DenseConfig) -> None:  # type: ignore[no-untyped-def]

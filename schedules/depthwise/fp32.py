@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import apply_activation, ceil_div, padded_width, register_tile
+from ..common import (ceil_div, finish, optional_bias, padded_width, register_tile,
+                      schedule_register_tile, schedule_repack)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -77,19 +78,13 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
             dpack[n, b, y * sh + rh * dh, x * sw + rw * dw, ci] * weight[b, rh, rw, ci],
             axis=[rh, rw]),
         name="conv")
-    args: list[te.Tensor] = [data, weight]
-    bias = None
-    if wl.epilogue.bias:
-        bias = te.placeholder((c_,), "float32", name="bias")
-        args.append(bias)
+    bias = optional_bias(wl.epilogue, c_)
 
     def epilogue(n, c, y, x):  # type: ignore[no-untyped-def]
-        acc = conv[n, c // c_bn, y, x, c % c_bn]
-        if bias is not None:
-            acc = acc + bias[c]
-        return apply_activation(acc, wl.epilogue)
+        return finish(conv[n, c // c_bn, y, x, c % c_bn], bias, c, wl.epilogue)
 
-    return args + [te.compute(wl.out_shape, epilogue, name="out")]
+    out = te.compute(wl.out_shape, epilogue, name="out")
+    return [data, weight] + ([bias] if bias is not None else []) + [out]
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig) -> None:  # type: ignore[no-untyped-def]
@@ -97,14 +92,6 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig) -> None:  # type: ig
     out_b = sch.get_sblock("out")
     pack_b = sch.get_sblock("data_pack")
     n, b, y, x, ci, rh, rw = sch.get_loops(conv_b)
-    xo, xi = sch.split(x, [None, cfg.reg_n])
-    sch.reorder(n, b, y, xo, rh, rw, xi, ci)
-    sch.parallel(sch.fuse(n, b, y))
-    sch.vectorize(ci)
-    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
-    init = sch.decompose_reduction(conv_b, rh)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(xi)
-    pn, pb, ph, pw, pc = sch.get_loops(pack_b)
-    sch.parallel(sch.fuse(pn, pb, ph))
-    sch.unroll(pc)
+    schedule_register_tile(sch, conv_b, out_b, outer=[n, b, y], x=x, reductions=[rh, rw],
+                           lane=ci, reg_n=cfg.reg_n)
+    schedule_repack(sch, pack_b)
