@@ -33,7 +33,8 @@ Method
    ``ORT_ENABLE_ALL``, ``CPUExecutionProvider``.
 5. **Statistics.** All samples of a variant (rounds x repeat) are pooled: median, p10, p90
    (``statistics.quantiles(n=10)``, the same as ``tvmq.BenchmarkResult``) and n; the ratio
-   is median(tvmq) / median(onnxruntime), below 1 means tvmq is faster.
+   is median(tvmq) / median(onnxruntime), below 1 means tvmq is faster. A row whose
+   per-round medians differ by more than 20% gets a "noisy" note under the table.
 6. **Sanity column.** From the first round, ``max|y_tvmq - y_ort| / max|y_ort|`` over all
    outputs on the benchmark input.
 
@@ -72,6 +73,8 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
 JSON_MARKER = "BENCH_JSON:"
 STAMP_FILE = "bench_stamp.json"
 INPUT_FILE = "input.npz"
+# Flag a row when its per-round medians differ by more than this factor.
+NOISY_ROUND_SPREAD = 1.2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,13 +170,31 @@ def _save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
              **{f"out_{i}": np.asarray(outputs[n]) for i, n in enumerate(names)})
 
 
-def _timed(fn: Any, repeat: int) -> list[float]:
+def _system_busy_s() -> float | None:
+    """CPU seconds spent busy by the whole machine (all cores, incl. steal), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(fn: Any, repeat: int) -> tuple[list[float], float | None]:
+    """Time ``repeat`` calls; also return how many cores *other* processes kept busy meanwhile."""
     samples = []
+    busy0, own0, wall0 = _system_busy_s(), time.process_time(), time.perf_counter()
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t) * 1e3)
-    return samples
+    busy1, own1, wall = _system_busy_s(), time.process_time(), time.perf_counter() - wall0
+    other = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        other = max(0.0, ((busy1 - busy0) - (own1 - own0)) / wall)
+    return samples, other
 
 
 def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
@@ -199,14 +220,16 @@ def worker_tvmq(spec: dict[str, Any]) -> dict[str, Any]:
     threads = int(spec["threads"])
     feeds = _load_feeds(spec["input"])
     m = tvmq.load(spec["library"])
-    # benchmark() sizes TVM's thread pool (runtime.config_threadpool) and doubles as warmup.
+    # benchmark() sizes TVM's thread pool (runtime.config_threadpool) and doubles as warmup;
+    # its own (kernel-only) timing of repeat // 3 calls is kept as extra information.
     api = m.benchmark(feeds, warmup=spec["warmup"], repeat=max(1, spec["repeat"] // 3),
                       threads=threads)
-    samples = _timed(lambda: m.run(feeds), spec["repeat"])
+    samples, other = _timed(lambda: m.run(feeds), spec["repeat"])
     if spec.get("save_outputs"):
         _save_outputs(spec["save_outputs"], m.run(feeds))
     return {"ok": True, "samples_ms": samples, "tvmq_api_benchmark": api.to_json(),
-            "version": tvm.__version__, "loadavg_after": os.getloadavg()}
+            "version": tvm.__version__, "other_cpu_cores": other,
+            "loadavg_after": os.getloadavg()}
 
 
 def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
@@ -221,12 +244,12 @@ def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
     sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
     for _ in range(spec["warmup"]):
         sess.run(None, feeds)
-    samples = _timed(lambda: sess.run(None, feeds), spec["repeat"])
+    samples, other = _timed(lambda: sess.run(None, feeds), spec["repeat"])
     if spec.get("save_outputs"):
         names = [o.name for o in sess.get_outputs()]
         _save_outputs(spec["save_outputs"], dict(zip(names, sess.run(None, feeds))))
     return {"ok": True, "samples_ms": samples, "version": ort.__version__,
-            "loadavg_after": os.getloadavg()}
+            "other_cpu_cores": other, "loadavg_after": os.getloadavg()}
 
 
 def worker_main(spec_json: str) -> int:
@@ -383,11 +406,15 @@ def bench_pair(case: ModelCase, threads: int, args: argparse.Namespace,
                 continue
             samples[v].extend(res["samples_ms"])
             rounds[v].append({"median_ms": statistics.median(res["samples_ms"]),
+                              "other_cpu_cores": res.get("other_cpu_cores"),
                               "loadavg_after": res["loadavg_after"]})
             if "tvmq_api_benchmark" in res:
                 extra["tvmq_api_benchmark"].append(res["tvmq_api_benchmark"])
+            other = res.get("other_cpu_cores")
             print(f"  [{case.name} t={threads}] round {r + 1}/{args.rounds} {v:<11} "
-                  f"median {statistics.median(res['samples_ms']):8.3f} ms", flush=True)
+                  f"median {statistics.median(res['samples_ms']):8.3f} ms"
+                  + (f"  (other processes: {other:.2f} cores)" if other is not None else ""),
+                  flush=True)
 
     stats = {v: summarize(s) for v, s in samples.items() if s}
     ratio = (stats["tvmq"]["median_ms"] / stats["onnxruntime"]["median_ms"]
@@ -417,6 +444,16 @@ def markdown_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
                      f"| {fmt_stat(st.get('onnxruntime'), err.get('onnxruntime'))} | {ratio} | {diff} |")
     notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
              for row in rows for v, e in row["errors"].items()]
+    for row in rows:
+        spans = {v: [r["median_ms"] for r in rr] for v, rr in row["per_round"].items() if rr}
+        if any(max(m) > NOISY_ROUND_SPREAD * min(m) for m in spans.values()):
+            ranges = ", ".join(f"{v} {min(m):.2f}-{max(m):.2f}" for v, m in spans.items())
+            others = [r["other_cpu_cores"] for rr in row["per_round"].values() for r in rr
+                      if r.get("other_cpu_cores") is not None]
+            busy = (f"other processes kept up to {max(others):.1f} cores busy"
+                    if others else "other load on the machine?")
+            notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians "
+                         f"{ranges} ms ({busy}); rerun when the machine is quiet")
     notes += [f"- {name}: skipped, {why}" for name, why in skipped.items()]
     return "\n".join(lines + ([""] + notes if notes else []))
 

@@ -39,7 +39,8 @@ class KernelDef:
     schedule: Callable[[Any, Any, Any], None]
     fallback_config: Callable[[Any, TargetFeatures], Any]
     pack_weight: Callable[[np.ndarray, Any, Any], np.ndarray]
-    output_shape: Callable[[Any], tuple[int, ...]]
+    input_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's data tensor
+    output_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's output
     description: str = ""
 
     def build_primfunc(self, workload: Workload, config: Any):  # type: ignore[no-untyped-def]
@@ -99,10 +100,11 @@ def select(op: str, precision: str, features: TargetFeatures) -> KernelDef:
 
 
 for _op, _mod, _desc in (
-    ("conv2d", conv2d_fp32, "NCHWc register-tiled direct conv, dense and grouped"),
+    ("conv2d", conv2d_fp32, "pointwise GEMM on NCHW, or NCHWc register-tiled direct conv"),
     ("depthwise_conv2d", depthwise_fp32, "channel-vectorised NCHWc depthwise conv"),
     ("dense", dense_fp32, "packed-weight GEMV/GEMM"),
 ):
     # fp32 kernels are written once for every ISA: the vector width comes from the config
     register(KernelDef(KernelKey(_op, "fp32", "generic"), _mod.compute, _mod.schedule,
-                       _mod.fallback_config, _mod.pack_weight, _mod.output_shape, _desc))
+                       _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,
+                       _desc))

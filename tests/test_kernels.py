@@ -27,10 +27,11 @@ def _run(wl, weight, bias, data, features: TargetFeatures) -> np.ndarray:  # typ
     cfg = kernel.fallback_config(wl, features)
     func = kernel.build_primfunc(wl, cfg)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json()))
-    args = [tvm.runtime.tensor(data), tvm.runtime.tensor(kernel.pack_weight(weight, wl, cfg))]
+    args = [tvm.runtime.tensor(data.reshape(kernel.input_shape(wl, cfg))),
+            tvm.runtime.tensor(kernel.pack_weight(weight, wl, cfg))]
     if wl.epilogue.bias:
         args.append(tvm.runtime.tensor(bias))
-    out = tvm.runtime.empty(kernel.output_shape(wl), "float32")
+    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "float32")
     ex(*args, out)
     return out.numpy().reshape(wl.out_shape)
 
@@ -64,6 +65,8 @@ CONVS = [
     (1, 64, 13, 13, 48, 1, 1, 1, 0, 1, 1, RELU),     # width 13 (prime): padded register tile
     (1, 16, 8, 8, 16, 3, 3, 1, 0, 1, 1, RELU),       # no padding
     (1, 8, 9, 10, 8, 3, 3, 1, 0, 1, 1, NONE),        # asymmetric via shapes
+    (1, 32, 12, 12, 64, 1, 1, 1, 0, 1, 1, RELU),     # 1x1 read straight from NCHW (no repack)
+    (1, 64, 24, 24, 128, 1, 1, 2, 0, 1, 1, NONE),    # strided 1x1 downsample, no repack
 ]
 DEPTHWISE = [
     (1, 32, 28, 28, 3, 1, 1, RELU6),
@@ -78,6 +81,22 @@ DEPTHWISE = [
 def test_conv2d_matches_reference(case, isa: str) -> None:  # type: ignore[no-untyped-def]
     n, c, h, w, k, r, s, st, p, d, g, ep = case
     _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep), isa)
+
+
+def test_conv2d_templates_and_repack_paths_are_exercised() -> None:
+    from schedules.conv2d import fp32_direct, fp32_pointwise
+
+    wls = [Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep)
+           for n, c, h, w, k, r, s, st, p, d, g, ep in CONVS]
+    cfgs = [registry.get(registry.KernelKey("conv2d", "fp32", "generic")).fallback_config(wl, HOST)
+            for wl in wls]
+    pointwise = [wl for wl, c in zip(wls, cfgs) if isinstance(c, fp32_pointwise.PointwiseConfig)]
+    direct = [(wl, c) for wl, c in zip(wls, cfgs) if isinstance(c, fp32_direct.Conv2dConfig)]
+    assert len(pointwise) >= 3
+    # the pointwise template with and without the pixel-padding copy
+    assert {wl.height * wl.width % 16 == 0 for wl in pointwise} == {True, False}
+    # the direct template with and without the NCHWc repack
+    assert {fp32_direct.needs_repack(wl, c) for wl, c in direct} == {True, False}
 
 
 def test_conv2d_asymmetric_padding() -> None:

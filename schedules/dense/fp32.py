@@ -41,7 +41,11 @@ def pack_weight(weight: np.ndarray, wl: DenseWorkload, cfg: DenseConfig) -> np.n
     return np.ascontiguousarray(padded.reshape(kb, oc_bn, c).transpose(0, 2, 1))
 
 
-def output_shape(wl: DenseWorkload) -> tuple[int, ...]:
+def input_shape(wl: DenseWorkload, cfg: object = None) -> tuple[int, ...]:
+    return wl.data_shape
+
+
+def output_shape(wl: DenseWorkload, cfg: object = None) -> tuple[int, ...]:
     return wl.out_shape
 
 

@@ -84,6 +84,8 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         x = self.visit_expr(p["data"])
+        if tuple(p["in_shape"]) != tuple(p["layer_in_shape"]):  # a free view, e.g. [N, C, H*W]
+            x = self.builder_.emit(relax.op.reshape(x, p["in_shape"]), name_hint="kernel_in")
         call = relax.call_tir(p["gv"], [x, *p["consts"]], relax.TensorType(p["buf_shape"], "float32"))
         emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
                 else self.builder_.emit_output)
@@ -145,7 +147,8 @@ class LowerToKernels:
                 if ep.bias:
                     consts.append(relax.const(bias.astype(np.float32)))
                 plan[tail] = dict(gv=gv, data=data, consts=consts,
-                                  buf_shape=kernel.output_shape(wl), out_shape=layer.output_shape,
+                                  in_shape=kernel.input_shape(wl, cfg), layer_in_shape=layer.input_shape,
+                                  buf_shape=kernel.output_shape(wl, cfg), out_shape=layer.output_shape,
                                   interior={v for v in chain if v is not tail})
                 self.kernels[layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
                                             "config": asdict(cfg), "epilogue": asdict(ep)}

@@ -1,0 +1,171 @@
+"""fp32 conv2d (dense and grouped): NCHW in, NCHW out, NCHW[x]c blocked inside.
+
+The kernel repacks its input into channel blocks of ``ic_bn`` (zero padded: spatially, and in
+channels up to a multiple of ``ic_bn`` per group), multiplies with weights packed ahead of time as
+``[G*OCB, ICB, R, S, ic_bn, oc_bn]`` and keeps a register tile of ``reg_n`` output pixels x
+``oc_bn`` output channels (one vector each) while it runs over the reduction. The epilogue (bias,
+ReLU / clip) is applied as the tile is written back to NCHW. Channel counts that are not a multiple
+of the block sizes are padded inside the kernel, so every shape takes the vector path.
+
+Knobs (``Conv2dConfig``): ``ic_bn``, ``oc_bn`` (the vector width, from the target), ``reg_n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+from ..common import (ceil_div, finish, optional_bias, padded_width, register_tile,
+                      schedule_register_tile, schedule_repack)
+from ..target_features import TargetFeatures
+from ..workload import Conv2dWorkload
+
+
+@dataclass(frozen=True)
+class Conv2dConfig:
+    """Blocking of one conv kernel: input / output channel blocks and the register tile width."""
+
+    ic_bn: int
+    oc_bn: int
+    reg_n: int
+
+    def __post_init__(self) -> None:
+        for name in ("ic_bn", "oc_bn", "reg_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Conv2dConfig.{name} must be >= 1")
+
+
+def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Conv2dConfig:
+    """A good configuration chosen from the shape alone (no tuning).
+
+    The accumulator tile is ``reg_n`` pixels x ``oc_bn`` channels, ``oc_bn`` one or two vectors,
+    sized to leave a few of the vector registers (16 ymm / 32 zmm) for the weight vectors and the
+    broadcast input. ``ic_bn`` = 8 input channels per block (or a divisor of the per-group input
+    channels, so that no padding is multiplied; the whole input when it is smaller).
+    Measured on AVX2 (ResNet-50 / MobileNetV2 layers) 1.2-1.4x faster than 16/8/8.
+    """
+    lanes = features.fp32_lanes
+    accumulators = 28 if features.vector_registers >= 32 else 14
+    cg, kg = wl.in_per_group, wl.out_per_group
+    if cg <= 8:
+        ic_bn = cg
+    elif cg % 8 == 0:
+        ic_bn = 8
+    else:
+        divisors = [d for d in range(16, 3, -1) if cg % d == 0]
+        ic_bn = divisors[0] if divisors else 8
+    if kg >= 2 * lanes:
+        oc_bn, max_regs = 2 * lanes, (accumulators - 2) // 2
+    else:
+        oc_bn = lanes if kg > lanes // 2 else max(4, 1 << (kg - 1).bit_length())
+        max_regs = accumulators
+    reg_n = register_tile(wl.out_width, max_regs)
+    return Conv2dConfig(ic_bn=ic_bn, oc_bn=oc_bn, reg_n=reg_n)
+
+
+def packed_weight_shape(wl: Conv2dWorkload, cfg: Conv2dConfig) -> tuple[int, ...]:
+    icb = ceil_div(wl.in_per_group, cfg.ic_bn)
+    ocb = ceil_div(wl.out_per_group, cfg.oc_bn)
+    return (wl.groups * ocb, icb, wl.kernel_h, wl.kernel_w, cfg.ic_bn, cfg.oc_bn)
+
+
+def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: Conv2dConfig) -> np.ndarray:
+    """OIHW -> ``[G*OCB, ICB, R, S, ic_bn, oc_bn]``, zero padded in both channel dimensions."""
+    if weight.shape != wl.weight_shape:
+        raise ValueError(f"weight shape {weight.shape} does not match workload {wl.weight_shape}")
+    g, kg, cg = wl.groups, wl.out_per_group, wl.in_per_group
+    gk, icb, r, s, ic_bn, oc_bn = packed_weight_shape(wl, cfg)
+    ocb = gk // g
+    padded = np.zeros((g, ocb * oc_bn, icb * ic_bn, r, s), dtype=np.float32)
+    padded[:, :kg, :cg] = weight.reshape(g, kg, cg, r, s)
+    t = padded.reshape(g, ocb, oc_bn, icb, ic_bn, r, s)
+    return np.ascontiguousarray(t.transpose(0, 1, 3, 5, 6, 4, 2).reshape(gk, icb, r, s, ic_bn, oc_bn))
+
+
+def needs_repack(wl: Conv2dWorkload, cfg: Conv2dConfig) -> bool:
+    """Whether the input must be copied into a padded NCHWc buffer first (any zero padding:
+    spatial, channels up to ``ic_bn``, or width up to whole register tiles)."""
+    return bool(wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right
+                or wl.in_per_group % cfg.ic_bn or wl.out_width % cfg.reg_n)
+
+
+def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
+    """TE compute: ``[data, packed_weight, (bias,) out]``."""
+    n_, c_, h_, w_ = wl.data_shape
+    g, kg, cg = wl.groups, wl.out_per_group, wl.in_per_group
+    gk, icb, r_, s_, ic_bn, oc_bn = packed_weight_shape(wl, cfg)
+    ocb = gk // g
+    pt, pl = wl.pad_top, wl.pad_left
+    hp = h_ + pt + wl.pad_bottom
+    # the conv runs over a width padded to whole register tiles; the epilogue drops the extra
+    owp = padded_width(wl.out_width, cfg.reg_n)
+    wp = max(w_ + pl + wl.pad_right, (owp - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
+    data = te.placeholder(wl.data_shape, "float32", name="data")
+    weight = te.placeholder((gk, icb, r_, s_, ic_bn, oc_bn), "float32", name="weight")
+    zero = tirx.const(0.0, "float32")
+
+    def pack(n, gb, h, w, ci):  # type: ignore[no-untyped-def]
+        grp, blk = gb // icb, gb % icb
+        c = blk * ic_bn + ci
+        inside = tirx.all(h >= pt, h < h_ + pt, w >= pl, w < w_ + pl)
+        if cg % ic_bn:
+            inside = tirx.all(inside, c < cg)
+        return tirx.if_then_else(inside, data[n, grp * cg + c, h - pt, w - pl], zero)
+
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+    rc = te.reduce_axis((0, icb), "rc")
+    rh = te.reduce_axis((0, r_), "rh")
+    rw = te.reduce_axis((0, s_), "rw")
+    ri = te.reduce_axis((0, ic_bn), "ri")
+    if needs_repack(wl, cfg):
+        dpack = te.compute((n_, g * icb, hp, wp, ic_bn), pack, name="data_pack")
+
+        def load(n, gi, y, x):  # type: ignore[no-untyped-def]
+            return dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, ri]
+    else:
+        # no padding anywhere: read NCHW directly (the broadcast loads are as cheap either way)
+        def load(n, gi, y, x):  # type: ignore[no-untyped-def]
+            return data[n, gi * cg + rc * ic_bn + ri, y * sh + rh * dh, x * sw + rw * dw]
+
+    conv = te.compute(
+        (n_, g, ocb, wl.out_height, owp, oc_bn),
+        lambda n, gi, b, y, x, ko: te.sum(
+            load(n, gi, y, x) * weight[gi * ocb + b, rc, rh, rw, ri, ko], axis=[rc, rh, rw, ri]),
+        name="conv")
+    bias = optional_bias(wl.epilogue, wl.out_channels)
+
+    def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
+        return finish(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias, gi * kg + kk, wl.epilogue)
+
+    # grouped convs write [N, G, K/G, OH, OW] (a free reshape of NCHW): keeping the group axis
+    # separate keeps every index affine, which the schedule's region analysis needs
+    out = te.compute((n_, g, kg, wl.out_height, wl.out_width), epilogue, name="out")
+    return [data, weight] + ([bias] if bias is not None else []) + [out]
+
+
+def input_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
+    return wl.data_shape
+
+
+def output_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
+    """Shape of the kernel's output buffer (NCHW with the channel axis split as ``[G, K/G]``)."""
+    return (wl.batch, wl.groups, wl.out_per_group, wl.out_height, wl.out_width)
+
+
+def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig) -> None:  # type: ignore[no-untyped-def]
+    """Register-tiled NCHWc schedule; ``sch`` is a ``tvm.s_tir.Schedule`` of ``compute``.
+
+    The conv block iterates over the padded channel space (no tails); the NCHW epilogue is
+    computed per register tile (``reverse_compute_at``), which shrinks the accumulator buffer to
+    the tile and lets LLVM keep it in registers.
+    """
+    conv_b = sch.get_sblock("conv")
+    out_b = sch.get_sblock("out")
+    pack_b = sch.get_sblock("data_pack") if needs_repack(wl, cfg) else None
+    n, gi, b, y, x, ko, rc, rh, rw, ri = sch.get_loops(conv_b)
+    schedule_register_tile(sch, conv_b, out_b, outer=[n, gi, b, y], x=x,
+                           reductions=[rc, rh, rw, ri], lane=ko, reg_n=cfg.reg_n)
+    if pack_b is not None:
+        schedule_repack(sch, pack_b)
