@@ -37,6 +37,9 @@ Method
    per-round medians differ by more than 20% gets a "noisy" note under the table.
 6. **Sanity column.** From the first round, ``max|y_tvmq - y_ort| / max|y_ort|`` over all
    outputs on the benchmark input.
+7. **Interference.** Each worker compares the machine's busy CPU time (``/proc/stat``) with
+   its own over the timed calls: ``other_cpu_cores`` is how many cores other processes
+   kept busy meanwhile (per round in the JSON, mean/max in the table header).
 
 Results go to ``bench/results/fp32_latency.json`` (samples, statistics, machine info,
 load average before/after) and ``bench/results/fp32_latency.md`` (the table, also printed).
@@ -57,9 +60,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +123,7 @@ def run_worker(spec: dict[str, Any], *, threads: int | None = None,
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO_ROOT)
+                              timeout=timeout, cwd=REPO_ROOT, check=False)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"worker timed out after {timeout:.0f}s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -205,7 +209,7 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     try:
         r = tvmq.build(spec["model"], spec["out"], progress=lambda m: print(m, file=sys.stderr))
-    except Exception as e:  # report, never hide: the parent prints this message verbatim
+    except Exception as e:  # noqa: BLE001 - reported verbatim by the parent, never hidden
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "library": str(r.library), "seconds": time.perf_counter() - t,
             "timings": r.timings, "tvm_version": tvm.__version__,
@@ -264,7 +268,7 @@ def worker_main(spec_json: str) -> int:
             result = worker_ort(spec)
         else:
             result = {"ok": False, "error": f"unknown worker kind {kind!r}"}
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure becomes a reported row, not a crash
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     print(JSON_MARKER + json.dumps(result), flush=True)
     return 0
@@ -433,8 +437,8 @@ def fmt_stat(stats: dict[str, Any] | None, error: str | None) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
-    lines = ["| model | threads | tvmq median ms (p10-p90) | onnxruntime median ms (p10-p90) "
-             "| ratio tvmq/ort | rel. max diff |",
+    lines = [("| model | threads | tvmq median ms (p10-p90) | onnxruntime median ms (p10-p90) "
+              "| ratio tvmq/ort | rel. max diff |"),
              "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         st, err = row["stats"], row["errors"]
@@ -528,6 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{info['nproc']} CPUs ({flags}); {args.rounds} rounds x {args.repeat} timed calls "
               f"per variant, fresh process each; load average {load_before[0]:.2f} before, "
               f"{load_after[0]:.2f} after; {started:%Y-%m-%d %H:%M} UTC.")
+    others = [r["other_cpu_cores"] for row in rows for rr in row["per_round"].values()
+              for r in rr if r.get("other_cpu_cores") is not None]
+    if others:
+        header += (f" While timing, other processes kept {statistics.fmean(others):.2f} cores busy "
+                   f"on average (max {max(others):.2f}).")
     report = f"{header}\n\n{table}\n"
     print("\n" + report)
 
