@@ -43,11 +43,26 @@ def optional_bias(ep: Epilogue, channels: int):  # type: ignore[no-untyped-def]
     return te.placeholder((channels,), "float32", name="bias") if ep.bias else None
 
 
-def finish(acc: tirx.PrimExpr, bias, channel: tirx.PrimExpr, ep: Epilogue) -> tirx.PrimExpr:  # type: ignore[no-untyped-def]
-    """Accumulator -> stored value: add the bias of ``channel`` (if any), then the activation."""
+def optional_residual(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """The residual placeholder (shaped like the kernel's output buffer) when fused, else None."""
+    from tvm import te
+
+    return te.placeholder(shape, "float32", name="residual") if ep.residual else None
+
+
+def finish(acc: tirx.PrimExpr, bias, channel: tirx.PrimExpr, ep: Epilogue,  # type: ignore[no-untyped-def]
+           residual=None, index: tuple = ()) -> tirx.PrimExpr:
+    """Accumulator -> stored value: + bias[channel], + residual[index], then the activation."""
     if bias is not None:
         acc = acc + bias[channel]
+    if residual is not None:
+        acc = acc + residual[index]
     return apply_activation(acc, ep)
+
+
+def kernel_args(data, weight, bias, residual, out) -> list:  # type: ignore[no-untyped-def]
+    """The PrimFunc's parameter order: data, weight, [bias], [residual], out."""
+    return [data, weight] + [t for t in (bias, residual) if t is not None] + [out]
 
 
 def schedule_register_tile(sch, conv_b, out_b, *, outer: list, x, reductions: list, lane,  # type: ignore[no-untyped-def]

@@ -8,11 +8,16 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 
-def _epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue, axis: int) -> np.ndarray:
+def _epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue, axis: int,
+              residual: np.ndarray | None = None) -> np.ndarray:
     if bias is not None:
         shape = [1] * acc.ndim
         shape[axis] = -1
         acc = acc + bias.reshape(shape)
+    if ep.residual:
+        if residual is None:
+            raise ValueError("the epilogue fuses a residual add: pass residual=")
+        acc = acc + residual.astype(np.float64)
     if ep.activation == "relu":
         acc = np.maximum(acc, 0)
     elif ep.activation == "clip":
@@ -21,7 +26,7 @@ def _epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue, axis: int)
 
 
 def conv2d(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-           wl: Conv2dWorkload) -> np.ndarray:
+           wl: Conv2dWorkload, residual: np.ndarray | None = None) -> np.ndarray:
     """NCHW x OIHW grouped conv with the workload's epilogue, accumulated in float64."""
     x = np.pad(data.astype(np.float64),
                ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right)))
@@ -36,10 +41,10 @@ def conv2d(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     w = weight.astype(np.float64).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
     out = np.einsum("ngchwrs,gkcrs->ngkhw", win, w, optimize=True)
     out = out.reshape(n, wl.out_channels, wl.out_height, wl.out_width)
-    return _epilogue(out, bias, wl.epilogue, axis=1).astype(np.float32)
+    return _epilogue(out, bias, wl.epilogue, 1, residual).astype(np.float32)
 
 
 def dense(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-          wl: DenseWorkload) -> np.ndarray:
+          wl: DenseWorkload, residual: np.ndarray | None = None) -> np.ndarray:
     out = data.astype(np.float64) @ weight.astype(np.float64).T
-    return _epilogue(out, bias, wl.epilogue, axis=1).astype(np.float32)
+    return _epilogue(out, bias, wl.epilogue, 1, residual).astype(np.float32)

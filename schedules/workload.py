@@ -19,15 +19,16 @@ Activation = Literal["none", "relu", "clip"]
 class Epilogue:
     """What a kernel does to its accumulator before it stores it.
 
-    ``bias`` adds a per-output-channel vector; ``activation`` is applied after the bias:
-    ``relu`` is ``max(x, 0)``, ``clip`` is ``min(max(x, clip_min), clip_max)`` (ReLU6 is
-    ``clip`` with 0 and 6).
+    ``bias`` adds a per-output-channel vector; ``residual`` adds a tensor of the output's shape
+    (a residual connection); ``activation`` is applied last: ``relu`` is ``max(x, 0)``, ``clip``
+    is ``min(max(x, clip_min), clip_max)`` (ReLU6 is ``clip`` with 0 and 6).
     """
 
     bias: bool = True
     activation: Activation = "none"
     clip_min: float = 0.0
     clip_max: float = 0.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ("none", "relu", "clip"):

@@ -22,7 +22,7 @@ def _features(isa: str) -> TargetFeatures:
     return HOST if isa == "host" else HOST.with_isa(isa)
 
 
-def _run(wl, weight, bias, data, features: TargetFeatures) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _run(wl, weight, bias, data, features: TargetFeatures, residual=None) -> np.ndarray:  # type: ignore[no-untyped-def]
     kernel = registry.select(registry.op_of(wl), "fp32", features)
     cfg = kernel.fallback_config(wl, features)
     func = kernel.build_primfunc(wl, cfg)
@@ -31,6 +31,8 @@ def _run(wl, weight, bias, data, features: TargetFeatures) -> np.ndarray:  # typ
             tvm.runtime.tensor(kernel.pack_weight(weight, wl, cfg))]
     if wl.epilogue.bias:
         args.append(tvm.runtime.tensor(bias))
+    if wl.epilogue.residual:
+        args.append(tvm.runtime.tensor(residual.reshape(kernel.output_shape(wl, cfg))))
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "float32")
     ex(*args, out)
     return out.numpy().reshape(wl.out_shape)
@@ -41,9 +43,10 @@ def _check(wl, isa: str, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
     data = rng.standard_normal(wl.data_shape).astype(np.float32)
     weight = rng.standard_normal(wl.weight_shape).astype(np.float32)
     bias = rng.standard_normal(wl.weight_shape[0]).astype(np.float32)
+    residual = rng.standard_normal(wl.out_shape).astype(np.float32)
     ref_fn = reference.dense if isinstance(wl, DenseWorkload) else reference.conv2d
-    expected = ref_fn(data, weight, bias if wl.epilogue.bias else None, wl)
-    got = _run(wl, weight, bias, data, _features(isa))
+    expected = ref_fn(data, weight, bias if wl.epilogue.bias else None, wl, residual)
+    got = _run(wl, weight, bias, data, _features(isa), residual)
     scale = max(float(np.abs(expected).max()), 1.0)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
 
@@ -51,6 +54,8 @@ def _check(wl, isa: str, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
 RELU = Epilogue(True, "relu")
 RELU6 = Epilogue(True, "clip", 0.0, 6.0)
 NONE = Epilogue(False, "none")
+RES_RELU = Epilogue(True, "relu", residual=True)  # ResNet: conv + bias + skip, then ReLU
+RES = Epilogue(True, "none", residual=True)       # MobileNetV2: projection + skip
 
 # (N, C, H, W, K, R, S, stride, pad, dilation, groups, epilogue)
 CONVS = [
@@ -67,12 +72,16 @@ CONVS = [
     (1, 8, 9, 10, 8, 3, 3, 1, 0, 1, 1, NONE),        # asymmetric via shapes
     (1, 32, 12, 12, 64, 1, 1, 1, 0, 1, 1, RELU),     # 1x1 read straight from NCHW (no repack)
     (1, 64, 24, 24, 128, 1, 1, 2, 0, 1, 1, NONE),    # strided 1x1 downsample, no repack
+    (1, 16, 10, 10, 24, 3, 3, 1, 1, 1, 1, RES_RELU),  # fused residual, direct template
+    (1, 24, 7, 7, 40, 1, 1, 1, 0, 1, 1, RES),         # fused residual, pointwise template
+    (1, 12, 6, 6, 12, 3, 3, 1, 1, 1, 3, RES_RELU),    # fused residual, grouped
 ]
 DEPTHWISE = [
     (1, 32, 28, 28, 3, 1, 1, RELU6),
     (1, 37, 15, 15, 3, 2, 1, RELU),   # channel tail, stride 2
     (1, 16, 9, 9, 5, 1, 2, NONE),     # 5x5
     (2, 24, 7, 7, 3, 2, 1, RELU6),    # batch 2
+    (1, 20, 9, 9, 3, 1, 1, RES_RELU),  # fused residual
 ]
 
 
@@ -115,7 +124,7 @@ def test_depthwise_matches_reference(case, isa: str) -> None:  # type: ignore[no
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n,c,k,ep", [(1, 1280, 1000, NONE), (1, 64, 10, RELU), (3, 100, 37, RELU6),
-                                      (1, 7, 5, NONE)])
+                                      (1, 7, 5, NONE), (2, 30, 30, RES_RELU)])
 def test_dense_matches_reference(n: int, c: int, k: int, ep: Epilogue, isa: str) -> None:
     _check(DenseWorkload(n, c, k, ep), isa)
 

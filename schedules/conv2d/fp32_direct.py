@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import (ceil_div, finish, optional_bias, padded_width, register_tile,
-                      schedule_register_tile, schedule_repack)
+from ..common import (ceil_div, finish, kernel_args, optional_bias, optional_residual, padded_width,
+                      register_tile, schedule_register_tile, schedule_repack)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -135,14 +135,16 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
             load(n, gi, y, x) * weight[gi * ocb + b, rc, rh, rw, ri, ko], axis=[rc, rh, rw, ri]),
         name="conv")
     bias = optional_bias(wl.epilogue, wl.out_channels)
+    residual = optional_residual(wl.epilogue, output_shape(wl))
 
     def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
-        return finish(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias, gi * kg + kk, wl.epilogue)
+        return finish(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias, gi * kg + kk, wl.epilogue,
+                      residual, (n, gi, kk, y, x))
 
     # grouped convs write [N, G, K/G, OH, OW] (a free reshape of NCHW): keeping the group axis
     # separate keeps every index affine, which the schedule's region analysis needs
     out = te.compute((n_, g, kg, wl.out_height, wl.out_width), epilogue, name="out")
-    return [data, weight] + ([bias] if bias is not None else []) + [out]
+    return kernel_args(data, weight, bias, residual, out)
 
 
 def input_shape(wl: Conv2dWorkload) -> tuple[int, ...]:

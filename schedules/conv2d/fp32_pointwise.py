@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import ceil_div, finish, optional_bias, padded_width
+from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual, padded_width
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -78,10 +78,12 @@ def compute(wl: Conv2dWorkload, cfg: PointwiseConfig) -> list[te.Tensor]:
                      lambda n, b, ki, p: te.sum(weight[b, rc, ki] * src[n, rc, p], axis=[rc]),
                      name="conv")
     bias = optional_bias(wl.epilogue, wl.out_channels)
+    residual = optional_residual(wl.epilogue, output_shape(wl))
     out = te.compute((n_, wl.out_channels, p_),
-                     lambda n, k, p: finish(acc[n, k // kt, k % kt, p], bias, k, wl.epilogue),
+                     lambda n, k, p: finish(acc[n, k // kt, k % kt, p], bias, k, wl.epilogue,
+                                            residual, (n, k, p)),
                      name="out")
-    return [data, weight] + ([bias] if bias is not None else []) + [out]
+    return kernel_args(data, weight, bias, residual, out)
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: PointwiseConfig) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import ceil_div, finish, optional_bias
+from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual
 from ..target_features import TargetFeatures
 from ..workload import DenseWorkload
 
@@ -58,12 +58,13 @@ def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
                      lambda n, b, ko: te.sum(data[n, rc] * weight[b, rc, ko], axis=[rc]),
                      name="dense")
     bias = optional_bias(wl.epilogue, wl.out_features)
+    residual = optional_residual(wl.epilogue, wl.out_shape)
 
     def epilogue(n, k):  # type: ignore[no-untyped-def]
-        return finish(acc[n, k // oc_bn, k % oc_bn], bias, k, wl.epilogue)
+        return finish(acc[n, k // oc_bn, k % oc_bn], bias, k, wl.epilogue, residual, (n, k))
 
     out = te.compute(wl.out_shape, epilogue, name="out")
-    return [data, weight] + ([bias] if bias is not None else []) + [out]
+    return kernel_args(data, weight, bias, residual, out)
 
 
 def schedule(sch, wl: DenseWorkload, cfg: DenseConfig) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import ceil_div, finish, optional_bias, padded_width
+from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual, padded_width
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -80,9 +80,11 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
             axis=[rh, rw]),
         name="conv")
     bias = optional_bias(wl.epilogue, c_)
-    out = te.compute(wl.out_shape, lambda n, c, y, x: finish(conv[n, c, y, x], bias, c, wl.epilogue),
+    residual = optional_residual(wl.epilogue, wl.out_shape)
+    out = te.compute(wl.out_shape, lambda n, c, y, x: finish(conv[n, c, y, x], bias, c, wl.epilogue,
+                                                             residual, (n, c, y, x)),
                      name="out")
-    return [data, weight] + ([bias] if bias is not None else []) + [out]
+    return kernel_args(data, weight, bias, residual, out)
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig) -> None:  # type: ignore[no-untyped-def]

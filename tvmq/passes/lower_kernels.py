@@ -4,8 +4,8 @@ Precondition: ``main`` as imported by ``frontend.to_relax`` (layer weights and b
 parameters named ``tvmq.<i>.weight`` / ``tvmq.<i>.bias``), before ``BindParams``.
 
 For every ``conv2d(x, W)`` / ``matmul(x, permute_dims(W))`` whose weight is a layer parameter, the
-chain ``-> add(bias) -> relu | maximum(lo) [-> minimum(hi)]`` that follows it (each link with a
-single user) is replaced by one ``call_tir`` of the kernel the registry selects, with the
+chain ``-> add(bias) [-> add(residual)] [-> relu | maximum(lo) [-> minimum(hi)]]`` that follows it
+(each link with a single user) is replaced by one ``call_tir`` of the kernel the registry selects, with the
 weight packed ahead of time and the epilogue fused. Identical workloads share one ``PrimFunc``.
 
 Postcondition: no ``relax.nn.conv2d`` / ``relax.matmul`` is left on a layer weight; each kernel
@@ -86,7 +86,13 @@ class _Rewriter(relax.PyExprMutator):
         x = self.visit_expr(p["data"])
         if tuple(p["in_shape"]) != tuple(p["layer_in_shape"]):  # a free view, e.g. [N, C, H*W]
             x = self.builder_.emit(relax.op.reshape(x, p["in_shape"]), name_hint="kernel_in")
-        call = relax.call_tir(p["gv"], [x, *p["consts"]], relax.TensorType(p["buf_shape"], "float32"))
+        args = [x, *p["consts"]]
+        if p["residual"] is not None:
+            res = self.visit_expr(p["residual"])
+            if tuple(p["buf_shape"]) != tuple(p["out_shape"]):
+                res = self.builder_.emit(relax.op.reshape(res, p["buf_shape"]), name_hint="kernel_res")
+            args.append(res)
+        call = relax.call_tir(p["gv"], args, relax.TensorType(p["buf_shape"], "float32"))
         emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
                 else self.builder_.emit_output)
         if tuple(p["buf_shape"]) != tuple(p["out_shape"]):
@@ -117,6 +123,7 @@ class LowerToKernels:
         self.features = features
         self.precision = precision
         self.kernels: dict[str, dict[str, Any]] = {}
+        self._claimed: set[relax.Var] = set()
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         func = mod["main"]
@@ -131,7 +138,7 @@ class LowerToKernels:
                 if match is None:
                     continue
                 layer, data, weight, chain, tail = match
-                bias, ep = self._epilogue(chain, an, layer, params)
+                bias, residual, ep = self._epilogue(chain, an)
                 wl = self._workload(layer, ep)
                 kernel = registry.select(registry.op_of(wl), self.precision, self.features)
                 cfg = kernel.fallback_config(wl, self.features)
@@ -146,7 +153,7 @@ class LowerToKernels:
                 consts = [relax.const(kernel.pack_weight(weight, wl, cfg))]
                 if ep.bias:
                     consts.append(relax.const(bias.astype(np.float32)))
-                plan[tail] = dict(gv=gv, data=data, consts=consts,
+                plan[tail] = dict(gv=gv, data=data, consts=consts, residual=residual,
                                   in_shape=kernel.input_shape(wl, cfg), layer_in_shape=layer.input_shape,
                                   buf_shape=kernel.output_shape(wl, cfg), out_shape=layer.output_shape,
                                   interior={v for v in chain if v is not tail})
@@ -192,18 +199,25 @@ class LowerToKernels:
         return layer, v.args[0], self.params[wname], chain, self._extend_chain(chain, an)
 
     def _extend_chain(self, chain: list[relax.Var], an: _Analysis) -> relax.Var:
-        """Grow ``chain`` over bias add and activation; returns its tail var."""
+        """Grow ``chain`` over bias add, residual add and activation; returns its tail var.
+
+        A binding joins at most one chain (the two convs of a ResNet block both feed one add:
+        the first claims it and takes the other as its residual).
+        """
         state = "bias"
         while True:
             nxt = an.single_user(chain[-1])
-            if nxt is None or not isinstance(nxt.value, relax.Call):
+            if nxt is None or not isinstance(nxt.value, relax.Call) or nxt.var in self._claimed:
                 break
             call = nxt.value
             if state == "bias" and call.op == ADD and self._bias_name(call, chain[-1], an):
+                state = "residual"
+            elif state in ("bias", "residual") and call.op == ADD \
+                    and self._residual_operand(call, chain[-1]) is not None:
                 state = "act"
-            elif state in ("bias", "act") and call.op == RELU:
+            elif state in ("bias", "residual", "act") and call.op == RELU:
                 state = "done"
-            elif state in ("bias", "act") and call.op in (MAXIMUM, MINIMUM) \
+            elif state in ("bias", "residual", "act") and call.op in (MAXIMUM, MINIMUM) \
                     and self._scalar_operand(call, chain[-1]) is not None:
                 state = "clip2" if call.op == MAXIMUM else "done"
             elif state == "clip2" and call.op == MINIMUM \
@@ -214,7 +228,20 @@ class LowerToKernels:
             chain.append(nxt.var)
             if state == "done":
                 break
+        self._claimed.update(chain)
         return chain[-1]
+
+    @staticmethod
+    def _residual_operand(call: relax.Call, prev: relax.Var) -> relax.Expr | None:
+        """The other operand of ``add(prev, other)`` when it is a tensor of ``prev``'s shape."""
+        other = call.args[1] if call.args[0].same_as(prev) else call.args[0]
+        if other.same_as(prev) or const_value(other) is not None:
+            return None
+        try:
+            same = [int(d) for d in other.ty.shape] == [int(d) for d in prev.ty.shape]
+        except (AttributeError, TypeError):
+            return None
+        return other if same and str(other.ty.dtype) == str(prev.ty.dtype) else None
 
     def _bias_name(self, call: relax.Call, prev: relax.Var, an: _Analysis) -> str | None:
         other = call.args[1] if call.args[0].same_as(prev) else call.args[0]
@@ -232,15 +259,16 @@ class LowerToKernels:
             return None
         return float(value.reshape(()))
 
-    def _epilogue(self, chain: list[relax.Var], an: _Analysis, layer: LayerInfo,
-                  params: dict) -> tuple[np.ndarray | None, Epilogue]:
-        bias = None
+    def _epilogue(self, chain: list[relax.Var], an: _Analysis
+                  ) -> tuple[np.ndarray | None, relax.Expr | None, Epilogue]:
+        bias, residual = None, None
         act, lo, hi = "none", float("-inf"), float("inf")
-        for var in chain[1:]:
+        for prev, var in zip(chain, chain[1:]):
             call = an.value[var]
-            prev = chain[chain.index(var) - 1]
-            if call.op == ADD:
+            if call.op == ADD and bias is None and residual is None and self._bias_name(call, prev, an):
                 bias = self.params[self._bias_name(call, prev, an)].reshape(-1)
+            elif call.op == ADD:
+                residual = self._residual_operand(call, prev)
             elif call.op == RELU:
                 act = "relu"
             elif call.op == MAXIMUM:
@@ -250,8 +278,9 @@ class LowerToKernels:
         if act == "clip" and lo == 0.0 and hi == float("inf"):
             act = "relu"
         ep = Epilogue(bias=bias is not None, activation=act,  # type: ignore[arg-type]
-                      clip_min=lo if act == "clip" else 0.0, clip_max=hi if act == "clip" else 0.0)
-        return bias, ep
+                      clip_min=lo if act == "clip" else 0.0, clip_max=hi if act == "clip" else 0.0,
+                      residual=residual is not None)
+        return bias, residual, ep
 
     def _workload(self, layer: LayerInfo, ep: Epilogue) -> Conv2dWorkload | DenseWorkload:
         if layer.op == "dense":
