@@ -80,6 +80,23 @@ def schedule_register_tile(sch, conv_b, out_b, *, outer: list, x, reductions: li
     init = sch.decompose_reduction(conv_b, reductions[0])
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(xi)
+    keep_tile_in_registers(sch, init, out_b, xo)
+
+
+def keep_tile_in_registers(sch, init_b, out_b, tile_loop) -> None:  # type: ignore[no-untyped-def]
+    """Unroll every loop inside ``tile_loop`` over the accumulator tile outside the reduction
+    (its zeroing and its write-back), vectorised loops aside: one loop with a run-time index
+    into the tile and LLVM keeps the whole tile on the stack instead of in vector registers."""
+    from tvm.tirx import ForKind
+
+    tile_sref = sch.get_sref(tile_loop)
+    for block in (init_b, out_b):
+        loops = sch.get_loops(block)
+        inside = False
+        for loop in loops:
+            if inside and sch.get(loop).kind != ForKind.VECTORIZED:
+                sch.unroll(loop)
+            inside = inside or sch.get_sref(loop).same_as(tile_sref)
 
 
 def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]

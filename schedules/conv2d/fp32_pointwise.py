@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual, padded_width
+from ..common import (ceil_div, finish, kernel_args, keep_tile_in_registers, optional_bias,
+                      optional_residual, padded_width)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -100,10 +101,10 @@ def schedule(sch, wl: Conv2dWorkload, cfg: PointwiseConfig) -> None:  # type: ig
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(ki)
     sch.unroll(pv)
-    oloops = sch.get_loops(out_b)
     if wl.out_height * wl.out_width % cfg.p_tile == 0:
-        _, ov = sch.split(oloops[-1], [None, cfg.lanes])
+        _, ov = sch.split(sch.get_loops(out_b)[-1], [None, cfg.lanes])
         sch.vectorize(ov)
+    keep_tile_in_registers(sch, init, out_b, outer)
     try:
         pack_b = sch.get_sblock("data_pack")
     except Exception:

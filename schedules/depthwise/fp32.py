@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual, padded_width
+from ..common import (ceil_div, finish, kernel_args, keep_tile_in_registers, optional_bias,
+                      optional_residual, padded_width)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -110,3 +111,4 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig) -> None:  # type: ig
         sch.vectorize(sch.split(ox, [None, cfg.lanes])[1])
     except Exception:  # a ragged last tile: keep it scalar
         pass
+    keep_tile_in_registers(sch, init, out_b, xo)
