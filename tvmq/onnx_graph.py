@@ -274,10 +274,19 @@ def constants_to_nodes(g: Graph, keep: Iterable[str]) -> None:
 
 
 def unique_names(nodes: list[onnx.NodeProto]) -> None:
-    """Give every node a unique, non-empty name (keeping the ones the model has)."""
+    """Give every node a unique, non-empty name (keeping the ones the model has).
+
+    An unnamed conv / dense is named after its weight initializer (as it was in the model,
+    before folding renamed it), anything else unnamed after its op type and position.
+    """
     seen: Counter[str] = Counter()
     for k, n in enumerate(nodes):
-        base = n.name or f"{n.op_type}_{k}"
+        if n.name:
+            base = n.name
+        elif n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1:
+            base = n.input[1].split("__")[0]
+        else:
+            base = f"{n.op_type}_{k}"
         name = base if seen[base] == 0 else f"{base}_{seen[base]}"
         seen[base] += 1
         n.name = name

@@ -4,7 +4,7 @@ Precondition: ``main`` as imported by ``frontend.to_relax`` (layer weights and b
 parameters named ``tvmq.<i>.weight`` / ``tvmq.<i>.bias``), before ``BindParams``.
 
 For every ``conv2d(x, W)`` / ``matmul(x, permute_dims(W))`` whose weight is a layer parameter, the
-chain ``-> add(bias) [-> add(residual)] [-> relu | maximum(lo) [-> minimum(hi)]]`` that follows it
+chain ``-> add(bias) [-> add(residual)] [-> relu | clip | maximum(lo) [-> minimum(hi)]]`` after it
 (each link with a single user) is replaced by one ``call_tir`` of the kernel the registry selects, with the
 weight packed ahead of time and the epilogue fused. Identical workloads share one ``PrimFunc``.
 
@@ -38,11 +38,12 @@ def _op(name: str) -> tvm.ir.Op:
 
 CONV2D, MATMUL, ADD = _op("relax.nn.conv2d"), _op("relax.matmul"), _op("relax.add")
 RELU, MAXIMUM, MINIMUM = _op("relax.nn.relu"), _op("relax.maximum"), _op("relax.minimum")
-RESHAPE, PERMUTE = _op("relax.reshape"), _op("relax.permute_dims")
+RESHAPE, PERMUTE, CLIP = _op("relax.reshape"), _op("relax.permute_dims"), _op("relax.clip")
 
 
 def const_value(expr: relax.Expr) -> np.ndarray | None:
-    if isinstance(expr, tvm.ir.Constant):
+    """The value of a tensor constant, else None."""
+    if isinstance(expr, tvm.ir.Constant) and hasattr(expr.value, "numpy"):
         return expr.value.numpy()
     return None
 
@@ -215,7 +216,7 @@ class LowerToKernels:
             elif state in ("bias", "residual") and call.op == ADD \
                     and self._residual_operand(call, chain[-1]) is not None:
                 state = "act"
-            elif state in ("bias", "residual", "act") and call.op == RELU:
+            elif state in ("bias", "residual", "act") and call.op in (RELU, CLIP):
                 state = "done"
             elif state in ("bias", "residual", "act") and call.op in (MAXIMUM, MINIMUM) \
                     and self._scalar_operand(call, chain[-1]) is not None:
@@ -271,6 +272,8 @@ class LowerToKernels:
                 residual = self._residual_operand(call, prev)
             elif call.op == RELU:
                 act = "relu"
+            elif call.op == CLIP:
+                act, lo, hi = "clip", float(call.args[1].value), float(call.args[2].value)
             elif call.op == MAXIMUM:
                 act, lo = "clip", self._scalar_operand(call, prev)
             elif call.op == MINIMUM:
