@@ -65,14 +65,29 @@ def kernel_args(data, weight, bias, residual, out) -> list:  # type: ignore[no-u
     return [data, weight] + [t for t in (bias, residual) if t is not None] + [out]
 
 
+def split_tile(sch, loop, inner: int, *, max_inner: int, sample: bool):  # type: ignore[no-untyped-def]
+    """Split ``loop`` into (outer, inner) through a MetaSchedule sampling decision.
+
+    With ``sample=False`` the decision is fixed to ``inner`` (the fallback configuration), so a
+    plain build is deterministic; with ``sample=True`` the schedule is a search space the tuner
+    samples and mutates (any divisor up to ``max_inner``).
+    """
+    extent = int(sch.get(loop).extent)
+    decision = None if sample else [extent // inner, inner]
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(max_inner, inner),
+                                      decision=decision)
+    return sch.split(loop, factors)
+
+
 def schedule_register_tile(sch, conv_b, out_b, *, outer: list, x, reductions: list, lane,  # type: ignore[no-untyped-def]
-                           reg_n: int) -> None:
+                           reg_n: int, sample: bool = False) -> None:
     """The common direct-conv schedule: a ``reg_n`` x ``lane`` accumulator tile in registers.
 
-    ``outer`` loops run in parallel; ``x`` (output width) is split by ``reg_n``; the tile is
-    accumulated over ``reductions`` and written back by ``out_b`` per tile.
+    ``outer`` loops run in parallel; ``x`` (output width, a multiple of ``reg_n``) is split by
+    ``reg_n`` (a sampling decision: see ``split_tile``); the tile is accumulated over
+    ``reductions`` and written back by ``out_b`` per tile.
     """
-    xo, xi = sch.split(x, [None, reg_n])
+    xo, xi = split_tile(sch, x, reg_n, max_inner=reg_n, sample=sample)
     sch.reorder(*outer, xo, *reductions, xi, lane)
     sch.parallel(sch.fuse(*outer))
     sch.vectorize(lane)  # before decompose_reduction, which leaves a non-"compact" block

@@ -36,21 +36,30 @@ class KernelKey:
 class KernelDef:
     key: KernelKey
     compute: Callable[[Any, Any], list]
-    schedule: Callable[[Any, Any, Any], None]
+    schedule: Callable[..., None]  # (sch, workload, config, sample=False)
     fallback_config: Callable[[Any, TargetFeatures], Any]
     pack_weight: Callable[[np.ndarray, Any, Any], np.ndarray]
     input_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's data tensor
     output_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's output
     description: str = ""
 
-    def build_primfunc(self, workload: Workload, config: Any):  # type: ignore[no-untyped-def]
-        """The scheduled ``PrimFunc`` (attribute ``tirx.is_scheduled`` set)."""
+    def build_primfunc(self, workload: Workload, config: Any, *, sample_seed: int | None = None):  # type: ignore[no-untyped-def]
+        """The scheduled ``PrimFunc`` (attribute ``tirx.is_scheduled`` set).
+
+        The schedule's knobs are MetaSchedule sampling decisions; by default they take the
+        config's values. With ``sample_seed`` they are drawn at random instead (one point of the
+        search space the tuner explores).
+        """
         from tvm import s_tir, te
 
         func = te.create_prim_func(self.compute(workload, config))
-        sch = s_tir.Schedule(func)
-        self.schedule(sch, workload, config)
+        sch = s_tir.Schedule(func, seed=sample_seed)
+        self.schedule(sch, workload, config, sample_seed is not None)
         return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+    def design_space(self, workload: Workload, config: Any) -> Callable[[Any], None]:
+        """The schedule template as a MetaSchedule ``ScheduleFn`` body (knobs sampled)."""
+        return lambda sch: self.schedule(sch, workload, config, True)
 
 
 class KernelNotFound(LookupError):

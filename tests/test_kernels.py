@@ -144,3 +144,65 @@ def test_workload_validation() -> None:
         Conv2dWorkload(1, 6, 8, 8, 4, 3, 3, groups=4)
     with pytest.raises(ValueError, match="empty"):
         Conv2dWorkload(1, 4, 2, 2, 4, 5, 5)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 16, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=RELU),     # direct
+    Conv2dWorkload(1, 24, 12, 12, 40, 1, 1, epilogue=RES),                         # pointwise
+    Conv2dWorkload(1, 24, 14, 14, 24, 3, 3, 2, 2, 1, 1, 1, 1, groups=24, epilogue=RELU6),
+    DenseWorkload(1, 64, 24, RELU),
+], ids=["direct", "pointwise", "depthwise", "dense"])
+def test_sampled_schedules_are_correct(wl, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Random points of each template's search space (knobs as sampling decisions) stay exact."""
+    rng = np.random.default_rng(seed)
+    kernel = registry.select(registry.op_of(wl), "fp32", HOST)
+    cfg = kernel.fallback_config(wl, HOST)
+    func = kernel.build_primfunc(wl, cfg, sample_seed=seed)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(HOST.target_json()))
+    data = rng.standard_normal(wl.data_shape).astype(np.float32)
+    weight = rng.standard_normal(wl.weight_shape).astype(np.float32)
+    bias = rng.standard_normal(wl.weight_shape[0]).astype(np.float32)
+    residual = rng.standard_normal(wl.out_shape).astype(np.float32)
+    args = [tvm.runtime.tensor(data.reshape(kernel.input_shape(wl, cfg))),
+            tvm.runtime.tensor(kernel.pack_weight(weight, wl, cfg)), tvm.runtime.tensor(bias)]
+    if wl.epilogue.residual:
+        args.append(tvm.runtime.tensor(residual.reshape(kernel.output_shape(wl, cfg))))
+    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "float32")
+    ex(*args, out)
+    ref_fn = reference.dense if isinstance(wl, DenseWorkload) else reference.conv2d
+    expected = ref_fn(data, weight, bias, wl, residual)
+    np.testing.assert_allclose(out.numpy().reshape(wl.out_shape), expected, rtol=0,
+                               atol=2e-5 * max(float(np.abs(expected).max()), 1.0))
+
+
+def test_design_space_records_sampling_decisions() -> None:
+    """The template run as a MetaSchedule ScheduleFn body leaves its knobs in the trace."""
+    from tvm import s_tir, te
+
+    wl = Conv2dWorkload(1, 16, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=RELU)
+    kernel = registry.select("conv2d", "fp32", HOST)
+    cfg = kernel.fallback_config(wl, HOST)
+    sch = s_tir.Schedule(te.create_prim_func(kernel.compute(wl, cfg)), seed=7)
+    kernel.design_space(wl, cfg)(sch)
+    decisions = {inst.kind.name: d for inst, d in sch.trace.decisions.items()}
+    assert "SamplePerfectTile" in decisions  # the register tile is a sampling decision
+
+
+AVX512 = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, num_cores=2)
+
+
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 16, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=RELU),
+    Conv2dWorkload(1, 32, 14, 14, 64, 1, 1, epilogue=RELU6),
+    Conv2dWorkload(1, 32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, groups=32, epilogue=RELU6),
+    DenseWorkload(1, 64, 40, NONE),
+], ids=["direct", "pointwise", "depthwise", "dense"])
+def test_avx512_kernels_compile_to_zmm_code(wl) -> None:  # type: ignore[no-untyped-def]
+    """AVX-512 code generation is checked on any host (running it is covered by the
+    host-ISA tests on AVX-512 machines)."""
+    kernel = registry.select(registry.op_of(wl), "fp32", AVX512)
+    cfg = kernel.fallback_config(wl, AVX512)
+    ex = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                     target=tvm.target.Target(AVX512.target_json()))
+    assert "zmm" in ex.mod.inspect_source("s")

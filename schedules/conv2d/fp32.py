@@ -37,8 +37,8 @@ def compute(wl: Conv2dWorkload, cfg: Config) -> list[te.Tensor]:
     return _template(cfg).compute(wl, cfg)
 
 
-def schedule(sch, wl: Conv2dWorkload, cfg: Config) -> None:  # type: ignore[no-untyped-def]
-    _template(cfg).schedule(sch, wl, cfg)
+def schedule(sch, wl: Conv2dWorkload, cfg: Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+    _template(cfg).schedule(sch, wl, cfg, sample)
 
 
 def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: Config) -> np.ndarray:

@@ -156,7 +156,7 @@ def output_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
     return (wl.batch, wl.groups, wl.out_per_group, wl.out_height, wl.out_width)
 
 
-def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig) -> None:  # type: ignore[no-untyped-def]
+def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Register-tiled NCHWc schedule; ``sch`` is a ``tvm.s_tir.Schedule`` of ``compute``.
 
     The conv block iterates over the padded channel space (no tails); the NCHW epilogue is
@@ -168,6 +168,6 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig) -> None:  # type: ignor
     pack_b = sch.get_sblock("data_pack") if needs_repack(wl, cfg) else None
     n, gi, b, y, x, ko, rc, rh, rw, ri = sch.get_loops(conv_b)
     schedule_register_tile(sch, conv_b, out_b, outer=[n, gi, b, y], x=x,
-                           reductions=[rc, rh, rw, ri], lane=ko, reg_n=cfg.reg_n)
+                           reductions=[rc, rh, rw, ri], lane=ko, reg_n=cfg.reg_n, sample=sample)
     if pack_b is not None:
         schedule_repack(sch, pack_b)

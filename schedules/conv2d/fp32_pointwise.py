@@ -16,7 +16,7 @@ import numpy as np
 from tvm import te
 
 from ..common import (ceil_div, finish, kernel_args, keep_tile_in_registers, optional_bias,
-                      optional_residual, padded_width)
+                      optional_residual, padded_width, split_tile)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -87,11 +87,12 @@ def compute(wl: Conv2dWorkload, cfg: PointwiseConfig) -> list[te.Tensor]:
     return kernel_args(data, weight, bias, residual, out)
 
 
-def schedule(sch, wl: Conv2dWorkload, cfg: PointwiseConfig) -> None:  # type: ignore[no-untyped-def]
+def schedule(sch, wl: Conv2dWorkload, cfg: PointwiseConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     n, b, ki, p, rc = sch.get_loops(conv_b)
-    po, pv, pl = sch.split(p, [None, cfg.p_tile // cfg.lanes, cfg.lanes])
+    pvecs, pl = sch.split(p, [None, cfg.lanes])
+    po, pv = split_tile(sch, pvecs, cfg.p_tile // cfg.lanes, max_inner=4, sample=sample)
     sch.reorder(n, b, po, rc, ki, pv, pl)
     sch.parallel(sch.fuse(n, b, po))
     sch.vectorize(pl)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual
+from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual, split_tile
 from ..target_features import TargetFeatures
 from ..workload import DenseWorkload
 
@@ -67,11 +67,11 @@ def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
     return kernel_args(data, weight, bias, residual, out)
 
 
-def schedule(sch, wl: DenseWorkload, cfg: DenseConfig) -> None:  # type: ignore[no-untyped-def]
+def schedule(sch, wl: DenseWorkload, cfg: DenseConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
     acc_b = sch.get_sblock("dense")
     out_b = sch.get_sblock("out")
     n, b, ko, rc = sch.get_loops(acc_b)
-    rco, rci = sch.split(rc, [None, cfg.unroll_c])
+    rco, rci = split_tile(sch, rc, cfg.unroll_c, max_inner=8, sample=sample)
     sch.reorder(n, b, rco, rci, ko)
     outer = sch.fuse(n, b)
     sch.parallel(outer)

@@ -15,7 +15,7 @@ import numpy as np
 from tvm import te, tirx
 
 from ..common import (ceil_div, finish, kernel_args, keep_tile_in_registers, optional_bias,
-                      optional_residual, padded_width)
+                      optional_residual, padded_width, split_tile)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -88,12 +88,13 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
     return kernel_args(data, weight, bias, residual, out)
 
 
-def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig) -> None:  # type: ignore[no-untyped-def]
+def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     pad_b = sch.get_sblock("data_pad")
     n, c, y, x, rh, rw = sch.get_loops(conv_b)
-    xo, xt, xl = sch.split(x, [None, cfg.reg_n // cfg.lanes, cfg.lanes])
+    xvecs, xl = sch.split(x, [None, cfg.lanes])
+    xo, xt = split_tile(sch, xvecs, cfg.reg_n // cfg.lanes, max_inner=4, sample=sample)
     sch.reorder(n, c, y, xo, rh, rw, xt, xl)
     nc = sch.fuse(n, c)
     sch.parallel(nc)
