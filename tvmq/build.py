@@ -31,9 +31,13 @@ def _progress_default(msg: str) -> None:
     pass
 
 
-def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
-                  progress: Callable[[str], None] = _progress_default):  # type: ignore[no-untyped-def]
-    """Prepared model -> (``tvm.runtime.Executable``, kernels chosen per layer, timings)."""
+def lower_module(pm: PreparedModel, features: TargetFeatures, *,
+                 progress: Callable[[str], None] = _progress_default):  # type: ignore[no-untyped-def]
+    """Prepared model -> (scheduled Relax ``IRModule``, kernel per layer, timings), before codegen.
+
+    Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
+    by ``ScheduleGeneric``.
+    """
     import tvm
     from tvm import relax
 
@@ -55,6 +59,9 @@ def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
     mod["main"] = func.without_attr("params") if func.attrs and "params" in func.attrs else func
     timings["lower_kernels"] = time.perf_counter() - t
     progress(f"kernels: {len(lower.kernels)} layers on {len({k['function'] for k in lower.kernels.values()})} kernels")
+    missed = [l.name for l in pm.layers if l.name not in lower.kernels]
+    if missed:  # correct (TVM's generic lowering) but slow: say so
+        progress(f"warning: {len(missed)} layer(s) not matched to a kernel: {', '.join(missed[:5])}")
 
     target = tvm.target.Target(features.target_json())
     t = time.perf_counter()
@@ -69,14 +76,28 @@ def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
         ])(mod)
         mod = ScheduleGeneric(features.fp32_lanes)(mod)
     timings["legalize_fuse_schedule"] = time.perf_counter() - t
-    progress("codegen (LLVM)...")
-    t = time.perf_counter()
+    return mod, lower.kernels, timings
+
+
+def codegen(mod, features: TargetFeatures):  # type: ignore[no-untyped-def]
+    """Scheduled Relax module -> ``tvm.runtime.Executable`` (VM lowering + LLVM)."""
+    import tvm
     from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 
+    target = tvm.target.Target(features.target_json())
     pipeline = tvm.transform.Sequential(dataflow_lower_passes(target) + finalize_passes(target))
-    ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+
+
+def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
+                  progress: Callable[[str], None] = _progress_default):  # type: ignore[no-untyped-def]
+    """Prepared model -> (``tvm.runtime.Executable``, kernel per layer, timings)."""
+    mod, kernels, timings = lower_module(pm, features, progress=progress)
+    progress("codegen (LLVM)...")
+    t = time.perf_counter()
+    ex = codegen(mod, features)
     timings["codegen"] = time.perf_counter() - t
-    return ex, lower.kernels, timings
+    return ex, kernels, timings
 
 
 def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,

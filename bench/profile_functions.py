@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Where the time goes: every PrimFunc of a compiled model, timed alone, times its call count.
+
+    python bench/profile_functions.py model.onnx [--top 25] [--threads 1]
+
+Each function of the lowered module (the layer kernels and the generic fused ops) is compiled on
+its own and timed with random inputs (TVM's time_evaluator, median of repeats); the table is
+sorted by total time (per call x calls in ``main``) and names the layer each kernel serves. The
+sum approximates the end-to-end latency minus the VM's own overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+
+    import tvm
+    from tvm import relax
+
+    from schedules.target_features import detect_host
+    from tvmq.build import lower_module
+    from tvmq.frontend import prepare
+
+    features = detect_host()
+    target = tvm.target.Target(features.target_json())
+    mod, _, _ = lower_module(prepare(args.model), features)
+    calls: dict[str, int] = {}
+
+    def count(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op == tvm.ir.Op.get("relax.call_tir"):
+            calls[expr.args[0].name_hint] = calls.get(expr.args[0].name_hint, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"], count)
+    rng = np.random.default_rng(0)
+    rows = []
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint not in calls:
+            continue
+        ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+        tensors = [tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in p.shape])).astype(p.dtype))
+                   for p in func.params]
+        t = ex.jit().time_evaluator("main", tvm.cpu(), number=5, repeat=5)(*tensors).median
+        layer = func.attrs["tvmq.layer"] if func.attrs is not None and "tvmq.layer" in func.attrs else ""
+        rows.append((t * 1e3 * calls[gv.name_hint], t * 1e3, calls[gv.name_hint], gv.name_hint, str(layer)))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"{'total ms':>9} {'ms/call':>8} {'calls':>5}  function (first layer)")
+    for tot, per, n, name, layer in rows[: args.top]:
+        print(f"{tot:9.3f} {per:8.3f} {n:5d}  {name} {('(' + layer + ')') if layer else ''}")
+    print(f"{total:9.3f} ms in {len(rows)} functions ({args.threads} thread(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
