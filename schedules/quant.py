@@ -1,0 +1,114 @@
+"""Integer-only arithmetic, defined once: the kernels and the numpy references both follow it.
+
+Dyadic requantization (HAWQ-V3, gemmlowp): a real per-channel multiplier ``M = s_in * s_w / s_out``
+is represented as ``m * 2**-shift`` with ``m`` an int32 in ``[2**30, 2**31)`` and ``1 <= shift <=
+62``. An int32 accumulator ``acc`` becomes::
+
+    out = clamp(((acc * m + 2**(shift - 1)) >> shift) + zp_out, lo, hi)
+
+computed in int64 (``|acc * m| < 2**62``), ``>>`` an arithmetic shift (floor), so the rounding is
+**round half up** (ties towards +inf), exactly, on every target.
+
+Quantizing real values (``quantize``) rounds half to even, as onnxruntime and ``R.quantize`` do.
+Weights are symmetric per output channel in the narrow range ``[-(2**(b-1) - 1), 2**(b-1) - 1]``;
+activations per tensor, asymmetric (unsigned with a zero point) by default.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_SHIFT, MAX_SHIFT = 1, 62
+
+
+def quantize_multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """``M`` (>= 0, < 2**30) -> ``(m, shift)`` int32 arrays with ``M ~= m * 2**-shift``.
+
+    ``m`` is normalised into ``[2**30, 2**31)`` for 31 bits of precision; ``M == 0`` gives
+    ``m = 0``. Below ``2**-31`` the shift stays 62 and ``m`` loses precision (0 below 2**-63).
+    """
+    r = np.atleast_1d(np.asarray(real, dtype=np.float64))
+    if np.any(~np.isfinite(r)) or np.any(r < 0) or np.any(r >= 2.0 ** 30):
+        raise ValueError(f"requantization multipliers must be finite, >= 0 and < 2**30: {r}")
+    m = np.zeros(r.shape, np.int64)
+    shift = np.full(r.shape, MIN_SHIFT, np.int64)
+    nz = r > 0
+    mant, exp = np.frexp(r[nz])  # r = mant * 2**exp, mant in [0.5, 1)
+    q = np.round(mant * 2.0 ** 31).astype(np.int64)  # in [2**30, 2**31]
+    carry = q == 2 ** 31
+    q[carry] //= 2
+    exp = exp + carry
+    s = 31 - exp
+    # below 2**-31 the shift would pass 62: keep shift 62 and a denormal m (0 below 2**-63);
+    # s >= 1 always holds since r < 2**30
+    small = s > MAX_SHIFT
+    q[small] = np.round(r[nz][small] * 2.0 ** MAX_SHIFT).astype(np.int64)
+    s = np.clip(s, MIN_SHIFT, MAX_SHIFT)
+    m[nz], shift[nz] = q, s
+    return m.astype(np.int32), shift.astype(np.int32)
+
+
+def requantize(acc: np.ndarray, m: np.ndarray, shift: np.ndarray, zp: int, lo: int, hi: int,
+               axis: int = 1) -> np.ndarray:
+    """The exact integer requantization (see module docstring); ``m``/``shift`` per ``axis``."""
+    if acc.dtype != np.int32:
+        raise TypeError(f"accumulators are int32, got {acc.dtype}")
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    mm = np.asarray(m, np.int64).reshape(shape)
+    ss = np.asarray(shift, np.int64).reshape(shape)
+    prod = acc.astype(np.int64) * mm + (np.int64(1) << (ss - 1))
+    out = (prod >> ss) + zp
+    return np.clip(out, lo, hi)
+
+
+def qrange(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
+    if signed:
+        hi = 2 ** (bits - 1) - 1
+        return (-hi if narrow else -hi - 1), hi
+    return 0, 2 ** bits - 1
+
+
+def quantize(x: np.ndarray, scale: float | np.ndarray, zp: int | np.ndarray, bits: int,
+             signed: bool, axis: int | None = None) -> np.ndarray:
+    """Real -> integer, round half to even, clamp to the full range of the type."""
+    if axis is not None:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = np.asarray(scale).reshape(shape)
+        zp = np.asarray(zp).reshape(shape)
+    lo, hi = qrange(bits, signed)
+    q = np.clip(np.round(np.asarray(x, np.float64) / scale) + zp, lo, hi)
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, True): np.int16, (16, False): np.uint16,
+             (4, True): np.int8, (4, False): np.uint8}[(bits, signed)]
+    return q.astype(dtype)
+
+
+def weight_scales(w: np.ndarray, bits: int) -> np.ndarray:
+    """Symmetric per-output-channel scales (narrow range), never zero."""
+    hi = 2 ** (bits - 1) - 1
+    amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
+    return np.where(amax > 0, amax / hi, 1.0)
+
+
+def quantize_weights(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(w_q int8, scales)``: symmetric, per output channel, values in the narrow range."""
+    scales = weight_scales(w, bits)
+    hi = 2 ** (bits - 1) - 1
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    q = np.clip(np.round(w / scales.reshape(shape)), -hi, hi).astype(np.int8)
+    return q, scales
+
+
+def activation_params(lo: float, hi: float, bits: int = 8, signed: bool = False) -> tuple[float, int]:
+    """``(scale, zero_point)`` covering ``[lo, hi]`` (widened to include 0, so that 0 and the
+    padding value are exact)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"activation range must be finite, got [{lo}, {hi}]")
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    qlo, qhi = qrange(bits, signed)
+    if hi == lo:
+        return 1.0, 0 if signed else qlo
+    scale = (hi - lo) / (qhi - qlo)
+    zp = int(np.clip(np.round(qlo - lo / scale), qlo, qhi))
+    return scale, zp
