@@ -48,3 +48,36 @@ def dense(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
           wl: DenseWorkload, residual: np.ndarray | None = None) -> np.ndarray:
     out = data.astype(np.float64) @ weight.astype(np.float64).T
     return _epilogue(out, bias, wl.epilogue, 1, residual).astype(np.float32)
+
+
+def conv2d_int(xq: np.ndarray, x_zp: int, wq: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
+    """Integer conv: ``sum (x - 0) * w`` with the input padded by its zero point, exact (int64),
+    returned as int32 (raises if it would not fit)."""
+    x = np.pad(xq.astype(np.int64), ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom),
+                                     (wl.pad_left, wl.pad_right)), constant_values=x_zp)
+    span_h = (wl.kernel_h - 1) * wl.dilation_h + 1
+    span_w = (wl.kernel_w - 1) * wl.dilation_w + 1
+    win = sliding_window_view(x, (span_h, span_w), axis=(2, 3))
+    win = win[:, :, ::wl.stride_h, ::wl.stride_w, ::wl.dilation_h, ::wl.dilation_w]
+    win = win[:, :, :wl.out_height, :wl.out_width]
+    g, cg, kg = wl.groups, wl.in_per_group, wl.out_per_group
+    n = xq.shape[0]
+    win = win.reshape(n, g, cg, wl.out_height, wl.out_width, wl.kernel_h, wl.kernel_w)
+    w = wq.astype(np.int64).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
+    acc = np.einsum("ngchwrs,gkcrs->ngkhw", win, w).reshape(n, wl.out_channels, wl.out_height,
+                                                             wl.out_width)
+    if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
+        raise OverflowError("int32 accumulator overflow")
+    return acc.astype(np.int32)
+
+
+def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
+                shift: np.ndarray, x_zp: int, out_zp: int, lo: int, hi: int,
+                wl: Conv2dWorkload) -> np.ndarray:
+    """The integer-only layer the W8A8 kernels compute: conv, + bias, requantize, clamp."""
+    from .quant import requantize
+
+    acc = conv2d_int(xq, x_zp, wq, wl).astype(np.int64) + bias_q.astype(np.int64).reshape(1, -1, 1, 1)
+    if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
+        raise OverflowError("int32 accumulator overflow after the bias")
+    return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi).astype(np.uint8)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .conv2d import fp32 as conv2d_fp32
+from .conv2d import int8_direct as conv2d_w8a8
 from .dense import fp32 as dense_fp32
 from .depthwise import fp32 as depthwise_fp32
 from .target_features import ISA_LEVELS, TargetFeatures
@@ -117,3 +118,6 @@ for _op, _mod, _desc in (
     register(KernelDef(KernelKey(_op, "fp32", "generic"), _mod.compute, _mod.schedule,
                        _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,
                        _desc))
+register(KernelDef(KernelKey("conv2d", "w8a8", "generic"), conv2d_w8a8.compute, conv2d_w8a8.schedule,
+                   conv2d_w8a8.fallback_config, conv2d_w8a8.pack_weight, conv2d_w8a8.input_shape,
+                   conv2d_w8a8.output_shape, "portable u8 x s8 -> s32 direct conv, dyadic requantization"))

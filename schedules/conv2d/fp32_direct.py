@@ -72,13 +72,14 @@ def packed_weight_shape(wl: Conv2dWorkload, cfg: Conv2dConfig) -> tuple[int, ...
 
 
 def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: Conv2dConfig) -> np.ndarray:
-    """OIHW -> ``[G*OCB, ICB, R, S, ic_bn, oc_bn]``, zero padded in both channel dimensions."""
+    """OIHW -> ``[G*OCB, ICB, R, S, ic_bn, oc_bn]``, zero padded in both channel dimensions
+    (any dtype: fp32 weights, or int8 quantized ones)."""
     if weight.shape != wl.weight_shape:
         raise ValueError(f"weight shape {weight.shape} does not match workload {wl.weight_shape}")
     g, kg, cg = wl.groups, wl.out_per_group, wl.in_per_group
     gk, icb, r, s, ic_bn, oc_bn = packed_weight_shape(wl, cfg)
     ocb = gk // g
-    padded = np.zeros((g, ocb * oc_bn, icb * ic_bn, r, s), dtype=np.float32)
+    padded = np.zeros((g, ocb * oc_bn, icb * ic_bn, r, s), dtype=weight.dtype)
     padded[:, :kg, :cg] = weight.reshape(g, kg, cg, r, s)
     t = padded.reshape(g, ocb, oc_bn, icb, ic_bn, r, s)
     return np.ascontiguousarray(t.transpose(0, 1, 3, 5, 6, 4, 2).reshape(gk, icb, r, s, ic_bn, oc_bn))
@@ -91,10 +92,16 @@ def needs_repack(wl: Conv2dWorkload, cfg: Conv2dConfig) -> bool:
                 or wl.in_per_group % cfg.ic_bn or wl.out_width % cfg.reg_n)
 
 
-def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
-    """TE compute: ``[data, packed_weight, (bias,) out]``."""
+def conv_body(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, weight: te.Tensor,
+              pad_value: tirx.PrimExpr, acc_dtype: str) -> te.Tensor:
+    """The blocked direct convolution ``[N, G, OCB, OH, OWp, oc_bn]`` in ``acc_dtype``.
+
+    Shared by every precision: the input is padded with ``pad_value`` (0.0, or an integer
+    input's zero point, which keeps integer padding exact), products are taken in
+    ``acc_dtype``.
+    """
     n_, c_, h_, w_ = wl.data_shape
-    g, kg, cg = wl.groups, wl.out_per_group, wl.in_per_group
+    g, cg = wl.groups, wl.in_per_group
     gk, icb, r_, s_, ic_bn, oc_bn = packed_weight_shape(wl, cfg)
     ocb = gk // g
     pt, pl = wl.pad_top, wl.pad_left
@@ -102,9 +109,6 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
     # the conv runs over a width padded to whole register tiles; the epilogue drops the extra
     owp = padded_width(wl.out_width, cfg.reg_n)
     wp = max(w_ + pl + wl.pad_right, (owp - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
-    data = te.placeholder(wl.data_shape, "float32", name="data")
-    weight = te.placeholder((gk, icb, r_, s_, ic_bn, oc_bn), "float32", name="weight")
-    zero = tirx.const(0.0, "float32")
 
     def pack(n, gb, h, w, ci):  # type: ignore[no-untyped-def]
         grp, blk = gb // icb, gb % icb
@@ -112,7 +116,7 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
         inside = tirx.all(h >= pt, h < h_ + pt, w >= pl, w < w_ + pl)
         if cg % ic_bn:
             inside = tirx.all(inside, c < cg)
-        return tirx.if_then_else(inside, data[n, grp * cg + c, h - pt, w - pl], zero)
+        return tirx.if_then_else(inside, data[n, grp * cg + c, h - pt, w - pl], pad_value)
 
     sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
     rc = te.reduce_axis((0, icb), "rc")
@@ -129,11 +133,20 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
         def load(n, gi, y, x):  # type: ignore[no-untyped-def]
             return data[n, gi * cg + rc * ic_bn + ri, y * sh + rh * dh, x * sw + rw * dw]
 
-    conv = te.compute(
+    return te.compute(
         (n_, g, ocb, wl.out_height, owp, oc_bn),
         lambda n, gi, b, y, x, ko: te.sum(
-            load(n, gi, y, x) * weight[gi * ocb + b, rc, rh, rw, ri, ko], axis=[rc, rh, rw, ri]),
+            load(n, gi, y, x).astype(acc_dtype) * weight[gi * ocb + b, rc, rh, rw, ri, ko].astype(acc_dtype),
+            axis=[rc, rh, rw, ri]),
         name="conv")
+
+
+def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
+    """TE compute: ``[data, packed_weight, (bias,) (residual,) out]``."""
+    data = te.placeholder(wl.data_shape, "float32", name="data")
+    weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
+    conv = conv_body(wl, cfg, data, weight, tirx.const(0.0, "float32"), "float32")
+    oc_bn, kg = cfg.oc_bn, wl.out_per_group
     bias = optional_bias(wl.epilogue, wl.out_channels)
     residual = optional_residual(wl.epilogue, output_shape(wl))
 
@@ -143,15 +156,15 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
 
     # grouped convs write [N, G, K/G, OH, OW] (a free reshape of NCHW): keeping the group axis
     # separate keeps every index affine, which the schedule's region analysis needs
-    out = te.compute((n_, g, kg, wl.out_height, wl.out_width), epilogue, name="out")
+    out = te.compute(output_shape(wl), epilogue, name="out")
     return kernel_args(data, weight, bias, residual, out)
 
 
-def input_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
+def input_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return wl.data_shape
 
 
-def output_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
+def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     """Shape of the kernel's output buffer (NCHW with the channel axis split as ``[G, K/G]``)."""
     return (wl.batch, wl.groups, wl.out_per_group, wl.out_height, wl.out_width)
 

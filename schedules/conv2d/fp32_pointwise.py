@@ -55,11 +55,11 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: PointwiseConfig) ->
     return np.ascontiguousarray(padded.reshape(kb, kt, c).transpose(0, 2, 1))
 
 
-def input_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
+def input_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return (wl.batch, wl.in_channels, wl.height * wl.width)
 
 
-def output_shape(wl: Conv2dWorkload) -> tuple[int, ...]:
+def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return (wl.batch, wl.out_channels, wl.out_height * wl.out_width)
 
 

@@ -1,0 +1,53 @@
+"""W8A8 conv2d, portable: uint8 activations x int8 weights -> int32, requantized to uint8.
+
+The same blocked direct convolution as the fp32 template (``fp32_direct.conv_body``, same
+schedule), with integer types: the input is padded with its zero point (exact), products and
+sums are int32, and the epilogue is integer-only (``schedules.quant``)::
+
+    out = clamp(((acc + bias_q[k]) * m[k] + 2**(shift[k]-1)) >> shift[k]) + out_zp, lo, hi)
+
+so ReLU / ReLU6 are the clamp bounds. Runs on any CPU (LLVM widens to 32-bit lanes); the VNNI
+and AMX variants (u8 x s8 dot products in hardware) share this reference and this interface.
+
+Kernel arguments: ``data u8 [N,C,H,W]``, ``weight s8 [G*OCB, ICB, R, S, ic_bn, oc_bn]``,
+``bias s32 [K]``, ``multiplier s32 [K]``, ``shift s32 [K]``, ``qparams s32 [4]`` =
+``(x_zp, out_zp, lo, hi)``, ``out u8 [N, G, K/G, OH, OW]``. Zero points and multipliers are run-time
+arguments, so layers of equal shapes share one compiled kernel.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from . import fp32_direct
+from .fp32_direct import (Conv2dConfig, fallback_config, input_shape, output_shape, pack_weight,
+                          packed_weight_shape)
+from ..workload import Conv2dWorkload
+
+__all__ = ["Conv2dConfig", "compute", "fallback_config", "input_shape", "output_shape",
+           "pack_weight", "schedule"]
+
+
+def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
+    data = te.placeholder(wl.data_shape, "uint8", name="data")
+    weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
+    bias = te.placeholder((wl.out_channels,), "int32", name="bias")
+    mult = te.placeholder((wl.out_channels,), "int32", name="multiplier")
+    shift = te.placeholder((wl.out_channels,), "int32", name="shift")
+    qp = te.placeholder((4,), "int32", name="qparams")
+    conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype("uint8"), "int32")
+    oc_bn, kg = cfg.oc_bn, wl.out_per_group
+    one = tirx.const(1, "int64")
+
+    def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
+        k = gi * kg + kk
+        acc = (conv[n, gi, kk // oc_bn, y, x, kk % oc_bn] + bias[k]).astype("int64")
+        s = shift[k].astype("int64")
+        q = ((acc * mult[k].astype("int64") + (one << (s - one))) >> s).astype("int32") + qp[1]
+        return tirx.min(tirx.max(q, qp[2]), qp[3]).astype("uint8")  # = np.clip
+
+    out = te.compute(output_shape(wl), epilogue, name="out")
+    return [data, weight, bias, mult, shift, qp, out]
+
+
+schedule = fp32_direct.schedule

@@ -1,0 +1,120 @@
+"""W8A8 kernels bit-exact against the numpy integer reference (hypothesis-generated cases)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schedules import quant, reference, registry
+from schedules.target_features import detect_host
+from schedules.workload import Conv2dWorkload, Epilogue
+
+HOST = detect_host()
+TARGET = tvm.target.Target(HOST.target_json())
+_CACHE: dict = {}
+
+
+def _kernel(wl: Conv2dWorkload):  # type: ignore[no-untyped-def]
+    kernel = registry.select("conv2d", "w8a8", HOST)
+    cfg = kernel.fallback_config(wl, HOST)
+    key = (wl, cfg)
+    if key not in _CACHE:
+        _CACHE[key] = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}), target=TARGET)
+    return kernel, cfg, _CACHE[key]
+
+
+def _run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, lo, hi) -> np.ndarray:  # type: ignore[no-untyped-def]
+    kernel, cfg, ex = _kernel(wl)
+    args = [tvm.runtime.tensor(a) for a in (
+        xq, kernel.pack_weight(wq, wl, cfg), bias_q.astype(np.int32), m, s,
+        np.array([x_zp, out_zp, lo, hi], np.int32))]
+    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
+    ex(*args, out)
+    return out.numpy().reshape(wl.out_shape)
+
+
+@st.composite
+def cases(draw):  # type: ignore[no-untyped-def]
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    cg = draw(st.integers(1, 13))
+    kg = draw(st.integers(1, 21))
+    k = draw(st.sampled_from([1, 3, 5]))
+    stride = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, k // 2 + 1))
+    hw = draw(st.integers(max(1, k - 2 * pad), 12))
+    wl = Conv2dWorkload(1, cg * groups, hw, hw + draw(st.integers(0, 3)), kg * groups, k, k,
+                        stride, stride, pad, pad, pad, pad, groups=groups,
+                        epilogue=Epilogue(True, "none"))
+    seed = draw(st.integers(0, 2 ** 16))
+    return wl, seed
+
+
+def _operands(wl: Conv2dWorkload, seed: int, extreme: bool = False):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    xq = rng.integers(0, 256, wl.data_shape).astype(np.uint8)
+    wq = rng.integers(-128, 128, wl.weight_shape).astype(np.int8)
+    if extreme:  # the int8 edges, everywhere
+        wq = np.where(rng.random(wl.weight_shape) < 0.5, -128, 127).astype(np.int8)
+        xq = np.where(rng.random(wl.data_shape) < 0.5, 0, 255).astype(np.uint8)
+    bias_q = rng.integers(-2 ** 20, 2 ** 20, wl.out_channels).astype(np.int32)
+    # per-channel scales spanning 6 orders of magnitude
+    real = 10.0 ** rng.uniform(-7, -1, wl.out_channels)
+    m, s = quant.quantize_multiplier(real)
+    x_zp = int(rng.integers(0, 256))
+    out_zp = int(rng.integers(0, 256))
+    return xq, wq, bias_q, m, s, x_zp, out_zp
+
+
+@given(cases())
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_w8a8_conv2d_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
+    wl, seed = case
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, seed)
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255), expected)
+
+
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 64, 8, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1),
+    Conv2dWorkload(1, 17, 9, 9, 16, 1, 1),
+    Conv2dWorkload(1, 16, 7, 7, 24, 3, 3, 2, 2, 1, 1, 1, 1, groups=4),
+], ids=["3x3", "1x1", "grouped-s2"])
+def test_w8a8_edges_ties_and_clamps(wl: Conv2dWorkload) -> None:
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 0, extreme=True)
+    # rounding ties: M = 0.5 exactly on every channel, odd accumulators land on .5
+    m_half = np.full(wl.out_channels, 2 ** 30, np.int32)
+    s_half = np.full(wl.out_channels, 31 + 12, np.int32)  # M = 2**-13: acc up to ~2**21 -> +-256
+    relu_lo = min(out_zp, 150)  # ReLU: the zero point; ReLU6-like: a bound below 255
+    for mm, ss, lo, hi in ((m, s, 0, 255), (m_half, s_half, relu_lo, 255), (m_half, s_half, relu_lo, 200)):
+        expected = reference.conv2d_w8a8(xq, wq, bias_q, mm, ss, x_zp, out_zp, lo, hi, wl)
+        got = _run(wl, xq, wq, bias_q, mm, ss, x_zp, out_zp, lo, hi)
+        np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(expected)) > 2  # not everything clamped
+
+
+def test_w8a8_zero_point_padding_is_exact() -> None:
+    """A constant input equal to its zero point is 'all zeros': padding must not leak."""
+    wl = Conv2dWorkload(1, 5, 6, 6, 7, 3, 3, 1, 1, 2, 2, 2, 2)
+    xq = np.full(wl.data_shape, 77, np.uint8)
+    wq = np.random.default_rng(1).integers(-128, 128, wl.weight_shape).astype(np.int8)
+    bias_q = np.zeros(7, np.int32)
+    m, s = quant.quantize_multiplier(np.full(7, 0.01))
+    got = _run(wl, xq, wq, bias_q, m, s, 77, 9, 0, 255)
+    np.testing.assert_array_equal(got, reference.conv2d_w8a8(xq, wq, bias_q, m, s, 77, 9, 0, 255, wl))
+
+
+def test_w8a8_rounding_ties_round_half_up() -> None:
+    """M = 0.5 on a 1x1 identity conv: every odd accumulator is a tie (x.5 -> x+1)."""
+    wl = Conv2dWorkload(1, 1, 4, 16, 2, 1, 1)
+    xq = np.arange(64, dtype=np.uint8).reshape(wl.data_shape) * 3
+    wq = np.array([1, -1], np.int8).reshape(wl.weight_shape)
+    bias_q = np.zeros(2, np.int32)
+    m, s = np.full(2, 2 ** 30, np.int32), np.full(2, 31, np.int32)
+    got = _run(wl, xq, wq, bias_q, m, s, 0, 128, 0, 255)
+    acc = xq.astype(np.int64).reshape(-1)
+    assert np.array_equal(got[0, 0].reshape(-1), np.floor(acc / 2 + 0.5).astype(np.int64) + 128)
+    assert np.array_equal(got[0, 1].reshape(-1), np.floor(-acc / 2 + 0.5).astype(np.int64) + 128)
+    assert np.any(acc % 2 == 1)
