@@ -119,3 +119,15 @@ def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]
     pn, pb, ph, _, pc = sch.get_loops(pack_b)
     sch.parallel(sch.fuse(pn, pb, ph))
     sch.unroll(pc)
+
+
+def requantize_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, mult_k: tirx.PrimExpr,
+                    shift_k: tirx.PrimExpr, out_zp: tirx.PrimExpr, lo: tirx.PrimExpr,
+                    hi: tirx.PrimExpr, out_dtype: str = "uint8") -> tirx.PrimExpr:
+    """The integer-only epilogue of ``schedules.quant``, as TIR:
+    ``clip((((acc + bias) * m + 2**(shift-1)) >> shift) + out_zp, lo, hi)`` in int64."""
+    one = tirx.const(1, "int64")
+    wide = (acc + bias_k).astype("int64")
+    s = shift_k.astype("int64")
+    q = ((wide * mult_k.astype("int64") + (one << (s - one))) >> s).astype("int32") + out_zp
+    return tirx.min(tirx.max(q, lo), hi).astype(out_dtype)  # the order of np.clip

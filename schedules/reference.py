@@ -51,8 +51,9 @@ def dense(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
 
 
 def conv2d_int(xq: np.ndarray, x_zp: int, wq: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
-    """Integer conv: ``sum (x - 0) * w`` with the input padded by its zero point, exact (int64),
-    returned as int32 (raises if it would not fit)."""
+    """Integer conv ``sum x * w``, the input padded with its zero point, exact (int64), returned
+    as int32 (raises if it would not fit). The zero-point correction ``-x_zp * sum(w)`` is not
+    applied here: the compiler folds it into the int32 bias, as the kernels expect."""
     x = np.pad(xq.astype(np.int64), ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom),
                                      (wl.pad_left, wl.pad_right)), constant_values=x_zp)
     span_h = (wl.kernel_h - 1) * wl.dilation_h + 1

@@ -17,6 +17,7 @@ from .conv2d import fp32 as conv2d_fp32
 from .conv2d import int8_direct as conv2d_w8a8
 from .dense import fp32 as dense_fp32
 from .depthwise import fp32 as depthwise_fp32
+from .depthwise import int8 as depthwise_w8a8
 from .target_features import ISA_LEVELS, TargetFeatures
 from .workload import Conv2dWorkload, DenseWorkload, Workload
 
@@ -118,6 +119,10 @@ for _op, _mod, _desc in (
     register(KernelDef(KernelKey(_op, "fp32", "generic"), _mod.compute, _mod.schedule,
                        _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,
                        _desc))
-register(KernelDef(KernelKey("conv2d", "w8a8", "generic"), conv2d_w8a8.compute, conv2d_w8a8.schedule,
-                   conv2d_w8a8.fallback_config, conv2d_w8a8.pack_weight, conv2d_w8a8.input_shape,
-                   conv2d_w8a8.output_shape, "portable u8 x s8 -> s32 direct conv, dyadic requantization"))
+for _op, _mod, _desc in (
+    ("conv2d", conv2d_w8a8, "portable u8 x s8 -> s32 direct conv, dyadic requantization"),
+    ("depthwise_conv2d", depthwise_w8a8, "portable u8 x s8 -> s32 depthwise conv, dyadic requantization"),
+):
+    register(KernelDef(KernelKey(_op, "w8a8", "generic"), _mod.compute, _mod.schedule,
+                       _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,
+                       _desc))

@@ -18,7 +18,7 @@ _CACHE: dict = {}
 
 
 def _kernel(wl: Conv2dWorkload):  # type: ignore[no-untyped-def]
-    kernel = registry.select("conv2d", "w8a8", HOST)
+    kernel = registry.select(registry.op_of(wl), "w8a8", HOST)
     cfg = kernel.fallback_config(wl, HOST)
     key = (wl, cfg)
     if key not in _CACHE:
@@ -77,11 +77,36 @@ def test_w8a8_conv2d_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255), expected)
 
 
+@st.composite
+def depthwise_cases(draw):  # type: ignore[no-untyped-def]
+    c = draw(st.integers(1, 40))
+    k = draw(st.sampled_from([3, 5]))
+    stride = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, k // 2))
+    hw = draw(st.integers(k, 16))
+    wl = Conv2dWorkload(1, c, hw, hw + draw(st.integers(0, 5)), c, k, k, stride, stride,
+                        pad, pad, pad, pad, groups=c) if c > 1 else None
+    return wl, draw(st.integers(0, 2 ** 16))
+
+
+@given(depthwise_cases())
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_w8a8_depthwise_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
+    wl, seed = case
+    if wl is None:  # one channel is an ordinary conv
+        return
+    assert registry.op_of(wl) == "depthwise_conv2d"
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, seed)
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255), expected)
+
+
 @pytest.mark.parametrize("wl", [
     Conv2dWorkload(1, 64, 8, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1),
+    Conv2dWorkload(1, 24, 9, 9, 24, 3, 3, 2, 2, 1, 1, 1, 1, groups=24),
     Conv2dWorkload(1, 17, 9, 9, 16, 1, 1),
     Conv2dWorkload(1, 16, 7, 7, 24, 3, 3, 2, 2, 1, 1, 1, 1, groups=4),
-], ids=["3x3", "1x1", "grouped-s2"])
+], ids=["3x3", "depthwise-s2", "1x1", "grouped-s2"])
 def test_w8a8_edges_ties_and_clamps(wl: Conv2dWorkload) -> None:
     xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 0, extreme=True)
     # rounding ties: M = 0.5 exactly on every channel, odd accumulators land on .5

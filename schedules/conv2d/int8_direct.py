@@ -17,8 +17,9 @@ arguments, so layers of equal shapes share one compiled kernel.
 
 from __future__ import annotations
 
-from tvm import te, tirx
+from tvm import te
 
+from ..common import requantize_expr
 from . import fp32_direct
 from .fp32_direct import (Conv2dConfig, fallback_config, input_shape, output_shape, pack_weight,
                           packed_weight_shape)
@@ -37,14 +38,11 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
     qp = te.placeholder((4,), "int32", name="qparams")
     conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype("uint8"), "int32")
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
-    one = tirx.const(1, "int64")
 
     def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
         k = gi * kg + kk
-        acc = (conv[n, gi, kk // oc_bn, y, x, kk % oc_bn] + bias[k]).astype("int64")
-        s = shift[k].astype("int64")
-        q = ((acc * mult[k].astype("int64") + (one << (s - one))) >> s).astype("int32") + qp[1]
-        return tirx.min(tirx.max(q, qp[2]), qp[3]).astype("uint8")  # = np.clip
+        return requantize_expr(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias[k], mult[k], shift[k],
+                               qp[1], qp[2], qp[3])
 
     out = te.compute(output_shape(wl), epilogue, name="out")
     return [data, weight, bias, mult, shift, qp, out]

@@ -40,7 +40,7 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: DepthwiseConfig) ->
     """``[C, 1, R, S]`` -> ``[C, R, S]``."""
     if weight.shape != wl.weight_shape:
         raise ValueError(f"weight shape {weight.shape} does not match workload {wl.weight_shape}")
-    return np.ascontiguousarray(weight[:, 0].astype(np.float32))
+    return np.ascontiguousarray(weight[:, 0])
 
 
 def input_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
@@ -51,7 +51,10 @@ def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return wl.out_shape
 
 
-def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
+def conv_body(wl: Conv2dWorkload, cfg: DepthwiseConfig, data: te.Tensor, weight: te.Tensor,
+              pad_value: tirx.PrimExpr, acc_dtype: str) -> te.Tensor:
+    """The depthwise convolution ``[N, C, OH, OWp]`` in ``acc_dtype``, input padded with
+    ``pad_value`` (shared by every precision)."""
     if not wl.is_depthwise:
         raise ValueError(f"not a depthwise workload: {wl}")
     n_, c_, h_, w_ = wl.data_shape
@@ -63,24 +66,28 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
     # columns are stored phase by phase (w -> [w % sw, w // sw]) so that a strided conv still
     # reads whole contiguous vectors; each phase row is whole vectors so the copy vectorises
     wq = ceil_div(ceil_div(wp, sw), cfg.lanes) * cfg.lanes
-    data = te.placeholder(wl.data_shape, "float32", name="data")
-    weight = te.placeholder((c_, wl.kernel_h, wl.kernel_w), "float32", name="weight")
 
     def padded(n, c, h, ph, q):  # type: ignore[no-untyped-def]
         w = q * sw + ph
         return tirx.if_then_else(tirx.all(h >= pt, h < h_ + pt, w >= pl, w < w_ + pl),
-                                 data[n, c, h - pt, w - pl], tirx.const(0.0, "float32"))
+                                 data[n, c, h - pt, w - pl], pad_value)
 
     pad = te.compute((n_, c_, hp, sw, wq), padded, name="data_pad")
     rh = te.reduce_axis((0, wl.kernel_h), "rh")
     rw = te.reduce_axis((0, wl.kernel_w), "rw")
-    conv = te.compute(
+    return te.compute(
         (n_, c_, wl.out_height, owp),
         lambda n, c, y, x: te.sum(
-            pad[n, c, y * sh + rh * dh, (rw * dw) % sw, x + (rw * dw) // sw] * weight[c, rh, rw],
-            axis=[rh, rw]),
+            pad[n, c, y * sh + rh * dh, (rw * dw) % sw, x + (rw * dw) // sw].astype(acc_dtype)
+            * weight[c, rh, rw].astype(acc_dtype), axis=[rh, rw]),
         name="conv")
-    bias = optional_bias(wl.epilogue, c_)
+
+
+def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
+    data = te.placeholder(wl.data_shape, "float32", name="data")
+    weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
+    conv = conv_body(wl, cfg, data, weight, tirx.const(0.0, "float32"), "float32")
+    bias = optional_bias(wl.epilogue, wl.out_channels)
     residual = optional_residual(wl.epilogue, wl.out_shape)
     out = te.compute(wl.out_shape, lambda n, c, y, x: finish(conv[n, c, y, x], bias, c, wl.epilogue,
                                                              residual, (n, c, y, x)),
