@@ -82,3 +82,14 @@ def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: 
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow after the bias")
     return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi).astype(np.uint8)
+
+
+def dense_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
+               shift: np.ndarray, out_zp: int, lo: int, hi: int) -> np.ndarray:
+    """Integer-only dense: ``x @ w.T`` (int64, exact) + bias, requantized and clamped to uint8."""
+    from .quant import requantize
+
+    acc = xq.astype(np.int64) @ wq.astype(np.int64).T + bias_q.astype(np.int64)
+    if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
+        raise OverflowError("int32 accumulator overflow")
+    return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi).astype(np.uint8)

@@ -16,6 +16,7 @@ import numpy as np
 from .conv2d import fp32 as conv2d_fp32
 from .conv2d import int8_direct as conv2d_w8a8
 from .dense import fp32 as dense_fp32
+from .dense import int8 as dense_w8a8
 from .depthwise import fp32 as depthwise_fp32
 from .depthwise import int8 as depthwise_w8a8
 from .target_features import ISA_LEVELS, TargetFeatures
@@ -122,6 +123,7 @@ for _op, _mod, _desc in (
 for _op, _mod, _desc in (
     ("conv2d", conv2d_w8a8, "portable u8 x s8 -> s32 direct conv, dyadic requantization"),
     ("depthwise_conv2d", depthwise_w8a8, "portable u8 x s8 -> s32 depthwise conv, dyadic requantization"),
+    ("dense", dense_w8a8, "portable u8 x s8 -> s32 dense, dyadic requantization"),
 ):
     register(KernelDef(KernelKey(_op, "w8a8", "generic"), _mod.compute, _mod.schedule,
                        _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,

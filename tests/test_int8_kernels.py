@@ -143,3 +143,24 @@ def test_w8a8_rounding_ties_round_half_up() -> None:
     assert np.array_equal(got[0, 0].reshape(-1), np.floor(acc / 2 + 0.5).astype(np.int64) + 128)
     assert np.array_equal(got[0, 1].reshape(-1), np.floor(-acc / 2 + 0.5).astype(np.int64) + 128)
     assert np.any(acc % 2 == 1)
+
+
+@given(st.integers(1, 3), st.integers(1, 300), st.integers(1, 70), st.integers(0, 2 ** 16))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_w8a8_dense_bit_exact(n: int, c: int, k: int, seed: int) -> None:
+    from schedules.workload import DenseWorkload
+
+    wl = DenseWorkload(n, c, k)
+    rng = np.random.default_rng(seed)
+    xq = rng.integers(0, 256, (n, c)).astype(np.uint8)
+    wq = rng.integers(-128, 128, (k, c)).astype(np.int8)
+    bias_q = rng.integers(-2 ** 20, 2 ** 20, k).astype(np.int32)
+    m, s = quant.quantize_multiplier(10.0 ** rng.uniform(-7, -2, k))
+    out_zp = int(rng.integers(0, 256))
+    kernel = registry.select("dense", "w8a8", HOST)
+    cfg = kernel.fallback_config(wl, HOST)
+    ex = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}), target=TARGET)
+    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
+    ex(*[tvm.runtime.tensor(a) for a in (xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
+                                         np.array([0, out_zp, 0, 255], np.int32))], out)
+    np.testing.assert_array_equal(out.numpy(), reference.dense_w8a8(xq, wq, bias_q, m, s, out_zp, 0, 255))

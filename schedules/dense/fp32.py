@@ -36,7 +36,7 @@ def pack_weight(weight: np.ndarray, wl: DenseWorkload, cfg: DenseConfig) -> np.n
     if weight.shape != wl.weight_shape:
         raise ValueError(f"weight shape {weight.shape} does not match workload {wl.weight_shape}")
     kb, c, oc_bn = packed_weight_shape(wl, cfg)
-    padded = np.zeros((kb * oc_bn, c), dtype=np.float32)
+    padded = np.zeros((kb * oc_bn, c), dtype=weight.dtype)
     padded[: wl.out_features] = weight
     return np.ascontiguousarray(padded.reshape(kb, oc_bn, c).transpose(0, 2, 1))
 
@@ -49,14 +49,22 @@ def output_shape(wl: DenseWorkload, cfg: object = None) -> tuple[int, ...]:
     return wl.out_shape
 
 
-def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
+def dense_body(wl: DenseWorkload, cfg: DenseConfig, data: te.Tensor, weight: te.Tensor,
+               acc_dtype: str) -> te.Tensor:
+    """``[N, K/oc_bn, oc_bn]`` accumulators in ``acc_dtype`` (shared by every precision)."""
     kb, c_, oc_bn = packed_weight_shape(wl, cfg)
-    data = te.placeholder(wl.data_shape, "float32", name="data")
-    weight = te.placeholder((kb, c_, oc_bn), "float32", name="weight")
     rc = te.reduce_axis((0, c_), "rc")
-    acc = te.compute((wl.batch, kb, oc_bn),
-                     lambda n, b, ko: te.sum(data[n, rc] * weight[b, rc, ko], axis=[rc]),
-                     name="dense")
+    return te.compute((wl.batch, kb, oc_bn),
+                      lambda n, b, ko: te.sum(data[n, rc].astype(acc_dtype)
+                                              * weight[b, rc, ko].astype(acc_dtype), axis=[rc]),
+                      name="dense")
+
+
+def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
+    oc_bn = cfg.oc_bn
+    data = te.placeholder(wl.data_shape, "float32", name="data")
+    weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
+    acc = dense_body(wl, cfg, data, weight, "float32")
     bias = optional_bias(wl.epilogue, wl.out_features)
     residual = optional_residual(wl.epilogue, wl.out_shape)
 

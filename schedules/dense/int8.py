@@ -1,0 +1,36 @@
+"""W8A8 dense, portable: uint8 x int8 -> int32 with the integer-only requantization epilogue.
+
+Arguments: ``data u8 [N, C]``, ``weight s8 [K/oc_bn, C, oc_bn]``, ``bias s32 [K]``,
+``multiplier s32 [K]``, ``shift s32 [K]``, ``qparams s32 [4]`` = ``(x_zp, out_zp, lo, hi)``
+(``x_zp`` unused here: a dense layer has no padding; its correction is folded into the bias),
+``out u8 [N, K]``.
+"""
+
+from __future__ import annotations
+
+from tvm import te
+
+from ..common import requantize_expr
+from ..workload import DenseWorkload
+from . import fp32
+from .fp32 import DenseConfig, fallback_config, input_shape, output_shape, pack_weight
+
+__all__ = ["DenseConfig", "compute", "fallback_config", "input_shape", "output_shape",
+           "pack_weight", "schedule"]
+
+
+def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
+    data = te.placeholder(wl.data_shape, "uint8", name="data")
+    weight = te.placeholder(fp32.packed_weight_shape(wl, cfg), "int8", name="weight")
+    bias = te.placeholder((wl.out_features,), "int32", name="bias")
+    mult = te.placeholder((wl.out_features,), "int32", name="multiplier")
+    shift = te.placeholder((wl.out_features,), "int32", name="shift")
+    qp = te.placeholder((4,), "int32", name="qparams")
+    acc = fp32.dense_body(wl, cfg, data, weight, "int32")
+    oc_bn = cfg.oc_bn
+    out = te.compute(wl.out_shape, lambda n, k: requantize_expr(
+        acc[n, k // oc_bn, k % oc_bn], bias[k], mult[k], shift[k], qp[1], qp[2], qp[3]), name="out")
+    return [data, weight, bias, mult, shift, qp, out]
+
+
+schedule = fp32.schedule
