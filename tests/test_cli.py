@@ -51,3 +51,19 @@ def test_info_lists_layers() -> None:
     r = _cli("info", str(FMNIST_DIR / "model.onnx"))
     assert r.returncode == 0, r.stderr
     assert "7 layers" in r.stdout and "depthwise_conv2d" in r.stdout
+
+
+def test_calibrate_writes_statistics(tmp_path: Path) -> None:
+    x, _ = fmnist_inputs(6, split="calib")
+    np.save(tmp_path / "calib.npy", x)
+    out = tmp_path / "calibration.json"
+    r = _cli("calibrate", str(FMNIST_DIR / "model.onnx"), "--data", str(tmp_path / "calib.npy"),
+             "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["samples"] == 6 and len(data["layer_inputs"]) == 7
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    r = _cli("calibrate", str(FMNIST_DIR / "model.onnx"), "--data", str(tmp_path / "bad.npy"))
+    assert r.returncode == 2 and "NaN" in r.stderr and "Traceback" not in r.stderr

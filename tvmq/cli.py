@@ -3,6 +3,7 @@
     tvmq compile model.onnx -o out/ [--isa avx2] [--batch-size 1] [--input-shape name=1,3,224,224]
     tvmq bench out/ [--threads 1] [--repeat 50] [--compare model.onnx]
     tvmq info model.onnx          # layer table, unsupported ops, without compiling
+    tvmq calibrate model.onnx --data calib.npz -o calibration.json
 
 Errors a user can cause print one line ``tvmq: error: ...`` and exit with status 2.
 """
@@ -131,6 +132,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import CalibrationData, collect
+    from .frontend import prepare
+
+    progress = _Progress(args.quiet)
+    pm = prepare(args.model)
+    data = CalibrationData.from_source(args.data, pm.inputs, limit=args.limit)
+    progress(f"{len(data)} calibration samples")
+    stats = collect(args.model, data, features=_features(args.isa), progress=progress)
+    stats.save(args.output)
+    print(f"calibrated {len(stats.layer_inputs)} layer inputs on {stats.samples} samples "
+          f"-> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvmq", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=int, default=1)
     i.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     i.set_defaults(func=cmd_info)
+
+    k = sub.add_parser("calibrate", help="activation statistics over unlabeled inputs")
+    k.add_argument("model")
+    k.add_argument("--data", required=True, help=".npy / .npz file or a folder of images")
+    k.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    k.add_argument("-o", "--output", default="calibration.json")
+    k.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"])
+    k.add_argument("-q", "--quiet", action="store_true")
+    k.set_defaults(func=cmd_calibrate)
     return p
 
 

@@ -43,6 +43,7 @@ class LayerInfo:
     name: str
     op: str  # one of LAYER_OPS
     node: str  # the ONNX node name
+    input_tensor: str  # the (cleaned) ONNX tensor the layer reads
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     weight_shape: tuple[int, ...]
@@ -280,7 +281,8 @@ def prepare(source: str | os.PathLike | onnx.ModelProto, *,
             x_shape = shapes.get(n.input[0]) or ()
             if len(x_shape) != 2:
                 continue
-            info = LayerInfo(name="", op="dense", node=n.name, input_shape=tuple(x_shape),
+            info = LayerInfo(name="", op="dense", node=n.name, input_tensor=n.input[0],
+                             input_shape=tuple(x_shape),
                              output_shape=(x_shape[0], w.shape[0]), weight_shape=tuple(w.shape),
                              has_bias=len(n.input) > 2 and bool(n.input[2]),
                              macs=int(x_shape[0] * w.shape[0] * w.shape[1]))
@@ -349,6 +351,7 @@ def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
     depthwise = groups > 1 and groups == x_shape[1] == w.shape[0]
     macs = int(np.prod(out_shape) * w.shape[1] * kh * kw)
     return LayerInfo(name="", op="depthwise_conv2d" if depthwise else "conv2d", node=n.name,
+                     input_tensor=n.input[0],
                      input_shape=tuple(x_shape), output_shape=tuple(out_shape),
                      weight_shape=tuple(w.shape), has_bias=len(n.input) > 2 and bool(n.input[2]),
                      macs=macs, strides=(int(strides[0]), int(strides[1])), pads=(top, left, bottom, right),
