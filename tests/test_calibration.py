@@ -71,23 +71,31 @@ def test_collect_taps_match_onnxruntime(tmp_path: Path) -> None:
     x, _ = fmnist_inputs(12, split="calib")
     stats = collect(FMNIST_DIR / "model.onnx", x)
     pm = prepare(FMNIST_DIR / "model.onnx")
-    assert stats.samples == 12 and set(stats.layer_inputs) == set(pm.layers.names)
-    first = stats.layer_input(pm.layers.names[0])
+    assert stats.samples == 12 and list(stats.layers) == pm.layers.names
+    first = stats.get(pm.layers.names[0], "in")
     assert (first.min, first.max) == (float(x.min()), float(x.max()))  # the model input itself
-    # every tapped tensor against onnxruntime's value of the same tensor in the cleaned graph
+    # a layer that feeds the next one directly: its output is the next one's input
+    assert stats.get(pm.layers.names[0], "out") == stats.get(pm.layers.names[1], "in")
+    # every layer input against onnxruntime's value of the same tensor in the cleaned graph
     model = onnx.ModelProto()
     model.CopyFrom(pm.model)
-    names = [t for t in dict.fromkeys(stats.layer_inputs.values()) if t != "input"]
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    names = [l.input_tensor for l in pm.layers if l.input_tensor != "input"]
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names))
     path = tmp_path / "tapped.onnx"
     onnx.save(model, str(path))
     sess = ort_session(path)
-    refs = [sess.run(names, {"input": x[i:i + 1]}) for i in range(len(x))]
-    for k, name in enumerate(names):
-        lo = min(float(r[k].min()) for r in refs)
-        hi = max(float(r[k].max()) for r in refs)
-        st = stats.tensors[name]
+    refs = [dict(zip(dict.fromkeys(names), sess.run(list(dict.fromkeys(names)), {"input": x[i:i + 1]})))
+            for i in range(len(x))]
+    for layer in pm.layers:
+        if layer.input_tensor == "input":
+            continue
+        lo = min(float(r[layer.input_tensor].min()) for r in refs)
+        hi = max(float(r[layer.input_tensor].max()) for r in refs)
+        st = stats.get(layer.name, "in")
         assert abs(st.min - lo) <= 1e-4 * max(abs(lo), 1) and abs(st.max - hi) <= 1e-4 * max(abs(hi), 1)
+    # the last layer's output is the model's output (logits)
+    logits = ort_session(FMNIST_DIR / "model.onnx").run(None, {"input": x[:1]})[0]
+    assert stats.get(pm.layers.names[-1], "out").min <= float(logits.min())
     stats.save(tmp_path / "calibration.json")
     again = ActivationStats.load(tmp_path / "calibration.json")
-    assert again.tensors == stats.tensors and again.layer_inputs == stats.layer_inputs
+    assert again.layers == stats.layers

@@ -61,7 +61,7 @@ def test_calibrate_writes_statistics(tmp_path: Path) -> None:
              "-o", str(out))
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
-    assert data["samples"] == 6 and len(data["layer_inputs"]) == 7
+    assert data["samples"] == 6 and len(data["layers"]) == 7
     bad = x.copy()
     bad[0, 0, 0, 0] = np.nan
     np.save(tmp_path / "bad.npy", bad)

@@ -32,7 +32,8 @@ def _progress_default(msg: str) -> None:
 
 
 def lower_module(pm: PreparedModel, features: TargetFeatures, *,
-                 progress: Callable[[str], None] = _progress_default):  # type: ignore[no-untyped-def]
+                 progress: Callable[[str], None] = _progress_default,
+                 taps: bool = False):  # type: ignore[no-untyped-def]
     """Prepared model -> (scheduled Relax ``IRModule``, kernel per layer, timings), before codegen.
 
     Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
@@ -51,7 +52,7 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
     progress(f"imported: {len(pm.layers)} layers")
 
     t = time.perf_counter()
-    lower = LowerToKernels(pm.layers, params, pm.param_layer, features)
+    lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps)
     mod = lower(mod)
     remaining = {p.name: params[p.name] for p in mod["main"].params if p.name in params}
     mod = relax.transform.BindParams("main", remaining)(mod)
@@ -76,6 +77,8 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
         ])(mod)
         mod = ScheduleGeneric(features.fp32_lanes)(mod)
     timings["legalize_fuse_schedule"] = time.perf_counter() - t
+    if taps:
+        timings["taps"] = lower.taps  # type: ignore[assignment]
     return mod, lower.kernels, timings
 
 

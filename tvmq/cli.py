@@ -142,7 +142,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     progress(f"{len(data)} calibration samples")
     stats = collect(args.model, data, features=_features(args.isa), progress=progress)
     stats.save(args.output)
-    print(f"calibrated {len(stats.layer_inputs)} layer inputs on {stats.samples} samples "
+    print(f"calibrated the inputs and outputs of {len(stats.layers)} layers on {stats.samples} samples "
           f"-> {args.output}")
     return 0
 

@@ -3,7 +3,7 @@
     data = CalibrationData.from_source("calib.npz", inputs=pm.inputs)
     stats = collect("model.onnx", data)           # runs the compiled fp32 model with taps
     stats.save("calibration.json")
-    lo, hi = stats.range(pm.layers["conv1"].input_tensor, method="percentile")
+    lo, hi = stats.get("conv1", "in").range("percentile")
 """
 
 from .collect import ActivationStats, collect

@@ -1,14 +1,14 @@
 """One pass of the compiled fp32 model over the calibration set, with taps on every layer input.
 
-The taps are extra graph outputs added to the cleaned ONNX graph before import, so the
+The taps are extra outputs of the lowered Relax module (``LowerToKernels(taps=True)``): every
+layer's input and its output after the fused epilogue (bias, residual, activation), so the
 statistics come from the same compiled kernels that run in deployment, not from a Python
-interpreter of the graph. Statistics are keyed by the cleaned graph's tensor names and indexed
-by layer name; they are saved to JSON so the step can be resumed and inspected.
+interpreter of the graph, and are keyed by layer name. They are saved to JSON so the step can
+be resumed and inspected.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import onnx
-from onnx import helper
 
 from schedules.target_features import TargetFeatures, detect_host
 
 from ..errors import InputError, TvmqError
-from ..frontend import PreparedModel, TensorSpec, prepare
+from ..frontend import prepare
 from .data import CalibrationData
 from .observers import Observer, TensorStats
 
@@ -30,23 +29,21 @@ STATS_SCHEMA = 1
 
 @dataclass
 class ActivationStats:
-    """Per-tensor statistics and which tensor each layer reads."""
+    """Per layer: statistics of its input and of its output (after the fused epilogue)."""
 
-    tensors: dict[str, TensorStats]
-    layer_inputs: dict[str, str]
+    layers: dict[str, dict[str, TensorStats]]  # layer -> {"in": ..., "out": ...}
     samples: int
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def layer_input(self, layer: str) -> TensorStats:
+    def get(self, layer: str, role: str = "in") -> TensorStats:
         try:
-            return self.tensors[self.layer_inputs[layer]]
+            return self.layers[layer][role]
         except KeyError:
-            raise TvmqError(f"no calibration statistics for layer {layer!r}") from None
+            raise TvmqError(f"no calibration statistics for the {role}put of layer {layer!r}") from None
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": STATS_SCHEMA, "samples": self.samples, "meta": self.meta,
-                "layer_inputs": self.layer_inputs,
-                "tensors": {k: v.to_json() for k, v in self.tensors.items()}}
+                "layers": {k: {r: t.to_json() for r, t in v.items()} for k, v in self.layers.items()}}
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
@@ -57,61 +54,44 @@ class ActivationStats:
             d = json.loads(Path(path).read_text())
             if d.get("schema") != STATS_SCHEMA:
                 raise ValueError(f"schema {d.get('schema')!r}, expected {STATS_SCHEMA}")
-            return cls({k: TensorStats(**v) for k, v in d["tensors"].items()}, d["layer_inputs"],
-                       int(d["samples"]), d.get("meta", {}))
+            layers = {k: {r: TensorStats(**t) for r, t in v.items()} for k, v in d["layers"].items()}
+            return cls(layers, int(d["samples"]), d.get("meta", {}))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise TvmqError(f"cannot read calibration statistics {path}: {e}") from None
-
-
-def with_taps(pm: PreparedModel, names: list[str]) -> PreparedModel:
-    """A copy of ``pm`` whose graph also outputs the tensors ``names`` (fp32)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(pm.model)
-    shapes = {l.input_tensor: l.input_shape for l in pm.layers}
-    extra = [TensorSpec(n, tuple(shapes[n])) for n in names]
-    model.graph.output.extend(helper.make_tensor_value_info(s.name, onnx.TensorProto.FLOAT, list(s.shape))
-                              for s in extra)
-    return dataclasses.replace(pm, model=model, outputs=list(pm.outputs) + extra)
 
 
 def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
             features: TargetFeatures | None = None,
             progress: Callable[[str], None] = lambda msg: None) -> ActivationStats:
-    """Run the compiled fp32 model over ``data`` and observe every layer's input.
+    """Run the compiled fp32 model over ``data``; observe every layer's input and output.
 
     ``data``: a ``CalibrationData`` or anything ``CalibrationData.from_source`` takes.
     """
     import tvm
     from tvm import relax
 
-    from ..build import compile_relax
+    from ..build import codegen, lower_module
 
     pm = prepare(model)
     if not isinstance(data, CalibrationData):
         data = CalibrationData.from_source(data, pm.inputs)
-    graph_inputs = {s.name for s in pm.inputs}
-    graph_outputs = [s.name for s in pm.outputs]
-    taps = list(dict.fromkeys(l.input_tensor for l in pm.layers
-                              if l.input_tensor not in graph_inputs and l.input_tensor not in graph_outputs))
-    tapped = with_taps(pm, taps)
+    features = features or detect_host()
+    mod, _, timings = lower_module(pm, features, taps=True)
+    taps: list[tuple[str, str]] = timings["taps"]  # type: ignore[assignment]
     progress(f"compiling the fp32 model with {len(taps)} taps")
-    ex, _, _ = compile_relax(tapped, features or detect_host())
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    observed = list(dict.fromkeys(l.input_tensor for l in pm.layers))
-    observers = {name: Observer(seed=k) for k, name in enumerate(observed)}
-    out_names = graph_outputs + taps
+    vm = relax.VirtualMachine(codegen(mod, features), tvm.cpu())
+    observers = {tap: Observer(seed=0) for tap in taps}  # same data -> same sample
     for i, feed in enumerate(data.samples(batch=1)):
-        result = vm["main"](*[tvm.runtime.tensor(feed[s.name]) for s in pm.inputs])
-        values = [result] if hasattr(result, "numpy") else list(result)
-        arrays = dict(zip(out_names, (v.numpy() for v in values)))
-        arrays.update(feed)
+        result = list(vm["main"](*[tvm.runtime.tensor(feed[s.name]) for s in pm.inputs]))
         try:
-            for name, obs in observers.items():
-                obs.update(arrays[name])
+            for tap, value in zip(taps, result[1:]):
+                observers[tap].update(value.numpy())
         except FloatingPointError:
             raise InputError(f"calibration sample {i} produces NaN/inf activations") from None
         if (i + 1) % 50 == 0:
             progress(f"calibrated {i + 1}/{len(data)} samples")
-    stats = {name: obs.stats() for name, obs in observers.items()}
-    return ActivationStats(stats, {l.name: l.input_tensor for l in pm.layers}, len(data),
-                           {"model": os.path.basename(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else "<model>"})
+    layers: dict[str, dict[str, TensorStats]] = {}
+    for (layer, role), obs in observers.items():
+        layers.setdefault(layer, {})[role] = obs.stats()
+    name = "<model>" if isinstance(model, onnx.ModelProto) else os.path.basename(os.fspath(model))
+    return ActivationStats(layers, len(data), {"model": name, "isa": features.isa})

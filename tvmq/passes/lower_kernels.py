@@ -70,12 +70,14 @@ class _Analysis:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, dict[str, Any]]) -> None:
+    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, dict[str, Any]], taps: bool) -> None:
         super().__init__(mod)
         self.plan = plan  # tail var -> {"call": ..., "skip": set}
         self.skip: set[relax.Var] = set()
         for p in plan.values():
             self.skip |= p["interior"]
+        self.taps = taps
+        self.tapped: list[tuple[str, str, relax.Var]] = []  # (layer, "in" | "out", output var)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # type: ignore[override]
         if binding.var in self.skip:
@@ -102,6 +104,17 @@ class _Rewriter(relax.PyExprMutator):
         else:
             new = emit(call, name_hint=binding.var.name)
         self.set_var_remap(binding.var, new)
+        if self.taps:
+            x_in = self.visit_expr(p["data"])
+            self.tapped.append((p["layer"], "in", self.builder_.emit_output(x_in, name_hint="tap_in")))
+            self.tapped.append((p["layer"], "out", self.builder_.emit_output(new, name_hint="tap_out")))
+
+    def with_taps(self, func: relax.Function) -> relax.Function:
+        """``func`` returning ``(original output, *tapped tensors)``."""
+        body = func.body
+        outputs = self.builder_.normalize(relax.Tuple([body.body, *[v for _, _, v in self.tapped]]))
+        seq = self.builder_.normalize(relax.SeqExpr(body.blocks, outputs))
+        return relax.Function(func.params, seq, None, func.is_pure, func.attrs)
 
 
 class LowerToKernels:
@@ -114,10 +127,15 @@ class LowerToKernels:
     param_layer : parameter name -> layer name
     features : the target's features (selects kernels and their fallback configs)
     precision : kernel precision for every layer (``fp32`` for now)
+    taps : also return every layer's input and output (after its fused epilogue): ``main``
+        then returns ``(original output, *taps)``, in the order of ``self.taps`` (calibration)
     """
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray],
-                 param_layer: dict[str, str], features: TargetFeatures, precision: str = "fp32") -> None:
+                 param_layer: dict[str, str], features: TargetFeatures, precision: str = "fp32",
+                 *, taps: bool = False) -> None:
+        self.with_taps = taps
+        self.taps: list[tuple[str, str]] = []
         self.layers = layers
         self.params = params
         self.param_layer = param_layer
@@ -154,7 +172,7 @@ class LowerToKernels:
                 consts = [relax.const(kernel.pack_weight(weight, wl, cfg))]
                 if ep.bias:
                     consts.append(relax.const(bias.astype(np.float32)))
-                plan[tail] = dict(gv=gv, data=data, consts=consts, residual=residual,
+                plan[tail] = dict(gv=gv, data=data, consts=consts, residual=residual, layer=layer.name,
                                   in_shape=kernel.input_shape(wl, cfg), layer_in_shape=layer.input_shape,
                                   buf_shape=kernel.output_shape(wl, cfg), out_shape=layer.output_shape,
                                   interior={v for v in chain if v is not tail})
@@ -162,14 +180,18 @@ class LowerToKernels:
                                             "config": asdict(cfg), "epilogue": asdict(ep)}
         if not plan:
             return mod
-        rw = _Rewriter(mod, plan)
+        rw = _Rewriter(mod, plan, self.with_taps)
         typed = {gv.name_hint: rw.builder_.add_func(new_funcs[gv.name_hint], gv.name_hint)
                  for gv, _ in cache.values()}
         for p in plan.values():
             p["gv"] = typed[p["gv"].name_hint]
         new_main = rw.visit_expr(mod["main"])
+        if self.with_taps:
+            new_main = rw.with_taps(new_main)
+            self.taps = [(layer, role) for layer, role, _ in rw.tapped]
         out = rw.builder_.get()
         out.update_func(out.get_global_var("main"), new_main)
+        out = relax.transform.Normalize()(out)
         return relax.transform.DeadCodeElimination(["main"])(out)
 
     # -- matching --------------------------------------------------------------------------
