@@ -121,13 +121,31 @@ def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]
     sch.unroll(pc)
 
 
+def rescale_expr(v: tirx.PrimExpr, mult: tirx.PrimExpr, shift: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``((v * m + 2**(shift-1)) >> shift)`` in int64, returned as int32 (``quant.rescale``)."""
+    one = tirx.const(1, "int64")
+    s = shift.astype("int64")
+    return ((v.astype("int64") * mult.astype("int64") + (one << (s - one))) >> s).astype("int32")
+
+
 def requantize_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, mult_k: tirx.PrimExpr,
                     shift_k: tirx.PrimExpr, out_zp: tirx.PrimExpr, lo: tirx.PrimExpr,
-                    hi: tirx.PrimExpr, out_dtype: str = "uint8") -> tirx.PrimExpr:
+                    hi: tirx.PrimExpr, out_dtype: str = "uint8", residual=None, rparams=None  # type: ignore[no-untyped-def]
+                    ) -> tirx.PrimExpr:
     """The integer-only epilogue of ``schedules.quant``, as TIR:
-    ``clip((((acc + bias) * m + 2**(shift-1)) >> shift) + out_zp, lo, hi)`` in int64."""
-    one = tirx.const(1, "int64")
-    wide = (acc + bias_k).astype("int64")
-    s = shift_k.astype("int64")
-    q = ((wide * mult_k.astype("int64") + (one << (s - one))) >> s).astype("int32") + out_zp
+    ``clip(rescale(acc + bias, m, shift) [+ rescale(r - r_zp, r_m, r_shift)] + out_zp, lo, hi)``
+    with ``residual`` the residual value and ``rparams`` the buffer ``(r_zp, r_m, r_shift)``."""
+    q = rescale_expr(acc + bias_k, mult_k, shift_k) + out_zp
+    if residual is not None:
+        q = q + rescale_expr(residual.astype("int32") - rparams[0], rparams[1], rparams[2])
     return tirx.min(tirx.max(q, lo), hi).astype(out_dtype)  # the order of np.clip
+
+
+def int_residual_args(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """``(residual u8 placeholder, rparams s32[3] placeholder)`` when the epilogue fuses one."""
+    from tvm import te
+
+    if not ep.residual:
+        return None, None
+    return (te.placeholder(shape, "uint8", name="residual"),
+            te.placeholder((3,), "int32", name="residual_params"))

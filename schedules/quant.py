@@ -7,7 +7,9 @@ is represented as ``m * 2**-shift`` with ``m`` an int32 in ``[2**30, 2**31)`` an
     out = clamp(((acc * m + 2**(shift - 1)) >> shift) + zp_out, lo, hi)
 
 computed in int64 (``|acc * m| < 2**62``), ``>>`` an arithmetic shift (floor), so the rounding is
-**round half up** (ties towards +inf), exactly, on every target.
+**round half up** (ties towards +inf), exactly, on every target. A fused residual branch ``r``
+(uint8, zero point ``r_zp``) is rescaled to the output scale on its own and added before the
+zero point: ``+ (((r - r_zp) * r_m + 2**(r_shift-1)) >> r_shift)``.
 
 Quantizing real values (``quantize``) rounds half to even, as onnxruntime and ``R.quantize`` do.
 Weights are symmetric per output channel in the narrow range ``[-(2**(b-1) - 1), 2**(b-1) - 1]``;
@@ -48,17 +50,27 @@ def quantize_multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarra
     return m.astype(np.int32), shift.astype(np.int32)
 
 
+def rescale(v: np.ndarray, m: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """``round_half_up(v * m * 2**-shift)``, exact in int64."""
+    ss = np.asarray(shift, np.int64)
+    return (v.astype(np.int64) * np.asarray(m, np.int64) + (np.int64(1) << (ss - 1))) >> ss
+
+
 def requantize(acc: np.ndarray, m: np.ndarray, shift: np.ndarray, zp: int, lo: int, hi: int,
-               axis: int = 1) -> np.ndarray:
-    """The exact integer requantization (see module docstring); ``m``/``shift`` per ``axis``."""
+               axis: int = 1, residual: tuple[np.ndarray, int, int, int] | None = None) -> np.ndarray:
+    """The exact integer requantization (see module docstring); ``m``/``shift`` per ``axis``.
+
+    ``residual = (r, r_zp, r_m, r_shift)`` adds a residual branch rescaled to the output scale
+    on its own: ``+ rescale(r - r_zp, r_m, r_shift)`` (each branch rounded once, then summed).
+    """
     if acc.dtype != np.int32:
         raise TypeError(f"accumulators are int32, got {acc.dtype}")
     shape = [1] * acc.ndim
     shape[axis] = -1
-    mm = np.asarray(m, np.int64).reshape(shape)
-    ss = np.asarray(shift, np.int64).reshape(shape)
-    prod = acc.astype(np.int64) * mm + (np.int64(1) << (ss - 1))
-    out = (prod >> ss) + zp
+    out = rescale(acc, np.asarray(m).reshape(shape), np.asarray(shift).reshape(shape)) + zp
+    if residual is not None:
+        r, r_zp, r_m, r_s = residual
+        out = out + rescale(r.astype(np.int64) - r_zp, r_m, r_s)
     return np.clip(out, lo, hi)
 
 

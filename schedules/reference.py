@@ -74,22 +74,25 @@ def conv2d_int(xq: np.ndarray, x_zp: int, wq: np.ndarray, wl: Conv2dWorkload) ->
 
 def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
                 shift: np.ndarray, x_zp: int, out_zp: int, lo: int, hi: int,
-                wl: Conv2dWorkload) -> np.ndarray:
+                wl: Conv2dWorkload, residual: tuple | None = None) -> np.ndarray:
     """The integer-only layer the W8A8 kernels compute: conv, + bias, requantize, clamp."""
     from .quant import requantize
 
     acc = conv2d_int(xq, x_zp, wq, wl).astype(np.int64) + bias_q.astype(np.int64).reshape(1, -1, 1, 1)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow after the bias")
-    return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi).astype(np.uint8)
+    return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi,
+                      residual=residual).astype(np.uint8)
 
 
 def dense_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
-               shift: np.ndarray, out_zp: int, lo: int, hi: int) -> np.ndarray:
+               shift: np.ndarray, out_zp: int, lo: int, hi: int,
+               residual: tuple | None = None) -> np.ndarray:
     """Integer-only dense: ``x @ w.T`` (int64, exact) + bias, requantized and clamped to uint8."""
     from .quant import requantize
 
     acc = xq.astype(np.int64) @ wq.astype(np.int64).T + bias_q.astype(np.int64)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow")
-    return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi).astype(np.uint8)
+    return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi,
+                      residual=residual).astype(np.uint8)

@@ -164,3 +164,28 @@ def test_w8a8_dense_bit_exact(n: int, c: int, k: int, seed: int) -> None:
     ex(*[tvm.runtime.tensor(a) for a in (xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
                                          np.array([0, out_zp, 0, 255], np.int32))], out)
     np.testing.assert_array_equal(out.numpy(), reference.dense_w8a8(xq, wq, bias_q, m, s, out_zp, 0, 255))
+
+
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 12, 9, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "none", residual=True)),
+    Conv2dWorkload(1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, groups=16,
+                   epilogue=Epilogue(True, "none", residual=True)),
+    Conv2dWorkload(1, 24, 6, 6, 40, 1, 1, groups=2, epilogue=Epilogue(True, "none", residual=True)),
+], ids=["conv", "depthwise", "grouped"])
+def test_w8a8_fused_integer_residual(wl: Conv2dWorkload) -> None:
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 3)
+    rng = np.random.default_rng(4)
+    r = rng.integers(0, 256, wl.out_shape).astype(np.uint8)
+    r_zp = 131
+    (r_m,), (r_s,) = quant.quantize_multiplier(0.73)
+    lo = out_zp  # ReLU after the add
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, lo, 255, wl,
+                                     residual=(r, r_zp, int(r_m), int(r_s)))
+    kernel, cfg, ex = _kernel(wl)
+    args = [tvm.runtime.tensor(a) for a in (
+        xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s, np.array([x_zp, out_zp, lo, 255], np.int32),
+        r.reshape(kernel.output_shape(wl, cfg)), np.array([r_zp, r_m, r_s], np.int32))]
+    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
+    ex(*args, out)
+    np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected)
+    assert len(np.unique(expected)) > 10

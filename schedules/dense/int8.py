@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tvm import te
 
-from ..common import requantize_expr
+from ..common import int_residual_args, requantize_expr
 from ..workload import DenseWorkload
 from . import fp32
 from .fp32 import DenseConfig, fallback_config, input_shape, output_shape, pack_weight
@@ -28,9 +28,11 @@ def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
     qp = te.placeholder((4,), "int32", name="qparams")
     acc = fp32.dense_body(wl, cfg, data, weight, "int32")
     oc_bn = cfg.oc_bn
+    res, rp = int_residual_args(wl.epilogue, wl.out_shape)
     out = te.compute(wl.out_shape, lambda n, k: requantize_expr(
-        acc[n, k // oc_bn, k % oc_bn], bias[k], mult[k], shift[k], qp[1], qp[2], qp[3]), name="out")
-    return [data, weight, bias, mult, shift, qp, out]
+        acc[n, k // oc_bn, k % oc_bn], bias[k], mult[k], shift[k], qp[1], qp[2], qp[3],
+        residual=None if res is None else res[n, k], rparams=rp), name="out")
+    return [data, weight, bias, mult, shift, qp] + ([res, rp] if res is not None else []) + [out]
 
 
 schedule = fp32.schedule

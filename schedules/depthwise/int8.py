@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tvm import te
 
-from ..common import requantize_expr
+from ..common import int_residual_args, requantize_expr
 from ..workload import Conv2dWorkload
 from . import fp32
 from .fp32 import DepthwiseConfig, fallback_config, input_shape, output_shape, pack_weight
@@ -23,9 +23,11 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
     shift = te.placeholder((wl.out_channels,), "int32", name="shift")
     qp = te.placeholder((4,), "int32", name="qparams")
     conv = fp32.conv_body(wl, cfg, data, weight, qp[0].astype("uint8"), "int32")
+    res, rp = int_residual_args(wl.epilogue, wl.out_shape)
     out = te.compute(wl.out_shape, lambda n, c, y, x: requantize_expr(
-        conv[n, c, y, x], bias[c], mult[c], shift[c], qp[1], qp[2], qp[3]), name="out")
-    return [data, weight, bias, mult, shift, qp, out]
+        conv[n, c, y, x], bias[c], mult[c], shift[c], qp[1], qp[2], qp[3],
+        residual=None if res is None else res[n, c, y, x], rparams=rp), name="out")
+    return [data, weight, bias, mult, shift, qp] + ([res, rp] if res is not None else []) + [out]
 
 
 schedule = fp32.schedule
