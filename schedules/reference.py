@@ -96,3 +96,20 @@ def dense_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: n
         raise OverflowError("int32 accumulator overflow")
     return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi,
                       residual=residual).astype(np.uint8)
+
+
+def quantize_u8(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
+    """``schedules.elementwise.quantize`` in numpy (the same float32 operations)."""
+    f = np.floor(x.astype(np.float32) / np.float32(scale) + np.float32(0.5))
+    v = np.clip(f, -512, 512).astype(np.int64) + zp
+    return np.clip(v, 0, 255).astype(np.uint8)
+
+
+def dequantize_u8(q: np.ndarray, scale: float, zp: int) -> np.ndarray:
+    return (q.astype(np.int32) - zp).astype(np.float32) * np.float32(scale)
+
+
+def global_avg_pool_u8(q: np.ndarray) -> np.ndarray:
+    count = q.shape[2] * q.shape[3]
+    total = q.astype(np.int64).sum(axis=(2, 3), keepdims=True)
+    return ((total + count // 2) // count).astype(np.uint8)
