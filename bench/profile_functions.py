@@ -38,7 +38,7 @@ def main() -> int:
 
     features = detect_host()
     target = tvm.target.Target(features.target_json())
-    mod, _, _ = lower_module(prepare(args.model), features)
+    mod = lower_module(prepare(args.model), features).mod
     calls: dict[str, int] = {}
 
     def count(expr: relax.Expr) -> None:

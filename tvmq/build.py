@@ -25,19 +25,33 @@ class BuildResult:
     manifest: Path
     manifest_data: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    program: Any = None  # the numpy simulation of a quantized build
 
 
 def _progress_default(msg: str) -> None:
     pass
 
 
+@dataclass
+class Lowered:
+    """The scheduled Relax module and what lowering learned (before codegen)."""
+
+    mod: Any
+    kernels: dict[str, dict[str, Any]]
+    timings: dict[str, float]
+    taps: list[tuple[str, str]] = field(default_factory=list)
+    program: Any = None  # IntegerProgram of a fully quantized build (the numpy oracle)
+    qparams: dict[str, Any] = field(default_factory=dict)
+
+
 def lower_module(pm: PreparedModel, features: TargetFeatures, *,
-                 progress: Callable[[str], None] = _progress_default,
-                 taps: bool = False):  # type: ignore[no-untyped-def]
-    """Prepared model -> (scheduled Relax ``IRModule``, kernel per layer, timings), before codegen.
+                 progress: Callable[[str], None] = _progress_default, taps: bool = False,
+                 plan: Any = None, stats: Any = None, range_method: str = "minmax") -> Lowered:
+    """Prepared model -> scheduled Relax ``IRModule`` (+ kernel per layer, ...), before codegen.
 
     Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
-    by ``ScheduleGeneric``.
+    by ``ScheduleGeneric``. With a ``plan`` that quantizes layers, ``RealizeIntegers`` makes them
+    integer-only (``stats``: calibration statistics) and ``Lowered.program`` simulates it.
     """
     import tvm
     from tvm import relax
@@ -52,8 +66,23 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
     progress(f"imported: {len(pm.layers)} layers")
 
     t = time.perf_counter()
-    lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps)
-    mod = lower(mod)
+    program, qparams = None, {}
+    if plan is not None and any(not spec.is_float for spec in plan.values()):
+        from .passes.realize_integers import RealizeIntegers
+
+        if stats is None:
+            raise TvmqError("a quantized plan needs calibration statistics (tvmq calibrate)")
+        lower: Any = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan, stats,
+                                     range_method)
+        mod = lower(mod)
+        qparams = lower.qparams
+        if all(not spec.is_float for spec in plan.values()):
+            # fully integer between the model's edges: the numpy program is the exact oracle
+            lower.program.check_integer_only()
+            program = lower.program
+    else:
+        lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps)
+        mod = lower(mod)
     remaining = {p.name: params[p.name] for p in mod["main"].params if p.name in params}
     mod = relax.transform.BindParams("main", remaining)(mod)
     func = mod["main"]
@@ -77,9 +106,7 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
         ])(mod)
         mod = ScheduleGeneric(features.fp32_lanes)(mod)
     timings["legalize_fuse_schedule"] = time.perf_counter() - t
-    if taps:
-        timings["taps"] = lower.taps  # type: ignore[assignment]
-    return mod, lower.kernels, timings
+    return Lowered(mod, lower.kernels, timings, list(getattr(lower, "taps", [])), program, qparams)
 
 
 def codegen(mod, features: TargetFeatures):  # type: ignore[no-untyped-def]
@@ -93,21 +120,26 @@ def codegen(mod, features: TargetFeatures):  # type: ignore[no-untyped-def]
 
 
 def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
-                  progress: Callable[[str], None] = _progress_default):  # type: ignore[no-untyped-def]
-    """Prepared model -> (``tvm.runtime.Executable``, kernel per layer, timings)."""
-    mod, kernels, timings = lower_module(pm, features, progress=progress)
+                  progress: Callable[[str], None] = _progress_default, **lowering: Any):  # type: ignore[no-untyped-def]
+    """Prepared model -> (``tvm.runtime.Executable``, ``Lowered``); ``lowering`` as ``lower_module``."""
+    lowered = lower_module(pm, features, progress=progress, **lowering)
     progress("codegen (LLVM)...")
     t = time.perf_counter()
-    ex = codegen(mod, features)
-    timings["codegen"] = time.perf_counter() - t
-    return ex, kernels, timings
+    ex = codegen(lowered.mod, features)
+    lowered.timings["codegen"] = time.perf_counter() - t
+    return ex, lowered
 
 
 def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
           features: TargetFeatures | None = None,
           input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
+          plan: Any = None, stats: Any = None, range_method: str = "minmax",
           progress: Callable[[str], None] = _progress_default) -> BuildResult:
-    """Compile an fp32 ONNX model into ``output_dir/model.so`` + ``output_dir/manifest.json``.
+    """Compile an ONNX model into ``output_dir/model.so`` + ``output_dir/manifest.json``.
+
+    Without ``plan`` every layer runs in fp32. A ``PrecisionPlan`` with W8A8 layers needs the
+    calibration ``stats`` (``tvmq.calibration.collect``); ``BuildResult.program`` is then the
+    numpy simulation of the integer graph the library runs.
 
     Examples
     --------
@@ -125,13 +157,21 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
     t_prepare = time.perf_counter() - t0
     try:
-        ex, kernels, timings = compile_relax(pm, features, progress=progress)
+        if plan is not None:
+            from .plan import PrecisionPlan
+
+            if not isinstance(plan, PrecisionPlan):
+                plan = PrecisionPlan.uniform(pm.layers, plan)  # "w8a8" etc.
+            plan.validate(pm.layers)
+        ex, lowered = compile_relax(pm, features, progress=progress, plan=plan, stats=stats,
+                                    range_method=range_method)
     except TvmqError:
         raise
     except Exception as e:
         raise TvmqError(f"compilation failed inside TVM: {type(e).__name__}: "
                         f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
-    timings = {"prepare": t_prepare, **timings}
+    timings = {"prepare": t_prepare, **lowered.timings}
+    kernels = lowered.kernels
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -153,11 +193,14 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
         "outputs": [s.to_json() for s in pm.outputs],
         "layers": pm.layers.to_json(),
         "kernels": kernels,
-        "precision": "fp32",
+        "precision": "fp32" if plan is None else sorted({s.name for s in plan.values()}),
+        "plan": None if plan is None else plan.to_json(),
+        "qparams": lowered.qparams,
+        "range_method": range_method if plan is not None else None,
         "total_macs": pm.layers.total_macs,
         "weight_bytes": sum(l.weight_bytes(32) for l in pm.layers),
         "build_seconds": timings,
     }
     mpath = out / "manifest.json"
     mpath.write_text(json.dumps(manifest, indent=1))
-    return BuildResult(lib, mpath, manifest, timings)
+    return BuildResult(lib, mpath, manifest, timings, lowered.program)

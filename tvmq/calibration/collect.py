@@ -76,8 +76,8 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     if not isinstance(data, CalibrationData):
         data = CalibrationData.from_source(data, pm.inputs)
     features = features or detect_host()
-    mod, _, timings = lower_module(pm, features, taps=True)
-    taps: list[tuple[str, str]] = timings["taps"]  # type: ignore[assignment]
+    lowered = lower_module(pm, features, taps=True)
+    mod, taps = lowered.mod, lowered.taps
     progress(f"compiling the fp32 model with {len(taps)} taps")
     vm = relax.VirtualMachine(codegen(mod, features), tvm.cpu())
     observers = {tap: Observer(seed=0) for tap in taps}  # same data -> same sample

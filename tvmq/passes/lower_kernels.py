@@ -16,7 +16,7 @@ layer, the kernel key and configuration chosen.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,28 @@ def const_value(expr: relax.Expr) -> np.ndarray | None:
     if isinstance(expr, tvm.ir.Constant) and hasattr(expr.value, "numpy"):
         return expr.value.numpy()
     return None
+
+
+@dataclass
+class LayerMatch:
+    """One layer found in ``main``: its input, weights and the epilogue chain it absorbs."""
+
+    layer: LayerInfo
+    data: relax.Expr
+    weight: np.ndarray
+    bias: np.ndarray | None
+    residual: relax.Expr | None
+    epilogue: Epilogue
+    workload: Conv2dWorkload | DenseWorkload
+    chain: list[relax.Var]
+    tail: relax.Var
+
+
+def finish_module(rw: relax.PyExprMutator, new_main: relax.Function) -> tvm.IRModule:
+    out = rw.builder_.get()
+    out.update_func(out.get_global_var("main"), new_main)
+    out = relax.transform.Normalize()(out)
+    return relax.transform.DeadCodeElimination(["main"])(out)
 
 
 class _Analysis:
@@ -143,14 +165,15 @@ class LowerToKernels:
         self.precision = precision
         self.kernels: dict[str, dict[str, Any]] = {}
         self._claimed: set[relax.Var] = set()
+        self._cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
+        self._new_funcs: dict[str, tvm.tirx.PrimFunc] = {}
 
-    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+    def match_layers(self, mod: tvm.IRModule) -> list[LayerMatch]:
+        """Every layer of ``main`` with the epilogue chain it absorbs, in binding order."""
         func = mod["main"]
         an = _Analysis(func)
         params = {p.name: p for p in func.params}
-        plan: dict[relax.Var, dict[str, Any]] = {}
-        cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
-        new_funcs: dict[str, tvm.tirx.PrimFunc] = {}
+        matches = []
         for block in func.body.blocks:
             for b in block.bindings:
                 match = self._match_layer(b, an, params)
@@ -158,41 +181,55 @@ class LowerToKernels:
                     continue
                 layer, data, weight, chain, tail = match
                 bias, residual, ep = self._epilogue(chain, an)
-                wl = self._workload(layer, ep)
-                kernel = registry.select(registry.op_of(wl), self.precision, self.features)
-                cfg = kernel.fallback_config(wl, self.features)
-                key = (str(kernel.key), wl.key() + repr(cfg))
-                if key not in cache:
-                    fname = f"tvmq_{kernel.key.op}_{len(cache)}"
-                    pf = kernel.build_primfunc(wl, cfg).with_attrs(
-                        {"global_symbol": fname, "op_pattern": _OP_OPAQUE, "tvmq.layer": layer.name})
-                    new_funcs[fname] = pf
-                    cache[key] = (relax.GlobalVar(fname), cfg)
-                gv, cfg = cache[key]
-                consts = [relax.const(kernel.pack_weight(weight, wl, cfg))]
-                if ep.bias:
-                    consts.append(relax.const(bias.astype(np.float32)))
-                plan[tail] = dict(gv=gv, data=data, consts=consts, residual=residual, layer=layer.name,
-                                  in_shape=kernel.input_shape(wl, cfg), layer_in_shape=layer.input_shape,
-                                  buf_shape=kernel.output_shape(wl, cfg), out_shape=layer.output_shape,
-                                  interior={v for v in chain if v is not tail})
-                self.kernels[layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
-                                            "config": asdict(cfg), "epilogue": asdict(ep)}
+                matches.append(LayerMatch(layer, data, weight, bias, residual, ep,
+                                          self._workload(layer, ep), chain, tail))
+        return matches
+
+    def add_kernel(self, kernel: registry.KernelDef, wl: Any, layer: str) -> tuple[relax.GlobalVar, Any]:
+        """The (shared) PrimFunc of ``kernel`` for ``wl`` with its fallback config."""
+        cfg = kernel.fallback_config(wl, self.features)
+        key = (str(kernel.key), wl.key() + repr(cfg))
+        if key not in self._cache:
+            fname = f"tvmq_{kernel.key.op}_{kernel.key.precision}_{len(self._cache)}"
+            pf = kernel.build_primfunc(wl, cfg).with_attrs(
+                {"global_symbol": fname, "op_pattern": _OP_OPAQUE, "tvmq.layer": layer})
+            self._new_funcs[fname] = pf
+            self._cache[key] = (relax.GlobalVar(fname), cfg)
+        return self._cache[key]
+
+    def fp32_entry(self, m: LayerMatch) -> dict[str, Any]:
+        """How the rewriter emits an fp32 layer."""
+        kernel = registry.select(registry.op_of(m.workload), "fp32", self.features)
+        gv, cfg = self.add_kernel(kernel, m.workload, m.layer.name)
+        consts = [relax.const(kernel.pack_weight(m.weight, m.workload, cfg))]
+        if m.epilogue.bias:
+            consts.append(relax.const(m.bias.astype(np.float32)))
+        self.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
+                                      "config": asdict(cfg), "epilogue": asdict(m.epilogue)}
+        return dict(kind="fp32", gv=gv, data=m.data, consts=consts, residual=m.residual,
+                    layer=m.layer.name, in_shape=kernel.input_shape(m.workload, cfg),
+                    layer_in_shape=m.layer.input_shape, buf_shape=kernel.output_shape(m.workload, cfg),
+                    out_shape=m.layer.output_shape, interior={v for v in m.chain if v is not m.tail})
+
+    def register_functions(self, rw: relax.PyExprMutator, plan: dict[relax.Var, dict[str, Any]]) -> None:
+        """Add the new PrimFuncs through the rewriter's builder (typed GlobalVars) and point the
+        plan entries at them."""
+        typed = {gv.name_hint: rw.builder_.add_func(self._new_funcs[gv.name_hint], gv.name_hint)
+                 for gv, _ in self._cache.values()}
+        for p in plan.values():
+            p["gv"] = typed[p["gv"].name_hint]
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        plan = {m.tail: self.fp32_entry(m) for m in self.match_layers(mod)}
         if not plan:
             return mod
         rw = _Rewriter(mod, plan, self.with_taps)
-        typed = {gv.name_hint: rw.builder_.add_func(new_funcs[gv.name_hint], gv.name_hint)
-                 for gv, _ in cache.values()}
-        for p in plan.values():
-            p["gv"] = typed[p["gv"].name_hint]
+        self.register_functions(rw, plan)
         new_main = rw.visit_expr(mod["main"])
         if self.with_taps:
             new_main = rw.with_taps(new_main)
             self.taps = [(layer, role) for layer, role, _ in rw.tapped]
-        out = rw.builder_.get()
-        out.update_func(out.get_global_var("main"), new_main)
-        out = relax.transform.Normalize()(out)
-        return relax.transform.DeadCodeElimination(["main"])(out)
+        return finish_module(rw, new_main)
 
     # -- matching --------------------------------------------------------------------------
     def _param_name(self, expr: relax.Expr, an: _Analysis, kind: str) -> str | None:

@@ -1,0 +1,83 @@
+"""W8A8 end to end: the compiled integer-only library equals its numpy simulation bit for bit,
+and keeps the Fashion-MNIST CNN's accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tvmq
+from tvmq.calibration import collect
+from tvmq.errors import TvmqError
+from tvmq.frontend import prepare
+from tvmq.plan import PrecisionPlan
+
+from .conftest import FMNIST_DIR, fmnist_inputs
+
+MODEL = FMNIST_DIR / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def w8a8(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    calib, _ = fmnist_inputs(split="calib")
+    stats = collect(MODEL, calib)
+    out = tmp_path_factory.mktemp("w8a8")
+    return tvmq.build(MODEL, out, plan="w8a8", stats=stats), calib
+
+
+def test_library_equals_integer_simulation_bit_for_bit(w8a8) -> None:  # type: ignore[no-untyped-def]
+    result, calib = w8a8
+    m = tvmq.load(result.library)  # the exported library, as a user loads it
+    test_x, _ = fmnist_inputs(300)
+    for x in list(calib[:50]) + list(test_x):  # calibration and held-out inputs
+        x = x[None]
+        got = m.run({"input": x})["logits"]
+        (expected,) = result.program.run([x])
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_w8a8_accuracy_within_0_3_points_of_fp32(w8a8, fmnist_compiled: Path) -> None:  # type: ignore[no-untyped-def]
+    result, _ = w8a8
+    x, y = fmnist_inputs()
+    q, f = tvmq.load(result.library), tvmq.load(fmnist_compiled)
+    pred_q = np.array([q.run({"input": x[i:i + 1]})["logits"].argmax() for i in range(len(x))])
+    pred_f = np.array([f.run({"input": x[i:i + 1]})["logits"].argmax() for i in range(len(x))])
+    acc_q, acc_f = (pred_q == y).mean(), (pred_f == y).mean()
+    assert acc_q >= acc_f - 0.003, (acc_q, acc_f)
+    assert (pred_q == pred_f).mean() >= 0.98
+
+
+def test_manifest_records_plan_scales_and_kernels(w8a8) -> None:  # type: ignore[no-untyped-def]
+    result, _ = w8a8
+    manifest = json.loads(result.manifest.read_text())
+    layers = [l["name"] for l in manifest["layers"]]
+    assert set(manifest["plan"]["layers"]) == set(layers)
+    assert all(manifest["plan"]["layers"][n]["w_bits"] == 8 for n in layers)
+    for name in layers:
+        qp = manifest["qparams"][name]
+        assert qp["in"]["scale"] > 0 and 0 <= qp["in"]["zero_point"] <= 255
+        assert manifest["kernels"][name]["kernel"].split("/")[1] == "w8a8"
+    assert sum(manifest["qparams"][n]["residual"] for n in layers) == 1  # the residual block
+
+
+def test_mixed_plan_keeps_fp32_layers(tmp_path: Path) -> None:
+    calib, _ = fmnist_inputs(32, split="calib")
+    stats = collect(MODEL, calib)
+    layers = prepare(MODEL).layers
+    plan = PrecisionPlan.uniform(layers, "w8a8", keep_fp32=["first"])
+    result = tvmq.build(MODEL, tmp_path, plan=plan, stats=stats)
+    assert result.program is None  # an fp32 kernel inside: no bit-exact integer oracle
+    assert result.manifest_data["kernels"][layers.names[0]]["kernel"].startswith("conv2d/fp32")
+    assert result.manifest_data["kernels"][layers.names[1]]["kernel"].startswith("depthwise_conv2d/w8a8")
+    x, y = fmnist_inputs(200)
+    m = tvmq.load(result.library)
+    pred = np.array([m.run({"input": x[i:i + 1]})["logits"].argmax() for i in range(len(x))])
+    assert (pred == y).mean() >= 0.85
+
+
+def test_quantized_plan_without_statistics_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TvmqError, match="calibration statistics"):
+        tvmq.build(MODEL, tmp_path, plan="w8a8")

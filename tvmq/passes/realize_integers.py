@@ -1,0 +1,291 @@
+"""``RealizeIntegers``: the layers a plan quantizes become integer-only kernels (W8A8 for now).
+
+Precondition: ``main`` as imported by ``frontend.to_relax`` (as for ``LowerToKernels``), a
+``PrecisionPlan`` covering every layer and calibration statistics (``ActivationStats``) of every
+layer's input and output.
+
+For a W8A8 layer the rewrite emits, in order: its input as uint8 (the producer's uint8 output
+when the producer is an integer layer, else a ``quantize`` kernel with the calibrated scale), the
+``schedules`` W8A8 kernel (int8 weights per output channel, int32 bias with the input zero point
+folded in, dyadic requantization, ReLU / ReLU6 as clamp bounds, a residual branch rescaled in
+integers) producing uint8, and a ``dequantize`` for any float consumer. Global average pooling
+and reshapes of integer tensors stay integer. ``DeadCodeElimination`` then drops every float
+twin nobody reads, so between two integer layers no float op remains.
+
+Postcondition (checked by ``IntegerProgram``): each model output is reachable from the inputs
+through the recorded integer ops only; ``self.program`` simulates exactly those ops in numpy
+(the bit-exact oracle of the compiled library); ``self.qparams`` has every layer's scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import tvm
+from tvm import relax, te
+
+from schedules import elementwise, quant, reference, registry
+from schedules.target_features import TargetFeatures
+
+from ..calibration import ActivationStats
+from ..errors import TvmqError
+from ..frontend import LayerTable
+from ..plan import PrecisionPlan
+from .lower_kernels import LowerToKernels, LayerMatch, _Rewriter, finish_module
+
+MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
+
+
+@dataclass(frozen=True)
+class QTensor:
+    var: relax.Var  # uint8
+    scale: float
+    zp: int
+
+
+class IntegerProgram:
+    """The integer graph as numpy: ``ops[var] = (fn, input vars)``, evaluated on demand."""
+
+    def __init__(self) -> None:
+        self.ops: dict[relax.Var, tuple[Callable[..., np.ndarray], list[relax.Var]]] = {}
+        self.aliases: dict[relax.Var, relax.Var] = {}
+        self.params: list[relax.Var] = []
+        self.outputs: list[relax.Var] = []
+
+    def record(self, var: relax.Var, fn: Callable[..., np.ndarray], inputs: list[relax.Var]) -> None:
+        self.ops[var] = (fn, inputs)
+
+    def check_integer_only(self) -> None:
+        """Every output must come from the inputs through recorded (integer or boundary) ops."""
+        seen: set[relax.Var] = set()
+        for out in self.outputs:
+            self._deps(out, seen)
+
+    def _resolve(self, v: relax.Var) -> relax.Var:
+        while v in self.aliases:
+            v = self.aliases[v]
+        return v
+
+    def _deps(self, v: relax.Var, seen: set[relax.Var]) -> None:
+        v = self._resolve(v)
+        if v in seen or v in self.params:
+            return
+        seen.add(v)
+        if v not in self.ops:
+            raise TvmqError(f"not integer-only: {v.name!r} is computed by an op tvmq does not "
+                            f"simulate (a float op between quantized layers)")
+        for i in self.ops[v][1]:
+            self._deps(i, seen)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        env: dict[relax.Var, np.ndarray] = dict(zip(self.params, inputs))
+
+        def value(v: relax.Var) -> np.ndarray:
+            v = self._resolve(v)
+            if v not in env:
+                fn, ins = self.ops[v]
+                env[v] = fn(*[value(i) for i in ins])
+            return env[v]
+
+        return [value(o) for o in self.outputs]
+
+
+def _act_bounds(ep: Any, scale: float, zp: int) -> tuple[int, int]:
+    if ep.activation == "relu":
+        return max(0, zp), 255
+    if ep.activation == "clip":
+        lo = int(np.clip(zp + np.round(ep.clip_min / scale), 0, 255)) if np.isfinite(ep.clip_min) else 0
+        hi = int(np.clip(zp + np.round(ep.clip_max / scale), 0, 255)) if np.isfinite(ep.clip_max) else 255
+        return lo, hi
+    return 0, 255
+
+
+@relax.expr_functor.mutator
+class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
+    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, dict[str, Any]],
+                 owner: RealizeIntegers) -> None:
+        super().__init__(mod, plan, False)
+        self.owner = owner
+        self.q: dict[relax.Var, QTensor] = {}
+        self.program = IntegerProgram()
+        self._funcs: dict[tuple, relax.GlobalVar] = {}
+
+    # -- small emitters, each recorded for the numpy simulation ----------------------------
+    def _func(self, key: tuple, make: Callable[[], list]) -> relax.GlobalVar:
+        if key not in self._funcs:
+            # opaque to FuseOps (its fusion of reshape + these mis-maps buffers); ScheduleGeneric
+            # still schedules them
+            pf = te.create_prim_func(make()).with_attrs(
+                {"global_symbol": f"tvmq_{key[0]}_{len(self._funcs)}", "op_pattern": 8})
+            self._funcs[key] = self.builder_.add_func(pf, f"tvmq_{key[0]}_{len(self._funcs)}")
+        return self._funcs[key]
+
+    def _quantize(self, x: relax.Var, shape: tuple[int, ...], scale: float, zp: int) -> QTensor:
+        gv = self._func(("quantize", shape), lambda: elementwise.quantize(shape))
+        v = self.builder_.emit(relax.call_tir(gv, [x, relax.const(np.array([scale], np.float32)),
+                                                   relax.const(np.array([zp], np.int32))],
+                                              relax.TensorType(shape, "uint8")), name_hint="xq")
+        self.program.record(v, lambda a: reference.quantize_u8(a, scale, zp), [x])
+        return QTensor(v, scale, zp)
+
+    def _dequantize(self, qt: QTensor, shape: tuple[int, ...], emit: Callable) -> relax.Var:
+        gv = self._func(("dequantize", shape), lambda: elementwise.dequantize(shape))
+        v = emit(relax.call_tir(gv, [qt.var, relax.const(np.array([qt.scale], np.float32)),
+                                     relax.const(np.array([qt.zp], np.int32))],
+                                relax.TensorType(shape, "float32")))
+        self.program.record(v, lambda a: reference.dequantize_u8(a, qt.scale, qt.zp), [qt.var])
+        self.q[v] = qt
+        return v
+
+    def _reshape(self, v: relax.Var, shape: tuple[int, ...]) -> relax.Var:
+        out = self.builder_.emit(relax.op.reshape(v, shape), name_hint="q_view")
+        self.program.record(out, lambda a: a.reshape(shape), [v])
+        return out
+
+    def _emit_fn(self, var: relax.Var) -> Callable:
+        if isinstance(var, relax.DataflowVar):
+            return lambda e: self.builder_.emit(e, name_hint=var.name)
+        return lambda e: self.builder_.emit_output(e, name_hint=var.name)
+
+    @staticmethod
+    def _shape(expr: relax.Expr) -> tuple[int, ...]:
+        return tuple(int(d) for d in expr.ty.shape)
+
+    # -- bindings ----------------------------------------------------------------------------
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # type: ignore[override]
+        if binding.var in self.skip:
+            return
+        p = self.plan.get(binding.var)
+        if p is not None and p["kind"] == "w8a8":
+            self._int_layer(binding, p)
+            return
+        value = binding.value
+        if isinstance(value, relax.Call) and value.op in (MEAN, RESHAPE) and len(value.args) >= 1:
+            x = self.visit_expr(value.args[0])
+            if x in self.q and self._int_passthrough(binding, value, x):
+                return
+        super().visit_var_binding_(binding)
+
+    def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
+        qt = self.q[x]
+        out_shape = self._shape(binding.var)
+        if call.op == MEAN:
+            axis = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else []
+            in_shape = self._shape(x)
+            if len(in_shape) != 4 or sorted(axis) != [2, 3] or not call.attrs.keepdims:
+                return False
+            gv = self._func(("gap_u8", in_shape), lambda: elementwise.global_avg_pool_u8(in_shape))
+            v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
+                                   name_hint="gap_q")
+            self.program.record(v, reference.global_avg_pool_u8, [qt.var])
+        else:
+            v = self._reshape(qt.var, out_shape)
+        new = self._dequantize(QTensor(v, qt.scale, qt.zp), out_shape, self._emit_fn(binding.var))
+        self.set_var_remap(binding.var, new)
+        return True
+
+    def _int_layer(self, binding: relax.VarBinding, p: dict[str, Any]) -> None:
+        m: LayerMatch = p["match"]
+        wl, ep = m.workload, m.epilogue
+        x = self.visit_expr(m.data)
+        s_in, zp_in = quant.activation_params(*self.owner.stats.get(m.layer.name, "in").range(self.owner.method))
+        qx = self.q.get(x) or self._quantize(x, self._shape(x), s_in, zp_in)
+        s_in, zp_in = qx.scale, qx.zp
+        wq, s_w = quant.quantize_weights(m.weight, 8)
+        b = m.bias if m.bias is not None else np.zeros(wq.shape[0])
+        w_sum = wq.astype(np.int64).reshape(wq.shape[0], -1).sum(axis=1)
+        bias_q = np.round(b.astype(np.float64) / (s_in * s_w)).astype(np.int64) - zp_in * w_sum
+        if np.abs(bias_q).max() >= 2 ** 31:
+            raise TvmqError(f"layer {m.layer.name!r}: the int32 bias overflows (scales too small)")
+        bias_q = bias_q.astype(np.int32)
+        s_out, zp_out = quant.activation_params(*self.owner.stats.get(m.layer.name, "out").range(self.owner.method))
+        mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
+        lo, hi = _act_bounds(ep, s_out, zp_out)
+        kernel = registry.select(registry.op_of(wl), "w8a8", self.owner.features)
+        gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
+        gv = self.owner.typed(self, gv_plain)
+        buf = kernel.output_shape(wl, cfg)
+        args: list[relax.Expr] = [qx.var, relax.const(kernel.pack_weight(wq, wl, cfg)),
+                                  relax.const(bias_q), relax.const(mult), relax.const(shift),
+                                  relax.const(np.array([zp_in, zp_out, lo, hi], np.int32))]
+        sim_inputs = [qx.var]
+        residual = None
+        if ep.residual:
+            r = self.visit_expr(m.residual)
+            if r not in self.q:
+                raise TvmqError(f"layer {m.layer.name!r}: its residual branch is not integer "
+                                f"(a float op feeds it); not supported in W8A8 yet")
+            qr = self.q[r]
+            (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
+            rv = qr.var if tuple(buf) == self._shape(qr.var) else self._reshape(qr.var, tuple(buf))
+            args += [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
+            sim_inputs.append(rv)
+            residual = (qr.zp, int(r_m), int(r_s))
+        y = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType(buf, "uint8")), name_hint="yq")
+
+        def simulate(xv: np.ndarray, rv: np.ndarray | None = None) -> np.ndarray:
+            res = None if residual is None else (rv.reshape(wl.out_shape), *residual)
+            if registry.op_of(wl) == "dense":
+                out = reference.dense_w8a8(xv, wq, bias_q, mult, shift, zp_out, lo, hi, res)
+            else:
+                out = reference.conv2d_w8a8(xv, wq, bias_q, mult, shift, zp_in, zp_out, lo, hi, wl, res)
+            return out.reshape(buf)
+
+        self.program.record(y, simulate, sim_inputs)
+        out_shape = tuple(m.layer.output_shape)
+        yv = y if tuple(buf) == out_shape else self._reshape(y, out_shape)
+        new = self._dequantize(QTensor(yv, s_out, zp_out), out_shape, self._emit_fn(binding.var))
+        self.set_var_remap(binding.var, new)
+        self.owner.qparams[m.layer.name] = {
+            "in": {"scale": s_in, "zero_point": zp_in}, "out": {"scale": s_out, "zero_point": zp_out},
+            "w_scales": s_w.tolist(), "clamp": [lo, hi], "residual": residual is not None}
+        self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
+                                            "config": cfg.__dict__, "epilogue": ep.__dict__}
+
+
+class RealizeIntegers(LowerToKernels):
+    """``LowerToKernels`` with a plan: W8A8 layers integer-only, fp32 layers as before."""
+
+    def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
+                 features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats,
+                 method: str = "minmax") -> None:
+        super().__init__(layers, params, param_layer, features)
+        plan.validate(layers)
+        unsupported = sorted({s.name for s in plan.values() if s.name not in ("w8a8", "fp32")})
+        if unsupported:
+            raise TvmqError(f"specs {unsupported} are not realizable yet (w8a8 and fp32 are)")
+        self.plan, self.stats, self.method = plan, stats, method
+        self.qparams: dict[str, dict[str, Any]] = {}
+        self.program = IntegerProgram()
+        self._typed: dict[str, relax.GlobalVar] = {}
+
+    def typed(self, rw: relax.PyExprMutator, gv: relax.GlobalVar) -> relax.GlobalVar:
+        if gv.name_hint not in self._typed:
+            self._typed[gv.name_hint] = rw.builder_.add_func(self._new_funcs[gv.name_hint], gv.name_hint)
+        return self._typed[gv.name_hint]
+
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        entries: dict[relax.Var, dict[str, Any]] = {}
+        for m in self.match_layers(mod):
+            if self.plan[m.layer.name].name == "fp32":
+                entries[m.tail] = self.fp32_entry(m)
+            else:
+                entries[m.tail] = dict(kind="w8a8", match=m,
+                                       interior={v for v in m.chain if v is not m.tail})
+        rw = _IntRewriter(mod, entries, self)
+        fp32 = {k: v for k, v in entries.items() if v["kind"] == "fp32"}
+        for p in fp32.values():
+            p["gv"] = self.typed(rw, p["gv"])
+        new_main = rw.visit_expr(mod["main"])
+        program = rw.program
+        program.params = list(new_main.params)
+        for block in new_main.body.blocks:
+            for b in block.bindings:
+                if isinstance(b.value, relax.Var):
+                    program.aliases[b.var] = b.value
+        body = new_main.body.body
+        program.outputs = list(body.fields) if isinstance(body, relax.Tuple) else [body]
+        self.program = program
+        return finish_module(rw, new_main)
