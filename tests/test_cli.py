@@ -67,3 +67,19 @@ def test_calibrate_writes_statistics(tmp_path: Path) -> None:
     np.save(tmp_path / "bad.npy", bad)
     r = _cli("calibrate", str(FMNIST_DIR / "model.onnx"), "--data", str(tmp_path / "bad.npy"))
     assert r.returncode == 2 and "NaN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compile_w8a8_from_the_command_line(tmp_path: Path) -> None:
+    x, _ = fmnist_inputs(32, split="calib")
+    np.savez(tmp_path / "calib.npz", input=x)
+    out = tmp_path / "q"
+    r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w8a8", "--calibration",
+             str(tmp_path / "calib.npz"), "--range", "percentile", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "in w8a8" in r.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["range_method"] == "percentile" and manifest["precision"] == ["w8a8"]
+    r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w8a8", "-o", str(out))
+    assert r.returncode == 2 and "needs --calibration" in r.stderr
+    r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w3a8", "-o", str(out))
+    assert r.returncode == 2 and "w_bits must be 4, 8 or 32" in r.stderr

@@ -1,6 +1,7 @@
 """``tvmq`` command line: each subcommand wraps one library function.
 
     tvmq compile model.onnx -o out/ [--isa avx2] [--batch-size 1] [--input-shape name=1,3,224,224]
+    tvmq compile model.onnx --bits w8a8 --calibration calib.npz [--keep-fp32 first] -o out/
     tvmq bench out/ [--threads 1] [--repeat 50] [--compare model.onnx]
     tvmq info model.onnx          # layer table, unsupported ops, without compiling
     tvmq calibrate model.onnx --data calib.npz -o calibration.json
@@ -58,17 +59,45 @@ def _features(isa: str | None):  # type: ignore[no-untyped-def]
         raise TvmqError(str(e)) from None
 
 
+def _quantization(args: argparse.Namespace, features, progress):  # type: ignore[no-untyped-def]
+    """``--bits`` / ``--calibration`` -> (plan, stats), or (None, None) for fp32."""
+    from .plan import PrecisionPlan, QuantSpec
+
+    spec = QuantSpec.parse(args.bits)
+    if spec.is_float and not args.keep_fp32:
+        return None, None
+    if args.calibration is None:
+        raise TvmqError(f"--bits {args.bits} needs --calibration (a .npy/.npz file, a folder of "
+                        f"images, or the calibration.json written by `tvmq calibrate`)")
+    from .calibration import ActivationStats, CalibrationData, collect
+    from .frontend import prepare
+
+    pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
+    keep = [k for k in (args.keep_fp32 or "").split(",") if k]
+    plan = PrecisionPlan.uniform(pm.layers, spec, keep_fp32=keep)
+    if str(args.calibration).endswith(".json"):
+        stats = ActivationStats.load(args.calibration)
+    else:
+        data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.calibration_limit)
+        progress(f"calibrating on {len(data)} samples")
+        stats = collect(args.model, data, features=features, progress=progress)
+    return plan, stats
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .build import build
 
     progress = _Progress(args.quiet)
-    result = build(args.model, args.output, features=_features(args.isa),
+    features = _features(args.isa)
+    plan, stats = _quantization(args, features, progress)
+    result = build(args.model, args.output, features=features,
                    input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
-                   progress=progress)
+                   plan=plan, stats=stats, range_method=args.range, progress=progress)
     m = result.manifest_data
     progress(f"wrote {result.library} and {result.manifest}")
+    precision = m["precision"] if isinstance(m["precision"], str) else "+".join(m["precision"])
     print(f"compiled {len(m['layers'])} layers ({m['total_macs'] / 1e6:.1f} MMAC, "
-          f"{m['weight_bytes'] / 1e6:.2f} MB fp32 weights) for {m['isa']} "
+          f"{m['weight_bytes'] / 1e6:.2f} MB fp32 weights) in {precision} for {m['isa']} "
           f"in {sum(result.timings.values()):.1f}s -> {result.library}")
     return 0
 
@@ -158,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="limit kernels to this ISA level (default: detected from the CPU)")
     c.add_argument("--batch-size", type=int, default=1)
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    c.add_argument("--bits", default="fp32", help="precision of every layer: fp32 (default) or w8a8")
+    c.add_argument("--keep-fp32", default="", metavar="LAYERS",
+                   help="comma-separated layer names (or first, last) kept in fp32")
+    c.add_argument("--calibration", metavar="DATA",
+                   help=".npy/.npz samples, a folder of images, or a calibration.json")
+    c.add_argument("--calibration-limit", type=int, default=None, metavar="N")
+    c.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"],
+                   help="how activation ranges are taken from the calibration statistics")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=cmd_compile)
 
