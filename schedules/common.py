@@ -149,3 +149,37 @@ def int_residual_args(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-
         return None, None
     return (te.placeholder(shape, "uint8", name="residual"),
             te.placeholder((3,), "int32", name="residual_params"))
+
+
+def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """The integer kernels' epilogue arguments and expression.
+
+    Returns ``(args, qparams, fn, out_dtype)``: ``args`` the placeholders after the weight,
+    ``qparams`` = ``(x_zp, out_zp, lo, hi)`` (its ``x_zp`` pads the input), and
+    ``fn(acc, k, index)`` the output value. Requantizing (uint8 out): ``bias, multiplier, shift,
+    qparams [, residual, residual_params]``. Dequantizing (``ep.out_float``, a model edge):
+    ``bias, scale f32[K], qparams`` and ``out = act(float32(acc + bias[k]) * scale[k])``.
+    """
+    from tvm import te
+
+    bias = te.placeholder((channels,), "int32", name="bias")
+    qp = te.placeholder((4,), "int32", name="qparams")
+    if ep.out_float:
+        if ep.residual:
+            raise ValueError("a dequantizing epilogue does not fuse a residual")
+        scale = te.placeholder((channels,), "float32", name="scale")
+
+        def deq(acc, k, index):  # type: ignore[no-untyped-def]
+            return apply_activation((acc + bias[k]).astype("float32") * scale[k], ep)
+
+        return [bias, scale, qp], qp, deq, "float32"
+    mult = te.placeholder((channels,), "int32", name="multiplier")
+    shift = te.placeholder((channels,), "int32", name="shift")
+    res, rp = int_residual_args(ep, out_shape)
+
+    def req(acc, k, index):  # type: ignore[no-untyped-def]
+        return requantize_expr(acc, bias[k], mult[k], shift[k], qp[1], qp[2], qp[3],
+                               residual=None if res is None else res[index], rparams=rp)
+
+    args = [bias, mult, shift, qp] + ([res, rp] if res is not None else [])
+    return args, qp, req, "uint8"

@@ -113,3 +113,17 @@ def global_avg_pool_u8(q: np.ndarray) -> np.ndarray:
     count = q.shape[2] * q.shape[3]
     total = q.astype(np.int64).sum(axis=(2, 3), keepdims=True)
     return ((total + count // 2) // count).astype(np.uint8)
+
+
+def dequantizing_epilogue(acc: np.ndarray, bias_q: np.ndarray, scale: np.ndarray, ep: Epilogue,
+                          axis: int = 1) -> np.ndarray:
+    """``act(float32(acc + bias) * scale)`` per channel: an integer layer at a model edge."""
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    summed = (acc.astype(np.int64) + bias_q.astype(np.int64).reshape(shape)).astype(np.int32)
+    out = summed.astype(np.float32) * scale.astype(np.float32).reshape(shape)
+    if ep.activation == "relu":
+        out = np.maximum(out, np.float32(0))
+    elif ep.activation == "clip":
+        out = np.minimum(np.maximum(out, np.float32(ep.clip_min)), np.float32(ep.clip_max))
+    return out

@@ -29,6 +29,7 @@ class Epilogue:
     clip_min: float = 0.0
     clip_max: float = 0.0
     residual: bool = False
+    out_float: bool = False  # integer kernels: dequantize to fp32 instead of requantizing
 
     def __post_init__(self) -> None:
         if self.activation not in ("none", "relu", "clip"):

@@ -12,7 +12,8 @@ and AMX variants (u8 x s8 dot products in hardware) share this reference and thi
 Kernel arguments: ``data u8 [N,C,H,W]``, ``weight s8 [G*OCB, ICB, R, S, ic_bn, oc_bn]``,
 ``bias s32 [K]``, ``multiplier s32 [K]``, ``shift s32 [K]``, ``qparams s32 [4]`` =
 ``(x_zp, out_zp, lo, hi)``, then, with a fused residual, ``residual u8 [N, G, K/G, OH, OW]`` and ``residual_params s32 [3]`` =
-``(r_zp, r_m, r_shift)``, and ``out u8 [N, G, K/G, OH, OW]``. Zero points and multipliers are run-time
+``(r_zp, r_m, r_shift)``, and ``out u8 [N, G, K/G, OH, OW]`` (``common.int8_epilogue``; at a model
+edge the epilogue dequantizes to fp32 instead). Zero points and multipliers are run-time
 arguments, so layers of equal shapes share one compiled kernel.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from tvm import te
 
-from ..common import int_residual_args, requantize_expr
+from ..common import int8_epilogue
 from . import fp32_direct
 from .fp32_direct import (Conv2dConfig, fallback_config, input_shape, output_shape, pack_weight,
                           packed_weight_shape)
@@ -33,22 +34,12 @@ __all__ = ["Conv2dConfig", "compute", "fallback_config", "input_shape", "output_
 def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
     data = te.placeholder(wl.data_shape, "uint8", name="data")
     weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
-    bias = te.placeholder((wl.out_channels,), "int32", name="bias")
-    mult = te.placeholder((wl.out_channels,), "int32", name="multiplier")
-    shift = te.placeholder((wl.out_channels,), "int32", name="shift")
-    qp = te.placeholder((4,), "int32", name="qparams")
+    args, qp, epilogue, out_dtype = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
     conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype("uint8"), "int32")
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
-    res, rp = int_residual_args(wl.epilogue, output_shape(wl))
-
-    def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
-        k = gi * kg + kk
-        return requantize_expr(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias[k], mult[k], shift[k],
-                               qp[1], qp[2], qp[3], residual=None if res is None else res[n, gi, kk, y, x],
-                               rparams=rp)
-
-    out = te.compute(output_shape(wl), epilogue, name="out")
-    return [data, weight, bias, mult, shift, qp] + ([res, rp] if res is not None else []) + [out]
+    out = te.compute(output_shape(wl), lambda n, gi, kk, y, x: epilogue(
+        conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, (n, gi, kk, y, x)), name="out")
+    return [data, weight, *args, out]
 
 
 schedule = fp32_direct.schedule

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tvm import te
 
-from ..common import int_residual_args, requantize_expr
+from ..common import int8_epilogue
 from ..workload import DenseWorkload
 from . import fp32
 from .fp32 import DenseConfig, fallback_config, input_shape, output_shape, pack_weight
@@ -22,17 +22,12 @@ __all__ = ["DenseConfig", "compute", "fallback_config", "input_shape", "output_s
 def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
     data = te.placeholder(wl.data_shape, "uint8", name="data")
     weight = te.placeholder(fp32.packed_weight_shape(wl, cfg), "int8", name="weight")
-    bias = te.placeholder((wl.out_features,), "int32", name="bias")
-    mult = te.placeholder((wl.out_features,), "int32", name="multiplier")
-    shift = te.placeholder((wl.out_features,), "int32", name="shift")
-    qp = te.placeholder((4,), "int32", name="qparams")
+    args, _, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_features, wl.out_shape)
     acc = fp32.dense_body(wl, cfg, data, weight, "int32")
     oc_bn = cfg.oc_bn
-    res, rp = int_residual_args(wl.epilogue, wl.out_shape)
-    out = te.compute(wl.out_shape, lambda n, k: requantize_expr(
-        acc[n, k // oc_bn, k % oc_bn], bias[k], mult[k], shift[k], qp[1], qp[2], qp[3],
-        residual=None if res is None else res[n, k], rparams=rp), name="out")
-    return [data, weight, bias, mult, shift, qp] + ([res, rp] if res is not None else []) + [out]
+    out = te.compute(wl.out_shape, lambda n, k: epilogue(acc[n, k // oc_bn, k % oc_bn], k, (n, k)),
+                     name="out")
+    return [data, weight, *args, out]
 
 
 schedule = fp32.schedule

@@ -48,7 +48,8 @@ class Observer:
         self.capacity = capacity
         self.rng = np.random.default_rng(seed)
         self.sample = np.empty(0, np.float32)
-        self.seen = 0
+        self.seen = 0  # values offered to the reservoir
+        self.count = 0  # values observed
         self.min = np.inf
         self.max = -np.inf
 
@@ -60,6 +61,12 @@ class Observer:
             raise FloatingPointError("non-finite activation values (NaN/inf) during calibration")
         self.min = min(self.min, float(v.min()))
         self.max = max(self.max, float(v.max()))
+        self.count += v.size
+        if v.size > self.capacity:
+            # a uniform subsample of this update first (every update of a tensor has the same
+            # size, so the reservoir stays uniform over all values): keeps a pass over large
+            # activations cheap
+            v = v[self.rng.integers(0, v.size, self.capacity)]
         # reservoir sampling, vectorised: item t (0-based, global) replaces a random slot with
         # probability capacity / (t + 1)
         room = self.capacity - self.sample.size
@@ -80,7 +87,7 @@ class Observer:
             raise ValueError("observer saw no values")
         lo_p, hi_p = np.percentile(self.sample, [0.01, 99.99])
         mse_lo, mse_hi = mse_range(self.sample, self.min, self.max, bits)
-        return TensorStats(count=int(self.seen), min=float(self.min), max=float(self.max),
+        return TensorStats(count=int(self.count), min=float(self.min), max=float(self.max),
                            percentile_lo=float(lo_p), percentile_hi=float(hi_p),
                            mse_lo=mse_lo, mse_hi=mse_hi)
 

@@ -1,5 +1,8 @@
 """``RealizeIntegers``: the layers a plan quantizes become integer-only kernels (W8A8 for now).
 
+A layer whose output is a model output dequantizes straight from its int32 accumulator
+(``act(float32(acc + bias) * s_in * s_w)``): logits keep full resolution instead of 256 levels.
+
 Precondition: ``main`` as imported by ``frontend.to_relax`` (as for ``LowerToKernels``), a
 ``PrecisionPlan`` covering every layer and calibration statistics (``ActivationStats``) of every
 layer's input and output.
@@ -19,7 +22,7 @@ through the recorded integer ops only; ``self.program`` simulates exactly those 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -186,20 +189,64 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.set_var_remap(binding.var, new)
         return True
 
-    def _int_layer(self, binding: relax.VarBinding, p: dict[str, Any]) -> None:
-        m: LayerMatch = p["match"]
-        wl, ep = m.workload, m.epilogue
+    def _int_input(self, m: LayerMatch) -> tuple[QTensor, np.ndarray, np.ndarray, np.ndarray]:
+        """The layer's uint8 input, int8 weights, their scales and the int32 bias (with the
+        input zero point folded in)."""
         x = self.visit_expr(m.data)
         s_in, zp_in = quant.activation_params(*self.owner.stats.get(m.layer.name, "in").range(self.owner.method))
         qx = self.q.get(x) or self._quantize(x, self._shape(x), s_in, zp_in)
-        s_in, zp_in = qx.scale, qx.zp
         wq, s_w = quant.quantize_weights(m.weight, 8)
         b = m.bias if m.bias is not None else np.zeros(wq.shape[0])
         w_sum = wq.astype(np.int64).reshape(wq.shape[0], -1).sum(axis=1)
-        bias_q = np.round(b.astype(np.float64) / (s_in * s_w)).astype(np.int64) - zp_in * w_sum
+        bias_q = np.round(b.astype(np.float64) / (qx.scale * s_w)).astype(np.int64) - qx.zp * w_sum
         if np.abs(bias_q).max() >= 2 ** 31:
             raise TvmqError(f"layer {m.layer.name!r}: the int32 bias overflows (scales too small)")
-        bias_q = bias_q.astype(np.int32)
+        return qx, wq, s_w, bias_q.astype(np.int32)
+
+    def _int_edge_layer(self, binding: relax.VarBinding, p: dict[str, Any]) -> None:
+        """An integer layer whose output leaves the model: dequantize straight from int32."""
+        m: LayerMatch = p["match"]
+        wl = replace(m.workload, epilogue=replace(m.epilogue, out_float=True))
+        qx, wq, s_w, bias_q = self._int_input(m)
+        scale = (qx.scale * s_w).astype(np.float32)
+        kernel = registry.select(registry.op_of(wl), "w8a8", self.owner.features)
+        gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
+        gv = self.owner.typed(self, gv_plain)
+        buf = kernel.output_shape(wl, cfg)
+        args = [qx.var, relax.const(kernel.pack_weight(wq, wl, cfg)), relax.const(bias_q),
+                relax.const(scale), relax.const(np.array([qx.zp, 0, 0, 0], np.int32))]
+        out_shape = tuple(m.layer.output_shape)
+        emit = self._emit_fn(binding.var)
+        call = relax.call_tir(gv, args, relax.TensorType(buf, "float32"))
+        y = emit(call) if tuple(buf) == out_shape else self.builder_.emit(call, name_hint="y")
+
+        def simulate(xv: np.ndarray) -> np.ndarray:
+            if registry.op_of(wl) == "dense":
+                acc = (xv.astype(np.int64) @ wq.astype(np.int64).T).astype(np.int32)
+            else:
+                acc = reference.conv2d_int(xv, qx.zp, wq, wl)
+            return reference.dequantizing_epilogue(acc, bias_q, scale, wl.epilogue).reshape(buf)
+
+        self.program.record(y, simulate, [qx.var])
+        if tuple(buf) != out_shape:
+            y2 = emit(relax.op.reshape(y, out_shape))
+            self.program.record(y2, lambda a: a.reshape(out_shape), [y])
+            y = y2
+        self.set_var_remap(binding.var, y)
+        self.owner.qparams[m.layer.name] = {
+            "in": {"scale": qx.scale, "zero_point": qx.zp}, "out": "fp32 (dequantized from int32)",
+            "w_scales": s_w.tolist(), "clamp": None, "residual": False}
+        self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
+                                            "config": cfg.__dict__, "epilogue": wl.epilogue.__dict__}
+
+    def _int_layer(self, binding: relax.VarBinding, p: dict[str, Any]) -> None:
+        m: LayerMatch = p["match"]
+        if p["edge"] and not m.epilogue.residual:
+            self._int_edge_layer(binding, p)
+            return
+        wl, ep = m.workload, m.epilogue
+        qx, wq, s_w, bias_q = self._int_input(m)
+        s_in, zp_in = qx.scale, qx.zp
         s_out, zp_out = quant.activation_params(*self.owner.stats.get(m.layer.name, "out").range(self.owner.method))
         mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
         lo, hi = _act_bounds(ep, s_out, zp_out)
@@ -266,13 +313,24 @@ class RealizeIntegers(LowerToKernels):
             self._typed[gv.name_hint] = rw.builder_.add_func(self._new_funcs[gv.name_hint], gv.name_hint)
         return self._typed[gv.name_hint]
 
+    @staticmethod
+    def _model_outputs(func: relax.Function) -> set[relax.Var]:
+        """Vars whose value is a model output (through alias bindings)."""
+        edges = set(relax.analysis.free_vars(func.body.body))
+        for block in reversed(func.body.blocks):
+            for b in reversed(block.bindings):
+                if b.var in edges and isinstance(b.value, relax.Var):
+                    edges.add(b.value)
+        return edges
+
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         entries: dict[relax.Var, dict[str, Any]] = {}
+        edges = self._model_outputs(mod["main"])
         for m in self.match_layers(mod):
             if self.plan[m.layer.name].name == "fp32":
                 entries[m.tail] = self.fp32_entry(m)
             else:
-                entries[m.tail] = dict(kind="w8a8", match=m,
+                entries[m.tail] = dict(kind="w8a8", match=m, edge=m.tail in edges,
                                        interior={v for v in m.chain if v is not m.tail})
         rw = _IntRewriter(mod, entries, self)
         fp32 = {k: v for k, v in entries.items() if v["kind"] == "fp32"}
