@@ -31,15 +31,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def _median_ms(fn, repeat: int = 30) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(5):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(samples))
+def _median_ms(fn) -> float:  # type: ignore[no-untyped-def]
+    from tvmq.runtime import time_calls
+
+    return time_calls(fn, warmup=5, repeat=30).median_ms
 
 
 def _ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:

@@ -25,22 +25,29 @@ def _epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue, axis: int,
     return acc
 
 
-def conv2d(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-           wl: Conv2dWorkload, residual: np.ndarray | None = None) -> np.ndarray:
-    """NCHW x OIHW grouped conv with the workload's epilogue, accumulated in float64."""
-    x = np.pad(data.astype(np.float64),
-               ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom), (wl.pad_left, wl.pad_right)))
+def _grouped_conv(x: np.ndarray, weight: np.ndarray, wl: Conv2dWorkload, pad_value: float | int,
+                  dtype: type) -> np.ndarray:
+    """``sum x * w`` over each output's window, NCHW / OIHW, grouped, in ``dtype`` (exact for
+    int64; float64 for the fp32 reference)."""
+    xp = np.pad(x.astype(dtype), ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom),
+                                  (wl.pad_left, wl.pad_right)), constant_values=pad_value)
     span_h = (wl.kernel_h - 1) * wl.dilation_h + 1
     span_w = (wl.kernel_w - 1) * wl.dilation_w + 1
-    win = sliding_window_view(x, (span_h, span_w), axis=(2, 3))
+    win = sliding_window_view(xp, (span_h, span_w), axis=(2, 3))
     win = win[:, :, ::wl.stride_h, ::wl.stride_w, ::wl.dilation_h, ::wl.dilation_w]
     win = win[:, :, :wl.out_height, :wl.out_width]
     g, cg, kg = wl.groups, wl.in_per_group, wl.out_per_group
-    n = data.shape[0]
+    n = x.shape[0]
     win = win.reshape(n, g, cg, wl.out_height, wl.out_width, wl.kernel_h, wl.kernel_w)
-    w = weight.astype(np.float64).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
-    out = np.einsum("ngchwrs,gkcrs->ngkhw", win, w, optimize=True)
-    out = out.reshape(n, wl.out_channels, wl.out_height, wl.out_width)
+    w = weight.astype(dtype).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
+    out = np.einsum("ngchwrs,gkcrs->ngkhw", win, w, optimize=dtype is np.float64)
+    return out.reshape(n, wl.out_channels, wl.out_height, wl.out_width)
+
+
+def conv2d(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+           wl: Conv2dWorkload, residual: np.ndarray | None = None) -> np.ndarray:
+    """NCHW x OIHW grouped conv with the workload's epilogue, accumulated in float64."""
+    out = _grouped_conv(data, weight, wl, 0.0, np.float64)
     return _epilogue(out, bias, wl.epilogue, 1, residual).astype(np.float32)
 
 
@@ -54,19 +61,7 @@ def conv2d_int(xq: np.ndarray, x_zp: int, wq: np.ndarray, wl: Conv2dWorkload) ->
     """Integer conv ``sum x * w``, the input padded with its zero point, exact (int64), returned
     as int32 (raises if it would not fit). The zero-point correction ``-x_zp * sum(w)`` is not
     applied here: the compiler folds it into the int32 bias, as the kernels expect."""
-    x = np.pad(xq.astype(np.int64), ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom),
-                                     (wl.pad_left, wl.pad_right)), constant_values=x_zp)
-    span_h = (wl.kernel_h - 1) * wl.dilation_h + 1
-    span_w = (wl.kernel_w - 1) * wl.dilation_w + 1
-    win = sliding_window_view(x, (span_h, span_w), axis=(2, 3))
-    win = win[:, :, ::wl.stride_h, ::wl.stride_w, ::wl.dilation_h, ::wl.dilation_w]
-    win = win[:, :, :wl.out_height, :wl.out_width]
-    g, cg, kg = wl.groups, wl.in_per_group, wl.out_per_group
-    n = xq.shape[0]
-    win = win.reshape(n, g, cg, wl.out_height, wl.out_width, wl.kernel_h, wl.kernel_w)
-    w = wq.astype(np.int64).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
-    acc = np.einsum("ngchwrs,gkcrs->ngkhw", win, w).reshape(n, wl.out_channels, wl.out_height,
-                                                             wl.out_width)
+    acc = _grouped_conv(xq, wq, wl, x_zp, np.int64)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow")
     return acc.astype(np.int32)

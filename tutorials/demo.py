@@ -23,17 +23,6 @@ def preprocess(images: np.ndarray) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - 0.2860) / 0.3530).reshape(-1, 1, 28, 28)
 
 
-def median_ms(fn, repeat: int = 200) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(20):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(samples))
-
-
 def main() -> int:
     import onnxruntime as ort
 
@@ -53,12 +42,12 @@ def main() -> int:
 
         tv_pred = np.array([m.run({"input": x[i:i + 1]})["logits"].argmax() for i in range(len(x))])
         ort_pred = np.array([sess.run(None, {"input": x[i:i + 1]})[0].argmax() for i in range(len(x))])
-        from tvmq.runtime import set_num_threads
+        from tvmq.runtime import set_num_threads, time_calls
 
         set_num_threads(1)
         one = {"input": x[:1]}
-        tv_ms = median_ms(lambda: m.run(one))
-        ort_ms = median_ms(lambda: sess.run(None, one))
+        tv_ms = time_calls(lambda: m.run(one), warmup=20, repeat=200).median_ms
+        ort_ms = time_calls(lambda: sess.run(None, one), warmup=20, repeat=200).median_ms
 
     print()
     print(f"Fashion-MNIST CNN, {len(x)} test images, batch 1, 1 thread")

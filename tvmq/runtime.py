@@ -68,6 +68,18 @@ class BenchmarkResult:
                    p10_ms=q[0], p90_ms=q[-1], n=len(s), threads=threads)
 
 
+def time_calls(fn: Any, *, warmup: int = 10, repeat: int = 50, threads: int = 1) -> BenchmarkResult:
+    """Median and spread of ``repeat`` calls of ``fn()`` after ``warmup`` (wall clock)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1e3)
+    return BenchmarkResult.from_samples(samples, threads)
+
+
 class Module:
     """A compiled tvmq model: ``run`` and ``benchmark``."""
 
@@ -141,14 +153,7 @@ class Module:
             feeds = {n: rng.standard_normal(s).astype(d) for n, s, d in self.inputs}
         args = self._convert(feeds)
         main = self._vm["main"]
-        for _ in range(warmup):
-            main(*args)
-        samples = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            main(*args)
-            samples.append((time.perf_counter() - t) * 1e3)
-        return BenchmarkResult.from_samples(samples, n_threads)
+        return time_calls(lambda: main(*args), warmup=warmup, repeat=repeat, threads=n_threads)
 
 
 def load(path: str | os.PathLike) -> Module:
