@@ -81,3 +81,18 @@ def test_mixed_plan_keeps_fp32_layers(tmp_path: Path) -> None:
 def test_quantized_plan_without_statistics_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TvmqError, match="calibration statistics"):
         tvmq.build(MODEL, tmp_path, plan="w8a8")
+
+
+def test_bias_correction_matches_explicit_sum() -> None:
+    from schedules import quant
+    from tvmq.passes.realize_integers import expected_weight_error
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 2, 3, 3))  # 6 outputs, 3 groups of 2 input channels
+    wq, s_w = quant.quantize_weights(w, 8)
+    mean = rng.standard_normal(6)
+    got = expected_weight_error(w, wq, s_w, mean, groups=3)
+    for k in range(6):
+        g = k // 2
+        err = (wq[k] * s_w[k] - w[k]).sum(axis=(1, 2))
+        assert np.isclose(got[k], err @ mean[2 * g:2 * g + 2])

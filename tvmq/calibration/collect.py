@@ -54,7 +54,7 @@ class ActivationStats:
             d = json.loads(Path(path).read_text())
             if d.get("schema") != STATS_SCHEMA:
                 raise ValueError(f"schema {d.get('schema')!r}, expected {STATS_SCHEMA}")
-            layers = {k: {r: TensorStats(**t) for r, t in v.items()} for k, v in d["layers"].items()}
+            layers = {k: {r: TensorStats.from_json(t) for r, t in v.items()} for k, v in d["layers"].items()}
             return cls(layers, int(d["samples"]), d.get("meta", {}))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise TvmqError(f"cannot read calibration statistics {path}: {e}") from None

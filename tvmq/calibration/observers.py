@@ -27,6 +27,7 @@ class TensorStats:
     percentile_hi: float  # the 99.99th
     mse_lo: float  # MSE-optimal clipping range for 8-bit asymmetric quantization
     mse_hi: float
+    channel_mean: tuple[float, ...] = ()  # mean per channel (axis 1), for bias correction
 
     def range(self, method: str) -> tuple[float, float]:
         if method == "minmax":
@@ -38,7 +39,13 @@ class TensorStats:
         raise ValueError(f"unknown range method {method!r}; known: {', '.join(METHODS)}")
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["channel_mean"] = list(self.channel_mean)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorStats:
+        return cls(**{**d, "channel_mean": tuple(d.get("channel_mean", ()))})
 
 
 class Observer:
@@ -50,11 +57,18 @@ class Observer:
         self.sample = np.empty(0, np.float32)
         self.seen = 0  # values offered to the reservoir
         self.count = 0  # values observed
+        self.channel_sum: np.ndarray | None = None
+        self.channel_count = 0
         self.min = np.inf
         self.max = -np.inf
 
     def update(self, x: np.ndarray) -> None:
-        v = np.asarray(x, np.float32).reshape(-1)
+        a = np.asarray(x, np.float32)
+        if a.ndim >= 2:  # per-channel sums (axis 1) for the channel means
+            sums = a.sum(axis=tuple(i for i in range(a.ndim) if i != 1), dtype=np.float64)
+            self.channel_sum = sums if self.channel_sum is None else self.channel_sum + sums
+            self.channel_count += a.size // a.shape[1]
+        v = a.reshape(-1)
         if v.size == 0:
             return
         if not np.all(np.isfinite(v)):
@@ -89,7 +103,9 @@ class Observer:
         mse_lo, mse_hi = mse_range(self.sample, self.min, self.max, bits)
         return TensorStats(count=int(self.count), min=float(self.min), max=float(self.max),
                            percentile_lo=float(lo_p), percentile_hi=float(hi_p),
-                           mse_lo=mse_lo, mse_hi=mse_hi)
+                           mse_lo=mse_lo, mse_hi=mse_hi,
+                           channel_mean=() if self.channel_sum is None else
+                           tuple(float(m) for m in self.channel_sum / max(self.channel_count, 1)))
 
 
 def _quant_mse(v: np.ndarray, lo: float, hi: float, bits: int) -> float:
