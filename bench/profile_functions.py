@@ -2,6 +2,7 @@
 """Where the time goes: every PrimFunc of a compiled model, timed alone, times its call count.
 
     python bench/profile_functions.py model.onnx [--top 25] [--threads 1]
+    python bench/profile_functions.py model.onnx --plan w8a8 --stats stats.json   # integer kernels
 
 Each function of the lowered module (the layer kernels and the generic fused ops) is compiled on
 its own and timed with random inputs (TVM's time_evaluator, median of repeats); the table is
@@ -26,6 +27,9 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--plan", default=None, help="precision plan (w8a8, or a plan JSON); default fp32")
+    ap.add_argument("--stats", default=None, help="calibration statistics JSON (tvmq calibrate)")
+    ap.add_argument("--range", default="percentile", help="activation range method of a quantized plan")
     args = ap.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -38,7 +42,19 @@ def main() -> int:
 
     features = detect_host()
     target = tvm.target.Target(features.target_json())
-    mod = lower_module(prepare(args.model), features).mod
+    pm = prepare(args.model)
+    lowering = {}
+    if args.plan:
+        from tvmq.calibration import ActivationStats
+        from tvmq.plan import PrecisionPlan
+
+        if not args.stats:
+            ap.error("--plan needs --stats (tvmq calibrate writes them)")
+        plan = (PrecisionPlan.load(args.plan, pm.layers) if args.plan.endswith(".json")
+                else PrecisionPlan.uniform(pm.layers, args.plan))
+        lowering = {"plan": plan, "range_method": args.range,
+                    "stats": ActivationStats.load(args.stats)}
+    mod = lower_module(pm, features, **lowering).mod
     calls: dict[str, int] = {}
 
     def count(expr: relax.Expr) -> None:

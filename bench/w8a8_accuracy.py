@@ -7,10 +7,11 @@ Rows: onnxruntime fp32 (the reference), tvmq W8A8 for each activation range meth
 library; bit-exactness against its numpy simulation checked on ``--check`` images), and
 onnxruntime's own ``quantize_static`` int8 (QDQ, per-channel, uint8 activations, MinMax, the same
 calibration images: the recipe of ``../shared/DATA.md``). Columns: top-1 on the labels, top-1
-agreement with fp32, batch-1 median latency (1 thread, in-process, warm). OpenVINO + NNCF is not
-run here (``pip install openvino nncf``; see ../shared/DATA.md for its numbers on the Xeon).
-Skips cleanly (exit 0, a message) when the image folder is absent. Writes
-``bench/results/w8a8_accuracy.{json,md}``.
+agreement with fp32, batch-1 median latency (1 thread, in-process, warm). Then OpenVINO fp32 and
+OpenVINO int8 (``nncf.quantize``, preset performance, the same calibration images), both compiled
+for CPU with 1 thread, the latency hint and f32 inference precision; skipped with a message when
+``openvino``/``nncf`` are missing (``pip install -e '.[bench]'``). Skips cleanly (exit 0, a
+message) when the image folder is absent. Writes ``bench/results/w8a8_accuracy.{json,md}``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,66 @@ def _ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     return out
+
+
+OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+             "INFERENCE_PRECISION_HINT": "f32"}
+OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
+
+
+def _ov_kernels(compiled) -> str:  # type: ignore[no-untyped-def]
+    """What the CPU plugin runs the conv/dense layers with, e.g. ``brgconv_avx2_1x1_I8 x34``."""
+    from collections import Counter
+
+    count: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
+            count[info["primitiveType"].astype(str)] += 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(count.items()))
+
+
+def openvino_rows(model_path: str | Path, x: np.ndarray, y: np.ndarray, calib: np.ndarray,
+                  config: dict | None = None) -> list[dict]:
+    """OpenVINO fp32 and OpenVINO int8 (NNCF post-training quantization on ``calib``).
+
+    Both compiled for ``"CPU"`` with ``config`` (default ``OV_CONFIG``: 1 thread, 1 stream, latency
+    hint, f32 inference precision so the fp32 row is really fp32 and the layers NNCF leaves in
+    float stay fp32, not bf16, on AMX/AVX512-BF16 CPUs). Rows as the onnxruntime ones: variant,
+    top1, pred (argmax per image, batch 1), ms (``_median_ms``), plus the kernels the plugin picked.
+    Raises ImportError when openvino or nncf is missing.
+    """
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF telemetry off (it would try the network)
+    import nncf
+    import openvino as ov
+
+    config = dict(OV_CONFIG if config is None else config)
+    core = ov.Core()
+
+    def read():  # type: ignore[no-untyped-def]
+        m = core.read_model(str(model_path))
+        m.reshape({m.input(0).get_any_name(): [1, *x.shape[1:]]})  # static batch 1 (a no-op here)
+        return m
+
+    model = read()
+    name = model.input(0).get_any_name()  # "input" for mobilenetv2.onnx
+    t = time.perf_counter()  # NNCF gets its own copy, so the fp32 model stays untouched
+    q = nncf.quantize(read(), nncf.Dataset(calib, lambda a: a[None]),
+                      preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib))
+    quantize_s = time.perf_counter() - t
+    rows = []
+    for variant, m, extra in (("OpenVINO fp32", model, {}),
+                              ("OpenVINO int8 (NNCF)", q, {"quantize_s": quantize_s})):
+        compiled = core.compile_model(m, "CPU", config)
+        req = compiled.create_infer_request()
+        out = compiled.output(0)
+        pred = np.array([req.infer({name: x[i:i + 1]})[out].argmax() for i in range(len(x))])
+        ms = _median_ms(lambda r=req: r.infer({name: x[:1]}))
+        rows.append({"variant": variant, "top1": float((pred == y).mean()), "pred": pred, "ms": ms,
+                     "kernels": _ov_kernels(compiled),
+                     "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                     "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")), **extra})
+    return rows
 
 
 def main() -> int:
@@ -114,6 +175,18 @@ def main() -> int:
             rows.append({"variant": f"tvmq W8A8 ({method})", "top1": float((pred == y).mean()),
                          "pred": pred, "ms": ms, "bit_exact": exact, "build_s": build_s})
         ort_row("onnxruntime int8 (QDQ)", _ort_int8(Path(args.model), calib, Path(tmp) / "int8.onnx"))
+    notes = []
+    try:
+        ov_rows = openvino_rows(args.model, x, y, calib)
+    except ImportError as e:
+        notes.append(f"OpenVINO rows skipped: {e}; install with `{OV_MISSING}`")
+    except Exception as e:  # noqa: BLE001 (a rival failing must not lose the rows measured so far)
+        notes.append(f"OpenVINO rows failed: {type(e).__name__}: {e}")
+    else:
+        rows += ov_rows
+    for note in notes:
+        print(note)
+    notes += [f"{r['variant']} conv/dense kernels: {r['kernels']}" for r in rows if "kernels" in r]
     for row in rows:
         row["agreement"] = float((row.pop("pred") == fp32).mean())
     fp = rows[0]
@@ -125,12 +198,15 @@ def main() -> int:
     for row in rows:
         lines.append(f"| {row['variant']} | {100 * row['top1']:.1f}% | {100 * (row['top1'] - fp['top1']):+.1f} | "
                      f"{100 * row['agreement']:.1f}% | {row['ms']:.2f} | {row.get('bit_exact', '-')} |")
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
     table = "\n".join(lines)
     print(table)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output + ".md").write_text(table + "\n")
     Path(args.output + ".json").write_text(json.dumps({"rows": rows, "n": len(x), "calib": args.calib,
-                                                       "calibration_seconds": calib_s}, indent=1))
+                                                       "calibration_seconds": calib_s, "notes": notes},
+                                                      indent=1))
     return 0
 
 

@@ -134,8 +134,9 @@ def requantize_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, mult_k: tirx.Prim
                     ) -> tirx.PrimExpr:
     """The integer-only epilogue of ``schedules.quant``, as TIR:
     ``clip(rescale(acc + bias, m, shift) [+ rescale(r - r_zp, r_m, r_shift)] + out_zp, lo, hi)``
-    with ``residual`` the residual value and ``rparams`` the buffer ``(r_zp, r_m, r_shift)``."""
-    q = rescale_expr(acc + bias_k, mult_k, shift_k) + out_zp
+    with ``residual`` the residual value and ``rparams`` the buffer ``(r_zp, r_m, r_shift)``;
+    ``bias_k=None`` when the accumulator already holds the bias."""
+    q = rescale_expr(acc if bias_k is None else acc + bias_k, mult_k, shift_k) + out_zp
     if residual is not None:
         q = q + rescale_expr(residual.astype("int32") - rparams[0], rparams[1], rparams[2])
     return tirx.min(tirx.max(q, lo), hi).astype(out_dtype)  # the order of np.clip
@@ -151,8 +152,14 @@ def int_residual_args(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-
             te.placeholder((3,), "int32", name="residual_params"))
 
 
-def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  # type: ignore[no-untyped-def]
+                  bias_in_acc: bool = False):
     """The integer kernels' epilogue arguments and expression.
+
+    ``bias_in_acc``: the kernel starts its accumulators at the bias (``te.sum(..., init=)``),
+    so ``fn`` does not add it. Same int32 result (the reference's ``acc + bias`` is int32 too),
+    and the accumulator then reaches the requantization as a plain sign-extended int32, which
+    lets LLVM use a 32 x 32 -> 64 multiply (``vpmuldq``) instead of a full 64-bit one.
 
     Returns ``(args, qparams, fn, out_dtype)``: ``args`` the placeholders after the weight,
     ``qparams`` = ``(x_zp, out_zp, lo, hi)`` (its ``x_zp`` pads the input), and
@@ -170,7 +177,8 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...]):  # t
         scale = te.placeholder((channels,), "float32", name="scale")
 
         def deq(acc, k, index):  # type: ignore[no-untyped-def]
-            return apply_activation((acc + bias[k]).astype("float32") * scale[k], ep)
+            return apply_activation((acc if bias_in_acc else acc + bias[k]).astype("float32")
+                                    * scale[k], ep)
 
         return [bias, scale, qp], qp, deq, "float32"
     mult = te.placeholder((channels,), "int32", name="multiplier")
@@ -178,7 +186,7 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...]):  # t
     res, rp = int_residual_args(ep, out_shape)
 
     def req(acc, k, index):  # type: ignore[no-untyped-def]
-        return requantize_expr(acc, bias[k], mult[k], shift[k], qp[1], qp[2], qp[3],
+        return requantize_expr(acc, None if bias_in_acc else bias[k], mult[k], shift[k], qp[1], qp[2], qp[3],
                                residual=None if res is None else res[index], rparams=rp)
 
     args = [bias, mult, shift, qp] + ([res, rp] if res is not None else [])

@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import functools
+
 import numpy as np
 
 from .conv2d import fp32 as conv2d_fp32
 from .conv2d import int8_direct as conv2d_w8a8
+from .conv2d import int8_isa as conv2d_w8a8_isa
 from .dense import fp32 as dense_fp32
 from .dense import int8 as dense_w8a8
 from .depthwise import fp32 as depthwise_fp32
@@ -128,3 +131,12 @@ for _op, _mod, _desc in (
     register(KernelDef(KernelKey(_op, "w8a8", "generic"), _mod.compute, _mod.schedule,
                        _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,
                        _desc))
+for _isa in conv2d_w8a8_isa.ISA_LEVELS:
+    # the dot-product convs, one per ISA level that has an integer dot-product instruction
+    register(KernelDef(KernelKey("conv2d", "w8a8", _isa), conv2d_w8a8_isa.compute,
+                       conv2d_w8a8_isa.schedule,
+                       functools.partial(conv2d_w8a8_isa.fallback_config, isa=_isa),
+                       conv2d_w8a8_isa.pack_weight, conv2d_w8a8_isa.input_shape,
+                       conv2d_w8a8_isa.output_shape,
+                       f"u8 x s8 -> s32 on the {_isa} dot-product instruction (exact): pointwise "
+                       "GEMM along pixels, or NCHWc direct conv; dyadic requantization"))

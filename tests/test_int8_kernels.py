@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedules import quant, reference, registry
-from schedules.target_features import detect_host
+from schedules.target_features import ISA_LEVELS, TargetFeatures, detect_host
 from schedules.workload import Conv2dWorkload, Epilogue
 
 HOST = detect_host()
@@ -17,19 +17,35 @@ TARGET = tvm.target.Target(HOST.target_json())
 _CACHE: dict = {}
 
 
-def _kernel(wl: Conv2dWorkload):  # type: ignore[no-untyped-def]
-    kernel = registry.select(registry.op_of(wl), "w8a8", HOST)
-    cfg = kernel.fallback_config(wl, HOST)
+def _conv_isas():  # type: ignore[no-untyped-def]
+    """Every ISA level with a conv2d/w8a8 kernel of its own; skipped where the CPU lacks it."""
+    params = []
+    for isa in ISA_LEVELS:
+        if registry.KernelKey("conv2d", "w8a8", isa) in registry.registered_keys():
+            runs = ISA_LEVELS.index(HOST.isa) <= ISA_LEVELS.index(isa)
+            params.append(pytest.param(isa, marks=pytest.mark.skipif(
+                not runs, reason=f"this CPU ({HOST.isa}) cannot run {isa} code")))
+    return params
+
+
+CONV_ISAS = _conv_isas()
+
+
+def _kernel(wl: Conv2dWorkload, isa: str | None = None):  # type: ignore[no-untyped-def]
+    """The kernel for ``wl`` at ``isa`` (default: the best the host runs), compiled once."""
+    features = HOST if isa is None else HOST.with_isa(isa)
+    kernel = registry.select(registry.op_of(wl), "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
     key = (wl, cfg)
     if key not in _CACHE:
         _CACHE[key] = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}), target=TARGET)
     return kernel, cfg, _CACHE[key]
 
 
-def _run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, lo, hi) -> np.ndarray:  # type: ignore[no-untyped-def]
-    kernel, cfg, ex = _kernel(wl)
+def _run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, lo, hi, isa=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    kernel, cfg, ex = _kernel(wl, isa)
     args = [tvm.runtime.tensor(a) for a in (
-        xq, kernel.pack_weight(wq, wl, cfg), bias_q.astype(np.int32), m, s,
+        xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg), bias_q.astype(np.int32), m, s,
         np.array([x_zp, out_zp, lo, hi], np.int32))]
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
     ex(*args, out)
@@ -68,13 +84,14 @@ def _operands(wl: Conv2dWorkload, seed: int, extreme: bool = False):  # type: ig
     return xq, wq, bias_q, m, s, x_zp, out_zp
 
 
+@pytest.mark.parametrize("isa", CONV_ISAS)
 @given(cases())
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_w8a8_conv2d_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
+def test_w8a8_conv2d_bit_exact(isa: str, case) -> None:  # type: ignore[no-untyped-def]
     wl, seed = case
     xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, seed)
     expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
-    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255), expected)
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, isa), expected)
 
 
 @st.composite
@@ -101,13 +118,15 @@ def test_w8a8_depthwise_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255), expected)
 
 
+@pytest.mark.parametrize("isa", CONV_ISAS)
 @pytest.mark.parametrize("wl", [
     Conv2dWorkload(1, 64, 8, 8, 32, 3, 3, 1, 1, 1, 1, 1, 1),
     Conv2dWorkload(1, 24, 9, 9, 24, 3, 3, 2, 2, 1, 1, 1, 1, groups=24),
     Conv2dWorkload(1, 17, 9, 9, 16, 1, 1),
+    Conv2dWorkload(1, 33, 5, 7, 70, 1, 1),
     Conv2dWorkload(1, 16, 7, 7, 24, 3, 3, 2, 2, 1, 1, 1, 1, groups=4),
-], ids=["3x3", "depthwise-s2", "1x1", "grouped-s2"])
-def test_w8a8_edges_ties_and_clamps(wl: Conv2dWorkload) -> None:
+], ids=["3x3", "depthwise-s2", "1x1", "1x1-odd", "grouped-s2"])
+def test_w8a8_edges_ties_and_clamps(wl: Conv2dWorkload, isa: str) -> None:
     xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 0, extreme=True)
     # rounding ties: M = 0.5 exactly on every channel, odd accumulators land on .5
     m_half = np.full(wl.out_channels, 2 ** 30, np.int32)
@@ -115,30 +134,32 @@ def test_w8a8_edges_ties_and_clamps(wl: Conv2dWorkload) -> None:
     relu_lo = min(out_zp, 150)  # ReLU: the zero point; ReLU6-like: a bound below 255
     for mm, ss, lo, hi in ((m, s, 0, 255), (m_half, s_half, relu_lo, 255), (m_half, s_half, relu_lo, 200)):
         expected = reference.conv2d_w8a8(xq, wq, bias_q, mm, ss, x_zp, out_zp, lo, hi, wl)
-        got = _run(wl, xq, wq, bias_q, mm, ss, x_zp, out_zp, lo, hi)
+        got = _run(wl, xq, wq, bias_q, mm, ss, x_zp, out_zp, lo, hi, isa)
         np.testing.assert_array_equal(got, expected)
     assert len(np.unique(expected)) > 2  # not everything clamped
 
 
-def test_w8a8_zero_point_padding_is_exact() -> None:
+@pytest.mark.parametrize("isa", CONV_ISAS)
+def test_w8a8_zero_point_padding_is_exact(isa: str) -> None:
     """A constant input equal to its zero point is 'all zeros': padding must not leak."""
     wl = Conv2dWorkload(1, 5, 6, 6, 7, 3, 3, 1, 1, 2, 2, 2, 2)
     xq = np.full(wl.data_shape, 77, np.uint8)
     wq = np.random.default_rng(1).integers(-128, 128, wl.weight_shape).astype(np.int8)
     bias_q = np.zeros(7, np.int32)
     m, s = quant.quantize_multiplier(np.full(7, 0.01))
-    got = _run(wl, xq, wq, bias_q, m, s, 77, 9, 0, 255)
+    got = _run(wl, xq, wq, bias_q, m, s, 77, 9, 0, 255, isa)
     np.testing.assert_array_equal(got, reference.conv2d_w8a8(xq, wq, bias_q, m, s, 77, 9, 0, 255, wl))
 
 
-def test_w8a8_rounding_ties_round_half_up() -> None:
+@pytest.mark.parametrize("isa", CONV_ISAS)
+def test_w8a8_rounding_ties_round_half_up(isa: str) -> None:
     """M = 0.5 on a 1x1 identity conv: every odd accumulator is a tie (x.5 -> x+1)."""
     wl = Conv2dWorkload(1, 1, 4, 16, 2, 1, 1)
     xq = np.arange(64, dtype=np.uint8).reshape(wl.data_shape) * 3
     wq = np.array([1, -1], np.int8).reshape(wl.weight_shape)
     bias_q = np.zeros(2, np.int32)
     m, s = np.full(2, 2 ** 30, np.int32), np.full(2, 31, np.int32)
-    got = _run(wl, xq, wq, bias_q, m, s, 0, 128, 0, 255)
+    got = _run(wl, xq, wq, bias_q, m, s, 0, 128, 0, 255, isa)
     acc = xq.astype(np.int64).reshape(-1)
     assert np.array_equal(got[0, 0].reshape(-1), np.floor(acc / 2 + 0.5).astype(np.int64) + 128)
     assert np.array_equal(got[0, 1].reshape(-1), np.floor(-acc / 2 + 0.5).astype(np.int64) + 128)
@@ -166,13 +187,15 @@ def test_w8a8_dense_bit_exact(n: int, c: int, k: int, seed: int) -> None:
     np.testing.assert_array_equal(out.numpy(), reference.dense_w8a8(xq, wq, bias_q, m, s, out_zp, 0, 255))
 
 
+@pytest.mark.parametrize("isa", CONV_ISAS)
 @pytest.mark.parametrize("wl", [
     Conv2dWorkload(1, 12, 9, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "none", residual=True)),
+    Conv2dWorkload(1, 20, 6, 5, 12, 1, 1, epilogue=Epilogue(True, "none", residual=True)),
     Conv2dWorkload(1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, groups=16,
                    epilogue=Epilogue(True, "none", residual=True)),
     Conv2dWorkload(1, 24, 6, 6, 40, 1, 1, groups=2, epilogue=Epilogue(True, "none", residual=True)),
-], ids=["conv", "depthwise", "grouped"])
-def test_w8a8_fused_integer_residual(wl: Conv2dWorkload) -> None:
+], ids=["conv", "pointwise", "depthwise", "grouped"])
+def test_w8a8_fused_integer_residual(wl: Conv2dWorkload, isa: str) -> None:
     xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 3)
     rng = np.random.default_rng(4)
     r = rng.integers(0, 256, wl.out_shape).astype(np.uint8)
@@ -181,11 +204,34 @@ def test_w8a8_fused_integer_residual(wl: Conv2dWorkload) -> None:
     lo = out_zp  # ReLU after the add
     expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, lo, 255, wl,
                                      residual=(r, r_zp, int(r_m), int(r_s)))
-    kernel, cfg, ex = _kernel(wl)
+    kernel, cfg, ex = _kernel(wl, isa)
     args = [tvm.runtime.tensor(a) for a in (
-        xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s, np.array([x_zp, out_zp, lo, 255], np.int32),
+        xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
+        np.array([x_zp, out_zp, lo, 255], np.int32),
         r.reshape(kernel.output_shape(wl, cfg)), np.array([r_zp, r_m, r_s], np.int32))]
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
     ex(*args, out)
     np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected)
     assert len(np.unique(expected)) > 10
+
+
+@pytest.mark.parametrize("isa, instruction", [("avx2", "vpmaddwd"), ("avx512", "vpmaddwd"),
+                                              ("avx512_vnni", "vpdpbusd")])
+@pytest.mark.parametrize("wl", [Conv2dWorkload(1, 32, 14, 14, 64, 1, 1),
+                                Conv2dWorkload(1, 32, 14, 14, 64, 3, 3, 2, 2, 1, 1, 1, 1)],
+                         ids=["pointwise", "3x3-s2"])
+def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, isa: str,
+                                                          instruction: str) -> None:
+    """Every ISA's kernel cross-compiles (whatever this CPU is) and its inner loop is the
+    instruction it was written for; running it is the bit-exact tests' job, where the CPU can."""
+    features = TargetFeatures(avx2=True, fma=True, avx512f=isa != "avx2", avx512bw=isa != "avx2",
+                              avx512_vnni=isa == "avx512_vnni")
+    kernel = registry.select("conv2d", "w8a8", features)
+    assert kernel.key.isa == isa
+    cfg = kernel.fallback_config(wl, features)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(features.target_json()))
+    asm = lib.mod.inspect_source("s")
+    assert instruction in asm
+    if isa != "avx2":
+        assert "zmm" in asm

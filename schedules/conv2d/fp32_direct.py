@@ -92,6 +92,36 @@ def needs_repack(wl: Conv2dWorkload, cfg: Conv2dConfig) -> bool:
                 or wl.in_per_group % cfg.ic_bn or wl.out_width % cfg.reg_n)
 
 
+def pack_input(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, pad_value: tirx.PrimExpr,
+               dtype: str | None = None) -> te.Tensor:
+    """The input repacked as ``[N, G*ICB, HP, WP, ic_bn]`` (channel blocks innermost).
+
+    Padded with ``pad_value`` spatially (``pad_*``, and on the right up to the whole register
+    tiles of the padded output width) and in channels up to a multiple of ``ic_bn`` per group.
+    ``dtype`` converts the values (the integer kernels widen uint8 to int16 here).
+    """
+    n_, c_, h_, w_ = wl.data_shape
+    g, cg = wl.groups, wl.in_per_group
+    icb = ceil_div(cg, cfg.ic_bn)
+    ic_bn = cfg.ic_bn
+    pt, pl = wl.pad_top, wl.pad_left
+    hp = h_ + pt + wl.pad_bottom
+    owp = padded_width(wl.out_width, cfg.reg_n)
+    wp = max(w_ + pl + wl.pad_right, (owp - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
+    dtype = dtype or data.dtype
+
+    def pack(n, gb, h, w, ci):  # type: ignore[no-untyped-def]
+        grp, blk = gb // icb, gb % icb
+        c = blk * ic_bn + ci
+        inside = tirx.all(h >= pt, h < h_ + pt, w >= pl, w < w_ + pl)
+        if cg % ic_bn:
+            inside = tirx.all(inside, c < cg)
+        return tirx.if_then_else(inside, data[n, grp * cg + c, h - pt, w - pl].astype(dtype),
+                                 pad_value.astype(dtype))
+
+    return te.compute((n_, g * icb, hp, wp, ic_bn), pack, name="data_pack")
+
+
 def conv_body(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, weight: te.Tensor,
               pad_value: tirx.PrimExpr, acc_dtype: str) -> te.Tensor:
     """The blocked direct convolution ``[N, G, OCB, OH, OWp, oc_bn]`` in ``acc_dtype``.
@@ -100,31 +130,17 @@ def conv_body(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, weight: te
     input's zero point, which keeps integer padding exact), products are taken in
     ``acc_dtype``.
     """
-    n_, c_, h_, w_ = wl.data_shape
     g, cg = wl.groups, wl.in_per_group
     gk, icb, r_, s_, ic_bn, oc_bn = packed_weight_shape(wl, cfg)
     ocb = gk // g
-    pt, pl = wl.pad_top, wl.pad_left
-    hp = h_ + pt + wl.pad_bottom
-    # the conv runs over a width padded to whole register tiles; the epilogue drops the extra
     owp = padded_width(wl.out_width, cfg.reg_n)
-    wp = max(w_ + pl + wl.pad_right, (owp - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
-
-    def pack(n, gb, h, w, ci):  # type: ignore[no-untyped-def]
-        grp, blk = gb // icb, gb % icb
-        c = blk * ic_bn + ci
-        inside = tirx.all(h >= pt, h < h_ + pt, w >= pl, w < w_ + pl)
-        if cg % ic_bn:
-            inside = tirx.all(inside, c < cg)
-        return tirx.if_then_else(inside, data[n, grp * cg + c, h - pt, w - pl], pad_value)
-
     sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
     rc = te.reduce_axis((0, icb), "rc")
     rh = te.reduce_axis((0, r_), "rh")
     rw = te.reduce_axis((0, s_), "rw")
     ri = te.reduce_axis((0, ic_bn), "ri")
     if needs_repack(wl, cfg):
-        dpack = te.compute((n_, g * icb, hp, wp, ic_bn), pack, name="data_pack")
+        dpack = pack_input(wl, cfg, data, pad_value)
 
         def load(n, gi, y, x):  # type: ignore[no-untyped-def]
             return dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, ri]
@@ -134,7 +150,7 @@ def conv_body(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, weight: te
             return data[n, gi * cg + rc * ic_bn + ri, y * sh + rh * dh, x * sw + rw * dw]
 
     return te.compute(
-        (n_, g, ocb, wl.out_height, owp, oc_bn),
+        (wl.batch, g, ocb, wl.out_height, owp, oc_bn),
         lambda n, gi, b, y, x, ko: te.sum(
             load(n, gi, y, x).astype(acc_dtype) * weight[gi * ocb + b, rc, rh, rw, ri, ko].astype(acc_dtype),
             axis=[rc, rh, rw, ri]),

@@ -162,6 +162,10 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.program.record(out, lambda a: a.reshape(shape), [v])
         return out
 
+    def _view(self, v: relax.Var, shape: tuple[int, ...]) -> relax.Var:
+        """``v`` as the kernel wants it (e.g. ``[N, C, H*W]`` for a pointwise GEMM): a free reshape."""
+        return v if tuple(shape) == self._shape(v) else self._reshape(v, tuple(shape))
+
     def _emit_fn(self, var: relax.Var) -> Callable:
         if isinstance(var, relax.DataflowVar):
             return lambda e: self.builder_.emit(e, name_hint=var.name)
@@ -236,7 +240,8 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
         gv = self.owner.typed(self, gv_plain)
         buf = kernel.output_shape(wl, cfg)
-        args = [qx.var, relax.const(kernel.pack_weight(wq, wl, cfg)), relax.const(bias_q),
+        args = [self._view(qx.var, kernel.input_shape(wl, cfg)),
+                relax.const(kernel.pack_weight(wq, wl, cfg)), relax.const(bias_q),
                 relax.const(scale), relax.const(np.array([qx.zp, 0, 0, 0], np.int32))]
         out_shape = tuple(m.layer.output_shape)
         emit = self._emit_fn(binding.var)
@@ -277,7 +282,8 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
         gv = self.owner.typed(self, gv_plain)
         buf = kernel.output_shape(wl, cfg)
-        args: list[relax.Expr] = [qx.var, relax.const(kernel.pack_weight(wq, wl, cfg)),
+        args: list[relax.Expr] = [self._view(qx.var, kernel.input_shape(wl, cfg)),
+                                  relax.const(kernel.pack_weight(wq, wl, cfg)),
                                   relax.const(bias_q), relax.const(mult), relax.const(shift),
                                   relax.const(np.array([zp_in, zp_out, lo, hi], np.int32))]
         sim_inputs = [qx.var]
@@ -289,7 +295,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
                                 f"(a float op feeds it); not supported in W8A8 yet")
             qr = self.q[r]
             (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
-            rv = qr.var if tuple(buf) == self._shape(qr.var) else self._reshape(qr.var, tuple(buf))
+            rv = self._view(qr.var, tuple(buf))
             args += [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
             sim_inputs.append(rv)
             residual = (qr.zp, int(r_m), int(r_s))

@@ -1,0 +1,140 @@
+"""W8A8 conv2d on the CPU's integer dot-product instructions (AVX2 / AVX-512 ``vpmaddwd``,
+AVX512-VNNI ``vpdpbusd``): uint8 activations x int8 weights -> int32, requantized to uint8.
+
+The NCHWc direct convolution of ``fp32_direct`` with its innermost step replaced by one
+instruction (``schedules.intrinsics``): ``lanes`` output channels x ``group`` input channels of
+one pixel. The input is always repacked to ``[N, G*ICB, HP, WP, ic_bn]`` (padded with the input
+zero point, exact; widened to int16 for ``vpmaddwd``) so that the ``group`` channels of a pixel
+are adjacent and broadcast in one load; the weights are packed
+``[G*OCB, ICB, R, S, ic_bn/group, oc_bn, group]``. The register tile is ``reg_n`` pixels x
+``oc_bn`` channels (``oc_bn/lanes`` vectors) of int32 accumulators; the epilogue, arguments and
+output layout are ``int8_direct``'s (``common.int8_epilogue``).
+
+Knobs (``DotConv2dConfig``): ``ic_bn`` (a multiple of ``group``), ``oc_bn`` (a multiple of
+``lanes``), ``reg_n``; ``dot`` names the instruction and is fixed by the kernel's ISA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te
+
+from ..common import (ceil_div, int8_epilogue, keep_tile_in_registers, padded_width,
+                      register_tile, schedule_repack, split_tile)
+from ..intrinsics import DOT_PRODUCTS, DotProduct
+from ..target_features import TargetFeatures
+from ..workload import Conv2dWorkload
+from .fp32_direct import input_shape, output_shape, pack_input
+
+__all__ = ["DotConv2dConfig", "compute", "fallback_config", "input_shape", "output_shape",
+           "pack_weight", "schedule"]
+
+
+@dataclass(frozen=True)
+class DotConv2dConfig:
+    """Blocking of one dot-product conv kernel (``dot``: a ``schedules.intrinsics`` name)."""
+
+    ic_bn: int
+    oc_bn: int
+    reg_n: int
+    dot: str
+
+    def __post_init__(self) -> None:
+        if self.dot not in DOT_PRODUCTS:
+            raise ValueError(f"unknown dot product {self.dot!r}; known: {', '.join(DOT_PRODUCTS)}")
+        d = DOT_PRODUCTS[self.dot]
+        if self.ic_bn < 1 or self.ic_bn % d.group:
+            raise ValueError(f"ic_bn={self.ic_bn} must be a positive multiple of {d.group} ({d.name})")
+        if self.oc_bn < 1 or self.oc_bn % d.lanes:
+            raise ValueError(f"oc_bn={self.oc_bn} must be a positive multiple of {d.lanes} ({d.name})")
+        if self.reg_n < 1:
+            raise ValueError("reg_n must be >= 1")
+
+    @property
+    def dot_product(self) -> DotProduct:
+        return DOT_PRODUCTS[self.dot]
+
+
+def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> DotConv2dConfig:
+    """From the shape alone: ``oc_bn`` one or two vectors of accumulators, ``reg_n`` pixels so
+    that the tile, the weight vectors and the broadcast input fit the vector registers;
+    ``ic_bn`` 16 input channels (the group's input channels rounded up to ``group`` when fewer).
+    """
+    d = DOT_PRODUCTS[dot]
+    registers = features.vector_registers
+    vecs = 2 if wl.out_per_group > d.lanes else 1
+    max_regs = (registers - 2 - vecs) // vecs
+    reg_n = register_tile(wl.out_width, max_regs)
+    ic_bn = min(16, ceil_div(wl.in_per_group, d.group) * d.group)
+    return DotConv2dConfig(ic_bn=ic_bn, oc_bn=vecs * d.lanes, reg_n=reg_n, dot=dot)
+
+
+def packed_weight_shape(wl: Conv2dWorkload, cfg: DotConv2dConfig) -> tuple[int, ...]:
+    grp = cfg.dot_product.group
+    return (wl.groups * ceil_div(wl.out_per_group, cfg.oc_bn), ceil_div(wl.in_per_group, cfg.ic_bn),
+            wl.kernel_h, wl.kernel_w, cfg.ic_bn // grp, cfg.oc_bn, grp)
+
+
+def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: DotConv2dConfig) -> np.ndarray:
+    """OIHW int8 -> ``[G*OCB, ICB, R, S, ic_bn/group, oc_bn, group]``, zero padded."""
+    if weight.shape != wl.weight_shape:
+        raise ValueError(f"weight shape {weight.shape} does not match workload {wl.weight_shape}")
+    g, kg, cg = wl.groups, wl.out_per_group, wl.in_per_group
+    gk, icb, r, s, icq, oc_bn, grp = packed_weight_shape(wl, cfg)
+    ocb = gk // g
+    padded = np.zeros((g, ocb * oc_bn, icb * cfg.ic_bn, r, s), dtype=weight.dtype)
+    padded[:, :kg, :cg] = weight.reshape(g, kg, cg, r, s)
+    t = padded.reshape(g, ocb, oc_bn, icb, icq, grp, r, s)
+    # -> g, ocb, icb, r, s, icq, oc_bn, grp
+    return np.ascontiguousarray(t.transpose(0, 1, 3, 6, 7, 4, 2, 5).reshape(gk, icb, r, s, icq, oc_bn, grp))
+
+
+def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig) -> list[te.Tensor]:
+    d = cfg.dot_product
+    data = te.placeholder(wl.data_shape, "uint8", name="data")
+    weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
+    args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
+    dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype)
+    g = wl.groups
+    gk, icb, r_, s_, icq, oc_bn, grp = packed_weight_shape(wl, cfg)
+    ocb = gk // g
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+    rc = te.reduce_axis((0, icb), "rc")
+    rh = te.reduce_axis((0, r_), "rh")
+    rw = te.reduce_axis((0, s_), "rw")
+    rq = te.reduce_axis((0, icq), "rq")
+    rg = te.reduce_axis((0, grp), "rg")
+    conv = te.compute(
+        (wl.batch, g, ocb, wl.out_height, padded_width(wl.out_width, cfg.reg_n), oc_bn),
+        lambda n, gi, b, y, x, ko: te.sum(
+            dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, rq * grp + rg].astype("int32")
+            * weight[gi * ocb + b, rc, rh, rw, rq, ko, rg].astype("int32"),
+            axis=[rc, rh, rw, rq, rg]),
+        name="conv")
+    kg = wl.out_per_group
+    out = te.compute(output_shape(wl), lambda n, gi, kk, y, x: epilogue(
+        conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, (n, gi, kk, y, x)), name="out")
+    return [data, weight, *args, out]
+
+
+def schedule(sch, wl: Conv2dWorkload, cfg: DotConv2dConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Register tile ``reg_n`` x ``oc_bn`` accumulated over ``(ICB, R, S, ic_bn/group)``, the
+    innermost ``lanes x group`` step tensorized; epilogue per tile, repack parallel by rows."""
+    d = cfg.dot_product
+    conv_b = sch.get_sblock("conv")
+    out_b = sch.get_sblock("out")
+    n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
+    xo, xi = split_tile(sch, x, cfg.reg_n, max_inner=cfg.reg_n, sample=sample)
+    ko_o, ko_i = sch.split(ko, [None, d.lanes])
+    sch.reorder(n, gi, b, y, xo, rc, rh, rw, rq, xi, ko_o, ko_i, rg)
+    sch.parallel(sch.fuse(n, gi, b, y))
+    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
+    init = sch.decompose_reduction(conv_b, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(xi)
+    sch.unroll(ko_o)
+    sch.tensorize(ko_i, d.name)
+    keep_tile_in_registers(sch, init, out_b, xo)
+    schedule_repack(sch, sch.get_sblock("data_pack"))

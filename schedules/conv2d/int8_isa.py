@@ -1,0 +1,61 @@
+"""W8A8 conv2d on a CPU's dot-product instructions: two templates, chosen per workload (the
+choice is part of the config), like ``fp32``.
+
+* ``int8_pointwise``: 1x1 / stride 1 / unpadded / ungrouped convs as an integer GEMM on NCHW,
+  vectorised along pixels.
+* ``int8_dot``: everything else as an NCHWc register-tiled direct conv, vectorised along
+  output channels.
+
+``dot_family`` (the ISA level's instruction: ``avx2``, ``avx512``, ``avx512_vnni``) picks the
+instruction of both templates (``schedules.intrinsics``).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from tvm import te
+
+from ..intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
+from ..target_features import TargetFeatures
+from ..workload import Conv2dWorkload
+from . import int8_dot, int8_pointwise
+
+Config = int8_dot.DotConv2dConfig | int8_pointwise.PointwiseDotConfig
+
+
+def _template(cfg: Any) -> ModuleType:
+    return int8_pointwise if isinstance(cfg, int8_pointwise.PointwiseDotConfig) else int8_dot
+
+
+def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str) -> Config:
+    if int8_pointwise.applies(wl):
+        dot = next(d.name for d in PIXEL_DOT_PRODUCTS.values() if d.isa == isa)
+        return int8_pointwise.fallback_config(wl, features, dot)
+    dot = next(d.name for d in DOT_PRODUCTS.values() if d.isa == isa)
+    return int8_dot.fallback_config(wl, features, dot)
+
+
+def compute(wl: Conv2dWorkload, cfg: Config) -> list[te.Tensor]:
+    return _template(cfg).compute(wl, cfg)
+
+
+def schedule(sch, wl: Conv2dWorkload, cfg: Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+    _template(cfg).schedule(sch, wl, cfg, sample)
+
+
+def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: Config) -> np.ndarray:
+    return _template(cfg).pack_weight(weight, wl, cfg)
+
+
+def input_shape(wl: Conv2dWorkload, cfg: Config) -> tuple[int, ...]:
+    return _template(cfg).input_shape(wl)
+
+
+def output_shape(wl: Conv2dWorkload, cfg: Config) -> tuple[int, ...]:
+    return _template(cfg).output_shape(wl)
+
+
+ISA_LEVELS = sorted({d.isa for d in DOT_PRODUCTS.values()})
