@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	# the 20 labeled ImageNet images of tests/test_mobilenetv2_w8a8.py (data files only: --no-deps)
+	$(PY) -m pip install -q --no-deps foolbox==3.3.4
 	touch $(STAMP)
 
 $(MOBILENETV2):

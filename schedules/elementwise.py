@@ -7,6 +7,10 @@ Defined so that numpy computes the very same IEEE float32 operations (``referenc
 * ``dequantize``: ``x = float32(q - zp) * scale``
 * ``global_avg_pool_u8``: ``(sum + count // 2) // count`` per channel, int32 (scale and zero
   point unchanged: the mean of ``q - zp`` is ``mean(q) - zp``)
+* ``max_pool_u8``: max over each window of the uint8 values (exact: quantization is monotonic,
+  so the max of the codes is the code of the max; scale and zero point unchanged); padding and
+  windows reaching past the edge (``ceil_mode``) contribute 0, the smallest code, which a
+  window with at least one real element never returns wrongly
 
 Scales and zero points are run-time arguments (``scale f32[1]``, ``zp s32[1]``).
 """
@@ -51,3 +55,22 @@ def global_avg_pool_u8(shape: tuple[int, int, int, int]) -> list[te.Tensor]:
     out = te.compute((n_, c_, 1, 1), lambda n, c, i, j: tirx.floordiv(
         total[n, c] + count // 2, count).astype("uint8"), name="mean")
     return [q, out]
+
+
+def max_pool_u8(shape: tuple[int, int, int, int], out_hw: tuple[int, int], pool: tuple[int, int],
+                strides: tuple[int, int], dilation: tuple[int, int],
+                pad_top_left: tuple[int, int]) -> list[te.Tensor]:
+    n_, c_, h_, w_ = shape
+    (ph, pw), (kh, kw), (sh, sw), (dh, dw) = pad_top_left, pool, strides, dilation
+    q = te.placeholder(shape, "uint8", name="q")
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+
+    def window(n, c, y, x):  # type: ignore[no-untyped-def]
+        iy, ix = y * sh + rh * dh - ph, x * sw + rw * dw - pw
+        inside = tirx.all(iy >= 0, iy < h_, ix >= 0, ix < w_)
+        return te.max(tirx.if_then_else(inside, q[n, c, tirx.max(tirx.min(iy, h_ - 1), 0),
+                                                  tirx.max(tirx.min(ix, w_ - 1), 0)],
+                                        tirx.const(0, "uint8")), axis=[rh, rw])
+
+    return [q, te.compute((n_, c_, *out_hw), window, name="max_pool")]

@@ -33,6 +33,7 @@ LLVM 22's verifier).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from tvm.s_tir import TensorIntrin
@@ -185,10 +186,122 @@ def _px_vnni_16x4_impl(A: T.Buffer((16, 4), "uint8", offset_factor=1),
             C.vload([0], "int32x16"), A.vload([0, 0], "uint8x64"), b, dtype="int32x16")
 
 
+# --- AMX tiles: tdpbusd, M pixels x 16 channels x 64 input channels per instruction ---------
+@functools.lru_cache(maxsize=None)
+def amx_intrinsics(m: int) -> tuple[str, str, str]:
+    """Register (once) and name the three AMX intrinsics for ``m`` tile rows (output pixels).
+
+    tmm0 = the ``m x 16`` int32 accumulator, tmm1 = activations (``m`` rows of 64 uint8 input
+    channels, row stride = the pixel stride), tmm2 = weights (16 rows of 16 output channels x 4,
+    VNNI-packed). ``zero`` (the init block: ``ldtilecfg`` + ``tilezero``), ``dot`` (the update:
+    two ``tileloadd`` + ``tdpbusd``; the accumulator stays in tmm0 between calls), ``store``
+    (``tilestored`` into the tile's int32 buffer, which the epilogue reads). Correct because a
+    thread finishes one output tile before it starts the next (the schedule's loop order).
+    Every process must request AMX permission first (``tvmq.runtime`` does).
+    """
+    if not 1 <= m <= 16:
+        raise ValueError(f"AMX tiles have 1..16 rows, got {m}")
+
+    @T.prim_func(s_tir=True)
+    def zero_desc(c: T.handle) -> None:
+        sc = T.int32()
+        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:m, 0:16])
+            for i, j in T.grid(m, 16):
+                with T.sblock("init"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    C[vi, vj] = T.int32(0)
+
+    @T.prim_func(s_tir=True)
+    def zero_impl(c: T.handle) -> None:
+        sc = T.int32()
+        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:m, 0:16])
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            for i in range(64):
+                cfg[i] = T.uint8(0)
+            cfg[0] = T.uint8(1)  # palette 1
+            for t in range(3):
+                cfg[16 + 2 * t] = T.uint8(64)  # bytes per row of tmm0..2
+            cfg[48] = T.uint8(m)  # rows: tmm0 (C)
+            cfg[49] = T.uint8(m)  # tmm1 (A)
+            cfg[50] = T.uint8(16)  # tmm2 (B)
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.uint8(0)))
+
+    @T.prim_func(s_tir=True)
+    def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (m, 64), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (16, 16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16], A[0:m, 0:64], B[0:16, 0:16, 0:4])
+            T.writes(C[0:m, 0:16])
+            for i, j, kf, ks in T.grid(m, 16, 16, 4):
+                with T.sblock("update"):
+                    vi, vj, vkf, vks = T.axis.remap("SSRR", [i, j, kf, ks])
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vkf * 4 + vks], "int32") * T.cast(B[vkf, vj, vks], "int32")
+
+    @T.prim_func(s_tir=True)
+    def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (m, 64), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (16, 16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16], A[0:m, 0:64], B[0:16, 0:16, 0:4])
+            T.writes(C[0:m, 0:16])
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(1),
+                                          A.access_ptr("r"), T.Cast("int64", sa)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(2),
+                                          B.access_ptr("r"), T.int64(64)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(0), T.uint8(1), T.uint8(2)))
+
+    @T.prim_func(s_tir=True)
+    def store_desc(c: T.handle, d: T.handle) -> None:
+        sc = T.int32()
+        sd = T.int32()
+        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        D = T.match_buffer(d, (m, 16), "int32", offset_factor=1, strides=[sd, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16])
+            T.writes(D[0:m, 0:16])
+            for i, j in T.grid(m, 16):
+                with T.sblock("store"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    D[vi, vj] = C[vi, vj]
+
+    @T.prim_func(s_tir=True)
+    def store_impl(c: T.handle, d: T.handle) -> None:
+        sc = T.int32()
+        sd = T.int32()
+        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        D = T.match_buffer(d, (m, 16), "int32", offset_factor=1, strides=[sd, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16])
+            T.writes(D[0:m, 0:16])
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(0),
+                                          D.access_ptr("w"), T.Cast("int64", sd * 4)))
+
+    names = (f"tvmq_amx_zero_{m}", f"tvmq_amx_dot_{m}x16x64", f"tvmq_amx_store_{m}")
+    for name, desc, impl in zip(names, (zero_desc, dot_desc, store_desc), (zero_impl, dot_impl, store_impl)):
+        TensorIntrin.register(name, desc, impl, override=True)
+    return names
+
+
 PMADDWD_8X2 = DotProduct("tvmq_pmaddwd_8x2", 8, 2, "int16", "avx2")
 PMADDWD_16X2 = DotProduct("tvmq_pmaddwd_16x2", 16, 2, "int16", "avx512")
 VNNI_16X4 = DotProduct("tvmq_vnni_16x4", 16, 4, "uint8", "avx512_vnni")
-DOT_PRODUCTS = {d.name: d for d in (PMADDWD_8X2, PMADDWD_16X2, VNNI_16X4)}
+# AMX: 16 output channels x 64 input channels (as 16 x 4) per tile op, ``m`` pixels at a time
+AMX_16X64 = DotProduct("tvmq_amx", 16, 4, "uint8", "amx")
+DOT_PRODUCTS = {d.name: d for d in (PMADDWD_8X2, PMADDWD_16X2, VNNI_16X4, AMX_16X64)}
 # pixel forms, by the ISA level that has them (A is always uint8 here)
 PX_PMADDWD_8X2 = DotProduct("tvmq_pmaddwd_px8x2", 8, 2, "uint8", "avx2")
 PX_PMADDWD_16X2 = DotProduct("tvmq_pmaddwd_px16x2", 16, 2, "uint8", "avx512")

@@ -110,6 +110,23 @@ def global_avg_pool_u8(q: np.ndarray) -> np.ndarray:
     return ((total + count // 2) // count).astype(np.uint8)
 
 
+def max_pool_u8(q: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int],
+                strides: tuple[int, int], dilation: tuple[int, int],
+                pad_top_left: tuple[int, int]) -> np.ndarray:
+    """``elementwise.max_pool_u8``: the window max of the codes, out-of-range taps are 0."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw), (ph, pw) = out_hw, pool, strides, dilation, pad_top_left
+    n, c, h, w = q.shape
+    need_h, need_w = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    padded = np.zeros((n, c, max(need_h, h + ph), max(need_w, w + pw)), np.uint8)
+    padded[:, :, ph:ph + h, pw:pw + w] = q
+    out = np.zeros((n, c, oh, ow), np.uint8)
+    for i in range(kh):
+        for j in range(kw):
+            tap = padded[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+            np.maximum(out, tap, out=out)
+    return out
+
+
 def dequantizing_epilogue(acc: np.ndarray, bias_q: np.ndarray, scale: np.ndarray, ep: Epilogue,
                           axis: int = 1) -> np.ndarray:
     """``act(float32(acc + bias) * scale)`` per channel: an integer layer at a model edge."""

@@ -91,6 +91,29 @@ def load_imagenet_sample(
     return images, labels
 
 
+FOOLBOX_INSTALL = "pip install --no-deps foolbox==3.3.4"
+
+
+def load_foolbox_imagenet() -> tuple[np.ndarray, np.ndarray]:
+    """The 20 labeled ImageNet images shipped in the ``foolbox`` wheel (``data/imagenet_NN_<label>
+    .jpg``, label = sorted-WordNet-id class index), preprocessed like the sample.
+
+    Only the wheel's files are read (foolbox itself is not imported: its dependencies are not
+    needed). Raises ``FileNotFoundError`` naming the install command when it is absent.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the foolbox images are not installed: {FOOLBOX_INSTALL}")
+    files = sorted((Path(spec.origin).parent / "data").glob("imagenet_*_*.jpg"))
+    if len(files) != 20:
+        raise FileNotFoundError(f"expected 20 foolbox ImageNet images, found {len(files)}: {FOOLBOX_INSTALL}")
+    images = np.stack([preprocess(f) for f in files])
+    labels = np.array([int(f.stem.split("_")[2]) for f in files], dtype=np.int64)
+    return images, labels
+
+
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows whose argmax equals the label."""
     return float((np.argmax(logits, axis=1) == labels).mean())

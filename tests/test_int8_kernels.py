@@ -216,22 +216,25 @@ def test_w8a8_fused_integer_residual(wl: Conv2dWorkload, isa: str) -> None:
 
 
 @pytest.mark.parametrize("isa, instruction", [("avx2", "vpmaddwd"), ("avx512", "vpmaddwd"),
-                                              ("avx512_vnni", "vpdpbusd")])
+                                              ("avx512_vnni", "vpdpbusd"), ("amx", "tdpbusd")])
 @pytest.mark.parametrize("wl", [Conv2dWorkload(1, 32, 14, 14, 64, 1, 1),
+                                Conv2dWorkload(1, 40, 14, 14, 24, 3, 3, 1, 1, 1, 1, 1, 1),
                                 Conv2dWorkload(1, 32, 14, 14, 64, 3, 3, 2, 2, 1, 1, 1, 1)],
-                         ids=["pointwise", "3x3-s2"])
+                         ids=["pointwise", "3x3", "3x3-s2"])
 def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, isa: str,
                                                           instruction: str) -> None:
     """Every ISA's kernel cross-compiles (whatever this CPU is) and its inner loop is the
     instruction it was written for; running it is the bit-exact tests' job, where the CPU can."""
     features = TargetFeatures(avx2=True, fma=True, avx512f=isa != "avx2", avx512bw=isa != "avx2",
-                              avx512_vnni=isa == "avx512_vnni")
+                              avx512_vnni=isa in ("avx512_vnni", "amx"), amx_int8=isa == "amx")
     kernel = registry.select("conv2d", "w8a8", features)
     assert kernel.key.isa == isa
     cfg = kernel.fallback_config(wl, features)
     lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
                       target=tvm.target.Target(features.target_json()))
     asm = lib.mod.inspect_source("s")
+    if isa == "amx" and wl.stride_w != 1:
+        instruction = "vpdpbusd"  # strided convs take the VNNI form on AMX machines
     assert instruction in asm
     if isa != "avx2":
         assert "zmm" in asm

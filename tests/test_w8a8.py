@@ -96,3 +96,64 @@ def test_bias_correction_matches_explicit_sum() -> None:
         g = k // 2
         err = (wq[k] * s_w[k] - w[k]).sum(axis=(1, 2))
         assert np.isclose(got[k], err @ mean[2 * g:2 * g + 2])
+
+
+def _stem_model(tail_softmax: bool, ceil_mode: int = 0):  # type: ignore[no-untyped-def]
+    """ResNet's stem and head in small: conv 7x7/2 + ReLU, max pool 3x3/2 (pad 1), a 1x1 conv,
+    average pool over the whole map, flatten, Gemm (+ softmax)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+
+    def init(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], kernel_shape=[7, 7], strides=[2, 2],
+                              pads=[3, 3, 3, 3]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1], ceil_mode=ceil_mode),
+             helper.make_node("Conv", ["p0", "w1", "b1"], ["c1"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("AveragePool", ["r1"], ["g"], kernel_shape=[5, 5] if not ceil_mode else [6, 6]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["logits" if not tail_softmax else "z"], transB=1)]
+    if tail_softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], ["logits"], axis=1))
+    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 19, 19])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+                          [init("w0", (8, 3, 7, 7)), init("b0", (8,)), init("w1", (12, 8, 1, 1)),
+                           init("b1", (12,)), init("w2", (5, 12)), init("b2", (5,))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+def test_integer_max_pool_and_average_pool_are_exact(tmp_path: Path, ceil_mode: int) -> None:
+    import onnx
+
+    path = tmp_path / "stem.onnx"
+    onnx.save(_stem_model(False, ceil_mode), str(path))
+    x = np.random.default_rng(6).standard_normal((40, 1, 3, 19, 19)).astype(np.float32)
+    result = tvmq.build(path, tmp_path / "q", plan="w8a8", stats=collect(path, x[:24, 0]))
+    kinds = {k["kernel"] for k in result.manifest_data["kernels"].values()}
+    assert result.program is not None, "max pool / average pool must stay integer"
+    assert all("w8a8" in k for k in kinds)
+    m = tvmq.load(result.library)
+    for xi in x:
+        np.testing.assert_array_equal(m.run({"x": xi})["logits"], result.program.run([xi])[0])
+
+
+def test_float_ops_after_the_last_integer_layer_are_allowed(tmp_path: Path) -> None:
+    """A softmax on the logits stays float (no bit-exact oracle then), the rest is integer."""
+    import onnx
+
+    path = tmp_path / "stem_softmax.onnx"
+    onnx.save(_stem_model(True), str(path))
+    x = np.random.default_rng(7).standard_normal((8, 3, 19, 19)).astype(np.float32)
+    result = tvmq.build(path, tmp_path / "q", plan="w8a8", stats=collect(path, x))
+    assert result.program is None
+    y = tvmq.load(result.library).run({"x": x[:1]})["logits"]
+    np.testing.assert_allclose(y.sum(), 1.0, rtol=1e-5)

@@ -23,7 +23,7 @@ from tvm import te
 
 from ..common import (ceil_div, int8_epilogue, keep_tile_in_registers, padded_width,
                       register_tile, schedule_repack, split_tile)
-from ..intrinsics import DOT_PRODUCTS, DotProduct
+from ..intrinsics import AMX_16X64, DOT_PRODUCTS, DotProduct, amx_intrinsics
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_direct import input_shape, output_shape, pack_input
@@ -51,6 +51,8 @@ class DotConv2dConfig:
             raise ValueError(f"oc_bn={self.oc_bn} must be a positive multiple of {d.lanes} ({d.name})")
         if self.reg_n < 1:
             raise ValueError("reg_n must be >= 1")
+        if d is AMX_16X64 and (self.ic_bn != 64 or self.oc_bn != 16 or self.reg_n > 16):
+            raise ValueError(f"AMX tiles need ic_bn=64, oc_bn=16, reg_n<=16, got {self}")
 
     @property
     def dot_product(self) -> DotProduct:
@@ -63,6 +65,9 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> D
     ``ic_bn`` 16 input channels (the group's input channels rounded up to ``group`` when fewer).
     """
     d = DOT_PRODUCTS[dot]
+    if d is AMX_16X64:  # one tile: reg_n pixels (<= 16 rows) x 16 channels, 64 input channels deep
+        reg_n = max((m for m in range(16, 6, -1) if wl.out_width % m == 0), default=min(16, wl.out_width))
+        return DotConv2dConfig(ic_bn=64, oc_bn=16, reg_n=reg_n, dot=dot)
     registers = features.vector_registers
     vecs = 2 if wl.out_per_group > d.lanes else 1
     max_regs = (registers - 2 - vecs) // vecs
@@ -123,6 +128,9 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DotConv2dConfig, sample: bool = False
     """Register tile ``reg_n`` x ``oc_bn`` accumulated over ``(ICB, R, S, ic_bn/group)``, the
     innermost ``lanes x group`` step tensorized; epilogue per tile, repack parallel by rows."""
     d = cfg.dot_product
+    if d is AMX_16X64:
+        _schedule_amx(sch, cfg, sample)
+        return
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
@@ -137,4 +145,26 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DotConv2dConfig, sample: bool = False
     sch.unroll(ko_o)
     sch.tensorize(ko_i, d.name)
     keep_tile_in_registers(sch, init, out_b, xo)
+    schedule_repack(sch, sch.get_sblock("data_pack"))
+
+
+def _schedule_amx(sch, cfg: DotConv2dConfig, sample: bool) -> None:  # type: ignore[no-untyped-def]
+    """One AMX tile per (row, ``reg_n`` pixels, 16 channels): zeroed, accumulated over
+    ``(ICB, R, S)`` in tmm0 by ``tdpbusd`` (64 input channels per op), stored once to an int32
+    tile buffer that the epilogue reads. The tile size is fixed by the intrinsics, so
+    ``reg_n`` is not sampled."""
+    zero, dot, store = amx_intrinsics(cfg.reg_n)
+    conv_b = sch.get_sblock("conv")
+    out_b = sch.get_sblock("out")
+    n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
+    xo, xi = sch.split(x, [None, cfg.reg_n])
+    sch.reorder(n, gi, b, y, xo, rc, rh, rw, xi, ko, rq, rg)
+    tile = sch.cache_write(conv_b, 0, "global")
+    sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
+    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
+    sch.parallel(sch.fuse(n, gi, b, y))
+    init = sch.decompose_reduction(conv_b, rc)
+    sch.tensorize(sch.get_loops(init)[-2], zero)
+    sch.tensorize(xi, dot)
+    sch.tensorize(sch.get_loops(tile)[-2], store)
     schedule_repack(sch, sch.get_sblock("data_pack"))

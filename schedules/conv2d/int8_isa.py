@@ -4,7 +4,8 @@ choice is part of the config), like ``fp32``.
 * ``int8_pointwise``: 1x1 / stride 1 / unpadded / ungrouped convs as an integer GEMM on NCHW,
   vectorised along pixels.
 * ``int8_dot``: everything else as an NCHWc register-tiled direct conv, vectorised along
-  output channels.
+  output channels (on AMX, every conv of stride 1: a tile of pixels x 16 channels per
+  ``tdpbusd``; strided ones take VNNI).
 
 ``dot_family`` (the ISA level's instruction: ``avx2``, ``avx512``, ``avx512_vnni``) picks the
 instruction of both templates (``schedules.intrinsics``).
@@ -31,9 +32,12 @@ def _template(cfg: Any) -> ModuleType:
 
 
 def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str) -> Config:
-    if int8_pointwise.applies(wl):
-        dot = next(d.name for d in PIXEL_DOT_PRODUCTS.values() if d.isa == isa)
-        return int8_pointwise.fallback_config(wl, features, dot)
+    pixel_dots = [d.name for d in PIXEL_DOT_PRODUCTS.values() if d.isa == isa]
+    if int8_pointwise.applies(wl) and pixel_dots:  # (AMX has no pixel form: tiles do both)
+        return int8_pointwise.fallback_config(wl, features, pixel_dots[0])
+    if isa == "amx" and wl.stride_w != 1:
+        # an AMX tile loads rows of consecutive pixels: strided convs take the VNNI form
+        isa = "avx512_vnni"
     dot = next(d.name for d in DOT_PRODUCTS.values() if d.isa == isa)
     return int8_dot.fallback_config(wl, features, dot)
 

@@ -51,7 +51,10 @@ class TensorStats:
 class Observer:
     """Streaming min / max + reservoir sample of one tensor."""
 
-    def __init__(self, capacity: int = 1 << 16, seed: int = 0) -> None:
+    # 2**18 values: the 99.99th percentile then rests on ~26 sampled values above it, not ~7 as
+    # with 2**16, whose seed-to-seed swing moved MobileNetV2 W8A8's top-1 by ~0.4 pt (1 MiB per
+    # observed tensor)
+    def __init__(self, capacity: int = 1 << 18, seed: int = 0) -> None:
         self.capacity = capacity
         self.rng = np.random.default_rng(seed)
         self.sample = np.empty(0, np.float32)

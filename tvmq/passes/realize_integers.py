@@ -41,6 +41,7 @@ from ..plan import PrecisionPlan
 from .lower_kernels import LowerToKernels, LayerMatch, _Rewriter, finish_module
 
 MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
+MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,24 @@ class IntegerProgram:
     def record(self, var: relax.Var, fn: Callable[..., np.ndarray], inputs: list[relax.Var]) -> None:
         self.ops[var] = (fn, inputs)
 
-    def check_integer_only(self) -> None:
-        """Every output must come from the inputs through recorded (integer or boundary) ops."""
+    def check_integer_only(self) -> bool:
+        """No float op between quantized layers: every op tvmq simulates must be fed by the
+        model's inputs or by simulated ops. Float ops after the last integer layer (a softmax on
+        the logits) are allowed; then the program does not reach the outputs and this returns
+        False (no exact oracle), else True."""
+        floats = sorted({i.name for _, ins in self.ops.values() for i in map(self._resolve, ins)
+                         if i not in self.ops and i not in self.params})
+        if floats:
+            raise TvmqError(f"not integer-only: {', '.join(floats[:5])} computed by an op tvmq "
+                            f"does not simulate feeds an integer layer (a float op between "
+                            f"quantized layers)")
         seen: set[relax.Var] = set()
-        for out in self.outputs:
-            self._deps(out, seen)
+        try:
+            for out in self.outputs:
+                self._deps(out, seen)
+        except KeyError:
+            return False
+        return True
 
     def _resolve(self, v: relax.Var) -> relax.Var:
         while v in self.aliases:
@@ -78,10 +92,7 @@ class IntegerProgram:
         if v in seen or v in self.params:
             return
         seen.add(v)
-        if v not in self.ops:
-            raise TvmqError(f"not integer-only: {v.name!r} is computed by an op tvmq does not "
-                            f"simulate (a float op between quantized layers)")
-        for i in self.ops[v][1]:
+        for i in self.ops[v][1]:  # KeyError: a float op (after the last integer layer)
             self._deps(i, seen)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -184,7 +195,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             self._int_layer(binding, p)
             return
         value = binding.value
-        if isinstance(value, relax.Call) and value.op in (MEAN, RESHAPE) and len(value.args) >= 1:
+        if isinstance(value, relax.Call) and value.op in (MEAN, RESHAPE, MAX_POOL, AVG_POOL) and len(value.args) >= 1:
             x = self.visit_expr(value.args[0])
             if x in self.q and self._int_passthrough(binding, value, x):
                 return
@@ -193,15 +204,34 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
         qt = self.q[x]
         out_shape = self._shape(binding.var)
-        if call.op == MEAN:
-            axis = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else []
+        if call.op in (MEAN, AVG_POOL):
             in_shape = self._shape(x)
-            if len(in_shape) != 4 or sorted(axis) != [2, 3] or not call.attrs.keepdims:
+            if len(in_shape) != 4:
                 return False
+            if call.op == MEAN:
+                axis = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else []
+                if sorted(axis) != [2, 3] or not call.attrs.keepdims:
+                    return False
+            elif ([int(k) for k in call.attrs.pool_size] != list(in_shape[2:]) or call.attrs.layout != "NCHW"
+                  or any(int(p) for p in call.attrs.padding)):
+                return False  # only the global average pool (a window over the whole map)
             gv = self._func(("gap_u8", in_shape), lambda: elementwise.global_avg_pool_u8(in_shape))
             v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
                                    name_hint="gap_q")
             self.program.record(v, reference.global_avg_pool_u8, [qt.var])
+        elif call.op == MAX_POOL:
+            a = call.attrs
+            in_shape = self._shape(x)
+            if a.layout != "NCHW" or a.out_layout != "NCHW" or len(in_shape) != 4:
+                return False
+            geometry = (tuple(out_shape[2:]), tuple(int(k) for k in a.pool_size),
+                        tuple(int(k) for k in a.strides), tuple(int(k) for k in a.dilation),
+                        (int(a.padding[0]), int(a.padding[1])))
+            gv = self._func(("max_pool_u8", in_shape, geometry),
+                            lambda: elementwise.max_pool_u8(in_shape, *geometry))
+            v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
+                                   name_hint="max_pool_q")
+            self.program.record(v, lambda a: reference.max_pool_u8(a, *geometry), [qt.var])
         else:
             v = self._reshape(qt.var, out_shape)
         new = self._dequantize(QTensor(v, qt.scale, qt.zp), out_shape, self._emit_fn(binding.var))

@@ -1,0 +1,69 @@
+"""The real MobileNetV2, W8A8: bit-exact against the numpy integer simulation and as accurate
+as fp32 on the 20 labeled ImageNet images that ship in the foolbox wheel.
+
+Calibration: 256 images of ``../shared/data/imagenet-sample`` (disjoint from the foolbox images).
+Needs ``make models`` (the ONNX export) and the foolbox images (``make test`` installs them).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tvmq
+from tvmq.calibration import collect
+from tvmq.runtime import set_num_threads
+
+from .conftest import MOBILENETV2, ROOT, ort_session
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from imagenet_eval import FOOLBOX_INSTALL, load_foolbox_imagenet, load_imagenet_sample  # noqa: E402
+
+SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
+CALIBRATION = 256
+
+
+@pytest.fixture(scope="module")
+def mbv2_w8a8(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    if not MOBILENETV2.exists():
+        pytest.skip(f"{MOBILENETV2} missing: run `make models` (exports the real MobileNetV2)")
+    try:
+        x, y = load_foolbox_imagenet()
+    except FileNotFoundError:
+        pytest.skip(f"the foolbox ImageNet images are missing: {FOOLBOX_INSTALL} (make test does it)")
+    try:
+        calib, _ = load_imagenet_sample(SAMPLE, n=CALIBRATION)
+    except FileNotFoundError:
+        pytest.skip(f"no calibration images at {SAMPLE} (../shared/data/imagenet-sample)")
+    stats = collect(MOBILENETV2, calib)
+    out = tmp_path_factory.mktemp("mbv2_w8a8")
+    result = tvmq.build(MOBILENETV2, out, plan="w8a8", stats=stats, range_method="percentile")
+    set_num_threads(2)
+    return result, tvmq.load(result.library), x, y, calib
+
+
+@pytest.mark.slow
+def test_mobilenetv2_w8a8_equals_simulation_bit_for_bit(mbv2_w8a8) -> None:  # type: ignore[no-untyped-def]
+    result, module, x, _, calib = mbv2_w8a8
+    assert result.program is not None
+    # held-out images (foolbox) and calibration images alike
+    for image in [*x[:6], *calib[:2]]:
+        got = module.run({"input": image[None]})["logits"]
+        (want,) = result.program.run([image[None]])
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_mobilenetv2_w8a8_top1_and_agreement_on_foolbox_images(mbv2_w8a8) -> None:  # type: ignore[no-untyped-def]
+    _, module, x, y, _ = mbv2_w8a8
+    sess = ort_session(MOBILENETV2)
+    fp32 = np.array([sess.run(None, {"input": image[None]})[0].argmax() for image in x])
+    q = np.array([module.run({"input": image[None]})["logits"].argmax() for image in x])
+    print(f"fp32 top-1 {(fp32 == y).mean():.2f}, W8A8 top-1 {(q == y).mean():.2f}, "
+          f"agreement {(q == fp32).mean():.2f}")
+    # 20 images: "within 0.5 pt of fp32" means no image lost, and every prediction kept
+    assert (q == y).sum() >= (fp32 == y).sum()
+    assert (q == fp32).all()
