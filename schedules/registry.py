@@ -22,6 +22,7 @@ from .dense import fp32 as dense_fp32
 from .dense import int8 as dense_w8a8
 from .depthwise import fp32 as depthwise_fp32
 from .depthwise import int8 as depthwise_w8a8
+from .packing import pack_int4, packed_length, unpack_expr
 from .target_features import ISA_LEVELS, TargetFeatures
 from .workload import Conv2dWorkload, DenseWorkload, Workload
 
@@ -140,3 +141,39 @@ for _isa in conv2d_w8a8_isa.ISA_LEVELS:
                        conv2d_w8a8_isa.output_shape,
                        f"u8 x s8 -> s32 on the {_isa} dot-product instruction (exact): pointwise "
                        "GEMM along pixels, or NCHWc direct conv; dyadic requantization"))
+
+
+def int4_weights(base: KernelDef) -> KernelDef:
+    """The W4A8 twin of an integer kernel: its weight argument is the base kernel's packed int8
+    layout with two nibbles per byte along the innermost axis (``schedules.packing``), unpacked
+    to int8 inside the kernel (a ``weight_unpack`` stage, parallel, once per call) and then
+    the base kernel runs unchanged: same compute, schedule, epilogue and numpy reference."""
+
+    def int8_shape(wl: Workload, cfg: Any) -> tuple[int, ...]:
+        return base.pack_weight(np.zeros(wl.weight_shape, np.int8), wl, cfg).shape
+
+    def compute(wl: Workload, cfg: Any) -> list:
+        from tvm import te
+
+        shape = int8_shape(wl, cfg)
+        packed = te.placeholder(shape[:-1] + (packed_length(shape[-1]),), "uint8", name="weight")
+        unpacked = te.compute(shape, lambda *i: unpack_expr(packed, i), name="weight_unpack")
+        tensors = base.compute(wl, cfg, unpacked)
+        return [tensors[0], packed, *tensors[2:]]
+
+    def schedule(sch, wl: Workload, cfg: Any, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+        base.schedule(sch, wl, cfg, sample)
+        loops = sch.get_loops(sch.get_sblock("weight_unpack"))
+        if len(loops) > 1:
+            sch.parallel(sch.fuse(*loops[:-1]))
+
+    def pack_weight(weight: np.ndarray, wl: Workload, cfg: Any) -> np.ndarray:
+        return pack_int4(base.pack_weight(weight, wl, cfg))
+
+    return KernelDef(KernelKey(base.key.op, "w4a8", base.key.isa), compute, schedule,
+                     base.fallback_config, pack_weight, base.input_shape, base.output_shape,
+                     f"int4 weights (two per byte) unpacked in-kernel, then: {base.description}")
+
+
+for _key in [k for k in registered_keys() if k.precision == "w8a8"]:
+    register(int4_weights(_REGISTRY[_key]))

@@ -157,3 +157,31 @@ def test_float_ops_after_the_last_integer_layer_are_allowed(tmp_path: Path) -> N
     assert result.program is None
     y = tvmq.load(result.library).run({"x": x[:1]})["logits"]
     np.testing.assert_allclose(y.sum(), 1.0, rtol=1e-5)
+
+
+def test_random_mixed_w4a8_w8a8_fp32_plans_equal_simulation(tmp_path: Path) -> None:
+    """Seeded random per-layer mixes of W4A8 / W8A8 (and fp32, where a float layer sits between
+    integer ones) compile to one library each; all-integer mixes equal the numpy program bit for
+    bit, and weight bytes shrink with every W4A8 layer."""
+    from tvmq.plan import QuantSpec
+
+    calib, _ = fmnist_inputs(split="calib")
+    stats = collect(MODEL, calib[:64])
+    layers = prepare(MODEL).layers
+    x, _ = fmnist_inputs(20)
+    rng = np.random.default_rng(11)
+    for i in range(6):
+        choice = ["w4a8", "w8a8"] + (["fp32"] if i >= 4 else [])
+        plan = PrecisionPlan({l.name: QuantSpec.parse(str(rng.choice(choice))) for l in layers}, layers)
+        r = tvmq.build(MODEL, tmp_path / f"p{i}", plan=plan, stats=stats)
+        m = tvmq.load(r.library)
+        kernels = r.manifest_data["kernels"]
+        for name, spec in plan.items():
+            assert spec.name in kernels[name]["kernel"], (name, spec.name, kernels[name])
+        outs = [m.run({"input": xi[None]})["logits"] for xi in x]
+        if r.program is not None:
+            for xi, got in zip(x, outs):
+                np.testing.assert_array_equal(got, r.program.run([xi[None]])[0])
+        else:
+            assert any(s.name == "fp32" for s in plan.values())
+            assert all(np.isfinite(o).all() for o in outs)

@@ -42,6 +42,7 @@ class Lowered:
     taps: list[tuple[str, str]] = field(default_factory=list)
     program: Any = None  # IntegerProgram of a fully quantized build (the numpy oracle)
     qparams: dict[str, Any] = field(default_factory=dict)
+    weight_bytes: dict[str, int] = field(default_factory=dict)  # per layer, as stored in the library
 
 
 def lower_module(pm: PreparedModel, features: TargetFeatures, *,
@@ -109,7 +110,8 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
         ])(mod)
         mod = ScheduleGeneric(features.fp32_lanes)(mod)
     timings["legalize_fuse_schedule"] = time.perf_counter() - t
-    return Lowered(mod, lower.kernels, timings, list(getattr(lower, "taps", [])), program, qparams)
+    return Lowered(mod, lower.kernels, timings, list(getattr(lower, "taps", [])), program, qparams,
+                   dict(lower.weight_bytes))
 
 
 def codegen(mod, features: TargetFeatures):  # type: ignore[no-untyped-def]
@@ -131,6 +133,23 @@ def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
     ex = codegen(lowered.mod, features)
     lowered.timings["codegen"] = time.perf_counter() - t
     return ex, lowered
+
+
+def size_accounting(pm: PreparedModel, plan: Any, stored: dict[str, int]) -> dict[str, Any]:
+    """Weight bytes (as stored in the library: packed int8 / int4 / fp32, biases and scales
+    aside) and bit operations (MACs x weight bits x activation bits; fp32 counts 32 x 32),
+    per layer and in total."""
+    per_layer = {}
+    for layer in pm.layers:
+        spec = None if plan is None else plan[layer.name]
+        w_bits, a_bits = (32, 32) if spec is None or spec.is_float else (spec.w_bits, spec.a_bits)
+        per_layer[layer.name] = {"spec": "fp32" if spec is None else spec.name,
+                                 "weight_bytes": int(stored.get(layer.name, layer.weight_bytes(32))),
+                                 "bops": int(layer.macs) * w_bits * a_bits}
+    return {"weight_bytes": sum(v["weight_bytes"] for v in per_layer.values()),
+            "weight_bytes_fp32": sum(l.weight_bytes(32) for l in pm.layers),
+            "bops": sum(v["bops"] for v in per_layer.values()),
+            "size": per_layer}
 
 
 def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
@@ -201,7 +220,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
         "qparams": lowered.qparams,
         "range_method": range_method if plan is not None else None,
         "total_macs": pm.layers.total_macs,
-        "weight_bytes": sum(l.weight_bytes(32) for l in pm.layers),
+        **size_accounting(pm, plan, lowered.weight_bytes),
         "build_seconds": timings,
     }
     mpath = out / "manifest.json"

@@ -97,7 +97,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     progress(f"wrote {result.library} and {result.manifest}")
     precision = m["precision"] if isinstance(m["precision"], str) else "+".join(m["precision"])
     print(f"compiled {len(m['layers'])} layers ({m['total_macs'] / 1e6:.1f} MMAC, "
-          f"{m['weight_bytes'] / 1e6:.2f} MB fp32 weights) in {precision} for {m['isa']} "
+          f"{m['weight_bytes'] / 1e6:.2f} MB of weights, {m['weight_bytes_fp32'] / 1e6:.2f} MB as fp32) "
+          f"in {precision} for {m['isa']} "
           f"in {sum(result.timings.values()):.1f}s -> {result.library}")
     return 0
 

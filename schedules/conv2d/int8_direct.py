@@ -31,9 +31,13 @@ __all__ = ["Conv2dConfig", "compute", "fallback_config", "input_shape", "output_
            "pack_weight", "schedule"]
 
 
-def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
+def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
+            weight: te.Tensor | None = None) -> list[te.Tensor]:
+    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
+    by default a placeholder (the kernel argument)."""
     data = te.placeholder(wl.data_shape, "uint8", name="data")
-    weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
+    if weight is None:
+        weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
     args, qp, epilogue, out_dtype = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
     conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype("uint8"), "int32")
     oc_bn, kg = cfg.oc_bn, wl.out_per_group

@@ -96,10 +96,14 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: DotConv2dConfig) ->
     return np.ascontiguousarray(t.transpose(0, 1, 3, 6, 7, 4, 2, 5).reshape(gk, icb, r, s, icq, oc_bn, grp))
 
 
-def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig) -> list[te.Tensor]:
+def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
+            weight: te.Tensor | None = None) -> list[te.Tensor]:
+    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
+    by default a placeholder (the kernel argument)."""
     d = cfg.dot_product
     data = te.placeholder(wl.data_shape, "uint8", name="data")
-    weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
+    if weight is None:
+        weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
     dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype)
     g = wl.groups

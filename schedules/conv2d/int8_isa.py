@@ -42,8 +42,8 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str) -> C
     return int8_dot.fallback_config(wl, features, dot)
 
 
-def compute(wl: Conv2dWorkload, cfg: Config) -> list[te.Tensor]:
-    return _template(cfg).compute(wl, cfg)
+def compute(wl: Conv2dWorkload, cfg: Config, weight: te.Tensor | None = None) -> list[te.Tensor]:
+    return _template(cfg).compute(wl, cfg, weight)
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]

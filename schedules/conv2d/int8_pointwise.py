@@ -78,12 +78,16 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: PointwiseDotConfig)
     return np.ascontiguousarray(padded.reshape(kb, kt, cq, grp).transpose(0, 2, 1, 3))
 
 
-def compute(wl: Conv2dWorkload, cfg: PointwiseDotConfig) -> list[te.Tensor]:
+def compute(wl: Conv2dWorkload, cfg: PointwiseDotConfig,
+            weight: te.Tensor | None = None) -> list[te.Tensor]:
+    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
+    by default a placeholder (the kernel argument)."""
     n_, c_, p_ = input_shape(wl)
     kb, cq, kt, grp = packed_weight_shape(wl, cfg)
     pp = padded_width(p_, cfg.p_tile)
     data = te.placeholder((n_, c_, p_), "uint8", name="data")
-    weight = te.placeholder((kb, cq, kt, grp), "int8", name="weight")
+    if weight is None:
+        weight = te.placeholder((kb, cq, kt, grp), "int8", name="weight")
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl),
                                           bias_in_acc=True)
     bias = args[0]

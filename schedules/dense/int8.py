@@ -19,9 +19,13 @@ __all__ = ["DenseConfig", "compute", "fallback_config", "input_shape", "output_s
            "pack_weight", "schedule"]
 
 
-def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
+def compute(wl: DenseWorkload, cfg: DenseConfig,
+            weight: te.Tensor | None = None) -> list[te.Tensor]:
+    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
+    by default a placeholder (the kernel argument)."""
     data = te.placeholder(wl.data_shape, "uint8", name="data")
-    weight = te.placeholder(fp32.packed_weight_shape(wl, cfg), "int8", name="weight")
+    if weight is None:
+        weight = te.placeholder(fp32.packed_weight_shape(wl, cfg), "int8", name="weight")
     args, _, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_features, wl.out_shape)
     acc = fp32.dense_body(wl, cfg, data, weight, "int32")
     oc_bn = cfg.oc_bn

@@ -164,6 +164,7 @@ class LowerToKernels:
         self.features = features
         self.precision = precision
         self.kernels: dict[str, dict[str, Any]] = {}
+        self.weight_bytes: dict[str, int] = {}  # per layer: its packed weights as stored
         self._claimed: set[relax.Var] = set()
         self._cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
         self._new_funcs: dict[str, tvm.tirx.PrimFunc] = {}
@@ -201,7 +202,9 @@ class LowerToKernels:
         """How the rewriter emits an fp32 layer."""
         kernel = registry.select(registry.op_of(m.workload), "fp32", self.features)
         gv, cfg = self.add_kernel(kernel, m.workload, m.layer.name)
-        consts = [relax.const(kernel.pack_weight(m.weight, m.workload, cfg))]
+        packed = kernel.pack_weight(m.weight, m.workload, cfg)
+        consts = [relax.const(packed)]
+        self.weight_bytes[m.layer.name] = int(packed.nbytes)
         if m.epilogue.bias:
             consts.append(relax.const(m.bias.astype(np.float32)))
         self.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,

@@ -1,4 +1,4 @@
-"""``RealizeIntegers``: the layers a plan quantizes become integer-only kernels (W8A8 for now).
+"""``RealizeIntegers``: the layers a plan quantizes become integer-only kernels (W8A8, W4A8).
 
 Biases are corrected for the mean shift that rounding the weights causes
 (``expected_weight_error``, from the calibrated input channel means; measured on MobileNetV2:
@@ -11,14 +11,16 @@ layer's input and output.
 
 For a W8A8 layer the rewrite emits, in order: its input as uint8 (the producer's uint8 output
 when the producer is an integer layer, else a ``quantize`` kernel with the calibrated scale), the
-``schedules`` W8A8 kernel (int8 weights per output channel, int32 bias with the input zero point
-folded in, dyadic requantization, ReLU / ReLU6 as clamp bounds, a residual branch rescaled in
+``schedules`` W8A8 kernel (int8 weights per output channel; W4A8: int4 in -7..7, packed two per
+byte, the same kernel after an in-kernel unpack; int32 bias with the input zero point folded in, dyadic requantization, ReLU / ReLU6 as clamp bounds, a residual branch rescaled in
 integers) producing uint8, and a ``dequantize`` for any float consumer. Global average pooling
 and reshapes of integer tensors stay integer. ``DeadCodeElimination`` then drops every float
-twin nobody reads, so between two integer layers no float op remains.
+twin nobody reads, so between two integer layers no float op remains. Max pooling and global
+average pooling stay integer too; float ops after the last integer layer (a softmax) are allowed.
 
-Postcondition (checked by ``IntegerProgram``): each model output is reachable from the inputs
-through the recorded integer ops only; ``self.program`` simulates exactly those ops in numpy
+Postcondition (checked by ``IntegerProgram``): no float op feeds an integer op; each model output
+is reachable from the inputs through the recorded integer ops only, unless float ops follow the
+last integer layer (then ``check_integer_only`` says there is no exact oracle); ``self.program`` simulates exactly those ops in numpy
 (the bit-exact oracle of the compiled library); ``self.qparams`` has every layer's scales.
 """
 
@@ -191,7 +193,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         if binding.var in self.skip:
             return
         p = self.plan.get(binding.var)
-        if p is not None and p["kind"] == "w8a8":
+        if p is not None and p["kind"] == "int":
             self._int_layer(binding, p)
             return
         value = binding.value
@@ -238,13 +240,29 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.set_var_remap(binding.var, new)
         return True
 
+    def _packed(self, m: LayerMatch, kernel: Any, wq: np.ndarray, wl: Any, cfg: Any) -> np.ndarray:
+        packed = kernel.pack_weight(wq, wl, cfg)
+        self.owner.weight_bytes[m.layer.name] = int(packed.nbytes)
+        return packed
+
+    def _quantize_float_residual(self, m: LayerMatch, r: relax.Var) -> QTensor:
+        """A residual branch computed in float (an fp32 layer's output): quantized with the
+        calibrated range of that layer's output."""
+        producer = self.plan.get(m.residual)
+        if producer is None or "layer" not in producer:
+            raise TvmqError(f"layer {m.layer.name!r}: its residual branch is computed by a float "
+                            f"op that is not a layer (no calibrated range to quantize it with)")
+        s_r, zp_r = quant.activation_params(
+            *self.owner.stats.get(producer["layer"], "out").range(self.owner.method))
+        return self._quantize(r, self._shape(r), s_r, zp_r)
+
     def _int_input(self, m: LayerMatch) -> tuple[QTensor, np.ndarray, np.ndarray, np.ndarray]:
         """The layer's uint8 input, int8 weights, their scales and the int32 bias (with the
         input zero point folded in)."""
         x = self.visit_expr(m.data)
         s_in, zp_in = quant.activation_params(*self.owner.stats.get(m.layer.name, "in").range(self.owner.method))
         qx = self.q.get(x) or self._quantize(x, self._shape(x), s_in, zp_in)
-        wq, s_w = quant.quantize_weights(m.weight, 8)
+        wq, s_w = quant.quantize_weights(m.weight, self.owner.plan[m.layer.name].w_bits)
         b = m.bias if m.bias is not None else np.zeros(wq.shape[0])
         if self.owner.bias_correction:
             b = b - self._expected_weight_error(m, wq, s_w)
@@ -266,12 +284,13 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         wl = replace(m.workload, epilogue=replace(m.epilogue, out_float=True))
         qx, wq, s_w, bias_q = self._int_input(m)
         scale = (qx.scale * s_w).astype(np.float32)
-        kernel = registry.select(registry.op_of(wl), "w8a8", self.owner.features)
+        kernel = registry.select(registry.op_of(wl), self.owner.plan[m.layer.name].name,
+                                 self.owner.features)
         gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
         gv = self.owner.typed(self, gv_plain)
         buf = kernel.output_shape(wl, cfg)
         args = [self._view(qx.var, kernel.input_shape(wl, cfg)),
-                relax.const(kernel.pack_weight(wq, wl, cfg)), relax.const(bias_q),
+                relax.const(self._packed(m, kernel, wq, wl, cfg)), relax.const(bias_q),
                 relax.const(scale), relax.const(np.array([qx.zp, 0, 0, 0], np.int32))]
         out_shape = tuple(m.layer.output_shape)
         emit = self._emit_fn(binding.var)
@@ -308,22 +327,20 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         s_out, zp_out = quant.activation_params(*self.owner.stats.get(m.layer.name, "out").range(self.owner.method))
         mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
         lo, hi = _act_bounds(ep, s_out, zp_out)
-        kernel = registry.select(registry.op_of(wl), "w8a8", self.owner.features)
+        kernel = registry.select(registry.op_of(wl), self.owner.plan[m.layer.name].name,
+                                 self.owner.features)
         gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
         gv = self.owner.typed(self, gv_plain)
         buf = kernel.output_shape(wl, cfg)
         args: list[relax.Expr] = [self._view(qx.var, kernel.input_shape(wl, cfg)),
-                                  relax.const(kernel.pack_weight(wq, wl, cfg)),
+                                  relax.const(self._packed(m, kernel, wq, wl, cfg)),
                                   relax.const(bias_q), relax.const(mult), relax.const(shift),
                                   relax.const(np.array([zp_in, zp_out, lo, hi], np.int32))]
         sim_inputs = [qx.var]
         residual = None
         if ep.residual:
             r = self.visit_expr(m.residual)
-            if r not in self.q:
-                raise TvmqError(f"layer {m.layer.name!r}: its residual branch is not integer "
-                                f"(a float op feeds it); not supported in W8A8 yet")
-            qr = self.q[r]
+            qr = self.q.get(r) or self._quantize_float_residual(m, r)
             (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
             rv = self._view(qr.var, tuple(buf))
             args += [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
@@ -351,8 +368,13 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
                                             "config": cfg.__dict__, "epilogue": ep.__dict__}
 
 
+# per-layer specs RealizeIntegers compiles; W4A8 and W8A8 layers share uint8 activations, so a
+# boundary between them costs nothing (the producer requantizes straight into the consumer's input)
+REALIZABLE = ("w8a8", "w4a8", "fp32")
+
+
 class RealizeIntegers(LowerToKernels):
-    """``LowerToKernels`` with a plan: W8A8 layers integer-only, fp32 layers as before."""
+    """``LowerToKernels`` with a plan: W8A8 / W4A8 layers integer-only, fp32 layers as before."""
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
                  features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats,
@@ -360,9 +382,9 @@ class RealizeIntegers(LowerToKernels):
         super().__init__(layers, params, param_layer, features)
         self.bias_correction = bias_correction
         plan.validate(layers)
-        unsupported = sorted({s.name for s in plan.values() if s.name not in ("w8a8", "fp32")})
+        unsupported = sorted({s.name for s in plan.values() if s.name not in REALIZABLE})
         if unsupported:
-            raise TvmqError(f"specs {unsupported} are not realizable yet (w8a8 and fp32 are)")
+            raise TvmqError(f"specs {unsupported} are not realizable yet ({', '.join(REALIZABLE)} are)")
         self.plan, self.stats, self.method = plan, stats, method
         self.qparams: dict[str, dict[str, Any]] = {}
         self.program = IntegerProgram()
@@ -390,7 +412,7 @@ class RealizeIntegers(LowerToKernels):
             if self.plan[m.layer.name].name == "fp32":
                 entries[m.tail] = self.fp32_entry(m)
             else:
-                entries[m.tail] = dict(kind="w8a8", match=m, edge=m.tail in edges,
+                entries[m.tail] = dict(kind="int", match=m, edge=m.tail in edges,
                                        interior={v for v in m.chain if v is not m.tail})
         rw = _IntRewriter(mod, entries, self)
         fp32 = {k: v for k, v in entries.items() if v["kind"] == "fp32"}
