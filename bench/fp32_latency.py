@@ -60,7 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,9 +118,10 @@ def child_env(threads: int | None = None) -> dict[str, str]:
 
 
 def run_worker(spec: dict[str, Any], *, threads: int | None = None,
-               timeout: float = 1800.0) -> dict[str, Any]:
-    """Run this script in worker mode in a fresh interpreter; return its JSON (or an error)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+               timeout: float = 1800.0, script: Path | None = None) -> dict[str, Any]:
+    """Run ``script`` (default: this one) in worker mode (``script --worker SPEC_JSON``) in a
+    fresh interpreter; return the JSON it prints after ``JSON_MARKER`` (or an error)."""
+    cmd = [sys.executable, str(Path(script or __file__).resolve()), "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True,
                               timeout=timeout, cwd=REPO_ROOT, check=False)
@@ -256,16 +257,19 @@ def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
             "other_cpu_cores": other, "loadavg_after": os.getloadavg()}
 
 
-def worker_main(spec_json: str) -> int:
+WorkerFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def worker_main(spec_json: str, handlers: dict[str, WorkerFn] | None = None) -> int:
+    """Worker mode: run ``handlers[spec["kind"]]`` (default: build, tvmq, onnxruntime) and print
+    its result as one ``JSON_MARKER`` line; any exception becomes ``{"ok": False, "error": ...}``."""
     spec = json.loads(spec_json)
     kind = spec["kind"]
+    if handlers is None:
+        handlers = {"build": worker_build, "tvmq": worker_tvmq, "onnxruntime": worker_ort}
     try:
-        if kind == "build":
-            result = worker_build(spec)
-        elif kind == "tvmq":
-            result = worker_tvmq(spec)
-        elif kind == "onnxruntime":
-            result = worker_ort(spec)
+        if kind in handlers:
+            result = handlers[kind](spec)
         else:
             result = {"ok": False, "error": f"unknown worker kind {kind!r}"}
     except Exception as e:  # noqa: BLE001 - any failure becomes a reported row, not a crash
@@ -328,11 +332,17 @@ def git_revision() -> dict[str, Any]:
             "dirty": bool(git("status", "--porcelain", "--", "tvmq", "schedules"))}
 
 
-def prepare_case(case: ModelCase, *, rebuild: bool, seed: int) -> None:
-    """Compile (or reuse) the tvmq build and write the shared seeded input."""
+def prepare_case(case: ModelCase, *, rebuild: bool, seed: int,
+                 build_spec: dict[str, Any] | None = None, stamp_extra: dict[str, Any] | None = None,
+                 script: Path | None = None) -> None:
+    """Compile (or reuse) the tvmq build and write the shared seeded input.
+
+    ``build_spec`` adds keys to the ``build`` worker's spec and ``stamp_extra`` to the stamp
+    (whatever else decides the build, e.g. the calibration data); ``script`` is the script
+    whose worker mode builds (default: this one, an fp32 build)."""
     case.build_dir.mkdir(parents=True, exist_ok=True)
     stamp = {"onnx_sha256": sha256_file(case.onnx_path), "tvmq_sources": tvmq_source_hash(),
-             "python": sys.executable}
+             "python": sys.executable, **(stamp_extra or {})}
     stamp_path = case.build_dir / STAMP_FILE
     library = case.build_dir / "model.so"
     cached = (not rebuild and library.exists() and (case.build_dir / "manifest.json").exists()
@@ -346,7 +356,7 @@ def prepare_case(case: ModelCase, *, rebuild: bool, seed: int) -> None:
         stamp_path.unlink(missing_ok=True)
         print(f"[{case.name}] compiling {case.onnx_path} with tvmq ...", flush=True)
         res = run_worker({"kind": "build", "model": str(case.onnx_path),
-                          "out": str(case.build_dir)})
+                          "out": str(case.build_dir), **(build_spec or {})}, script=script)
         if not res.get("ok"):
             case.build_error = res.get("error", "unknown error")
             print(f"[{case.name}] tvmq build FAILED: {case.build_error}", flush=True)
@@ -381,53 +391,73 @@ def _read_outputs(path: Path) -> tuple[list[str], list[np.ndarray]]:
         return names, [z[f"out_{i}"] for i in range(len(names))]
 
 
-def bench_pair(case: ModelCase, threads: int, args: argparse.Namespace,
-               tmp: Path) -> dict[str, Any]:
-    """Interleaved rounds for one (model, threads): tvmq, ORT, tvmq, ORT, ..."""
-    variants = [v for v in VARIANTS if v != "tvmq" or case.library is not None]
-    samples: dict[str, list[float]] = {v: [] for v in variants}
-    rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    errors: dict[str, str] = {}
-    if case.build_error:
-        errors["tvmq"] = f"build failed: {case.build_error}"
-    outputs: dict[str, Path] = {}
-    extra: dict[str, list[dict[str, Any]]] = {"tvmq_api_benchmark": []}
+def run_rounds(label: str, threads: int, specs: dict[str, dict[str, Any]],
+               args: argparse.Namespace, *, outputs: dict[str, Path] | None = None,
+               errors: dict[str, str] | None = None,
+               script: Path | None = None) -> dict[str, Any]:
+    """``args.rounds`` interleaved rounds; each round runs every variant of ``specs`` (name ->
+    worker spec, in order) once, each in a fresh worker process of ``script``.
+
+    ``warmup``, ``repeat`` and ``threads`` are added to every spec; in round 0 a variant named
+    in ``outputs`` also saves its outputs there. A variant already in ``errors`` is not run; one
+    that fails is recorded there and not run again. Returns the pooled samples, per-round
+    medians (with ``other_cpu_cores`` and the load average after each worker), the errors and,
+    per variant, each round's other result keys (``info``, e.g. ``tvmq_api_benchmark``)."""
+    errors = {} if errors is None else errors
+    outputs = outputs or {}
+    names = list(specs)
+    width = max([11, *map(len, names)])
+    samples: dict[str, list[float]] = {v: [] for v in names}
+    rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in names}
+    info: dict[str, list[dict[str, Any]]] = {v: [] for v in names}
+    standard = {"ok", "samples_ms", "other_cpu_cores", "loadavg_after"}
     for r in range(args.rounds):
-        for v in variants:
+        for v in names:
             if v in errors:
                 continue
-            spec: dict[str, Any] = {"kind": v, "threads": threads, "warmup": args.warmup,
-                                    "repeat": args.repeat, "input": str(case.input_path),
-                                    "model": str(case.onnx_path),
-                                    "library": str(case.library) if case.library else None}
-            if r == 0:
-                outputs[v] = tmp / f"{case.name}-{threads}-{v}.npz"
+            spec = {**specs[v], "threads": threads, "warmup": args.warmup, "repeat": args.repeat}
+            if r == 0 and v in outputs:
                 spec["save_outputs"] = str(outputs[v])
-            res = run_worker(spec, threads=threads)
+            res = run_worker(spec, threads=threads, script=script)
             if not res.get("ok"):
                 errors[v] = res.get("error", "unknown error")
-                print(f"  [{case.name} t={threads}] {v} FAILED: {errors[v]}", flush=True)
+                print(f"  [{label} t={threads}] {v} FAILED: {errors[v]}", flush=True)
                 continue
             samples[v].extend(res["samples_ms"])
             rounds[v].append({"median_ms": statistics.median(res["samples_ms"]),
                               "other_cpu_cores": res.get("other_cpu_cores"),
                               "loadavg_after": res["loadavg_after"]})
-            if "tvmq_api_benchmark" in res:
-                extra["tvmq_api_benchmark"].append(res["tvmq_api_benchmark"])
+            info[v].append({k: val for k, val in res.items() if k not in standard})
             other = res.get("other_cpu_cores")
-            print(f"  [{case.name} t={threads}] round {r + 1}/{args.rounds} {v:<11} "
+            print(f"  [{label} t={threads}] round {r + 1}/{args.rounds} {v:<{width}} "
                   f"median {statistics.median(res['samples_ms']):8.3f} ms"
                   + (f"  (other processes: {other:.2f} cores)" if other is not None else ""),
                   flush=True)
+    return {"samples": samples, "per_round": rounds, "errors": errors, "info": info}
+
+
+def bench_pair(case: ModelCase, threads: int, args: argparse.Namespace,
+               tmp: Path) -> dict[str, Any]:
+    """Interleaved rounds for one (model, threads): tvmq, ORT, tvmq, ORT, ..."""
+    variants = [v for v in VARIANTS if v != "tvmq" or case.library is not None]
+    errors: dict[str, str] = {}
+    if case.build_error:
+        errors["tvmq"] = f"build failed: {case.build_error}"
+    outputs = {v: tmp / f"{case.name}-{threads}-{v}.npz" for v in variants}
+    specs = {v: {"kind": v, "input": str(case.input_path), "model": str(case.onnx_path),
+                 "library": str(case.library) if case.library else None} for v in variants}
+    res = run_rounds(case.name, threads, specs, args, outputs=outputs, errors=errors)
+    samples = res["samples"]
 
     stats = {v: summarize(s) for v, s in samples.items() if s}
     ratio = (stats["tvmq"]["median_ms"] / stats["onnxruntime"]["median_ms"]
              if "tvmq" in stats and "onnxruntime" in stats else None)
     diff = (rel_max_diff(outputs["tvmq"], outputs["onnxruntime"])
             if all(v in outputs and outputs[v].exists() for v in VARIANTS) else None)
+    api = [i["tvmq_api_benchmark"] for i in res["info"].get("tvmq", []) if "tvmq_api_benchmark" in i]
     return {"model": case.name, "threads": threads, "stats": stats, "ratio_tvmq_over_ort": ratio,
-            "rel_max_diff": diff, "errors": errors, "per_round": rounds,
-            "tvmq_api_benchmark": extra["tvmq_api_benchmark"], "samples_ms": samples}
+            "rel_max_diff": diff, "errors": errors, "per_round": res["per_round"],
+            "tvmq_api_benchmark": api, "samples_ms": samples}
 
 
 def fmt_stat(stats: dict[str, Any] | None, error: str | None) -> str:
@@ -446,6 +476,14 @@ def markdown_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
         diff = f"{row['rel_max_diff']:.1e}" if row["rel_max_diff"] is not None else "-"
         lines.append(f"| {row['model']} | {row['threads']} | {fmt_stat(st.get('tvmq'), err.get('tvmq'))} "
                      f"| {fmt_stat(st.get('onnxruntime'), err.get('onnxruntime'))} | {ratio} | {diff} |")
+    notes = row_notes(rows)
+    notes += [f"- {name}: skipped, {why}" for name, why in skipped.items()]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def row_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Notes under a table: every failure, then every row whose per-round medians (of any
+    variant) differ by more than ``NOISY_ROUND_SPREAD``."""
     notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
              for row in rows for v, e in row["errors"].items()]
     for row in rows:
@@ -458,12 +496,25 @@ def markdown_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
                     if others else "other load on the machine?")
             notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians "
                          f"{ranges} ms ({busy}); rerun when the machine is quiet")
-    notes += [f"- {name}: skipped, {why}" for name, why in skipped.items()]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return notes
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def interference_note(rows: list[dict[str, Any]]) -> str:
+    """The header's sentence on how busy other processes kept the CPUs ('' if unknown)."""
+    others = [r["other_cpu_cores"] for row in rows for rr in row["per_round"].values()
+              for r in rr if r.get("other_cpu_cores") is not None]
+    if not others:
+        return ""
+    return (f" While timing, other processes kept {statistics.fmean(others):.2f} cores busy "
+            f"on average (max {max(others):.2f}).")
+
+
+def parse_args(argv: Sequence[str] | None, *, description: str | None = None,
+               output: Path | None = None,
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+    """The options shared by the latency benches; ``add_arguments`` adds a script's own."""
+    p = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(ALL_MODELS),
                    help=f"comma-separated subset of {','.join(ALL_MODELS)} (default: all)")
@@ -475,8 +526,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--mobilenetv2", type=Path, default=DEFAULT_MOBILENETV2,
                    help="MobileNetV2 ONNX file (default .cache/models/mobilenetv2.onnx)")
     p.add_argument("--rebuild", action="store_true", help="recompile even if a build is cached")
-    p.add_argument("--output", type=Path, default=RESULTS_DIR / "fp32_latency.json",
+    p.add_argument("--output", type=Path, default=output or RESULTS_DIR / "fp32_latency.json",
                    help="JSON result path; the .md table goes beside it")
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args(argv)
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.model_list if m not in ALL_MODELS]
@@ -493,15 +546,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = _dt.datetime.now(_dt.timezone.utc)
-    load_before = os.getloadavg()
-    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}",
-          flush=True)
-
+def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
+    """The ONNX file of each model of ``--models`` that exists, and why the others are skipped
+    (printed as they are found)."""
     sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path()}
-    cases: list[ModelCase] = []
+    found: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     for name in args.model_list:
         path = sources[name]
@@ -510,6 +559,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped[name] = f"{path} not found{hint}"
             print(f"[{name}] SKIPPED: {skipped[name]}", flush=True)
             continue
+        found[name] = path
+    return found, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}",
+          flush=True)
+
+    found, skipped = find_models(args)
+    cases: list[ModelCase] = []
+    for name, path in found.items():
         d = BUILD_DIR / name
         cases.append(ModelCase(name, path, d, d / INPUT_FILE))
 
@@ -532,11 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{info['nproc']} CPUs ({flags}); {args.rounds} rounds x {args.repeat} timed calls "
               f"per variant, fresh process each; load average {load_before[0]:.2f} before, "
               f"{load_after[0]:.2f} after; {started:%Y-%m-%d %H:%M} UTC.")
-    others = [r["other_cpu_cores"] for row in rows for rr in row["per_round"].values()
-              for r in rr if r.get("other_cpu_cores") is not None]
-    if others:
-        header += (f" While timing, other processes kept {statistics.fmean(others):.2f} cores busy "
-                   f"on average (max {max(others):.2f}).")
+    header += interference_note(rows)
     report = f"{header}\n\n{table}\n"
     print("\n" + report)
 

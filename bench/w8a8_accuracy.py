@@ -30,50 +30,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+# The rivals' recipes live in _common.py (shared with w8a8_latency.py).
+from _common import OV_CONFIG, OV_MISSING, import_openvino, nncf_int8
+from _common import ort_int8 as _ort_int8
+from _common import ov_kernels as _ov_kernels
 
 
 def _median_ms(fn) -> float:  # type: ignore[no-untyped-def]
     from tvmq.runtime import time_calls
 
     return time_calls(fn, warmup=5, repeat=30).median_ms
-
-
-def _ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib)
-
-        def get_next(self):  # type: ignore[no-untyped-def]
-            x = next(self.it, None)
-            return None if x is None else {"input": x[None]}
-
-    pre = out.with_name("pre.onnx")
-    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    return out
-
-
-OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-             "INFERENCE_PRECISION_HINT": "f32"}
-OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
-
-
-def _ov_kernels(compiled) -> str:  # type: ignore[no-untyped-def]
-    """What the CPU plugin runs the conv/dense layers with, e.g. ``brgconv_avx2_1x1_I8 x34``."""
-    from collections import Counter
-
-    count: Counter[str] = Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if info["layerType"].astype(str) in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
-            count[info["primitiveType"].astype(str)] += 1
-    return ", ".join(f"{k} x{v}" for k, v in sorted(count.items()))
 
 
 def openvino_rows(model_path: str | Path, x: np.ndarray, y: np.ndarray, calib: np.ndarray,
@@ -86,9 +54,7 @@ def openvino_rows(model_path: str | Path, x: np.ndarray, y: np.ndarray, calib: n
     top1, pred (argmax per image, batch 1), ms (``_median_ms``), plus the kernels the plugin picked.
     Raises ImportError when openvino or nncf is missing.
     """
-    os.environ.setdefault("NNCF_CI", "1")  # NNCF telemetry off (it would try the network)
-    import nncf
-    import openvino as ov
+    ov, _ = import_openvino()  # also sets NNCF_CI=1: NNCF telemetry off (it would try the network)
 
     config = dict(OV_CONFIG if config is None else config)
     core = ov.Core()
@@ -100,10 +66,7 @@ def openvino_rows(model_path: str | Path, x: np.ndarray, y: np.ndarray, calib: n
 
     model = read()
     name = model.input(0).get_any_name()  # "input" for mobilenetv2.onnx
-    t = time.perf_counter()  # NNCF gets its own copy, so the fp32 model stays untouched
-    q = nncf.quantize(read(), nncf.Dataset(calib, lambda a: a[None]),
-                      preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib))
-    quantize_s = time.perf_counter() - t
+    q, quantize_s = nncf_int8(read(), calib)  # NNCF gets its own copy: the fp32 model stays untouched
     rows = []
     for variant, m, extra in (("OpenVINO fp32", model, {}),
                               ("OpenVINO int8 (NNCF)", q, {"quantize_s": quantize_s})):
