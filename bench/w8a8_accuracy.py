@@ -82,13 +82,29 @@ def openvino_rows(model_path: str | Path, x: np.ndarray, y: np.ndarray, calib: n
     return rows
 
 
+def _plan(model: str, spec: str):  # type: ignore[no-untyped-def]
+    """A uniform spec, or 'mixed': W4A8 with the depthwise, first and last layers at W8A8."""
+    if spec != "mixed":
+        return spec
+    from tvmq.frontend import prepare
+    from tvmq.plan import PrecisionPlan, QuantSpec
+
+    layers = prepare(model).layers
+    keep = {layers.layers[0].name, layers.layers[-1].name}
+    return PrecisionPlan({l.name: QuantSpec.parse(
+        "w8a8" if l.op == "depthwise_conv2d" or l.name in keep else "w4a8") for l in layers}, layers)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / ".cache/models/mobilenetv2.onnx"))
     ap.add_argument("--root", default=str(ROOT.parent / "shared/data/imagenet-sample"))
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--calib", type=int, default=256)
-    ap.add_argument("--methods", default="percentile,mse")
+    ap.add_argument("--methods", default="percentile,mse", help="W8A8 rows: activation range methods")
+    ap.add_argument("--plans", default="w4a8,mixed",
+                    help="more tvmq rows, percentile ranges: uniform specs (w4a8) or 'mixed' (W4A8, "
+                         "with the depthwise, first and last layers W8A8); '' for none")
     ap.add_argument("--check", type=int, default=20, help="images checked bit-exact vs simulation")
     ap.add_argument("--output", default=str(ROOT / "bench/results/w8a8_accuracy"))
     args = ap.parse_args()
@@ -125,9 +141,12 @@ def main() -> int:
     stats = collect(args.model, calib)
     calib_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods.split(","):
+        variants = [("w8a8", m) for m in args.methods.split(",") if m] + \
+                   [(p, "percentile") for p in args.plans.split(",") if p]
+        for spec, method in variants:
             t = time.perf_counter()
-            r = tvmq.build(args.model, Path(tmp) / method, plan="w8a8", stats=stats, range_method=method)
+            r = tvmq.build(args.model, Path(tmp) / f"{spec}_{method}", plan=_plan(args.model, spec),
+                           stats=stats, range_method=method)
             build_s = time.perf_counter() - t
             m = tvmq.load(r.library)
             set_num_threads(1)
@@ -135,8 +154,10 @@ def main() -> int:
             exact = all(np.array_equal(m.run({"input": x[i:i + 1]})["logits"], r.program.run([x[i:i + 1]])[0])
                         for i in range(len(x) - args.check, len(x)))
             ms = _median_ms(lambda: m.run({"input": x[:1]}))
-            rows.append({"variant": f"tvmq W8A8 ({method})", "top1": float((pred == y).mean()),
-                         "pred": pred, "ms": ms, "bit_exact": exact, "build_s": build_s})
+            rows.append({"variant": f"tvmq {spec.upper() if spec != 'mixed' else 'W4A8 + W8A8 (dw, first, last)'} "
+                                    f"({method})", "top1": float((pred == y).mean()),
+                         "pred": pred, "ms": ms, "bit_exact": exact, "build_s": build_s,
+                         "weight_bytes": r.manifest_data["weight_bytes"]})
         ort_row("onnxruntime int8 (QDQ)", _ort_int8(Path(args.model), calib, Path(tmp) / "int8.onnx"))
     notes = []
     try:
@@ -156,11 +177,13 @@ def main() -> int:
     lines = [f"MobileNetV2 (real), {len(x)} imagenet-sample images, {args.calib} calibration images, "
              f"batch 1, 1 thread, {platform.processor() or platform.machine()}, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; calibration pass {calib_s:.1f}s", "",
-             "| variant | top-1 | vs fp32 (pt) | agreement with fp32 | median ms | bit-exact vs simulation |",
-             "|---|---:|---:|---:|---:|---|"]
+             "| variant | top-1 | vs fp32 (pt) | agreement with fp32 | median ms | weights (MB, as stored) "
+             "| bit-exact vs simulation |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
+        wb = f"{row['weight_bytes'] / 1e6:.2f}" if "weight_bytes" in row else "-"
         lines.append(f"| {row['variant']} | {100 * row['top1']:.1f}% | {100 * (row['top1'] - fp['top1']):+.1f} | "
-                     f"{100 * row['agreement']:.1f}% | {row['ms']:.2f} | {row.get('bit_exact', '-')} |")
+                     f"{100 * row['agreement']:.1f}% | {row['ms']:.2f} | {wb} | {row.get('bit_exact', '-')} |")
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     table = "\n".join(lines)

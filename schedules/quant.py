@@ -96,11 +96,28 @@ def quantize(x: np.ndarray, scale: float | np.ndarray, zp: int | np.ndarray, bit
     return q.astype(dtype)
 
 
-def weight_scales(w: np.ndarray, bits: int) -> np.ndarray:
-    """Symmetric per-output-channel scales (narrow range), never zero."""
+def weight_scales(w: np.ndarray, bits: int, clip_search: bool | None = None) -> np.ndarray:
+    """Symmetric per-output-channel scales (narrow range), never zero.
+
+    ``clip_search`` (default: on below 8 bits) shrinks each channel's range to the clipping
+    ratio in ``[0.3, 1]`` (grid of 71) that minimises ``||W - Q(W)||^2`` of that channel: with
+    15 levels the largest weight should not set the step for all the others.
+    """
     hi = 2 ** (bits - 1) - 1
-    amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
-    return np.where(amax > 0, amax / hi, 1.0)
+    flat = w.reshape(w.shape[0], -1).astype(np.float64)
+    amax = np.abs(flat).max(axis=1)
+    scales = np.where(amax > 0, amax / hi, 1.0)
+    if clip_search if clip_search is not None else bits < 8:
+        best = np.full(len(scales), np.inf)
+        chosen = scales.copy()
+        for ratio in np.linspace(1.0, 0.3, 71):
+            sc = scales * ratio
+            err = ((np.clip(np.round(flat / sc[:, None]), -hi, hi) * sc[:, None] - flat) ** 2).sum(axis=1)
+            better = err < best
+            best = np.where(better, err, best)
+            chosen = np.where(better, sc, chosen)
+        scales = chosen
+    return scales
 
 
 def quantize_weights(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,15 @@ MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
 
 
+def weight_sqnr_db(w: np.ndarray, wq: np.ndarray, s_w: np.ndarray) -> float:
+    """``10 log10(||W||^2 / ||W - s * W_q||^2)``: how much of the layer's weights survive
+    quantization (per-layer, data-free; the calibrated output SQNR is the allocator's job)."""
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    err = float(((w.astype(np.float64) - wq * s_w.reshape(shape)) ** 2).sum())
+    sig = float((w.astype(np.float64) ** 2).sum())
+    return float("inf") if err == 0 else round(10 * np.log10(sig / err), 2)
+
+
 @dataclass(frozen=True)
 class QTensor:
     var: relax.Var  # uint8
@@ -312,7 +321,8 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.set_var_remap(binding.var, y)
         self.owner.qparams[m.layer.name] = {
             "in": {"scale": qx.scale, "zero_point": qx.zp}, "out": "fp32 (dequantized from int32)",
-            "w_scales": s_w.tolist(), "clamp": None, "residual": False}
+            "w_scales": s_w.tolist(), "weight_sqnr_db": weight_sqnr_db(m.weight, wq, s_w),
+            "clamp": None, "residual": False}
         self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
                                             "config": cfg.__dict__, "epilogue": wl.epilogue.__dict__}
 
@@ -363,7 +373,8 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.set_var_remap(binding.var, new)
         self.owner.qparams[m.layer.name] = {
             "in": {"scale": s_in, "zero_point": zp_in}, "out": {"scale": s_out, "zero_point": zp_out},
-            "w_scales": s_w.tolist(), "clamp": [lo, hi], "residual": residual is not None}
+            "w_scales": s_w.tolist(), "weight_sqnr_db": weight_sqnr_db(m.weight, wq, s_w),
+            "clamp": [lo, hi], "residual": residual is not None}
         self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
                                             "config": cfg.__dict__, "epilogue": ep.__dict__}
 
