@@ -22,6 +22,7 @@ from .dense import fp32 as dense_fp32
 from .dense import int8 as dense_w8a8
 from .depthwise import fp32 as depthwise_fp32
 from .depthwise import int8 as depthwise_w8a8
+from . import bf16
 from .packing import pack_int4, packed_length, unpack_expr
 from .target_features import ISA_LEVELS, TargetFeatures
 from .workload import Conv2dWorkload, DenseWorkload, Workload
@@ -177,3 +178,39 @@ def int4_weights(base: KernelDef) -> KernelDef:
 
 for _key in [k for k in registered_keys() if k.precision == "w8a8"]:
     register(int4_weights(_REGISTRY[_key]))
+
+
+def bf16_weights(base: KernelDef) -> KernelDef:
+    """The bf16 twin of an fp32 kernel (``schedules.bf16``): the weight argument is the base
+    kernel's packed layout as uint16 bf16 patterns, unpacked to float32 in the kernel; the input
+    is rounded to bf16 in a first stage; then the fp32 kernel runs unchanged."""
+
+    def compute(wl: Workload, cfg: Any) -> list:
+        from tvm import te
+
+        wshape = base.pack_weight(np.zeros(wl.weight_shape, np.float32), wl, cfg).shape
+        data = te.placeholder(base.input_shape(wl, cfg), "float32", name="data")
+        packed = te.placeholder(wshape, "uint16", name="weight")
+        rounded = te.compute(data.shape, lambda *i: bf16.round_expr(data[i]), name="data_bf16")
+        weight = te.compute(wshape, lambda *i: bf16.unpack_expr(packed[i]), name="weight_unpack")
+        tensors = base.compute(wl, cfg, rounded, weight)
+        return [data, packed, *tensors[2:]]
+
+    def schedule(sch, wl: Workload, cfg: Any, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+        base.schedule(sch, wl, cfg, sample)
+        for name in ("data_bf16", "weight_unpack"):
+            loops = sch.get_loops(sch.get_sblock(name))
+            if len(loops) > 1:
+                sch.parallel(sch.fuse(*loops[:-1]))
+            sch.vectorize(sch.split(loops[-1], [None, 8])[1]) if int(sch.get(loops[-1]).extent) % 8 == 0 else None
+
+    def pack_weight(weight: np.ndarray, wl: Workload, cfg: Any) -> np.ndarray:
+        return bf16.to_bf16_bits(base.pack_weight(weight.astype(np.float32), wl, cfg))
+
+    return KernelDef(KernelKey(base.key.op, "bf16", base.key.isa), compute, schedule,
+                     base.fallback_config, pack_weight, base.input_shape, base.output_shape,
+                     f"bf16 weights and inputs, fp32 accumulation (portable): {base.description}")
+
+
+for _key in [k for k in registered_keys() if k.precision == "fp32"]:
+    register(bf16_weights(_REGISTRY[_key]))

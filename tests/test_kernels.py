@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tvm
 
-from schedules import reference, registry
+from schedules import bf16, reference, registry
 from schedules.target_features import TargetFeatures, detect_host
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
@@ -22,8 +22,9 @@ def _features(isa: str) -> TargetFeatures:
     return HOST if isa == "host" else HOST.with_isa(isa)
 
 
-def _run(wl, weight, bias, data, features: TargetFeatures, residual=None) -> np.ndarray:  # type: ignore[no-untyped-def]
-    kernel = registry.select(registry.op_of(wl), "fp32", features)
+def _run(wl, weight, bias, data, features: TargetFeatures, residual=None,  # type: ignore[no-untyped-def]
+         precision: str = "fp32") -> np.ndarray:
+    kernel = registry.select(registry.op_of(wl), precision, features)
     cfg = kernel.fallback_config(wl, features)
     func = kernel.build_primfunc(wl, cfg)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json()))
@@ -38,15 +39,19 @@ def _run(wl, weight, bias, data, features: TargetFeatures, residual=None) -> np.
     return out.numpy().reshape(wl.out_shape)
 
 
-def _check(wl, isa: str, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
+def _check(wl, isa: str, seed: int = 0, precision: str = "fp32") -> None:  # type: ignore[no-untyped-def]
+    """fp32: against the fp64-accumulated numpy reference. bf16: the reference takes the inputs
+    and weights rounded to bf16 (their products are exact in fp32), so the same bound holds:
+    only the order of the fp32 additions differs."""
     rng = np.random.default_rng(seed)
     data = rng.standard_normal(wl.data_shape).astype(np.float32)
     weight = rng.standard_normal(wl.weight_shape).astype(np.float32)
     bias = rng.standard_normal(wl.weight_shape[0]).astype(np.float32)
     residual = rng.standard_normal(wl.out_shape).astype(np.float32)
     ref_fn = reference.dense if isinstance(wl, DenseWorkload) else reference.conv2d
-    expected = ref_fn(data, weight, bias if wl.epilogue.bias else None, wl, residual)
-    got = _run(wl, weight, bias, data, _features(isa), residual)
+    rd, rw = (bf16.round_bf16(data), bf16.round_bf16(weight)) if precision == "bf16" else (data, weight)
+    expected = ref_fn(rd, rw, bias if wl.epilogue.bias else None, wl, residual)
+    got = _run(wl, weight, bias, data, _features(isa), residual, precision)
     scale = max(float(np.abs(expected).max()), 1.0)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
 
@@ -130,7 +135,7 @@ def test_dense_matches_reference(n: int, c: int, k: int, ep: Epilogue, isa: str)
 
 
 def test_registry_miss_names_known_keys() -> None:
-    with pytest.raises(registry.KernelNotFound, match="registered: conv2d/fp32/generic"):
+    with pytest.raises(registry.KernelNotFound, match=r"no kernel conv2d/int3/generic; registered: .*conv2d/fp32/generic"):
         registry.get(registry.KernelKey("conv2d", "int3", "generic"))
 
 
@@ -206,3 +211,29 @@ def test_avx512_kernels_compile_to_zmm_code(wl) -> None:  # type: ignore[no-unty
     ex = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
                      target=tvm.target.Target(AVX512.target_json()))
     assert "zmm" in ex.mod.inspect_source("s")
+
+
+@pytest.mark.parametrize("case", CONVS[:6] + CONVS[-3:], ids=lambda c: "x".join(map(str, c[:11])))
+def test_bf16_conv2d_matches_bf16_rounded_reference(case) -> None:  # type: ignore[no-untyped-def]
+    n, c, h, w, k, r, s, st, p, d, g, ep = case
+    _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep), "host", precision="bf16")
+
+
+@pytest.mark.parametrize("case", DEPTHWISE[:3], ids=lambda c: "x".join(map(str, c[:7])))
+def test_bf16_depthwise_and_dense_match_bf16_rounded_reference(case) -> None:  # type: ignore[no-untyped-def]
+    n, c, h, r, st, p, ep = case[0], case[1], case[2], case[4], case[5], case[6], case[7]
+    _check(Conv2dWorkload(n, c, h, h, c, r, r, st, st, p, p, p, p, groups=c, epilogue=ep), "host",
+           precision="bf16")
+    _check(DenseWorkload(2, 3 * c, c, ep), "host", precision="bf16")
+
+
+def test_bf16_rounding_is_nearest_even_and_stores_two_bytes() -> None:
+    x = np.array([1.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -2.5, 3.0e38], np.float32)
+    # 1 + 2^-8 is a tie between 1 and 1 + 2^-7: to even (1); 1 + 3*2^-8 rounds up to 1 + 2^-6
+    np.testing.assert_array_equal(bf16.round_bf16(x)[:4], np.array([1.0, 1.0, 1.0 + 2 ** -6, -2.5], np.float32))
+    assert bf16.to_bf16_bits(x).dtype == np.uint16
+    wl = Conv2dWorkload(1, 8, 6, 6, 16, 3, 3, 1, 1, 1, 1, 1, 1)
+    k = registry.select("conv2d", "bf16", HOST)
+    w = np.ones(wl.weight_shape, np.float32)
+    assert k.pack_weight(w, wl, k.fallback_config(wl, HOST)).nbytes * 2 == \
+        registry.select("conv2d", "fp32", HOST).pack_weight(w, wl, k.fallback_config(wl, HOST)).nbytes

@@ -68,10 +68,10 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
 
     t = time.perf_counter()
     program, qparams = None, {}
-    if plan is not None and any(not spec.is_float for spec in plan.values()):
+    if plan is not None and any(spec.name != "fp32" for spec in plan.values()):
         from .passes.realize_integers import RealizeIntegers
 
-        if stats is None:
+        if stats is None and any(not spec.is_float for spec in plan.values()):
             raise TvmqError("a quantized plan needs calibration statistics (tvmq calibrate)")
         lower: Any = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan, stats,
                                      range_method)
@@ -136,13 +136,14 @@ def compile_relax(pm: PreparedModel, features: TargetFeatures, *,
 
 
 def size_accounting(pm: PreparedModel, plan: Any, stored: dict[str, int]) -> dict[str, Any]:
-    """Weight bytes (as stored in the library: packed int8 / int4 / fp32, biases and scales
-    aside) and bit operations (MACs x weight bits x activation bits; fp32 counts 32 x 32),
+    """Weight bytes (as stored in the library: packed int8 / int4 / bf16 / fp32, biases and
+    scales aside) and bit operations (MACs x weight bits x activation bits; fp32 counts 32 x 32,
+    bf16 16 x 16),
     per layer and in total."""
     per_layer = {}
     for layer in pm.layers:
         spec = None if plan is None else plan[layer.name]
-        w_bits, a_bits = (32, 32) if spec is None or spec.is_float else (spec.w_bits, spec.a_bits)
+        w_bits, a_bits = (32, 32) if spec is None or spec.name == "fp32" else (spec.w_bits, spec.a_bits)
         per_layer[layer.name] = {"spec": "fp32" if spec is None else spec.name,
                                  "weight_bytes": int(stored.get(layer.name, layer.weight_bytes(32))),
                                  "bops": int(layer.macs) * w_bits * a_bits}

@@ -64,8 +64,14 @@ def _quantization(args: argparse.Namespace, features, progress):  # type: ignore
     from .plan import PrecisionPlan, QuantSpec
 
     spec = QuantSpec.parse(args.bits)
-    if spec.is_float and not args.keep_fp32:
+    if spec.name == "fp32" and not args.keep_fp32:
         return None, None
+    if spec.is_float:  # bf16 (with or without fp32 layers): no calibration needed
+        from .frontend import prepare
+
+        pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
+        keep = [k for k in (args.keep_fp32 or "").split(",") if k]
+        return PrecisionPlan.uniform(pm.layers, spec, keep_fp32=keep), None
     if args.calibration is None:
         raise TvmqError(f"--bits {args.bits} needs --calibration (a .npy/.npz file, a folder of "
                         f"images, or the calibration.json written by `tvmq calibrate`)")
@@ -188,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="limit kernels to this ISA level (default: detected from the CPU)")
     c.add_argument("--batch-size", type=int, default=1)
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
-    c.add_argument("--bits", default="fp32", help="precision of every layer: fp32 (default) or w8a8")
+    c.add_argument("--bits", default="fp32",
+                   help="precision of every layer: fp32 (default), bf16, w8a8 or w4a8 (the integer "
+                        "ones need --calibration)")
     c.add_argument("--keep-fp32", default="", metavar="LAYERS",
                    help="comma-separated layer names (or first, last) kept in fp32")
     c.add_argument("--calibration", metavar="DATA",

@@ -33,8 +33,9 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Config:
     return template.fallback_config(wl, features)
 
 
-def compute(wl: Conv2dWorkload, cfg: Config) -> list[te.Tensor]:
-    return _template(cfg).compute(wl, cfg)
+def compute(wl: Conv2dWorkload, cfg: Config, data: te.Tensor | None = None,
+            weight: te.Tensor | None = None) -> list[te.Tensor]:
+    return _template(cfg).compute(wl, cfg, data, weight)
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]

@@ -157,10 +157,13 @@ def conv_body(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, weight: te
         name="conv")
 
 
-def compute(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[te.Tensor]:
+def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
+            data: te.Tensor | None = None, weight: te.Tensor | None = None) -> list[te.Tensor]:
     """TE compute: ``[data, packed_weight, (bias,) (residual,) out]``."""
-    data = te.placeholder(wl.data_shape, "float32", name="data")
-    weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
+    if data is None:  # (bf16 layers pass rounded inputs and unpacked weights)
+        data = te.placeholder(wl.data_shape, "float32", name="data")
+    if weight is None:
+        weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
     conv = conv_body(wl, cfg, data, weight, tirx.const(0.0, "float32"), "float32")
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
     bias = optional_bias(wl.epilogue, wl.out_channels)

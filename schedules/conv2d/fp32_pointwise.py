@@ -63,12 +63,15 @@ def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return (wl.batch, wl.out_channels, wl.out_height * wl.out_width)
 
 
-def compute(wl: Conv2dWorkload, cfg: PointwiseConfig) -> list[te.Tensor]:
+def compute(wl: Conv2dWorkload, cfg: PointwiseConfig,
+            data: te.Tensor | None = None, weight: te.Tensor | None = None) -> list[te.Tensor]:
     n_, c_, p_ = input_shape(wl)
     kb, _, kt = packed_weight_shape(wl, cfg)
     pp = padded_width(p_, cfg.p_tile)
-    data = te.placeholder((n_, c_, p_), "float32", name="data")
-    weight = te.placeholder((kb, c_, kt), "float32", name="weight")
+    if data is None:  # (bf16 layers pass rounded inputs and unpacked weights)
+        data = te.placeholder((n_, c_, p_), "float32", name="data")
+    if weight is None:
+        weight = te.placeholder((kb, c_, kt), "float32", name="weight")
     if pp != p_:
         src = te.compute((n_, c_, pp), lambda n, c, p: te.if_then_else(
             p < p_, data[n, c, p], te.const(0.0, "float32")), name="data_pack")

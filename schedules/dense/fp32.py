@@ -60,10 +60,13 @@ def dense_body(wl: DenseWorkload, cfg: DenseConfig, data: te.Tensor, weight: te.
                       name="dense")
 
 
-def compute(wl: DenseWorkload, cfg: DenseConfig) -> list[te.Tensor]:
+def compute(wl: DenseWorkload, cfg: DenseConfig,
+            data: te.Tensor | None = None, weight: te.Tensor | None = None) -> list[te.Tensor]:
     oc_bn = cfg.oc_bn
-    data = te.placeholder(wl.data_shape, "float32", name="data")
-    weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
+    if data is None:  # (bf16 layers pass rounded inputs and unpacked weights)
+        data = te.placeholder(wl.data_shape, "float32", name="data")
+    if weight is None:
+        weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
     acc = dense_body(wl, cfg, data, weight, "float32")
     bias = optional_bias(wl.epilogue, wl.out_features)
     residual = optional_residual(wl.epilogue, wl.out_shape)

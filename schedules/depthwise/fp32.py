@@ -83,9 +83,12 @@ def conv_body(wl: Conv2dWorkload, cfg: DepthwiseConfig, data: te.Tensor, weight:
         name="conv")
 
 
-def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[te.Tensor]:
-    data = te.placeholder(wl.data_shape, "float32", name="data")
-    weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
+def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig,
+            data: te.Tensor | None = None, weight: te.Tensor | None = None) -> list[te.Tensor]:
+    if data is None:  # (bf16 layers pass rounded inputs and unpacked weights)
+        data = te.placeholder(wl.data_shape, "float32", name="data")
+    if weight is None:
+        weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
     conv = conv_body(wl, cfg, data, weight, tirx.const(0.0, "float32"), "float32")
     bias = optional_bias(wl.epilogue, wl.out_channels)
     residual = optional_residual(wl.epilogue, wl.out_shape)

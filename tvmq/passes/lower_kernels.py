@@ -198,9 +198,10 @@ class LowerToKernels:
             self._cache[key] = (relax.GlobalVar(fname), cfg)
         return self._cache[key]
 
-    def fp32_entry(self, m: LayerMatch) -> dict[str, Any]:
-        """How the rewriter emits an fp32 layer."""
-        kernel = registry.select(registry.op_of(m.workload), "fp32", self.features)
+    def fp32_entry(self, m: LayerMatch, precision: str = "fp32") -> dict[str, Any]:
+        """How the rewriter emits a float layer (``fp32``, or ``bf16``: bf16 weights and inputs,
+        fp32 accumulation, float32 in and out)."""
+        kernel = registry.select(registry.op_of(m.workload), precision, self.features)
         gv, cfg = self.add_kernel(kernel, m.workload, m.layer.name)
         packed = kernel.pack_weight(m.weight, m.workload, cfg)
         consts = [relax.const(packed)]

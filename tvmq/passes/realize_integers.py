@@ -380,8 +380,9 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
 
 
 # per-layer specs RealizeIntegers compiles; W4A8 and W8A8 layers share uint8 activations, so a
-# boundary between them costs nothing (the producer requantizes straight into the consumer's input)
-REALIZABLE = ("w8a8", "w4a8", "fp32")
+# boundary between them costs nothing (the producer requantizes straight into the consumer's
+# input); bf16 and fp32 layers take and give float32 (dequantize / quantize at their boundaries)
+REALIZABLE = ("w8a8", "w4a8", "bf16", "fp32")
 
 
 class RealizeIntegers(LowerToKernels):
@@ -420,8 +421,8 @@ class RealizeIntegers(LowerToKernels):
         entries: dict[relax.Var, dict[str, Any]] = {}
         edges = self._model_outputs(mod["main"])
         for m in self.match_layers(mod):
-            if self.plan[m.layer.name].name == "fp32":
-                entries[m.tail] = self.fp32_entry(m)
+            if self.plan[m.layer.name].is_float:
+                entries[m.tail] = self.fp32_entry(m, self.plan[m.layer.name].name)
             else:
                 entries[m.tail] = dict(kind="int", match=m, edge=m.tail in edges,
                                        interior={v for v in m.chain if v is not m.tail})
