@@ -181,13 +181,14 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  #
                                     * scale[k], ep)
 
         return [bias, scale, qp], qp, deq, "float32"
+    out_dtype = "int16" if ep.out_int16 else "uint8"
     mult = te.placeholder((channels,), "int32", name="multiplier")
     shift = te.placeholder((channels,), "int32", name="shift")
     res, rp = int_residual_args(ep, out_shape)
 
     def req(acc, k, index):  # type: ignore[no-untyped-def]
-        return requantize_expr(acc, None if bias_in_acc else bias[k], mult[k], shift[k], qp[1], qp[2], qp[3],
+        return requantize_expr(acc, None if bias_in_acc else bias[k], mult[k], shift[k], qp[1], qp[2], qp[3], out_dtype,
                                residual=None if res is None else res[index], rparams=rp)
 
     args = [bias, mult, shift, qp] + ([res, rp] if res is not None else [])
-    return args, qp, req, "uint8"
+    return args, qp, req, out_dtype

@@ -22,6 +22,8 @@ register) against ``group`` weights broadcast, ``C[i] += sum_k int32(A[i, k]) * 
 ``tvmq_pmaddwd_px8x2``   8      2    AVX2 ``vpmovzxbw`` + ``vpmaddwd`` ymm
 ``tvmq_pmaddwd_px16x2``  16     2    AVX-512BW, zmm
 ``tvmq_vnni_px16x4``     16     4    AVX512-VNNI ``vpdpbusd`` zmm (activations unsigned)
+``..._px8x2_s16``        8      2    AVX2, int16 activations (W8A16) loaded as they are
+``..._px16x2_s16``       16     2    AVX-512BW, int16 activations
 =====================  =====  =====  ======================================================
  The pmaddwd forms take the activations already widened to int16 (the kernel's
 input repack does it): |u8 * s8| <= 32640, so a pair sum fits in int16 x int16 -> int32 exactly,
@@ -137,9 +139,9 @@ def _vnni_16x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1),
 
 
 # --- pixel forms: lanes pixels x group channels (uint8) . group weights (broadcast) ----------
-def _px_desc(lanes: int, group: int):  # type: ignore[no-untyped-def]
+def _px_desc(lanes: int, group: int, a_dtype: str = "uint8"):  # type: ignore[no-untyped-def]
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((lanes, group), "uint8", offset_factor=1),
+    def desc(A: T.Buffer((lanes, group), a_dtype, offset_factor=1),
              B: T.Buffer((group,), "int8", offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
@@ -153,18 +155,19 @@ def _px_desc(lanes: int, group: int):  # type: ignore[no-untyped-def]
     return desc
 
 
-def _px_pmaddwd_impl(lanes: int, llvm_name: str):  # type: ignore[no-untyped-def]
+def _px_pmaddwd_impl(lanes: int, llvm_name: str, a_dtype: str = "uint8"):  # type: ignore[no-untyped-def]
     w16 = f"int16x{2 * lanes}"
     i32 = f"int32x{lanes}"
+    a_vec = f"{a_dtype}x{2 * lanes}"
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((lanes, 2), "uint8", offset_factor=1),
+    def impl(A: T.Buffer((lanes, 2), a_dtype, offset_factor=1),
              B: T.Buffer((2,), "int8", offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:lanes, 0:2], B[0:2])
             T.writes(C[0:lanes])
-            a = T.cast(A.vload([0, 0], f"uint8x{2 * lanes}"), w16)
+            a = T.cast(A.vload([0, 0], a_vec), w16)
             b = T.cast(T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], "int8x2"), dtype="int16"),
                                                  lanes), dtype=f"int8x{2 * lanes}"), w16)
             C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], i32) + T.call_llvm_pure_intrin(
@@ -306,7 +309,11 @@ DOT_PRODUCTS = {d.name: d for d in (PMADDWD_8X2, PMADDWD_16X2, VNNI_16X4, AMX_16
 PX_PMADDWD_8X2 = DotProduct("tvmq_pmaddwd_px8x2", 8, 2, "uint8", "avx2")
 PX_PMADDWD_16X2 = DotProduct("tvmq_pmaddwd_px16x2", 16, 2, "uint8", "avx512")
 PX_VNNI_16X4 = DotProduct("tvmq_vnni_px16x4", 16, 4, "uint8", "avx512_vnni")
-PIXEL_DOT_PRODUCTS = {d.name: d for d in (PX_PMADDWD_8X2, PX_PMADDWD_16X2, PX_VNNI_16X4)}
+# int16 activations (W8A16): the pixel vectors are loaded as they are, no widening
+PX_PMADDWD_8X2_S16 = DotProduct("tvmq_pmaddwd_px8x2_s16", 8, 2, "int16", "avx2")
+PX_PMADDWD_16X2_S16 = DotProduct("tvmq_pmaddwd_px16x2_s16", 16, 2, "int16", "avx512")
+PIXEL_DOT_PRODUCTS = {d.name: d for d in (PX_PMADDWD_8X2, PX_PMADDWD_16X2, PX_VNNI_16X4,
+                                          PX_PMADDWD_8X2_S16, PX_PMADDWD_16X2_S16)}
 
 for _dot, _desc, _impl in ((PMADDWD_8X2, _pmaddwd_8x2_desc, _pmaddwd_8x2_impl),
                            (PMADDWD_16X2, _pmaddwd_16x2_desc, _pmaddwd_16x2_impl),
@@ -316,3 +323,7 @@ for _dot, _impl in ((PX_PMADDWD_8X2, _px_pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd
                     (PX_PMADDWD_16X2, _px_pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
                     (PX_VNNI_16X4, _px_vnni_16x4_impl)):
     TensorIntrin.register(_dot.name, _px_desc(_dot.lanes, _dot.group), _impl, override=True)
+for _dot, _llvm in ((PX_PMADDWD_8X2_S16, "llvm.x86.avx2.pmadd.wd"),
+                    (PX_PMADDWD_16X2_S16, "llvm.x86.avx512.pmaddw.d.512")):
+    TensorIntrin.register(_dot.name, _px_desc(_dot.lanes, 2, "int16"),
+                          _px_pmaddwd_impl(_dot.lanes, _llvm, "int16"), override=True)

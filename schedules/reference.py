@@ -69,28 +69,30 @@ def conv2d_int(xq: np.ndarray, x_zp: int, wq: np.ndarray, wl: Conv2dWorkload) ->
 
 def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
                 shift: np.ndarray, x_zp: int, out_zp: int, lo: int, hi: int,
-                wl: Conv2dWorkload, residual: tuple | None = None) -> np.ndarray:
-    """The integer-only layer the W8A8 kernels compute: conv, + bias, requantize, clamp."""
+                wl: Conv2dWorkload, residual: tuple | None = None, out_dtype: type = np.uint8) -> np.ndarray:
+    """The integer-only layer the integer kernels compute: conv, + bias, requantize, clamp
+    (input uint8 with its zero point, or int16 with zero point 0; output ``out_dtype``)."""
     from .quant import requantize
 
     acc = conv2d_int(xq, x_zp, wq, wl).astype(np.int64) + bias_q.astype(np.int64).reshape(1, -1, 1, 1)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow after the bias")
     return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi,
-                      residual=residual).astype(np.uint8)
+                      residual=residual).astype(out_dtype)
 
 
 def dense_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
                shift: np.ndarray, out_zp: int, lo: int, hi: int,
-               residual: tuple | None = None) -> np.ndarray:
-    """Integer-only dense: ``x @ w.T`` (int64, exact) + bias, requantized and clamped to uint8."""
+               residual: tuple | None = None, out_dtype: type = np.uint8) -> np.ndarray:
+    """Integer-only dense: ``x @ w.T`` (int64, exact) + bias, requantized and clamped
+    (``out_dtype``: uint8, or int16)."""
     from .quant import requantize
 
     acc = xq.astype(np.int64) @ wq.astype(np.int64).T + bias_q.astype(np.int64)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow")
     return requantize(acc.astype(np.int32), multiplier, shift, out_zp, lo, hi,
-                      residual=residual).astype(np.uint8)
+                      residual=residual).astype(out_dtype)
 
 
 def quantize_u8(x: np.ndarray, scale: float, zp: int) -> np.ndarray:

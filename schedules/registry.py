@@ -214,3 +214,24 @@ def bf16_weights(base: KernelDef) -> KernelDef:
 
 for _key in [k for k in registered_keys() if k.precision == "fp32"]:
     register(bf16_weights(_REGISTRY[_key]))
+
+
+def int16_activations(base: KernelDef) -> KernelDef:
+    """The W8A16 twin of a W8A8 kernel: int16 activations (symmetric, zero point 0) instead of
+    uint8; weights, accumulation, epilogue and reference unchanged. Products of int16 and int8
+    fit ``vpmaddwd``'s exact int32 pair sums; the compiler bounds the activation range so that
+    no int32 accumulator can overflow (``RealizeIntegers``)."""
+    fallback = base.fallback_config
+    if base.key.op == "conv2d" and base.key.isa != "generic":
+        fallback = functools.partial(conv2d_w8a8_isa.fallback_config, isa=base.key.isa, data_dtype="int16")
+
+    def compute(wl: Workload, cfg: Any) -> list:
+        return base.compute(wl, cfg, None, "int16")
+
+    return KernelDef(KernelKey(base.key.op, "w8a16", base.key.isa), compute, base.schedule,
+                     fallback, base.pack_weight, base.input_shape, base.output_shape,
+                     f"int16 activations: {base.description}")
+
+
+for _key in [k for k in registered_keys() if k.precision == "w8a8" and k.isa in ("generic", "avx2", "avx512")]:
+    register(int16_activations(_REGISTRY[_key]))

@@ -30,10 +30,13 @@ class Epilogue:
     clip_max: float = 0.0
     residual: bool = False
     out_float: bool = False  # integer kernels: dequantize to fp32 instead of requantizing
+    out_int16: bool = False  # integer kernels: requantize to int16 (symmetric) instead of uint8
 
     def __post_init__(self) -> None:
         if self.activation not in ("none", "relu", "clip"):
             raise ValueError(f"unknown activation {self.activation!r}")
+        if self.out_float and self.out_int16:
+            raise ValueError("an epilogue dequantizes (out_float) or requantizes to int16, not both")
         if self.activation == "clip" and not self.clip_min <= self.clip_max:
             raise ValueError(f"clip_min {self.clip_min} > clip_max {self.clip_max}")
 

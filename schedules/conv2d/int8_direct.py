@@ -32,14 +32,16 @@ __all__ = ["Conv2dConfig", "compute", "fallback_config", "input_shape", "output_
 
 
 def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
-            weight: te.Tensor | None = None) -> list[te.Tensor]:
+            weight: te.Tensor | None = None,
+            data_dtype: str = "uint8") -> list[te.Tensor]:
     """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument)."""
-    data = te.placeholder(wl.data_shape, "uint8", name="data")
+    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
+    zero point) or int16 (W8A16, symmetric)."""
+    data = te.placeholder(wl.data_shape, data_dtype, name="data")
     if weight is None:
         weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
     args, qp, epilogue, out_dtype = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
-    conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype("uint8"), "int32")
+    conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype(data_dtype), "int32")
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
     out = te.compute(output_shape(wl), lambda n, gi, kk, y, x: epilogue(
         conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, (n, gi, kk, y, x)), name="out")

@@ -97,11 +97,13 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: DotConv2dConfig) ->
 
 
 def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
-            weight: te.Tensor | None = None) -> list[te.Tensor]:
+            weight: te.Tensor | None = None,
+            data_dtype: str = "uint8") -> list[te.Tensor]:
     """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument)."""
+    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
+    zero point) or int16 (W8A16, symmetric)."""
     d = cfg.dot_product
-    data = te.placeholder(wl.data_shape, "uint8", name="data")
+    data = te.placeholder(wl.data_shape, data_dtype, name="data")
     if weight is None:
         weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))

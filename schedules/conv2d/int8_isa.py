@@ -31,10 +31,15 @@ def _template(cfg: Any) -> ModuleType:
     return int8_pointwise if isinstance(cfg, int8_pointwise.PointwiseDotConfig) else int8_dot
 
 
-def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str) -> Config:
-    pixel_dots = [d.name for d in PIXEL_DOT_PRODUCTS.values() if d.isa == isa]
+def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
+                    data_dtype: str = "uint8") -> Config:
+    """``data_dtype``: int16 (W8A16) takes the int16 pixel forms and never VNNI / AMX (whose
+    instructions multiply unsigned bytes)."""
+    pixel_dots = [d.name for d in PIXEL_DOT_PRODUCTS.values() if d.isa == isa and d.a_dtype == data_dtype]
     if int8_pointwise.applies(wl) and pixel_dots:  # (AMX has no pixel form: tiles do both)
         return int8_pointwise.fallback_config(wl, features, pixel_dots[0])
+    if data_dtype == "int16" and isa not in ("avx2", "avx512"):
+        raise ValueError(f"int16 activations have no {isa} dot-product kernel (vpmaddwd: avx2, avx512)")
     if isa == "amx" and wl.stride_w != 1:
         # an AMX tile loads rows of consecutive pixels: strided convs take the VNNI form
         isa = "avx512_vnni"
@@ -42,8 +47,9 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str) -> C
     return int8_dot.fallback_config(wl, features, dot)
 
 
-def compute(wl: Conv2dWorkload, cfg: Config, weight: te.Tensor | None = None) -> list[te.Tensor]:
-    return _template(cfg).compute(wl, cfg, weight)
+def compute(wl: Conv2dWorkload, cfg: Config, weight: te.Tensor | None = None,
+            data_dtype: str = "uint8") -> list[te.Tensor]:
+    return _template(cfg).compute(wl, cfg, weight, data_dtype)
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]

@@ -79,13 +79,15 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: PointwiseDotConfig)
 
 
 def compute(wl: Conv2dWorkload, cfg: PointwiseDotConfig,
-            weight: te.Tensor | None = None) -> list[te.Tensor]:
+            weight: te.Tensor | None = None,
+            data_dtype: str = "uint8") -> list[te.Tensor]:
     """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument)."""
+    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
+    zero point) or int16 (W8A16, symmetric)."""
     n_, c_, p_ = input_shape(wl)
     kb, cq, kt, grp = packed_weight_shape(wl, cfg)
     pp = padded_width(p_, cfg.p_tile)
-    data = te.placeholder((n_, c_, p_), "uint8", name="data")
+    data = te.placeholder((n_, c_, p_), data_dtype, name="data")
     if weight is None:
         weight = te.placeholder((kb, cq, kt, grp), "int8", name="weight")
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl),
@@ -99,7 +101,7 @@ def compute(wl: Conv2dWorkload, cfg: PointwiseDotConfig,
             inside = c < c_ if inside is None else tirx.all(inside, c < c_)
         # padded channels meet zero weights and padded pixels are dropped: any value is exact
         return data[n, c, p] if inside is None else tirx.if_then_else(
-            inside, data[n, c, p], tirx.const(0, "uint8"))
+            inside, data[n, c, p], tirx.const(0, data_dtype))
 
     xpack = te.compute((n_, cq, pp, grp), pack, name="data_pack")
     rq = te.reduce_axis((0, cq), "rq")

@@ -20,10 +20,12 @@ __all__ = ["DenseConfig", "compute", "fallback_config", "input_shape", "output_s
 
 
 def compute(wl: DenseWorkload, cfg: DenseConfig,
-            weight: te.Tensor | None = None) -> list[te.Tensor]:
+            weight: te.Tensor | None = None,
+            data_dtype: str = "uint8") -> list[te.Tensor]:
     """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument)."""
-    data = te.placeholder(wl.data_shape, "uint8", name="data")
+    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
+    zero point) or int16 (W8A16, symmetric)."""
+    data = te.placeholder(wl.data_shape, data_dtype, name="data")
     if weight is None:
         weight = te.placeholder(fp32.packed_weight_shape(wl, cfg), "int8", name="weight")
     args, _, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_features, wl.out_shape)
