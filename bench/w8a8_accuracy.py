@@ -102,8 +102,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--methods", default="percentile,mse", help="W8A8 rows: activation range methods")
-    ap.add_argument("--plans", default="w4a8,mixed,bf16",
-                    help="more tvmq rows, percentile ranges: uniform specs (w4a8, bf16) or 'mixed' (W4A8, "
+    ap.add_argument("--plans", default="w8a16,w4a8,mixed,bf16",
+                    help="more tvmq rows, percentile ranges: uniform specs (w8a16, w4a8, bf16) or 'mixed' (W4A8, "
                          "with the depthwise, first and last layers W8A8); '' for none")
     ap.add_argument("--check", type=int, default=20, help="images checked bit-exact vs simulation")
     ap.add_argument("--output", default=str(ROOT / "bench/results/w8a8_accuracy"))

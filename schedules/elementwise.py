@@ -11,6 +11,10 @@ Defined so that numpy computes the very same IEEE float32 operations (``referenc
   so the max of the codes is the code of the max; scale and zero point unchanged); padding and
   windows reaching past the edge (``ceil_mode``) contribute 0, the smallest code, which a
   window with at least one real element never returns wrongly
+* int16 activations (W8A16 inputs, symmetric, zero point 0): ``quantize_i16``
+  ``q = clip(floor(x / scale + 0.5), -qmax, qmax)``; ``requantize_i16_u8`` (an int16 tensor for
+  a uint8 consumer) ``clip(rescale(q, m, shift) + zp, 0, 255)`` with ``quant.rescale``'s exact
+  rounding; ``widen_u8_i16`` ``q - zp`` (lossless, same scale)
 
 Scales and zero points are run-time arguments (``scale f32[1]``, ``zp s32[1]``).
 """
@@ -35,8 +39,8 @@ def quantize(shape: tuple[int, ...]) -> list[te.Tensor]:
     return [x, scale, zp, te.compute(shape, q, name="quantize")]
 
 
-def dequantize(shape: tuple[int, ...]) -> list[te.Tensor]:
-    q = te.placeholder(shape, "uint8", name="q")
+def dequantize(shape: tuple[int, ...], dtype: str = "uint8") -> list[te.Tensor]:
+    q = te.placeholder(shape, dtype, name="q")
     scale = te.placeholder((1,), "float32", name="scale")
     zp = te.placeholder((1,), "int32", name="zp")
     out = te.compute(shape, lambda *i: (q[i].astype("int32") - zp[0]).astype("float32") * scale[0],
@@ -74,3 +78,34 @@ def max_pool_u8(shape: tuple[int, int, int, int], out_hw: tuple[int, int], pool:
                                         tirx.const(0, "uint8")), axis=[rh, rw])
 
     return [q, te.compute((n_, c_, *out_hw), window, name="max_pool")]
+
+
+def quantize_i16(shape: tuple[int, ...], qmax: int) -> list[te.Tensor]:
+    x = te.placeholder(shape, "float32", name="x")
+    scale = te.placeholder((1,), "float32", name="scale")
+
+    def q(*idx):  # type: ignore[no-untyped-def]
+        f = tirx.floor(x[idx] / scale[0] + tirx.const(0.5, "float32"))
+        f = tirx.min(tirx.max(f, tirx.const(-qmax, "float32")), tirx.const(qmax, "float32"))
+        return f.astype("int32").astype("int16")
+
+    return [x, scale, te.compute(shape, q, name="quantize_i16")]
+
+
+def requantize_i16_u8(shape: tuple[int, ...]) -> list[te.Tensor]:
+    """``params s32[3] = (m, shift, zp)``."""
+    from .common import rescale_expr
+
+    q = te.placeholder(shape, "int16", name="q")
+    params = te.placeholder((3,), "int32", name="params")
+    out = te.compute(shape, lambda *i: tirx.min(tirx.max(
+        rescale_expr(q[i].astype("int32"), params[0], params[1]) + params[2], 0), 255).astype("uint8"),
+        name="requantize_i16_u8")
+    return [q, params, out]
+
+
+def widen_u8_i16(shape: tuple[int, ...]) -> list[te.Tensor]:
+    q = te.placeholder(shape, "uint8", name="q")
+    zp = te.placeholder((1,), "int32", name="zp")
+    return [q, zp, te.compute(shape, lambda *i: (q[i].astype("int32") - zp[0]).astype("int16"),
+                              name="widen_u8_i16")]

@@ -102,6 +102,22 @@ def quantize_u8(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
     return np.clip(v, 0, 255).astype(np.uint8)
 
 
+def quantize_i16(x: np.ndarray, scale: float, qmax: int) -> np.ndarray:
+    """``schedules.elementwise.quantize_i16`` in numpy (the same float32 operations)."""
+    f = np.floor(x.astype(np.float32) / np.float32(scale) + np.float32(0.5))
+    return np.clip(f, -qmax, qmax).astype(np.int16)
+
+
+def requantize_i16_u8(q: np.ndarray, m: int, shift: int, zp: int) -> np.ndarray:
+    from .quant import rescale
+
+    return np.clip(rescale(q.astype(np.int32), m, shift) + zp, 0, 255).astype(np.uint8)
+
+
+def widen_u8_i16(q: np.ndarray, zp: int) -> np.ndarray:
+    return (q.astype(np.int32) - zp).astype(np.int16)
+
+
 def dequantize_u8(q: np.ndarray, scale: float, zp: int) -> np.ndarray:
     return (q.astype(np.int32) - zp).astype(np.float32) * np.float32(scale)
 

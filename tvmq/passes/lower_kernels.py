@@ -349,12 +349,17 @@ class LowerToKernels:
         return bias, residual, ep
 
     def _workload(self, layer: LayerInfo, ep: Epilogue) -> Conv2dWorkload | DenseWorkload:
-        if layer.op == "dense":
-            n, c = layer.input_shape
-            return DenseWorkload(int(n), int(c), int(layer.weight_shape[0]), ep)
-        n, c, h, w = layer.input_shape
-        k, _, r, s = layer.weight_shape
-        t, l, bo, ri = layer.pads
-        return Conv2dWorkload(int(n), int(c), int(h), int(w), int(k), int(r), int(s),
-                              layer.strides[0], layer.strides[1], t, l, bo, ri,
-                              layer.dilations[0], layer.dilations[1], layer.groups, ep)
+        return layer_workload(layer, ep)
+
+
+def layer_workload(layer: LayerInfo, ep: Epilogue) -> Conv2dWorkload | DenseWorkload:
+    """The kernel workload of one layer of the LayerTable with epilogue ``ep``."""
+    if layer.op == "dense":
+        n, c = layer.input_shape
+        return DenseWorkload(int(n), int(c), int(layer.weight_shape[0]), ep)
+    n, c, h, w = layer.input_shape
+    k, _, r, s = layer.weight_shape
+    t, l, bo, ri = layer.pads
+    return Conv2dWorkload(int(n), int(c), int(h), int(w), int(k), int(r), int(s),
+                          layer.strides[0], layer.strides[1], t, l, bo, ri,
+                          layer.dilations[0], layer.dilations[1], layer.groups, ep)

@@ -1,4 +1,5 @@
-"""``RealizeIntegers``: the layers a plan quantizes become integer-only kernels (W8A8, W4A8).
+"""``RealizeIntegers``: the layers a plan quantizes become integer-only kernels (W8A8, W4A8,
+W8A16); bf16 and fp32 layers stay float.
 
 Biases are corrected for the mean shift that rounding the weights causes
 (``expected_weight_error``, from the calibrated input channel means; measured on MobileNetV2:
@@ -15,7 +16,11 @@ when the producer is an integer layer, else a ``quantize`` kernel with the calib
 byte, the same kernel after an in-kernel unpack; int32 bias with the input zero point folded in, dyadic requantization, ReLU / ReLU6 as clamp bounds, a residual branch rescaled in
 integers) producing uint8, and a ``dequantize`` for any float consumer. Global average pooling
 and reshapes of integer tensors stay integer. ``DeadCodeElimination`` then drops every float
-twin nobody reads, so between two integer layers no float op remains. Max pooling and global
+twin nobody reads, so between two integer layers no float op remains. W8A16 layers read int16
+activations (symmetric): their producer requantizes into int16 directly (``demand16``, bounded
+by ``int16_qmax`` so no accumulator can overflow); other consumers of such a tensor get an exact
+int16 -> uint8 requantization, and an int16 input with no integer producer is quantized from
+float (or widened losslessly from uint8). Max pooling and global
 average pooling stay integer too; float ops after the last integer layer (a softmax) are allowed.
 
 Postcondition (checked by ``IntegerProgram``): no float op feeds an integer op; each model output
@@ -132,6 +137,27 @@ def expected_weight_error(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray,
     return (delta * per_out).sum(axis=1)
 
 
+def _act_bounds16(ep: Any, scale: float, qmax: int) -> tuple[int, int]:
+    """Clamp bounds of an int16 (symmetric, zero point 0) output limited to ``[-qmax, qmax]``."""
+    lo, hi = -qmax, qmax
+    if ep.activation == "relu":
+        lo = 0
+    elif ep.activation == "clip":
+        if np.isfinite(ep.clip_min):
+            lo = int(np.clip(np.round(ep.clip_min / scale), -qmax, qmax))
+        if np.isfinite(ep.clip_max):
+            hi = int(np.clip(np.round(ep.clip_max / scale), -qmax, qmax))
+    return lo, hi
+
+
+def int16_qmax(wq: np.ndarray) -> int:
+    """The largest int16 input magnitude a W8A16 layer with these int8 weights accepts: every
+    int32 accumulator then stays below 90% of 2^31 (the rest is the bias' headroom), whatever
+    the input. Wide layers (ResNet's 3x3x512) thus get ~12-13 bits, narrow ones all 15."""
+    widest = int(np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).max())
+    return int(max(1, min(32767, 0.9 * (2 ** 31 - 1) // max(widest, 1))))
+
+
 def _act_bounds(ep: Any, scale: float, zp: int) -> tuple[int, int]:
     if ep.activation == "relu":
         return max(0, zp), 255
@@ -148,7 +174,9 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
                  owner: RealizeIntegers) -> None:
         super().__init__(mod, plan, False)
         self.owner = owner
-        self.q: dict[relax.Var, QTensor] = {}
+        self.q: dict[relax.Var, QTensor] = {}  # float var -> its uint8 form
+        self.q16: dict[relax.Var, QTensor] = {}  # float var -> its int16 form (zero point 0)
+        self.range16: dict[relax.Var, tuple[float, float]] = {}  # calibrated range of an int16 one
         self.program = IntegerProgram()
         self._funcs: dict[tuple, relax.GlobalVar] = {}
 
@@ -170,14 +198,57 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.program.record(v, lambda a: reference.quantize_u8(a, scale, zp), [x])
         return QTensor(v, scale, zp)
 
-    def _dequantize(self, qt: QTensor, shape: tuple[int, ...], emit: Callable) -> relax.Var:
-        gv = self._func(("dequantize", shape), lambda: elementwise.dequantize(shape))
+    def _dequantize(self, qt: QTensor, shape: tuple[int, ...], emit: Callable,
+                    dtype: str = "uint8") -> relax.Var:
+        gv = self._func(("dequantize", shape, dtype), lambda: elementwise.dequantize(shape, dtype))
         v = emit(relax.call_tir(gv, [qt.var, relax.const(np.array([qt.scale], np.float32)),
                                      relax.const(np.array([qt.zp], np.int32))],
                                 relax.TensorType(shape, "float32")))
         self.program.record(v, lambda a: reference.dequantize_u8(a, qt.scale, qt.zp), [qt.var])
-        self.q[v] = qt
+        (self.q if dtype == "uint8" else self.q16)[v] = qt
         return v
+
+    def _u8(self, x: relax.Var) -> QTensor | None:
+        """``x``'s uint8 form: as produced, or requantized from its int16 form (for a W8A8 /
+        W4A8 consumer of a tensor produced for a W8A16 one); None for a float tensor."""
+        if x in self.q:
+            return self.q[x]
+        if x not in self.range16:  # float (an int16 form quantized from it does not count)
+            return None
+        qt = self.q16[x]
+        s8, zp8 = quant.activation_params(*self.range16[x])
+        (m,), (sh,) = quant.quantize_multiplier(qt.scale / s8)
+        shape = self._shape(qt.var)
+        gv = self._func(("requantize_i16_u8", shape), lambda: elementwise.requantize_i16_u8(shape))
+        v = self.builder_.emit(relax.call_tir(gv, [qt.var, relax.const(np.array([m, sh, zp8], np.int32))],
+                                              relax.TensorType(shape, "uint8")), name_hint="q8")
+        self.program.record(v, lambda a: reference.requantize_i16_u8(a, int(m), int(sh), zp8), [qt.var])
+        self.q[x] = QTensor(v, s8, zp8)
+        return self.q[x]
+
+    def _i16(self, x: relax.Var, layer: str, qmax: int) -> QTensor:
+        """``x``'s int16 form for a W8A16 consumer: as produced (its producer requantized into
+        int16), widened from uint8 (lossless, same scale), or quantized from float with the
+        consumer's calibrated input range mapped to ``[-qmax, qmax]``."""
+        if x in self.q16:
+            return self.q16[x]
+        shape = self._shape(x)
+        if x in self.q:
+            qt = self.q[x]
+            gv = self._func(("widen_u8_i16", shape), lambda: elementwise.widen_u8_i16(shape))
+            v = self.builder_.emit(relax.call_tir(gv, [qt.var, relax.const(np.array([qt.zp], np.int32))],
+                                                  relax.TensorType(shape, "int16")), name_hint="q16")
+            self.program.record(v, lambda a: reference.widen_u8_i16(a, qt.zp), [qt.var])
+            self.q16[x] = QTensor(v, qt.scale, 0)
+            return self.q16[x]
+        lo, hi = self.owner.stats.get(layer, "in").range(self.owner.method)
+        scale = max(abs(lo), abs(hi), 1e-12) / qmax
+        gv = self._func(("quantize_i16", shape, qmax), lambda: elementwise.quantize_i16(shape, qmax))
+        v = self.builder_.emit(relax.call_tir(gv, [x, relax.const(np.array([scale], np.float32))],
+                                              relax.TensorType(shape, "int16")), name_hint="xq16")
+        self.program.record(v, lambda a: reference.quantize_i16(a, scale, qmax), [x])
+        self.q16[x] = QTensor(v, scale, 0)
+        return self.q16[x]
 
     def _reshape(self, v: relax.Var, shape: tuple[int, ...]) -> relax.Var:
         out = self.builder_.emit(relax.op.reshape(v, shape), name_hint="q_view")
@@ -208,7 +279,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         value = binding.value
         if isinstance(value, relax.Call) and value.op in (MEAN, RESHAPE, MAX_POOL, AVG_POOL) and len(value.args) >= 1:
             x = self.visit_expr(value.args[0])
-            if x in self.q and self._int_passthrough(binding, value, x):
+            if self._u8(x) is not None and self._int_passthrough(binding, value, x):
                 return
         super().visit_var_binding_(binding)
 
@@ -266,12 +337,16 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         return self._quantize(r, self._shape(r), s_r, zp_r)
 
     def _int_input(self, m: LayerMatch) -> tuple[QTensor, np.ndarray, np.ndarray, np.ndarray]:
-        """The layer's uint8 input, int8 weights, their scales and the int32 bias (with the
-        input zero point folded in)."""
+        """The layer's integer input (uint8, or int16 for W8A16), integer weights, their scales
+        and the int32 bias (with the input zero point folded in)."""
         x = self.visit_expr(m.data)
-        s_in, zp_in = quant.activation_params(*self.owner.stats.get(m.layer.name, "in").range(self.owner.method))
-        qx = self.q.get(x) or self._quantize(x, self._shape(x), s_in, zp_in)
-        wq, s_w = quant.quantize_weights(m.weight, self.owner.plan[m.layer.name].w_bits)
+        spec = self.owner.plan[m.layer.name]
+        wq, s_w = quant.quantize_weights(m.weight, spec.w_bits)
+        if spec.a_bits == 16:
+            qx = self._i16(x, m.layer.name, int16_qmax(wq))
+        else:
+            s_in, zp_in = quant.activation_params(*self.owner.stats.get(m.layer.name, "in").range(self.owner.method))
+            qx = self._u8(x) or self._quantize(x, self._shape(x), s_in, zp_in)
         b = m.bias if m.bias is not None else np.zeros(wq.shape[0])
         if self.owner.bias_correction:
             b = b - self._expected_weight_error(m, wq, s_w)
@@ -334,9 +409,18 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         wl, ep = m.workload, m.epilogue
         qx, wq, s_w, bias_q = self._int_input(m)
         s_in, zp_in = qx.scale, qx.zp
-        s_out, zp_out = quant.activation_params(*self.owner.stats.get(m.layer.name, "out").range(self.owner.method))
+        out_range = self.owner.stats.get(m.layer.name, "out").range(self.owner.method)
+        qmax16 = self.owner.demand16.get(binding.var)
+        if qmax16 is None:
+            s_out, zp_out = quant.activation_params(*out_range)
+            lo, hi = _act_bounds(ep, s_out, zp_out)
+        else:  # a W8A16 layer reads this output: requantize straight into int16
+            s_out, zp_out = max(abs(out_range[0]), abs(out_range[1]), 1e-12) / qmax16, 0
+            lo, hi = _act_bounds16(ep, s_out, qmax16)
+            ep = replace(ep, out_int16=True)
+            wl = replace(wl, epilogue=ep)
+        out_dtype = "int16" if ep.out_int16 else "uint8"
         mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
-        lo, hi = _act_bounds(ep, s_out, zp_out)
         kernel = registry.select(registry.op_of(wl), self.owner.plan[m.layer.name].name,
                                  self.owner.features)
         gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
@@ -350,26 +434,29 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         residual = None
         if ep.residual:
             r = self.visit_expr(m.residual)
-            qr = self.q.get(r) or self._quantize_float_residual(m, r)
+            qr = self._u8(r) or self._quantize_float_residual(m, r)
             (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
             rv = self._view(qr.var, tuple(buf))
             args += [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
             sim_inputs.append(rv)
             residual = (qr.zp, int(r_m), int(r_s))
-        y = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType(buf, "uint8")), name_hint="yq")
+        y = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType(buf, out_dtype)), name_hint="yq")
 
         def simulate(xv: np.ndarray, rv: np.ndarray | None = None) -> np.ndarray:
             res = None if residual is None else (rv.reshape(wl.out_shape), *residual)
             if registry.op_of(wl) == "dense":
-                out = reference.dense_w8a8(xv, wq, bias_q, mult, shift, zp_out, lo, hi, res)
+                out = reference.dense_w8a8(xv, wq, bias_q, mult, shift, zp_out, lo, hi, res, np.dtype(out_dtype))
             else:
-                out = reference.conv2d_w8a8(xv, wq, bias_q, mult, shift, zp_in, zp_out, lo, hi, wl, res)
+                out = reference.conv2d_w8a8(xv, wq, bias_q, mult, shift, zp_in, zp_out, lo, hi, wl, res,
+                                            np.dtype(out_dtype))
             return out.reshape(buf)
 
         self.program.record(y, simulate, sim_inputs)
         out_shape = tuple(m.layer.output_shape)
         yv = y if tuple(buf) == out_shape else self._reshape(y, out_shape)
-        new = self._dequantize(QTensor(yv, s_out, zp_out), out_shape, self._emit_fn(binding.var))
+        new = self._dequantize(QTensor(yv, s_out, zp_out), out_shape, self._emit_fn(binding.var), out_dtype)
+        if ep.out_int16:
+            self.range16[new] = out_range
         self.set_var_remap(binding.var, new)
         self.owner.qparams[m.layer.name] = {
             "in": {"scale": s_in, "zero_point": zp_in}, "out": {"scale": s_out, "zero_point": zp_out},
@@ -382,7 +469,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
 # per-layer specs RealizeIntegers compiles; W4A8 and W8A8 layers share uint8 activations, so a
 # boundary between them costs nothing (the producer requantizes straight into the consumer's
 # input); bf16 and fp32 layers take and give float32 (dequantize / quantize at their boundaries)
-REALIZABLE = ("w8a8", "w4a8", "bf16", "fp32")
+REALIZABLE = ("w8a8", "w4a8", "w8a16", "bf16", "fp32")
 
 
 class RealizeIntegers(LowerToKernels):
@@ -401,6 +488,8 @@ class RealizeIntegers(LowerToKernels):
         self.qparams: dict[str, dict[str, Any]] = {}
         self.program = IntegerProgram()
         self._typed: dict[str, relax.GlobalVar] = {}
+        # producer output var -> the int16 bound its W8A16 consumers accept (see int16_qmax)
+        self.demand16: dict[relax.Var, int] = {}
 
     def typed(self, rw: relax.PyExprMutator, gv: relax.GlobalVar) -> relax.GlobalVar:
         if gv.name_hint not in self._typed:
@@ -426,6 +515,11 @@ class RealizeIntegers(LowerToKernels):
             else:
                 entries[m.tail] = dict(kind="int", match=m, edge=m.tail in edges,
                                        interior={v for v in m.chain if v is not m.tail})
+        for p in entries.values():
+            if p["kind"] == "int" and self.plan[p["match"].layer.name].a_bits == 16:
+                m = p["match"]
+                qmax = int16_qmax(quant.quantize_weights(m.weight, 8)[0])
+                self.demand16[m.data] = min(qmax, self.demand16.get(m.data, qmax))
         rw = _IntRewriter(mod, entries, self)
         fp32 = {k: v for k, v in entries.items() if v["kind"] == "fp32"}
         for p in fp32.values():
