@@ -192,3 +192,26 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  #
 
     args = [bias, mult, shift, qp] + ([res, rp] if res is not None else [])
     return args, qp, req, out_dtype
+
+
+class TemplateDispatch:
+    """The kernel functions of an op with several templates, forwarded to the template that
+    made the config (``template_of(cfg)``): the choice of template is part of the config."""
+
+    def __init__(self, template_of) -> None:  # type: ignore[no-untyped-def]
+        self.template_of = template_of
+
+    def compute(self, wl, cfg, *tensors_and_dtypes):  # type: ignore[no-untyped-def]
+        return self.template_of(cfg).compute(wl, cfg, *tensors_and_dtypes)
+
+    def schedule(self, sch, wl, cfg, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self.template_of(cfg).schedule(sch, wl, cfg, sample)
+
+    def pack_weight(self, weight, wl, cfg):  # type: ignore[no-untyped-def]
+        return self.template_of(cfg).pack_weight(weight, wl, cfg)
+
+    def input_shape(self, wl, cfg):  # type: ignore[no-untyped-def]
+        return self.template_of(cfg).input_shape(wl)
+
+    def output_shape(self, wl, cfg):  # type: ignore[no-untyped-def]
+        return self.template_of(cfg).output_shape(wl)

@@ -51,79 +51,45 @@ class DotProduct:
     isa: str  # the ISA level that has the instruction (``target_features.ISA_LEVELS``)
 
 
-# --- AVX2 vpmaddwd, 8 lanes x 2 ---------------------------------------------------------------
-@T.prim_func(s_tir=True)
-def _pmaddwd_8x2_desc(A: T.Buffer((2,), "int16", offset_factor=1),
-                      B: T.Buffer((8, 2), "int8", offset_factor=1),
-                      C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+# --- channel forms: group channels of one pixel (broadcast) . lanes x group weights ----------
+def _desc(lanes: int, group: int, a_dtype: str):  # type: ignore[no-untyped-def]
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((group,), a_dtype, offset_factor=1),
+             B: T.Buffer((lanes, group), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    return desc
 
 
-@T.prim_func(s_tir=True)
-def _pmaddwd_8x2_impl(A: T.Buffer((2,), "int16", offset_factor=1),
-                      B: T.Buffer((8, 2), "int8", offset_factor=1),
-                      C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8),
-                          dtype="int16x16")
-        b = T.cast(B.vload([0, 0], "int8x16"), "int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, b, dtype="int32x8")
+def _pmaddwd_impl(lanes: int, llvm_name: str):  # type: ignore[no-untyped-def]
+    """AVX2 (8 lanes) / AVX-512BW (16 lanes) ``vpmaddwd``: the int16 pair broadcast as one
+    int32, the int8 weights sign-extended to int16."""
+    w16 = f"int16x{2 * lanes}"
+    i32 = f"int32x{lanes}"
 
-
-# --- AVX-512BW vpmaddwd, 16 lanes x 2 ---------------------------------------------------------
-@T.prim_func(s_tir=True)
-def _pmaddwd_16x2_desc(A: T.Buffer((2,), "int16", offset_factor=1),
-                       B: T.Buffer((16, 2), "int8", offset_factor=1),
-                       C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _pmaddwd_16x2_impl(A: T.Buffer((2,), "int16", offset_factor=1),
-                       B: T.Buffer((16, 2), "int8", offset_factor=1),
-                       C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-        T.writes(C[0:16])
-        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 16),
-                          dtype="int16x32")
-        b = T.cast(B.vload([0, 0], "int8x32"), "int16x32")
-        C[T.ramp(T.int32(0), 1, 16)] = C.vload([0], "int32x16") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pmaddw.d.512"), a, b, dtype="int32x16")
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), "int16", offset_factor=1),
+             B: T.Buffer((lanes, 2), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), lanes),
+                              dtype=w16)
+            b = T.cast(B.vload([0, 0], f"int8x{2 * lanes}"), w16)
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], i32) + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_name), a, b, dtype=i32)
+    return impl
 
 
 # --- AVX512-VNNI vpdpbusd, 16 lanes x 4 -------------------------------------------------------
-@T.prim_func(s_tir=True)
-def _vnni_16x4_desc(A: T.Buffer((4,), "uint8", offset_factor=1),
-                    B: T.Buffer((16, 4), "int8", offset_factor=1),
-                    C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
 @T.prim_func(s_tir=True)
 def _vnni_16x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1),
                     B: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -315,10 +281,10 @@ PX_PMADDWD_16X2_S16 = DotProduct("tvmq_pmaddwd_px16x2_s16", 16, 2, "int16", "avx
 PIXEL_DOT_PRODUCTS = {d.name: d for d in (PX_PMADDWD_8X2, PX_PMADDWD_16X2, PX_VNNI_16X4,
                                           PX_PMADDWD_8X2_S16, PX_PMADDWD_16X2_S16)}
 
-for _dot, _desc, _impl in ((PMADDWD_8X2, _pmaddwd_8x2_desc, _pmaddwd_8x2_impl),
-                           (PMADDWD_16X2, _pmaddwd_16x2_desc, _pmaddwd_16x2_impl),
-                           (VNNI_16X4, _vnni_16x4_desc, _vnni_16x4_impl)):
-    TensorIntrin.register(_dot.name, _desc, _impl, override=True)
+for _dot, _impl in ((PMADDWD_8X2, _pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
+                   (PMADDWD_16X2, _pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
+                   (VNNI_16X4, _vnni_16x4_impl)):
+    TensorIntrin.register(_dot.name, _desc(_dot.lanes, _dot.group, _dot.a_dtype), _impl, override=True)
 for _dot, _impl in ((PX_PMADDWD_8X2, _px_pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
                     (PX_PMADDWD_16X2, _px_pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
                     (PX_VNNI_16X4, _px_vnni_16x4_impl)):

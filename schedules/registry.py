@@ -8,13 +8,13 @@ allow, walking down the ISA levels to the portable one; a miss names the keys th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import functools
-
 import numpy as np
 
+from . import bf16
 from .conv2d import fp32 as conv2d_fp32
 from .conv2d import int8_direct as conv2d_w8a8
 from .conv2d import int8_isa as conv2d_w8a8_isa
@@ -22,7 +22,6 @@ from .dense import fp32 as dense_fp32
 from .dense import int8 as dense_w8a8
 from .depthwise import fp32 as depthwise_fp32
 from .depthwise import int8 as depthwise_w8a8
-from . import bf16
 from .packing import pack_int4, packed_length, unpack_expr
 from .target_features import ISA_LEVELS, TargetFeatures
 from .workload import Conv2dWorkload, DenseWorkload, Workload

@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tvmq.allocate import (AllocationProblem, Option, allocate, brute_force, greedy_pareto,
-                           pareto_front)
+from tvmq.allocate import AllocationProblem, Option, allocate, brute_force, greedy_pareto, pareto_front
 from tvmq.errors import TvmqError
 
 SPECS = ("w4a8", "w8a8", "fp32")

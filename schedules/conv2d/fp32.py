@@ -14,9 +14,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-from tvm import te
-
+from ..common import TemplateDispatch
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import fp32_direct, fp32_pointwise
@@ -33,22 +31,9 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Config:
     return template.fallback_config(wl, features)
 
 
-def compute(wl: Conv2dWorkload, cfg: Config, data: te.Tensor | None = None,
-            weight: te.Tensor | None = None) -> list[te.Tensor]:
-    return _template(cfg).compute(wl, cfg, data, weight)
-
-
-def schedule(sch, wl: Conv2dWorkload, cfg: Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
-    _template(cfg).schedule(sch, wl, cfg, sample)
-
-
-def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: Config) -> np.ndarray:
-    return _template(cfg).pack_weight(weight, wl, cfg)
-
-
-def input_shape(wl: Conv2dWorkload, cfg: Config) -> tuple[int, ...]:
-    return _template(cfg).input_shape(wl)
-
-
-def output_shape(wl: Conv2dWorkload, cfg: Config) -> tuple[int, ...]:
-    return _template(cfg).output_shape(wl)
+_dispatch = TemplateDispatch(_template)
+compute = _dispatch.compute  # ``compute(wl, cfg, data=None, weight=None)``
+schedule = _dispatch.schedule
+pack_weight = _dispatch.pack_weight
+input_shape = _dispatch.input_shape
+output_shape = _dispatch.output_shape

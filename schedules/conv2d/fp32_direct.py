@@ -17,8 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import (ceil_div, finish, kernel_args, optional_bias, optional_residual, padded_width,
-                      register_tile, schedule_register_tile, schedule_repack)
+from ..common import (
+    ceil_div,
+    finish,
+    kernel_args,
+    optional_bias,
+    optional_residual,
+    padded_width,
+    register_tile,
+    schedule_register_tile,
+    schedule_repack,
+)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 

@@ -15,8 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import (ceil_div, finish, kernel_args, keep_tile_in_registers, optional_bias,
-                      optional_residual, padded_width, split_tile)
+from ..common import (
+    ceil_div,
+    finish,
+    keep_tile_in_registers,
+    kernel_args,
+    optional_bias,
+    optional_residual,
+    padded_width,
+    split_tile,
+)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 

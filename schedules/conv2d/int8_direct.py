@@ -22,10 +22,16 @@ from __future__ import annotations
 from tvm import te
 
 from ..common import int8_epilogue
-from . import fp32_direct
-from .fp32_direct import (Conv2dConfig, fallback_config, input_shape, output_shape, pack_weight,
-                          packed_weight_shape)
 from ..workload import Conv2dWorkload
+from . import fp32_direct
+from .fp32_direct import (
+    Conv2dConfig,
+    fallback_config,
+    input_shape,
+    output_shape,
+    pack_weight,
+    packed_weight_shape,
+)
 
 __all__ = ["Conv2dConfig", "compute", "fallback_config", "input_shape", "output_shape",
            "pack_weight", "schedule"]

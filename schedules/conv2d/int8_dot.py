@@ -21,8 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import (ceil_div, int8_epilogue, keep_tile_in_registers, padded_width,
-                      register_tile, schedule_repack, split_tile)
+from ..common import (
+    ceil_div,
+    int8_epilogue,
+    keep_tile_in_registers,
+    padded_width,
+    register_tile,
+    schedule_repack,
+    split_tile,
+)
 from ..intrinsics import AMX_16X64, DOT_PRODUCTS, DotProduct, amx_intrinsics
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload

@@ -16,9 +16,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-from tvm import te
-
+from ..common import TemplateDispatch
 from ..intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
@@ -47,25 +45,12 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
     return int8_dot.fallback_config(wl, features, dot)
 
 
-def compute(wl: Conv2dWorkload, cfg: Config, weight: te.Tensor | None = None,
-            data_dtype: str = "uint8") -> list[te.Tensor]:
-    return _template(cfg).compute(wl, cfg, weight, data_dtype)
-
-
-def schedule(sch, wl: Conv2dWorkload, cfg: Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
-    _template(cfg).schedule(sch, wl, cfg, sample)
-
-
-def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: Config) -> np.ndarray:
-    return _template(cfg).pack_weight(weight, wl, cfg)
-
-
-def input_shape(wl: Conv2dWorkload, cfg: Config) -> tuple[int, ...]:
-    return _template(cfg).input_shape(wl)
-
-
-def output_shape(wl: Conv2dWorkload, cfg: Config) -> tuple[int, ...]:
-    return _template(cfg).output_shape(wl)
+_dispatch = TemplateDispatch(_template)
+compute = _dispatch.compute  # ``compute(wl, cfg, weight=None, data_dtype="uint8")``
+schedule = _dispatch.schedule
+pack_weight = _dispatch.pack_weight
+input_shape = _dispatch.input_shape
+output_shape = _dispatch.output_shape
 
 
 ISA_LEVELS = sorted({d.isa for d in DOT_PRODUCTS.values()})

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import (ceil_div, int8_epilogue, keep_tile_in_registers, padded_width, split_tile)
+from ..common import ceil_div, int8_epilogue, keep_tile_in_registers, padded_width, split_tile
 from ..intrinsics import PIXEL_DOT_PRODUCTS, DotProduct
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload

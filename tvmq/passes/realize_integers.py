@@ -45,7 +45,7 @@ from ..calibration import ActivationStats
 from ..errors import TvmqError
 from ..frontend import LayerTable
 from ..plan import PrecisionPlan
-from .lower_kernels import LowerToKernels, LayerMatch, _Rewriter, finish_module
+from .lower_kernels import LayerMatch, LowerToKernels, _Rewriter, finish_module
 
 MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
