@@ -37,6 +37,7 @@ bench: $(STAMP) $(MOBILENETV2)
 	$(PY) bench/fp32_latency.py --mobilenetv2 $(MOBILENETV2)
 	$(PY) bench/w8a8_accuracy.py --model $(MOBILENETV2)
 	$(PY) bench/w8a8_latency.py --mobilenetv2 $(MOBILENETV2)
+	$(PY) bench/layer_latency.py --mobilenetv2 $(MOBILENETV2)
 
 clean:
 	rm -rf $(VENV) $(MODELS_VENV) .cache bench/results/build

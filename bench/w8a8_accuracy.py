@@ -116,9 +116,9 @@ def main() -> int:
         return 0
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     import onnxruntime as ort
+    from imagenet_eval import load_imagenet_sample
 
     import tvmq
-    from imagenet_eval import load_imagenet_sample
     from tvmq.calibration import collect
     from tvmq.runtime import set_num_threads
 
