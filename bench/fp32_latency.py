@@ -85,6 +85,14 @@ NOISY_ROUND_SPREAD = 1.2
 # Small helpers
 # ---------------------------------------------------------------------------------------------
 
+def write_results(output: Path, result: dict[str, Any], report: str) -> None:
+    """``output`` (JSON) and the same path with ``.md`` (the table), folders created."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1))
+    output.with_suffix(".md").write_text(report)
+    print(f"wrote {output} and {output.with_suffix('.md')}")
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -618,10 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "skipped": skipped,
         "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1))
-    args.output.with_suffix(".md").write_text(report)
-    print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
+    write_results(args.output, result, report)
     return 0
 
 

@@ -464,10 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "skipped": skipped,
         "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1))
-    args.output.with_suffix(".md").write_text(report)
-    print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
+    fl.write_results(args.output, result, report)
     return 0
 
 
