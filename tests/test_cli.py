@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from .conftest import FMNIST_DIR, ROOT, fmnist_inputs
 
@@ -83,3 +84,18 @@ def test_compile_w8a8_from_the_command_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "needs --calibration" in r.stderr
     r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w3a8", "-o", str(out))
     assert r.returncode == 2 and "w_bits must be 4, 8 or 32" in r.stderr
+
+
+@pytest.mark.parametrize("bits, calibrated", [("w4a8", True), ("w8a16", True), ("bf16", False)])
+def test_compile_other_precisions_from_the_command_line(tmp_path: Path, bits: str, calibrated: bool) -> None:
+    x, _ = fmnist_inputs(16, split="calib")
+    np.savez(tmp_path / "calib.npz", input=x)
+    extra = ["--calibration", str(tmp_path / "calib.npz")] if calibrated else []
+    out = tmp_path / bits
+    r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", bits, *extra, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == [bits]
+    assert all(bits in k["kernel"] for k in manifest["kernels"].values())
+    ratio = {"w4a8": 1 / 8, "w8a16": 1 / 4, "bf16": 1 / 2}[bits]  # of the fp32 bytes, channel padding aside
+    assert ratio <= manifest["weight_bytes"] / manifest["weight_bytes_fp32"] <= 1.6 * ratio
