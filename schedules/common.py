@@ -122,10 +122,20 @@ def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]
 
 
 def rescale_expr(v: tirx.PrimExpr, mult: tirx.PrimExpr, shift: tirx.PrimExpr) -> tirx.PrimExpr:
-    """``((v * m + 2**(shift-1)) >> shift)`` in int64, returned as int32 (``quant.rescale``)."""
+    """``((v * m + 2**(shift-1)) >> shift)`` (``quant.rescale``), returned as int32.
+
+    Computed as ``((v * m + 2**(shift-1) + 2**62) >>> shift) - 2**(62-shift)`` with a *logical*
+    shift of the unsigned sum: ``|v * m| < 2**62`` (both factors are int32), so the sum is
+    non-negative and the logical shift is the floor division the arithmetic one is, exactly;
+    ``2**62`` is a multiple of ``2**shift`` (``shift <= 62``), so subtracting its quotient undoes
+    the offset. x86 has a per-lane logical 64-bit shift (``vpsrlvq``) but no arithmetic one
+    before AVX-512, which LLVM would otherwise emulate in four instructions.
+    """
     one = tirx.const(1, "int64")
     s = shift.astype("int64")
-    return ((v.astype("int64") * mult.astype("int64") + (one << (s - one))) >> s).astype("int32")
+    big = tirx.const(1 << 62, "int64")
+    biased = (v.astype("int64") * mult.astype("int64") + ((one << (s - one)) + big)).astype("uint64")
+    return ((biased >> s.astype("uint64")).astype("int64") - (big >> s)).astype("int32")
 
 
 def requantize_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, mult_k: tirx.PrimExpr,
