@@ -4,12 +4,22 @@ integer-only requantization epilogue. Arguments as ``conv2d/int8_direct``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tvm import te
 
 from ..common import int8_epilogue
+from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import fp32
-from .fp32 import DepthwiseConfig, fallback_config, input_shape, output_shape, pack_weight
+from .fp32 import DepthwiseConfig, input_shape, output_shape, pack_weight
+
+
+def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> DepthwiseConfig:
+    """fp32's, with the padded-plane copy always vectorised: for integer inputs (padded with a
+    run-time zero point) that is faster on every MobileNetV2 shape measured (AVX2: 112x112 s1
+    0.79 -> 0.63 ms, 112x112 s2 1.24 -> 0.82, 28x28 s2 0.138 -> 0.120), unlike fp32."""
+    return replace(fp32.fallback_config(wl, features), pad_vectorize=True)
 
 __all__ = ["DepthwiseConfig", "compute", "fallback_config", "input_shape", "output_shape",
            "pack_weight", "schedule"]
