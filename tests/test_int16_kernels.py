@@ -13,13 +13,9 @@ from schedules import quant, reference, registry
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 from .test_int4_kernels import conv_cases
-from .test_int8_kernels import HOST, TARGET
+from .test_int8_kernels import HOST, TARGET, isa_params
 
-ISAS = [i for i in ("avx2", "avx512", "generic")
-        if registry.KernelKey("conv2d", "w8a16", i) in registry.registered_keys()]
-PARAMS = [pytest.param(i, marks=pytest.mark.skipif(
-    i == "avx512" and not HOST.avx512bw or i == "avx2" and not HOST.avx2,
-    reason=f"this CPU ({HOST.isa}) cannot run {i} code")) for i in ISAS]
+PARAMS = isa_params("w8a16")
 
 
 def _run(wl, precision: str, isa: str, x, w, b, m, s, qp, out_dtype: str) -> np.ndarray:  # type: ignore[no-untyped-def]

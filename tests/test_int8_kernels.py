@@ -17,18 +17,24 @@ TARGET = tvm.target.Target(HOST.target_json())
 _CACHE: dict = {}
 
 
-def _conv_isas():  # type: ignore[no-untyped-def]
-    """Every ISA level with a conv2d/w8a8 kernel of its own; skipped where the CPU lacks it."""
+CPU_FLAG = {"amx": "amx_int8", "avx512_vnni": "avx512_vnni", "avx512": "avx512f", "avx2": "avx2"}
+
+
+def isa_params(precision: str, isas=ISA_LEVELS):  # type: ignore[no-untyped-def]
+    """Every ISA level with a conv2d kernel of ``precision`` of its own, as a pytest param that
+    skips (saying how to run it) where this CPU cannot execute that ISA's instructions."""
     params = []
-    for isa in ISA_LEVELS:
-        if registry.KernelKey("conv2d", "w8a8", isa) in registry.registered_keys():
+    for isa in isas:
+        if registry.KernelKey("conv2d", precision, isa) in registry.registered_keys():
             runs = ISA_LEVELS.index(HOST.isa) <= ISA_LEVELS.index(isa)
-            params.append(pytest.param(isa, marks=pytest.mark.skipif(
-                not runs, reason=f"this CPU ({HOST.isa}) cannot run {isa} code")))
+            params.append(pytest.param(isa, marks=pytest.mark.skipif(not runs, reason=(
+                f"this CPU ({HOST.isa}) cannot execute {isa} instructions: run `make test` on a CPU "
+                f"whose /proc/cpuinfo lists {CPU_FLAG.get(isa, isa)} (the kernel's compilation is "
+                f"checked here by test_dot_product_kernels_compile_to_their_instruction)"))))
     return params
 
 
-CONV_ISAS = _conv_isas()
+CONV_ISAS = isa_params("w8a8")
 
 
 def _kernel(wl: Conv2dWorkload, isa: str | None = None):  # type: ignore[no-untyped-def]

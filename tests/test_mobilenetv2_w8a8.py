@@ -37,7 +37,8 @@ def mbv2_w8a8(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     try:
         calib, _ = load_imagenet_sample(SAMPLE, n=CALIBRATION)
     except FileNotFoundError:
-        pytest.skip(f"no calibration images at {SAMPLE} (../shared/data/imagenet-sample)")
+        pytest.skip(f"no calibration images at {SAMPLE}: put ../shared beside the checkout (its "
+                    f"data/imagenet-sample, see ../shared/DATA.md), then `make test`")
     stats = collect(MOBILENETV2, calib)
     out = tmp_path_factory.mktemp("mbv2_w8a8")
     result = tvmq.build(MOBILENETV2, out, plan="w8a8", stats=stats, range_method="percentile")
