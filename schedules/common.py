@@ -162,6 +162,20 @@ def int_residual_args(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-
             te.placeholder((3,), "int32", name="residual_params"))
 
 
+def int8_operands(data_shape: tuple[int, ...], weight_shape: tuple[int, ...], weight=None,  # type: ignore[no-untyped-def]
+                  data_dtype: str = "uint8"):
+    """``(data, weight)`` of an integer kernel's compute. ``weight``: the int8 packed weights as
+    a tensor (the W4A8 twin passes the nibbles it unpacks), by default a placeholder (the kernel
+    argument); ``data_dtype``: uint8 (W8A8, W4A8, with a zero point) or int16 (W8A16,
+    symmetric)."""
+    from tvm import te
+
+    data = te.placeholder(data_shape, data_dtype, name="data")
+    if weight is None:
+        weight = te.placeholder(weight_shape, "int8", name="weight")
+    return data, weight
+
+
 def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  # type: ignore[no-untyped-def]
                   bias_in_acc: bool = False):
     """The integer kernels' epilogue arguments and expression.

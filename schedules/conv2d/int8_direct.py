@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from tvm import te
 
-from ..common import int8_epilogue
+from ..common import int8_epilogue, int8_operands
 from ..workload import Conv2dWorkload
 from . import fp32_direct
 from .fp32_direct import (
@@ -40,12 +40,8 @@ __all__ = ["Conv2dConfig", "compute", "fallback_config", "input_shape", "output_
 def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
             weight: te.Tensor | None = None,
             data_dtype: str = "uint8") -> list[te.Tensor]:
-    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
-    zero point) or int16 (W8A16, symmetric)."""
-    data = te.placeholder(wl.data_shape, data_dtype, name="data")
-    if weight is None:
-        weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
+    """``weight``, ``data_dtype``: as ``common.int8_operands``."""
+    data, weight = int8_operands(wl.data_shape, packed_weight_shape(wl, cfg), weight, data_dtype)
     args, qp, epilogue, out_dtype = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
     conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype(data_dtype), "int32")
     oc_bn, kg = cfg.oc_bn, wl.out_per_group

@@ -24,6 +24,7 @@ from tvm import te
 from ..common import (
     ceil_div,
     int8_epilogue,
+    int8_operands,
     keep_tile_in_registers,
     padded_width,
     register_tile,
@@ -106,13 +107,9 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: DotConv2dConfig) ->
 def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
             weight: te.Tensor | None = None,
             data_dtype: str = "uint8") -> list[te.Tensor]:
-    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
-    zero point) or int16 (W8A16, symmetric)."""
+    """``weight``, ``data_dtype``: as ``common.int8_operands``."""
     d = cfg.dot_product
-    data = te.placeholder(wl.data_shape, data_dtype, name="data")
-    if weight is None:
-        weight = te.placeholder(packed_weight_shape(wl, cfg), "int8", name="weight")
+    data, weight = int8_operands(wl.data_shape, packed_weight_shape(wl, cfg), weight, data_dtype)
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
     dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype)
     g = wl.groups

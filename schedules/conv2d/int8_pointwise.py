@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import ceil_div, int8_epilogue, keep_tile_in_registers, padded_width, split_tile
+from ..common import ceil_div, int8_epilogue, int8_operands, keep_tile_in_registers, padded_width, split_tile
 from ..intrinsics import PIXEL_DOT_PRODUCTS, DotProduct
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
@@ -81,15 +81,11 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: PointwiseDotConfig)
 def compute(wl: Conv2dWorkload, cfg: PointwiseDotConfig,
             weight: te.Tensor | None = None,
             data_dtype: str = "uint8") -> list[te.Tensor]:
-    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
-    zero point) or int16 (W8A16, symmetric)."""
+    """``weight``, ``data_dtype``: as ``common.int8_operands``."""
     n_, c_, p_ = input_shape(wl)
     kb, cq, kt, grp = packed_weight_shape(wl, cfg)
     pp = padded_width(p_, cfg.p_tile)
-    data = te.placeholder((n_, c_, p_), data_dtype, name="data")
-    if weight is None:
-        weight = te.placeholder((kb, cq, kt, grp), "int8", name="weight")
+    data, weight = int8_operands((n_, c_, p_), (kb, cq, kt, grp), weight, data_dtype)
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl),
                                           bias_in_acc=True)
     bias = args[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tvm import te
 
-from ..common import int8_epilogue
+from ..common import int8_epilogue, int8_operands
 from ..workload import DenseWorkload
 from . import fp32
 from .fp32 import DenseConfig, fallback_config, input_shape, output_shape, pack_weight
@@ -22,12 +22,8 @@ __all__ = ["DenseConfig", "compute", "fallback_config", "input_shape", "output_s
 def compute(wl: DenseWorkload, cfg: DenseConfig,
             weight: te.Tensor | None = None,
             data_dtype: str = "uint8") -> list[te.Tensor]:
-    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
-    zero point) or int16 (W8A16, symmetric)."""
-    data = te.placeholder(wl.data_shape, data_dtype, name="data")
-    if weight is None:
-        weight = te.placeholder(fp32.packed_weight_shape(wl, cfg), "int8", name="weight")
+    """``weight``, ``data_dtype``: as ``common.int8_operands``."""
+    data, weight = int8_operands(wl.data_shape, fp32.packed_weight_shape(wl, cfg), weight, data_dtype)
     args, _, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_features, wl.out_shape)
     acc = fp32.dense_body(wl, cfg, data, weight, "int32")
     oc_bn = cfg.oc_bn

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from tvm import te
 
-from ..common import int8_epilogue
+from ..common import int8_epilogue, int8_operands
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import fp32
@@ -28,12 +28,8 @@ __all__ = ["DepthwiseConfig", "compute", "fallback_config", "input_shape", "outp
 def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig,
             weight: te.Tensor | None = None,
             data_dtype: str = "uint8") -> list[te.Tensor]:
-    """``weight``: the int8 packed weights as a tensor (W4A8 unpacks nibbles into it);
-    by default a placeholder (the kernel argument). ``data_dtype``: uint8 (W8A8, W4A8, with a
-    zero point) or int16 (W8A16, symmetric)."""
-    data = te.placeholder(wl.data_shape, data_dtype, name="data")
-    if weight is None:
-        weight = te.placeholder(fp32.packed_weight_shape(wl, cfg), "int8", name="weight")
+    """``weight``, ``data_dtype``: as ``common.int8_operands``."""
+    data, weight = int8_operands(wl.data_shape, fp32.packed_weight_shape(wl, cfg), weight, data_dtype)
     args, qp, epilogue, out_dtype = int8_epilogue(wl.epilogue, wl.out_channels, wl.out_shape)
     conv = fp32.conv_body(wl, cfg, data, weight, qp[0].astype(data_dtype), "int32")
     out = te.compute(wl.out_shape, lambda n, c, y, x: epilogue(conv[n, c, y, x], c, (n, c, y, x)),
