@@ -7,12 +7,17 @@ Usage::
                                  [--rounds 5] [--warmup 10] [--repeat 30] [--calib 32]
                                  [--imagenet-root ../shared/data/imagenet-sample]
                                  [--mobilenetv2 .cache/models/mobilenetv2.onnx] [--rebuild]
+                                 [--db bench/results/tuning_mobilenetv2.jsonl ...]
 
-Variants, per (model, threads), batch 1, no tuning:
+Variants, per (model, threads), batch 1:
 
 - ``onnxruntime fp32``: the ONNX file as it is (the baseline).
 - ``tvmq W8A8``: ``tvmq.build(model, plan="w8a8", stats=collect(model, calib),
   range_method="percentile")``, the integer-only library.
+- ``tvmq W8A8 tuned`` (with ``--db``, tuning databases written by ``tvmq tune``): the same
+  build with ``db=`` the databases merged: every kernel on its best configuration measured on
+  this CPU at 1 thread (the same library is timed at every thread count), the fallback
+  configuration for kernels without a record; the build info says how many of each.
 - ``onnxruntime int8 (QDQ)``: ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel
   QInt8 weights, QUInt8 activations, MinMax) on the same calibration inputs.
 - ``OpenVINO int8 (NNCF)``: ``nncf.quantize`` (preset performance) on the same calibration
@@ -81,10 +86,11 @@ COMMON_PY = BENCH_DIR / "_common.py"
 
 ORT_FP32 = "onnxruntime fp32"
 TVMQ = "tvmq W8A8"
+TVMQ_TUNED = "tvmq W8A8 tuned"
 ORT_INT8 = "onnxruntime int8 (QDQ)"
 OV_INT8 = "OpenVINO int8 (NNCF)"
-VARIANTS = (ORT_FP32, TVMQ, ORT_INT8, OV_INT8)  # table order; also the order within a round
-RIVALS = (ORT_INT8, OV_INT8)  # the table's ratio columns
+VARIANTS = (ORT_FP32, TVMQ, TVMQ_TUNED, ORT_INT8, OV_INT8)  # table order; also within a round
+RIVALS = (ORT_INT8, OV_INT8)  # the table's ratio columns (tvmq, and tvmq tuned when timed)
 RANGE_METHOD = "percentile"
 CALIB_FILE = "calib.npz"
 RIVAL_ONNX = "rival.onnx"
@@ -116,13 +122,14 @@ def worker_build_w8a8(spec: dict[str, Any]) -> dict[str, Any]:
         stats = collect(spec["model"], calib, progress=log)
         t_cal = time.perf_counter() - t
         r = tvmq.build(spec["model"], spec["out"], plan="w8a8", stats=stats,
-                       range_method=spec["range_method"], progress=log)
+                       range_method=spec["range_method"], db=spec.get("db"), progress=log)
     except Exception as e:  # noqa: BLE001 - reported verbatim by the parent, never hidden
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "library": str(r.library), "seconds": time.perf_counter() - t,
             "calibration_s": t_cal, "calibration_samples": len(calib), "timings": r.timings,
             "tvm_version": tvm.__version__, "isa": r.manifest_data.get("isa"),
             "target": r.manifest_data.get("target"), "plan": "w8a8",
+            "tuning": r.manifest_data.get("tuning"),
             "range_method": spec["range_method"]}
 
 
@@ -267,6 +274,26 @@ def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
     model["artifacts"][ORT_FP32] = onnx_path
     if case.library is not None:
         model["artifacts"][TVMQ] = case.library
+    model["tuned_case"] = None
+    if args.db:
+        merged = d.parent / f"w8a8_{name}_tuned" / "tuning.jsonl"
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.unlink(missing_ok=True)
+        from tvmq.tune import TuningDatabase
+
+        TuningDatabase.merge(args.db, merged)
+        tuned = fl.ModelCase(name, onnx_path, merged.parent, d / fl.INPUT_FILE)
+        fl.prepare_case(tuned, rebuild=args.rebuild, seed=args.seed,
+                        build_spec={"calib": str(calib_path), "range_method": RANGE_METHOD,
+                                    "db": str(merged)},
+                        stamp_extra={"plan": "w8a8", "range_method": RANGE_METHOD,
+                                     "calib_sha256": calib_sha, "db_sha256": fl.sha256_file(merged)},
+                        script=SCRIPT)
+        model["tuned_case"] = tuned
+        if tuned.build_error:
+            model["errors"][TVMQ_TUNED] = f"build failed: {tuned.build_error}"
+        elif tuned.library is not None:
+            model["artifacts"][TVMQ_TUNED] = tuned.library
 
     rival_src = rival_onnx(onnx_path, d / RIVAL_ONNX)  # the file itself, or a folded copy
     model["rival_onnx"] = rival_src
@@ -300,7 +327,8 @@ def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
     return model
 
 
-WORKER_KIND = {ORT_FP32: "onnxruntime", TVMQ: "tvmq", ORT_INT8: "onnxruntime", OV_INT8: "openvino"}
+WORKER_KIND = {ORT_FP32: "onnxruntime", TVMQ: "tvmq", TVMQ_TUNED: "tvmq", ORT_INT8: "onnxruntime",
+               OV_INT8: "openvino"}
 
 
 def bench_model(model: dict[str, Any], threads: int, args: argparse.Namespace,
@@ -312,7 +340,7 @@ def bench_model(model: dict[str, Any], threads: int, args: argparse.Namespace,
     for v in VARIANTS:
         if v in art:
             spec = {"kind": WORKER_KIND[v], "input": str(case.input_path)}
-            spec["library" if v == TVMQ else "model"] = str(art[v])
+            spec["library" if v in (TVMQ, TVMQ_TUNED) else "model"] = str(art[v])
             specs[v] = spec
     errors = dict(model["errors"])
     slug = {v: "".join(c if c.isalnum() else "_" for c in v) for v in VARIANTS}
@@ -324,6 +352,9 @@ def bench_model(model: dict[str, Any], threads: int, args: argparse.Namespace,
     ratios = {f"tvmq/{v}": (stats[TVMQ]["median_ms"] / stats[v]["median_ms"]
                             if TVMQ in stats and v in stats else None)
               for v in VARIANTS if v != TVMQ}
+    ratios.update({f"tuned/{v}": (stats[TVMQ_TUNED]["median_ms"] / stats[v]["median_ms"]
+                                  if TVMQ_TUNED in stats and v in stats else None)
+                   for v in VARIANTS if v != TVMQ_TUNED})
     ref = outputs.get(ORT_FP32)
     diffs = {v: (fl.rel_max_diff(outputs[v], ref) if ref and ref.exists() and outputs[v].exists()
                  else None) for v in specs if v != ORT_FP32}
@@ -341,13 +372,19 @@ def cell(row: dict[str, Any], v: str) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]],
                    skipped: dict[str, str]) -> str:
-    lines = ["| model | threads | " + " | ".join(VARIANTS) + " | "
-             + " | ".join(f"ratio tvmq/{v}" for v in RIVALS) + " |",
-             "|---|---:|" + "---:|" * (len(VARIANTS) + len(RIVALS))]
+    tuned = any(TVMQ_TUNED in m["artifacts"] or TVMQ_TUNED in m["errors"] for m in models.values())
+    shown = [v for v in VARIANTS if v != TVMQ_TUNED or tuned]
+    ratio_keys = [(f"tvmq/{v}", f"ratio tvmq/{v}") for v in RIVALS]
+    if tuned:
+        ratio_keys += [(f"tuned/{v}", f"ratio tuned/{v}") for v in RIVALS]
+        ratio_keys.append((f"tvmq/{TVMQ_TUNED}", "tuning speedup (untuned/tuned)"))
+    lines = ["| model | threads | " + " | ".join(shown) + " | "
+             + " | ".join(h for _, h in ratio_keys) + " |",
+             "|---|---:|" + "---:|" * (len(shown) + len(ratio_keys))]
     for row in rows:
-        ratios = [row["ratios"].get(f"tvmq/{v}") for v in RIVALS]
+        ratios = [row["ratios"].get(k) for k, _ in ratio_keys]
         lines.append(f"| {row['model']} | {row['threads']} | "
-                     + " | ".join(cell(row, v) for v in VARIANTS) + " | "
+                     + " | ".join(cell(row, v) for v in shown) + " | "
                      + " | ".join(f"{r:.2f}" if r else "-" for r in ratios) + " |")
     notes = fl.row_notes(rows)
     for row in rows:
@@ -383,6 +420,8 @@ def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=int, default=32,
                    help="calibration inputs per model (default 32)")
+    p.add_argument("--db", type=Path, action="append", default=[],
+                   help="tuning database(s) (tvmq tune): adds the 'tvmq W8A8 tuned' variant")
     p.add_argument("--imagenet-root", type=Path, default=DEFAULT_IMAGENET,
                    help="imagenet-sample folder for mobilenetv2's calibration "
                         "(default ../shared/data/imagenet-sample)")
@@ -422,7 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = (", ".join(f for f, on in info["cpu_flags"].items() if on)
              or "none of " + "/".join(fl.CPU_FLAGS))
     calib = "; ".join(f"{n}: {m['calib']}" for n, m in models.items())
-    header = (f"W8A8 batch-1 latency, tvmq (untuned, integer-only W8A8, {RANGE_METHOD} ranges) vs "
+    tuned_note = (f" and tuned on the kernels' best records in {', '.join(str(p) for p in args.db)}"
+                  if args.db else "")
+    header = (f"W8A8 batch-1 latency, tvmq (untuned{tuned_note}, integer-only W8A8, {RANGE_METHOD} ranges) vs "
               f"onnxruntime int8 (QDQ) and OpenVINO int8 (NNCF), onnxruntime fp32 as the baseline. "
               f"{info['cpu_model']}, {info['nproc']} CPUs ({flags}); {args.rounds} rounds x "
               f"{args.repeat} timed calls per variant, fresh process each; calibration ({args.calib} "
@@ -451,7 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "seed": args.seed, "calib": args.calib, "range_method": RANGE_METHOD,
                      "imagenet_root": str(args.imagenet_root), "variants": list(VARIANTS),
                      "openvino_config": {**OV_CONFIG, "INFERENCE_NUM_THREADS": "= threads"},
-                     "timed_call": {TVMQ: "Module.run(feeds)",
+                     "db": [str(p) for p in args.db],
+                     "timed_call": {TVMQ: "Module.run(feeds)", TVMQ_TUNED: "Module.run(feeds)",
                                     ORT_FP32: "InferenceSession.run",
                                     ORT_INT8: "InferenceSession.run",
                                     OV_INT8: "InferRequest.infer(feeds)"}},
@@ -459,7 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "build_dir": str(m["case"].build_dir), "calibration": m["calib"],
                        "calibration_real_images": m["calib_real_images"],
                        "calibration_sha256": m["calib_sha256"],
-                       "build": {TVMQ: m["case"].build_info, **m["builds"]},
+                       "build": {TVMQ: m["case"].build_info,
+                                 **({TVMQ_TUNED: m["tuned_case"].build_info} if m["tuned_case"] else {}),
+                                 **m["builds"]},
                        "build_errors": m["errors"]} for n, m in models.items()},
         "skipped": skipped,
         "results": rows,

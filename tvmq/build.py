@@ -47,12 +47,15 @@ class Lowered:
 
 def lower_module(pm: PreparedModel, features: TargetFeatures, *,
                  progress: Callable[[str], None] = _progress_default, taps: bool = False,
-                 plan: Any = None, stats: Any = None, range_method: str = "minmax") -> Lowered:
+                 plan: Any = None, stats: Any = None, range_method: str = "minmax",
+                 configs: Any = None) -> Lowered:
     """Prepared model -> scheduled Relax ``IRModule`` (+ kernel per layer, ...), before codegen.
 
     Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
     by ``ScheduleGeneric``. With a ``plan`` that quantizes layers, ``RealizeIntegers`` makes them
     integer-only (``stats``: calibration statistics) and ``Lowered.program`` simulates it.
+    ``configs`` chooses each kernel's configuration (``tvmq.tune.TunedConfigs``; default: the
+    fallback ones); every kernel entry says which it got (``config_source``).
     """
     import tvm
     from tvm import relax
@@ -74,7 +77,7 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
         if stats is None and any(not spec.is_float for spec in plan.values()):
             raise TvmqError("a quantized plan needs calibration statistics (tvmq calibrate)")
         lower: Any = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan, stats,
-                                     range_method)
+                                     range_method, configs=configs)
         mod = lower(mod)
         qparams = lower.qparams
         if all(not spec.is_float for spec in plan.values()):
@@ -85,8 +88,10 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
                 progress("note: float ops follow the last integer layer (e.g. a softmax): "
                          "no bit-exact numpy oracle of the outputs")
     else:
-        lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps)
+        lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps, configs=configs)
         mod = lower(mod)
+    for entry in lower.kernels.values():
+        entry["config_source"] = lower.config_source[entry["function"]]
     remaining = {p.name: params[p.name] for p in mod["main"].params if p.name in params}
     mod = relax.transform.BindParams("main", remaining)(mod)
     func = mod["main"]
@@ -157,12 +162,17 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
           features: TargetFeatures | None = None,
           input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
           plan: Any = None, stats: Any = None, range_method: str = "minmax",
+          db: Any = None, threads: int = 1,
           progress: Callable[[str], None] = _progress_default) -> BuildResult:
     """Compile an ONNX model into ``output_dir/model.so`` + ``output_dir/manifest.json``.
 
     Without ``plan`` every layer runs in fp32. A ``PrecisionPlan`` with W8A8 layers needs the
     calibration ``stats`` (``tvmq.calibration.collect``); ``BuildResult.program`` is then the
     numpy simulation of the integer graph the library runs.
+
+    ``db`` (a tuning database path or ``tvmq.tune.TuningDatabase``): each kernel takes the best
+    configuration measured on this CPU at ``threads`` threads (``tvmq tune``), the fallback
+    configuration where the database has none; the manifest says which (``tuning``).
 
     Examples
     --------
@@ -186,8 +196,20 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
             if not isinstance(plan, PrecisionPlan):
                 plan = PrecisionPlan.uniform(pm.layers, plan)  # "w8a8" etc.
             plan.validate(pm.layers)
+        configs, tuning = None, None
+        if db is not None:
+            from .tune import TunedConfigs, TuningDatabase, device_fingerprint
+
+            database = db if isinstance(db, TuningDatabase) else TuningDatabase(db)
+            device = device_fingerprint(features, threads)
+            if not database.query(device_id=device["id"]):
+                known = ", ".join(f"{d['cpu']} {d['isa']} {d['threads']}T" for d in database.devices().values())
+                progress(f"warning: the tuning database has no record of this device ({device['cpu']}, "
+                         f"{device['isa']}, {threads} thread(s)); records are of: {known or 'none'}")
+            configs = TunedConfigs(database, features, device["id"])
+            tuning = {"db": str(getattr(database, "path", None)), "device": device}
         ex, lowered = compile_relax(pm, features, progress=progress, plan=plan, stats=stats,
-                                    range_method=range_method)
+                                    range_method=range_method, configs=configs)
     except TvmqError:
         raise
     except Exception as e:
@@ -195,6 +217,12 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
                         f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
     timings = {"prepare": t_prepare, **lowered.timings}
     kernels = lowered.kernels
+    sources: dict[str, int] = {}
+    for k in kernels.values():
+        sources[k["config_source"]] = sources.get(k["config_source"], 0) + 1
+    if tuning is not None:
+        tuning["layers"] = sources
+        progress("kernel configurations: " + ", ".join(f"{n} layer(s) {s}" for s, n in sorted(sources.items())))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -216,6 +244,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
         "outputs": [s.to_json() for s in pm.outputs],
         "layers": pm.layers.to_json(),
         "kernels": kernels,
+        "tuning": tuning,
         "precision": "fp32" if plan is None else sorted({s.name for s in plan.values()}),
         "plan": None if plan is None else plan.to_json(),
         "qparams": lowered.qparams,

@@ -5,6 +5,9 @@
     tvmq bench out/ [--threads 1] [--repeat 50] [--compare model.onnx]
     tvmq info model.onnx          # layer table, unsupported ops, without compiling
     tvmq calibrate model.onnx --data calib.npz -o calibration.json
+    tvmq tune model.onnx --specs w8a8,w4a8,w8a16,bf16,fp32 --trials 16 --db tuning.jsonl [--rpc host:port:key]
+    tvmq compile model.onnx ... --db tuning.jsonl    # each kernel on its best measured configuration
+    tvmq merge-db a.jsonl b.jsonl -o all.jsonl
 
 Errors a user can cause print one line ``tvmq: error: ...`` and exit with status 2.
 """
@@ -98,7 +101,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     plan, stats = _quantization(args, features, progress)
     result = build(args.model, args.output, features=features,
                    input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
-                   plan=plan, stats=stats, range_method=args.range, progress=progress)
+                   plan=plan, stats=stats, range_method=args.range, db=args.db,
+                   threads=args.threads, progress=progress)
     m = result.manifest_data
     progress(f"wrote {result.library} and {result.manifest}")
     precision = m["precision"] if isinstance(m["precision"], str) else "+".join(m["precision"])
@@ -183,6 +187,59 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_rpc(text: str | None) -> tuple[str, int, str] | None:
+    if text is None:
+        return None
+    host, _, rest = text.partition(":")
+    port, _, key = rest.partition(":")
+    if not host or not port.isdigit() or not key:
+        raise TvmqError(f"--rpc expects TRACKER_HOST:PORT:DEVICE_KEY, got {text!r}")
+    return host, int(port), key
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .frontend import prepare
+    from .passes.realize_integers import REALIZABLE
+    from .tune import RunnerMeasurer, TuningDatabase, extract_tasks, tune
+
+    specs = [s.strip().lower() for s in args.specs.split(",") if s.strip()]
+    bad = [s for s in specs if s not in REALIZABLE]
+    if bad or not specs:
+        raise TvmqError(f"--specs: unknown {bad or specs}; choose from {', '.join(REALIZABLE)}")
+    if args.trials < 1:
+        raise TvmqError(f"--trials must be >= 1, got {args.trials}")
+    features = _features(args.isa)
+    progress = _Progress(args.quiet)
+    pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
+    tasks = extract_tasks(pm, specs, features)
+    db = TuningDatabase(args.db)
+    progress(f"{len(tasks)} tasks ({sum(t.kind == 'kernel' for t in tasks)} kernels, "
+             f"{sum(t.kind == 'conversion' for t in tasks)} conversions) for {len(pm.layers)} layers x "
+             f"{len(specs)} specs; {len(db)} records in {args.db}")
+    measurer = RunnerMeasurer(features, threads=args.threads, rpc=_parse_rpc(args.rpc))
+    try:
+        summary = tune(tasks, db, measurer, features, trials=args.trials, seed=args.seed,
+                       progress=not args.quiet, log=progress)
+    finally:
+        measurer.close()
+    print(summary.table())
+    if args.summary:
+        from pathlib import Path
+
+        Path(args.summary).write_text(json.dumps({"seconds": summary.seconds, "measured": summary.measured,
+                                                  "device": measurer.device,
+                                                  "tasks": [r.to_json() for r in summary.results]}, indent=1))
+    return 0
+
+
+def cmd_merge_db(args: argparse.Namespace) -> int:
+    from .tune import TuningDatabase
+
+    merged = TuningDatabase.merge(args.inputs, args.output)
+    print(f"{len(merged)} records from {len(merged.devices())} device(s) -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvmq", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,8 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-limit", type=int, default=None, metavar="N")
     c.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="how activation ranges are taken from the calibration statistics")
+    c.add_argument("--db", metavar="TUNING.jsonl",
+                   help="tuning database (tvmq tune): kernels take their best measured configuration")
+    c.add_argument("--threads", type=int, default=1,
+                   help="the thread count whose tuning records --db uses (default 1)")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=cmd_compile)
+
+    t = sub.add_parser("tune", help="measure every kernel of a model at every spec into a JSONL database")
+    t.add_argument("model")
+    t.add_argument("--specs", default="w8a8", help="comma-separated: w8a8,w4a8,w8a16,bf16,fp32")
+    t.add_argument("--trials", type=int, default=16, help="configurations measured per task (default 16)")
+    t.add_argument("--db", default="tuning.jsonl", help="append-only database; a rerun resumes")
+    t.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"])
+    t.add_argument("--threads", type=int, default=1, help="TVM threads while measuring (default 1)")
+    t.add_argument("--rpc", metavar="HOST:PORT:KEY",
+                   help="measure on the device registered as KEY with the TVM RPC tracker at HOST:PORT")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--summary", metavar="FILE.json", help="also write the summary as JSON")
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_tune)
+
+    g = sub.add_parser("merge-db", help="merge tuning databases (records of several machines)")
+    g.add_argument("inputs", nargs="+")
+    g.add_argument("-o", "--output", required=True)
+    g.set_defaults(func=cmd_merge_db)
 
     b = sub.add_parser("bench", help="time a compiled model (optionally onnxruntime beside it)")
     b.add_argument("model", help="out/ folder or out/model.so")

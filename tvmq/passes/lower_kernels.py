@@ -17,7 +17,7 @@ layer, the kernel key and configuration chosen.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tvm
@@ -30,6 +30,9 @@ from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 from ..frontend import LayerInfo, LayerTable
 
 _OP_OPAQUE = 8  # relax OpPatternKind.kOpaque
+
+# (kernel, workload, layer name) -> (kernel configuration, where it came from)
+ConfigChooser = Callable[[registry.KernelDef, Any, str], tuple[Any, str]]
 
 
 def _op(name: str) -> tvm.ir.Op:
@@ -151,11 +154,14 @@ class LowerToKernels:
     precision : kernel precision for every layer (``fp32`` for now)
     taps : also return every layer's input and output (after its fused epilogue): ``main``
         then returns ``(original output, *taps)``, in the order of ``self.taps`` (calibration)
+    configs : ``(kernel, workload, layer) -> (config, source)``, the configuration of each kernel
+        (``tvmq.tune.TunedConfigs``: the tuning database's best); default: the kernel's fallback
+        configuration, source ``"fallback"``
     """
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray],
                  param_layer: dict[str, str], features: TargetFeatures, precision: str = "fp32",
-                 *, taps: bool = False) -> None:
+                 *, taps: bool = False, configs: ConfigChooser | None = None) -> None:
         self.with_taps = taps
         self.taps: list[tuple[str, str]] = []
         self.layers = layers
@@ -168,6 +174,8 @@ class LowerToKernels:
         self._claimed: set[relax.Var] = set()
         self._cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
         self._new_funcs: dict[str, tvm.tirx.PrimFunc] = {}
+        self.configs = configs
+        self.config_source: dict[str, str] = {}  # kernel function name -> where its config came from
 
     def match_layers(self, mod: tvm.IRModule) -> list[LayerMatch]:
         """Every layer of ``main`` with the epilogue chain it absorbs, in binding order."""
@@ -187,11 +195,15 @@ class LowerToKernels:
         return matches
 
     def add_kernel(self, kernel: registry.KernelDef, wl: Any, layer: str) -> tuple[relax.GlobalVar, Any]:
-        """The (shared) PrimFunc of ``kernel`` for ``wl`` with its fallback config."""
-        cfg = kernel.fallback_config(wl, self.features)
+        """The (shared) PrimFunc of ``kernel`` for ``wl`` with its configuration (``configs``)."""
+        if self.configs is None:
+            cfg, source = kernel.fallback_config(wl, self.features), "fallback"
+        else:
+            cfg, source = self.configs(kernel, wl, layer)
         key = (str(kernel.key), wl.key() + repr(cfg))
         if key not in self._cache:
             fname = f"tvmq_{kernel.key.op}_{kernel.key.precision}_{len(self._cache)}"
+            self.config_source[fname] = source
             pf = kernel.build_primfunc(wl, cfg).with_attrs(
                 {"global_symbol": fname, "op_pattern": _OP_OPAQUE, "tvmq.layer": layer})
             self._new_funcs[fname] = pf

@@ -477,8 +477,9 @@ class RealizeIntegers(LowerToKernels):
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
                  features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats,
-                 method: str = "minmax", bias_correction: bool = True) -> None:
-        super().__init__(layers, params, param_layer, features)
+                 method: str = "minmax", bias_correction: bool = True, *,
+                 configs: Any = None) -> None:
+        super().__init__(layers, params, param_layer, features, configs=configs)
         self.bias_correction = bias_correction
         plan.validate(layers)
         unsupported = sorted({s.name for s in plan.values() if s.name not in REALIZABLE})

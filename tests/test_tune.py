@@ -1,0 +1,376 @@
+"""The tuner: database round trip / merge / corrupt lines, resume after a kill, determinism, the
+search with a scripted runner, one real tuning run, RPC on localhost, and compiles that use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schedules import registry, space
+from schedules.target_features import detect_host
+from tvmq.frontend import prepare
+from tvmq.tune import (
+    LatencyPredictor,
+    LatencyTable,
+    RunnerMeasurer,
+    ScriptedMeasurer,
+    TuningDatabase,
+    TuningRecord,
+    conversion_for,
+    device_fingerprint,
+    extract_tasks,
+    tune,
+)
+from tvmq.tune.measure import _key
+
+from .conftest import FMNIST_DIR, ROOT, fmnist_inputs
+
+MODEL = FMNIST_DIR / "model.onnx"
+FEATURES = detect_host()
+
+
+@pytest.fixture(scope="module")
+def fmnist_tasks():  # type: ignore[no-untyped-def]
+    pm = prepare(MODEL)
+    return pm, extract_tasks(pm, ["w8a8", "fp32"], FEATURES)
+
+
+def _record(task: str = "t1", us: float | None = 10.0, device: str = "dev-a", cfg: int = 0) -> TuningRecord:
+    return TuningRecord(task=task, kernel="conv2d/w8a8/avx2", spec="w8a8", workload={"op": "conv2d"},
+                        config={"type": "X", "k": cfg},
+                        latency=None if us is None else {"median_us": us, "min_us": us, "n": 3, "spread": 0.0},
+                        device={"id": device, "cpu": "c", "isa": "avx2", "threads": 1},
+                        error=None if us is not None else "build: boom")
+
+
+def _expected_total(tasks, trials: int) -> int:  # type: ignore[no-untyped-def]
+    n = 0
+    for t in tasks:
+        if t.kind == "conversion":
+            n += 1
+        else:
+            k = registry.get(_key(t.kernel))
+            n += min(trials, len(space.config_space(k.fallback_config(t.workload, FEATURES), t.workload, FEATURES)))
+    return n
+
+
+def _synthetic_us(task, cfg) -> float:  # type: ignore[no-untyped-def]
+    """A deterministic latency landscape: work with padding, plus a knob-dependent term."""
+    if cfg is None:
+        return 1.0 + task.macs / 1e6
+    c = space.config_to_json(cfg)
+    knobs = sum(float(v) for k, v in c.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return task.macs / 1e4 * (1.0 + 0.3 * abs(np.sin(knobs)))
+
+
+# -- database -------------------------------------------------------------------------------
+def test_database_round_trip_and_queries(tmp_path: Path) -> None:
+    path = tmp_path / "db.jsonl"
+    db = TuningDatabase(path)
+    for i, us in enumerate([12.0, 9.0, None, 11.0]):
+        db.append(_record(us=us, cfg=i))
+    db.append(_record(task="t2", us=5.0))
+    again = TuningDatabase(path)
+    assert [r.to_json() for r in again] == [r.to_json() for r in db]
+    assert len(path.read_text().splitlines()) == 5
+    best = again.best("t1", "w8a8", "dev-a")
+    assert best is not None and best.median_us == 9.0 and best.config["k"] == 1
+    assert again.best("t1", "w8a8", "dev-b") is None  # another device: nothing measured there
+    assert len(again.query("t1", "w8a8", "dev-a")) == 4
+    assert not again.query("t1", "w8a8", "dev-a")[2].ok
+
+
+def test_database_skips_corrupt_and_foreign_lines_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "db.jsonl"
+    good = json.dumps(_record(us=7.0).to_json())
+    foreign = dict(_record(us=8.0).to_json(), schema=99)
+    path.write_text("\n".join([good, "{not json", json.dumps({"hello": 1}), json.dumps(foreign), "", good]) + "\n"
+                    + good[: len(good) // 2])  # a line cut by a kill
+    with pytest.warns(UserWarning, match=r"skipped 4 corrupt or foreign line\(s\)"):
+        db = TuningDatabase(path)
+    assert len(db) == 2 and [n for n, _ in db.skipped] == [2, 3, 4, 7]
+    # appending after a cut line starts a new line: the new record survives a reload
+    db.append(_record(us=3.0, cfg=5))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        again = TuningDatabase(path)
+    assert len(again) == 3 and again.best("t1", "w8a8", "dev-a").median_us == 3.0
+
+
+def test_merge_keeps_devices_apart_and_drops_duplicates(tmp_path: Path) -> None:
+    a, b = TuningDatabase(tmp_path / "a.jsonl"), TuningDatabase(tmp_path / "b.jsonl")
+    shared = _record(us=10.0, device="dev-a")
+    a.append(shared)
+    a.append(_record(us=8.0, device="dev-a", cfg=1))
+    b.append(shared)
+    b.append(_record(us=4.0, device="dev-b", cfg=1))
+    merged = TuningDatabase.merge([a.path, b.path], tmp_path / "m.jsonl")
+    assert len(merged) == 3 and set(merged.devices()) == {"dev-a", "dev-b"}
+    reread = TuningDatabase(tmp_path / "m.jsonl")
+    assert reread.best("t1", "w8a8", "dev-a").median_us == 8.0
+    assert reread.best("t1", "w8a8", "dev-b").median_us == 4.0
+    with pytest.raises(Exception, match="exists"):
+        TuningDatabase.merge([a.path], tmp_path / "m.jsonl")
+
+
+def test_device_fingerprint_separates_threads_and_features() -> None:
+    one, two = device_fingerprint(FEATURES, 1), device_fingerprint(FEATURES, 2)
+    assert one["id"] != two["id"]
+    assert device_fingerprint(FEATURES, 1)["id"] == one["id"]
+    assert device_fingerprint(FEATURES.with_isa("generic"), 1)["id"] != one["id"]
+
+
+# -- tasks ------------------------------------------------------------------------------------
+def test_tasks_are_distinct_workloads_with_their_layers(fmnist_tasks) -> None:  # type: ignore[no-untyped-def]
+    pm, tasks = fmnist_tasks
+    kernels = [t for t in tasks if t.kind == "kernel"]
+    assert {t.spec for t in kernels} == {"w8a8", "fp32"}
+    for spec in ("w8a8", "fp32"):
+        layers = sorted(l for t in kernels if t.spec == spec for l in t.layers)
+        assert layers == sorted(l.name for l in pm.layers)  # every layer, once per spec
+    assert len({t.key for t in tasks}) == len(tasks)
+    # the same model twice: the same keys (identical workloads tune once)
+    again = extract_tasks(pm, ["w8a8"], FEATURES)
+    assert {t.key for t in again} <= {t.key for t in tasks}
+
+
+# -- search -----------------------------------------------------------------------------------
+def test_scripted_search_measures_the_fallback_first_and_stays_in_budget(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, tasks = fmnist_tasks
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    m = ScriptedMeasurer(_synthetic_us)
+    s = tune(tasks, db, m, FEATURES, trials=10, progress=False)
+    assert m.calls == len(db) == _expected_total(tasks, 10)
+    for r in s.results:
+        recs = db.query(r.task.key, r.task.spec, "scripted")
+        if r.task.kind == "kernel":
+            fb = registry.get(_key(r.task.kernel)).fallback_config(r.task.workload, FEATURES)
+            assert recs[0].config == space.config_to_json(fb)
+            assert r.fallback_us == recs[0].median_us
+        assert len({x.config_id for x in recs}) == len(recs)  # nothing measured twice
+        assert r.best_us == min(x.median_us for x in recs)
+    # a second run with the same database measures nothing
+    m2 = ScriptedMeasurer(_synthetic_us)
+    s2 = tune(tasks, db, m2, FEATURES, trials=10, progress=False)
+    assert m2.calls == 0 and all(r.status == "cached" for r in s2.results)
+
+
+def test_search_is_deterministic_with_a_seed(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, tasks = fmnist_tasks
+    kernels = [t for t in tasks if t.kind == "kernel"]
+
+    def run(seed: int, name: str) -> list[str]:
+        db = TuningDatabase(tmp_path / name)
+        tune(kernels, db, ScriptedMeasurer(_synthetic_us), FEATURES, trials=12, seed=seed, progress=False)
+        return [r.task + r.config_id for r in db]
+
+    assert run(0, "a.jsonl") == run(0, "b.jsonl")
+    assert run(0, "a2.jsonl") != run(1, "c.jsonl")
+
+
+def test_failed_candidates_are_recorded_and_never_chosen(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, tasks = fmnist_tasks
+    task = next(t for t in tasks if t.kind == "kernel" and t.spec == "w8a8")
+    fails = {"n": 0}
+
+    def flaky(t, cfg):  # type: ignore[no-untyped-def]
+        fails["n"] += 1
+        return None if fails["n"] % 2 == 0 else _synthetic_us(t, cfg)
+
+    db = TuningDatabase(None)
+    s = tune([task], db, ScriptedMeasurer(flaky), FEATURES, trials=8, progress=False)
+    bad = [r for r in db if not r.ok]
+    assert bad and all(r.error == "scripted failure" for r in bad)
+    assert s.results[0].best_us == min(r.median_us for r in db if r.ok)
+
+
+def test_interrupted_search_resumes_to_the_same_total(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, tasks = fmnist_tasks
+
+    class Killed(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def dies(task, cfg):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] > 25:
+            raise Killed()
+        return _synthetic_us(task, cfg)
+
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    with pytest.raises(Killed):
+        tune(tasks, db, ScriptedMeasurer(dies), FEATURES, trials=6, progress=False)
+    kept = len(TuningDatabase(tmp_path / "db.jsonl"))
+    assert 0 < kept <= 25
+    m = ScriptedMeasurer(_synthetic_us)
+    tune(tasks, TuningDatabase(tmp_path / "db.jsonl"), m, FEATURES, trials=6, progress=False)
+    final = TuningDatabase(tmp_path / "db.jsonl")
+    assert len(final) == kept + m.calls == _expected_total(tasks, 6)
+    assert len({(r.task, r.config_id) for r in final}) == len(final)
+
+
+# -- latency table and predictor ---------------------------------------------------------------
+def test_latency_table_measured_predicted_and_boundaries(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pm, tasks = fmnist_tasks
+    db = TuningDatabase(None)
+    measured = [t for t in tasks if t.layers[0] != pm.layers.layers[-1].name or t.kind == "conversion"]
+    tune(measured, db, ScriptedMeasurer(_synthetic_us), FEATURES, trials=8, progress=False)
+    table = LatencyTable.from_database(db, "scripted", tasks=tasks, features=FEATURES)
+    first, last = pm.layers.layers[0].name, pm.layers.layers[-1].name
+    assert table.layers[first]["w8a8"]["source"] == "measured"
+    assert table.layers[first]["w8a8"]["us"] == min(r.median_us for r in db.query(
+        table.layers[first]["w8a8"]["task"], "w8a8", "scripted"))
+    assert table.layers[last]["w8a8"]["source"] == "predicted" and table.layers[last]["w8a8"]["us"] > 0
+    # boundaries: float -> int quantizes, int -> float dequantizes, int -> int is free
+    assert conversion_for("fp32", "w8a8") == "quantize_u8" and conversion_for("w8a8", "bf16") == "dequantize_u8"
+    assert conversion_for("w8a8", "w8a16") is None and conversion_for("fp32", "bf16") is None
+    second = pm.layers.layers[1].name
+    assert table.boundary_us(second, "fp32", "w8a8") == table.conversions[second]["quantize_u8"]["us"] > 0
+    assert table.boundary_us(second, "w8a8", "w4a8") == 0.0
+    plan = {l.name: "w8a8" for l in pm.layers}
+    plan[first] = "fp32"
+    total = table.total_us(plan, [(first, second)])
+    assert total == pytest.approx(sum(table.latency_us(l, s) for l, s in plan.items())
+                                  + table.boundary_us(second, "fp32", "w8a8"))
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").layers == table.layers
+    with pytest.raises(Exception, match="no record"):
+        LatencyTable.from_database(db, "scripted", tasks=tasks, features=FEATURES, predict=False)
+
+
+def test_predictor_learns_a_smooth_latency_model(fmnist_tasks) -> None:  # type: ignore[no-untyped-def]
+    _, tasks = fmnist_tasks
+    db = TuningDatabase(None)
+    tune([t for t in tasks if t.kind == "kernel"], db, ScriptedMeasurer(_synthetic_us), FEATURES,
+         trials=30, progress=False)
+    fit = LatencyPredictor(0).fit(db.records)
+    pred = fit.predict_records(db.records)
+    actual = np.array([r.median_us for r in db])
+    assert np.median(np.abs(pred - actual) / actual) < 0.1  # it fits what it saw
+    err = LatencyPredictor.evaluate(db.records, seed=0)
+    assert err["n_test"] > 0 and np.isfinite(err["median_ape"])
+
+
+# -- real measurements --------------------------------------------------------------------------
+def _w8a8_pointwise_task(tasks):  # type: ignore[no-untyped-def]
+    return next(t for t in tasks if t.kind == "kernel" and t.spec == "w8a8"
+                and t.workload.kernel_h == 1 and not t.workload.is_depthwise)
+
+
+def test_real_tuning_run_then_compile_uses_it_bit_exactly(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import tvmq
+    from tvmq.calibration import CalibrationData, collect
+
+    pm, tasks = fmnist_tasks
+    task = _w8a8_pointwise_task(tasks)
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    m = RunnerMeasurer(FEATURES, threads=1, repeat=3, min_repeat_ms=5)
+    try:
+        s = tune([task], db, m, FEATURES, trials=4, progress=False)
+    finally:
+        m.close()
+    recs = db.query(task.key, "w8a8", m.device["id"])
+    assert len(recs) == 4 and all(r.ok and r.latency["median_us"] > 0 and r.latency["n"] == 3 for r in recs)
+    assert recs[0].device["cpu"] and recs[0].tvm and recs[0].tvmq == tvmq.__version__
+    best = s.results[0]
+    assert best.best_us <= best.fallback_us
+
+    # make the tuned record a configuration that is not the fallback, then compile with it
+    fb = registry.get(_key(task.kernel)).fallback_config(task.workload, FEATURES)
+    other = next(c for c in space.config_space(fb, task.workload, FEATURES) if c != fb)
+    db.append(TuningRecord(task=task.key, kernel=task.kernel, spec="w8a8", workload=task.workload_json(),
+                           config=space.config_to_json(other), device=m.device,
+                           latency={"median_us": 1e-3, "min_us": 1e-3, "n": 1, "spread": 0.0}))
+    x, _ = fmnist_inputs(20)
+    stats = collect(MODEL, CalibrationData(x[:10]), features=FEATURES)
+    plain = tvmq.build(MODEL, tmp_path / "plain", plan="w8a8", stats=stats, features=FEATURES)
+    tuned = tvmq.build(MODEL, tmp_path / "tuned", plan="w8a8", stats=stats, features=FEATURES,
+                       db=tmp_path / "db.jsonl")
+    kern = tuned.manifest_data["kernels"][task.layers[0]]
+    assert kern["config_source"] == "tuned" and kern["config"] == {k: v for k, v in space.config_to_json(other).items()
+                                                                   if k != "type"}
+    assert tuned.manifest_data["tuning"]["layers"]["tuned"] == 1
+    assert plain.manifest_data["kernels"][task.layers[0]]["config_source"] == "fallback"
+    a, b = tvmq.load(plain.library), tvmq.load(tuned.library)
+    for i in range(len(x)):
+        ya, yb = a.run({"input": x[i:i + 1]}), b.run({"input": x[i:i + 1]})
+        np.testing.assert_array_equal(list(ya.values())[0], list(yb.values())[0])  # integer model: exact
+
+
+def test_kill_9_mid_tuning_then_rerun_completes_the_same_total(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pm, _ = fmnist_tasks
+    tasks = extract_tasks(pm, ["w8a8"], FEATURES)
+    expected = _expected_total(tasks, 3)
+    db = tmp_path / "db.jsonl"
+    cmd = [sys.executable, "-m", "tvmq", "tune", str(MODEL), "--specs", "w8a8", "--trials", "3",
+           "--db", str(db), "-q"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if db.exists() and len(db.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, "tuning finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the kill may cut the last line
+        kept = TuningDatabase(db)
+    assert 5 <= len(kept) < expected
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        final = TuningDatabase(db)
+    assert len(final) == expected
+    assert [x.to_json() for x in final.records[: len(kept)]] == [x.to_json() for x in kept.records]
+    assert len({(x.task, x.config_id) for x in final}) == expected
+    assert "new measurements" in r.stdout
+
+
+def test_rpc_tracker_and_server_on_localhost(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    _, tasks = fmnist_tasks
+    task = _w8a8_pointwise_task(tasks)
+    tracker = Tracker(host="127.0.0.1", port=9190, port_end=9290, silent=True)
+    server = rpc.Server(host="127.0.0.1", port=9300, port_end=9400, key="tvmq-test",
+                        tracker_addr=("127.0.0.1", tracker.port), silent=True)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            summary = rpc.connect_tracker("127.0.0.1", tracker.port).summary()
+            if any(q.get("free", 0) for q in summary["queue_info"].values()):
+                break
+            time.sleep(0.5)
+        db = TuningDatabase(tmp_path / "db.jsonl")
+        m = RunnerMeasurer(FEATURES, threads=1, rpc=("127.0.0.1", tracker.port, "tvmq-test"),
+                           repeat=3, min_repeat_ms=5)
+        try:
+            tune([task], db, m, FEATURES, trials=2, progress=False)
+        finally:
+            m.close()
+        assert len(db) == 2 and all(r.ok for r in db), [r.error for r in db]
+        assert db.records[0].device["rpc_key"] == "tvmq-test"
+    finally:
+        server.terminate()
+        tracker.terminate()
+
+
+def test_cli_tune_rejects_bad_arguments(tmp_path: Path) -> None:
+    for args, msg in ((["--specs", "w3a3"], "--specs"), (["--trials", "0"], "--trials"),
+                      (["--rpc", "nohost"], "--rpc")):
+        r = subprocess.run([sys.executable, "-m", "tvmq", "tune", str(MODEL), "--db", str(tmp_path / "d.jsonl"),
+                            *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr

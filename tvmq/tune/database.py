@@ -1,0 +1,212 @@
+"""The tuning database: an append-only JSONL file, one record per measured candidate.
+
+Each line is one JSON object (schema ``RECORD_SCHEMA``)::
+
+    {"schema": 1, "task": "<workload key>", "kernel": "conv2d/w8a8/avx2", "spec": "w8a8",
+     "workload": {...}, "config": {"type": "PointwiseDotConfig", ...},
+     "latency": {"median_us": 104.3, "min_us": 103.7, "n": 5, "spread": 0.004} | null,
+     "error": null | "build: ...", "device": {"id": "...", "cpu": ..., "isa": ..., "threads": 1, ...},
+     "tvmq": "0.1.0", "tvm": "0.27.0", "time": 1795000000.0}
+
+``task`` (the workload key) is a hash of the kernel key, the workload's fields and the
+structural hash of the kernel's compute: identical workloads in several layers or models share
+it, and a changed compute definition gets a new key (old records stop matching instead of
+lying). ``latency.spread`` is the interquartile range over the median. Records are written
+(flushed and fsync'ed) as each is measured, so a killed run loses nothing it measured; reading
+skips corrupt lines and records of another schema with one warning that says how many and where.
+Records from several machines live in one file (or several, ``merge``): every query names the
+device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from schedules.target_features import TargetFeatures
+
+from ..errors import TvmqError
+
+RECORD_SCHEMA = 1
+_REQUIRED = ("schema", "task", "kernel", "spec", "workload", "config", "latency", "device")
+
+
+class DatabaseError(TvmqError):
+    """The tuning database cannot be read or written."""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_fingerprint(features: TargetFeatures, threads: int, cpu: str | None = None) -> dict[str, Any]:
+    """What makes latencies comparable: the CPU model and features, and the thread count.
+    ``id`` hashes the rest (records merge and are queried by it)."""
+    d: dict[str, Any] = {"cpu": cpu if cpu is not None else _cpu_model(), "isa": features.isa,
+                         "features": {k: v for k, v in dataclasses.asdict(features).items()
+                                      if k != "num_cores"},
+                         "threads": int(threads)}
+    d["id"] = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return d
+
+
+@dataclass
+class TuningRecord:
+    task: str
+    kernel: str
+    spec: str
+    workload: dict[str, Any]
+    config: dict[str, Any]
+    latency: dict[str, float] | None  # None: the candidate failed (see ``error``)
+    device: dict[str, Any]
+    error: str | None = None
+    tvmq: str = ""
+    tvm: str = ""
+    time: float = field(default_factory=time.time)
+    schema: int = RECORD_SCHEMA
+
+    @property
+    def ok(self) -> bool:
+        return self.latency is not None
+
+    @property
+    def median_us(self) -> float:
+        return float(self.latency["median_us"]) if self.latency else float("inf")
+
+    @property
+    def config_id(self) -> str:
+        return json.dumps(self.config, sort_keys=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TuningRecord:
+        if not isinstance(d, dict) or any(k not in d for k in _REQUIRED):
+            raise ValueError("not a tvmq tuning record")
+        if d["schema"] != RECORD_SCHEMA:
+            raise ValueError(f"record schema {d['schema']!r}, expected {RECORD_SCHEMA}")
+        lat = d["latency"]
+        if lat is not None and not (isinstance(lat, dict) and float(lat["median_us"]) > 0):
+            raise ValueError(f"bad latency {lat!r}")
+        if not isinstance(d["device"], dict) or "id" not in d["device"]:
+            raise ValueError("record without a device id")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class TuningDatabase:
+    """The records of one JSONL file (``path=None``: in memory only), queried by task and device.
+
+    >>> db = TuningDatabase("tuning.jsonl")             # doctest: +SKIP
+    >>> db.best(task_key, "w8a8", device_id)            # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self.records: list[TuningRecord] = []
+        self.skipped: list[tuple[int, str]] = []  # (line number, why) of unreadable lines
+        if self.path is not None and self.path.exists():
+            self._load(self.path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise DatabaseError(f"cannot read tuning database {path}: {e.strerror}") from None
+        skipped = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                self.records.append(TuningRecord.from_json(json.loads(line)))
+            except (ValueError, TypeError, KeyError) as e:
+                skipped.append((no, str(e).splitlines()[0][:80] if str(e) else type(e).__name__))
+        if skipped:
+            lines = ", ".join(str(n) for n, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            warnings.warn(f"{path}: skipped {len(skipped)} corrupt or foreign line(s) (line {lines}: "
+                          f"{skipped[0][1]})", stacklevel=3)
+        self.skipped += skipped
+
+    def append(self, record: TuningRecord) -> None:
+        """Add ``record`` and write it to the file at once (one line, flushed, fsync'ed)."""
+        self.records.append(record)
+        if self.path is None:
+            return
+        line = json.dumps(record.to_json(), sort_keys=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                # a file killed mid-line would glue the next record onto the partial one
+                if f.tell() > 0 and not self._ends_with_newline():
+                    f.write("\n")
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise DatabaseError(f"cannot append to tuning database {self.path}: {e.strerror}") from None
+
+    def _ends_with_newline(self) -> bool:
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[TuningRecord]:
+        return iter(self.records)
+
+    def query(self, task: str | None = None, spec: str | None = None,
+              device_id: str | None = None) -> list[TuningRecord]:
+        return [r for r in self.records if (task is None or r.task == task)
+                and (spec is None or r.spec == spec)
+                and (device_id is None or r.device["id"] == device_id)]
+
+    def best(self, task: str, spec: str, device_id: str) -> TuningRecord | None:
+        """The fastest successful record of a task on a device (None: never measured there)."""
+        ok = [r for r in self.query(task, spec, device_id) if r.ok]
+        return min(ok, key=lambda r: r.median_us) if ok else None
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        return {r.device["id"]: r.device for r in self.records}
+
+    @classmethod
+    def merge(cls, paths: Iterable[str | os.PathLike], output: str | os.PathLike | None = None
+              ) -> TuningDatabase:
+        """The records of several databases (duplicates, the same line twice, dropped), written
+        to ``output`` when given."""
+        merged = cls(None)
+        seen = set()
+        for p in paths:
+            for r in cls(p).records:
+                key = json.dumps(r.to_json(), sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    merged.records.append(r)
+        if output is not None:
+            merged.path = Path(output)
+            if merged.path.exists():
+                raise DatabaseError(f"merge output {output} exists; choose a new file")
+            text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in merged.records)
+            try:
+                merged.path.write_text(text, encoding="utf-8")
+            except OSError as e:
+                raise DatabaseError(f"cannot write {output}: {e.strerror}") from None
+        return merged

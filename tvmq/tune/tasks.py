@@ -1,0 +1,167 @@
+"""Tuning tasks: the distinct (kernel, workload) pairs a model compiles to, per spec.
+
+Tasks are found by running the compiler's own lowering (``LowerToKernels`` / ``RealizeIntegers``
+with the uniform plan of each spec) with a configuration chooser that records every kernel it
+is asked for: the workloads are exactly those a later compile uses, fused epilogue included.
+Integer plans need calibration ranges to lower; the scales do not change any workload, so
+extraction uses placeholder ranges. Conversion tasks time the format conversions between specs
+(quantize / dequantize kernels, no knobs) on each layer's input shape: the boundary costs of
+the latency table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from schedules import elementwise, registry
+from schedules.target_features import TargetFeatures
+from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue, Workload
+
+from ..errors import TvmqError
+
+# the conversions at a boundary between specs (``LatencyTable.boundary``):
+# name -> (TE compute of one tensor shape, what it converts)
+CONVERSIONS = {
+    "quantize_u8": "fp32 -> uint8 (a float layer feeds a W8A8 / W4A8 one)",
+    "quantize_i16": "fp32 -> int16 (a float layer feeds a W8A16 one)",
+    "dequantize_u8": "uint8 -> fp32 (an integer layer feeds a float one)",
+}
+
+
+def conversion_compute(name: str, shape: tuple[int, ...]) -> list:
+    if name == "quantize_u8":
+        return elementwise.quantize(shape)
+    if name == "quantize_i16":
+        return elementwise.quantize_i16(shape, 32767)
+    if name == "dequantize_u8":
+        return elementwise.dequantize(shape, "uint8")
+    raise ValueError(f"unknown conversion {name!r}; known: {', '.join(CONVERSIONS)}")
+
+
+def workload_to_json(wl: Workload) -> dict[str, Any]:
+    return {"op": "dense" if isinstance(wl, DenseWorkload) else "conv2d", **dataclasses.asdict(wl)}
+
+
+def workload_from_json(d: dict[str, Any]) -> Workload:
+    d = dict(d)
+    op = d.pop("op")
+    ep = Epilogue(**d.pop("epilogue"))
+    return (DenseWorkload if op == "dense" else Conv2dWorkload)(**d, epilogue=ep)
+
+
+def shape_key(kernel: str, wl: Workload) -> str:
+    """The workload without its epilogue: records of another epilogue of the same shapes are
+    the next best evidence for a configuration."""
+    d = workload_to_json(wl)
+    d.pop("epilogue")
+    return json.dumps([kernel, d], sort_keys=True)
+
+
+@dataclass
+class TuneTask:
+    """One distinct kernel workload (or conversion) to tune and time."""
+
+    key: str  # the workload key of the database
+    kind: str  # "kernel" | "conversion"
+    kernel: str  # kernel key (``conv2d/w8a8/avx2``) or conversion name
+    spec: str
+    workload: Any  # a Workload, or the conversion's tensor shape
+    layers: list[str] = field(default_factory=list)  # where the model uses it
+
+    @property
+    def macs(self) -> int:
+        if self.kind == "conversion":
+            n = 1
+            for s in self.workload:
+                n *= s
+            return n
+        return self.workload.macs
+
+    def describe(self) -> str:
+        if self.kind == "conversion":
+            return f"{self.kernel} {'x'.join(map(str, self.workload))}"
+        wl = self.workload
+        if isinstance(wl, DenseWorkload):
+            return f"{self.kernel} {wl.batch}x{wl.in_features}->{wl.out_features}"
+        dw = " dw" if wl.is_depthwise else ""
+        return (f"{self.kernel} {wl.in_channels}x{wl.height}x{wl.width}->{wl.out_channels} "
+                f"k{wl.kernel_h}s{wl.stride_h}{dw}")
+
+    def workload_json(self) -> Any:
+        return {"shape": list(self.workload)} if self.kind == "conversion" else workload_to_json(self.workload)
+
+
+def _compute_hash(tensors: list) -> str:
+    import tvm_ffi
+    from tvm import te
+
+    return str(tvm_ffi.structural_hash(te.create_prim_func(tensors)))
+
+
+def kernel_task_key(kernel: registry.KernelDef, wl: Workload, features: TargetFeatures) -> str:
+    """Kernel key + workload fields + the structural hash of the kernel's compute."""
+    cfg = kernel.fallback_config(wl, features)
+    payload = json.dumps([str(kernel.key), workload_to_json(wl), _compute_hash(kernel.compute(wl, cfg))],
+                         sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def conversion_task_key(name: str, shape: tuple[int, ...]) -> str:
+    payload = json.dumps([name, list(shape), _compute_hash(conversion_compute(name, shape))])
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def _placeholder_stats(layers: Any) -> Any:
+    from ..calibration.collect import ActivationStats
+    from ..calibration.observers import TensorStats
+
+    t = TensorStats(count=1, min=0.0, max=1.0, percentile_lo=0.0, percentile_hi=1.0, mse_lo=0.0, mse_hi=1.0)
+    return ActivationStats({l.name: {"in": t, "out": t} for l in layers}, samples=1,
+                           meta={"placeholder": "task extraction only"})
+
+
+def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
+                  conversions: bool = True) -> list[TuneTask]:
+    """The distinct tasks of a prepared model (``tvmq.frontend.prepare``) for ``specs``."""
+    from ..frontend import to_relax
+    from ..passes.lower_kernels import LowerToKernels
+    from ..passes.realize_integers import REALIZABLE, RealizeIntegers
+    from ..plan import PrecisionPlan
+
+    bad = [s for s in specs if s not in REALIZABLE]
+    if bad:
+        raise TvmqError(f"cannot tune specs {bad}; known: {', '.join(REALIZABLE)}")
+    tasks: dict[str, TuneTask] = {}
+    keys: dict[tuple[str, str], str] = {}  # (kernel, workload key) -> task key
+
+    for spec in specs:
+        def record(kernel: registry.KernelDef, wl: Workload, layer: str) -> tuple[Any, str]:
+            cache = (str(kernel.key), wl.key())
+            if cache not in keys:
+                keys[cache] = kernel_task_key(kernel, wl, features)
+            key = keys[cache]
+            task = tasks.setdefault(key, TuneTask(key, "kernel", str(kernel.key), kernel.key.precision, wl))
+            if layer not in task.layers:
+                task.layers.append(layer)
+            return kernel.fallback_config(wl, features), "fallback"
+
+        mod, params = to_relax(pm)
+        plan = PrecisionPlan.uniform(pm.layers, spec)
+        if spec == "fp32":
+            lower: Any = LowerToKernels(pm.layers, params, pm.param_layer, features, configs=record)
+        else:
+            lower = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan,
+                                    _placeholder_stats(pm.layers), configs=record)
+        lower(mod)
+    if conversions:
+        for layer in pm.layers:
+            shape = tuple(int(s) for s in layer.input_shape)
+            for name in CONVERSIONS:
+                key = conversion_task_key(name, shape)
+                task = tasks.setdefault(key, TuneTask(key, "conversion", name, "conversion", shape))
+                task.layers.append(layer.name)
+    return list(tasks.values())
