@@ -39,6 +39,32 @@ def quantize(shape: tuple[int, ...]) -> list[te.Tensor]:
     return [x, scale, zp, te.compute(shape, q, name="quantize")]
 
 
+FQ_OFF, FQ_AFFINE, FQ_BF16 = 0.0, 1.0, 2.0  # ``fake_quantize`` modes
+
+
+def fake_quantize(shape: tuple[int, ...]) -> list[te.Tensor]:
+    """Float ``x`` through the quantization a layer's input would get, chosen at run time by
+    ``fq = [mode, scale, zero_point, qmin, qmax]`` (float32): ``FQ_OFF`` passes ``x``,
+    ``FQ_AFFINE`` is ``(clip(floor(x / scale + 1/2) + zp, qmin, qmax) - zp) * scale`` (the
+    rounding of ``quantize``), ``FQ_BF16`` rounds to bfloat16. Sensitivity analysis switches
+    layers between precisions with it without recompiling."""
+    from . import bf16
+
+    x = te.placeholder(shape, "float32", name="x")
+    fq = te.placeholder((5,), "float32", name="fq")
+
+    def f(*i):  # type: ignore[no-untyped-def]
+        v = x[i]
+        q = tirx.floor(v / fq[1] + tirx.const(0.5, "float32")) + fq[2]
+        q = tirx.min(tirx.max(q, fq[3]), fq[4])
+        affine = (q - fq[2]) * fq[1]
+        return tirx.if_then_else(fq[0] == tirx.const(FQ_AFFINE, "float32"), affine,
+                                 tirx.if_then_else(fq[0] == tirx.const(FQ_BF16, "float32"),
+                                                   bf16.round_expr(v), v))
+
+    return [x, fq, te.compute(shape, f, name="fake_quantize")]
+
+
 def dequantize(shape: tuple[int, ...], dtype: str = "uint8") -> list[te.Tensor]:
     q = te.placeholder(shape, dtype, name="q")
     scale = te.placeholder((1,), "float32", name="scale")

@@ -43,12 +43,13 @@ class Lowered:
     program: Any = None  # IntegerProgram of a fully quantized build (the numpy oracle)
     qparams: dict[str, Any] = field(default_factory=dict)
     weight_bytes: dict[str, int] = field(default_factory=dict)  # per layer, as stored in the library
+    switches: list[dict[str, Any]] = field(default_factory=list)  # LowerToKernels(switchable=True)
 
 
 def lower_module(pm: PreparedModel, features: TargetFeatures, *,
                  progress: Callable[[str], None] = _progress_default, taps: bool = False,
                  plan: Any = None, stats: Any = None, range_method: str = "minmax",
-                 configs: Any = None) -> Lowered:
+                 configs: Any = None, switchable: bool = False) -> Lowered:
     """Prepared model -> scheduled Relax ``IRModule`` (+ kernel per layer, ...), before codegen.
 
     Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
@@ -88,7 +89,8 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
                 progress("note: float ops follow the last integer layer (e.g. a softmax): "
                          "no bit-exact numpy oracle of the outputs")
     else:
-        lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps, configs=configs)
+        lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps, configs=configs,
+                               switchable=switchable)
         mod = lower(mod)
     for entry in lower.kernels.values():
         entry["config_source"] = lower.config_source[entry["function"]]
@@ -116,7 +118,7 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
         mod = ScheduleGeneric(features.fp32_lanes)(mod)
     timings["legalize_fuse_schedule"] = time.perf_counter() - t
     return Lowered(mod, lower.kernels, timings, list(getattr(lower, "taps", [])), program, qparams,
-                   dict(lower.weight_bytes))
+                   dict(lower.weight_bytes), list(getattr(lower, "switches", [])))
 
 
 def codegen(mod, features: TargetFeatures):  # type: ignore[no-untyped-def]

@@ -112,6 +112,10 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         x = self.visit_expr(p["data"])
+        if "fq" in p:  # switchable: the input through its run-time fake quantization
+            fq_gv, fq = p["fq"]
+            x = self.builder_.emit(relax.call_tir(fq_gv, [x, fq], relax.TensorType(p["layer_in_shape"], "float32")),
+                                   name_hint="fq")
         if tuple(p["in_shape"]) != tuple(p["layer_in_shape"]):  # a free view, e.g. [N, C, H*W]
             x = self.builder_.emit(relax.op.reshape(x, p["in_shape"]), name_hint="kernel_in")
         args = [x, *p["consts"]]
@@ -154,6 +158,10 @@ class LowerToKernels:
     precision : kernel precision for every layer (``fp32`` for now)
     taps : also return every layer's input and output (after its fused epilogue): ``main``
         then returns ``(original output, *taps)``, in the order of ``self.taps`` (calibration)
+    switchable : every layer's packed weights and bias become parameters of ``main`` (after the
+        model's inputs, in ``self.switches`` order) and its input passes a run-time
+        ``fake_quantize`` with its own ``fq`` parameter: one build in which each layer can be
+        given any precision's weights and input rounding (sensitivity analysis)
     configs : ``(kernel, workload, layer) -> (config, source)``, the configuration of each kernel
         (``tvmq.tune.TunedConfigs``: the tuning database's best); default: the kernel's fallback
         configuration, source ``"fallback"``
@@ -161,7 +169,8 @@ class LowerToKernels:
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray],
                  param_layer: dict[str, str], features: TargetFeatures, precision: str = "fp32",
-                 *, taps: bool = False, configs: ConfigChooser | None = None) -> None:
+                 *, taps: bool = False, configs: ConfigChooser | None = None,
+                 switchable: bool = False) -> None:
         self.with_taps = taps
         self.taps: list[tuple[str, str]] = []
         self.layers = layers
@@ -175,6 +184,9 @@ class LowerToKernels:
         self._cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
         self._new_funcs: dict[str, tvm.tirx.PrimFunc] = {}
         self.configs = configs
+        self.switchable = switchable
+        self.switches: list[dict[str, Any]] = []  # per layer: its run-time parameters (switchable)
+        self._extra_gvs: dict[str, relax.GlobalVar] = {}
         self.config_source: dict[str, str] = {}  # kernel function name -> where its config came from
 
     def match_layers(self, mod: tvm.IRModule) -> list[LayerMatch]:
@@ -216,24 +228,51 @@ class LowerToKernels:
         kernel = registry.select(registry.op_of(m.workload), precision, self.features)
         gv, cfg = self.add_kernel(kernel, m.workload, m.layer.name)
         packed = kernel.pack_weight(m.weight, m.workload, cfg)
-        consts = [relax.const(packed)]
+        consts: list[relax.Expr] = [relax.const(packed)]
         self.weight_bytes[m.layer.name] = int(packed.nbytes)
         if m.epilogue.bias:
             consts.append(relax.const(m.bias.astype(np.float32)))
         self.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
                                       "config": asdict(cfg), "epilogue": asdict(m.epilogue)}
-        return dict(kind="fp32", gv=gv, data=m.data, consts=consts, residual=m.residual,
-                    layer=m.layer.name, in_shape=kernel.input_shape(m.workload, cfg),
-                    layer_in_shape=m.layer.input_shape, buf_shape=kernel.output_shape(m.workload, cfg),
-                    out_shape=m.layer.output_shape, interior={v for v in m.chain if v is not m.tail})
+        entry = dict(kind="fp32", gv=gv, data=m.data, consts=consts, residual=m.residual,
+                     layer=m.layer.name, in_shape=kernel.input_shape(m.workload, cfg),
+                     layer_in_shape=m.layer.input_shape, buf_shape=kernel.output_shape(m.workload, cfg),
+                     out_shape=m.layer.output_shape, interior={v for v in m.chain if v is not m.tail})
+        if self.switchable:
+            defaults = [packed] + ([m.bias.astype(np.float32)] if m.epilogue.bias else [])
+            self._make_switchable(m, kernel, cfg, entry, defaults)
+        return entry
+
+    def _make_switchable(self, m: LayerMatch, kernel: registry.KernelDef, cfg: Any,
+                         entry: dict[str, Any], defaults: list[np.ndarray]) -> None:
+        from schedules import elementwise
+
+        i = len(self.switches)
+        params = [relax.Var(f"sw{i}_{role}", relax.TensorType(a.shape, str(a.dtype)))
+                  for role, a in zip(("weight", "bias"), defaults)]
+        fq = relax.Var(f"sw{i}_fq", relax.TensorType((5,), "float32"))
+        shape = tuple(int(d) for d in m.layer.input_shape)
+        fname = f"tvmq_fake_quantize_{'x'.join(map(str, shape))}"
+        if fname not in self._new_funcs:
+            self._new_funcs[fname] = tvm.te.create_prim_func(elementwise.fake_quantize(shape)).with_attrs(
+                {"global_symbol": fname, "op_pattern": _OP_OPAQUE})  # never fused: a plain elementwise pass
+            self._extra_gvs[fname] = relax.GlobalVar(fname)
+        entry["consts"] = params
+        entry["fq"] = (self._extra_gvs[fname], fq)
+        self.switches.append({"layer": m.layer.name, "params": params, "fq": fq, "defaults": defaults,
+                              "match": m, "kernel": kernel, "config": cfg})
 
     def register_functions(self, rw: relax.PyExprMutator, plan: dict[relax.Var, dict[str, Any]]) -> None:
         """Add the new PrimFuncs through the rewriter's builder (typed GlobalVars) and point the
         plan entries at them."""
         typed = {gv.name_hint: rw.builder_.add_func(self._new_funcs[gv.name_hint], gv.name_hint)
                  for gv, _ in self._cache.values()}
+        for name in self._extra_gvs:
+            typed[name] = rw.builder_.add_func(self._new_funcs[name], name)
         for p in plan.values():
             p["gv"] = typed[p["gv"].name_hint]
+            if "fq" in p:
+                p["fq"] = (typed[p["fq"][0].name_hint], p["fq"][1])
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         plan = {m.tail: self.fp32_entry(m) for m in self.match_layers(mod)}
@@ -245,6 +284,11 @@ class LowerToKernels:
         if self.with_taps:
             new_main = rw.with_taps(new_main)
             self.taps = [(layer, role) for layer, role, _ in rw.tapped]
+        if self.switches:
+            extra = [v for s in self.switches for v in (*s["params"], s["fq"])]
+            new_main = relax.Function(list(new_main.params) + extra, new_main.body,
+                                      new_main.ret_struct_info if hasattr(new_main, "ret_struct_info")
+                                      else None, new_main.is_pure, new_main.attrs)
         return finish_module(rw, new_main)
 
     # -- matching --------------------------------------------------------------------------
