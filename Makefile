@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MODELS_VENV := .venv-models
 MOBILENETV2 := .cache/models/mobilenetv2.onnx
 
-.PHONY: demo test models bench clean
+.PHONY: demo test models bench clean report-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP) $(MOBILENETV2)
 	$(PY) bench/w8a8_accuracy.py --model $(MOBILENETV2)
 	$(PY) bench/w8a8_latency.py --mobilenetv2 $(MOBILENETV2)
 	$(PY) bench/layer_latency.py --mobilenetv2 $(MOBILENETV2)
+
+# headless Chromium: tests/test_report.py loads the rendered report in it (skipped without)
+report-deps:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "report-deps: could not install chromium; run: apt-get install -y chromium"
 
 clean:
 	rm -rf $(VENV) $(MODELS_VENV) .cache bench/results/build

@@ -8,6 +8,9 @@
     tvmq tune model.onnx --specs w8a8,w4a8,w8a16,bf16,fp32 --trials 16 --db tuning.jsonl [--rpc host:port:key]
     tvmq compile model.onnx ... --db tuning.jsonl    # each kernel on its best measured configuration
     tvmq merge-db a.jsonl b.jsonl -o all.jsonl
+    tvmq analyze model.onnx --calibration calib.npz -o sensitivity.json   # per-layer SQNR per spec
+    tvmq compile model.onnx --calibration calib.npz --latency-budget 0.8x --db tuning.jsonl -o out/
+    tvmq report out/
 
 Errors a user can cause print one line ``tvmq: error: ...`` and exit with status 2.
 """
@@ -98,6 +101,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     progress = _Progress(args.quiet)
     features = _features(args.isa)
+    if args.latency_budget or args.size_budget or args.bops_budget:
+        return _compile_mixed(args, features, progress)
     plan, stats = _quantization(args, features, progress)
     result = build(args.model, args.output, features=features,
                    input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
@@ -110,6 +115,58 @@ def cmd_compile(args: argparse.Namespace) -> int:
           f"{m['weight_bytes'] / 1e6:.2f} MB of weights, {m['weight_bytes_fp32'] / 1e6:.2f} MB as fp32) "
           f"in {precision} for {m['isa']} "
           f"in {sum(result.timings.values()):.1f}s -> {result.library}")
+    return 0
+
+
+def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type: ignore[no-untyped-def]
+    from .pipeline import compile_mixed
+
+    if args.bits != "fp32" or args.keep_fp32:
+        raise TvmqError("--bits/--keep-fp32 fix the plan; a budget lets tvmq choose it: give one or the other")
+    if args.calibration is None:
+        raise TvmqError("a mixed-precision compile needs --calibration (the unlabeled inputs)")
+    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+    r = compile_mixed(args.model, args.calibration, args.output, latency_budget=args.latency_budget,
+                      size_budget=args.size_budget, bops_budget=args.bops_budget, db=args.db,
+                      specs=specs, threads=args.threads, features=features, range_method=args.range,
+                      progress=progress)
+    counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
+    pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
+    meas = f"{r.measured_ms:.2f} ms measured" if r.measured_ms is not None else "not measured"
+    print(f"compiled {len(r.plan)} layers ({counts}); allocation {r.allocation.status}"
+          f"{', binding: ' + ', '.join(r.allocation.binding) if r.allocation.binding else ''}; "
+          f"{r.build.manifest_data['weight_bytes'] / 1e6:.2f} MB of weights; {pred}{meas} "
+          f"({args.threads} thread(s)) -> {r.build.library}" + (f"; report {r.report}" if r.report else ""))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .calibration import ActivationStats, CalibrationData, collect
+    from .frontend import prepare
+    from .sensitivity import analyze
+
+    progress = _Progress(args.quiet)
+    features = _features(args.isa)
+    pm = prepare(args.model)
+    data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.limit)
+    stats = (ActivationStats.load(args.stats) if args.stats
+             else collect(args.model, data, features=features, progress=progress))
+    specs = [s.strip() for s in args.specs.split(",") if s.strip()]
+    r = analyze(args.model, stats, data, specs=specs, range_method=args.range, features=features,
+                output=args.output, progress=progress,
+                contexts=["alone", "w8a8"] if args.w8a8_context else ["alone"])
+    print(f"{'layer':<48} " + " ".join(f"{s:>8}" for s in r.specs) + "   (output SQNR dB, layer alone)")
+    for layer in r.layers:
+        print(f"{layer[:48]:<48} " + " ".join(f"{r.sqnr_db(layer, s):>8.1f}" for s in r.specs))
+    print(f"{len(r.layers)} layers on {r.meta['samples']} samples -> {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render
+
+    path = render(args.output_dir)
+    print(f"wrote {path}")
     return 0
 
 
@@ -261,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-limit", type=int, default=None, metavar="N")
     c.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="how activation ranges are taken from the calibration statistics")
+    c.add_argument("--latency-budget", metavar="0.8x|3.5ms",
+                   help="mixed precision: end-to-end latency budget (x: of uniform W8A8); needs --db")
+    c.add_argument("--size-budget", metavar="0.6x|2MB", help="mixed precision: weight bytes budget")
+    c.add_argument("--bops-budget", metavar="0.5x|N", help="mixed precision: bit-operations budget")
+    c.add_argument("--specs", default="w8a8,w4a8,w8a16,bf16,fp32",
+                   help="candidate specs of a mixed-precision compile")
     c.add_argument("--db", metavar="TUNING.jsonl",
                    help="tuning database (tvmq tune): kernels take their best measured configuration")
     c.add_argument("--threads", type=int, default=1,
@@ -283,6 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_tune)
+
+    a = sub.add_parser("analyze", help="per-layer sensitivity (output SQNR) of every candidate spec")
+    a.add_argument("model")
+    a.add_argument("--calibration", required=True, help=".npy/.npz samples or a folder of images")
+    a.add_argument("--stats", help="calibration.json from `tvmq calibrate` (else computed)")
+    a.add_argument("--specs", default="w8a8,w4a8,w8a16,bf16")
+    a.add_argument("--limit", type=int, default=32, help="samples used (default 32)")
+    a.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"])
+    a.add_argument("--w8a8-context", action="store_true",
+                   help="also measure each layer with every other layer at W8A8")
+    a.add_argument("-o", "--output", default="sensitivity.json", help="resumable JSON")
+    a.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"])
+    a.add_argument("-q", "--quiet", action="store_true")
+    a.set_defaults(func=cmd_analyze)
+
+    r = sub.add_parser("report", help="(re)draw out/report.html from out/report.json")
+    r.add_argument("output_dir")
+    r.set_defaults(func=cmd_report)
 
     g = sub.add_parser("merge-db", help="merge tuning databases (records of several machines)")
     g.add_argument("inputs", nargs="+")

@@ -1,0 +1,179 @@
+"""Sensitivity on the switchable build, and the mixed-precision pipeline on the bundled model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tvmq
+from schedules.target_features import detect_host
+from tvmq.calibration import CalibrationData, collect
+from tvmq.errors import TvmqError
+from tvmq.frontend import prepare
+from tvmq.pipeline import compile_mixed, layer_edges, parse_budget
+from tvmq.sensitivity import SensitivityResult, analyze
+from tvmq.tune import ScriptedMeasurer, TuningDatabase, device_fingerprint, extract_tasks, tune
+
+from .conftest import FMNIST_DIR, fmnist_inputs
+
+MODEL = FMNIST_DIR / "model.onnx"
+FEATURES = detect_host()
+
+
+@pytest.fixture(scope="module")
+def calib():  # type: ignore[no-untyped-def]
+    x, _ = fmnist_inputs(48)
+    return x[:24], collect(MODEL, CalibrationData.from_source(x[:24], prepare(MODEL).inputs), features=FEATURES)
+
+
+@pytest.fixture(scope="module")
+def sens(calib, tmp_path_factory):  # type: ignore[no-untyped-def]
+    x, stats = calib
+    out = tmp_path_factory.mktemp("sens") / "sensitivity.json"
+    return analyze(MODEL, stats, x, features=FEATURES, output=out), out
+
+
+def _outputs(lib: Path, x: np.ndarray) -> np.ndarray:
+    m = tvmq.load(lib)
+    return np.concatenate([np.asarray(list(m.run({"input": x[i:i + 1]}).values())[0], np.float64).ravel()
+                           for i in range(len(x))])
+
+
+def _switchable_outputs(stats, x, setting: dict[int, str]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    import tvm
+    from tvm import relax
+
+    from tvmq.build import codegen, lower_module
+    from tvmq.plan import QuantSpec
+    from tvmq.sensitivity import layer_variant
+
+    lowered = lower_module(prepare(MODEL), FEATURES, switchable=True)
+    vm = relax.VirtualMachine(codegen(lowered.mod, FEATURES), tvm.cpu())
+    params = []
+    for i, sw in enumerate(lowered.switches):
+        args, fq = layer_variant(sw, QuantSpec.parse(setting.get(i, "fp32")), stats, "minmax")
+        params += [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args] + [tvm.runtime.tensor(fq)]
+    return np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + 1]), *params).numpy().astype(np.float64).ravel()
+                           for i in range(len(x))])
+
+
+def test_switchable_build_is_the_fp32_build_when_nothing_is_switched(calib, fmnist_compiled) -> None:  # type: ignore[no-untyped-def]
+    x, stats = calib
+    np.testing.assert_array_equal(_switchable_outputs(stats, x[:8], {}), _outputs(fmnist_compiled / "model.so", x[:8]))
+
+
+def test_switchable_w8a8_simulates_the_integer_library(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every layer switched to W8A8 reproduces the real integer library up to float rounding:
+    its distance to the library is far below the library's distance to fp32."""
+    x, stats = calib
+    n = len(prepare(MODEL).layers)
+    sim = _switchable_outputs(stats, x, {i: "w8a8" for i in range(n)})
+    fp = _switchable_outputs(stats, x, {})
+    real = _outputs(tvmq.build(MODEL, tmp_path, plan="w8a8", stats=stats, features=FEATURES).library, x)
+    err_real = np.sum((real - fp) ** 2)
+    assert err_real > 0
+    assert np.sum((sim - real) ** 2) < 0.1 * err_real
+
+
+def test_sensitivity_orders_the_specs_and_is_additive(sens) -> None:  # type: ignore[no-untyped-def]
+    r, _ = sens
+    layers = [l.name for l in prepare(MODEL).layers]
+    assert list(r.layers) == layers and r.specs == ["w8a8", "w4a8", "w8a16", "bf16"]
+    for l in layers:
+        assert r.sqnr_db(l, "w4a8") < r.sqnr_db(l, "w8a8") < r.sqnr_db(l, "w8a16")
+        assert r.nsr(l, "fp32") == 0.0 and np.isfinite(r.sqnr_db(l, "bf16"))
+        assert r.layers[l]["w8a8"]["w8a8"]["nsr"] > 0  # the other context was measured too
+    # the noise of all layers at W8A8, measured, against the sum of the layers' own noises
+    measured = -10 * np.log10(r.baseline["w8a8_all"])
+    predicted = r.predicted_sqnr_db({l: "w8a8" for l in layers})
+    assert abs(measured - predicted) < 3.0, (measured, predicted)
+
+
+def test_sensitivity_resumes_from_its_file(sens, calib) -> None:  # type: ignore[no-untyped-def]
+    r, out = sens
+    x, stats = calib
+    d = json.loads(out.read_text())
+    dropped = list(d["layers"])[-1]
+    del d["layers"][dropped]
+    out.write_text(json.dumps(d))
+    notes: list[str] = []
+    again = analyze(MODEL, stats, x, features=FEATURES, output=out, progress=notes.append)
+    assert any("resuming: 6 layer(s)" in n for n in notes)
+    assert sum(n.startswith("[") for n in notes) == 1  # only the dropped layer was recomputed
+    assert again.layers[dropped] == r.layers[dropped]  # same compiled code, same numbers
+    # other samples: not the same inputs, so no resume
+    notes.clear()
+    analyze(MODEL, stats, x[:5], features=FEATURES, output=out, progress=notes.append, contexts=["alone"])
+    assert any("starting over" in n for n in notes)
+    with pytest.raises(TvmqError, match="cannot read"):
+        out.write_text("{")
+        SensitivityResult.load(out)
+
+
+def test_layer_edges_follow_the_graph() -> None:
+    pm = prepare(MODEL)
+    names = [l.name for l in pm.layers]
+    edges = layer_edges(pm)
+    assert (names[0], names[1]) in edges and (names[-2], names[-1]) in edges
+    # the residual block: conv1 feeds conv2, and the block's input reaches past it
+    assert ("/res/conv1/conv1.0/Conv", "/res/conv2/conv2.0/Conv") in edges
+    assert ("/pw/pw.0/Conv", "/down/down.0/Conv") in edges
+
+
+def test_budgets_parse() -> None:
+    assert parse_budget("0.8x", "latency") == ("relative", 0.8)
+    assert parse_budget("3.5ms", "latency") == ("absolute", 3.5)
+    assert parse_budget("500us", "latency") == ("absolute", 0.5)
+    assert parse_budget("2MB", "size") == ("absolute", 2e6)
+    for bad, unit in (("fast", "latency"), ("-1x", "size"), ("3ms", "size")):
+        with pytest.raises(TvmqError):
+            parse_budget(bad, unit)
+
+
+def test_mixed_compile_meets_a_size_budget(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, _ = calib
+    r = compile_mixed(MODEL, x, tmp_path, size_budget="0.7x", features=FEATURES, measure=False)
+    m = r.build.manifest_data
+    w8 = json.loads((tmp_path / "w8a8" / "manifest.json").read_text())
+    assert m["weight_bytes"] <= 0.75 * w8["weight_bytes"]  # the budget counts unpadded bytes
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["allocation"]["status"] == "optimal" and "size" in manifest["allocation"]["binding"]
+    assert any(s["w_bits"] == 4 for s in manifest["plan"]["layers"].values())
+    assert json.loads((tmp_path / "report.json").read_text())["layers"]
+
+
+def test_mixed_compile_on_measured_latencies(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A latency budget with a tuning database (scripted latencies recorded as this device's)."""
+    x, _ = calib
+    pm = prepare(MODEL)
+    tasks = extract_tasks(pm, ["w8a8", "w4a8", "w8a16", "bf16", "fp32"], FEATURES)
+    speed = {"w4a8": 0.5, "w8a8": 1.0, "w8a16": 1.5, "bf16": 2.5, "fp32": 3.0, "conversion": 0.1}
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    tune(tasks, db, ScriptedMeasurer(lambda t, c: speed[t.spec] * (1 + t.macs / 1e4),
+                                     device=device_fingerprint(FEATURES, 1)), FEATURES, trials=2, progress=False)
+    r = compile_mixed(MODEL, x, tmp_path / "out", latency_budget="1.0x", db=tmp_path / "db.jsonl",
+                      features=FEATURES)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    alloc, lat = manifest["allocation"], manifest["latency"]
+    assert alloc["totals"]["latency"] <= alloc["budgets"]["latency_ms"] - lat["rest_of_graph_ms"] + 1e-9
+    assert lat["predicted_ms"] > 0 and lat["measured_ms"] > 0
+    # uniform W8A8 fits a 1.0x budget, so the optimum is at most as sensitive; here it is mixed
+    w8 = r.extra["problem"].totals({l: "w8a8" for l in r.plan})
+    assert alloc["totals"]["sensitivity"] <= w8["sensitivity"] + 1e-12
+    assert len(set(r.plan.values())) > 1
+    # every kernel found its record: exact, or (a mixed plan changes some fused epilogues) by shapes
+    src = manifest["tuning"]["layers"]
+    assert "fallback" not in src and sum(src.values()) == len(pm.layers) and src["tuned"] >= 1
+
+
+def test_mixed_compile_errors(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    x, _ = calib
+    with pytest.raises(TvmqError, match="needs a budget"):
+        compile_mixed(MODEL, x, tmp_path)
+    with pytest.raises(TvmqError, match="--db"):
+        compile_mixed(MODEL, x, tmp_path, latency_budget="0.8x")
+    with pytest.raises(TvmqError, match="unknown specs"):
+        compile_mixed(MODEL, x, tmp_path, size_budget="0.5x", specs=["w2a2"])
