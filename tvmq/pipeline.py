@@ -160,10 +160,14 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   size_budget: Any = None, bops_budget: Any = None, db: Any = None,
                   specs: list[str] = SPECS, threads: int = 1, features: Any = None,  # type: ignore[assignment]
                   range_method: str = "minmax", sensitivity_samples: int = 32, measure: bool = True,
-                  context: str = "alone", labels: Any = None,
+                  context: str = "alone", sensitivity: Any = None,
                   progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
-    ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build)."""
+    ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build).
+
+    ``calibration``: the unlabeled inputs (a ``CalibrationData`` or what it reads); with
+    ``sensitivity`` given (a ``SensitivityResult`` or its JSON, e.g. from ``tvmq analyze``), the
+    statistics alone are enough (``ActivationStats`` or a calibration.json)."""
     from schedules.target_features import detect_host
 
     from .build import build
@@ -196,13 +200,20 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         stats = collect(model, data, features=features, progress=progress)
         stats.save(out / "calibration.json")
     timings["calibrate"] = time.perf_counter() - t
-    if data is None:
-        raise TvmqError("sensitivity analysis needs the calibration inputs, not only their statistics")
-
     t = time.perf_counter()
-    sens = analyze(model, stats, data, specs=[s for s in specs if s != "fp32"], range_method=range_method,
-                   features=features, output=out / "sensitivity.json", limit=sensitivity_samples,
-                   contexts=["alone"] if context == "alone" else ["alone", context], progress=progress)
+    if sensitivity is not None:
+        from .sensitivity import SensitivityResult
+
+        sens = sensitivity if isinstance(sensitivity, SensitivityResult) else SensitivityResult.load(sensitivity)
+        missing = [s for s in specs if s != "fp32" and s not in sens.specs]
+        if missing:
+            raise TvmqError(f"the sensitivity results have no {missing}")
+    elif data is None:
+        raise TvmqError("sensitivity analysis needs the calibration inputs, not only their statistics")
+    else:
+        sens = analyze(model, stats, data, specs=[s for s in specs if s != "fp32"], range_method=range_method,
+                       features=features, output=out / "sensitivity.json", limit=sensitivity_samples,
+                       contexts=["alone"] if context == "alone" else ["alone", context], progress=progress)
     timings["analyze"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -1,0 +1,37 @@
+"""Tutorial 3: per-layer sensitivity, then let the allocator choose each layer's precision under
+a budget, and build that plan (with its report).
+
+    python tutorials/t3_allocate.py [OUT_DIR] [TUNING_DB]
+
+With a tuning database (tutorial 2) a latency budget works too: ``latency_budget="0.9x"``.
+The shell form: ``tvmq analyze model.onnx --calibration calib.npy`` and
+``tvmq compile model.onnx --calibration calib.npy --size-budget 0.7x -o out/``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from t1_compile import MODEL, images
+
+
+def main(out: Path, db: str | None = None) -> int:
+    from tvmq.pipeline import compile_mixed
+
+    calib = images("calib_x", 64)
+    r = compile_mixed(MODEL, calib, out, size_budget="0.7x", db=db,
+                      latency_budget="1.0x" if db else None)
+    sens = r.extra["sensitivity"]
+    for layer, spec in r.plan.items():
+        sqnr = "-" if spec == "fp32" else f"{sens.sqnr_db(layer, spec):.1f} dB"
+        print(f"{layer:<28} {spec:<6} output SQNR alone: {sqnr}")
+    print(f"allocation {r.allocation.status}, binding {r.allocation.binding}; "
+          f"{r.build.manifest_data['weight_bytes']} bytes; report: {r.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()),
+                  sys.argv[2] if len(sys.argv) > 2 else None))
