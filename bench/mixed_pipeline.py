@@ -58,7 +58,9 @@ def main() -> int:
     ap.add_argument("--sens-samples", type=int, default=32)
     ap.add_argument("--db", default=str(ROOT / "bench" / "results" / "tuning_mobilenetv2.jsonl"))
     ap.add_argument("--size-budget", default="0.6x")
-    ap.add_argument("--latency-budget", default="0.9x")
+    ap.add_argument("--latency-budget", default="0.75x",
+                    help="the second plan's latency budget (with the size budget too)")
+    ap.add_argument("--range", default="percentile", choices=["minmax", "percentile", "mse"])
     ap.add_argument("--front-points", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=50)
@@ -90,12 +92,12 @@ def main() -> int:
 
     runs = {}
     for label, kw in (("size", {"size_budget": args.size_budget}),
-                      ("latency", {"latency_budget": args.latency_budget})):
+                      ("latency", {"latency_budget": args.latency_budget, "size_budget": args.size_budget})):
         t = time.perf_counter()
         sens = out / "size" / "sensitivity.json" if label == "latency" else None
         r = compile_mixed(args.model, calib if sens is None else stats, out / label, db=args.db,
                           threads=args.threads, features=features, sensitivity_samples=args.sens_samples,
-                          sensitivity=sens, progress=log, **kw)
+                          sensitivity=sens, range_method=args.range, progress=log, **kw)
         r.timings["calibrate"] = t_cal if label == "size" else 0.0
         runs[label] = (r, time.perf_counter() - t)
         log(f"[{label}] {r.allocation.status}, binding {r.allocation.binding}: predicted "
@@ -123,22 +125,25 @@ def main() -> int:
     w8 = {l: "w8a8" for l in problem.options}
     row("w8a8", out / "size" / "w8a8" / "model.so", w8, problem.totals(w8)["latency"] + overhead, None)
     for label, (r, _) in runs.items():
-        row(f"{label} budget {getattr(args, label + '_budget')}", r.build.library, r.plan, r.predicted_ms, None)
+        budget = f"size {args.size_budget}" + (f" + latency {args.latency_budget}" if label == "latency" else "")
+        row(f"{budget} ({r.allocation.status}, binds: {', '.join(r.allocation.binding) or '-'})",
+            r.build.library, r.plan, r.predicted_ms, None)
 
     idx = np.unique(np.linspace(0, len(front) - 1, min(args.front_points, len(front))).round().astype(int))
     for k, i in enumerate(idx):
         p = front[i]
         plan = PrecisionPlan({l: QuantSpec.parse(s) for l, s in p.plan.items()})
         b = tvmq.build(args.model, out / f"front{k}", features=features, plan=plan, stats=stats, db=args.db,
-                       threads=args.threads, progress=lambda m: None)
+                       threads=args.threads, range_method=args.range, progress=lambda m: None)
         row(f"front {k}", b.library, p.plan, p.latency + overhead, None)
 
     def fmt(v, f="{:.2f}"):  # type: ignore[no-untyped-def]
         return "-" if v is None else f.format(v)
 
     lines = [f"MobileNetV2 mixed precision, {features.isa}, {args.threads} thread(s); {len(x)} imagenet-sample "
-             f"images (onnxruntime fp32 top-1 {100 * fp32_top1:.1f}%), {args.calib} calibration images, "
-             f"sensitivity on {args.sens_samples}; latencies from {Path(args.db).name}.", "",
+             f"images (onnxruntime fp32 top-1 {100 * fp32_top1:.1f}%), {args.calib} calibration images "
+             f"({args.range} ranges), sensitivity on {args.sens_samples}; latencies from {Path(args.db).name}; "
+             f"the front: sensitivity vs latency under the size budget.", "",
              "| plan | specs | predicted ms | measured ms | error | weights MB | top-1 | vs fp32 (pt) | agreement |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r_ in rows:
