@@ -36,8 +36,10 @@ bench: $(STAMP) $(MOBILENETV2)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) bench/fp32_latency.py --mobilenetv2 $(MOBILENETV2)
 	$(PY) bench/w8a8_accuracy.py --model $(MOBILENETV2)
-	$(PY) bench/w8a8_latency.py --mobilenetv2 $(MOBILENETV2)
+	$(PY) bench/w8a8_latency.py --mobilenetv2 $(MOBILENETV2) --db bench/results/tuning_mobilenetv2.jsonl --db bench/results/tuning_light_resnet50.jsonl
 	$(PY) bench/layer_latency.py --mobilenetv2 $(MOBILENETV2)
+	$(PY) bench/tuning_report.py
+	$(PY) bench/mixed_pipeline.py --model $(MOBILENETV2)
 
 # headless Chromium: tests/test_report.py loads the rendered report in it (skipped without)
 report-deps:

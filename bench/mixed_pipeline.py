@@ -79,6 +79,7 @@ def main() -> int:
     features = detect_host()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "size" / "sensitivity.json").unlink(missing_ok=True)  # time the analysis from scratch
     x, y = load_imagenet_sample(args.root, n=args.n)
     calib = x[: args.calib]
     ref_pred = onnxruntime_logits(args.model, x).argmax(axis=1)

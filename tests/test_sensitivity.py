@@ -179,3 +179,32 @@ def test_mixed_compile_errors(calib, tmp_path: Path) -> None:  # type: ignore[no
         compile_mixed(MODEL, x, tmp_path, latency_budget="0.8x")
     with pytest.raises(TvmqError, match="unknown specs"):
         compile_mixed(MODEL, x, tmp_path, size_budget="0.5x", specs=["w2a2"])
+
+
+def test_cli_analyze_compile_with_a_budget_and_report(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    x, _ = calib
+    np.save(tmp_path / "calib.npy", x)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tvmq", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+
+    r = cli("analyze", str(MODEL), "--calibration", str(tmp_path / "calib.npy"), "--limit", "8",
+            "-o", str(tmp_path / "s.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "7 layers on 8 samples" in r.stdout and SensitivityResult.load(tmp_path / "s.json").layers
+    r = cli("compile", str(MODEL), "--calibration", str(tmp_path / "calib.npy"), "--size-budget", "0.7x",
+            "-o", str(tmp_path / "out"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "allocation optimal, binding: size" in r.stdout
+    (tmp_path / "out" / "report.html").unlink()
+    r = cli("report", str(tmp_path / "out"))
+    assert r.returncode == 0 and (tmp_path / "out" / "report.html").exists(), r.stderr
+    r = cli("compile", str(MODEL), "--calibration", str(tmp_path / "calib.npy"), "--latency-budget", "2ms",
+            "-o", str(tmp_path / "out2"))
+    assert r.returncode == 2 and "--db" in r.stderr

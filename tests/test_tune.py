@@ -269,7 +269,7 @@ def _w8a8_pointwise_task(tasks):  # type: ignore[no-untyped-def]
 
 def test_real_tuning_run_then_compile_uses_it_bit_exactly(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import tvmq
-    from tvmq.calibration import CalibrationData, collect
+    from tvmq.calibration import collect
 
     pm, tasks = fmnist_tasks
     task = _w8a8_pointwise_task(tasks)
@@ -292,7 +292,7 @@ def test_real_tuning_run_then_compile_uses_it_bit_exactly(fmnist_tasks, tmp_path
                            config=space.config_to_json(other), device=m.device,
                            latency={"median_us": 1e-3, "min_us": 1e-3, "n": 1, "spread": 0.0}))
     x, _ = fmnist_inputs(20)
-    stats = collect(MODEL, CalibrationData(x[:10]), features=FEATURES)
+    stats = collect(MODEL, x[:10], features=FEATURES)
     plain = tvmq.build(MODEL, tmp_path / "plain", plan="w8a8", stats=stats, features=FEATURES)
     tuned = tvmq.build(MODEL, tmp_path / "tuned", plan="w8a8", stats=stats, features=FEATURES,
                        db=tmp_path / "db.jsonl")
