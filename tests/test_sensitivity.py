@@ -135,14 +135,20 @@ def test_budgets_parse() -> None:
 
 def test_mixed_compile_meets_a_size_budget(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     x, _ = calib
-    r = compile_mixed(MODEL, x, tmp_path, size_budget="0.7x", features=FEATURES, measure=False)
+    ev, labels = fmnist_inputs(40)
+    r = compile_mixed(MODEL, x, tmp_path, size_budget="0.7x", features=FEATURES, measure=False,
+                      eval_data=ev, eval_labels=labels)
     m = r.build.manifest_data
     w8 = json.loads((tmp_path / "w8a8" / "manifest.json").read_text())
     assert m["weight_bytes"] <= 0.75 * w8["weight_bytes"]  # the budget counts unpadded bytes
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["allocation"]["status"] == "optimal" and "size" in manifest["allocation"]["binding"]
     assert any(s["w_bits"] == 4 for s in manifest["plan"]["layers"].values())
-    assert json.loads((tmp_path / "report.json").read_text())["layers"]
+    ev_res = manifest["evaluation"]
+    assert ev_res["fp32"]["agreement"] == 1.0 and ev_res["chosen"]["n"] == 40
+    assert 0.5 < ev_res["chosen"]["top1"] <= 1.0 and 0.5 < ev_res["w8a8"]["agreement"] <= 1.0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["layers"] and {p["label"]: p["top1"] for p in report["plans"]}["chosen"] == ev_res["chosen"]["top1"]
 
 
 def test_mixed_compile_on_measured_latencies(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -129,7 +129,7 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
     r = compile_mixed(args.model, args.calibration, args.output, latency_budget=args.latency_budget,
                       size_budget=args.size_budget, bops_budget=args.bops_budget, db=args.db,
                       specs=specs, threads=args.threads, features=features, range_method=args.range,
-                      progress=progress)
+                      eval_data=args.eval_data, eval_labels=args.eval_labels, progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
     meas = f"{r.measured_ms:.2f} ms measured" if r.measured_ms is not None else "not measured"
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bops-budget", metavar="0.5x|N", help="mixed precision: bit-operations budget")
     c.add_argument("--specs", default="w8a8,w4a8,w8a16,bf16,fp32",
                    help="candidate specs of a mixed-precision compile")
+    c.add_argument("--eval-data", metavar="DATA",
+                   help="mixed precision: inputs to compare fp32 / W8A8 / chosen on (agreement in the report)")
+    c.add_argument("--eval-labels", metavar="LABELS.npy", help="with --eval-data: class indices (top-1)")
     c.add_argument("--db", metavar="TUNING.jsonl",
                    help="tuning database (tvmq tune): kernels take their best measured configuration")
     c.add_argument("--threads", type=int, default=1,

@@ -161,6 +161,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   specs: list[str] = SPECS, threads: int = 1, features: Any = None,  # type: ignore[assignment]
                   range_method: str = "minmax", sensitivity_samples: int = 32, measure: bool = True,
                   context: str = "alone", sensitivity: Any = None, latency_margin: float = 0.05,
+                  eval_data: Any = None, eval_labels: Any = None,
                   progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
     ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build).
@@ -171,7 +172,11 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
 
     ``latency_margin``: the plan is chosen so that its *predicted* latency stays that fraction
     below the budget (measured here: predictions fall 1-8% under the measured libraries on
-    MobileNetV2), so that the library meets the budget when measured."""
+    MobileNetV2), so that the library meets the budget when measured.
+
+    ``eval_data`` (inputs, as ``CalibrationData`` reads them) and optional ``eval_labels``
+    (class indices): the fp32, W8A8 and chosen libraries are run on them and the report and
+    manifest get their agreement with fp32 (top-1 of the argmax) and, with labels, accuracy."""
     from schedules.target_features import detect_host
 
     from .build import build
@@ -287,12 +292,25 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         "context": context, "solve_seconds": alloc.solve_seconds}
     manifest["latency"] = {"predicted_ms": predicted, "measured_ms": measured, "threads": threads,
                            "rest_of_graph_ms": overhead, "w8a8_measured_ms": ref_ms}
+    quality = None
+    if eval_data is not None:
+        t = time.perf_counter()
+        fp32 = build(model, out / "fp32", features=features, db=db, threads=threads, progress=lambda m: None)
+        quality = evaluate({"fp32": fp32.library, "w8a8": ref.library, "chosen": result.library},
+                           eval_data, eval_labels, pm)
+        timings["evaluate"] = time.perf_counter() - t
+        manifest["evaluation"] = quality
+        progress("evaluation: " + ", ".join(
+            f"{k} agreement {100 * v['agreement']:.1f}%" + (f" top-1 {100 * v['top1']:.1f}%" if v.get("top1") is not None else "")
+            for k, v in quality.items()))
     manifest["pipeline_seconds"] = timings
     result.manifest.write_text(json.dumps(manifest, indent=1))
 
     report_data = _report_data(pm, model, sens, table, problem, alloc, front, overhead, features, threads,
                                specs, timings, ref_ms, predicted, measured, budgets, latency_budget,
                                size_budget, manifest)
+    for p in report_data["plans"]:
+        p.update((quality or {}).get(p["label"], {}))
     (out / "report.json").write_text(json.dumps(report_data, indent=1))
     report = None
     try:
@@ -303,6 +321,26 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         progress(f"warning: no report.html ({e}); report.json is written")
     return MixedResult(result, alloc.plan, alloc, predicted or 0.0, measured, report, timings,
                        {"front": front, "problem": problem, "sensitivity": sens, "table": table})
+
+
+def evaluate(libraries: dict[str, Path], data: Any, labels: Any, pm: Any) -> dict[str, dict[str, Any]]:
+    """Per library: argmax agreement with the ``fp32`` one and, with ``labels``, top-1."""
+    from .calibration import CalibrationData
+    from .runtime import load
+
+    feeds = list((data if isinstance(data, CalibrationData) else CalibrationData.from_source(data, pm.inputs))
+                 .samples(batch=1))
+    y = None if labels is None else np.asarray(np.load(labels) if isinstance(labels, (str, Path)) else labels).ravel()
+    if y is not None and len(y) != len(feeds):
+        raise TvmqError(f"{len(y)} labels for {len(feeds)} evaluation inputs")
+    preds = {}
+    for name, lib in libraries.items():
+        m = load(lib)
+        preds[name] = np.array([int(np.argmax(next(iter(m.run(f).values())))) for f in feeds])
+    ref = preds.get("fp32")
+    return {name: {"agreement": float((p == ref).mean()) if ref is not None else None,
+                   "top1": None if y is None else float((p == y).mean()), "n": len(p)}
+            for name, p in preds.items()}
 
 
 def _spec(name: str) -> Any:
