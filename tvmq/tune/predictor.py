@@ -99,17 +99,20 @@ class LatencyPredictor:
             raise ValueError("no successful records to train the latency predictor on")
         x = np.array([record_features(r) for r in ok], dtype=np.float64)
         y = np.log(np.array([r.median_us for r in ok], dtype=np.float64))
-        self.model = xgb.XGBRegressor(n_estimators=self.n_estimators, max_depth=6, learning_rate=0.08,
-                                      subsample=0.9, colsample_bytree=0.9, min_child_weight=1.0,
-                                      random_state=self.seed, n_jobs=1, tree_method="hist")
-        self.model.fit(x, y)
+        # the native API: xgboost's scikit-learn wrapper would need scikit-learn installed
+        params = {"objective": "reg:squarederror", "max_depth": 6, "eta": 0.08, "subsample": 0.9,
+                  "colsample_bytree": 0.9, "min_child_weight": 1.0, "seed": self.seed, "nthread": 1,
+                  "tree_method": "hist"}
+        self.model = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=self.n_estimators)
         self.n_train = len(ok)
         return self
 
     def predict(self, rows: list[list[float]]) -> np.ndarray:
         if self.model is None:
             raise ValueError("the latency predictor is not trained")
-        return np.exp(self.model.predict(np.array(rows, dtype=np.float64)))
+        import xgboost as xgb
+
+        return np.exp(self.model.predict(xgb.DMatrix(np.array(rows, dtype=np.float64))))
 
     def predict_records(self, records: list[TuningRecord]) -> np.ndarray:
         return self.predict([record_features(r) for r in records])
