@@ -38,6 +38,14 @@ class KernelKey:
     def __str__(self) -> str:
         return f"{self.op}/{self.precision}/{self.isa}"
 
+    @classmethod
+    def parse(cls, text: str) -> KernelKey:
+        """Inverse of ``str``: ``"conv2d/w8a8/avx2"`` -> ``KernelKey``."""
+        parts = text.split("/")
+        if len(parts) != 3:
+            raise ValueError(f"not a kernel key (op/precision/isa): {text!r}")
+        return cls(*parts)
+
 
 @dataclass(frozen=True)
 class KernelDef:
@@ -143,6 +151,16 @@ for _isa in conv2d_w8a8_isa.ISA_LEVELS:
                        "GEMM along pixels, or NCHWc direct conv; dyadic requantization"))
 
 
+def _parallel_stage(sch, name: str, vector: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """A wrapper's elementwise stage (weight unpack, input rounding): its outer loops fused and
+    parallel, the innermost vectorised by ``vector`` lanes where they divide it."""
+    loops = sch.get_loops(sch.get_sblock(name))
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    if vector and int(sch.get(loops[-1]).extent) % vector == 0:
+        sch.vectorize(sch.split(loops[-1], [None, vector])[1])
+
+
 def int4_weights(base: KernelDef) -> KernelDef:
     """The W4A8 twin of an integer kernel: its weight argument is the base kernel's packed int8
     layout with two nibbles per byte along the innermost axis (``schedules.packing``), unpacked
@@ -163,9 +181,7 @@ def int4_weights(base: KernelDef) -> KernelDef:
 
     def schedule(sch, wl: Workload, cfg: Any, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
         base.schedule(sch, wl, cfg, sample)
-        loops = sch.get_loops(sch.get_sblock("weight_unpack"))
-        if len(loops) > 1:
-            sch.parallel(sch.fuse(*loops[:-1]))
+        _parallel_stage(sch, "weight_unpack")
 
     def pack_weight(weight: np.ndarray, wl: Workload, cfg: Any) -> np.ndarray:
         return pack_int4(base.pack_weight(weight, wl, cfg))
@@ -198,10 +214,7 @@ def bf16_weights(base: KernelDef) -> KernelDef:
     def schedule(sch, wl: Workload, cfg: Any, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
         base.schedule(sch, wl, cfg, sample)
         for name in ("data_bf16", "weight_unpack"):
-            loops = sch.get_loops(sch.get_sblock(name))
-            if len(loops) > 1:
-                sch.parallel(sch.fuse(*loops[:-1]))
-            sch.vectorize(sch.split(loops[-1], [None, 8])[1]) if int(sch.get(loops[-1]).extent) % 8 == 0 else None
+            _parallel_stage(sch, name, vector=8)
 
     def pack_weight(weight: np.ndarray, wl: Workload, cfg: Any) -> np.ndarray:
         return bf16.to_bf16_bits(base.pack_weight(weight.astype(np.float32), wl, cfg))

@@ -30,7 +30,6 @@ from tvmq.tune import (
     extract_tasks,
     tune,
 )
-from tvmq.tune.measure import _key
 
 from .conftest import FMNIST_DIR, ROOT, fmnist_inputs
 
@@ -58,7 +57,7 @@ def _expected_total(tasks, trials: int) -> int:  # type: ignore[no-untyped-def]
         if t.kind == "conversion":
             n += 1
         else:
-            k = registry.get(_key(t.kernel))
+            k = registry.get(registry.KernelKey.parse(t.kernel))
             n += min(trials, len(space.config_space(k.fallback_config(t.workload, FEATURES), t.workload, FEATURES)))
     return n
 
@@ -153,7 +152,7 @@ def test_scripted_search_measures_the_fallback_first_and_stays_in_budget(fmnist_
     for r in s.results:
         recs = db.query(r.task.key, r.task.spec, "scripted")
         if r.task.kind == "kernel":
-            fb = registry.get(_key(r.task.kernel)).fallback_config(r.task.workload, FEATURES)
+            fb = registry.get(registry.KernelKey.parse(r.task.kernel)).fallback_config(r.task.workload, FEATURES)
             assert recs[0].config == space.config_to_json(fb)
             assert r.fallback_us == recs[0].median_us
         assert len({x.config_id for x in recs}) == len(recs)  # nothing measured twice
@@ -286,7 +285,7 @@ def test_real_tuning_run_then_compile_uses_it_bit_exactly(fmnist_tasks, tmp_path
     assert best.best_us <= best.fallback_us
 
     # make the tuned record a configuration that is not the fallback, then compile with it
-    fb = registry.get(_key(task.kernel)).fallback_config(task.workload, FEATURES)
+    fb = registry.get(registry.KernelKey.parse(task.kernel)).fallback_config(task.workload, FEATURES)
     other = next(c for c in space.config_space(fb, task.workload, FEATURES) if c != fb)
     db.append(TuningRecord(task=task.key, kernel=task.kernel, spec="w8a8", workload=task.workload_json(),
                            config=space.config_to_json(other), device=m.device,

@@ -23,7 +23,6 @@ from schedules.target_features import TargetFeatures
 
 from ..errors import TvmqError
 from .database import TuningDatabase
-from .measure import _key
 from .predictor import LatencyPredictor, feature_vector
 from .tasks import TuneTask, extract_tasks
 
@@ -128,7 +127,7 @@ class LatencyTable:
                 else:
                     from schedules import space
 
-                    kernel = registry.get(_key(task.kernel))
+                    kernel = registry.get(registry.KernelKey.parse(task.kernel))
                     cfg_json = space.config_to_json(kernel.fallback_config(task.workload, features))
                 us = float(predictor.predict([feature_vector(task.kernel, task.spec, task.workload_json(),
                                                              cfg_json)])[0])

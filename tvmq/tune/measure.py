@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from abc import ABC, abstractmethod
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -47,21 +48,18 @@ def build_candidate(task: TuneTask, config: Any, features: TargetFeatures):  # t
 
         return schedule_primfunc(te.create_prim_func(conversion_compute(task.kernel, task.workload)),
                                  features.fp32_lanes)
-    return registry.get(_key(task.kernel)).build_primfunc(task.workload, config)
+    return registry.get(registry.KernelKey.parse(task.kernel)).build_primfunc(task.workload, config)
 
 
-def _key(text: str) -> registry.KernelKey:
-    op, precision, isa = text.split("/")
-    return registry.KernelKey(op, precision, isa)
-
-
-class Measurer:
-    """Times candidates; ``device`` is the fingerprint the records carry."""
+class Measurer(ABC):
+    """Times candidates; ``device`` is the fingerprint the records carry. Implementations:
+    ``RunnerMeasurer`` (real timings, local or RPC) and ``ScriptedMeasurer`` (tests)."""
 
     device: dict[str, Any]
 
+    @abstractmethod
     def measure(self, task: TuneTask, configs: list[Any]) -> list[MeasureResult]:
-        raise NotImplementedError
+        """One result per configuration, in order (a failed build or run is a result too)."""
 
     def close(self) -> None:
         pass

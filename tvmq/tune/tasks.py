@@ -23,8 +23,8 @@ from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue, Workload
 
 from ..errors import TvmqError
 
-# the conversions at a boundary between specs (``LatencyTable.boundary``):
-# name -> (TE compute of one tensor shape, what it converts)
+# the conversions at a boundary between specs (``LatencyTable.boundary_us``): name -> what it
+# converts (``conversion_compute`` builds its TE compute for one tensor shape)
 CONVERSIONS = {
     "quantize_u8": "fp32 -> uint8 (a float layer feeds a W8A8 / W4A8 one)",
     "quantize_i16": "fp32 -> int16 (a float layer feeds a W8A16 one)",

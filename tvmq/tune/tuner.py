@@ -27,9 +27,9 @@ from schedules.target_features import TargetFeatures
 
 from .. import __version__
 from .database import TuningDatabase, TuningRecord
-from .measure import Measurer, _key
+from .measure import Measurer
 from .predictor import LatencyPredictor, feature_vector
-from .tasks import TuneTask, kernel_task_key, shape_key
+from .tasks import TuneTask, kernel_task_key, shape_key, workload_from_json
 
 
 @dataclass
@@ -134,7 +134,7 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
             space_ = [None]
             fallback = None
         else:
-            kernel = registry.get(_key(task.kernel))
+            kernel = registry.get(registry.KernelKey.parse(task.kernel))
             fallback = kernel.fallback_config(task.workload, features)
             space_ = space.config_space(fallback, task.workload, features)
         budget = min(budget, len(space_))
@@ -229,8 +229,6 @@ class TunedConfigs:
         for r in db.query(device_id=device_id):
             if not r.ok or "op" not in r.workload:
                 continue
-            from .tasks import workload_from_json
-
             k = shape_key(r.kernel, workload_from_json(r.workload))
             if k not in self.by_shape or r.median_us < self.by_shape[k].median_us:
                 self.by_shape[k] = r
