@@ -3,7 +3,10 @@ a budget, and build that plan (with its report).
 
     python tutorials/t3_allocate.py [OUT_DIR] [TUNING_DB]
 
-With a tuning database (tutorial 2) a latency budget works too: ``latency_budget="0.9x"``.
+With a tuning database (tutorial 2) a latency budget works too; here 1.2x the uniform W8A8
+model's measured latency, next to the size budget. (The plan aims 5% under a latency budget,
+the prediction error; a budget no plan can meet gives the least-overrun plan, status
+"infeasible".)
 The shell form: ``tvmq analyze model.onnx --calibration calib.npy`` and
 ``tvmq compile model.onnx --calibration calib.npy --size-budget 0.7x -o out/``.
 """
@@ -22,7 +25,7 @@ def main(out: Path, db: str | None = None) -> int:
 
     calib = images("calib_x", 64)
     r = compile_mixed(MODEL, calib, out, size_budget="0.7x", db=db,
-                      latency_budget="1.0x" if db else None)
+                      latency_budget="1.2x" if db else None)
     sens = r.extra["sensitivity"]
     for layer, spec in r.plan.items():
         sqnr = "-" if spec == "fp32" else f"{sens.sqnr_db(layer, spec):.1f} dB"
