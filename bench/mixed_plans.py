@@ -5,8 +5,10 @@ all-integer ones equal the numpy integer simulation bit for bit.
     python bench/mixed_plans.py [--plans 20] [--images 40] [--seed 0]
 
 Plans are drawn (seeded) over {W4A8, W8A8, W8A16, bf16, fp32}; every third plan is integer-only
-(W4A8 / W8A8 / W8A16), since plans with float layers between integer ones have no exact oracle
-(TVM's fp32 summation order is not numpy's): for those the table gives agreement with fp32 only.
+(W4A8 / W8A8 / W8A16). Every plan is checked bit for bit against the numpy program of the build
+(float layers included: each float kernel's summation order and FMA roundings, see
+``KernelDef.float_reference``) on the first ``--exact`` scored images (the numpy program runs
+about a second per image); all ``--images`` give the agreement with fp32.
 Calibration: the first 256 imagenet-sample images; scoring: the next ``--images``. Writes
 ``bench/results/mixed_plans.{json,md}``.
 """
@@ -37,6 +39,7 @@ def main() -> int:
     ap.add_argument("--root", default=str(ROOT.parent / "shared/data/imagenet-sample"))
     ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--images", type=int, default=40)
+    ap.add_argument("--exact", type=int, default=5, help="images checked bit for bit per plan")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default=str(ROOT / "bench/results/mixed_plans"))
     args = ap.parse_args()
@@ -74,7 +77,7 @@ def main() -> int:
             set_num_threads(2)
             outs = [m.run({"input": t[None]})["logits"] for t in test]
             exact = None if r.program is None else all(
-                np.array_equal(o, r.program.run([t[None]])[0]) for o, t in zip(outs, test))
+                np.array_equal(o, r.program.run([t[None]])[0]) for o, t in zip(outs[:args.exact], test))
             agree = float(np.mean([o.argmax() == f for o, f in zip(outs, fp32)]))
             wrong_kernel = [n for n, s in plan.items() if s.name not in r.manifest_data["kernels"][n]["kernel"]]
             counts = Counter(s.name for s in plan.values())
@@ -84,17 +87,18 @@ def main() -> int:
             print(rows[-1], flush=True)
     lines = [f"MobileNetV2 (real), {len(rows)} random plans (seed {args.seed}), {len(test)} scored images, "
              f"256 calibration images, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             f"Bit-exact: library == numpy program on the first {args.exact} scored images.", "",
              "| plan | " + " | ".join(ALL) + " | weights MB | bit-exact vs simulation | agreement with fp32 | build s |",
              "|---:|" + "---:|" * len(ALL) + "---:|---|---:|---:|"]
     for row in rows:
-        ex = "n/a (float layers)" if row["bit_exact"] is None else str(row["bit_exact"])
+        ex = "no oracle" if row["bit_exact"] is None else str(row["bit_exact"])
         lines.append(f"| {row['plan']} | " + " | ".join(str(row["specs"][k]) for k in ALL)
                      + f" | {row['weight_bytes'] / 1e6:.2f} | {ex} | {100 * row['agreement']:.0f}% | {row['build_s']} |")
     table = "\n".join(lines)
     print(table)
     Path(args.output + ".md").write_text(table + "\n")
     Path(args.output + ".json").write_text(json.dumps(rows, indent=1))
-    bad = [r for r in rows if r["bit_exact"] is False or r["layers_on_wrong_kernel"]]
+    bad = [r for r in rows if r["bit_exact"] is not True or r["layers_on_wrong_kernel"]]
     return 1 if bad else 0
 
 

@@ -7,9 +7,18 @@ ties to even, on the bit pattern (finite inputs; the compiler rejects NaN/inf in
 
 The portable kernel (every CPU) is the fp32 kernel with a ``weight_unpack`` stage
 (``float32(bits << 16)``) and an input stage that rounds to bf16: the products of bf16 values
-are exact in fp32, so it computes what a bf16 dot product with fp32 accumulation computes, up to
-the order of the fp32 additions (the bound the tests state). Native AMX-BF16 / AVX512-BF16
-kernels (``tdpbf16ps`` / ``vdpbf16ps``) are not written yet; on those CPUs this fallback runs.
+are exact in fp32, so it computes what a bf16 dot product with fp32 accumulation computes, in the
+fp32 kernel's summation order (``KernelDef.float_reference`` reproduces it bit for bit).
+
+Native kernels (``schedules.conv2d.bf16_dot``, ``schedules.dense.bf16_dot``) run where the target
+has AVX512-BF16 (``registry.select`` checks ``TargetFeatures.avx512_bf16``): the input rounded to
+bf16 and repacked as channel pairs once per call, uint16 weights with the pairs innermost, one
+``vdpbf16ps`` (``schedules.intrinsics_bf16``) per 16 output channels x 2 input channels, fp32
+accumulators. Their sums differ from the portable kernel's in order (odd channel of each pair
+first) and in denormal handling (DAZ / FTZ), so they have their own exact reference
+(``reference.conv2d_bf16_dot`` / ``dense_bf16_dot``). They are cross-compiled on any host and run
+only on such CPUs. Depthwise convs (no channel reduction to pair) always take the portable kernel;
+AMX-BF16 (``tdpbf16ps``) kernels are not written: AMX CPUs take the AVX512-BF16 ones.
 """
 
 from __future__ import annotations
@@ -48,3 +57,13 @@ def unpack_expr(bits):  # type: ignore[no-untyped-def]
     from tvm import tirx
 
     return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
+
+
+def bits_expr(v):  # type: ignore[no-untyped-def]
+    """TIR: the uint16 bf16 pattern of one float32 value, round to nearest even (``to_bf16_bits``)."""
+    from tvm import tirx
+
+    u = tirx.reinterpret("uint32", v)
+    one = tirx.const(1, "uint32")
+    sixteen = tirx.const(16, "uint32")
+    return ((u + tirx.const(0x7FFF, "uint32") + ((u >> sixteen) & one)) >> sixteen).astype("uint16")

@@ -239,3 +239,6 @@ class TemplateDispatch:
 
     def output_shape(self, wl, cfg):  # type: ignore[no-untyped-def]
         return self.template_of(cfg).output_shape(wl)
+
+    def reduction_order(self, wl, cfg):  # type: ignore[no-untyped-def]
+        return self.template_of(cfg).reduction_order(wl, cfg)

@@ -132,12 +132,19 @@ def max_pool_u8(q: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int],
                 strides: tuple[int, int], dilation: tuple[int, int],
                 pad_top_left: tuple[int, int]) -> np.ndarray:
     """``elementwise.max_pool_u8``: the window max of the codes, out-of-range taps are 0."""
+    return max_pool(q, out_hw, pool, strides, dilation, pad_top_left, 0)
+
+
+def max_pool(x: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int],
+             strides: tuple[int, int], dilation: tuple[int, int],
+             pad_top_left: tuple[int, int], pad_value: float | int) -> np.ndarray:
+    """NCHW window max, out-of-range taps ``pad_value`` (exact in any dtype)."""
     (oh, ow), (kh, kw), (sh, sw), (dh, dw), (ph, pw) = out_hw, pool, strides, dilation, pad_top_left
-    n, c, h, w = q.shape
+    n, c, h, w = x.shape
     need_h, need_w = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
-    padded = np.zeros((n, c, max(need_h, h + ph), max(need_w, w + pw)), np.uint8)
-    padded[:, :, ph:ph + h, pw:pw + w] = q
-    out = np.zeros((n, c, oh, ow), np.uint8)
+    padded = np.full((n, c, max(need_h, h + ph), max(need_w, w + pw)), pad_value, x.dtype)
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    out = np.full((n, c, oh, ow), pad_value, x.dtype)
     for i in range(kh):
         for j in range(kw):
             tap = padded[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
@@ -157,3 +164,173 @@ def dequantizing_epilogue(acc: np.ndarray, bias_q: np.ndarray, scale: np.ndarray
     elif ep.activation == "clip":
         out = np.minimum(np.maximum(out, np.float32(ep.clip_min)), np.float32(ep.clip_max))
     return out
+
+
+# -- float kernels, bit for bit ------------------------------------------------------------------
+# The fp32 / bf16 kernels accumulate each output sequentially over the reduction, in an order
+# their template fixes (``reduction_order``), with one fused multiply-add per term where the
+# target has FMA (LLVM contracts ``acc + x * w``; measured), a float32 multiply then add where it
+# has not. Floating-point addition is not associative, so a float64 reference only agrees within
+# a bound; these functions take the same terms in the same order with the same roundings, and
+# agree exactly.
+
+_F32_TIE_BITS = np.uint64((1 << 29) - 1)  # float64 mantissa bits below a float32 one
+
+
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``a * b + c`` in float32 with a single rounding (to nearest even), as an FMA instruction.
+
+    The product of two float32 values is exact in float64; the float64 sum ``s`` is rounded once,
+    so rounding ``s`` to float32 can only differ from rounding the exact sum when ``s`` lands on a
+    float32 tie the exact sum is not on (double rounding). The float64 rounding error ``e`` of the
+    sum (TwoSum, exact) says which way the exact value lies; those rare elements are fixed.
+    (Ties between float32 *subnormals*, below 1.2e-38, are not detected: no layer output lives
+    there.)
+    """
+    p = np.asarray(a, np.float64) * np.asarray(b, np.float64)
+    c64 = np.asarray(c, np.float64)
+    s = p + c64
+    t = s - p
+    e = (p - (s - t)) + (c64 - t)  # p + c == s + e exactly
+    r = s.astype(np.float32)
+    suspect = (e != 0) & ((s.view(np.uint64) & _F32_TIE_BITS) == (1 << 28))
+    if suspect.any():  # s is a float32 tie: the exact value is past it, on e's side
+        s_, e_, r_ = s[suspect], e[suspect], r[suspect]
+        r64 = r_.astype(np.float64)
+        toward = np.nextafter(r_, np.where(s_ > r64, np.float32(np.inf), np.float32(-np.inf)))
+        tie = (s_ != r64) & (s_ - r64 == (toward.astype(np.float64) - r64) / 2)
+        past = tie & (np.sign(e_) == np.sign(s_ - r64))
+        r[suspect] = np.where(past, toward, r_)
+    return r
+
+
+def _madd(a: np.ndarray, b: np.ndarray, c: np.ndarray, fma: bool) -> np.ndarray:
+    """One accumulation step: ``fma_f32``, or float32 ``c + a * b`` rounded twice."""
+    if fma:
+        return fma_f32(a, b, c)
+    return c + np.asarray(a, np.float32) * np.asarray(b, np.float32)
+
+
+def _float_epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue,
+                    residual: np.ndarray | None) -> np.ndarray:
+    """``schedules.common.finish`` in float32: + bias (if the epilogue has one), + residual,
+    then the activation."""
+    if ep.bias:
+        if bias is None:
+            raise ValueError("the epilogue adds a bias: pass bias=")
+        acc = acc + bias.astype(np.float32).reshape((1, -1) + (1,) * (acc.ndim - 2))
+    if ep.residual:
+        if residual is None:
+            raise ValueError("the epilogue fuses a residual add: pass residual=")
+        acc = acc + residual.astype(np.float32).reshape(acc.shape)
+    if ep.activation == "relu":
+        acc = np.maximum(acc, np.float32(0))
+    elif ep.activation == "clip":
+        acc = np.minimum(np.maximum(acc, np.float32(ep.clip_min)), np.float32(ep.clip_max))
+    return acc
+
+
+def conv2d_in_order(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                    wl: Conv2dWorkload, order: list[tuple[int, int, int]],
+                    residual: np.ndarray | None = None, fma: bool = True) -> np.ndarray:
+    """NCHW x OIHW grouped conv in float32, each output accumulated from 0 over the terms
+    ``(input channel within the group, kernel row, kernel column)`` in ``order`` with a fused
+    multiply-add each (``fma=False``: a multiply, then an add), then the epilogue: what a float
+    kernel with that order computes. Padding terms (zeros) are left out: adding an exact zero
+    does not change a sum."""
+    x = np.pad(np.asarray(data, np.float32), ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom),
+                                              (wl.pad_left, wl.pad_right)))
+    g, cg, kg = wl.groups, wl.in_per_group, wl.out_per_group
+    n, oh, ow = x.shape[0], wl.out_height, wl.out_width
+    w = np.asarray(weight, np.float32).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
+    acc = np.zeros((n, g, kg, oh, ow), np.float32)
+    groups = np.arange(g) * cg
+    for c, r, s in order:
+        y0, x0 = r * wl.dilation_h, s * wl.dilation_w
+        tap = x[:, groups + c, y0: y0 + (oh - 1) * wl.stride_h + 1: wl.stride_h,
+                x0: x0 + (ow - 1) * wl.stride_w + 1: wl.stride_w]
+        acc = _madd(tap[:, :, None], w[None, :, :, c, r, s, None, None], acc, fma)
+    return _float_epilogue(acc.reshape(n, wl.out_channels, oh, ow), bias, wl.epilogue, residual)
+
+
+def dense_in_order(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                   wl: DenseWorkload, order: list[int], residual: np.ndarray | None = None,
+                   fma: bool = True) -> np.ndarray:
+    """``data @ weight.T`` in float32, accumulated over the input features in ``order`` (a fused
+    multiply-add each, or not: see ``conv2d_in_order``), then the epilogue."""
+    x, w = np.asarray(data, np.float32), np.asarray(weight, np.float32)
+    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    for c in order:
+        acc = _madd(x[:, c, None], w[None, :, c], acc, fma)
+    return _float_epilogue(acc, bias, wl.epilogue, residual)
+
+
+def mean_in_order(x: np.ndarray, axes: list[int], keepdims: bool) -> np.ndarray:
+    """``relax.mean`` as TVM computes it in float32 (``topi.sum`` then ``topi.divide`` by the
+    count): each output sums its elements from 0 in row-major order over ``axes``, then one
+    division."""
+    x = np.asarray(x, np.float32)
+    axes = sorted(a % x.ndim for a in axes)
+    moved = np.moveaxis(x, axes, list(range(x.ndim - len(axes), x.ndim)))
+    flat = moved.reshape(moved.shape[: x.ndim - len(axes)] + (-1,))
+    acc = np.zeros(flat.shape[:-1], np.float32)
+    for i in range(flat.shape[-1]):
+        acc = acc + flat[..., i]
+    out = acc / np.float32(flat.shape[-1])
+    if keepdims:
+        out = out.reshape([1 if d in axes else n for d, n in enumerate(x.shape)])
+    return out
+
+
+# -- native bf16 kernels (AVX512-BF16 ``vdpbf16ps``), bit for bit ---------------------------------
+# Each instruction adds, per fp32 lane, the product of the odd bf16 elements of a pair, then the
+# product of the even ones: two float32 fused multiply-adds (the products of bf16 values are
+# exact), round to nearest even, bf16 denormal inputs read as zero (DAZ), denormal results
+# flushed to zero (FTZ), whatever MXCSR says. The kernels' order puts the odd channel of each pair
+# before the even one (``schedules.conv2d.bf16_dot.dot_order``).
+
+_F32_MIN_NORMAL = np.float32(2.0 ** -126)
+
+
+def flush_denormals(x: np.ndarray) -> np.ndarray:
+    """float32 denormals -> zero of the same sign (DAZ on inputs, FTZ on results)."""
+    x = np.asarray(x, np.float32)
+    return np.where(np.abs(x) < _F32_MIN_NORMAL, np.copysign(np.float32(0), x), x).astype(np.float32)
+
+
+def bf16_dot_step(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """One term of ``vdpbf16ps``: ``acc + a * b`` rounded once to float32 (``fma_f32``), the
+    result flushed to zero if denormal; ``a``, ``b`` bf16 values (as float32), already DAZ."""
+    return flush_denormals(fma_f32(a, b, acc))
+
+
+def conv2d_bf16_dot(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                    wl: Conv2dWorkload, order: list[tuple[int, int, int]],
+                    residual: np.ndarray | None = None) -> np.ndarray:
+    """``conv2d_in_order`` as a native bf16 kernel computes it: ``data`` / ``weight`` are bf16
+    values (float32 arrays), read with DAZ; each output accumulates from 0 over the terms
+    ``(input channel within the group, kernel row, kernel column)`` in ``order``, one
+    ``bf16_dot_step`` each; then the float32 epilogue."""
+    x = np.pad(flush_denormals(data), ((0, 0), (0, 0), (wl.pad_top, wl.pad_bottom),
+                                       (wl.pad_left, wl.pad_right)))
+    g, cg, kg = wl.groups, wl.in_per_group, wl.out_per_group
+    n, oh, ow = x.shape[0], wl.out_height, wl.out_width
+    w = flush_denormals(weight).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
+    acc = np.zeros((n, g, kg, oh, ow), np.float32)
+    groups = np.arange(g) * cg
+    for c, r, s in order:
+        y0, x0 = r * wl.dilation_h, s * wl.dilation_w
+        tap = x[:, groups + c, y0: y0 + (oh - 1) * wl.stride_h + 1: wl.stride_h,
+                x0: x0 + (ow - 1) * wl.stride_w + 1: wl.stride_w]
+        acc = bf16_dot_step(tap[:, :, None], w[None, :, :, c, r, s, None, None], acc)
+    return _float_epilogue(acc.reshape(n, wl.out_channels, oh, ow), bias, wl.epilogue, residual)
+
+
+def dense_bf16_dot(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                   wl: DenseWorkload, order: list[int], residual: np.ndarray | None = None) -> np.ndarray:
+    """``dense_in_order`` as a native bf16 kernel computes it (see ``conv2d_bf16_dot``)."""
+    x, w = flush_denormals(data), flush_denormals(weight)
+    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    for c in order:
+        acc = bf16_dot_step(x[:, c, None], w[None, :, c], acc)
+    return _float_epilogue(acc, bias, wl.epilogue, residual)

@@ -14,15 +14,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import bf16
+from . import bf16, reference
+from .conv2d import bf16_dot as conv2d_bf16_dot
 from .conv2d import fp32 as conv2d_fp32
 from .conv2d import int8_direct as conv2d_w8a8
 from .conv2d import int8_isa as conv2d_w8a8_isa
+from .dense import bf16_dot as dense_bf16_dot
 from .dense import fp32 as dense_fp32
 from .dense import int8 as dense_w8a8
 from .depthwise import fp32 as depthwise_fp32
 from .depthwise import int8 as depthwise_w8a8
-from .packing import pack_int4, packed_length, unpack_expr
+from .packing import W4A8Config, pack_int4, packed_shape, unpack_expr
 from .target_features import ISA_LEVELS, TargetFeatures
 from .workload import Conv2dWorkload, DenseWorkload, Workload
 
@@ -57,6 +59,34 @@ class KernelDef:
     input_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's data tensor
     output_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's output
     description: str = ""
+    # float kernels: the order in which each output sums its terms (see ``float_reference``)
+    reduction_order: Callable[[Any, Any], list] | None = None
+    # what the target must have beyond the ISA level of the key (``select`` skips the kernel
+    # where it returns False: Cascade Lake is avx512_vnni without AVX512-BF16)
+    requires: Callable[[TargetFeatures], bool] | None = None
+    # float kernels whose arithmetic is not one multiply-add per term in ``reduction_order``
+    # (the native bf16 kernels' ``vdpbf16ps``): ``(wl, cfg, data, weight, bias, residual)`` ->
+    # the exact output, which ``float_reference`` returns instead
+    float_reference_fn: Callable[..., np.ndarray] | None = None
+
+    def float_reference(self, wl: Workload, cfg: Any, data: np.ndarray, weight: np.ndarray,
+                        bias: np.ndarray | None = None, residual: np.ndarray | None = None, *,
+                        fma: bool) -> np.ndarray:
+        """What this float kernel computes, bit for bit, when compiled for a target with
+        (``fma=True``) or without FMA: the same terms summed in the same order with the same
+        roundings (``reference.conv2d_in_order`` / ``dense_in_order``); bf16 kernels round
+        ``data`` and ``weight`` to bf16 first, as they do. ``data`` is NCHW / ``[N, C]``,
+        ``weight`` OIHW / ``[K, C]`` float32 (unpacked); returns ``wl.out_shape``. Kernels with
+        a ``float_reference_fn`` (native bf16: ``vdpbf16ps`` fuses every term, FMA or not) use it."""
+        if self.float_reference_fn is not None:  # (independent of FMA contraction)
+            return self.float_reference_fn(wl, cfg, data, weight, bias, residual)
+        if self.reduction_order is None:
+            raise TypeError(f"{self.key} is not a float kernel")
+        if self.key.precision == "bf16":
+            data, weight = bf16.round_bf16(data), bf16.round_bf16(weight)
+        order = self.reduction_order(wl, cfg)
+        fn = reference.dense_in_order if isinstance(wl, DenseWorkload) else reference.conv2d_in_order
+        return fn(data, weight, bias, wl, order, residual, fma)  # type: ignore[arg-type]
 
     def build_primfunc(self, workload: Workload, config: Any, *, sample_seed: int | None = None):  # type: ignore[no-untyped-def]
         """The scheduled ``PrimFunc`` (attribute ``tirx.is_scheduled`` set).
@@ -116,7 +146,7 @@ def select(op: str, precision: str, features: TargetFeatures) -> KernelDef:
     start = ISA_LEVELS.index(features.isa)
     for isa in ISA_LEVELS[start:]:
         kernel = _REGISTRY.get(KernelKey(op, precision, isa))
-        if kernel is not None:
+        if kernel is not None and (kernel.requires is None or kernel.requires(features)):
             return kernel
     known = ", ".join(str(k) for k in registered_keys())
     raise KernelNotFound(f"no {op}/{precision} kernel runs on a {features.isa} target; "
@@ -131,7 +161,7 @@ for _op, _mod, _desc in (
     # fp32 kernels are written once for every ISA: the vector width comes from the config
     register(KernelDef(KernelKey(_op, "fp32", "generic"), _mod.compute, _mod.schedule,
                        _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,
-                       _desc))
+                       _desc, _mod.reduction_order))
 for _op, _mod, _desc in (
     ("conv2d", conv2d_w8a8, "portable u8 x s8 -> s32 direct conv, dyadic requantization"),
     ("depthwise_conv2d", depthwise_w8a8, "portable u8 x s8 -> s32 depthwise conv, dyadic requantization"),
@@ -163,31 +193,67 @@ def _parallel_stage(sch, name: str, vector: int = 0) -> None:  # type: ignore[no
 
 def int4_weights(base: KernelDef) -> KernelDef:
     """The W4A8 twin of an integer kernel: its weight argument is the base kernel's packed int8
-    layout with two nibbles per byte along the innermost axis (``schedules.packing``), unpacked
-    to int8 inside the kernel (a ``weight_unpack`` stage, parallel, once per call) and then
-    the base kernel runs unchanged: same compute, schedule, epilogue and numpy reference."""
+    layout with two nibbles per byte (``schedules.packing``: the two halves of each
+    output-channel block share bytes), unpacked to int8 inside the kernel by a
+    ``weight_unpack`` stage, then the base kernel runs unchanged: same compute, schedule,
+    epilogue and numpy reference. The configuration is a ``W4A8Config``: the base kernel's and
+    where the unpack runs (once per call, or per output-channel block inside the kernel's
+    parallel loop), a tuning knob like the others."""
 
     def int8_shape(wl: Workload, cfg: Any) -> tuple[int, ...]:
-        return base.pack_weight(np.zeros(wl.weight_shape, np.int8), wl, cfg).shape
+        return base.pack_weight(np.zeros(wl.weight_shape, np.int8), wl, cfg.base).shape
 
-    def compute(wl: Workload, cfg: Any) -> list:
+    def fallback_config(wl: Workload, features: TargetFeatures) -> W4A8Config:
+        return W4A8Config(base.fallback_config(wl, features), "call")
+
+    def compute(wl: Workload, cfg: W4A8Config) -> list:
         from tvm import te
 
         shape = int8_shape(wl, cfg)
-        packed = te.placeholder(shape[:-1] + (packed_length(shape[-1]),), "uint8", name="weight")
-        unpacked = te.compute(shape, lambda *i: unpack_expr(packed, i), name="weight_unpack")
-        tensors = base.compute(wl, cfg, unpacked)
+        half = packed_shape(shape)[-1]
+        packed = te.placeholder(packed_shape(shape), "uint8", name="weight")
+        strides = [int(np.prod(shape[i + 1:])) for i in range(1, len(shape))]
+
+        def unpack(b, *rest):  # type: ignore[no-untyped-def]
+            flat = sum(r * st for r, st in zip(rest, strides))  # row-major index within the block
+            return unpack_expr(packed[b, flat % half], flat // half)
+
+        unpacked = te.compute(shape, unpack, name="weight_unpack")
+        tensors = base.compute(wl, cfg.base, unpacked)
         return [tensors[0], packed, *tensors[2:]]
 
-    def schedule(sch, wl: Workload, cfg: Any, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
-        base.schedule(sch, wl, cfg, sample)
-        _parallel_stage(sch, "weight_unpack")
+    def schedule(sch, wl: Workload, cfg: W4A8Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+        from . import space
 
-    def pack_weight(weight: np.ndarray, wl: Workload, cfg: Any) -> np.ndarray:
-        return pack_int4(base.pack_weight(weight, wl, cfg))
+        base.schedule(sch, wl, cfg.base, sample)
+        block = sch.get_sblock("weight_unpack")
+        if cfg.unpack == "block" and space.tensorized(cfg.base):
+            raise ValueError(f"{base.key}: a tensorized kernel's W4A8 twin unpacks once per call "
+                             f"(W4A8Config.unpack='call')")
+        if cfg.unpack == "block":  # right before its block is used, inside the parallel loop
+            # (the kernel's top-level block that reads the weights: ``get_consumers`` can return
+            # a block that tensorize replaced)
+            consumer = next(c for c in sch.get_child_blocks(sch.get_sblock("root"))
+                            if any(getattr(r.source, "name", None) == "weight_unpack" for r in sch.get(c).reads))
+            sch.compute_at(block, sch.get_loops(consumer)[0], preserve_unit_loops=True)
+        loops = sch.get_loops(block)
+        n_rest = len(int8_shape(wl, cfg)) - 1
+        inner = sch.fuse(*loops[-n_rest:]) if n_rest > 1 else loops[-1]
+        # two runs per block: bytes j -> values j (low nibbles) and j + half (high nibbles)
+        half = packed_shape(int8_shape(wl, cfg))[-1]
+        h, j = sch.split(inner, [None, half])
+        sch.unroll(h)
+        if cfg.unpack == "call":
+            outer = loops[0]
+            if int(sch.get(outer).extent) > 1:
+                sch.parallel(outer)
 
-    return KernelDef(KernelKey(base.key.op, "w4a8", base.key.isa), compute, schedule,
-                     base.fallback_config, pack_weight, base.input_shape, base.output_shape,
+    def pack_weight(weight: np.ndarray, wl: Workload, cfg: W4A8Config) -> np.ndarray:
+        return pack_int4(base.pack_weight(weight, wl, cfg.base))
+
+    return KernelDef(KernelKey(base.key.op, "w4a8", base.key.isa), compute, schedule, fallback_config,
+                     pack_weight, lambda wl, cfg: base.input_shape(wl, cfg.base),
+                     lambda wl, cfg: base.output_shape(wl, cfg.base),
                      f"int4 weights (two per byte) unpacked in-kernel, then: {base.description}")
 
 
@@ -221,11 +287,24 @@ def bf16_weights(base: KernelDef) -> KernelDef:
 
     return KernelDef(KernelKey(base.key.op, "bf16", base.key.isa), compute, schedule,
                      base.fallback_config, pack_weight, base.input_shape, base.output_shape,
-                     f"bf16 weights and inputs, fp32 accumulation (portable): {base.description}")
+                     f"bf16 weights and inputs, fp32 accumulation (portable): {base.description}",
+                     base.reduction_order)
 
 
 for _key in [k for k in registered_keys() if k.precision == "fp32"]:
     register(bf16_weights(_REGISTRY[_key]))
+for _op, _mod, _desc in (
+    ("conv2d", conv2d_bf16_dot, "NCHWc direct conv (every conv with a channel reduction)"),
+    ("dense", dense_bf16_dot, "packed-weight GEMV/GEMM"),
+):
+    # native bf16 (``vdpbf16ps``): at the avx512_vnni level (every AVX512-BF16 CPU has VNNI) and
+    # only where the target has avx512_bf16; elsewhere ``select`` falls back to the portable
+    # bf16 kernel above. Depthwise convs have no channel pairs to reduce: portable only.
+    register(KernelDef(KernelKey(_op, "bf16", "avx512_vnni"), _mod.compute, _mod.schedule,
+                       _mod.fallback_config, _mod.pack_weight, _mod.input_shape, _mod.output_shape,
+                       f"native bf16 on AVX512-BF16 vdpbf16ps (bf16 pairs, fp32 accumulation): {_desc}",
+                       _mod.dot_order, requires=lambda f: f.avx512_bf16,
+                       float_reference_fn=_mod.float_reference))
 
 
 def int16_activations(base: KernelDef) -> KernelDef:

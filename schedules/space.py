@@ -19,19 +19,32 @@ import itertools
 from typing import Any
 
 from .common import ceil_div
+from .conv2d import bf16_dot as conv2d_bf16_dot
 from .conv2d import fp32_direct, fp32_pointwise, int8_dot, int8_pointwise
+from .dense import bf16_dot as dense_bf16_dot
 from .dense.fp32 import DenseConfig
 from .depthwise.fp32 import DepthwiseConfig
 from .intrinsics import AMX_16X64, DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
+from .packing import UNPACK_POSITIONS, W4A8Config
 from .target_features import TargetFeatures
 from .workload import Conv2dWorkload, DenseWorkload, Workload
 
 CONFIG_TYPES: dict[str, type] = {t.__name__: t for t in (
     fp32_direct.Conv2dConfig, fp32_pointwise.PointwiseConfig, int8_dot.DotConv2dConfig,
-    int8_pointwise.PointwiseDotConfig, DepthwiseConfig, DenseConfig)}
+    int8_pointwise.PointwiseDotConfig, DepthwiseConfig, DenseConfig, conv2d_bf16_dot.Bf16DotConv2dConfig,
+    dense_bf16_dot.Bf16DenseConfig)}
+
+
+def tensorized(cfg: Any) -> bool:
+    """Whether the kernel of ``cfg`` runs a dot-product tensor intrinsic (its W4A8 twin then
+    unpacks once per call: TVM's ``compute_at`` cannot move a producer into a loop that holds
+    a tensorized block)."""
+    return isinstance(cfg, (int8_dot.DotConv2dConfig, int8_pointwise.PointwiseDotConfig))
 
 
 def config_to_json(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, W4A8Config):  # the base kernel's configuration, nested
+        return {"type": "W4A8Config", "unpack": cfg.unpack, "base": config_to_json(cfg.base)}
     if type(cfg).__name__ not in CONFIG_TYPES:
         raise TypeError(f"not a kernel configuration: {cfg!r}")
     return {"type": type(cfg).__name__, **dataclasses.asdict(cfg)}
@@ -41,6 +54,10 @@ def config_from_json(d: dict[str, Any]) -> Any:
     """Inverse of ``config_to_json``; ``ValueError`` on an unknown type or bad fields."""
     d = dict(d)
     name = d.pop("type", None)
+    if name == "W4A8Config":
+        if not isinstance(d.get("base"), dict):
+            raise ValueError(f"bad W4A8Config fields {d}: no base configuration")
+        return W4A8Config(config_from_json(d["base"]), d.get("unpack", "call"))
     if name not in CONFIG_TYPES:
         raise ValueError(f"unknown configuration type {name!r}; known: {', '.join(CONFIG_TYPES)}")
     try:
@@ -139,8 +156,16 @@ def _dense(wl: DenseWorkload, start: DenseConfig, features: TargetFeatures) -> l
 def config_space(start: Any, wl: Workload, features: TargetFeatures) -> list[Any]:
     """The candidate configurations of the kernel whose fallback configuration is ``start``,
     ``start`` first (every candidate is a valid configuration of the same kernel; the
-    instruction a dot-product config names is kept)."""
-    if isinstance(start, DenseConfig):
+    instruction a dot-product config names is kept). A W4A8 kernel's space is its base
+    kernel's times the unpack positions."""
+    if isinstance(start, W4A8Config):
+        space = [W4A8Config(c, u) for c in config_space(start.base, wl, features) for u in UNPACK_POSITIONS
+                 if u == "call" or not tensorized(c)]
+    elif isinstance(start, conv2d_bf16_dot.Bf16DotConv2dConfig):  # native AVX512-BF16 kernels
+        space = conv2d_bf16_dot.config_space(start, wl)  # type: ignore[arg-type]
+    elif isinstance(start, dense_bf16_dot.Bf16DenseConfig):
+        space = dense_bf16_dot.config_space(start, wl)  # type: ignore[arg-type]
+    elif isinstance(start, DenseConfig):
         space = _dense(wl, start, features)  # type: ignore[arg-type]
     elif isinstance(start, DepthwiseConfig):
         space = _depthwise(wl, start)  # type: ignore[arg-type]

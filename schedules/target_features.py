@@ -44,6 +44,13 @@ class TargetFeatures:
         return "generic"
 
     @property
+    def fused_multiply_add(self) -> bool:
+        """Whether code compiled for this target fuses ``a * b + c`` into one FMA (LLVM contracts
+        float multiply-adds where the CPU it compiles for has FMA: every ``mcpu`` above
+        ``x86-64`` here, and AArch64). The float kernels' exact numpy reference needs to know."""
+        return self.arch == "aarch64" or (self.arch == "x86_64" and self.mcpu != "x86-64")
+
+    @property
     def fp32_lanes(self) -> int:
         if self.avx512f:
             return 16
@@ -57,11 +64,15 @@ class TargetFeatures:
 
     @property
     def mcpu(self) -> str:
-        """The LLVM CPU name whose feature set matches (never ``native``)."""
+        """The LLVM CPU name whose feature set matches (never ``native``). AVX512-BF16 needs
+        ``cooperlake`` (Cascade Lake + ``avx512bf16``) or ``sapphirerapids``: LLVM cannot select
+        ``vdpbf16ps`` for ``cascadelake``."""
         if self.arch != "x86_64":
             return "generic"
         if self.amx_int8:
             return "sapphirerapids"
+        if self.avx512_bf16:
+            return "cooperlake"
         if self.avx512_vnni:
             return "cascadelake"
         if self.avx512f:

@@ -9,31 +9,41 @@ import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schedules import packing, quant, reference, registry
+from schedules import packing, quant, reference, registry, space
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 from .test_int8_kernels import CONV_ISAS, HOST, TARGET
 
 
-@given(st.lists(st.integers(-8, 7), min_size=1, max_size=41), st.integers(1, 3))
-def test_pack_unpack_round_trip_any_length(values: list[int], rows: int) -> None:
-    w = np.array([values] * rows, np.int8)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.integers(0, 2 ** 16))
+def test_pack_unpack_round_trip_any_shape(shape: list[int], seed: int) -> None:
+    w = np.random.default_rng(seed).integers(-8, 8, shape).astype(np.int8)
     p = packing.pack_int4(w)
-    assert p.dtype == np.uint8 and p.shape == (rows, (len(values) + 1) // 2)
-    np.testing.assert_array_equal(packing.unpack_int4(p, len(values)), w)
+    blocks = 1 if len(shape) == 1 else shape[0]
+    assert p.dtype == np.uint8 and p.shape == packing.packed_shape(tuple(shape))
+    assert p.size == blocks * ((w.size // blocks + 1) // 2)
+    np.testing.assert_array_equal(packing.unpack_int4(p, tuple(shape)), w)
 
 
-def test_pack_layout_is_low_nibble_first() -> None:
+def test_pack_layout_pairs_the_halves_of_each_block() -> None:
+    """Byte j of a block: value j in the low nibble, value j + ceil(M / 2) in the high one."""
     assert packing.pack_int4(np.array([1, -2], np.int8)).tolist() == [0xE1]
-    assert packing.pack_int4(np.array([-8, 7, 5], np.int8)).tolist() == [0x78, 0x05]
+    assert packing.pack_int4(np.array([-8, 7, 5], np.int8)).tolist() == [0x58, 0x07]
+    two_blocks = np.array([[1, 2, 3, 4], [-1, -2, -3, -4]], np.int8)
+    assert packing.pack_int4(two_blocks).tolist() == [[0x31, 0x42], [0xDF, 0xCE]]
     with pytest.raises(ValueError, match="int4 values"):
         packing.pack_int4(np.array([8], np.int8))
+    with pytest.raises(ValueError, match="cannot hold"):
+        packing.unpack_int4(np.zeros(3, np.uint8), (7, 2))
 
 
-def _kernel(wl, isa: str | None):  # type: ignore[no-untyped-def]
+def _kernel(wl, isa: str | None, unpack: str = "call"):  # type: ignore[no-untyped-def]
     features = HOST if isa is None else HOST.with_isa(isa)
     kernel = registry.select(registry.op_of(wl), "w4a8", features)
-    cfg = kernel.fallback_config(wl, features)
+    base = kernel.fallback_config(wl, features).base
+    if unpack == "block" and space.tensorized(base):
+        pytest.skip(f"{kernel.key} is tensorized: its W4A8 twin unpacks once per call only")
+    cfg = packing.W4A8Config(base, unpack)
     return kernel, cfg, tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}), target=TARGET)
 
 
@@ -65,15 +75,19 @@ def conv_cases(draw):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("isa", CONV_ISAS)
-@given(conv_cases())
+@given(conv_cases(), st.sampled_from(packing.UNPACK_POSITIONS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_w4a8_conv_and_depthwise_bit_exact(isa: str, case) -> None:  # type: ignore[no-untyped-def]
+def test_w4a8_conv_and_depthwise_bit_exact(isa: str, case, unpack: str) -> None:  # type: ignore[no-untyped-def]
     wl, seed, extreme = case
+    features = HOST if isa is None else HOST.with_isa(isa)
+    if unpack == "block" and space.tensorized(registry.select(registry.op_of(wl), "w4a8", features)
+                                              .fallback_config(wl, features).base):
+        unpack = "call"  # (tensorized kernels unpack once per call)
     rng = np.random.default_rng(seed)
     xq = rng.integers(0, 256, wl.data_shape).astype(np.uint8)
     wq, bias_q, m, s = _operands(wl.weight_shape, wl.out_channels, rng, extreme)
     x_zp, out_zp = int(rng.integers(0, 256)), int(rng.integers(0, 256))
-    kernel, cfg, ex = _kernel(wl, isa)
+    kernel, cfg, ex = _kernel(wl, isa, unpack)
     packed = kernel.pack_weight(wq, wl, cfg)
     assert packed.dtype == np.uint8
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
@@ -83,14 +97,15 @@ def test_w4a8_conv_and_depthwise_bit_exact(isa: str, case) -> None:  # type: ign
     np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected)
 
 
-@given(st.integers(1, 2), st.integers(1, 77), st.integers(1, 40), st.integers(0, 2 ** 16), st.booleans())
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_w4a8_dense_bit_exact(n: int, c: int, k: int, seed: int, extreme: bool) -> None:
+@given(st.integers(1, 2), st.integers(1, 77), st.integers(1, 40), st.integers(0, 2 ** 16), st.booleans(),
+       st.sampled_from(packing.UNPACK_POSITIONS))
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_w4a8_dense_bit_exact(n: int, c: int, k: int, seed: int, extreme: bool, unpack: str) -> None:
     wl = DenseWorkload(n, c, k)
     rng = np.random.default_rng(seed)
     xq = rng.integers(0, 256, (n, c)).astype(np.uint8)
     wq, bias_q, m, s = _operands((k, c), k, rng, extreme)
-    kernel, cfg, ex = _kernel(wl, None)
+    kernel, cfg, ex = _kernel(wl, None, unpack)
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
     ex(*[tvm.runtime.tensor(a) for a in (xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
                                          np.array([0, 9, 0, 255], np.int32))], out)
@@ -105,3 +120,22 @@ def test_w4a8_weights_take_half_the_bytes() -> None:
     b8 = k8.pack_weight(w, wl, k8.fallback_config(wl, HOST)).nbytes
     b4 = k4.pack_weight(w, wl, k4.fallback_config(wl, HOST)).nbytes
     assert b4 * 2 == b8
+
+
+def test_w4a8_unpack_position_is_a_tuning_knob() -> None:
+    """The W4A8 space is the base kernel's times the unpack positions (once per call, per
+    output-channel block), the block position only where the base kernel is not tensorized;
+    configurations round-trip through the tuning database's JSON."""
+    for wl in (DenseWorkload(1, 64, 24), Conv2dWorkload(1, 16, 9, 9, 16, 3, 3, 1, 1, 1, 1, 1, 1, groups=16),
+               Conv2dWorkload(1, 16, 9, 9, 24, 1, 1)):
+        kernel = registry.select(registry.op_of(wl), "w4a8", HOST)
+        start = kernel.fallback_config(wl, HOST)
+        configs = space.config_space(start, wl, HOST)
+        assert configs[0] == start and all(isinstance(c, packing.W4A8Config) for c in configs)
+        want = {"call"} if space.tensorized(start.base) else {"call", "block"}
+        assert {c.unpack for c in configs} == want
+        assert len(configs) == len(want) * len(space.config_space(start.base, wl, HOST))
+        for c in configs:
+            assert space.config_from_json(space.config_to_json(c)) == c
+    with pytest.raises(ValueError, match="unpack"):
+        packing.W4A8Config(start.base, "tap")

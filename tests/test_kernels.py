@@ -1,4 +1,7 @@
-"""fp32 kernels against the numpy reference over many shapes (tight tolerance).
+"""fp32 and bf16 kernels: bit for bit against numpy in their own summation order
+(``KernelDef.float_reference``: the same terms in the same order with the same FMA roundings),
+and within a tight bound of a float64-accumulated reference (so that the exact reference is a
+convolution at all), over listed and hypothesis-generated shapes and sampled configurations.
 
 Every kernel is also built for the portable ISA levels (avx2 / generic vector widths) so the
 fallback paths are exercised on any host that can run them.
@@ -6,11 +9,15 @@ fallback paths are exercised on any host that can run them.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from schedules import bf16, reference, registry
+from schedules import bf16, reference, registry, space
 from schedules.target_features import TargetFeatures, detect_host
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
@@ -23,10 +30,10 @@ def _features(isa: str) -> TargetFeatures:
 
 
 def _run(wl, weight, bias, data, features: TargetFeatures, residual=None,  # type: ignore[no-untyped-def]
-         precision: str = "fp32") -> np.ndarray:
+         precision: str = "fp32", cfg=None, sample_seed: int | None = None) -> np.ndarray:
     kernel = registry.select(registry.op_of(wl), precision, features)
-    cfg = kernel.fallback_config(wl, features)
-    func = kernel.build_primfunc(wl, cfg)
+    cfg = cfg or kernel.fallback_config(wl, features)
+    func = kernel.build_primfunc(wl, cfg, sample_seed=sample_seed)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json()))
     args = [tvm.runtime.tensor(data.reshape(kernel.input_shape(wl, cfg))),
             tvm.runtime.tensor(kernel.pack_weight(weight, wl, cfg))]
@@ -39,19 +46,25 @@ def _run(wl, weight, bias, data, features: TargetFeatures, residual=None,  # typ
     return out.numpy().reshape(wl.out_shape)
 
 
-def _check(wl, isa: str, seed: int = 0, precision: str = "fp32") -> None:  # type: ignore[no-untyped-def]
-    """fp32: against the fp64-accumulated numpy reference. bf16: the reference takes the inputs
-    and weights rounded to bf16 (their products are exact in fp32), so the same bound holds:
-    only the order of the fp32 additions differs."""
+def _check(wl, isa: str, seed: int = 0, precision: str = "fp32", cfg=None,  # type: ignore[no-untyped-def]
+           sample_seed: int | None = None) -> None:
+    """Bit for bit against ``float_reference`` (the kernel's order and roundings); and within
+    2e-5 of the float64-accumulated reference. bf16: both references take the inputs and weights
+    rounded to bf16 (their products are exact in fp32)."""
     rng = np.random.default_rng(seed)
     data = rng.standard_normal(wl.data_shape).astype(np.float32)
     weight = rng.standard_normal(wl.weight_shape).astype(np.float32)
     bias = rng.standard_normal(wl.weight_shape[0]).astype(np.float32)
     residual = rng.standard_normal(wl.out_shape).astype(np.float32)
+    features = _features(isa)
+    kernel = registry.select(registry.op_of(wl), precision, features)
+    cfg = cfg or kernel.fallback_config(wl, features)
+    got = _run(wl, weight, bias, data, features, residual, precision, cfg, sample_seed)
+    exact = kernel.float_reference(wl, cfg, data, weight, bias, residual, fma=features.fused_multiply_add)
+    np.testing.assert_array_equal(got, exact)
     ref_fn = reference.dense if isinstance(wl, DenseWorkload) else reference.conv2d
     rd, rw = (bf16.round_bf16(data), bf16.round_bf16(weight)) if precision == "bf16" else (data, weight)
     expected = ref_fn(rd, rw, bias if wl.epilogue.bias else None, wl, residual)
-    got = _run(wl, weight, bias, data, _features(isa), residual, precision)
     scale = max(float(np.abs(expected).max()), 1.0)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
 
@@ -159,26 +172,9 @@ def test_workload_validation() -> None:
     DenseWorkload(1, 64, 24, RELU),
 ], ids=["direct", "pointwise", "depthwise", "dense"])
 def test_sampled_schedules_are_correct(wl, seed: int) -> None:  # type: ignore[no-untyped-def]
-    """Random points of each template's search space (knobs as sampling decisions) stay exact."""
-    rng = np.random.default_rng(seed)
-    kernel = registry.select(registry.op_of(wl), "fp32", HOST)
-    cfg = kernel.fallback_config(wl, HOST)
-    func = kernel.build_primfunc(wl, cfg, sample_seed=seed)
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(HOST.target_json()))
-    data = rng.standard_normal(wl.data_shape).astype(np.float32)
-    weight = rng.standard_normal(wl.weight_shape).astype(np.float32)
-    bias = rng.standard_normal(wl.weight_shape[0]).astype(np.float32)
-    residual = rng.standard_normal(wl.out_shape).astype(np.float32)
-    args = [tvm.runtime.tensor(data.reshape(kernel.input_shape(wl, cfg))),
-            tvm.runtime.tensor(kernel.pack_weight(weight, wl, cfg)), tvm.runtime.tensor(bias)]
-    if wl.epilogue.residual:
-        args.append(tvm.runtime.tensor(residual.reshape(kernel.output_shape(wl, cfg))))
-    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "float32")
-    ex(*args, out)
-    ref_fn = reference.dense if isinstance(wl, DenseWorkload) else reference.conv2d
-    expected = ref_fn(data, weight, bias, wl, residual)
-    np.testing.assert_allclose(out.numpy().reshape(wl.out_shape), expected, rtol=0,
-                               atol=2e-5 * max(float(np.abs(expected).max()), 1.0))
+    """Random points of each template's search space (knobs as sampling decisions) stay exact:
+    the sampled tile splits leave each output's summation order as it is."""
+    _check(wl, "host", seed=seed, sample_seed=seed)
 
 
 def test_design_space_records_sampling_decisions() -> None:
@@ -237,3 +233,68 @@ def test_bf16_rounding_is_nearest_even_and_stores_two_bytes() -> None:
     w = np.ones(wl.weight_shape, np.float32)
     assert k.pack_weight(w, wl, k.fallback_config(wl, HOST)).nbytes * 2 == \
         registry.select("conv2d", "fp32", HOST).pack_weight(w, wl, k.fallback_config(wl, HOST)).nbytes
+
+
+def test_fma_f32_is_correctly_rounded() -> None:
+    """``fma_f32`` against exact rational arithmetic, on random values and on sums built to land
+    on a float32 tie in float64 (where rounding twice would be wrong)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(2000).astype(np.float32)
+    b = rng.standard_normal(2000).astype(np.float32)
+    c = (rng.standard_normal(2000) * 4).astype(np.float32)
+    # ties: c = 1 + 2^-23 (odd last bit), a*b = 2^-24 + 2^-60: exact sum just above a tie, whose
+    # float64 rounding is the tie itself; and a*b = 2^-24 - 2^-60 just below
+    a2 = np.array([1 + 2 ** -20, 1 + 2 ** -20, 1.0], np.float32)
+    b2 = np.array([2 ** -24 * (1 - 2 ** -20), -2 ** -24 * (1 - 2 ** -20), 2 ** -24], np.float32)
+    c2 = np.array([1 + 2 ** -23, -(1 + 2 ** -23), 1 + 2 ** -22], np.float32)
+    a, b, c = np.concatenate([a, a2]), np.concatenate([b, b2]), np.concatenate([c, c2])
+    got = reference.fma_f32(a, b, c)
+    exact = [Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)) for x, y, z in zip(a, b, c)]
+    want = np.array([_round_f32(v) for v in exact], np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got[-3:-1], (a[-3:-1].astype(np.float64) * b[-3:-1] + c[-3:-1]).astype(np.float32))
+
+
+def _round_f32(v: Fraction) -> float:
+    """A rational rounded to the nearest float32, ties to even (exact, by bisection on the
+    float32 neighbours of its float64 approximation)."""
+    f = np.float32(float(v))
+    lo = f if Fraction(float(f)) <= v else np.nextafter(f, np.float32(-np.inf))
+    hi = np.nextafter(lo, np.float32(np.inf))
+    dlo, dhi = v - Fraction(float(lo)), Fraction(float(hi)) - v
+    if dlo != dhi:
+        return float(lo if dlo < dhi else hi)
+    return float(lo if int(np.float32(lo).view(np.uint32)) % 2 == 0 else hi)
+
+
+@st.composite
+def _float_case(draw):  # type: ignore[no-untyped-def]
+    """A conv / depthwise / dense workload, a precision and a configuration drawn from the
+    template's tuning space."""
+    kind = draw(st.sampled_from(["conv", "conv", "depthwise", "dense"]))
+    ep = draw(st.sampled_from([RELU, RELU6, NONE, RES, RES_RELU]))
+    if kind == "dense":
+        wl = DenseWorkload(draw(st.integers(1, 2)), draw(st.integers(1, 70)), draw(st.integers(1, 40)), ep)
+    else:
+        groups = draw(st.sampled_from([1, 1, 2])) if kind == "conv" else None
+        cg, kg = draw(st.integers(1, 19)), draw(st.integers(1, 21))
+        k = draw(st.sampled_from([1, 1, 3, 5]))
+        stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, k // 2))
+        h, w = draw(st.integers(k, 13)), draw(st.integers(k, 13))
+        if kind == "depthwise":
+            c = cg * draw(st.integers(1, 3))
+            wl = Conv2dWorkload(1, c, h, w, c, k, k, stride, stride, pad, pad, pad, pad, groups=c, epilogue=ep)
+        else:
+            wl = Conv2dWorkload(1, cg * groups, h, w, kg * groups, k, k, stride, stride, pad, pad, pad, pad,
+                                groups=groups, epilogue=ep)
+    precision = draw(st.sampled_from(["fp32", "bf16"]))
+    kernel = registry.select(registry.op_of(wl), precision, HOST)
+    configs = space.config_space(kernel.fallback_config(wl, HOST), wl, HOST)
+    return wl, precision, draw(st.sampled_from(configs))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_float_case(), st.integers(0, 2 ** 16))
+def test_float_kernels_equal_their_ordered_reference_bit_for_bit(case, seed: int) -> None:  # type: ignore[no-untyped-def]
+    wl, precision, cfg = case
+    _check(wl, "host", seed=seed, precision=precision, cfg=cfg)

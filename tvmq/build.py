@@ -40,7 +40,7 @@ class Lowered:
     kernels: dict[str, dict[str, Any]]
     timings: dict[str, float]
     taps: list[tuple[str, str]] = field(default_factory=list)
-    program: Any = None  # IntegerProgram of a fully quantized build (the numpy oracle)
+    program: Any = None  # NumpyProgram of a quantized build (the bit-exact numpy oracle)
     qparams: dict[str, Any] = field(default_factory=dict)
     weight_bytes: dict[str, int] = field(default_factory=dict)  # per layer, as stored in the library
     switches: list[dict[str, Any]] = field(default_factory=list)  # LowerToKernels(switchable=True)
@@ -81,13 +81,14 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
                                      range_method, configs=configs)
         mod = lower(mod)
         qparams = lower.qparams
-        if all(not spec.is_float for spec in plan.values()):
-            # fully integer between the model's edges: the numpy program is the exact oracle
-            if lower.program.check_integer_only():
-                program = lower.program
-            else:
-                progress("note: float ops follow the last integer layer (e.g. a softmax): "
-                         "no bit-exact numpy oracle of the outputs")
+        integer_only = all(not spec.is_float for spec in plan.values())
+        # integer plans: no float op between their layers (else an error); with float layers
+        # the program reproduces them too (each kernel's summation order): the exact oracle
+        if lower.program.check_integer_only() if integer_only else lower.program.simulated():
+            program = lower.program
+        else:
+            progress("note: an op tvmq does not reproduce in numpy (e.g. a softmax) lies before an "
+                     "output: no bit-exact numpy oracle of the outputs")
     else:
         lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps, configs=configs,
                                switchable=switchable)

@@ -37,3 +37,4 @@ schedule = _dispatch.schedule
 pack_weight = _dispatch.pack_weight
 input_shape = _dispatch.input_shape
 output_shape = _dispatch.output_shape
+reduction_order = _dispatch.reduction_order

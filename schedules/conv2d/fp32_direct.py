@@ -197,6 +197,16 @@ def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return (wl.batch, wl.groups, wl.out_per_group, wl.out_height, wl.out_width)
 
 
+def reduction_order(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[tuple[int, int, int]]:
+    """The terms ``(input channel within the group, kernel row, kernel column)`` in the order
+    each output accumulates them: channel block, row, column, channel within the block (the
+    reduction loops of ``conv_body``; the schedule keeps them sequential and in this order).
+    Padding channels are left out (they add exact zeros)."""
+    ic_bn, cg = cfg.ic_bn, wl.in_per_group
+    return [(b * ic_bn + i, r, s) for b in range(ceil_div(cg, ic_bn)) for r in range(wl.kernel_h)
+            for s in range(wl.kernel_w) for i in range(ic_bn) if b * ic_bn + i < cg]
+
+
 def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Register-tiled NCHWc schedule; ``sch`` is a ``tvm.s_tir.Schedule`` of ``compute``.
 

@@ -71,6 +71,11 @@ def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return (wl.batch, wl.out_channels, wl.out_height * wl.out_width)
 
 
+def reduction_order(wl: Conv2dWorkload, cfg: PointwiseConfig) -> list[tuple[int, int, int]]:
+    """Each output accumulates the input channels in order (the single reduction loop)."""
+    return [(c, 0, 0) for c in range(wl.in_channels)]
+
+
 def compute(wl: Conv2dWorkload, cfg: PointwiseConfig,
             data: te.Tensor | None = None, weight: te.Tensor | None = None) -> list[te.Tensor]:
     n_, c_, p_ = input_shape(wl)

@@ -49,6 +49,11 @@ def output_shape(wl: DenseWorkload, cfg: object = None) -> tuple[int, ...]:
     return wl.out_shape
 
 
+def reduction_order(wl: DenseWorkload, cfg: DenseConfig) -> list[int]:
+    """Each output accumulates the input features in order (the split reduction loop keeps it)."""
+    return list(range(wl.in_features))
+
+
 def dense_body(wl: DenseWorkload, cfg: DenseConfig, data: te.Tensor, weight: te.Tensor,
                acc_dtype: str) -> te.Tensor:
     """``[N, K/oc_bn, oc_bn]`` accumulators in ``acc_dtype`` (shared by every precision)."""

@@ -67,6 +67,11 @@ def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     return wl.out_shape
 
 
+def reduction_order(wl: Conv2dWorkload, cfg: DepthwiseConfig) -> list[tuple[int, int, int]]:
+    """Each output accumulates the taps row by row (``rh``, then ``rw``)."""
+    return [(0, r, s) for r in range(wl.kernel_h) for s in range(wl.kernel_w)]
+
+
 def conv_body(wl: Conv2dWorkload, cfg: DepthwiseConfig, data: te.Tensor, weight: te.Tensor,
               pad_value: tirx.PrimExpr, acc_dtype: str) -> te.Tensor:
     """The depthwise convolution ``[N, C, OH, OWp]`` in ``acc_dtype``, input padded with

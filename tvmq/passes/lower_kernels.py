@@ -111,7 +111,8 @@ class _Rewriter(relax.PyExprMutator):
         if p is None:
             super().visit_var_binding_(binding)
             return
-        x = self.visit_expr(p["data"])
+        x = x_layer = self.visit_expr(p["data"])
+        res_layer = None
         if "fq" in p:  # switchable: the input through its run-time fake quantization
             fq_gv, fq = p["fq"]
             x = self.builder_.emit(relax.call_tir(fq_gv, [x, fq], relax.TensorType(p["layer_in_shape"], "float32")),
@@ -120,7 +121,7 @@ class _Rewriter(relax.PyExprMutator):
             x = self.builder_.emit(relax.op.reshape(x, p["in_shape"]), name_hint="kernel_in")
         args = [x, *p["consts"]]
         if p["residual"] is not None:
-            res = self.visit_expr(p["residual"])
+            res = res_layer = self.visit_expr(p["residual"])
             if tuple(p["buf_shape"]) != tuple(p["out_shape"]):
                 res = self.builder_.emit(relax.op.reshape(res, p["buf_shape"]), name_hint="kernel_res")
             args.append(res)
@@ -133,10 +134,16 @@ class _Rewriter(relax.PyExprMutator):
         else:
             new = emit(call, name_hint=binding.var.name)
         self.set_var_remap(binding.var, new)
+        self.record_float_layer(p, x_layer, res_layer, new)
         if self.taps:
             x_in = self.visit_expr(p["data"])
             self.tapped.append((p["layer"], "in", self.builder_.emit_output(x_in, name_hint="tap_in")))
             self.tapped.append((p["layer"], "out", self.builder_.emit_output(new, name_hint="tap_out")))
+
+    def record_float_layer(self, p: dict[str, Any], x: relax.Var, residual: relax.Var | None,
+                           out: relax.Var) -> None:
+        """Hook: a float layer was emitted (``out`` from the layer input ``x`` and ``residual``);
+        ``RealizeIntegers`` records it for its numpy program."""
 
     def with_taps(self, func: relax.Function) -> relax.Function:
         """``func`` returning ``(original output, *tapped tensors)``."""
@@ -234,7 +241,15 @@ class LowerToKernels:
             consts.append(relax.const(m.bias.astype(np.float32)))
         self.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
                                       "config": asdict(cfg), "epilogue": asdict(m.epilogue)}
-        entry = dict(kind="fp32", gv=gv, data=m.data, consts=consts, residual=m.residual,
+        in_shape, out_shape = tuple(m.layer.input_shape), tuple(m.layer.output_shape)
+
+        def simulate(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+            """numpy, bit for bit: this kernel's summation order and roundings."""
+            res = None if residual is None else residual.reshape(m.workload.out_shape)
+            return kernel.float_reference(m.workload, cfg, x.reshape(in_shape), m.weight, m.bias, res,
+                                          fma=self.features.fused_multiply_add).reshape(out_shape)
+
+        entry = dict(kind="fp32", gv=gv, data=m.data, consts=consts, residual=m.residual, simulate=simulate,
                      layer=m.layer.name, in_shape=kernel.input_shape(m.workload, cfg),
                      layer_in_shape=m.layer.input_shape, buf_shape=kernel.output_shape(m.workload, cfg),
                      out_shape=m.layer.output_shape, interior={v for v in m.chain if v is not m.tail})

@@ -23,15 +23,18 @@ int16 -> uint8 requantization, and an int16 input with no integer producer is qu
 float (or widened losslessly from uint8). Max pooling and global
 average pooling stay integer too; float ops after the last integer layer (a softmax) are allowed.
 
-Postcondition (checked by ``IntegerProgram``): no float op feeds an integer op; each model output
-is reachable from the inputs through the recorded integer ops only, unless float ops follow the
-last integer layer (then ``check_integer_only`` says there is no exact oracle); ``self.program`` simulates exactly those ops in numpy
-(the bit-exact oracle of the compiled library); ``self.qparams`` has every layer's scales.
+Postcondition (checked by ``NumpyProgram``): in a plan without float layers no float op feeds
+an integer op (``check_integer_only``); ``self.program`` simulates the emitted ops in numpy, the
+bit-exact oracle of the compiled library: the integer ops, and for plans with bf16 / fp32 layers
+those layers (each in its kernel's summation order, ``KernelDef.float_reference``) and the float
+ops between layers that ``_float_op`` reproduces (adds, activations, reshapes, max / global
+average pooling, means). An output reached only through another op (a softmax) has no oracle
+(``simulated()`` is False). ``self.qparams`` has every layer's scales.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -45,7 +48,8 @@ from ..calibration import ActivationStats
 from ..errors import TvmqError
 from ..frontend import LayerTable
 from ..plan import PrecisionPlan
-from .lower_kernels import LayerMatch, LowerToKernels, _Rewriter, finish_module
+from .lower_kernels import (ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU, LayerMatch, LowerToKernels,
+                            _Rewriter, const_value, finish_module)
 
 MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
@@ -67,29 +71,41 @@ class QTensor:
     zp: int
 
 
-class IntegerProgram:
-    """The integer graph as numpy: ``ops[var] = (fn, input vars)``, evaluated on demand."""
+class NumpyProgram:
+    """The quantized graph as numpy, op for op: ``ops[var] = (fn, input vars)``, evaluated on
+    demand. Integer ops (quantize, integer layers, requantize, integer pooling, dequantize) and,
+    for plans with float layers, the float ops between them (``float_ops``: fp32 / bf16 layers
+    in their kernels' summation order, ``kernel.float_reference``, and the elementwise / pooling
+    ops tvmq reproduces exactly, ``_float_op``): the bit-exact oracle of the compiled library."""
 
     def __init__(self) -> None:
         self.ops: dict[relax.Var, tuple[Callable[..., np.ndarray], list[relax.Var]]] = {}
+        self.float_ops: set[relax.Var] = set()
         self.aliases: dict[relax.Var, relax.Var] = {}
         self.params: list[relax.Var] = []
         self.outputs: list[relax.Var] = []
 
-    def record(self, var: relax.Var, fn: Callable[..., np.ndarray], inputs: list[relax.Var]) -> None:
+    def record(self, var: relax.Var, fn: Callable[..., np.ndarray], inputs: list[relax.Var],
+               *, is_float: bool = False) -> None:
         self.ops[var] = (fn, inputs)
+        if is_float:
+            self.float_ops.add(var)
 
     def check_integer_only(self) -> bool:
-        """No float op between quantized layers: every op tvmq simulates must be fed by the
-        model's inputs or by simulated ops. Float ops after the last integer layer (a softmax on
-        the logits) are allowed; then the program does not reach the outputs and this returns
-        False (no exact oracle), else True."""
-        floats = sorted({i.name for _, ins in self.ops.values() for i in map(self._resolve, ins)
-                         if i not in self.ops and i not in self.params})
+        """No float op between quantized layers (a plan with no float layer): every integer op
+        must be fed by the model's inputs or by other integer ops. Float ops after the last
+        integer layer (a softmax on the logits) are allowed. Returns ``simulated()``."""
+        floats = sorted({i.name for v, (_, ins) in self.ops.items() if v not in self.float_ops
+                         for i in map(self._resolve, ins)
+                         if (i not in self.ops or i in self.float_ops) and i not in self.params})
         if floats:
-            raise TvmqError(f"not integer-only: {', '.join(floats[:5])} computed by an op tvmq "
-                            f"does not simulate feeds an integer layer (a float op between "
-                            f"quantized layers)")
+            raise TvmqError(f"not integer-only: {', '.join(floats[:5])} computed by a float op "
+                            f"feeds an integer one (a float op between quantized layers)")
+        return self.simulated()
+
+    def simulated(self) -> bool:
+        """Whether every model output is computed by recorded ops from the inputs (False when an
+        op tvmq does not reproduce, e.g. a softmax, lies on the way: no exact oracle)."""
         seen: set[relax.Var] = set()
         try:
             for out in self.outputs:
@@ -108,7 +124,7 @@ class IntegerProgram:
         if v in seen or v in self.params:
             return
         seen.add(v)
-        for i in self.ops[v][1]:  # KeyError: a float op (after the last integer layer)
+        for i in self.ops[v][1]:  # KeyError: an op tvmq does not simulate
             self._deps(i, seen)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -122,6 +138,67 @@ class IntegerProgram:
             return env[v]
 
         return [value(o) for o in self.outputs]
+
+
+def _max_pool_geometry(call: relax.Call, out_shape: tuple[int, ...]) -> tuple | None:
+    """(output size, window, strides, dilation, top-left padding) of an NCHW max pool."""
+    a = call.attrs
+    if a.layout != "NCHW" or a.out_layout != "NCHW" or len(out_shape) != 4:
+        return None
+    return (tuple(out_shape[2:]), tuple(int(k) for k in a.pool_size), tuple(int(k) for k in a.strides),
+            tuple(int(k) for k in a.dilation), (int(a.padding[0]), int(a.padding[1])))
+
+
+def _is_global_avg_pool(call: relax.Call) -> bool:
+    """An NCHW average pool whose window is the whole unpadded map."""
+    a, shape = call.attrs, [int(d) for d in call.args[0].ty.shape]
+    return (len(shape) == 4 and a.layout == "NCHW" and [int(k) for k in a.pool_size] == shape[2:]
+            and not any(int(p) for p in a.padding))
+
+
+def _tensor_args(call: relax.Call) -> list[int]:
+    """Positions of the tensor arguments of a float op (clip's bounds and reshape's shape are
+    attributes, read by ``_float_op``)."""
+    if call.op == CLIP or call.op == RESHAPE:
+        return [0]
+    return list(range(len(call.args)))
+
+
+def _float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
+    """numpy for a float op between layers that gives TVM's result bit for bit (its legalized
+    TOPI compute: one rounding per elementwise op, sums in loop order), as a function of the
+    call's tensor arguments; None for an op tvmq does not reproduce."""
+    a = call.attrs
+    op = call.op
+    if op == ADD:
+        return lambda x, y: np.add(x, y, dtype=np.float32)
+    if op == MAXIMUM:
+        return lambda x, y: np.maximum(x, y)
+    if op == MINIMUM:
+        return lambda x, y: np.minimum(x, y)
+    if op == RELU:
+        return lambda x: np.maximum(x, np.float32(0))
+    if op == CLIP:
+        lo, hi = np.float32(call.args[1].value), np.float32(call.args[2].value)
+        return lambda x: np.maximum(np.minimum(x, hi), lo)
+    if op == RESHAPE:
+        shape = tuple(int(d) for d in call.ty.shape)
+        return lambda x: x.reshape(shape)
+    if op == PERMUTE:
+        axes = None if a.axes is None else [int(i) for i in a.axes]
+        return lambda x: np.transpose(x, axes)
+    if op == MEAN:
+        ndim = len(call.args[0].ty.shape)
+        axes = sorted(int(i) % ndim for i in a.axis) if a.axis is not None else list(range(ndim))
+        return lambda x: reference.mean_in_order(x, axes, bool(a.keepdims))
+    if op == MAX_POOL:
+        geometry = _max_pool_geometry(call, tuple(int(d) for d in call.ty.shape))
+        if geometry is None:
+            return None
+        return lambda x: reference.max_pool(x, *geometry, np.float32(-np.inf))
+    if op == AVG_POOL and _is_global_avg_pool(call):  # topi: the window sum, then one division
+        return lambda x: reference.mean_in_order(x, [2, 3], True)
+    return None
 
 
 def expected_weight_error(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray,
@@ -177,7 +254,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.q: dict[relax.Var, QTensor] = {}  # float var -> its uint8 form
         self.q16: dict[relax.Var, QTensor] = {}  # float var -> its int16 form (zero point 0)
         self.range16: dict[relax.Var, tuple[float, float]] = {}  # calibrated range of an int16 one
-        self.program = IntegerProgram()
+        self.program = NumpyProgram()
         self._funcs: dict[tuple, relax.GlobalVar] = {}
 
     # -- small emitters, each recorded for the numpy simulation ----------------------------
@@ -281,7 +358,28 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             x = self.visit_expr(value.args[0])
             if self._u8(x) is not None and self._int_passthrough(binding, value, x):
                 return
-        super().visit_var_binding_(binding)
+        fn = _float_op(value) if isinstance(value, relax.Call) and p is None else None
+        if fn is None:
+            super().visit_var_binding_(binding)
+            return
+        # a float op tvmq reproduces: re-emitted as it is, and recorded for the numpy program
+        new_call = self.visit_expr(value)
+        v = self._emit_fn(binding.var)(new_call)
+        self.set_var_remap(binding.var, v)
+        tensors = [arg for arg in new_call.args if isinstance(arg, relax.Var)]
+        consts = {i: const_value(arg) for i, arg in enumerate(new_call.args) if const_value(arg) is not None}
+        if len(tensors) + len(consts) < len(_tensor_args(value)):
+            return  # an argument that is neither a var nor a constant: not simulated
+
+        def simulate(*vals: np.ndarray) -> np.ndarray:
+            it = iter(vals)
+            return fn(*[consts[i] if i in consts else next(it) for i in _tensor_args(value)])
+
+        self.program.record(v, simulate, tensors, is_float=True)
+
+    def record_float_layer(self, p: dict[str, Any], x: relax.Var, residual: relax.Var | None,
+                           out: relax.Var) -> None:
+        self.program.record(out, p["simulate"], [x] if residual is None else [x, residual], is_float=True)
 
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
         qt = self.q[x]
@@ -294,21 +392,17 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
                 axis = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else []
                 if sorted(axis) != [2, 3] or not call.attrs.keepdims:
                     return False
-            elif ([int(k) for k in call.attrs.pool_size] != list(in_shape[2:]) or call.attrs.layout != "NCHW"
-                  or any(int(p) for p in call.attrs.padding)):
+            elif not _is_global_avg_pool(call):
                 return False  # only the global average pool (a window over the whole map)
             gv = self._func(("gap_u8", in_shape), lambda: elementwise.global_avg_pool_u8(in_shape))
             v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
                                    name_hint="gap_q")
             self.program.record(v, reference.global_avg_pool_u8, [qt.var])
         elif call.op == MAX_POOL:
-            a = call.attrs
             in_shape = self._shape(x)
-            if a.layout != "NCHW" or a.out_layout != "NCHW" or len(in_shape) != 4:
+            geometry = _max_pool_geometry(call, out_shape)
+            if geometry is None:
                 return False
-            geometry = (tuple(out_shape[2:]), tuple(int(k) for k in a.pool_size),
-                        tuple(int(k) for k in a.strides), tuple(int(k) for k in a.dilation),
-                        (int(a.padding[0]), int(a.padding[1])))
             gv = self._func(("max_pool_u8", in_shape, geometry),
                             lambda: elementwise.max_pool_u8(in_shape, *geometry))
             v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
@@ -399,7 +493,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             "w_scales": s_w.tolist(), "weight_sqnr_db": weight_sqnr_db(m.weight, wq, s_w),
             "clamp": None, "residual": False}
         self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
-                                            "config": cfg.__dict__, "epilogue": wl.epilogue.__dict__}
+                                            "config": asdict(cfg), "epilogue": wl.epilogue.__dict__}
 
     def _int_layer(self, binding: relax.VarBinding, p: dict[str, Any]) -> None:
         m: LayerMatch = p["match"]
@@ -463,7 +557,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             "w_scales": s_w.tolist(), "weight_sqnr_db": weight_sqnr_db(m.weight, wq, s_w),
             "clamp": [lo, hi], "residual": residual is not None}
         self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
-                                            "config": cfg.__dict__, "epilogue": ep.__dict__}
+                                            "config": asdict(cfg), "epilogue": ep.__dict__}
 
 
 # per-layer specs RealizeIntegers compiles; W4A8 and W8A8 layers share uint8 activations, so a
@@ -487,7 +581,7 @@ class RealizeIntegers(LowerToKernels):
             raise TvmqError(f"specs {unsupported} are not realizable yet ({', '.join(REALIZABLE)} are)")
         self.plan, self.stats, self.method = plan, stats, method
         self.qparams: dict[str, dict[str, Any]] = {}
-        self.program = IntegerProgram()
+        self.program = NumpyProgram()
         self._typed: dict[str, relax.GlobalVar] = {}
         # producer output var -> the int16 bound its W8A16 consumers accept (see int16_qmax)
         self.demand16: dict[relax.Var, int] = {}

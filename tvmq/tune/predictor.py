@@ -23,7 +23,8 @@ from .database import TuningRecord
 SPECS = ("fp32", "bf16", "w8a8", "w4a8", "w8a16", "conversion")
 OPS = ("conv2d", "depthwise_conv2d", "dense", "conversion")
 ISAS = ("generic", "avx2", "avx512", "avx512_vnni", "amx")
-CONFIG_TYPES = ("Conv2dConfig", "PointwiseConfig", "DotConv2dConfig", "PointwiseDotConfig",
+CONFIG_TYPES = ("Conv2dConfig", "PointwiseConfig", "DotConv2dConfig", "PointwiseDotConfig", "Bf16DotConv2dConfig",
+                "Bf16DenseConfig",
                 "DepthwiseConfig", "DenseConfig")
 KNOBS = ("ic_bn", "oc_bn", "reg_n", "k_tile", "p_tile", "lanes", "unroll_c", "pad_vectorize")
 
@@ -59,7 +60,11 @@ def feature_vector(kernel: str, spec: str, workload: dict[str, Any], config: dic
         ep = [float(e["bias"]), float(e["activation"] != "none"), float(e["residual"]),
               float(e["out_float"]), float(e.get("out_int16", False))]
     cfg = config or {}
-    knobs = [float(cfg.get(k, 0) or 0) for k in KNOBS]
+    unpack_block = 0.0
+    if cfg.get("type") == "W4A8Config":  # the base kernel's knobs, and where the unpack runs
+        unpack_block = float(cfg.get("unpack") == "block")
+        cfg = cfg.get("base") or {}
+    knobs = [float(cfg.get(k, 0) or 0) for k in KNOBS] + [unpack_block]
     lanes_dot = 0.0
     if "dot" in cfg:
         from schedules.intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS

@@ -23,6 +23,7 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from schedules import registry, space
+from schedules.packing import W4A8Config
 from schedules.target_features import TargetFeatures
 
 from .. import __version__
@@ -239,9 +240,14 @@ class TunedConfigs:
         if best is None:
             best = self.by_shape.get(shape_key(str(kernel.key), wl))
             source = "tuned (shapes)"
+        fallback = kernel.fallback_config(wl, self.features)
         if best is not None:
             try:
-                return space.config_from_json(best.config), source
+                cfg = space.config_from_json(best.config)
             except ValueError:
-                pass
-        return kernel.fallback_config(wl, self.features), "fallback"
+                cfg = None
+            # a record of another configuration kind (e.g. written before W4A8 kernels took a
+            # W4A8Config) does not apply
+            if cfg is not None and isinstance(cfg, W4A8Config) == isinstance(fallback, W4A8Config):
+                return cfg, source
+        return fallback, "fallback"

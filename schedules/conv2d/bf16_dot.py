@@ -1,0 +1,191 @@
+"""Native bf16 conv2d on AVX512-BF16 ``vdpbf16ps``: NCHWc register-tiled direct conv.
+
+The structure of ``int8_dot`` with bf16 operands and fp32 accumulators: the float32 NCHW input is
+rounded to bf16 (nearest even, ``bf16.bits_expr``) and repacked once per call to
+``[N, G*ICB, HP, WP, ic_bn]`` uint16 (zero padded spatially and in channels up to ``ic_bn`` per
+group; bf16 +0 is 0x0000), so that a pixel's pair of input channels is one 32-bit broadcast; the
+weights are packed ahead of time as uint16 bf16 patterns ``[G*OCB, ICB, R, S, ic_bn/2, oc_bn, 2]``
+(input-channel pairs innermost, the layout ``vdpbf16ps`` reads). The register tile is ``reg_n``
+pixels x ``oc_bn`` channels (``oc_bn/16`` zmm of fp32 accumulators), accumulated over
+``(ICB, R, S, ic_bn/2)``, each innermost step one ``vdpbf16ps`` (``schedules.intrinsics_bf16``);
+the epilogue is the fp32 kernels' (``common.finish``: + bias, + residual, then ReLU / clip),
+applied as the tile is written back to NCHW. Arguments, input and output shapes are
+``fp32_direct``'s (float32 in and out), so the compiler can use this kernel or the portable bf16
+one interchangeably.
+
+Every conv with a channel reduction takes this template (1x1 convs too: there is no separate
+pointwise-GEMM form of the native kernel); depthwise convs have no channel reduction to pair and
+stay on the portable bf16 kernel.
+
+Summation order, per output: channel block, kernel row, kernel column, channel pair; within a
+pair the odd channel, then the even one (``dot_order``). ``float_reference`` reproduces it bit
+for bit (``reference.conv2d_bf16_dot``).
+
+Knobs (``Bf16DotConv2dConfig``): ``ic_bn`` (even), ``oc_bn`` (a multiple of 16), ``reg_n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+from .. import bf16, reference
+from ..common import (
+    ceil_div,
+    finish,
+    keep_tile_in_registers,
+    kernel_args,
+    optional_bias,
+    optional_residual,
+    padded_width,
+    register_tile,
+    schedule_repack,
+    split_tile,
+)
+from ..intrinsics_bf16 import DPBF16PS_16X2, GROUP, LANES, bf16_value
+from ..target_features import TargetFeatures
+from ..workload import Conv2dWorkload
+from .fp32_direct import input_shape, output_shape, pack_input
+
+__all__ = ["Bf16DotConv2dConfig", "compute", "config_space", "dot_order", "fallback_config",
+           "float_reference", "input_shape", "output_shape", "pack_weight", "schedule"]
+
+
+@dataclass(frozen=True)
+class Bf16DotConv2dConfig:
+    """Blocking of the native bf16 conv: input / output channel blocks, register tile width."""
+
+    ic_bn: int
+    oc_bn: int
+    reg_n: int
+
+    def __post_init__(self) -> None:
+        if self.ic_bn < 1 or self.ic_bn % GROUP:
+            raise ValueError(f"ic_bn={self.ic_bn} must be a positive multiple of {GROUP} (bf16 pairs)")
+        if self.oc_bn < 1 or self.oc_bn % LANES:
+            raise ValueError(f"oc_bn={self.oc_bn} must be a positive multiple of {LANES} (zmm lanes)")
+        if self.reg_n < 1:
+            raise ValueError("reg_n must be >= 1")
+
+
+def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Bf16DotConv2dConfig:
+    """From the shape alone: ``oc_bn`` one or two zmm of accumulators, ``reg_n`` pixels so that
+    the tile, the weight vectors and the broadcast input fit the 32 zmm registers; ``ic_bn`` 16
+    input channels (the group's input channels rounded up to a pair when fewer)."""
+    vecs = 2 if wl.out_per_group > LANES else 1
+    max_regs = (32 - 2 - vecs) // vecs
+    reg_n = register_tile(wl.out_width, max_regs)
+    ic_bn = min(16, ceil_div(wl.in_per_group, GROUP) * GROUP)
+    return Bf16DotConv2dConfig(ic_bn=ic_bn, oc_bn=vecs * LANES, reg_n=reg_n)
+
+
+def packed_weight_shape(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> tuple[int, ...]:
+    return (wl.groups * ceil_div(wl.out_per_group, cfg.oc_bn), ceil_div(wl.in_per_group, cfg.ic_bn),
+            wl.kernel_h, wl.kernel_w, cfg.ic_bn // GROUP, cfg.oc_bn, GROUP)
+
+
+def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> np.ndarray:
+    """OIHW float32 -> uint16 bf16 patterns (nearest even) ``[G*OCB, ICB, R, S, ic_bn/2, oc_bn, 2]``,
+    zero padded in both channel axes."""
+    if weight.shape != wl.weight_shape:
+        raise ValueError(f"weight shape {weight.shape} does not match workload {wl.weight_shape}")
+    g, kg, cg = wl.groups, wl.out_per_group, wl.in_per_group
+    gk, icb, r, s, icq, oc_bn, grp = packed_weight_shape(wl, cfg)
+    ocb = gk // g
+    padded = np.zeros((g, ocb * oc_bn, icb * cfg.ic_bn, r, s), dtype=np.uint16)
+    padded[:, :kg, :cg] = bf16.to_bf16_bits(weight.astype(np.float32)).reshape(g, kg, cg, r, s)
+    t = padded.reshape(g, ocb, oc_bn, icb, icq, grp, r, s)
+    # -> g, ocb, icb, r, s, icq, oc_bn, grp
+    return np.ascontiguousarray(t.transpose(0, 1, 3, 6, 7, 4, 2, 5).reshape(gk, icb, r, s, icq, oc_bn, grp))
+
+
+def compute(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[te.Tensor]:
+    """TE compute: ``[data f32, packed_weight u16, (bias,) (residual,) out f32]``."""
+    data = te.placeholder(wl.data_shape, "float32", name="data")
+    weight = te.placeholder(packed_weight_shape(wl, cfg), "uint16", name="weight")
+    # rounded to bf16 on the fly by the repack (inlined into it by the schedule)
+    bits = te.compute(wl.data_shape, lambda *i: bf16.bits_expr(data[i]), name="data_bf16")
+    dpack = pack_input(wl, cfg, bits, tirx.const(0, "uint16"))  # type: ignore[arg-type]
+    g = wl.groups
+    gk, icb, r_, s_, icq, oc_bn, grp = packed_weight_shape(wl, cfg)
+    ocb = gk // g
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+    rc = te.reduce_axis((0, icb), "rc")
+    rh = te.reduce_axis((0, r_), "rh")
+    rw = te.reduce_axis((0, s_), "rw")
+    rq = te.reduce_axis((0, icq), "rq")
+    rg = te.reduce_axis((0, grp), "rg")
+    conv = te.compute(
+        (wl.batch, g, ocb, wl.out_height, padded_width(wl.out_width, cfg.reg_n), oc_bn),
+        lambda n, gi, b, y, x, ko: te.sum(
+            bf16_value(dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, rq * grp + rg])
+            * bf16_value(weight[gi * ocb + b, rc, rh, rw, rq, ko, rg]),
+            axis=[rc, rh, rw, rq, rg]),
+        name="conv")
+    kg = wl.out_per_group
+    bias = optional_bias(wl.epilogue, wl.out_channels)
+    residual = optional_residual(wl.epilogue, output_shape(wl))
+
+    def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
+        return finish(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias, gi * kg + kk, wl.epilogue,
+                      residual, (n, gi, kk, y, x))
+
+    out = te.compute(output_shape(wl), epilogue, name="out")
+    return kernel_args(data, weight, bias, residual, out)
+
+
+def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = False,  # type: ignore[no-untyped-def]
+             intrin: str = DPBF16PS_16X2) -> None:
+    """Register tile ``reg_n`` x ``oc_bn`` accumulated over ``(ICB, R, S, ic_bn/2)``, the
+    innermost ``16 x 2`` step tensorized to ``vdpbf16ps`` (``intrin``: another registration of
+    the same description, for tests); epilogue per tile, the rounding repack parallel by rows."""
+    conv_b = sch.get_sblock("conv")
+    out_b = sch.get_sblock("out")
+    sch.compute_inline(sch.get_sblock("data_bf16"))
+    n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
+    xo, xi = split_tile(sch, x, cfg.reg_n, max_inner=cfg.reg_n, sample=sample)
+    ko_o, ko_i = sch.split(ko, [None, LANES])
+    sch.reorder(n, gi, b, y, xo, rc, rh, rw, rq, xi, ko_o, ko_i, rg)
+    sch.parallel(sch.fuse(n, gi, b, y))
+    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
+    init = sch.decompose_reduction(conv_b, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(xi)
+    sch.unroll(ko_o)
+    sch.tensorize(ko_i, intrin)
+    keep_tile_in_registers(sch, init, out_b, xo)
+    schedule_repack(sch, sch.get_sblock("data_pack"))
+
+
+def dot_order(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[tuple[int, int, int]]:
+    """The terms ``(input channel within the group, kernel row, kernel column)`` in the order
+    each output accumulates them: channel block, kernel row, kernel column, channel pair (the
+    reduction loops of ``compute``, kept sequential by ``schedule``), and within a pair the odd
+    channel, then the even one (``vdpbf16ps``'s order). Padding channels (zero products) are
+    left out."""
+    ic_bn, cg = cfg.ic_bn, wl.in_per_group
+    return [(ch, r, s) for blk in range(ceil_div(cg, ic_bn)) for r in range(wl.kernel_h)
+            for s in range(wl.kernel_w) for q in range(ic_bn // GROUP)
+            for ch in (blk * ic_bn + GROUP * q + 1, blk * ic_bn + GROUP * q) if ch < cg]
+
+
+def float_reference(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, data: np.ndarray, weight: np.ndarray,
+                    bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+    """What the kernel computes, bit for bit: ``reference.conv2d_bf16_dot`` (bf16-rounded
+    operands, one FMA per term in ``dot_order``, DAZ / FTZ)."""
+    return reference.conv2d_bf16_dot(bf16.round_bf16(data), bf16.round_bf16(weight), bias, wl,
+                                     dot_order(wl, cfg), residual)
+
+
+def config_space(start: Bf16DotConv2dConfig, wl: Conv2dWorkload) -> list[Bf16DotConv2dConfig]:
+    """Candidate configurations for the tuner, ``start`` first: ``ic_bn`` even channel blocks
+    up to 64, ``oc_bn`` one or two zmm, every ``reg_n`` whose tile fits the 32 zmm registers
+    (with the weight vectors and the broadcast input). For ``schedules.space.config_space``."""
+    top = min(64, ceil_div(wl.in_per_group, GROUP) * GROUP)
+    ics = sorted({b for b in (2, 4, 8, 16, 32, 64) if b <= top} | {top})
+    ocs = [LANES, 2 * LANES] if wl.out_per_group > LANES else [LANES]
+    out = [Bf16DotConv2dConfig(ic, oc, r) for ic in ics for oc in ocs
+           for r in range(1, min(wl.out_width, 32) + 1) if r * (oc // LANES) <= 32 - 2 - oc // LANES]
+    return [start] + [c for c in out if c != start]

@@ -1,0 +1,332 @@
+"""Native bf16 kernels (AVX512-BF16 ``vdpbf16ps``): selection, code generation, and bit-exactness
+against their numpy reference (``reference.conv2d_bf16_dot`` / ``dense_bf16_dot``).
+
+Running the native kernels needs a CPU whose /proc/cpuinfo lists ``avx512_bf16`` (Cooper Lake,
+Sapphire Rapids and later, Zen 4); elsewhere those tests skip, and what can be checked without
+one is: the kernels cross-compile to ``vdpbf16ps`` on zmm registers; ``registry.select`` picks
+them only where the target has the feature; the same kernels (packing, repack, loop order,
+epilogue) with the instruction replaced by a lane-by-lane emulation of its definition
+(``intrinsics_bf16.DPBF16PS_16X2_EMULATED``) equal the reference bit for bit on this CPU; and
+the reference is a convolution (within 2e-5 of float64 on the same bf16 operands).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tvm import s_tir, te
+
+from schedules import bf16, intrinsics_bf16, reference, registry
+from schedules.conv2d import bf16_dot as conv_native
+from schedules.dense import bf16_dot as dense_native
+from schedules.target_features import TargetFeatures, detect_host
+from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
+
+HOST = detect_host()
+COOPERLAKE = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
+                            avx512_bf16=True, num_cores=2)
+CASCADELAKE = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
+                             num_cores=2)
+SAPPHIRERAPIDS = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
+                                avx512_bf16=True, amx_int8=True, amx_bf16=True, num_cores=2)
+needs_avx512_bf16 = pytest.mark.skipif(not HOST.avx512_bf16, reason=(
+    "this CPU cannot execute AVX512-BF16 (vdpbf16ps): run `make test` on a CPU whose /proc/cpuinfo "
+    "lists avx512_bf16 (the kernels' compilation is checked here by "
+    "test_native_kernels_compile_to_vdpbf16ps, their layout and order by the emulated-instruction tests)"))
+
+RELU = Epilogue(True, "relu")
+RELU6 = Epilogue(True, "clip", 0.0, 6.0)
+NONE = Epilogue(False, "none")
+RES_RELU = Epilogue(True, "relu", residual=True)
+RES = Epilogue(True, "none", residual=True)
+NATIVE = {"conv2d": conv_native, "dense": dense_native}
+
+
+def _module(wl):  # type: ignore[no-untyped-def]
+    return dense_native if isinstance(wl, DenseWorkload) else conv_native
+
+
+def _operands(wl, seed: int, scale: float = 1.0):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    data = (rng.standard_normal(wl.data_shape) * scale).astype(np.float32)
+    weight = (rng.standard_normal(wl.weight_shape) * scale).astype(np.float32)
+    bias = rng.standard_normal(wl.weight_shape[0]).astype(np.float32)
+    residual = rng.standard_normal(wl.out_shape).astype(np.float32)
+    return data, weight, bias, residual
+
+
+def _execute(ex, mod, wl, cfg, data, weight, bias, residual) -> np.ndarray:  # type: ignore[no-untyped-def]
+    args = [tvm.runtime.tensor(data.reshape(mod.input_shape(wl, cfg))),
+            tvm.runtime.tensor(mod.pack_weight(weight, wl, cfg))]
+    if wl.epilogue.bias:
+        args.append(tvm.runtime.tensor(bias))
+    if wl.epilogue.residual:
+        args.append(tvm.runtime.tensor(residual.reshape(mod.output_shape(wl, cfg))))
+    out = tvm.runtime.empty(mod.output_shape(wl, cfg), "float32")
+    ex(*args, out)
+    return out.numpy().reshape(wl.out_shape)
+
+
+def _run_emulated(wl, cfg, operands, sample_seed: int | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The native kernel's own compute and schedule, ``vdpbf16ps`` replaced by its emulation,
+    compiled for and run on this CPU."""
+    mod = _module(wl)
+    sch = s_tir.Schedule(te.create_prim_func(mod.compute(wl, cfg)), seed=sample_seed)
+    mod.schedule(sch, wl, cfg, sample_seed is not None, intrinsics_bf16.DPBF16PS_16X2_EMULATED)
+    func = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(HOST.target_json()))
+    return _execute(ex, mod, wl, cfg, *operands)
+
+
+@st.composite
+def conv_cases(draw):  # type: ignore[no-untyped-def]
+    groups = draw(st.sampled_from([1, 1, 1, 1, 2, 3]))
+    cg = draw(st.integers(1, 19))
+    kg = draw(st.integers(1, 37))
+    k = draw(st.sampled_from([1, 1, 3, 5]))
+    stride = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, k // 2 + 1))
+    hw = draw(st.integers(max(1, k - 2 * pad), 12))
+    ep = draw(st.sampled_from([RELU, RELU6, NONE, RES_RELU, RES]))
+    wl = Conv2dWorkload(draw(st.integers(1, 2)), cg * groups, hw, hw + draw(st.integers(0, 3)), kg * groups,
+                        k, k, stride, stride, pad, pad, pad, pad, groups=groups, epilogue=ep)
+    return wl, draw(st.integers(0, 2 ** 16))
+
+
+@st.composite
+def dense_cases(draw):  # type: ignore[no-untyped-def]
+    wl = DenseWorkload(draw(st.integers(1, 3)), draw(st.integers(1, 70)), draw(st.integers(1, 50)),
+                       draw(st.sampled_from([RELU, NONE, RES])))
+    return wl, draw(st.integers(0, 2 ** 16))
+
+
+# --- (a) code generation, any host ---------------------------------------------------------------
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 32, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=RELU),
+    Conv2dWorkload(1, 32, 14, 14, 64, 1, 1, epilogue=RES),
+    Conv2dWorkload(1, 13, 15, 15, 21, 3, 3, 2, 2, 1, 1, 1, 1, epilogue=RELU6),
+    Conv2dWorkload(1, 20, 10, 10, 20, 3, 3, 1, 1, 1, 1, 1, 1, groups=2, epilogue=RES_RELU),
+    DenseWorkload(1, 64, 40, NONE),
+    DenseWorkload(2, 37, 10, RELU),
+], ids=["3x3", "pointwise", "odd-3x3-s2", "grouped", "dense", "dense-odd"])
+def test_native_kernels_compile_to_vdpbf16ps(wl) -> None:  # type: ignore[no-untyped-def]
+    """Every native kernel cross-compiles (whatever this CPU is) and its inner loop is
+    ``vdpbf16ps`` on zmm registers, the LLVM IR helper inlined away (no call left)."""
+    kernel = registry.select(registry.op_of(wl), "bf16", COOPERLAKE)
+    assert kernel.key == registry.KernelKey(registry.op_of(wl), "bf16", "avx512_vnni")
+    cfg = kernel.fallback_config(wl, COOPERLAKE)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(COOPERLAKE.target_json()))
+    asm = lib.mod.inspect_source("s")
+    assert "vdpbf16ps" in asm
+    assert "zmm" in asm
+    assert "tvmq_dpbf16ps_512" not in asm
+
+
+def test_native_kernels_with_sampled_schedules_compile() -> None:
+    """Points of the tuning space (sampled tile splits) still tensorize to ``vdpbf16ps``."""
+    for wl in (Conv2dWorkload(1, 16, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=RELU),
+               DenseWorkload(1, 64, 24, RELU)):
+        kernel = registry.select(registry.op_of(wl), "bf16", COOPERLAKE)
+        cfg = kernel.fallback_config(wl, COOPERLAKE)
+        for seed in (1, 2):
+            lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg, sample_seed=seed)}),
+                              target=tvm.target.Target(COOPERLAKE.target_json()))
+            assert "vdpbf16ps" in lib.mod.inspect_source("s")
+
+
+# --- (b) selection -------------------------------------------------------------------------------
+def test_select_takes_native_kernels_only_with_avx512_bf16() -> None:
+    for op in ("conv2d", "dense"):
+        native = registry.KernelKey(op, "bf16", "avx512_vnni")
+        assert registry.select(op, "bf16", COOPERLAKE).key == native
+        assert registry.select(op, "bf16", SAPPHIRERAPIDS).key == native
+        # Cascade Lake: avx512_vnni, the native kernel's ISA level, but no AVX512-BF16
+        assert registry.select(op, "bf16", CASCADELAKE).key == registry.KernelKey(op, "bf16", "generic")
+        assert registry.select(op, "bf16", COOPERLAKE.with_isa("avx2")).key.isa == "generic"
+        assert registry.get(native).requires is not None
+    # depthwise convs have no channel pairs: portable everywhere
+    assert registry.select("depthwise_conv2d", "bf16", COOPERLAKE).key.isa == "generic"
+    # fp32 and int8 selection unchanged by the feature
+    assert registry.select("conv2d", "fp32", COOPERLAKE).key.isa == "generic"
+    assert registry.select("conv2d", "w8a8", COOPERLAKE).key.isa == "avx512_vnni"
+    # LLVM can only select vdpbf16ps for a CPU that has it
+    assert (COOPERLAKE.mcpu, CASCADELAKE.mcpu, SAPPHIRERAPIDS.mcpu) == \
+        ("cooperlake", "cascadelake", "sapphirerapids")
+
+
+def test_native_and_portable_kernels_are_interchangeable_for_the_compiler() -> None:
+    """Same arguments (float32 data, uint16 bf16 weights, float32 bias / residual / out) with the
+    same element counts, so ``fp32_entry`` emits either without change."""
+    for wl in (Conv2dWorkload(1, 13, 9, 9, 21, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=RES_RELU),
+               Conv2dWorkload(1, 24, 7, 7, 40, 1, 1, epilogue=RES), DenseWorkload(2, 37, 10, RELU)):
+        native = registry.select(registry.op_of(wl), "bf16", COOPERLAKE)
+        portable = registry.select(registry.op_of(wl), "bf16", CASCADELAKE)
+        cn, cp = native.fallback_config(wl, COOPERLAKE), portable.fallback_config(wl, CASCADELAKE)
+        assert np.prod(native.input_shape(wl, cn)) == np.prod(portable.input_shape(wl, cp)) == np.prod(wl.data_shape)
+        assert np.prod(native.output_shape(wl, cn)) == np.prod(portable.output_shape(wl, cp)) == np.prod(wl.out_shape)
+        w = np.ones(wl.weight_shape, np.float32)
+        assert native.pack_weight(w, wl, cn).dtype == portable.pack_weight(w, wl, cp).dtype == np.uint16
+        assert [(t.name, t.dtype) for t in native.compute(wl, cn)] == \
+            [(t.name, t.dtype) for t in portable.compute(wl, cp)]
+
+
+# --- (c) bit-exact on the instruction itself (AVX512-BF16 CPUs) -----------------------------------
+def _run_native(wl, operands) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    kernel = registry.select(registry.op_of(wl), "bf16", HOST)
+    assert kernel.key.isa == "avx512_vnni"
+    cfg = kernel.fallback_config(wl, HOST)
+    ex = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                     target=tvm.target.Target(HOST.target_json()))
+    got = _execute(ex, kernel, wl, cfg, *operands)
+    data, weight, bias, residual = operands
+    return got, kernel.float_reference(wl, cfg, data, weight, bias, residual, fma=HOST.fused_multiply_add)
+
+
+@needs_avx512_bf16
+@given(conv_cases())
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_native_conv2d_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
+    wl, seed = case
+    got, exact = _run_native(wl, _operands(wl, seed))
+    np.testing.assert_array_equal(got, exact)
+
+
+@needs_avx512_bf16
+@given(dense_cases())
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_native_dense_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
+    wl, seed = case
+    got, exact = _run_native(wl, _operands(wl, seed))
+    np.testing.assert_array_equal(got, exact)
+
+
+def _denormal_case():  # type: ignore[no-untyped-def]
+    """Row 0 of the data: 2^-65 everywhere; row 1: 2^-130 (a bf16 denormal). Weight rows 0-7:
+    2^-65 everywhere (every product 2^-130: each partial sum is a float32 denormal, flushed);
+    rows 8-15: 2^10 in feature 0 (row 1 x 2^10 would be the normal 2^-120 without DAZ)."""
+    wl = DenseWorkload(2, 8, 16, NONE)
+    data = np.full(wl.data_shape, 2.0 ** -65, np.float32)
+    data[1] = 2.0 ** -130
+    weight = np.full(wl.weight_shape, 2.0 ** -65, np.float32)
+    weight[8:, 0] = 2.0 ** 10
+    return wl, data, weight
+
+
+def _check_denormal_result(out: np.ndarray) -> None:
+    np.testing.assert_array_equal(out[0, :8], 0.0)  # FTZ: 8 x 2^-130 would be 2^-127
+    # feature 1 first (a denormal result, flushed), then 2^-55, which absorbs the rest
+    np.testing.assert_array_equal(out[0, 8:], np.float32(2.0 ** -55))
+    np.testing.assert_array_equal(out[1], 0.0)  # DAZ: 2^-130 x 2^10 would be 2^-120
+
+
+@needs_avx512_bf16
+def test_native_denormals_are_flushed() -> None:
+    """bf16 denormal inputs read as zero (DAZ), denormal results flushed (FTZ): the reference's
+    assumptions about the instruction, checked on it."""
+    wl, data, weight = _denormal_case()
+    got, exact = _run_native(wl, (data, weight, None, None))
+    np.testing.assert_array_equal(got, exact)
+    _check_denormal_result(got)
+
+
+# --- the same kernels with the instruction emulated (any CPU) ------------------------------------
+@given(conv_cases(), st.booleans())
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_emulated_conv2d_bit_exact(case, sampled: bool) -> None:  # type: ignore[no-untyped-def]
+    """The native conv's packing, repack, order and epilogue, on this CPU: equal to
+    ``float_reference`` bit for bit (with a sampled point of the tuning space too)."""
+    wl, seed = case
+    kernel = registry.select("conv2d", "bf16", COOPERLAKE)
+    cfg = kernel.fallback_config(wl, COOPERLAKE)
+    operands = _operands(wl, seed)
+    got = _run_emulated(wl, cfg, operands, sample_seed=seed if sampled else None)
+    np.testing.assert_array_equal(got, kernel.float_reference(wl, cfg, *operands, fma=True))
+
+
+@given(dense_cases())
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_emulated_dense_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
+    wl, seed = case
+    kernel = registry.select("dense", "bf16", COOPERLAKE)
+    cfg = kernel.fallback_config(wl, COOPERLAKE)
+    operands = _operands(wl, seed)
+    np.testing.assert_array_equal(_run_emulated(wl, cfg, operands),
+                                  kernel.float_reference(wl, cfg, *operands, fma=True))
+
+
+def test_emulated_denormals_are_flushed() -> None:
+    wl, data, weight = _denormal_case()
+    cfg = dense_native.fallback_config(wl, COOPERLAKE)
+    exact = dense_native.float_reference(wl, cfg, data, weight)
+    _check_denormal_result(exact)
+    np.testing.assert_array_equal(_run_emulated(wl, cfg, (data, weight, None, None)), exact)
+
+
+# --- (d) the reference is a convolution ----------------------------------------------------------
+@given(conv_cases())
+@settings(max_examples=40, deadline=None)
+def test_reference_conv2d_is_a_convolution(case) -> None:  # type: ignore[no-untyped-def]
+    wl, seed = case
+    data, weight, bias, residual = _operands(wl, seed)
+    cfg = conv_native.fallback_config(wl, COOPERLAKE)
+    got = conv_native.float_reference(wl, cfg, data, weight, bias, residual)
+    expected = reference.conv2d(bf16.round_bf16(data), bf16.round_bf16(weight),
+                                bias if wl.epilogue.bias else None, wl, residual)
+    scale = max(float(np.abs(expected).max()), 1.0)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
+
+
+@given(dense_cases())
+@settings(max_examples=40, deadline=None)
+def test_reference_dense_is_a_dense(case) -> None:  # type: ignore[no-untyped-def]
+    wl, seed = case
+    data, weight, bias, residual = _operands(wl, seed)
+    cfg = dense_native.fallback_config(wl, COOPERLAKE)
+    got = dense_native.float_reference(wl, cfg, data, weight, bias, residual)
+    expected = reference.dense(bf16.round_bf16(data), bf16.round_bf16(weight),
+                               bias if wl.epilogue.bias else None, wl, residual)
+    scale = max(float(np.abs(expected).max()), 1.0)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
+
+
+def test_reference_order_is_odd_then_even_and_it_matters() -> None:
+    """The order of the two terms of an instruction is observable: the reference in the
+    instruction's order differs from the even-first order (so the bit-exact tests would catch a
+    kernel, or an emulation, that swapped them), and the registry's ``float_reference`` is the
+    odd-first one."""
+    wl = DenseWorkload(4, 64, 64, NONE)
+    data, weight, _, _ = _operands(wl, 3)
+    cfg = dense_native.fallback_config(wl, COOPERLAKE)
+    order = dense_native.dot_order(wl, cfg)
+    assert order[:4] == [1, 0, 3, 2]
+    rd, rw = bf16.round_bf16(data), bf16.round_bf16(weight)
+    odd_first = reference.dense_bf16_dot(rd, rw, None, wl, order)
+    even_first = reference.dense_bf16_dot(rd, rw, None, wl, list(range(64)))
+    assert not np.array_equal(odd_first, even_first)
+    kernel = registry.select("dense", "bf16", COOPERLAKE)
+    np.testing.assert_array_equal(kernel.float_reference(wl, cfg, data, weight, fma=False), odd_first)
+    conv = Conv2dWorkload(1, 5, 4, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1)
+    ccfg = conv_native.Bf16DotConv2dConfig(ic_bn=4, oc_bn=16, reg_n=4)
+    assert conv_native.dot_order(conv, ccfg)[:3] == [(1, 0, 0), (0, 0, 0), (3, 0, 0)]
+    assert conv_native.dot_order(conv, ccfg)[-1] == (4, 2, 2)  # channel 5 pads the last pair
+
+
+def test_tuning_spaces_are_valid_configurations() -> None:
+    """Each module's ``config_space`` (for ``schedules.space``) starts at the fallback and every
+    candidate builds (tensorizes) for the native kernel."""
+    wl = Conv2dWorkload(1, 13, 9, 9, 21, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=RELU)
+    start = conv_native.fallback_config(wl, COOPERLAKE)
+    space = conv_native.config_space(start, wl)
+    assert space[0] == start and len(space) == len(set(space)) > 10
+    dwl = DenseWorkload(1, 37, 40, NONE)
+    dstart = dense_native.fallback_config(dwl, COOPERLAKE)
+    dspace = dense_native.config_space(dstart, dwl)
+    assert dspace[0] == dstart and len(dspace) == len(set(dspace)) >= 3
+    for w, cfgs in ((wl, space[::7]), (dwl, dspace)):
+        kernel = registry.select(registry.op_of(w), "bf16", COOPERLAKE)
+        for cfg in cfgs:
+            kernel.build_primfunc(w, cfg)
