@@ -8,7 +8,6 @@ Needs ``make models`` (the ONNX export) and the foolbox images (``make test`` in
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -39,7 +39,6 @@ from ..common import (
     kernel_args,
     optional_bias,
     optional_residual,
-    padded_width,
     register_tile,
     schedule_repack,
     split_tile,
@@ -48,6 +47,7 @@ from ..intrinsics_bf16 import DPBF16PS_16X2, GROUP, LANES, bf16_value
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_direct import input_shape, output_shape, pack_input
+from .int8_dot import dot_conv_body
 
 __all__ = ["Bf16DotConv2dConfig", "compute", "config_space", "dot_order", "fallback_config",
            "float_reference", "input_shape", "output_shape", "pack_weight", "schedule"]
@@ -108,22 +108,8 @@ def compute(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[te.Tensor]:
     # rounded to bf16 on the fly by the repack (inlined into it by the schedule)
     bits = te.compute(wl.data_shape, lambda *i: bf16.bits_expr(data[i]), name="data_bf16")
     dpack = pack_input(wl, cfg, bits, tirx.const(0, "uint16"))  # type: ignore[arg-type]
-    g = wl.groups
-    gk, icb, r_, s_, icq, oc_bn, grp = packed_weight_shape(wl, cfg)
-    ocb = gk // g
-    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
-    rc = te.reduce_axis((0, icb), "rc")
-    rh = te.reduce_axis((0, r_), "rh")
-    rw = te.reduce_axis((0, s_), "rw")
-    rq = te.reduce_axis((0, icq), "rq")
-    rg = te.reduce_axis((0, grp), "rg")
-    conv = te.compute(
-        (wl.batch, g, ocb, wl.out_height, padded_width(wl.out_width, cfg.reg_n), oc_bn),
-        lambda n, gi, b, y, x, ko: te.sum(
-            bf16_value(dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, rq * grp + rg])
-            * bf16_value(weight[gi * ocb + b, rc, rh, rw, rq, ko, rg]),
-            axis=[rc, rh, rw, rq, rg]),
-        name="conv")
+    conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, dpack, weight, bf16_value)
+    oc_bn = cfg.oc_bn
     kg = wl.out_per_group
     bias = optional_bias(wl.epilogue, wl.out_channels)
     residual = optional_residual(wl.epilogue, output_shape(wl))

@@ -104,6 +104,29 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: DotConv2dConfig) ->
     return np.ascontiguousarray(t.transpose(0, 1, 3, 6, 7, 4, 2, 5).reshape(gk, icb, r, s, icq, oc_bn, grp))
 
 
+def dot_conv_body(wl: Conv2dWorkload, wshape: tuple[int, ...], reg_n: int, dpack: te.Tensor,
+                  weight: te.Tensor, value) -> te.Tensor:  # type: ignore[no-untyped-def]
+    """The blocked conv ``[N, G, OCB, OH, OWp, oc_bn]`` over weights packed ``wshape`` =
+    ``[G*OCB, ICB, R, S, ic_bn/grp, oc_bn, grp]`` (a dot-product instruction's channel groups
+    innermost) and the repacked input ``dpack``; ``value`` maps each loaded operand to the
+    accumulation type (int32 here; bf16 bits to float32 in ``bf16_dot``)."""
+    gk, icb, r_, s_, icq, oc_bn, grp = wshape
+    ocb = gk // wl.groups
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+    rc = te.reduce_axis((0, icb), "rc")
+    rh = te.reduce_axis((0, r_), "rh")
+    rw = te.reduce_axis((0, s_), "rw")
+    rq = te.reduce_axis((0, icq), "rq")
+    rg = te.reduce_axis((0, grp), "rg")
+    return te.compute(
+        (wl.batch, wl.groups, ocb, wl.out_height, padded_width(wl.out_width, reg_n), oc_bn),
+        lambda n, gi, b, y, x, ko: te.sum(
+            value(dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, rq * grp + rg])
+            * value(weight[gi * ocb + b, rc, rh, rw, rq, ko, rg]),
+            axis=[rc, rh, rw, rq, rg]),
+        name="conv")
+
+
 def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
             weight: te.Tensor | None = None,
             data_dtype: str = "uint8") -> list[te.Tensor]:
@@ -112,23 +135,9 @@ def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
     data, weight = int8_operands(wl.data_shape, packed_weight_shape(wl, cfg), weight, data_dtype)
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
     dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype)
-    g = wl.groups
-    gk, icb, r_, s_, icq, oc_bn, grp = packed_weight_shape(wl, cfg)
-    ocb = gk // g
-    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
-    rc = te.reduce_axis((0, icb), "rc")
-    rh = te.reduce_axis((0, r_), "rh")
-    rw = te.reduce_axis((0, s_), "rw")
-    rq = te.reduce_axis((0, icq), "rq")
-    rg = te.reduce_axis((0, grp), "rg")
-    conv = te.compute(
-        (wl.batch, g, ocb, wl.out_height, padded_width(wl.out_width, cfg.reg_n), oc_bn),
-        lambda n, gi, b, y, x, ko: te.sum(
-            dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, rq * grp + rg].astype("int32")
-            * weight[gi * ocb + b, rc, rh, rw, rq, ko, rg].astype("int32"),
-            axis=[rc, rh, rw, rq, rg]),
-        name="conv")
-    kg = wl.out_per_group
+    conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, dpack, weight,
+                         lambda v: v.astype("int32"))
+    oc_bn, kg = cfg.oc_bn, wl.out_per_group
     out = te.compute(output_shape(wl), lambda n, gi, kk, y, x: epilogue(
         conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, (n, gi, kk, y, x)), name="out")
     return [data, weight, *args, out]
