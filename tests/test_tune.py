@@ -373,3 +373,29 @@ def test_cli_tune_rejects_bad_arguments(tmp_path: Path) -> None:
         r = subprocess.run([sys.executable, "-m", "tvmq", "tune", str(MODEL), "--db", str(tmp_path / "d.jsonl"),
                             *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_tuned_configs_ignore_a_record_of_another_configuration_kind(tmp_path: Path) -> None:
+    """A W4A8 record whose configuration is not a W4A8Config (a database written before the W4A8
+    kernels took one) never reaches a W4A8 kernel: the chooser falls back instead."""
+    from schedules.packing import W4A8Config
+    from schedules.workload import DenseWorkload
+    from tvmq.tune.tasks import kernel_task_key, workload_to_json
+    from tvmq.tune.tuner import TunedConfigs
+
+    wl = DenseWorkload(1, 64, 24)
+    kernel = registry.select("dense", "w4a8", FEATURES)
+    fb = kernel.fallback_config(wl, FEATURES)
+    device = device_fingerprint(FEATURES, threads=1)
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    lat = {"median_us": 1.0, "min_us": 1.0, "n": 1, "spread": 0.0}
+    db.append(TuningRecord(task=kernel_task_key(kernel, wl, FEATURES), kernel=str(kernel.key), spec="w4a8",
+                           workload=workload_to_json(wl), config=space.config_to_json(fb.base),
+                           latency=lat, device=device))
+    chooser = TunedConfigs(db, FEATURES, device["id"])
+    assert chooser(kernel, wl, "fc") == (fb, "fallback")
+    block = W4A8Config(fb.base, "block")
+    db.append(TuningRecord(task=kernel_task_key(kernel, wl, FEATURES), kernel=str(kernel.key), spec="w4a8",
+                           workload=workload_to_json(wl), config=space.config_to_json(block),
+                           latency={**lat, "median_us": 0.5}, device=device))
+    assert TunedConfigs(db, FEATURES, device["id"])(kernel, wl, "fc") == (block, "tuned")
