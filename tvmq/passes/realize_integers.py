@@ -167,7 +167,9 @@ def _tensor_args(call: relax.Call) -> list[int]:
 def _float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
     """numpy for a float op between layers that gives TVM's result bit for bit (its legalized
     TOPI compute: one rounding per elementwise op, sums in loop order), as a function of the
-    call's tensor arguments; None for an op tvmq does not reproduce."""
+    call's tensor arguments; None for an op tvmq does not reproduce (or one on other types)."""
+    if str(getattr(call.ty, "dtype", "")) != "float32":
+        return None
     a = call.attrs
     op = call.op
     if op == ADD:
