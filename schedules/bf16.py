@@ -17,8 +17,13 @@ bf16 and repacked as channel pairs once per call, uint16 weights with the pairs 
 accumulators. Their sums differ from the portable kernel's in order (odd channel of each pair
 first) and in denormal handling (DAZ / FTZ), so they have their own exact reference
 (``reference.conv2d_bf16_dot`` / ``dense_bf16_dot``). They are cross-compiled on any host and run
-only on such CPUs. Depthwise convs (no channel reduction to pair) always take the portable kernel;
-AMX-BF16 (``tdpbf16ps``) kernels are not written: AMX CPUs take the AVX512-BF16 ones.
+only on such CPUs. Depthwise convs (no channel reduction to pair) always take the portable kernel.
+
+On CPUs with AMX-BF16 (``amx_bf16``), convs take the AMX form of the native conv
+(``conv2d/bf16/amx``: ``tdpbf16ps`` tiles of up to 16 pixels x 16 channels x 32 input channels,
+stride 1; strided convs its ``vdpbf16ps`` form); dense layers keep the AVX512-BF16 kernel.
+``tdpbf16ps`` sums a tile op's even and odd channels in two partials (the SDM's pseudo-code), so
+that kernel has its own reference (``reference.conv2d_bf16_amx``), not checked on hardware here.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -157,36 +158,33 @@ def _px_vnni_16x4_impl(A: T.Buffer((16, 4), "uint8", offset_factor=1),
 
 # --- AMX tiles: tdpbusd, M pixels x 16 channels x 64 input channels per instruction ---------
 @functools.lru_cache(maxsize=None)
-def amx_intrinsics(m: int) -> tuple[str, str, str]:
-    """Register (once) and name the three AMX intrinsics for ``m`` tile rows (output pixels).
-
-    tmm0 = the ``m x 16`` int32 accumulator, tmm1 = activations (``m`` rows of 64 uint8 input
-    channels, row stride = the pixel stride), tmm2 = weights (16 rows of 16 output channels x 4,
-    VNNI-packed). ``zero`` (the init block: ``ldtilecfg`` + ``tilezero``), ``dot`` (the update:
-    two ``tileloadd`` + ``tdpbusd``; the accumulator stays in tmm0 between calls), ``store``
-    (``tilestored`` into the tile's int32 buffer, which the epilogue reads). Correct because a
-    thread finishes one output tile before it starts the next (the schedule's loop order).
-    Every process must request AMX permission first (``tvmq.runtime`` does).
-    """
+def amx_tile_ops(m: int, acc_dtype: str):  # type: ignore[no-untyped-def]
+    """The accumulator tile's zero and store intrinsics, for every AMX dot product (``tdpbusd``
+    here, ``tdpbf16ps`` in ``intrinsics_bf16``): ``(zero_desc, zero_impl, store_desc,
+    store_impl)`` over an ``m x 16`` tile of ``acc_dtype`` (int32 / float32, 4 bytes: 64 bytes
+    a row). ``zero`` is the init block (``ldtilecfg``: tmm0 = C with ``m`` rows, tmm1 = A with
+    ``m`` rows, tmm2 = B with 16 rows, 64 bytes each; then ``tilezero`` tmm0), ``store`` the
+    ``tilestored`` of tmm0 into the tile's buffer, which the epilogue reads."""
     if not 1 <= m <= 16:
         raise ValueError(f"AMX tiles have 1..16 rows, got {m}")
+    zero = tirx.const(0, acc_dtype)
 
     @T.prim_func(s_tir=True)
     def zero_desc(c: T.handle) -> None:
         sc = T.int32()
-        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
         with T.sblock("root"):
             T.reads()
             T.writes(C[0:m, 0:16])
             for i, j in T.grid(m, 16):
                 with T.sblock("init"):
                     vi, vj = T.axis.remap("SS", [i, j])
-                    C[vi, vj] = T.int32(0)
+                    C[vi, vj] = zero
 
     @T.prim_func(s_tir=True)
     def zero_impl(c: T.handle) -> None:
         sc = T.int32()
-        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
         with T.sblock("root"):
             T.reads()
             T.writes(C[0:m, 0:16])
@@ -201,6 +199,47 @@ def amx_intrinsics(m: int) -> tuple[str, str, str]:
             cfg[50] = T.uint8(16)  # tmm2 (B)
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.uint8(0)))
+
+    @T.prim_func(s_tir=True)
+    def store_desc(c: T.handle, d: T.handle) -> None:
+        sc = T.int32()
+        sd = T.int32()
+        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
+        D = T.match_buffer(d, (m, 16), acc_dtype, offset_factor=1, strides=[sd, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16])
+            T.writes(D[0:m, 0:16])
+            for i, j in T.grid(m, 16):
+                with T.sblock("store"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    D[vi, vj] = C[vi, vj]
+
+    @T.prim_func(s_tir=True)
+    def store_impl(c: T.handle, d: T.handle) -> None:
+        sc = T.int32()
+        sd = T.int32()
+        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
+        D = T.match_buffer(d, (m, 16), acc_dtype, offset_factor=1, strides=[sd, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16])
+            T.writes(D[0:m, 0:16])
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(0),
+                                          D.access_ptr("w"), T.Cast("int64", sd * 4)))
+
+    return zero_desc, zero_impl, store_desc, store_impl
+
+
+def amx_intrinsics(m: int) -> tuple[str, str, str]:
+    """Register (once) and name the three AMX intrinsics for ``m`` tile rows (output pixels).
+
+    tmm0 = the ``m x 16`` int32 accumulator, tmm1 = activations (``m`` rows of 64 uint8 input
+    channels, row stride = the pixel stride), tmm2 = weights (16 rows of 16 output channels x 4,
+    VNNI-packed). ``zero`` and ``store``: ``amx_tile_ops``; ``dot`` (the update: two
+    ``tileloadd`` + ``tdpbusd``; the accumulator stays in tmm0 between calls). Correct because a
+    thread finishes one output tile before it starts the next (the schedule's loop order).
+    Every process must request AMX permission first (``tvmq.runtime`` does).
+    """
+    zero_desc, zero_impl, store_desc, store_impl = amx_tile_ops(m, "int32")
 
     @T.prim_func(s_tir=True)
     def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -232,32 +271,6 @@ def amx_intrinsics(m: int) -> tuple[str, str, str]:
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(2),
                                           B.access_ptr("r"), T.int64(64)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(0), T.uint8(1), T.uint8(2)))
-
-    @T.prim_func(s_tir=True)
-    def store_desc(c: T.handle, d: T.handle) -> None:
-        sc = T.int32()
-        sd = T.int32()
-        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
-        D = T.match_buffer(d, (m, 16), "int32", offset_factor=1, strides=[sd, 1])
-        with T.sblock("root"):
-            T.reads(C[0:m, 0:16])
-            T.writes(D[0:m, 0:16])
-            for i, j in T.grid(m, 16):
-                with T.sblock("store"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    D[vi, vj] = C[vi, vj]
-
-    @T.prim_func(s_tir=True)
-    def store_impl(c: T.handle, d: T.handle) -> None:
-        sc = T.int32()
-        sd = T.int32()
-        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
-        D = T.match_buffer(d, (m, 16), "int32", offset_factor=1, strides=[sd, 1])
-        with T.sblock("root"):
-            T.reads(C[0:m, 0:16])
-            T.writes(D[0:m, 0:16])
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(0),
-                                          D.access_ptr("w"), T.Cast("int64", sd * 4)))
 
     names = (f"tvmq_amx_zero_{m}", f"tvmq_amx_dot_{m}x16x64", f"tvmq_amx_store_{m}")
     for name, desc, impl in zip(names, (zero_desc, dot_desc, store_desc), (zero_impl, dot_impl, store_impl)):

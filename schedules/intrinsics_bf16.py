@@ -1,4 +1,6 @@
-"""The AVX512-BF16 dot-product tensor intrinsic: ``vdpbf16ps`` zmm, 16 fp32 lanes x 2 bf16.
+"""bf16 dot-product tensor intrinsics: AVX512-BF16 ``vdpbf16ps`` zmm (16 fp32 lanes x 2 bf16) and
+AMX-BF16 ``tdpbf16ps`` tiles (``amx_bf16_intrinsics``: up to 16 pixels x 16 fp32 channels x 32
+bf16 input channels per instruction, with its zero / store companions; described at the end).
 
 ``tvmq_dpbf16ps_16x2`` (registered when this module is imported)::
 
@@ -38,8 +40,12 @@ the call disappears and the loop body is the ``vdpbf16ps`` instruction itself (c
 
 from __future__ import annotations
 
+import functools
+
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from .intrinsics import amx_tile_ops
 
 DPBF16PS_16X2 = "tvmq_dpbf16ps_16x2"
 LANES = 16  # fp32 accumulators per instruction (one zmm)
@@ -123,3 +129,150 @@ TensorIntrin.register(DPBF16PS_16X2, _desc, _impl, override=True)
 # tests, which run the kernels' packing, repack, loop order and epilogue on CPUs without
 # AVX512-BF16 against the same bit-exact reference.
 TensorIntrin.register(DPBF16PS_16X2_EMULATED, _desc, _emulated_impl, override=True)
+
+
+# --- AMX-BF16 tiles: tdpbf16ps, M pixels x 16 channels x 32 input channels per instruction ------
+AMX_ROWS = 16  # the most rows (output pixels) a tile holds
+AMX_N = 16  # fp32 output channels per tile row (64 bytes)
+AMX_K = 32  # bf16 input channels per tile op (16 pairs: 64 bytes per row of A)
+_F32_MIN_NORMAL = 1.1754943508222875e-38
+
+
+def _amx_bf16_descs(m: int):  # type: ignore[no-untyped-def]
+    """The three descriptions (what tensorize matches): zero the ``m x 16`` fp32 tile and store
+    it (``intrinsics.amx_tile_ops``), and accumulate ``m`` pixels x 16 channels over 16
+    input-channel pairs."""
+    zero_desc, _, store_desc, _ = amx_tile_ops(m, "float32")
+
+    @T.prim_func(s_tir=True)
+    def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (m, 32), "uint16", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (16, 16, 2), "uint16", offset_factor=1)
+        C = T.match_buffer(c, (m, 16), "float32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16], A[0:m, 0:32], B[0:16, 0:16, 0:2])
+            T.writes(C[0:m, 0:16])
+            for i, j, kf, ks in T.grid(m, 16, 16, 2):
+                with T.sblock("update"):
+                    vi, vj, vkf, vks = T.axis.remap("SSRR", [i, j, kf, ks])
+                    C[vi, vj] = C[vi, vj] \
+                        + T.reinterpret("float32", T.shift_left(T.Cast("uint32", A[vi, vkf * 2 + vks]), T.uint32(16))) \
+                        * T.reinterpret("float32", T.shift_left(T.Cast("uint32", B[vkf, vj, vks]), T.uint32(16)))
+
+    return zero_desc, dot_desc, store_desc
+
+
+def _amx_bf16_impls(m: int):  # type: ignore[no-untyped-def]
+    """The AMX implementations: ``ldtilecfg`` + ``tilezero`` tmm0; two ``tileloadd`` (tmm1: the
+    ``m`` pixel rows of 32 bf16, row stride = the pixel stride in bytes; tmm2: the 16 pair rows
+    of 16 channels x 2 bf16, 64 bytes each) + ``tdpbf16ps tmm0, tmm1, tmm2``; ``tilestored``
+    tmm0 into the fp32 tile buffer."""
+    _, zero_impl, _, store_impl = amx_tile_ops(m, "float32")
+
+    @T.prim_func(s_tir=True)
+    def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (m, 32), "uint16", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (16, 16, 2), "uint16", offset_factor=1)
+        C = T.match_buffer(c, (m, 16), "float32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16], A[0:m, 0:32], B[0:16, 0:16, 0:2])
+            T.writes(C[0:m, 0:16])
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(1),
+                                          A.access_ptr("r"), T.Cast("int64", sa * 2)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(2),
+                                          B.access_ptr("r"), T.int64(64)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.uint8(0), T.uint8(1), T.uint8(2)))
+
+    return zero_impl, dot_impl, store_impl
+
+
+def _amx_bf16_emulated_impls(m: int):  # type: ignore[no-untyped-def]
+    """The same three operations on memory (any CPU), ``tdpbf16ps`` by the SDM's pseudo-code:
+    the tile is the fp32 buffer itself (zeroed, accumulated in place, copied out), and each
+    output of one instruction sums its even-element products and its odd-element products in
+    two separate fp32 partials from +0 (one ``llvm.fma.f32`` per pair, in pair order), then
+    adds the two partials and adds that to the accumulator; DAZ on the bf16 inputs, FTZ after
+    every operation (a denormal becomes a zero of its sign: ``r * 0``)."""
+
+    @T.prim_func(s_tir=True)
+    def zero_impl(c: T.handle) -> None:
+        sc = T.int32()
+        C = T.match_buffer(c, (m, 16), "float32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:m, 0:16])
+            for i, j in T.grid(m, 16):
+                C[i, j] = T.float32(0)
+
+    @T.prim_func(s_tir=True)
+    def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (m, 32), "uint16", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (16, 16, 2), "uint16", offset_factor=1)
+        C = T.match_buffer(c, (m, 16), "float32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16], A[0:m, 0:32], B[0:16, 0:16, 0:2])
+            T.writes(C[0:m, 0:16])
+            part = T.alloc_buffer((2,), "float32", scope="local")
+            for i, j in T.grid(m, 16):
+                part[0] = T.float32(0)
+                part[1] = T.float32(0)
+                for k, e in T.grid(16, 2):
+                    x = T.reinterpret("float32", T.shift_left(T.Cast("uint32", A[i, k * 2 + e]), T.uint32(16)))
+                    w = T.reinterpret("float32", T.shift_left(T.Cast("uint32", B[k, j, e]), T.uint32(16)))
+                    x0 = T.Select(T.fabs(x) < T.float32(_F32_MIN_NORMAL), x * T.float32(0), x)
+                    w0 = T.Select(T.fabs(w) < T.float32(_F32_MIN_NORMAL), w * T.float32(0), w)
+                    r = T.call_llvm_pure_intrin("float32", "llvm.fma.f32", x0, w0, part[e])
+                    part[e] = T.Select(T.fabs(r) < T.float32(_F32_MIN_NORMAL), r * T.float32(0), r)
+                s = part[0] + part[1]
+                s0 = T.Select(T.fabs(s) < T.float32(_F32_MIN_NORMAL), s * T.float32(0), s)
+                t = C[i, j] + s0
+                C[i, j] = T.Select(T.fabs(t) < T.float32(_F32_MIN_NORMAL), t * T.float32(0), t)
+
+    @T.prim_func(s_tir=True)
+    def store_impl(c: T.handle, d: T.handle) -> None:
+        sc = T.int32()
+        sd = T.int32()
+        C = T.match_buffer(c, (m, 16), "float32", offset_factor=1, strides=[sc, 1])
+        D = T.match_buffer(d, (m, 16), "float32", offset_factor=1, strides=[sd, 1])
+        with T.sblock("root"):
+            T.reads(C[0:m, 0:16])
+            T.writes(D[0:m, 0:16])
+            for i, j in T.grid(m, 16):
+                D[i, j] = C[i, j]
+
+    return zero_impl, dot_impl, store_impl
+
+
+@functools.cache
+def amx_bf16_intrinsics(m: int, emulated: bool = False) -> tuple[str, str, str]:
+    """Register (once) and name the three AMX-BF16 intrinsics for ``m`` tile rows (output
+    pixels), the bf16 twin of ``schedules.intrinsics.amx_intrinsics``.
+
+    tmm0 = the ``m x 16`` fp32 accumulator, tmm1 = activations (``m`` rows of 32 bf16 input
+    channels = 16 pairs, row stride = the pixel stride), tmm2 = weights (16 rows, one per input
+    channel pair, of 16 output channels x 2 bf16: the native kernels' ``[.., ic/2, oc, 2]``
+    packing with ``oc_bn=16``). ``zero`` (the init block: ``ldtilecfg`` + ``tilezero``), ``dot``
+    (the update: two ``tileloadd`` + ``tdpbf16ps``; the accumulator stays in tmm0 between
+    calls), ``store`` (``tilestored`` into the fp32 tile buffer the epilogue reads). Correct
+    because a thread finishes one output tile before it starts the next (the schedule's loop
+    order). Every process must request AMX permission first (``tvmq.runtime`` does: the one
+    XTILEDATA permission covers AMX-INT8 and AMX-BF16).
+
+    What ``tdpbf16ps`` computes is not what ``vdpbf16ps`` computes (see ``reference.
+    bf16_amx_step``). ``emulated``: the same descriptions implemented on memory by that
+    definition (``_amx_bf16_emulated_impls``, any CPU), for the tests.
+    """
+    if not 1 <= m <= AMX_ROWS:
+        raise ValueError(f"AMX tiles have 1..{AMX_ROWS} rows, got {m}")
+    impls = _amx_bf16_emulated_impls(m) if emulated else _amx_bf16_impls(m)
+    tag = "_emulated" if emulated else ""
+    names = (f"tvmq_amx_bf16_zero_{m}{tag}", f"tvmq_amx_bf16_dot_{m}x16x32{tag}", f"tvmq_amx_bf16_store_{m}{tag}")
+    for name, desc, impl in zip(names, _amx_bf16_descs(m), impls):
+        TensorIntrin.register(name, desc, impl, override=True)
+    return names

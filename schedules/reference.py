@@ -334,3 +334,58 @@ def dense_bf16_dot(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
     for c in order:
         acc = bf16_dot_step(x[:, c, None], w[None, :, c], acc)
     return _float_epilogue(acc, bias, wl.epilogue, residual)
+
+
+# -- AMX-BF16 ``tdpbf16ps``, by the Intel SDM's pseudo-code -----------------------------------------
+# Per output element (row m, column n) of one instruction over K/2 channel pairs, the SDM
+# (``TDPBF16PS``, "Operation") keeps two fp32 partials, both starting at +0:
+#     for k in 0 .. K/2-1:   even = even + a[2k]   * b[2k]      (FP32 FMA, DAZ = FTZ = 1, RNE)
+#                            odd  = odd  + a[2k+1] * b[2k+1]    (same)
+#     dest = dest + (even + odd)                                (two FP32 adds, DAZ = FTZ = 1, RNE)
+# MXCSR is neither consulted nor updated. (The Intrinsics Guide's shorter pseudo-code for
+# ``_tile_dpbf16ps`` accumulates both products straight into ``dest``, like ``vdpbf16ps`` but
+# even first; the SDM's is the one followed here.) Hardware may order the partial sums
+# otherwise: this has not been checked on an AMX CPU.
+
+
+def bf16_amx_step(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """One ``tdpbf16ps`` for every output: ``a`` ``[..., K]`` (K even: the op's input channels,
+    pairs adjacent) against ``b`` ``[..., K]`` (bf16 values as float32, already DAZ), broadcast
+    against each other, added to ``acc`` as the SDM's pseudo-code does (see above)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-1], np.shape(acc))
+    even = np.zeros(shape, np.float32)
+    odd = np.zeros(shape, np.float32)
+    for k in range(0, a.shape[-1], 2):
+        even = bf16_dot_step(a[..., k], b[..., k], even)
+        odd = bf16_dot_step(a[..., k + 1], b[..., k + 1], odd)
+    return flush_denormals(acc + flush_denormals(even + odd))
+
+
+def conv2d_bf16_amx(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                    wl: Conv2dWorkload, ic_bn: int, residual: np.ndarray | None = None) -> np.ndarray:
+    """A conv as the AMX-BF16 kernel computes it: ``data`` / ``weight`` bf16 values (float32
+    arrays), read with DAZ, each group's input channels zero padded to blocks of ``ic_bn``; each
+    output accumulates from 0 one ``bf16_amx_step`` per (channel block, kernel row, kernel
+    column), in that order, over the block's ``ic_bn`` channels (padding terms included, as the
+    tile ops read them); then the float32 epilogue."""
+    g, cg, kg = wl.groups, wl.in_per_group, wl.out_per_group
+    n, oh, ow = data.shape[0], wl.out_height, wl.out_width
+    blocks = -(-cg // ic_bn)
+    x = flush_denormals(data).reshape(n, g, cg, wl.height, wl.width)
+    x = np.pad(x, ((0, 0), (0, 0), (0, blocks * ic_bn - cg), (wl.pad_top, wl.pad_bottom),
+                   (wl.pad_left, wl.pad_right)))
+    w = flush_denormals(weight).reshape(g, kg, cg, wl.kernel_h, wl.kernel_w)
+    w = np.pad(w, ((0, 0), (0, 0), (0, blocks * ic_bn - cg), (0, 0), (0, 0)))
+    acc = np.zeros((n, g, kg, oh, ow), np.float32)
+    for blk in range(blocks):
+        chans = slice(blk * ic_bn, (blk + 1) * ic_bn)
+        for r in range(wl.kernel_h):
+            for s in range(wl.kernel_w):
+                y0, x0 = r * wl.dilation_h, s * wl.dilation_w
+                tap = x[:, :, chans, y0: y0 + (oh - 1) * wl.stride_h + 1: wl.stride_h,
+                        x0: x0 + (ow - 1) * wl.stride_w + 1: wl.stride_w]  # n, g, K, oh, ow
+                a = np.moveaxis(tap, 2, -1)[:, :, None]  # n, g, 1, oh, ow, K
+                b = w[:, :, chans, r, s][None, :, :, None, None, :]  # 1, g, kg, 1, 1, K
+                acc = bf16_amx_step(a, b, acc)
+    return _float_epilogue(acc.reshape(n, wl.out_channels, oh, ow), bias, wl.epilogue, residual)

@@ -305,6 +305,17 @@ for _op, _mod, _desc in (
                        f"native bf16 on AVX512-BF16 vdpbf16ps (bf16 pairs, fp32 accumulation): {_desc}",
                        _mod.dot_order, requires=lambda f: f.avx512_bf16,
                        float_reference_fn=_mod.float_reference))
+# native bf16 on AMX-BF16 tiles (``tdpbf16ps``), where the target has amx_bf16: convs of stride 1
+# (a tile of up to 16 pixels x 16 channels x 32 input channels per op); strided convs get the
+# ``vdpbf16ps`` configuration of the same module (``fallback_config``), hence avx512_bf16 too
+# (every AMX-BF16 CPU has it). Without amx_bf16 ``select`` walks down to the kernels above.
+register(KernelDef(KernelKey("conv2d", "bf16", "amx"), conv2d_bf16_dot.compute, conv2d_bf16_dot.schedule,
+                   functools.partial(conv2d_bf16_dot.fallback_config, dot=conv2d_bf16_dot.TDPBF16PS),
+                   conv2d_bf16_dot.pack_weight, conv2d_bf16_dot.input_shape, conv2d_bf16_dot.output_shape,
+                   "native bf16 on AMX-BF16 tdpbf16ps tiles (stride 1; strided convs: vdpbf16ps), fp32 "
+                   "accumulation: NCHWc direct conv (every conv with a channel reduction)",
+                   conv2d_bf16_dot.dot_order, requires=lambda f: f.amx_bf16 and f.avx512_bf16,
+                   float_reference_fn=conv2d_bf16_dot.float_reference))
 
 
 def int16_activations(base: KernelDef) -> KernelDef:

@@ -117,7 +117,7 @@ def _int8_dot(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[An
     d = DOT_PRODUCTS[dot]
     if d is AMX_16X64:
         return _grid(lambda reg_n: int8_dot.DotConv2dConfig(64, 16, reg_n, dot),
-                     reg_n=range(1, min(16, wl.out_width) + 1))
+                     reg_n=range(2, min(16, wl.out_width) + 1))
     regs = features.vector_registers
     oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
 

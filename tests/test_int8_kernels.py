@@ -244,3 +244,22 @@ def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, is
     assert instruction in asm
     if isa != "avx2":
         assert "zmm" in asm
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_amx_kernel_space_compiles_for_narrow_outputs(width: int) -> None:
+    """AMX tiles need at least two pixel rows: a one-pixel-wide output takes the VNNI form, and
+    every configuration the tuning space offers cross-compiles (reg_n = 1 did not tensorize)."""
+    from schedules import space
+
+    features = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
+                              amx_int8=True)
+    wl = Conv2dWorkload(1, 64, 4, width, 32, 3, 3, 1, 1, 1, 1, 1, 1)
+    kernel = registry.select("conv2d", "w8a8", features)
+    start = kernel.fallback_config(wl, features)
+    assert (start.dot == "tvmq_amx") == (width > 1)
+    configs = space.config_space(start, wl, features)
+    assert all(c.reg_n >= 2 for c in configs if c.dot == "tvmq_amx")
+    for cfg in configs[:4]:
+        tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                    target=tvm.target.Target(features.target_json()))

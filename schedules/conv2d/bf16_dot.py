@@ -1,4 +1,4 @@
-"""Native bf16 conv2d on AVX512-BF16 ``vdpbf16ps``: NCHWc register-tiled direct conv.
+"""Native bf16 conv2d on AVX512-BF16 ``vdpbf16ps`` or AMX-BF16 ``tdpbf16ps``: NCHWc direct conv.
 
 The structure of ``int8_dot`` with bf16 operands and fp32 accumulators: the float32 NCHW input is
 rounded to bf16 (nearest even, ``bf16.bits_expr``) and repacked once per call to
@@ -21,7 +21,18 @@ Summation order, per output: channel block, kernel row, kernel column, channel p
 pair the odd channel, then the even one (``dot_order``). ``float_reference`` reproduces it bit
 for bit (``reference.conv2d_bf16_dot``).
 
-Knobs (``Bf16DotConv2dConfig``): ``ic_bn`` (even), ``oc_bn`` (a multiple of 16), ``reg_n``.
+The AMX form (``dot=TDPBF16PS``, the ``conv2d/bf16/amx`` kernel where the CPU has ``amx_bf16``):
+the same compute, packing and epilogue with ``ic_bn=32``, ``oc_bn=16``, ``reg_n <= 16``; one
+tile of ``reg_n`` (2..16) pixels x 16 channels, zeroed, accumulated over ``(ICB, R, S)`` in tmm0 by
+``tdpbf16ps`` (32 input channels = 16 pairs per op, ``intrinsics_bf16.amx_bf16_intrinsics``),
+stored once to an fp32 tile buffer the epilogue reads. Stride 1 only (a tile row load reads
+consecutive pixels): strided convs, and one-pixel-wide outputs, keep ``vdpbf16ps`` (``fallback_config``). Each ``tdpbf16ps``
+sums its 16 even-channel and its 16 odd-channel products in two fp32 partials, adds them, then
+adds that to the accumulator (the SDM's pseudo-code): ``float_reference`` follows it
+(``reference.conv2d_bf16_amx``); not checked on an AMX CPU.
+
+Knobs (``Bf16DotConv2dConfig``): ``ic_bn`` (even), ``oc_bn`` (a multiple of 16), ``reg_n``;
+``dot`` (``VDPBF16PS`` / ``TDPBF16PS``) names the instruction and is fixed by the kernel.
 """
 
 from __future__ import annotations
@@ -43,25 +54,48 @@ from ..common import (
     schedule_repack,
     split_tile,
 )
-from ..intrinsics_bf16 import DPBF16PS_16X2, GROUP, LANES, bf16_value
+from ..intrinsics_bf16 import (
+    AMX_K,
+    AMX_N,
+    AMX_ROWS,
+    DPBF16PS_16X2,
+    GROUP,
+    LANES,
+    amx_bf16_intrinsics,
+    bf16_value,
+)
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_direct import input_shape, output_shape, pack_input
 from .int8_dot import dot_conv_body
 
-__all__ = ["Bf16DotConv2dConfig", "compute", "config_space", "dot_order", "fallback_config",
-           "float_reference", "input_shape", "output_shape", "pack_weight", "schedule"]
+__all__ = ["DOTS", "TDPBF16PS", "VDPBF16PS", "Bf16DotConv2dConfig", "compute", "config_space", "dot_order",
+           "fallback_config", "float_reference", "input_shape", "output_shape", "pack_weight", "schedule"]
+
+
+VDPBF16PS = "vdpbf16ps"  # AVX512-BF16, zmm register tiles
+TDPBF16PS = "tdpbf16ps"  # AMX-BF16 tiles
+DOTS = (VDPBF16PS, TDPBF16PS)
 
 
 @dataclass(frozen=True)
 class Bf16DotConv2dConfig:
-    """Blocking of the native bf16 conv: input / output channel blocks, register tile width."""
+    """Blocking of the native bf16 conv: input / output channel blocks, register (or AMX tile)
+    width, and the instruction (``dot``)."""
 
     ic_bn: int
     oc_bn: int
     reg_n: int
+    dot: str = VDPBF16PS
 
     def __post_init__(self) -> None:
+        if self.dot not in DOTS:
+            raise ValueError(f"unknown bf16 dot product {self.dot!r}; known: {', '.join(DOTS)}")
+        # (a one-row tile, reg_n=1, does not tensorize: the unit pixel loop is dropped)
+        if self.dot == TDPBF16PS and (self.ic_bn != AMX_K or self.oc_bn != AMX_N
+                                      or not 2 <= self.reg_n <= AMX_ROWS):
+            raise ValueError(f"AMX-BF16 tiles need ic_bn={AMX_K}, oc_bn={AMX_N}, "
+                             f"2<=reg_n<={AMX_ROWS}, got {self}")
         if self.ic_bn < 1 or self.ic_bn % GROUP:
             raise ValueError(f"ic_bn={self.ic_bn} must be a positive multiple of {GROUP} (bf16 pairs)")
         if self.oc_bn < 1 or self.oc_bn % LANES:
@@ -70,10 +104,21 @@ class Bf16DotConv2dConfig:
             raise ValueError("reg_n must be >= 1")
 
 
-def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Bf16DotConv2dConfig:
+def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str = VDPBF16PS) -> Bf16DotConv2dConfig:
     """From the shape alone: ``oc_bn`` one or two zmm of accumulators, ``reg_n`` pixels so that
     the tile, the weight vectors and the broadcast input fit the 32 zmm registers; ``ic_bn`` 16
-    input channels (the group's input channels rounded up to a pair when fewer)."""
+    input channels (the group's input channels rounded up to a pair when fewer).
+
+    ``dot=TDPBF16PS`` (the AMX kernel): one tile of ``reg_n`` pixels (16 down to 7 dividing the
+    output width, else as many as fit in 16) x 16 channels x 32 input channels, for convs of
+    stride 1 at least two pixels wide; a strided conv gets the ``vdpbf16ps`` configuration
+    above (a tile row load reads consecutive pixels), and so does a one-pixel-wide one."""
+    if dot not in DOTS:
+        raise ValueError(f"unknown bf16 dot product {dot!r}; known: {', '.join(DOTS)}")
+    if dot == TDPBF16PS and wl.stride_w == 1 and wl.out_width >= 2:
+        reg_n = max((m for m in range(AMX_ROWS, 6, -1) if wl.out_width % m == 0),
+                    default=min(AMX_ROWS, wl.out_width))
+        return Bf16DotConv2dConfig(ic_bn=AMX_K, oc_bn=AMX_N, reg_n=reg_n, dot=TDPBF16PS)
     vecs = 2 if wl.out_per_group > LANES else 1
     max_regs = (32 - 2 - vecs) // vecs
     reg_n = register_tile(wl.out_width, max_regs)
@@ -123,10 +168,15 @@ def compute(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[te.Tensor]:
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = False,  # type: ignore[no-untyped-def]
-             intrin: str = DPBF16PS_16X2) -> None:
+             intrin: str = DPBF16PS_16X2, emulated_amx: bool = False) -> None:
     """Register tile ``reg_n`` x ``oc_bn`` accumulated over ``(ICB, R, S, ic_bn/2)``, the
     innermost ``16 x 2`` step tensorized to ``vdpbf16ps`` (``intrin``: another registration of
-    the same description, for tests); epilogue per tile, the rounding repack parallel by rows."""
+    the same description, for tests); epilogue per tile, the rounding repack parallel by rows.
+    AMX configurations: ``_schedule_amx`` (``emulated_amx``: the tile intrinsics' emulation,
+    for tests)."""
+    if cfg.dot == TDPBF16PS:
+        _schedule_amx(sch, cfg, emulated_amx)
+        return
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     sch.compute_inline(sch.get_sblock("data_bf16"))
@@ -145,12 +195,39 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = F
     schedule_repack(sch, sch.get_sblock("data_pack"))
 
 
+def _schedule_amx(sch, cfg: Bf16DotConv2dConfig, emulated: bool) -> None:  # type: ignore[no-untyped-def]
+    """One AMX tile per (row, ``reg_n`` pixels, 16 channels): zeroed, accumulated over
+    ``(ICB, R, S)`` in tmm0 by ``tdpbf16ps`` (32 input channels per op), stored once to an fp32
+    tile buffer that the epilogue reads (``int8_dot._schedule_amx``'s structure). The tile size
+    is fixed by the intrinsics, so ``reg_n`` is not sampled."""
+    zero, dot, store = amx_bf16_intrinsics(cfg.reg_n, emulated)
+    conv_b = sch.get_sblock("conv")
+    out_b = sch.get_sblock("out")
+    sch.compute_inline(sch.get_sblock("data_bf16"))
+    n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
+    xo, xi = sch.split(x, [None, cfg.reg_n])
+    sch.reorder(n, gi, b, y, xo, rc, rh, rw, xi, ko, rq, rg)
+    tile = sch.cache_write(conv_b, 0, "global")
+    sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
+    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
+    sch.parallel(sch.fuse(n, gi, b, y))
+    init = sch.decompose_reduction(conv_b, rc)
+    sch.tensorize(sch.get_loops(init)[-2], zero)
+    sch.tensorize(xi, dot)
+    sch.tensorize(sch.get_loops(tile)[-2], store)
+    schedule_repack(sch, sch.get_sblock("data_pack"))
+
+
 def dot_order(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[tuple[int, int, int]]:
     """The terms ``(input channel within the group, kernel row, kernel column)`` in the order
     each output accumulates them: channel block, kernel row, kernel column, channel pair (the
     reduction loops of ``compute``, kept sequential by ``schedule``), and within a pair the odd
     channel, then the even one (``vdpbf16ps``'s order). Padding channels (zero products) are
-    left out."""
+    left out. AMX configurations have no single sequential order (``tdpbf16ps`` sums even and
+    odd channels apart): ``ValueError``; ``float_reference`` covers both."""
+    if cfg.dot == TDPBF16PS:
+        raise ValueError("tdpbf16ps sums the even and the odd channels of a tile op in two partials: "
+                         "no single sequential order (see reference.conv2d_bf16_amx)")
     ic_bn, cg = cfg.ic_bn, wl.in_per_group
     return [(ch, r, s) for blk in range(ceil_div(cg, ic_bn)) for r in range(wl.kernel_h)
             for s in range(wl.kernel_w) for q in range(ic_bn // GROUP)
@@ -160,7 +237,12 @@ def dot_order(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[tuple[int, i
 def float_reference(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, data: np.ndarray, weight: np.ndarray,
                     bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
     """What the kernel computes, bit for bit: ``reference.conv2d_bf16_dot`` (bf16-rounded
-    operands, one FMA per term in ``dot_order``, DAZ / FTZ)."""
+    operands, one FMA per term in ``dot_order``, DAZ / FTZ); for AMX configurations
+    ``reference.conv2d_bf16_amx`` (``tdpbf16ps`` by the SDM's pseudo-code, per 32-channel block,
+    kernel row and column; unverified on hardware: no AMX CPU here)."""
+    if cfg.dot == TDPBF16PS:
+        return reference.conv2d_bf16_amx(bf16.round_bf16(data), bf16.round_bf16(weight), bias, wl,
+                                         cfg.ic_bn, residual)
     return reference.conv2d_bf16_dot(bf16.round_bf16(data), bf16.round_bf16(weight), bias, wl,
                                      dot_order(wl, cfg), residual)
 
@@ -168,7 +250,11 @@ def float_reference(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, data: np.ndarr
 def config_space(start: Bf16DotConv2dConfig, wl: Conv2dWorkload) -> list[Bf16DotConv2dConfig]:
     """Candidate configurations for the tuner, ``start`` first: ``ic_bn`` even channel blocks
     up to 64, ``oc_bn`` one or two zmm, every ``reg_n`` whose tile fits the 32 zmm registers
-    (with the weight vectors and the broadcast input). For ``schedules.space.config_space``."""
+    (with the weight vectors and the broadcast input). For ``schedules.space.config_space``.
+    An AMX start: every tile height ``reg_n`` (2..16, at most the output width), the rest fixed."""
+    if start.dot == TDPBF16PS:
+        tiles = [Bf16DotConv2dConfig(AMX_K, AMX_N, r, TDPBF16PS) for r in range(2, min(AMX_ROWS, wl.out_width) + 1)]
+        return [start] + [c for c in tiles if c != start]
     top = min(64, ceil_div(wl.in_per_group, GROUP) * GROUP)
     ics = sorted({b for b in (2, 4, 8, 16, 32, 64) if b <= top} | {top})
     ocs = [LANES, 2 * LANES] if wl.out_per_group > LANES else [LANES]

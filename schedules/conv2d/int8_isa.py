@@ -38,8 +38,9 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
         return int8_pointwise.fallback_config(wl, features, pixel_dots[0])
     if data_dtype == "int16" and isa not in ("avx2", "avx512"):
         raise ValueError(f"int16 activations have no {isa} dot-product kernel (vpmaddwd: avx2, avx512)")
-    if isa == "amx" and wl.stride_w != 1:
-        # an AMX tile loads rows of consecutive pixels: strided convs take the VNNI form
+    if isa == "amx" and (wl.stride_w != 1 or wl.out_width == 1):
+        # an AMX tile loads rows of consecutive pixels (at least two): strided convs and
+        # one-pixel-wide outputs take the VNNI form
         isa = "avx512_vnni"
     dot = next(d.name for d in DOT_PRODUCTS.values() if d.isa == isa)
     return int8_dot.fallback_config(wl, features, dot)
