@@ -54,7 +54,7 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
 
     Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
     by ``ScheduleGeneric``. With a ``plan`` that quantizes layers, ``RealizeIntegers`` makes them
-    integer-only (``stats``: calibration statistics) and ``Lowered.program`` simulates it.
+    integer-only (``stats``: calibration statistics) and ``Lowered.program`` simulates the result.
     ``configs`` chooses each kernel's configuration (``tvmq.tune.TunedConfigs``; default: the
     fallback ones); every kernel entry says which it got (``config_source``).
     """
@@ -171,7 +171,9 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
 
     Without ``plan`` every layer runs in fp32. A ``PrecisionPlan`` with W8A8 layers needs the
     calibration ``stats`` (``tvmq.calibration.collect``); ``BuildResult.program`` is then the
-    numpy simulation of the integer graph the library runs.
+    numpy program of the graph the library runs (integer ops, and any bf16 / fp32 layers in
+    their kernels' summation order): the library equals it bit for bit. It is None where an op
+    tvmq does not reproduce (a softmax) lies before an output, and for plain fp32 builds.
 
     ``db`` (a tuning database path or ``tvmq.tune.TuningDatabase``): each kernel takes the best
     configuration measured on this CPU at ``threads`` threads (``tvmq tune``), the fallback
