@@ -67,7 +67,7 @@ from ..intrinsics_bf16 import (
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_direct import input_shape, output_shape, pack_input
-from .int8_dot import dot_conv_body
+from .int8_dot import dot_conv_body, schedule_amx_tiles
 
 __all__ = ["DOTS", "TDPBF16PS", "VDPBF16PS", "Bf16DotConv2dConfig", "compute", "config_space", "dot_order",
            "fallback_config", "float_reference", "input_shape", "output_shape", "pack_weight", "schedule"]
@@ -198,24 +198,10 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = F
 def _schedule_amx(sch, cfg: Bf16DotConv2dConfig, emulated: bool) -> None:  # type: ignore[no-untyped-def]
     """One AMX tile per (row, ``reg_n`` pixels, 16 channels): zeroed, accumulated over
     ``(ICB, R, S)`` in tmm0 by ``tdpbf16ps`` (32 input channels per op), stored once to an fp32
-    tile buffer that the epilogue reads (``int8_dot._schedule_amx``'s structure). The tile size
+    tile buffer that the epilogue reads (``int8_dot.schedule_amx_tiles``). The tile size
     is fixed by the intrinsics, so ``reg_n`` is not sampled."""
-    zero, dot, store = amx_bf16_intrinsics(cfg.reg_n, emulated)
-    conv_b = sch.get_sblock("conv")
-    out_b = sch.get_sblock("out")
     sch.compute_inline(sch.get_sblock("data_bf16"))
-    n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
-    xo, xi = sch.split(x, [None, cfg.reg_n])
-    sch.reorder(n, gi, b, y, xo, rc, rh, rw, xi, ko, rq, rg)
-    tile = sch.cache_write(conv_b, 0, "global")
-    sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
-    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
-    sch.parallel(sch.fuse(n, gi, b, y))
-    init = sch.decompose_reduction(conv_b, rc)
-    sch.tensorize(sch.get_loops(init)[-2], zero)
-    sch.tensorize(xi, dot)
-    sch.tensorize(sch.get_loops(tile)[-2], store)
-    schedule_repack(sch, sch.get_sblock("data_pack"))
+    schedule_amx_tiles(sch, cfg.reg_n, amx_bf16_intrinsics(cfg.reg_n, emulated))
 
 
 def dot_order(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[tuple[int, int, int]]:

@@ -174,11 +174,18 @@ def _schedule_amx(sch, cfg: DotConv2dConfig, sample: bool) -> None:  # type: ign
     ``(ICB, R, S)`` in tmm0 by ``tdpbusd`` (64 input channels per op), stored once to an int32
     tile buffer that the epilogue reads. The tile size is fixed by the intrinsics, so
     ``reg_n`` is not sampled."""
-    zero, dot, store = amx_intrinsics(cfg.reg_n)
+    schedule_amx_tiles(sch, cfg.reg_n, amx_intrinsics(cfg.reg_n))
+
+
+def schedule_amx_tiles(sch, reg_n: int, intrinsics: tuple[str, str, str]) -> None:  # type: ignore[no-untyped-def]
+    """The AMX tile schedule of a ``dot_conv_body`` conv, whatever the tile instruction
+    (``tdpbusd`` here, ``tdpbf16ps`` in ``bf16_dot``): ``reg_n`` pixels x 16 channels per tile,
+    ``intrinsics`` = (zero, dot, store) tensor intrinsic names."""
+    zero, dot, store = intrinsics
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
-    xo, xi = sch.split(x, [None, cfg.reg_n])
+    xo, xi = sch.split(x, [None, reg_n])
     sch.reorder(n, gi, b, y, xo, rc, rh, rw, xi, ko, rq, rg)
     tile = sch.cache_write(conv_b, 0, "global")
     sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
