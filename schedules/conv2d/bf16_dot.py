@@ -45,11 +45,8 @@ from tvm import te, tirx
 from .. import bf16, reference
 from ..common import (
     ceil_div,
-    finish,
     keep_tile_in_registers,
     kernel_args,
-    optional_bias,
-    optional_residual,
     register_tile,
     schedule_repack,
     split_tile,
@@ -66,7 +63,7 @@ from ..intrinsics_bf16 import (
 )
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
-from .fp32_direct import input_shape, output_shape, pack_input
+from .fp32_direct import float_epilogue, input_shape, output_shape, pack_input
 from .int8_dot import dot_conv_body, schedule_amx_tiles
 
 __all__ = ["DOTS", "TDPBF16PS", "VDPBF16PS", "Bf16DotConv2dConfig", "compute", "config_space", "dot_order",
@@ -154,17 +151,7 @@ def compute(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[te.Tensor]:
     bits = te.compute(wl.data_shape, lambda *i: bf16.bits_expr(data[i]), name="data_bf16")
     dpack = pack_input(wl, cfg, bits, tirx.const(0, "uint16"))  # type: ignore[arg-type]
     conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, dpack, weight, bf16_value)
-    oc_bn = cfg.oc_bn
-    kg = wl.out_per_group
-    bias = optional_bias(wl.epilogue, wl.out_channels)
-    residual = optional_residual(wl.epilogue, output_shape(wl))
-
-    def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
-        return finish(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias, gi * kg + kk, wl.epilogue,
-                      residual, (n, gi, kk, y, x))
-
-    out = te.compute(output_shape(wl), epilogue, name="out")
-    return kernel_args(data, weight, bias, residual, out)
+    return kernel_args(data, weight, *float_epilogue(wl, conv, cfg.oc_bn))
 
 
 def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = False,  # type: ignore[no-untyped-def]

@@ -174,7 +174,14 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
     if weight is None:
         weight = te.placeholder(packed_weight_shape(wl, cfg), "float32", name="weight")
     conv = conv_body(wl, cfg, data, weight, tirx.const(0.0, "float32"), "float32")
-    oc_bn, kg = cfg.oc_bn, wl.out_per_group
+    return kernel_args(data, weight, *float_epilogue(wl, conv, cfg.oc_bn))
+
+
+def float_epilogue(wl: Conv2dWorkload, conv: te.Tensor, oc_bn: int) -> tuple:
+    """``(bias, residual, out)``: the blocked fp32 accumulators ``[N, G, OCB, OH, OWp, oc_bn]``
+    written to NCHW through the workload's epilogue (``common.finish``); bias / residual are
+    None where the epilogue has none. Shared by the fp32 and native bf16 direct convs."""
+    kg = wl.out_per_group
     bias = optional_bias(wl.epilogue, wl.out_channels)
     residual = optional_residual(wl.epilogue, output_shape(wl))
 
@@ -184,8 +191,7 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
 
     # grouped convs write [N, G, K/G, OH, OW] (a free reshape of NCHW): keeping the group axis
     # separate keeps every index affine, which the schedule's region analysis needs
-    out = te.compute(output_shape(wl), epilogue, name="out")
-    return kernel_args(data, weight, bias, residual, out)
+    return bias, residual, te.compute(output_shape(wl), epilogue, name="out")
 
 
 def input_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
