@@ -224,7 +224,7 @@ def amx_tile_ops(m: int, acc_dtype: str):  # type: ignore[no-untyped-def]
             T.reads(C[0:m, 0:16])
             T.writes(D[0:m, 0:16])
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(0),
-                                          D.access_ptr("w"), T.Cast("int64", sd * 4)))
+                                          T.address_of(D[0, 0]), T.Cast("int64", sd * 4)))
 
     return zero_desc, zero_impl, store_desc, store_impl
 
@@ -267,9 +267,9 @@ def amx_intrinsics(m: int) -> tuple[str, str, str]:
             T.reads(C[0:m, 0:16], A[0:m, 0:64], B[0:16, 0:16, 0:4])
             T.writes(C[0:m, 0:16])
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(1),
-                                          A.access_ptr("r"), T.Cast("int64", sa)))
+                                          T.address_of(A[0, 0]), T.Cast("int64", sa)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(2),
-                                          B.access_ptr("r"), T.int64(64)))
+                                          T.address_of(B[0, 0, 0]), T.int64(64)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(0), T.uint8(1), T.uint8(2)))
 
     names = (f"tvmq_amx_zero_{m}", f"tvmq_amx_dot_{m}x16x64", f"tvmq_amx_store_{m}")

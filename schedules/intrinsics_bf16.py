@@ -182,9 +182,9 @@ def _amx_bf16_impls(m: int):  # type: ignore[no-untyped-def]
             T.reads(C[0:m, 0:16], A[0:m, 0:32], B[0:16, 0:16, 0:2])
             T.writes(C[0:m, 0:16])
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(1),
-                                          A.access_ptr("r"), T.Cast("int64", sa * 2)))
+                                          T.address_of(A[0, 0]), T.Cast("int64", sa * 2)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(2),
-                                          B.access_ptr("r"), T.int64(64)))
+                                          T.address_of(B[0, 0, 0]), T.int64(64)))
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", T.uint8(0), T.uint8(1), T.uint8(2)))
 
     return zero_impl, dot_impl, store_impl

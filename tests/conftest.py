@@ -1,4 +1,6 @@
-"""Shared fixtures: the bundled Fashion-MNIST CNN compiled once per session."""
+"""Shared fixtures (the bundled Fashion-MNIST CNN compiled once per session), and what a reader
+of a CI log needs to know: at the start, the CPU and the ISA levels the kernels will run at; at
+the end, the skips grouped by reason (each reason names the command or CPU that runs them)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,39 @@ FMNIST_DIR = ROOT / "models" / "fmnist_cnn"
 MOBILENETV2 = ROOT / ".cache" / "models" / "mobilenetv2.onnx"
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Every test process (xdist workers too): the AMX tile state, which Linux grants a process
+    only on request, before any kernel runs a tile instruction (as ``tvmq.load`` does for a user);
+    then the CPU and the levels the kernels run at, at the top of the log."""
+    from tvmq.runtime import request_amx_permission
+
+    from .isa import HOST, describe_host
+
+    if HOST.amx_int8 and not request_amx_permission():
+        pytest.exit("this CPU has AMX but Linux refused the tile state (arch_prctl XTILEDATA)", 1)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(describe_host())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    """Skips grouped by reason, with the tests each reason holds back."""
+    groups: dict[str, list[str]] = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        test = rep.nodeid.split("::", 1)[-1].split("[", 1)[0]
+        groups.setdefault(reason, []).append(test)
+    if not groups:
+        return
+    terminalreporter.section("skips by reason")
+    for reason, tests in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        names = sorted(set(tests))
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        terminalreporter.write_line(f"{len(tests):3d} skipped: {reason}")
+        terminalreporter.write_line(f"      ({shown})")
 
 
 def light_model(name: str) -> Path:

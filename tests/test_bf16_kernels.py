@@ -29,16 +29,9 @@ from tvm import s_tir, te
 from schedules import bf16, intrinsics_bf16, reference, registry, space
 from schedules.conv2d import bf16_dot as conv_native
 from schedules.dense import bf16_dot as dense_native
-from schedules.target_features import TargetFeatures, detect_host
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
-HOST = detect_host()
-COOPERLAKE = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
-                            avx512_bf16=True, num_cores=2)
-CASCADELAKE = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
-                             num_cores=2)
-SAPPHIRERAPIDS = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
-                                avx512_bf16=True, amx_int8=True, amx_bf16=True, num_cores=2)
+from .isa import CASCADELAKE, COOPERLAKE, HOST, SAPPHIRERAPIDS
 needs_avx512_bf16 = pytest.mark.skipif(not HOST.avx512_bf16, reason=(
     "this CPU cannot execute AVX512-BF16 (vdpbf16ps): run `make test` on a CPU whose /proc/cpuinfo "
     "lists avx512_bf16 (the kernels' compilation is checked here by "
@@ -110,6 +103,12 @@ def conv_cases(draw):  # type: ignore[no-untyped-def]
     wl = Conv2dWorkload(draw(st.integers(1, 2)), cg * groups, hw, hw + draw(st.integers(0, 3)), kg * groups,
                         k, k, stride, stride, pad, pad, pad, pad, groups=groups, epilogue=ep)
     return wl, draw(st.integers(0, 2 ** 16))
+
+
+def native_conv_cases():  # type: ignore[no-untyped-def]
+    """The cases a model build runs on a native (or AMX) bf16 conv: not depthwise (those take the
+    portable depthwise kernel: a channel has no partner to pair with)."""
+    return conv_cases().filter(lambda case: registry.op_of(case[0]) == "conv2d")
 
 
 @st.composite
@@ -193,18 +192,32 @@ def test_native_and_portable_kernels_are_interchangeable_for_the_compiler() -> N
 
 # --- (c) bit-exact on the instruction itself (AVX512-BF16 CPUs) -----------------------------------
 def _run_native(wl, operands) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    kernel = registry.select(registry.op_of(wl), "bf16", HOST)
-    assert kernel.key.isa == "avx512_vnni"
-    cfg = kernel.fallback_config(wl, HOST)
+    """On this CPU limited to the native kernel's level (an AMX-BF16 CPU's best bf16 conv is the
+    AMX one, tested below)."""
+    features = HOST.with_isa("avx512_vnni")
+    kernel = registry.select(registry.op_of(wl), "bf16", features)
+    assert kernel.key.isa == "avx512_vnni", (wl, kernel.key)
+    cfg = kernel.fallback_config(wl, features)
     ex = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
-                     target=tvm.target.Target(HOST.target_json()))
+                     target=tvm.target.Target(features.target_json()))
     got = _execute(ex, kernel, wl, cfg, *operands)
     data, weight, bias, residual = operands
-    return got, kernel.float_reference(wl, cfg, data, weight, bias, residual, fma=HOST.fused_multiply_add)
+    return got, kernel.float_reference(wl, cfg, data, weight, bias, residual, fma=features.fused_multiply_add)
+
+
+@given(native_conv_cases(), dense_cases())
+@settings(max_examples=60, deadline=None)
+def test_native_cases_select_the_native_kernels(conv, dense) -> None:  # type: ignore[no-untyped-def]
+    """What the bit-exact tests on the instruction draw is what their claim covers: on every
+    AVX512-BF16 CPU (AMX-BF16 ones limited to the avx512_vnni level, as ``_run_native`` does)
+    each drawn workload selects the native kernel. Checked on any host (no execution)."""
+    for features in (COOPERLAKE, SAPPHIRERAPIDS.with_isa("avx512_vnni")):
+        for wl in (conv[0], dense[0]):
+            assert registry.select(registry.op_of(wl), "bf16", features).key.isa == "avx512_vnni", wl
 
 
 @needs_avx512_bf16
-@given(conv_cases())
+@given(native_conv_cases())
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_native_conv2d_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
     wl, seed = case

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from schedules import packing, quant, reference, registry, space
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
-from .test_int8_kernels import CONV_ISAS, HOST, TARGET
+from .isa import HOST, PROFILES, isa_params
+from .test_int8_kernels import CHECKED_BY, compile_for
 
 
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.integers(0, 2 ** 16))
@@ -44,7 +45,7 @@ def _kernel(wl, isa: str | None, unpack: str = "call"):  # type: ignore[no-untyp
     if unpack == "block" and space.tensorized(base):
         pytest.skip(f"{kernel.key} is tensorized: its W4A8 twin unpacks once per call only")
     cfg = packing.W4A8Config(base, unpack)
-    return kernel, cfg, tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}), target=TARGET)
+    return kernel, cfg, compile_for(kernel, wl, cfg, features)
 
 
 def _operands(shape_w, c_out: int, rng, extreme: bool):  # type: ignore[no-untyped-def]
@@ -74,7 +75,7 @@ def conv_cases(draw):  # type: ignore[no-untyped-def]
     return wl, draw(st.integers(0, 2 ** 16)), draw(st.booleans())
 
 
-@pytest.mark.parametrize("isa", CONV_ISAS)
+@pytest.mark.parametrize("isa", isa_params("conv2d", "w4a8", CHECKED_BY))
 @given(conv_cases(), st.sampled_from(packing.UNPACK_POSITIONS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_w4a8_conv_and_depthwise_bit_exact(isa: str, case, unpack: str) -> None:  # type: ignore[no-untyped-def]
@@ -97,44 +98,51 @@ def test_w4a8_conv_and_depthwise_bit_exact(isa: str, case, unpack: str) -> None:
     np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected)
 
 
+@pytest.mark.parametrize("isa", isa_params("dense", "w4a8"))
 @given(st.integers(1, 2), st.integers(1, 77), st.integers(1, 40), st.integers(0, 2 ** 16), st.booleans(),
        st.sampled_from(packing.UNPACK_POSITIONS))
 @settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_w4a8_dense_bit_exact(n: int, c: int, k: int, seed: int, extreme: bool, unpack: str) -> None:
+def test_w4a8_dense_bit_exact(isa: str, n: int, c: int, k: int, seed: int, extreme: bool, unpack: str) -> None:
     wl = DenseWorkload(n, c, k)
     rng = np.random.default_rng(seed)
     xq = rng.integers(0, 256, (n, c)).astype(np.uint8)
     wq, bias_q, m, s = _operands((k, c), k, rng, extreme)
-    kernel, cfg, ex = _kernel(wl, None, unpack)
+    kernel, cfg, ex = _kernel(wl, isa, unpack)
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
     ex(*[tvm.runtime.tensor(a) for a in (xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
                                          np.array([0, 9, 0, 255], np.int32))], out)
     np.testing.assert_array_equal(out.numpy(), reference.dense_w8a8(xq, wq, bias_q, m, s, 9, 0, 255))
 
 
-def test_w4a8_weights_take_half_the_bytes() -> None:
+@pytest.mark.parametrize("isa", list(PROFILES))
+def test_w4a8_weights_take_half_the_bytes(isa: str) -> None:
+    """At every ISA level (selection and packing only: no execution)."""
+    features = PROFILES[isa]
     wl = Conv2dWorkload(1, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "relu"))
     w = np.random.default_rng(0).integers(-8, 8, wl.weight_shape).astype(np.int8)
-    k8 = registry.select("conv2d", "w8a8", HOST)
-    k4 = registry.select("conv2d", "w4a8", HOST)
-    b8 = k8.pack_weight(w, wl, k8.fallback_config(wl, HOST)).nbytes
-    b4 = k4.pack_weight(w, wl, k4.fallback_config(wl, HOST)).nbytes
+    k8 = registry.select("conv2d", "w8a8", features)
+    k4 = registry.select("conv2d", "w4a8", features)
+    assert k8.key.isa == k4.key.isa == isa
+    b8 = k8.pack_weight(w, wl, k8.fallback_config(wl, features)).nbytes
+    b4 = k4.pack_weight(w, wl, k4.fallback_config(wl, features)).nbytes
     assert b4 * 2 == b8
 
 
-def test_w4a8_unpack_position_is_a_tuning_knob() -> None:
+@pytest.mark.parametrize("isa", list(PROFILES))
+def test_w4a8_unpack_position_is_a_tuning_knob(isa: str) -> None:
     """The W4A8 space is the base kernel's times the unpack positions (once per call, per
     output-channel block), the block position only where the base kernel is not tensorized;
-    configurations round-trip through the tuning database's JSON."""
+    configurations round-trip through the tuning database's JSON. At every ISA level."""
+    features = PROFILES[isa]
     for wl in (DenseWorkload(1, 64, 24), Conv2dWorkload(1, 16, 9, 9, 16, 3, 3, 1, 1, 1, 1, 1, 1, groups=16),
                Conv2dWorkload(1, 16, 9, 9, 24, 1, 1)):
-        kernel = registry.select(registry.op_of(wl), "w4a8", HOST)
-        start = kernel.fallback_config(wl, HOST)
-        configs = space.config_space(start, wl, HOST)
+        kernel = registry.select(registry.op_of(wl), "w4a8", features)
+        start = kernel.fallback_config(wl, features)
+        configs = space.config_space(start, wl, features)
         assert configs[0] == start and all(isinstance(c, packing.W4A8Config) for c in configs)
         want = {"call"} if space.tensorized(start.base) else {"call", "block"}
         assert {c.unpack for c in configs} == want
-        assert len(configs) == len(want) * len(space.config_space(start.base, wl, HOST))
+        assert len(configs) == len(want) * len(space.config_space(start.base, wl, features))
         for c in configs:
             assert space.config_from_json(space.config_to_json(c)) == c
     with pytest.raises(ValueError, match="unpack"):

@@ -9,43 +9,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedules import quant, reference, registry
-from schedules.target_features import ISA_LEVELS, TargetFeatures, detect_host
-from schedules.workload import Conv2dWorkload, Epilogue
+from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
-HOST = detect_host()
-TARGET = tvm.target.Target(HOST.target_json())
+from .isa import HOST, PROFILES, isa_params
+
 _CACHE: dict = {}
+CHECKED_BY = ("the kernel's compilation is checked here by "
+              "test_dot_product_kernels_compile_to_their_instruction")
+CONV_ISAS = isa_params("conv2d", "w8a8", CHECKED_BY)
 
 
-CPU_FLAG = {"amx": "amx_int8", "avx512_vnni": "avx512_vnni", "avx512": "avx512f", "avx2": "avx2"}
+def compile_for(kernel, wl, cfg, features):  # type: ignore[no-untyped-def]
+    """``kernel``'s PrimFunc for ``wl`` / ``cfg``, compiled for ``features`` once per run."""
+    key = (kernel.key, wl, cfg, features.mcpu)
+    if key not in _CACHE:
+        _CACHE[key] = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                                  target=tvm.target.Target(features.target_json()))
+    return _CACHE[key]
 
 
-def isa_params(precision: str, isas=ISA_LEVELS):  # type: ignore[no-untyped-def]
-    """Every ISA level with a conv2d kernel of ``precision`` of its own, as a pytest param that
-    skips (saying how to run it) where this CPU cannot execute that ISA's instructions."""
-    params = []
-    for isa in isas:
-        if registry.KernelKey("conv2d", precision, isa) in registry.registered_keys():
-            runs = ISA_LEVELS.index(HOST.isa) <= ISA_LEVELS.index(isa)
-            params.append(pytest.param(isa, marks=pytest.mark.skipif(not runs, reason=(
-                f"this CPU ({HOST.isa}) cannot execute {isa} instructions: run `make test` on a CPU "
-                f"whose /proc/cpuinfo lists {CPU_FLAG.get(isa, isa)} (the kernel's compilation is "
-                f"checked here by test_dot_product_kernels_compile_to_their_instruction)"))))
-    return params
-
-
-CONV_ISAS = isa_params("w8a8")
-
-
-def _kernel(wl: Conv2dWorkload, isa: str | None = None):  # type: ignore[no-untyped-def]
+def _kernel(wl, isa: str | None = None, precision: str = "w8a8"):  # type: ignore[no-untyped-def]
     """The kernel for ``wl`` at ``isa`` (default: the best the host runs), compiled once."""
     features = HOST if isa is None else HOST.with_isa(isa)
-    kernel = registry.select(registry.op_of(wl), "w8a8", features)
+    kernel = registry.select(registry.op_of(wl), precision, features)
     cfg = kernel.fallback_config(wl, features)
-    key = (wl, cfg)
-    if key not in _CACHE:
-        _CACHE[key] = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}), target=TARGET)
-    return kernel, cfg, _CACHE[key]
+    return kernel, cfg, compile_for(kernel, wl, cfg, features)
 
 
 def _run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, lo, hi, isa=None) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -112,16 +100,17 @@ def depthwise_cases(draw):  # type: ignore[no-untyped-def]
     return wl, draw(st.integers(0, 2 ** 16))
 
 
+@pytest.mark.parametrize("isa", isa_params("depthwise_conv2d", "w8a8"))
 @given(depthwise_cases())
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_w8a8_depthwise_bit_exact(case) -> None:  # type: ignore[no-untyped-def]
+def test_w8a8_depthwise_bit_exact(isa: str, case) -> None:  # type: ignore[no-untyped-def]
     wl, seed = case
     if wl is None:  # one channel is an ordinary conv
         return
     assert registry.op_of(wl) == "depthwise_conv2d"
     xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, seed)
     expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
-    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255), expected)
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, isa), expected)
 
 
 @pytest.mark.parametrize("isa", CONV_ISAS)
@@ -172,11 +161,10 @@ def test_w8a8_rounding_ties_round_half_up(isa: str) -> None:
     assert np.any(acc % 2 == 1)
 
 
+@pytest.mark.parametrize("isa", isa_params("dense", "w8a8"))
 @given(st.integers(1, 3), st.integers(1, 300), st.integers(1, 70), st.integers(0, 2 ** 16))
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_w8a8_dense_bit_exact(n: int, c: int, k: int, seed: int) -> None:
-    from schedules.workload import DenseWorkload
-
+def test_w8a8_dense_bit_exact(isa: str, n: int, c: int, k: int, seed: int) -> None:
     wl = DenseWorkload(n, c, k)
     rng = np.random.default_rng(seed)
     xq = rng.integers(0, 256, (n, c)).astype(np.uint8)
@@ -184,9 +172,7 @@ def test_w8a8_dense_bit_exact(n: int, c: int, k: int, seed: int) -> None:
     bias_q = rng.integers(-2 ** 20, 2 ** 20, k).astype(np.int32)
     m, s = quant.quantize_multiplier(10.0 ** rng.uniform(-7, -2, k))
     out_zp = int(rng.integers(0, 256))
-    kernel = registry.select("dense", "w8a8", HOST)
-    cfg = kernel.fallback_config(wl, HOST)
-    ex = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}), target=TARGET)
+    kernel, cfg, ex = _kernel(wl, isa)
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
     ex(*[tvm.runtime.tensor(a) for a in (xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
                                          np.array([0, out_zp, 0, 255], np.int32))], out)
@@ -231,8 +217,7 @@ def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, is
                                                           instruction: str) -> None:
     """Every ISA's kernel cross-compiles (whatever this CPU is) and its inner loop is the
     instruction it was written for; running it is the bit-exact tests' job, where the CPU can."""
-    features = TargetFeatures(avx2=True, fma=True, avx512f=isa != "avx2", avx512bw=isa != "avx2",
-                              avx512_vnni=isa in ("avx512_vnni", "amx"), amx_int8=isa == "amx")
+    features = PROFILES[isa]
     kernel = registry.select("conv2d", "w8a8", features)
     assert kernel.key.isa == isa
     cfg = kernel.fallback_config(wl, features)
@@ -252,8 +237,7 @@ def test_amx_kernel_space_compiles_for_narrow_outputs(width: int) -> None:
     every configuration the tuning space offers cross-compiles (reg_n = 1 did not tensorize)."""
     from schedules import space
 
-    features = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
-                              amx_int8=True)
+    features = PROFILES["amx"]
     wl = Conv2dWorkload(1, 64, 4, width, 32, 3, 3, 1, 1, 1, 1, 1, 1)
     kernel = registry.select("conv2d", "w8a8", features)
     start = kernel.fallback_config(wl, features)
@@ -263,3 +247,23 @@ def test_amx_kernel_space_compiles_for_narrow_outputs(width: int) -> None:
     for cfg in configs[:4]:
         tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
                     target=tvm.target.Target(features.target_json()))
+
+
+@pytest.mark.parametrize("precision, instruction", [("w8a8", "tdpbusd"), ("w4a8", "tdpbusd"), ("bf16", "tdpbf16ps")])
+@pytest.mark.parametrize("wl", [Conv2dWorkload(1, 4, 1, 2, 16, 1, 1), Conv2dWorkload(1, 1, 1, 3, 1, 1, 1),
+                                Conv2dWorkload(1, 4, 1, 4, 16, 1, 1, epilogue=Epilogue(True, "relu"))],
+                         ids=["2-pixels", "1-channel", "4-pixels"])
+def test_amx_kernels_compile_when_the_output_is_one_tile(wl: Conv2dWorkload, precision: str, instruction: str) -> None:
+    """A conv whose whole output is one AMX tile: TVM's StorageRewrite gives the accumulator the
+    memory of the packed input, dead by then, so a tile load / store names a buffer of another
+    dtype. The tile intrinsics address memory by element (``address_of``), which survives that;
+    ``tvm_access_ptr`` did not (seen on an AMX Xeon: "tvm_access_ptr element type must match the
+    source buffer"). Cross-compiled, on any host."""
+    features = PROFILES["amx"]
+    kernel = registry.select("conv2d", precision, features)
+    assert kernel.key.isa == "amx"
+    cfg = kernel.fallback_config(wl, features)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(features.target_json()))
+    asm = lib.mod.inspect_source("s")
+    assert instruction in asm and "tilestored" in asm

@@ -3,8 +3,9 @@
 and within a tight bound of a float64-accumulated reference (so that the exact reference is a
 convolution at all), over listed and hypothesis-generated shapes and sampled configurations.
 
-Every kernel is also built for the portable ISA levels (avx2 / generic vector widths) so the
-fallback paths are exercised on any host that can run them.
+Every kernel runs at each ISA level this host executes whose kernel differs (``tests.isa``: the
+host's vector width, avx2's, generic's without FMA), so the fallback paths are exercised on any
+host; AVX-512 code generation is checked by cross-compiling on any host.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedules import bf16, reference, registry, space
-from schedules.target_features import TargetFeatures, detect_host
+from schedules.target_features import TargetFeatures
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
-HOST = detect_host()
-ISAS = ["host", "generic"] + (["avx2"] if HOST.avx2 and HOST.isa != "avx2" else [])
+from .isa import HOST, PROFILES, executable_levels, isa_params
+
+CONV_ISAS, DEPTHWISE_ISAS, DENSE_ISAS = (isa_params(op, "fp32") for op in registry.OPS)
 
 
 def _features(isa: str) -> TargetFeatures:
-    return HOST if isa == "host" else HOST.with_isa(isa)
+    return HOST.with_isa(isa)
 
 
 def _run(wl, weight, bias, data, features: TargetFeatures, residual=None,  # type: ignore[no-untyped-def]
@@ -103,19 +105,21 @@ DEPTHWISE = [
 ]
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", CONV_ISAS)
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "x".join(map(str, c[:11])))
 def test_conv2d_matches_reference(case, isa: str) -> None:  # type: ignore[no-untyped-def]
     n, c, h, w, k, r, s, st, p, d, g, ep = case
     _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep), isa)
 
 
-def test_conv2d_templates_and_repack_paths_are_exercised() -> None:
+@pytest.mark.parametrize("isa", list(PROFILES))
+def test_conv2d_templates_and_repack_paths_are_exercised(isa: str) -> None:
+    """At every ISA level, CONVS take both templates and both paths of each."""
     from schedules.conv2d import fp32_direct, fp32_pointwise
 
     wls = [Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep)
            for n, c, h, w, k, r, s, st, p, d, g, ep in CONVS]
-    cfgs = [registry.get(registry.KernelKey("conv2d", "fp32", "generic")).fallback_config(wl, HOST)
+    cfgs = [registry.select("conv2d", "fp32", PROFILES[isa]).fallback_config(wl, PROFILES[isa])
             for wl in wls]
     pointwise = [wl for wl, c in zip(wls, cfgs) if isinstance(c, fp32_pointwise.PointwiseConfig)]
     direct = [(wl, c) for wl, c in zip(wls, cfgs) if isinstance(c, fp32_direct.Conv2dConfig)]
@@ -126,12 +130,13 @@ def test_conv2d_templates_and_repack_paths_are_exercised() -> None:
     assert {fp32_direct.needs_repack(wl, c) for wl, c in direct} == {True, False}
 
 
-def test_conv2d_asymmetric_padding() -> None:
+@pytest.mark.parametrize("isa", CONV_ISAS)
+def test_conv2d_asymmetric_padding(isa: str) -> None:
     wl = Conv2dWorkload(1, 8, 10, 12, 16, 3, 3, 2, 1, 0, 1, 2, 0, groups=1, epilogue=RELU)
-    _check(wl, "host")
+    _check(wl, isa)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", DEPTHWISE_ISAS)
 @pytest.mark.parametrize("case", DEPTHWISE, ids=lambda c: "x".join(map(str, c[:7])))
 def test_depthwise_matches_reference(case, isa: str) -> None:  # type: ignore[no-untyped-def]
     n, c, h, r, st, p, ep = case[0], case[1], case[2], case[4], case[5], case[6], case[7]
@@ -140,7 +145,7 @@ def test_depthwise_matches_reference(case, isa: str) -> None:  # type: ignore[no
     _check(wl, isa)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", DENSE_ISAS)
 @pytest.mark.parametrize("n,c,k,ep", [(1, 1280, 1000, NONE), (1, 64, 10, RELU), (3, 100, 37, RELU6),
                                       (1, 7, 5, NONE), (2, 30, 30, RES_RELU)])
 def test_dense_matches_reference(n: int, c: int, k: int, ep: Epilogue, isa: str) -> None:
@@ -173,8 +178,10 @@ def test_workload_validation() -> None:
 ], ids=["direct", "pointwise", "depthwise", "dense"])
 def test_sampled_schedules_are_correct(wl, seed: int) -> None:  # type: ignore[no-untyped-def]
     """Random points of each template's search space (knobs as sampling decisions) stay exact:
-    the sampled tile splits leave each output's summation order as it is."""
-    _check(wl, "host", seed=seed, sample_seed=seed)
+    the sampled tile splits leave each output's summation order as it is (each seed at another
+    level this host executes)."""
+    levels = executable_levels(registry.op_of(wl), "fp32")
+    _check(wl, levels[seed % len(levels)], seed=seed, sample_seed=seed)
 
 
 def test_design_space_records_sampling_decisions() -> None:
@@ -190,7 +197,7 @@ def test_design_space_records_sampling_decisions() -> None:
     assert "SamplePerfectTile" in decisions  # the register tile is a sampling decision
 
 
-AVX512 = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, num_cores=2)
+AVX512 = PROFILES["avx512"]
 
 
 @pytest.mark.parametrize("wl", [
@@ -211,28 +218,36 @@ def test_avx512_kernels_compile_to_zmm_code(wl) -> None:  # type: ignore[no-unty
 
 @pytest.mark.parametrize("case", CONVS[:6] + CONVS[-3:], ids=lambda c: "x".join(map(str, c[:11])))
 def test_bf16_conv2d_matches_bf16_rounded_reference(case) -> None:  # type: ignore[no-untyped-def]
+    """The cases spread over the levels this host executes whose bf16 conv kernels differ (on
+    an AVX512-BF16 CPU the native ``vdpbf16ps`` kernel takes some of them)."""
     n, c, h, w, k, r, s, st, p, d, g, ep = case
-    _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep), "host", precision="bf16")
+    levels = executable_levels("conv2d", "bf16")
+    isa = levels[(CONVS[:6] + CONVS[-3:]).index(case) % len(levels)]
+    _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep), isa, precision="bf16")
 
 
 @pytest.mark.parametrize("case", DEPTHWISE[:3], ids=lambda c: "x".join(map(str, c[:7])))
 def test_bf16_depthwise_and_dense_match_bf16_rounded_reference(case) -> None:  # type: ignore[no-untyped-def]
+    """At the host's level and the portable ones (the cases spread over the levels)."""
     n, c, h, r, st, p, ep = case[0], case[1], case[2], case[4], case[5], case[6], case[7]
-    _check(Conv2dWorkload(n, c, h, h, c, r, r, st, st, p, p, p, p, groups=c, epilogue=ep), "host",
-           precision="bf16")
-    _check(DenseWorkload(2, 3 * c, c, ep), "host", precision="bf16")
+    i = DEPTHWISE.index(case)
+    dw = Conv2dWorkload(n, c, h, h, c, r, r, st, st, p, p, p, p, groups=c, epilogue=ep)
+    for wl in (dw, DenseWorkload(2, 3 * c, c, ep)):
+        levels = executable_levels(registry.op_of(wl), "bf16")
+        _check(wl, levels[i % len(levels)], precision="bf16")
 
 
-def test_bf16_rounding_is_nearest_even_and_stores_two_bytes() -> None:
+@pytest.mark.parametrize("isa", list(PROFILES))
+def test_bf16_rounding_is_nearest_even_and_stores_two_bytes(isa: str) -> None:
     x = np.array([1.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -2.5, 3.0e38], np.float32)
     # 1 + 2^-8 is a tie between 1 and 1 + 2^-7: to even (1); 1 + 3*2^-8 rounds up to 1 + 2^-6
     np.testing.assert_array_equal(bf16.round_bf16(x)[:4], np.array([1.0, 1.0, 1.0 + 2 ** -6, -2.5], np.float32))
     assert bf16.to_bf16_bits(x).dtype == np.uint16
     wl = Conv2dWorkload(1, 8, 6, 6, 16, 3, 3, 1, 1, 1, 1, 1, 1)
-    k = registry.select("conv2d", "bf16", HOST)
-    w = np.ones(wl.weight_shape, np.float32)
-    assert k.pack_weight(w, wl, k.fallback_config(wl, HOST)).nbytes * 2 == \
-        registry.select("conv2d", "fp32", HOST).pack_weight(w, wl, k.fallback_config(wl, HOST)).nbytes
+    features = PROFILES[isa]  # each level's bf16 conv (AMX, vdpbf16ps, portable): its own layout
+    k = registry.select("conv2d", "bf16", features)
+    packed = k.pack_weight(np.ones(wl.weight_shape, np.float32), wl, k.fallback_config(wl, features))
+    assert packed.dtype == np.uint16 and np.count_nonzero(packed) == np.prod(wl.weight_shape)  # padding aside
 
 
 def test_fma_f32_is_correctly_rounded() -> None:
@@ -288,13 +303,16 @@ def _float_case(draw):  # type: ignore[no-untyped-def]
             wl = Conv2dWorkload(1, cg * groups, h, w, kg * groups, k, k, stride, stride, pad, pad, pad, pad,
                                 groups=groups, epilogue=ep)
     precision = draw(st.sampled_from(["fp32", "bf16"]))
-    kernel = registry.select(registry.op_of(wl), precision, HOST)
-    configs = space.config_space(kernel.fallback_config(wl, HOST), wl, HOST)
-    return wl, precision, draw(st.sampled_from(configs))
+    isa = draw(st.sampled_from(executable_levels(registry.op_of(wl), precision)))
+    features = HOST.with_isa(isa)
+    kernel = registry.select(registry.op_of(wl), precision, features)
+    configs = space.config_space(kernel.fallback_config(wl, features), wl, features)
+    return wl, precision, isa, draw(st.sampled_from(configs))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_float_case(), st.integers(0, 2 ** 16))
 def test_float_kernels_equal_their_ordered_reference_bit_for_bit(case, seed: int) -> None:  # type: ignore[no-untyped-def]
-    wl, precision, cfg = case
-    _check(wl, "host", seed=seed, precision=precision, cfg=cfg)
+    """A configuration from the tuning space of a kernel at a level this host executes."""
+    wl, precision, isa, cfg = case
+    _check(wl, isa, seed=seed, precision=precision, cfg=cfg)

@@ -32,6 +32,7 @@ from tvmq.tune import (
 )
 
 from .conftest import FMNIST_DIR, ROOT, fmnist_inputs
+from .isa import PROFILES
 
 MODEL = FMNIST_DIR / "model.onnx"
 FEATURES = detect_host()
@@ -51,14 +52,14 @@ def _record(task: str = "t1", us: float | None = 10.0, device: str = "dev-a", cf
                         error=None if us is not None else "build: boom")
 
 
-def _expected_total(tasks, trials: int) -> int:  # type: ignore[no-untyped-def]
+def _expected_total(tasks, trials: int, features=FEATURES) -> int:  # type: ignore[no-untyped-def]
     n = 0
     for t in tasks:
         if t.kind == "conversion":
             n += 1
         else:
             k = registry.get(registry.KernelKey.parse(t.kernel))
-            n += min(trials, len(space.config_space(k.fallback_config(t.workload, FEATURES), t.workload, FEATURES)))
+            n += min(trials, len(space.config_space(k.fallback_config(t.workload, features), t.workload, features)))
     return n
 
 
@@ -143,23 +144,28 @@ def test_tasks_are_distinct_workloads_with_their_layers(fmnist_tasks) -> None:  
 
 
 # -- search -----------------------------------------------------------------------------------
-def test_scripted_search_measures_the_fallback_first_and_stays_in_budget(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _, tasks = fmnist_tasks
+@pytest.mark.parametrize("isa", list(PROFILES))
+def test_scripted_search_measures_the_fallback_first_and_stays_in_budget(isa: str, tmp_path: Path) -> None:
+    """At every ISA level (its kernels' configuration spaces; the scripted runner builds nothing)."""
+    features = PROFILES[isa]
+    tasks = extract_tasks(prepare(MODEL), ["w8a8", "w4a8", "fp32", "bf16"], features)
     db = TuningDatabase(tmp_path / "db.jsonl")
     m = ScriptedMeasurer(_synthetic_us)
-    s = tune(tasks, db, m, FEATURES, trials=10, progress=False)
-    assert m.calls == len(db) == _expected_total(tasks, 10)
+    s = tune(tasks, db, m, features, trials=10, progress=False)
+    assert m.calls == len(db) == _expected_total(tasks, 10, features)
     for r in s.results:
         recs = db.query(r.task.key, r.task.spec, "scripted")
         if r.task.kind == "kernel":
-            fb = registry.get(registry.KernelKey.parse(r.task.kernel)).fallback_config(r.task.workload, FEATURES)
+            key = registry.KernelKey.parse(r.task.kernel)  # what a build for this CPU would run
+            assert registry.select(key.op, r.task.spec, features).key == key
+            fb = registry.get(registry.KernelKey.parse(r.task.kernel)).fallback_config(r.task.workload, features)
             assert recs[0].config == space.config_to_json(fb)
             assert r.fallback_us == recs[0].median_us
         assert len({x.config_id for x in recs}) == len(recs)  # nothing measured twice
         assert r.best_us == min(x.median_us for x in recs)
     # a second run with the same database measures nothing
     m2 = ScriptedMeasurer(_synthetic_us)
-    s2 = tune(tasks, db, m2, FEATURES, trials=10, progress=False)
+    s2 = tune(tasks, db, m2, features, trials=10, progress=False)
     assert m2.calls == 0 and all(r.status == "cached" for r in s2.results)
 
 

@@ -16,6 +16,7 @@ from tvmq.frontend import prepare
 from tvmq.plan import PrecisionPlan
 
 from .conftest import FMNIST_DIR, fmnist_inputs
+from .isa import HOST, PROFILES, executable_levels
 
 MODEL = FMNIST_DIR / "model.onnx"
 
@@ -169,26 +170,92 @@ def test_float_ops_after_the_last_integer_layer_are_allowed(tmp_path: Path) -> N
     np.testing.assert_allclose(y.sum(), 1.0, rtol=1e-5)
 
 
-def test_random_mixed_plans_compile_and_equal_simulation(tmp_path: Path) -> None:
-    """20 seeded random per-layer mixes of W4A8 / W8A8 / W8A16 / bf16 / fp32 compile to one
-    library each with each layer on its spec's kernel, and equal the numpy program bit for bit:
-    int16 and uint8 activations meeting at boundaries, residual branches of either kind, float
-    layers (in their kernels' summation order) and float ops between them. Every spec and
-    every (producer, consumer) kind of boundary occurs."""
+SPECS = ["w4a8", "w8a8", "w8a16", "fp32", "bf16"]
+BITS_PER_WEIGHT = {"w4a8": 4, "w8a8": 8, "w8a16": 8, "bf16": 16, "fp32": 32}
+MAX_CHANNEL_BLOCK = 64  # the widest channel block of any kernel (AMX int8: 64 input channels a row)
+
+
+def _weights_as_packed(kernel, wl, cfg, spec: str, rng):  # type: ignore[no-untyped-def]
+    """Nonzero weights of ``spec``'s kind for ``wl``, their packing by ``kernel``, and both as
+    the values each weight slot holds (int4: one slot per nibble; bf16: the bit patterns)."""
+    from schedules import bf16
+
+    if spec in ("fp32", "bf16"):
+        w = (rng.uniform(0.5, 2.0, wl.weight_shape) * rng.choice([-1, 1], wl.weight_shape)).astype(np.float32)
+    else:
+        hi = 8 if spec == "w4a8" else 128
+        w = (rng.integers(1, hi, wl.weight_shape) * rng.choice([-1, 1], wl.weight_shape)).astype(np.int8)
+    packed = kernel.pack_weight(w, wl, cfg)
+    if spec == "w4a8":
+        nibbles = np.stack([packed & 0xF, packed >> 4]).astype(np.int16)
+        slots = ((nibbles ^ 8) - 8).ravel()
+    else:
+        slots = packed.ravel()
+    values = bf16.to_bf16_bits(w).ravel() if spec == "bf16" else w.ravel()
+    return values, packed, slots
+
+
+@pytest.mark.parametrize("isa", list(PROFILES))
+def test_stored_weights_follow_the_spec_at_every_isa_level(isa: str) -> None:
+    """Each layer of the bundled CNN, each spec, the kernel each ISA level selects (selection and
+    packing only, so every level is checked on any host): the packed weights hold every weight
+    exactly once at the spec's width, the rest zero padding, no more than rounding each channel
+    axis up to a block would add."""
+    from schedules import registry
+    from schedules.workload import Epilogue
+    from tvmq.passes.lower_kernels import layer_workload
+
+    features = PROFILES[isa]
+    rng = np.random.default_rng(3)
+    for layer in prepare(MODEL).layers:
+        wl = layer_workload(layer, Epilogue(True, "none"))
+        for spec in SPECS:
+            kernel = registry.select(registry.op_of(wl), spec, features)
+            cfg = kernel.fallback_config(wl, features)
+            values, packed, slots = _weights_as_packed(kernel, wl, cfg, spec, rng)
+            assert packed.nbytes * 8 == slots.size * BITS_PER_WEIGHT[spec], (kernel.key, packed.dtype)
+            np.testing.assert_array_equal(np.sort(slots[slots != 0]), np.sort(values), err_msg=str(kernel.key))
+            k, c_per_group, *taps = wl.weight_shape
+            groups = getattr(wl, "groups", 1)
+            bound = groups * _up(k // groups) * _up(c_per_group) * int(np.prod(taps))
+            if spec == "w4a8":  # nibbles pair up within a block: a block may end in an empty one
+                bound *= 2
+            assert slots.size <= bound, (kernel.key, wl.weight_shape, packed.shape)
+
+
+def _up(n: int) -> int:
+    return -(-n // MAX_CHANNEL_BLOCK) * MAX_CHANNEL_BLOCK
+
+
+@pytest.mark.parametrize("isa", executable_levels())
+def test_random_mixed_plans_compile_and_equal_simulation(tmp_path: Path, isa: str) -> None:
+    """Seeded random per-layer mixes of W4A8 / W8A8 / W8A16 / bf16 / fp32, built for each ISA
+    level this host executes, compile to one library each with each layer on its spec's kernel,
+    and equal the numpy program bit for bit: int16 and uint8 activations meeting at boundaries,
+    residual branches of either kind, float layers (in their kernels' summation order) and float
+    ops between them. The host's level takes 20 plans, in which every spec and every (producer,
+    consumer) kind of boundary occurs; each lower level 6. Each layer stores exactly what its
+    kernel packs (``test_stored_weights_follow_the_spec_at_every_isa_level`` checks packing)."""
+    from dataclasses import asdict
+
+    from schedules import registry
+    from schedules.workload import Epilogue
+    from tvmq.passes.lower_kernels import layer_workload
     from tvmq.plan import QuantSpec
 
+    features = HOST.with_isa(isa)
     calib, _ = fmnist_inputs(split="calib")
     stats = collect(MODEL, calib[:64])
     layers = prepare(MODEL).layers
     x, _ = fmnist_inputs(8)
     rng = np.random.default_rng(11)
-    specs = ["w4a8", "w8a8", "w8a16", "fp32", "bf16"]
     boundaries = set()
-    for i in range(20):
-        plan = PrecisionPlan({l.name: QuantSpec.parse(str(rng.choice(specs))) for l in layers}, layers)
+    n_plans = 20 if isa == HOST.isa else 6
+    for i in range(n_plans):
+        plan = PrecisionPlan({l.name: QuantSpec.parse(str(rng.choice(SPECS))) for l in layers}, layers)
         names = [plan[l.name].name for l in layers]
         boundaries |= set(zip(names, names[1:]))
-        r = tvmq.build(MODEL, tmp_path / f"p{i}", plan=plan, stats=stats)
+        r = tvmq.build(MODEL, tmp_path / f"p{i}", plan=plan, stats=stats, features=features)
         m = tvmq.load(r.library)
         kernels = r.manifest_data["kernels"]
         for name, spec in plan.items():
@@ -196,9 +263,15 @@ def test_random_mixed_plans_compile_and_equal_simulation(tmp_path: Path) -> None
         assert r.program is not None, names
         for xi in x:
             np.testing.assert_array_equal(m.run({"input": xi[None]})["logits"], r.program.run([xi[None]])[0])
-        bytes_per_weight = {"w4a8": 0.5, "w8a8": 1, "w8a16": 1, "bf16": 2, "fp32": 4}
-        for name, spec in plan.items():  # stored bytes follow the spec (channel padding aside)
-            stored = r.manifest_data["size"][name]["weight_bytes"]
-            fp32_bytes = next(l for l in r.manifest_data["layers"] if l["name"] == name)["weight_bytes_fp32"]
-            assert fp32_bytes / 4 * bytes_per_weight[spec.name] <= stored <= 2.5 * fp32_bytes / 4 * bytes_per_weight[spec.name]
-    assert {(a, b) for a in specs for b in specs} - boundaries == set(), "a boundary kind was never drawn"
+        for layer in layers:  # stored bytes: the selected kernel's packing at its (fallback) config
+            entry = kernels[layer.name]
+            kernel = registry.get(registry.KernelKey.parse(entry["kernel"]))
+            assert kernel is registry.select(kernel.key.op, kernel.key.precision, features)
+            wl = layer_workload(layer, Epilogue(**entry["epilogue"]))
+            cfg = kernel.fallback_config(wl, features)
+            assert asdict(cfg) == entry["config"]
+            dtype = np.float32 if plan[layer.name].name in ("fp32", "bf16") else np.int8
+            packed = kernel.pack_weight(np.ones(wl.weight_shape, dtype), wl, cfg)
+            assert r.manifest_data["size"][layer.name]["weight_bytes"] == packed.nbytes, (layer.name, entry)
+    if isa == HOST.isa:
+        assert {(a, b) for a in SPECS for b in SPECS} - boundaries == set(), "a boundary kind was never drawn"
