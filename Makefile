@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODELS_VENV := .venv-models
 MOBILENETV2 := .cache/models/mobilenetv2.onnx
+# test processes: one per core (the suite is compile-bound; TVM compiles on one thread)
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: demo test models bench clean report-deps
 
@@ -30,7 +32,7 @@ demo: $(STAMP)
 	$(PY) tutorials/demo.py
 
 test: $(STAMP) $(MOBILENETV2)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(JOBS) tests
 
 bench: $(STAMP) $(MOBILENETV2)
 	$(PY) -m pip install -q -e ".[test,bench]"
