@@ -37,7 +37,7 @@ def main() -> int:
     from tvm import relax
 
     from schedules.target_features import detect_host
-    from tvmq.build import lower_module
+    from tvmq.compiler import lower_module
     from tvmq.frontend import prepare
 
     features = detect_host()

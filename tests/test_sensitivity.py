@@ -46,7 +46,7 @@ def _switchable_outputs(stats, x, setting: dict[int, str]) -> np.ndarray:  # typ
     import tvm
     from tvm import relax
 
-    from tvmq.build import codegen, lower_module
+    from tvmq.compiler import codegen, lower_module
     from tvmq.plan import QuantSpec
     from tvmq.sensitivity import layer_variant
 

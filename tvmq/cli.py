@@ -97,7 +97,7 @@ def _quantization(args: argparse.Namespace, features, progress):  # type: ignore
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .build import build
+    from .builder import build
 
     progress = _Progress(args.quiet)
     features = _features(args.isa)

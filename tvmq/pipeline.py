@@ -179,7 +179,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     manifest get their agreement with fp32 (top-1 of the argmax) and, with labels, accuracy."""
     from schedules.target_features import detect_host
 
-    from .build import build
+    from .builder import build
     from .calibration import ActivationStats, CalibrationData, collect
     from .frontend import prepare
     from .plan import PrecisionPlan

@@ -3,6 +3,10 @@
 ``tvmq.load(path)`` takes ``out/model.so`` (or the ``out/`` folder) and the ``manifest.json``
 beside it; nothing of the original ONNX model is needed. Inputs are checked against the
 manifest (names, shapes, dtypes) before anything reaches TVM.
+
+Only TVM's runtime is used here (``tvm.runtime``, its Relax VM): a deployment needs
+``libtvm_runtime.so``, ``tvm-ffi`` and TVM's Python package, not the compiler library
+(``TVM_USE_RUNTIME_LIB=1`` makes ``import tvm`` load the runtime alone).
 """
 
 from __future__ import annotations
@@ -84,8 +88,8 @@ class Module:
     """A compiled tvmq model: ``run`` and ``benchmark``."""
 
     def __init__(self, library: Path, manifest: dict[str, Any]) -> None:
-        import tvm
-        from tvm import relax
+        import tvm  # (deferred: ``import tvmq`` stays light)
+        from tvm.runtime.vm import VirtualMachine
 
         self.library = library
         self.manifest = manifest
@@ -96,7 +100,7 @@ class Module:
         except Exception as e:
             raise ArtifactError(f"cannot load {library}: {str(e).strip().splitlines()[-1]}") from None
         self._dev = tvm.cpu()
-        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._vm = VirtualMachine(lib, self._dev)
         self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
         self.output_names = [o["name"] for o in manifest["outputs"]]
 

@@ -144,7 +144,7 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = ("w8a8", "w
     import tvm
     from tvm import relax
 
-    from .build import codegen, lower_module
+    from .compiler import codegen, lower_module
     from .calibration import CalibrationData
     from .frontend import prepare
 

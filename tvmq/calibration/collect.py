@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import onnx
+import tvm
+from tvm import relax
 
 from schedules.target_features import TargetFeatures, detect_host
 
+from ..compiler import codegen, lower_module
 from ..errors import InputError, TvmqError
 from ..frontend import prepare
 from .data import CalibrationData
@@ -67,11 +70,6 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
 
     ``data``: a ``CalibrationData`` or anything ``CalibrationData.from_source`` takes.
     """
-    import tvm
-    from tvm import relax
-
-    from ..build import codegen, lower_module
-
     pm = prepare(model)
     if not isinstance(data, CalibrationData):
         data = CalibrationData.from_source(data, pm.inputs)

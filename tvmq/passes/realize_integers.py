@@ -35,7 +35,7 @@ average pooling, means). An output reached only through another op (a softmax) h
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import tvm
@@ -44,12 +44,14 @@ from tvm import relax, te
 from schedules import elementwise, quant, reference, registry
 from schedules.target_features import TargetFeatures
 
-from ..calibration import ActivationStats
 from ..errors import TvmqError
 from ..frontend import LayerTable
 from ..plan import PrecisionPlan
 from .lower_kernels import (ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU, LayerMatch, LowerToKernels,
                             _Rewriter, const_value, finish_module)
+
+if TYPE_CHECKING:  # (calibration sits above the passes: it compiles with them)
+    from ..calibration import ActivationStats
 
 MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")

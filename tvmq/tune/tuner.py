@@ -26,7 +26,7 @@ from schedules import registry, space
 from schedules.packing import W4A8Config
 from schedules.target_features import TargetFeatures
 
-from .. import __version__
+from ..version import __version__
 from .database import TuningDatabase, TuningRecord
 from .measure import Measurer
 from .predictor import LatencyPredictor, feature_vector
