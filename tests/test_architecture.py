@@ -187,3 +187,22 @@ def test_a_compiled_model_runs_with_the_runtime_alone(fmnist_compiled: Path, tmp
     m = tvmq.load(fmnist_compiled)
     want = np.stack([m.run({m.input_names[0]: xi})[m.output_names[0]] for xi in x])
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_the_spec_vocabulary_is_written_once() -> None:
+    """No list of three or more spec names outside ``tvmq/specs.py``, except the latency
+    predictor's one-hot feature order (a model format: reordering it would change predictions),
+    which must name exactly the specs there are."""
+    from tvmq import specs
+    from tvmq.tune import predictor
+
+    names = set(specs.NAMES)
+    found = []
+    for f in sorted((ROOT / "tvmq").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 3 and all(
+                    isinstance(e, ast.Constant) and e.value in names for e in node.elts):
+                found.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    allowed = {"tvmq/specs.py"}
+    assert [p for p in found if p.split(":")[0] not in allowed | {"tvmq/tune/predictor.py"}] == []
+    assert set(predictor.SPECS) == names | {"conversion"}

@@ -171,7 +171,6 @@ def test_float_ops_after_the_last_integer_layer_are_allowed(tmp_path: Path) -> N
 
 
 SPECS = ["w4a8", "w8a8", "w8a16", "fp32", "bf16"]
-BITS_PER_WEIGHT = {"w4a8": 4, "w8a8": 8, "w8a16": 8, "bf16": 16, "fp32": 32}
 MAX_CHANNEL_BLOCK = 64  # the widest channel block of any kernel (AMX int8: 64 input channels a row)
 
 
@@ -203,6 +202,7 @@ def test_stored_weights_follow_the_spec_at_every_isa_level(isa: str) -> None:
     axis up to a block would add."""
     from schedules import registry
     from schedules.workload import Epilogue
+    from tvmq import specs
     from tvmq.passes.lower_kernels import layer_workload
 
     features = PROFILES[isa]
@@ -213,7 +213,7 @@ def test_stored_weights_follow_the_spec_at_every_isa_level(isa: str) -> None:
             kernel = registry.select(registry.op_of(wl), spec, features)
             cfg = kernel.fallback_config(wl, features)
             values, packed, slots = _weights_as_packed(kernel, wl, cfg, spec, rng)
-            assert packed.nbytes * 8 == slots.size * BITS_PER_WEIGHT[spec], (kernel.key, packed.dtype)
+            assert packed.nbytes * 8 == slots.size * specs.get(spec).w_bits, (kernel.key, packed.dtype)
             np.testing.assert_array_equal(np.sort(slots[slots != 0]), np.sort(values), err_msg=str(kernel.key))
             k, c_per_group, *taps = wl.weight_shape
             groups = getattr(wl, "groups", 1)

@@ -16,6 +16,7 @@ import tvm
 
 from schedules.target_features import TargetFeatures, detect_host
 
+from . import specs
 from .compiler import compile_relax, no_progress
 from .errors import ArtifactError, TvmqError
 from .frontend import PreparedModel, prepare
@@ -42,11 +43,10 @@ def size_accounting(pm: PreparedModel, plan: Any, stored: dict[str, int]) -> dic
     per layer and in total."""
     per_layer = {}
     for layer in pm.layers:
-        spec = None if plan is None else plan[layer.name]
-        w_bits, a_bits = (32, 32) if spec is None or spec.name == "fp32" else (spec.w_bits, spec.a_bits)
-        per_layer[layer.name] = {"spec": "fp32" if spec is None else spec.name,
+        spec = specs.get("fp32" if plan is None else plan[layer.name].name)
+        per_layer[layer.name] = {"spec": spec.name,
                                  "weight_bytes": int(stored.get(layer.name, layer.weight_bytes(32))),
-                                 "bops": int(layer.macs) * w_bits * a_bits}
+                                 "bops": spec.bops(layer.macs)}
     return {"weight_bytes": sum(v["weight_bytes"] for v in per_layer.values()),
             "weight_bytes_fp32": sum(l.weight_bytes(32) for l in pm.layers),
             "bops": sum(v["bops"] for v in per_layer.values()),

@@ -26,6 +26,9 @@ from typing import Sequence
 import numpy as np
 
 from .errors import TvmqError
+from .specs import NAMES as SPEC_NAMES
+from .specs import REDUCED
+from .specs import check as check_specs
 
 
 class _Progress:
@@ -256,13 +259,9 @@ def _parse_rpc(text: str | None) -> tuple[str, int, str] | None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .frontend import prepare
-    from .passes.realize_integers import REALIZABLE
     from .tune import RunnerMeasurer, TuningDatabase, extract_tasks, tune
 
-    specs = [s.strip().lower() for s in args.specs.split(",") if s.strip()]
-    bad = [s for s in specs if s not in REALIZABLE]
-    if bad or not specs:
-        raise TvmqError(f"--specs: unknown {bad or specs}; choose from {', '.join(REALIZABLE)}")
+    specs = check_specs([s.strip().lower() for s in args.specs.split(",") if s.strip()], "--specs")
     if args.trials < 1:
         raise TvmqError(f"--trials must be >= 1, got {args.trials}")
     features = _features(args.isa)
@@ -322,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision: end-to-end latency budget (x: of uniform W8A8); needs --db")
     c.add_argument("--size-budget", metavar="0.6x|2MB", help="mixed precision: weight bytes budget")
     c.add_argument("--bops-budget", metavar="0.5x|N", help="mixed precision: bit-operations budget")
-    c.add_argument("--specs", default="w8a8,w4a8,w8a16,bf16,fp32",
+    c.add_argument("--specs", default=",".join(SPEC_NAMES),
                    help="candidate specs of a mixed-precision compile")
     c.add_argument("--eval-data", metavar="DATA",
                    help="mixed precision: inputs to compare fp32 / W8A8 / chosen on (agreement in the report)")
@@ -336,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="measure every kernel of a model at every spec into a JSONL database")
     t.add_argument("model")
-    t.add_argument("--specs", default="w8a8", help="comma-separated: w8a8,w4a8,w8a16,bf16,fp32")
+    t.add_argument("--specs", default="w8a8", help="comma-separated: " + ",".join(SPEC_NAMES))
     t.add_argument("--trials", type=int, default=16, help="configurations measured per task (default 16)")
     t.add_argument("--db", default="tuning.jsonl", help="append-only database; a rerun resumes")
     t.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"])
@@ -354,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("model")
     a.add_argument("--calibration", required=True, help=".npy/.npz samples or a folder of images")
     a.add_argument("--stats", help="calibration.json from `tvmq calibrate` (else computed)")
-    a.add_argument("--specs", default="w8a8,w4a8,w8a16,bf16")
+    a.add_argument("--specs", default=",".join(REDUCED))
     a.add_argument("--limit", type=int, default=32, help="samples used (default 32)")
     a.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"])
     a.add_argument("--w8a8-context", action="store_true",

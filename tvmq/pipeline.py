@@ -28,11 +28,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import specs as specs_
 from .allocate import AllocationProblem, Option, allocate, pareto_front
 from .errors import TvmqError
 
-SPECS = ("w8a8", "w4a8", "w8a16", "bf16", "fp32")
-_BITS = {"fp32": (32, 32), "bf16": (16, 16), "w8a8": (8, 8), "w4a8": (4, 8), "w8a16": (8, 16)}
 
 
 def parse_budget(text: str | float | None, unit: str) -> tuple[str, float] | None:
@@ -85,16 +84,6 @@ def layer_edges(pm: Any) -> list[tuple[str, str]]:
     return sorted(set(edges))
 
 
-def layer_size(layer: Any, spec: str) -> int:
-    w, _ = _BITS[spec]
-    return (layer.weight_params * w + 7) // 8
-
-
-def layer_bops(layer: Any, spec: str) -> int:
-    w, a = _BITS[spec]
-    return int(layer.macs) * w * a
-
-
 def build_problem(pm: Any, sensitivity: Any, table: Any | None, specs: list[str], *,
                   context: str = "alone", edges: list[tuple[str, str]] | None = None) -> AllocationProblem:
     """The allocation problem of a model (no budgets yet); latency in ms (0 without a table)."""
@@ -103,7 +92,8 @@ def build_problem(pm: Any, sensitivity: Any, table: Any | None, specs: list[str]
         options[layer.name] = {
             s: Option(sensitivity=sensitivity.nsr(layer.name, s, context),
                       latency=0.0 if table is None else table.latency_us(layer.name, s) / 1e3,
-                      size=float(layer_size(layer, s)), bops=float(layer_bops(layer, s)))
+                      size=float(specs_.get(s).weight_bytes(layer.weight_params)),
+                      bops=float(specs_.get(s).bops(layer.macs)))
             for s in specs}
     boundaries: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
     if table is not None:
@@ -158,7 +148,7 @@ def measure_ms(library: Path, threads: int = 1, repeat: int = 30) -> float:
 
 def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budget: Any = None,
                   size_budget: Any = None, bops_budget: Any = None, db: Any = None,
-                  specs: list[str] = SPECS, threads: int = 1, features: Any = None,  # type: ignore[assignment]
+                  specs: list[str] = specs_.NAMES, threads: int = 1, features: Any = None,  # type: ignore[assignment]
                   range_method: str = "minmax", sensitivity_samples: int = 32, measure: bool = True,
                   context: str = "alone", sensitivity: Any = None, latency_margin: float = 0.05,
                   eval_data: Any = None, eval_labels: Any = None,
@@ -189,9 +179,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         raise TvmqError("a mixed-precision compile needs a budget: --latency-budget, --size-budget or --bops-budget")
     if latency_budget is not None and db is None:
         raise TvmqError("a latency budget needs measured latencies: run `tvmq tune` and pass --db")
-    bad = [s for s in specs if s not in SPECS]
-    if bad:
-        raise TvmqError(f"unknown specs {bad}; known: {', '.join(SPECS)}")
+    specs_.check(list(specs), "the specs to allocate")
     features = features or detect_host()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from schedules.target_features import TargetFeatures, detect_host
 
 from .errors import TvmqError
 from .plan import QuantSpec
+from .specs import REDUCED
 
 SENSITIVITY_SCHEMA = 1
 CONTEXTS = ("alone", "w8a8")
@@ -133,7 +134,7 @@ def _stats_hash(stats: Any) -> str:
     return hashlib.sha256(json.dumps(stats.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = ("w8a8", "w4a8", "w8a16", "bf16"),  # type: ignore[assignment]
+def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  # type: ignore[assignment]
             contexts: list[str] = CONTEXTS, range_method: str = "minmax",  # type: ignore[assignment]
             features: TargetFeatures | None = None, output: str | os.PathLike | None = None,
             limit: int | None = None,

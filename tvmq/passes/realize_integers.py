@@ -44,6 +44,7 @@ from tvm import relax, te
 from schedules import elementwise, quant, reference, registry
 from schedules.target_features import TargetFeatures
 
+from .. import specs
 from ..errors import TvmqError
 from ..frontend import LayerTable
 from ..plan import PrecisionPlan
@@ -564,10 +565,10 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
                                             "config": asdict(cfg), "epilogue": ep.__dict__}
 
 
-# per-layer specs RealizeIntegers compiles; W4A8 and W8A8 layers share uint8 activations, so a
-# boundary between them costs nothing (the producer requantizes straight into the consumer's
-# input); bf16 and fp32 layers take and give float32 (dequantize / quantize at their boundaries)
-REALIZABLE = ("w8a8", "w4a8", "w8a16", "bf16", "fp32")
+# RealizeIntegers compiles every spec (``tvmq.specs``); W4A8 and W8A8 layers share uint8
+# activations, so a boundary between them costs nothing (the producer requantizes straight into
+# the consumer's input); bf16 and fp32 layers take and give float32 (dequantize / quantize at
+# their boundaries)
 
 
 class RealizeIntegers(LowerToKernels):
@@ -580,9 +581,9 @@ class RealizeIntegers(LowerToKernels):
         super().__init__(layers, params, param_layer, features, configs=configs)
         self.bias_correction = bias_correction
         plan.validate(layers)
-        unsupported = sorted({s.name for s in plan.values() if s.name not in REALIZABLE})
+        unsupported = sorted({s.name for s in plan.values() if s.name not in specs.SPECS})
         if unsupported:
-            raise TvmqError(f"specs {unsupported} are not realizable yet ({', '.join(REALIZABLE)} are)")
+            raise TvmqError(f"specs {unsupported} are not realizable yet ({', '.join(specs.NAMES)} are)")
         self.plan, self.stats, self.method = plan, stats, method
         self.qparams: dict[str, dict[str, Any]] = {}
         self.program = NumpyProgram()

@@ -22,16 +22,14 @@ from schedules import registry
 from schedules.target_features import TargetFeatures
 
 from ..errors import TvmqError
+from .. import specs
 from .database import TuningDatabase
 from .predictor import LatencyPredictor, feature_vector
 from .tasks import TuneTask, extract_tasks
 
-FLOAT_SPECS = ("fp32", "bf16")
-
-
 def conversion_for(from_spec: str, to_spec: str) -> str | None:
     """The conversion kernel between a producer's spec and a consumer's (None: free)."""
-    src_float, dst_float = from_spec in FLOAT_SPECS, to_spec in FLOAT_SPECS
+    src_float, dst_float = from_spec in specs.FLOAT, to_spec in specs.FLOAT
     if src_float and not dst_float:
         return "quantize_i16" if to_spec == "w8a16" else "quantize_u8"
     if dst_float and not src_float:

@@ -22,6 +22,7 @@ from schedules.target_features import TargetFeatures
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue, Workload
 
 from ..errors import TvmqError
+from ..specs import check as check_specs
 
 # the conversions at a boundary between specs (``LatencyTable.boundary_us``): name -> what it
 # converts (``conversion_compute`` builds its TE compute for one tensor shape)
@@ -129,12 +130,10 @@ def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
     """The distinct tasks of a prepared model (``tvmq.frontend.prepare``) for ``specs``."""
     from ..frontend import to_relax
     from ..passes.lower_kernels import LowerToKernels
-    from ..passes.realize_integers import REALIZABLE, RealizeIntegers
+    from ..passes.realize_integers import RealizeIntegers
     from ..plan import PrecisionPlan
 
-    bad = [s for s in specs if s not in REALIZABLE]
-    if bad:
-        raise TvmqError(f"cannot tune specs {bad}; known: {', '.join(REALIZABLE)}")
+    check_specs(list(specs), "the specs to tune")
     tasks: dict[str, TuneTask] = {}
     keys: dict[tuple[str, str], str] = {}  # (kernel, workload key) -> task key
 
