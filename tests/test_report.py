@@ -13,6 +13,8 @@ import pytest
 from tvmq import report
 from tvmq.errors import TvmqError
 
+from .chromium import CHROMIUM_NAMES, check_with_chromium
+
 SPECS = ("fp32", "w8a8", "w4a8")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -163,19 +165,19 @@ def test_load_report_data_and_render(tmp_path: Path) -> None:
 def test_missing_chromium_names_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="apt-get install -y chromium"):
-        report.check_with_chromium(tmp_path / "report.html")
+        check_with_chromium(tmp_path / "report.html")
 
 
 def test_report_loads_in_chromium(tmp_path: Path) -> None:
-    if not any(shutil.which(n) for n in report.CHROMIUM_NAMES):
+    if not any(shutil.which(n) for n in CHROMIUM_NAMES):
         pytest.skip("chromium not installed: run `apt-get install -y chromium` (or make report-deps)")
     data = _data(7)
     path = report.write_report(data, tmp_path)
-    result = report.check_with_chromium(path)
+    result = check_with_chromium(path)
     assert result["images_loaded"] == 3
     assert result["layer_rows"] == 7
     assert result["images"] == ["pareto", "latency", "layers"]
     assert result["has_plans_table"] is True
     # a broken image is counted as not loaded: the check really looks at the images
     (tmp_path / "latency.png").write_bytes(b"not a png")
-    assert report.check_with_chromium(path)["images_loaded"] == 2
+    assert check_with_chromium(path)["images_loaded"] == 2

@@ -67,8 +67,8 @@ class LatencyTable:
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for specs in self.layers.values():
-            for e in specs.values():
+        for per_spec in self.layers.values():
+            for e in per_spec.values():
                 out[e["source"]] = out.get(e["source"], 0) + 1
         return out
 

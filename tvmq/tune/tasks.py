@@ -21,7 +21,6 @@ from schedules import elementwise, registry
 from schedules.target_features import TargetFeatures
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue, Workload
 
-from ..errors import TvmqError
 from ..specs import check as check_specs
 
 # the conversions at a boundary between specs (``LatencyTable.boundary_us``): name -> what it
