@@ -17,8 +17,8 @@ import numpy as np
 from . import bf16, reference
 from .conv2d import bf16_dot as conv2d_bf16_dot
 from .conv2d import fp32 as conv2d_fp32
-from .conv2d import int8_direct as conv2d_w8a8
-from .conv2d import int8_isa as conv2d_w8a8_isa
+from .conv2d import int8_dispatch as conv2d_w8a8_isa
+from .conv2d import int8_portable as conv2d_w8a8
 from .dense import bf16_dot as dense_bf16_dot
 from .dense import fp32 as dense_fp32
 from .dense import int8 as dense_w8a8

@@ -8,7 +8,7 @@ zero point, exact; widened to int16 for ``vpmaddwd``) so that the ``group`` chan
 are adjacent and broadcast in one load; the weights are packed
 ``[G*OCB, ICB, R, S, ic_bn/group, oc_bn, group]``. The register tile is ``reg_n`` pixels x
 ``oc_bn`` channels (``oc_bn/lanes`` vectors) of int32 accumulators; the epilogue, arguments and
-output layout are ``int8_direct``'s (``common.int8_epilogue``).
+output layout are ``int8_portable``'s (``common.int8_epilogue``).
 
 Knobs (``DotConv2dConfig``): ``ic_bn`` (a multiple of ``group``), ``oc_bn`` (a multiple of
 ``lanes``), ``reg_n``; ``dot`` names the instruction and is fixed by the kernel's ISA.

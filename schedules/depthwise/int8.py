@@ -1,6 +1,6 @@
 """W8A8 depthwise conv2d, portable: the fp32 template's body and schedule with integer types
 (uint8 input padded with its zero point, int8 weights ``[C, R, S]``, int32 accumulation) and the
-integer-only requantization epilogue. Arguments as ``conv2d/int8_direct``."""
+integer-only requantization epilogue. Arguments as ``conv2d/int8_portable``."""
 
 from __future__ import annotations
 
