@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tvm import tirx
+from tvm import te, tirx
+from tvm.tirx import ForKind
 
 from .workload import Epilogue
 
@@ -38,15 +39,11 @@ def apply_activation(x: tirx.PrimExpr, ep: Epilogue) -> tirx.PrimExpr:
 
 def optional_bias(ep: Epilogue, channels: int):  # type: ignore[no-untyped-def]
     """The bias placeholder when the epilogue has one, else None."""
-    from tvm import te
-
     return te.placeholder((channels,), "float32", name="bias") if ep.bias else None
 
 
 def optional_residual(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
     """The residual placeholder (shaped like the kernel's output buffer) when fused, else None."""
-    from tvm import te
-
     return te.placeholder(shape, "float32", name="residual") if ep.residual else None
 
 
@@ -102,8 +99,6 @@ def keep_tile_in_registers(sch, init_b, out_b, tile_loop) -> None:  # type: igno
     """Unroll every loop inside ``tile_loop`` over the accumulator tile outside the reduction
     (its zeroing and its write-back), vectorised loops aside: one loop with a run-time index
     into the tile and LLVM keeps the whole tile on the stack instead of in vector registers."""
-    from tvm.tirx import ForKind
-
     tile_sref = sch.get_sref(tile_loop)
     for block in (init_b, out_b):
         loops = sch.get_loops(block)
@@ -154,8 +149,6 @@ def requantize_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, mult_k: tirx.Prim
 
 def int_residual_args(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
     """``(residual u8 placeholder, rparams s32[3] placeholder)`` when the epilogue fuses one."""
-    from tvm import te
-
     if not ep.residual:
         return None, None
     return (te.placeholder(shape, "uint8", name="residual"),
@@ -168,8 +161,6 @@ def int8_operands(data_shape: tuple[int, ...], weight_shape: tuple[int, ...], we
     a tensor (the W4A8 twin passes the nibbles it unpacks), by default a placeholder (the kernel
     argument); ``data_dtype``: uint8 (W8A8, W4A8, with a zero point) or int16 (W8A16,
     symmetric)."""
-    from tvm import te
-
     data = te.placeholder(data_shape, data_dtype, name="data")
     if weight is None:
         weight = te.placeholder(weight_shape, "int8", name="weight")
@@ -191,8 +182,6 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  #
     qparams [, residual, residual_params]``. Dequantizing (``ep.out_float``, a model edge):
     ``bias, scale f32[K], qparams`` and ``out = act(float32(acc + bias[k]) * scale[k])``.
     """
-    from tvm import te
-
     bias = te.placeholder((channels,), "int32", name="bias")
     qp = te.placeholder((4,), "int32", name="qparams")
     if ep.out_float:

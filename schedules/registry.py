@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from tvm import s_tir, te
 
-from . import bf16, reference
+from . import bf16, reference, space
 from .conv2d import bf16_dot as conv2d_bf16_dot
 from .conv2d import fp32 as conv2d_fp32
 from .conv2d import int8_dispatch as conv2d_w8a8_isa
@@ -95,8 +96,6 @@ class KernelDef:
         config's values. With ``sample_seed`` they are drawn at random instead (one point of the
         search space the tuner explores).
         """
-        from tvm import s_tir, te
-
         func = te.create_prim_func(self.compute(workload, config))
         sch = s_tir.Schedule(func, seed=sample_seed)
         self.schedule(sch, workload, config, sample_seed is not None)
@@ -207,8 +206,6 @@ def int4_weights(base: KernelDef) -> KernelDef:
         return W4A8Config(base.fallback_config(wl, features), "call")
 
     def compute(wl: Workload, cfg: W4A8Config) -> list:
-        from tvm import te
-
         shape = int8_shape(wl, cfg)
         half = packed_shape(shape)[-1]
         packed = te.placeholder(packed_shape(shape), "uint8", name="weight")
@@ -223,8 +220,6 @@ def int4_weights(base: KernelDef) -> KernelDef:
         return [tensors[0], packed, *tensors[2:]]
 
     def schedule(sch, wl: Workload, cfg: W4A8Config, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
-        from . import space
-
         base.schedule(sch, wl, cfg.base, sample)
         block = sch.get_sblock("weight_unpack")
         if cfg.unpack == "block" and space.tensorized(cfg.base):
@@ -267,8 +262,6 @@ def bf16_weights(base: KernelDef) -> KernelDef:
     is rounded to bf16 in a first stage; then the fp32 kernel runs unchanged."""
 
     def compute(wl: Workload, cfg: Any) -> list:
-        from tvm import te
-
         wshape = base.pack_weight(np.zeros(wl.weight_shape, np.float32), wl, cfg).shape
         data = te.placeholder(base.input_shape(wl, cfg), "float32", name="data")
         packed = te.placeholder(wshape, "uint16", name="weight")

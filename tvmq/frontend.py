@@ -367,7 +367,7 @@ def _clip_as_relax_op():  # type: ignore[no-untyped-def]
     layer; ``Max``/``Min`` are worse (``stack`` + reduce). This is the one place tvmq touches the
     importer's converter table; the original table is restored on exit.
     """
-    from tvm import relax
+    from tvm import relax  # (deferred: reading and checking a model needs no TVM)
     from tvm.relax.frontend.onnx import onnx_frontend as of
 
     original_map = of._get_convert_map
@@ -418,7 +418,7 @@ def tvm_ir_constant():  # type: ignore[no-untyped-def]
 
 def to_relax(pm: PreparedModel):  # type: ignore[no-untyped-def]
     """Import the cleaned model: ``(IRModule, params)`` with layer weights as named params."""
-    from tvm import relax
+    from tvm import relax  # (deferred: reading and checking a model needs no TVM)
     from tvm.relax.frontend.onnx import from_onnx
 
     try:

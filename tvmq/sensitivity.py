@@ -35,11 +35,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import tvm
+from tvm import relax
 
 from schedules import bf16, elementwise, quant
 from schedules.target_features import TargetFeatures, detect_host
 
+from .calibration import CalibrationData
+from .compiler import codegen, lower_module
 from .errors import TvmqError
+from .frontend import prepare
+from .passes.realize_integers import expected_weight_error, int16_qmax
 from .plan import QuantSpec
 from .specs import REDUCED
 
@@ -98,8 +104,6 @@ def layer_variant(sw: dict[str, Any], spec: QuantSpec, stats: Any, method: str,
                   bias_correction: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
     """The switchable arguments of one layer at ``spec``: ``[packed weight (, bias)]`` and the
     5 ``fake_quantize`` parameters of its input."""
-    from .passes.realize_integers import expected_weight_error, int16_qmax
-
     m, kernel, cfg = sw["match"], sw["kernel"], sw["config"]
     off = np.array([elementwise.FQ_OFF, 1, 0, 0, 0], np.float32)
     if spec.name == "fp32":
@@ -142,13 +146,6 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
     """Sensitivity of every layer of ``model`` at every spec in ``specs``, over ``data``
     (a ``CalibrationData`` or what ``CalibrationData.from_source`` takes; the first ``limit``
     samples), with calibration ``stats`` (``tvmq.calibration.collect``)."""
-    import tvm
-    from tvm import relax
-
-    from .compiler import codegen, lower_module
-    from .calibration import CalibrationData
-    from .frontend import prepare
-
     bad = [c for c in contexts if c not in CONTEXTS]
     if bad:
         raise TvmqError(f"unknown sensitivity context(s) {bad}; known: {', '.join(CONTEXTS)}")

@@ -19,9 +19,15 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import tvm
+from tvm import te
+from tvm.s_tir import meta_schedule as ms
+
 from schedules import registry
 from schedules.target_features import TargetFeatures
 
+from ..passes.schedule_generic import schedule_primfunc
+from ..runtime import request_amx_permission
 from .database import device_fingerprint
 from .tasks import TuneTask, conversion_compute
 
@@ -41,11 +47,7 @@ def latency_stats(samples_s: list[float]) -> dict[str, float]:
 
 def build_candidate(task: TuneTask, config: Any, features: TargetFeatures):  # type: ignore[no-untyped-def]
     """The scheduled PrimFunc of ``task`` with ``config`` (conversions: the generic schedule)."""
-    from tvm import te
-
     if task.kind == "conversion":
-        from ..passes.schedule_generic import schedule_primfunc
-
         return schedule_primfunc(te.create_prim_func(conversion_compute(task.kernel, task.workload)),
                                  features.fp32_lanes)
     return registry.get(registry.KernelKey.parse(task.kernel)).build_primfunc(task.workload, config)
@@ -77,9 +79,6 @@ class RunnerMeasurer(Measurer):
     def __init__(self, features: TargetFeatures, *, threads: int = 1,
                  rpc: tuple[str, int, str] | None = None, repeat: int = 7, number: int = 3,
                  min_repeat_ms: int = 20, timeout_s: float = 60.0, cpu: str | None = None) -> None:
-        import tvm
-        from tvm.s_tir import meta_schedule as ms
-
         self.features = features
         self.target = tvm.target.Target(features.target_json())
         self.device = device_fingerprint(features, threads, cpu)
@@ -109,9 +108,6 @@ class RunnerMeasurer(Measurer):
         self._count = 0
 
     def measure(self, task: TuneTask, configs: list[Any]) -> list[MeasureResult]:
-        import tvm
-        from tvm.s_tir import meta_schedule as ms
-
         results: list[MeasureResult | None] = [None] * len(configs)
         inputs, where = [], []
         for i, cfg in enumerate(configs):
@@ -144,8 +140,6 @@ class RunnerMeasurer(Measurer):
 
 
 def _amx_initializer() -> None:
-    from ..runtime import request_amx_permission
-
     request_amx_permission()
 
 

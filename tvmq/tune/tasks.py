@@ -17,10 +17,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import tvm_ffi
+from tvm import te
+
 from schedules import elementwise, registry
 from schedules.target_features import TargetFeatures
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue, Workload
 
+from ..calibration.collect import ActivationStats
+from ..calibration.observers import TensorStats
+from ..frontend import to_relax
+from ..passes.lower_kernels import LowerToKernels
+from ..passes.realize_integers import RealizeIntegers
+from ..plan import PrecisionPlan
 from ..specs import check as check_specs
 
 # the conversions at a boundary between specs (``LatencyTable.boundary_us``): name -> what it
@@ -96,9 +105,6 @@ class TuneTask:
 
 
 def _compute_hash(tensors: list) -> str:
-    import tvm_ffi
-    from tvm import te
-
     return str(tvm_ffi.structural_hash(te.create_prim_func(tensors)))
 
 
@@ -116,9 +122,6 @@ def conversion_task_key(name: str, shape: tuple[int, ...]) -> str:
 
 
 def _placeholder_stats(layers: Any) -> Any:
-    from ..calibration.collect import ActivationStats
-    from ..calibration.observers import TensorStats
-
     t = TensorStats(count=1, min=0.0, max=1.0, percentile_lo=0.0, percentile_hi=1.0, mse_lo=0.0, mse_hi=1.0)
     return ActivationStats({l.name: {"in": t, "out": t} for l in layers}, samples=1,
                            meta={"placeholder": "task extraction only"})
@@ -127,11 +130,6 @@ def _placeholder_stats(layers: Any) -> Any:
 def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
                   conversions: bool = True) -> list[TuneTask]:
     """The distinct tasks of a prepared model (``tvmq.frontend.prepare``) for ``specs``."""
-    from ..frontend import to_relax
-    from ..passes.lower_kernels import LowerToKernels
-    from ..passes.realize_integers import RealizeIntegers
-    from ..plan import PrecisionPlan
-
     check_specs(list(specs), "the specs to tune")
     tasks: dict[str, TuneTask] = {}
     keys: dict[tuple[str, str], str] = {}  # (kernel, workload key) -> task key
