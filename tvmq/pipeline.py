@@ -28,9 +28,19 @@ from typing import Any, Callable
 
 import numpy as np
 
+from schedules.target_features import detect_host
+
 from . import specs as specs_
 from .allocate import AllocationProblem, Option, allocate, pareto_front
+from .builder import build
+from .calibration import ActivationStats, CalibrationData, collect
 from .errors import TvmqError
+from .frontend import prepare
+from .plan import PrecisionPlan, QuantSpec
+from .report import write_report
+from .runtime import load
+from .sensitivity import SensitivityResult, analyze
+from .tune import LatencyTable, TuningDatabase, device_fingerprint
 
 
 
@@ -141,8 +151,6 @@ class MixedResult:
 
 
 def measure_ms(library: Path, threads: int = 1, repeat: int = 30) -> float:
-    from .runtime import load
-
     return load(library).benchmark(warmup=5, repeat=repeat, threads=threads).median_ms
 
 
@@ -167,14 +175,6 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     ``eval_data`` (inputs, as ``CalibrationData`` reads them) and optional ``eval_labels``
     (class indices): the fp32, W8A8 and chosen libraries are run on them and the report and
     manifest get their agreement with fp32 (top-1 of the argmax) and, with labels, accuracy."""
-    from schedules.target_features import detect_host
-
-    from .builder import build
-    from .calibration import ActivationStats, CalibrationData, collect
-    from .frontend import prepare
-    from .plan import PrecisionPlan
-    from .sensitivity import analyze
-
     if latency_budget is None and size_budget is None and bops_budget is None:
         raise TvmqError("a mixed-precision compile needs a budget: --latency-budget, --size-budget or --bops-budget")
     if latency_budget is not None and db is None:
@@ -199,8 +199,6 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     timings["calibrate"] = time.perf_counter() - t
     t = time.perf_counter()
     if sensitivity is not None:
-        from .sensitivity import SensitivityResult
-
         sens = sensitivity if isinstance(sensitivity, SensitivityResult) else SensitivityResult.load(sensitivity)
         missing = [s for s in specs if s != "fp32" and s not in sens.specs]
         if missing:
@@ -216,8 +214,6 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     t = time.perf_counter()
     table = None
     if db is not None:
-        from .tune import LatencyTable, TuningDatabase, device_fingerprint
-
         database = TuningDatabase(db)
         device = device_fingerprint(features, threads)
         table = LatencyTable.from_database(database, device["id"], model=pm, specs=list(specs), features=features)
@@ -302,8 +298,6 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     (out / "report.json").write_text(json.dumps(report_data, indent=1))
     report = None
     try:
-        from .report import write_report
-
         report = write_report(report_data, out)
     except ImportError as e:  # matplotlib missing: the data is kept, the page is not drawn
         progress(f"warning: no report.html ({e}); report.json is written")
@@ -313,9 +307,6 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
 
 def evaluate(libraries: dict[str, Path], data: Any, labels: Any, pm: Any) -> dict[str, dict[str, Any]]:
     """Per library: argmax agreement with the ``fp32`` one and, with ``labels``, top-1."""
-    from .calibration import CalibrationData
-    from .runtime import load
-
     feeds = list((data if isinstance(data, CalibrationData) else CalibrationData.from_source(data, pm.inputs))
                  .samples(batch=1))
     y = None if labels is None else np.asarray(np.load(labels) if isinstance(labels, (str, Path)) else labels).ravel()
@@ -332,15 +323,11 @@ def evaluate(libraries: dict[str, Path], data: Any, labels: Any, pm: Any) -> dic
 
 
 def _spec(name: str) -> Any:
-    from .plan import QuantSpec
-
     return QuantSpec.parse(name)
 
 
 def _report_data(pm, model, sens, table, problem, alloc, front, overhead, features, threads, specs,  # type: ignore[no-untyped-def]
                  timings, ref_ms, predicted, measured, budgets, latency_budget, size_budget, manifest):
-    from .tune.database import device_fingerprint
-
     dev = device_fingerprint(features, threads)
     w8 = {l: "w8a8" for l in problem.options}
     fp = {l: "fp32" for l in problem.options}
