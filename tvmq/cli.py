@@ -12,7 +12,9 @@
     tvmq compile model.onnx --calibration calib.npz --latency-budget 0.8x --db tuning.jsonl -o out/
     tvmq report out/
 
-Errors a user can cause print one line ``tvmq: error: ...`` and exit with status 2.
+Errors a user can cause print one line ``tvmq: error: ...`` and exit with status 2. Each command
+imports what it runs inside its own function, so ``tvmq --help`` and argument errors answer
+without importing TVM.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from typing import Sequence
 
 import numpy as np
+
+from schedules.target_features import ISA_LEVELS
 
 from .errors import TvmqError
 from .specs import NAMES as SPEC_NAMES
@@ -303,13 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="ONNX -> out/model.so + out/manifest.json")
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True, help="output directory (created)")
-    c.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"],
+    c.add_argument("--isa", choices=ISA_LEVELS,
                    help="limit kernels to this ISA level (default: detected from the CPU)")
     c.add_argument("--batch-size", type=int, default=1)
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     c.add_argument("--bits", default="fp32",
-                   help="precision of every layer: fp32 (default), bf16, w8a8 or w4a8 (the integer "
-                        "ones need --calibration)")
+                   help="precision of every layer: " + ", ".join(SPEC_NAMES) + " (default fp32; the "
+                        "integer ones need --calibration)")
     c.add_argument("--keep-fp32", default="", metavar="LAYERS",
                    help="comma-separated layer names (or first, last) kept in fp32")
     c.add_argument("--calibration", metavar="DATA",
@@ -338,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--specs", default="w8a8", help="comma-separated: " + ",".join(SPEC_NAMES))
     t.add_argument("--trials", type=int, default=16, help="configurations measured per task (default 16)")
     t.add_argument("--db", default="tuning.jsonl", help="append-only database; a rerun resumes")
-    t.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"])
+    t.add_argument("--isa", choices=ISA_LEVELS)
     t.add_argument("--threads", type=int, default=1, help="TVM threads while measuring (default 1)")
     t.add_argument("--rpc", metavar="HOST:PORT:KEY",
                    help="measure on the device registered as KEY with the TVM RPC tracker at HOST:PORT")
@@ -359,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--w8a8-context", action="store_true",
                    help="also measure each layer with every other layer at W8A8")
     a.add_argument("-o", "--output", default="sensitivity.json", help="resumable JSON")
-    a.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"])
+    a.add_argument("--isa", choices=ISA_LEVELS)
     a.add_argument("-q", "--quiet", action="store_true")
     a.set_defaults(func=cmd_analyze)
 
@@ -392,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--data", required=True, help=".npy / .npz file or a folder of images")
     k.add_argument("--limit", type=int, default=None, help="use the first N samples")
     k.add_argument("-o", "--output", default="calibration.json")
-    k.add_argument("--isa", choices=["amx", "avx512_vnni", "avx512", "avx2", "generic"])
+    k.add_argument("--isa", choices=ISA_LEVELS)
     k.add_argument("-q", "--quiet", action="store_true")
     k.set_defaults(func=cmd_calibrate)
     return p

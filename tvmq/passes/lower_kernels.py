@@ -97,7 +97,9 @@ class _Analysis:
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, dict[str, Any]], taps: bool) -> None:
         super().__init__(mod)
-        self.plan = plan  # tail var -> {"call": ..., "skip": set}
+        # tail var of a layer's chain -> how to emit its kernel call (``LowerToKernels.fp32_entry``,
+        # ``RealizeIntegers``): gv, data, consts, residual, shapes, interior (the vars it replaces)
+        self.plan = plan
         self.skip: set[relax.Var] = set()
         for p in plan.values():
             self.skip |= p["interior"]

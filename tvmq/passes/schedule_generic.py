@@ -1,7 +1,7 @@
 """``ScheduleGeneric``: a real CPU schedule for every PrimFunc no kernel owns.
 
 After ``LegalizeOps`` + ``FuseOps`` + ``FuseTIR`` the elementwise chains, pooling, reductions and
-softmax are fused PrimFuncs with naive single-threaded loops. This pass gives each of them a
+softmax are PrimFuncs (fused where ``FuseOps`` could) with naive single-threaded loops. This pass gives each of them a
 schedule from its structure, without tuning:
 
 * injective producers are inlined into their consumers;
