@@ -21,8 +21,7 @@ from schedules.target_features import ISA_LEVELS, TargetFeatures, detect_host
 HOST = detect_host()
 
 # the /proc/cpuinfo flag that an ISA level needs (what a skip tells the reader to look for)
-CPU_FLAG = {"amx": "amx_int8", "avx512_vnni": "avx512_vnni", "avx512": "avx512f", "avx2": "avx2",
-            "generic": "(none)"}
+CPU_FLAG = {"amx": "amx_int8", "avx512_vnni": "avx512_vnni", "avx512": "avx512f", "avx2": "avx2"}
 
 # one model CPU of each kind seen (num_cores fixed: it changes nothing a kernel test checks)
 SAPPHIRERAPIDS = TargetFeatures(avx2=True, fma=True, avx512f=True, avx512bw=True, avx512_vnni=True,
@@ -41,27 +40,9 @@ def can_execute(isa: str, host: TargetFeatures = HOST) -> bool:
     return ISA_LEVELS.index(host.isa) <= ISA_LEVELS.index(isa)
 
 
-def features_at(isa: str, host: TargetFeatures = HOST) -> TargetFeatures:
-    """The host limited to ``isa`` (executable levels), else the model CPU of that level."""
-    return host.with_isa(isa) if can_execute(isa, host) else PROFILES[isa]
-
-
 def _kernel_identity(op: str, precision: str, features: TargetFeatures) -> tuple:
     kernel = registry.select(op, precision, features)
     return (kernel.key, features.fp32_lanes, features.vector_registers, features.fused_multiply_add)
-
-
-def distinct_levels(op: str, precision: str, candidates=ISA_LEVELS,  # type: ignore[no-untyped-def]
-                    features=features_at) -> list[str]:
-    """The levels among ``candidates`` whose kernels for ``op`` / ``precision`` differ, best
-    first (the first level of each group of identical ones stands for the group)."""
-    seen, levels = set(), []
-    for isa in candidates:
-        ident = _kernel_identity(op, precision, features(isa))
-        if ident not in seen:
-            seen.add(ident)
-            levels.append(isa)
-    return levels
 
 
 def executable_levels(op: str | None = None, precision: str | None = None,
@@ -71,7 +52,13 @@ def executable_levels(op: str | None = None, precision: str | None = None,
     levels = ISA_LEVELS[ISA_LEVELS.index(host.isa):]
     if op is None or precision is None:
         return list(levels)
-    return distinct_levels(op, precision, levels, lambda isa: host.with_isa(isa))
+    seen, distinct = set(), []
+    for isa in levels:  # the first (best) level of each group that builds the same kernel
+        ident = _kernel_identity(op, precision, host.with_isa(isa))
+        if ident not in seen:
+            seen.add(ident)
+            distinct.append(isa)
+    return distinct
 
 
 def skip_reason(isa: str, checked_by: str = "") -> str:
