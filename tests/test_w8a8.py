@@ -88,7 +88,7 @@ def test_quantized_plan_without_statistics_is_an_error(tmp_path: Path) -> None:
 
 def test_bias_correction_matches_explicit_sum() -> None:
     from schedules import quant
-    from tvmq.passes.realize_integers import expected_weight_error
+    from tvmq.recipe import expected_weight_error
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((6, 2, 3, 3))  # 6 outputs, 3 groups of 2 input channels

@@ -53,6 +53,50 @@ def size_accounting(pm: PreparedModel, plan: Any, stored: dict[str, int]) -> dic
             "size": per_layer}
 
 
+def _tuned_configs(db: Any, features: TargetFeatures, threads: int,
+                   progress: Callable[[str], None]) -> tuple[Any, dict[str, Any] | None]:
+    """The configuration chooser of a build with a tuning database (else ``None``) and the
+    manifest's ``tuning`` entry; a warning when the database has no record of this device."""
+    if db is None:
+        return None, None
+    database = db if isinstance(db, TuningDatabase) else TuningDatabase(db)
+    device = device_fingerprint(features, threads)
+    if not database.query(device_id=device["id"]):
+        known = ", ".join(f"{d['cpu']} {d['isa']} {d['threads']}T" for d in database.devices().values())
+        progress(f"warning: the tuning database has no record of this device ({device['cpu']}, "
+                 f"{device['isa']}, {threads} thread(s)); records are of: {known or 'none'}")
+    return TunedConfigs(database, features, device["id"]), {"db": str(getattr(database, "path", None)),
+                                                             "device": device}
+
+
+def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any, lowered: Any,
+              kernels: dict[str, Any], tuning: dict[str, Any] | None, range_method: str,
+              timings: dict[str, float]) -> dict[str, Any]:
+    """``manifest.json``: what was built, for what, from what, how (see the README)."""
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "tvmq_version": __version__,
+        "tvm_version": tvm.__version__,
+        "source_model": os.path.basename(os.fspath(model)),
+        "target": features.target_json(),
+        "target_features": {k: v for k, v in vars(features).items()},
+        "isa": features.isa,
+        "host": platform.node(),
+        "inputs": [s.to_json() for s in pm.inputs],
+        "outputs": [s.to_json() for s in pm.outputs],
+        "layers": pm.layers.to_json(),
+        "kernels": kernels,
+        "tuning": tuning,
+        "precision": "fp32" if plan is None else sorted({s.name for s in plan.values()}),
+        "plan": None if plan is None else plan.to_json(),
+        "qparams": lowered.qparams,
+        "range_method": range_method if plan is not None else None,
+        "total_macs": pm.layers.total_macs,
+        **size_accounting(pm, plan, lowered.weight_bytes),
+        "build_seconds": timings,
+    }
+
+
 def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
           features: TargetFeatures | None = None,
           input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
@@ -89,16 +133,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
             if not isinstance(plan, PrecisionPlan):
                 plan = PrecisionPlan.uniform(pm.layers, plan)  # "w8a8" etc.
             plan.validate(pm.layers)
-        configs, tuning = None, None
-        if db is not None:
-            database = db if isinstance(db, TuningDatabase) else TuningDatabase(db)
-            device = device_fingerprint(features, threads)
-            if not database.query(device_id=device["id"]):
-                known = ", ".join(f"{d['cpu']} {d['isa']} {d['threads']}T" for d in database.devices().values())
-                progress(f"warning: the tuning database has no record of this device ({device['cpu']}, "
-                         f"{device['isa']}, {threads} thread(s)); records are of: {known or 'none'}")
-            configs = TunedConfigs(database, features, device["id"])
-            tuning = {"db": str(getattr(database, "path", None)), "device": device}
+        configs, tuning = _tuned_configs(db, features, threads, progress)
         ex, lowered = compile_relax(pm, features, progress=progress, plan=plan, stats=stats,
                                     range_method=range_method, configs=configs)
     except TvmqError:
@@ -107,10 +142,10 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
         raise TvmqError(f"compilation failed inside TVM: {type(e).__name__}: "
                         f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}") from e
     timings = {"prepare": t_prepare, **lowered.timings}
-    kernels = lowered.kernels
+    kernels = {name: k.to_json() for name, k in lowered.kernels.items()}
     sources: dict[str, int] = {}
-    for k in kernels.values():
-        sources[k["config_source"]] = sources.get(k["config_source"], 0) + 1
+    for k in lowered.kernels.values():
+        sources[k.config_source] = sources.get(k.config_source, 0) + 1
     if tuning is not None:
         tuning["layers"] = sources
         progress("kernel configurations: " + ", ".join(f"{n} layer(s) {s}" for s, n in sorted(sources.items())))
@@ -122,28 +157,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     t = time.perf_counter()
     ex.export_library(str(lib))
     timings["export"] = time.perf_counter() - t
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        "tvmq_version": __version__,
-        "tvm_version": tvm.__version__,
-        "source_model": os.path.basename(os.fspath(model)),
-        "target": features.target_json(),
-        "target_features": {k: v for k, v in vars(features).items()},
-        "isa": features.isa,
-        "host": platform.node(),
-        "inputs": [s.to_json() for s in pm.inputs],
-        "outputs": [s.to_json() for s in pm.outputs],
-        "layers": pm.layers.to_json(),
-        "kernels": kernels,
-        "tuning": tuning,
-        "precision": "fp32" if plan is None else sorted({s.name for s in plan.values()}),
-        "plan": None if plan is None else plan.to_json(),
-        "qparams": lowered.qparams,
-        "range_method": range_method if plan is not None else None,
-        "total_macs": pm.layers.total_macs,
-        **size_accounting(pm, plan, lowered.weight_bytes),
-        "build_seconds": timings,
-    }
+    manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings)
     mpath = out / "manifest.json"
     mpath.write_text(json.dumps(manifest, indent=1))
     return BuildResult(lib, mpath, manifest, timings, lowered.program)

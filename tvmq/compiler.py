@@ -1,8 +1,10 @@
 """The compiler's low level: a prepared model -> a scheduled Relax module -> an executable.
 
-``lower_module`` maps layers to tvmq's kernels (``passes.lower_kernels``; with a quantized plan
-``passes.realize_integers``), then legalizes, fuses and schedules the rest; ``codegen`` lowers
-the Relax module to TVM's VM and LLVM. Calibration, sensitivity analysis and ``builder.build``
+``lower_module`` runs the lowering as ``tvm.transform`` passes (``lowering_passes``): layers to
+tvmq's kernels (``passes.lower_kernels``; with a quantized plan ``passes.realize_integers``),
+then TVM's CPU legalization and fusion, then ``ScheduleGeneric`` for the rest, each timed by a
+pass instrument (``PassTimer``); what the passes decide comes back in a typed record
+(``passes.records.Lowering``). ``codegen`` lowers the Relax module to TVM's VM and LLVM. Calibration, sensitivity analysis and ``builder.build``
 sit above this module; it imports none of them.
 """
 
@@ -12,16 +14,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes, legalize_passes
 
 from schedules.target_features import TargetFeatures
 
 from .errors import TvmqError
 from .frontend import PreparedModel, to_relax
+from .passes import register_errors
 from .passes.lower_kernels import LowerToKernels
 from .passes.realize_integers import RealizeIntegers
+from .passes.records import Lowering
 from .passes.schedule_generic import ScheduleGeneric
 
 
@@ -30,85 +35,108 @@ def no_progress(msg: str) -> None:
 
 
 @dataclass
-class Lowered:
-    """The scheduled Relax module and what lowering learned (before codegen)."""
+class Lowered(Lowering):
+    """The scheduled Relax module (before codegen), what lowering learned (``Lowering``) and the
+    seconds of each step (``import``, then one entry per pass)."""
 
-    mod: Any
-    kernels: dict[str, dict[str, Any]]
-    timings: dict[str, float]
-    taps: list[tuple[str, str]] = field(default_factory=list)
-    program: Any = None  # NumpyProgram of a quantized build (the bit-exact numpy oracle)
-    qparams: dict[str, Any] = field(default_factory=dict)
-    weight_bytes: dict[str, int] = field(default_factory=dict)  # per layer, as stored in the library
-    switches: list[dict[str, Any]] = field(default_factory=list)  # LowerToKernels(switchable=True)
+    mod: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-def lower_module(pm: PreparedModel, features: TargetFeatures, *,
-                 progress: Callable[[str], None] = no_progress, taps: bool = False,
-                 plan: Any = None, stats: Any = None, range_method: str = "minmax",
-                 configs: Any = None, switchable: bool = False) -> Lowered:
-    """Prepared model -> scheduled Relax ``IRModule`` (+ kernel per layer, ...), before codegen.
+@tvm.instrument.pass_instrument
+class PassTimer:
+    """A pass instrument: the seconds of each pass run directly by a ``Sequential``."""
 
-    Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
-    by ``ScheduleGeneric``. With a ``plan`` that quantizes layers, ``RealizeIntegers`` makes them
-    integer-only (``stats``: calibration statistics) and ``Lowered.program`` simulates the result.
-    ``configs`` chooses each kernel's configuration (``tvmq.tune.TunedConfigs``; default: the
-    fallback ones); every kernel entry says which it got (``config_source``).
-    """
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    mod, params = to_relax(pm)
-    timings["import"] = time.perf_counter() - t
-    progress(f"imported: {len(pm.layers)} layers")
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started: list[float] = []
 
-    t = time.perf_counter()
-    program, qparams = None, {}
+    def run_before_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
+        self._started.append(time.perf_counter())
+
+    def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
+        elapsed = time.perf_counter() - self._started.pop()
+        if len(self._started) == 1:  # inside the Sequential, not a pass a pass runs itself
+            self.seconds[info.name] = self.seconds.get(info.name, 0.0) + elapsed
+
+
+def bind_params(params: dict[str, np.ndarray]) -> tvm.transform.Pass:
+    """The parameters of ``main`` still unbound after lowering (what no kernel packed) become
+    constants; ``main`` loses its ``params`` attribute."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvmq.BindParams")
+    def bind(mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        remaining = {p.name: params[p.name] for p in mod["main"].params if p.name in params}
+        mod = relax.transform.BindParams("main", remaining)(mod)
+        func = mod["main"]
+        mod["main"] = func.without_attr("params") if func.attrs and "params" in func.attrs else func
+        return mod
+
+    return bind
+
+
+def lowering_passes(pm: PreparedModel, params: dict[str, np.ndarray], features: TargetFeatures,
+                    record: Lowering, *, taps: bool = False, plan: Any = None, stats: Any = None,
+                    range_method: str = "minmax", configs: Any = None,
+                    switchable: bool = False) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
+    """The two pass lists of ``lower_module``: (layers to kernels, parameters bound) and, run
+    under the target, TVM's CPU legalization + dead code elimination + ``ScheduleGeneric``."""
     if plan is not None and any(spec.name != "fp32" for spec in plan.values()):
         if stats is None and any(not spec.is_float for spec in plan.values()):
             raise TvmqError("a quantized plan needs calibration statistics (tvmq calibrate)")
-        lower: Any = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan, stats,
-                                     range_method, configs=configs)
-        mod = lower(mod)
-        qparams = lower.qparams
+        lower = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan, stats, record,
+                                range_method, configs=configs)
+    else:
+        lower = LowerToKernels(pm.layers, params, pm.param_layer, features, record, taps=taps,
+                               configs=configs, switchable=switchable)
+    target = tvm.target.Target(features.target_json())
+    return ([lower, bind_params(params)],
+            [*legalize_passes(target), relax.transform.DeadCodeElimination(["main"]),
+             ScheduleGeneric(features.fp32_lanes)])
+
+
+def lower_module(pm: PreparedModel, features: TargetFeatures, *,
+                 progress: Callable[[str], None] = no_progress, **options: Any) -> Lowered:
+    """Prepared model -> scheduled Relax ``IRModule`` (+ kernel per layer, ...), before codegen.
+
+    Every PrimFunc of the result is scheduled: the layers by their ``schedules`` kernel, the rest
+    by ``ScheduleGeneric``. ``options`` as ``lowering_passes``: with a ``plan`` that quantizes
+    layers, ``RealizeIntegers`` makes them integer-only (``stats``: calibration statistics) and
+    ``Lowered.program`` simulates the result; ``configs`` chooses each kernel's configuration
+    (``tvmq.tune.TunedConfigs``; default: the fallback ones), and every ``LoweredLayer`` says
+    which it got (``config_source``); ``taps`` / ``switchable`` as ``LowerToKernels``.
+    """
+    register_errors()
+    t = time.perf_counter()
+    mod, params = to_relax(pm)
+    import_seconds = time.perf_counter() - t
+    progress(f"imported: {len(pm.layers)} layers")
+    record = Lowering()
+    to_kernels, legalize = lowering_passes(pm, params, features, record, **options)
+    timer = PassTimer()
+    with tvm.transform.PassContext(instruments=[timer]):
+        mod = tvm.transform.Sequential(to_kernels)(mod)
+        _check_lowering(pm, record, options.get("plan"), progress)
+        with tvm.target.Target(features.target_json()):
+            mod = tvm.transform.Sequential(legalize)(mod)
+    return Lowered(**vars(record), mod=mod, timings={"import": import_seconds, **timer.seconds})
+
+
+def _check_lowering(pm: PreparedModel, record: Lowering, plan: Any, progress: Callable[[str], None]) -> None:
+    """Says what lowering did; an all-integer plan must be integer-only (else a ``TvmqError``)."""
+    if record.program is not None:
         integer_only = all(not spec.is_float for spec in plan.values())
         # integer plans: no float op between their layers (else an error); with float layers
         # the program reproduces them too (each kernel's summation order): the exact oracle
-        if lower.program.check_integer_only() if integer_only else lower.program.simulated():
-            program = lower.program
-        else:
+        if not (record.program.check_integer_only() if integer_only else record.program.simulated()):
+            record.program = None
             progress("note: an op tvmq does not reproduce in numpy (e.g. a softmax) lies before an "
                      "output: no bit-exact numpy oracle of the outputs")
-    else:
-        lower = LowerToKernels(pm.layers, params, pm.param_layer, features, taps=taps, configs=configs,
-                               switchable=switchable)
-        mod = lower(mod)
-    for entry in lower.kernels.values():
-        entry["config_source"] = lower.config_source[entry["function"]]
-    remaining = {p.name: params[p.name] for p in mod["main"].params if p.name in params}
-    mod = relax.transform.BindParams("main", remaining)(mod)
-    func = mod["main"]
-    mod["main"] = func.without_attr("params") if func.attrs and "params" in func.attrs else func
-    timings["lower_kernels"] = time.perf_counter() - t
-    progress(f"kernels: {len(lower.kernels)} layers on {len({k['function'] for k in lower.kernels.values()})} kernels")
-    missed = [l.name for l in pm.layers if l.name not in lower.kernels]
+    functions = {k.function for k in record.kernels.values()}
+    progress(f"kernels: {len(record.kernels)} layers on {len(functions)} kernels")
+    missed = [l.name for l in pm.layers if l.name not in record.kernels]
     if missed:  # correct (TVM's generic lowering) but slow: say so
         progress(f"warning: {len(missed)} layer(s) not matched to a kernel: {', '.join(missed[:5])}")
-
-    target = tvm.target.Target(features.target_json())
-    t = time.perf_counter()
-    with target:
-        mod = tvm.transform.Sequential([
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(["main"]),
-        ])(mod)
-        mod = ScheduleGeneric(features.fp32_lanes)(mod)
-    timings["legalize_fuse_schedule"] = time.perf_counter() - t
-    return Lowered(mod, lower.kernels, timings, list(getattr(lower, "taps", [])), program, qparams,
-                   dict(lower.weight_bytes), list(getattr(lower, "switches", [])))
 
 
 def codegen(mod, features: TargetFeatures):  # type: ignore[no-untyped-def]

@@ -38,15 +38,16 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from schedules import bf16, elementwise, quant
+from schedules import bf16, elementwise
 from schedules.target_features import TargetFeatures, detect_host
 
 from .calibration import CalibrationData
 from .compiler import codegen, lower_module
 from .errors import TvmqError
 from .frontend import prepare
-from .passes.realize_integers import expected_weight_error, int16_qmax
+from .passes.records import Switch
 from .plan import QuantSpec
+from .recipe import quantize_layer
 from .specs import REDUCED
 
 SENSITIVITY_SCHEMA = 1
@@ -100,37 +101,30 @@ def _db(nsr: float) -> float:
     return float("inf") if nsr <= 0 else -10.0 * math.log10(nsr)
 
 
-def layer_variant(sw: dict[str, Any], spec: QuantSpec, stats: Any, method: str,
+def layer_variant(sw: Switch, spec: QuantSpec, stats: Any, method: str,
                   bias_correction: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
     """The switchable arguments of one layer at ``spec``: ``[packed weight (, bias)]`` and the
-    5 ``fake_quantize`` parameters of its input."""
-    m, kernel, cfg = sw["match"], sw["kernel"], sw["config"]
+    5 ``fake_quantize`` parameters of its input; integer specs follow ``tvmq.recipe``, as the
+    compiler does."""
+    m, kernel, cfg = sw.match, sw.kernel, sw.config
     off = np.array([elementwise.FQ_OFF, 1, 0, 0, 0], np.float32)
     if spec.name == "fp32":
-        return list(sw["defaults"]), off
+        return list(sw.defaults), off
     w = np.asarray(m.weight, np.float32)
-    bias = None if m.bias is None else np.asarray(m.bias, np.float64)
     if spec.bf16:
         args = [kernel.pack_weight(bf16.round_bf16(w), m.workload, cfg)]
         if m.epilogue.bias:
-            args.append(bias.astype(np.float32))
+            args.append(np.asarray(m.bias, np.float64).astype(np.float32))
         return args, np.array([elementwise.FQ_BF16, 1, 0, 0, 0], np.float32)
-    wq, s_w = quant.quantize_weights(w, spec.w_bits)
-    wf = (wq.astype(np.float64) * s_w.reshape((-1,) + (1,) * (wq.ndim - 1))).astype(np.float32)
-    lo, hi = stats.get(m.layer.name, "in").range(method)
-    if spec.a_bits == 16:
-        qmax = int16_qmax(quant.quantize_weights(w, 8)[0])
-        fq = np.array([elementwise.FQ_AFFINE, max(abs(lo), abs(hi), 1e-12) / qmax, 0, -qmax, qmax], np.float32)
+    ql = quantize_layer(m.layer.name, w, m.bias, m.layer.groups, spec, stats, method,
+                        bias_correction=bias_correction)
+    if ql.int16_input:
+        fq = np.array([elementwise.FQ_AFFINE, ql.in_scale, 0, -ql.in_qmax, ql.in_qmax], np.float32)
     else:
-        s_in, zp = quant.activation_params(lo, hi)
-        fq = np.array([elementwise.FQ_AFFINE, s_in, zp, 0, 255], np.float32)
-    args = [kernel.pack_weight(wf, m.workload, cfg)]
+        fq = np.array([elementwise.FQ_AFFINE, ql.in_scale, ql.in_zero_point, 0, 255], np.float32)
+    args = [kernel.pack_weight(ql.dequantized_weight(), m.workload, cfg)]
     if m.epilogue.bias:
-        b = bias if bias is not None else np.zeros(wq.shape[0])
-        mean = np.asarray(stats.get(m.layer.name, "in").channel_mean, np.float64)
-        if bias_correction and mean.size:
-            b = b - expected_weight_error(w, wq, s_w, mean, m.layer.groups)
-        args.append(b.astype(np.float32))
+        args.append(ql.bias.astype(np.float32))
     return args, fq
 
 
@@ -209,7 +203,7 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
     if "w8a8" in contexts and "w8a8_all" not in result.baseline:
         result.baseline["w8a8_all"] = nsr(run(all8))
     for i, sw in enumerate(switches):
-        layer = sw["layer"]
+        layer = sw.layer
         if layer in result.layers:
             continue
         entry: dict[str, dict[str, dict[str, float]]] = {}

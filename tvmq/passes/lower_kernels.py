@@ -1,4 +1,5 @@
-"""``LowerToKernels``: each conv / depthwise conv / dense layer becomes one ``schedules`` kernel.
+"""``LowerToKernels``: each conv / depthwise conv / dense layer becomes one ``schedules`` kernel
+(a ``tvm.transform`` module pass).
 
 Precondition: ``main`` as imported by ``frontend.to_relax`` (layer weights and biases are function
 parameters named ``tvmq.<i>.weight`` / ``tvmq.<i>.bias``), before ``BindParams``.
@@ -10,8 +11,12 @@ weight packed ahead of time and the epilogue fused. Identical workloads share on
 
 Postcondition: no ``relax.nn.conv2d`` / ``relax.matmul`` is left on a layer weight; each kernel
 ``PrimFunc`` carries ``tirx.is_scheduled`` and ``op_pattern = kOpaque`` (so ``FuseOps`` leaves it
-alone) and the attribute ``tvmq.layer`` naming its first layer. ``self.kernels`` records, per
-layer, the kernel key and configuration chosen.
+alone) and the attribute ``tvmq.layer`` naming its first layer. The ``Lowering`` record given to
+the pass gets, per layer, the kernel and configuration chosen (``LoweredLayer``) and the bytes
+of its packed weights.
+
+``LayerMatcher`` (finding layers and their epilogue chains) and ``KernelCatalog`` (one PrimFunc
+per distinct kernel, workload and configuration) are shared with ``RealizeIntegers``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from schedules import registry
+from schedules import elementwise, registry
 from schedules.target_features import TargetFeatures
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 from ..frontend import LayerInfo, LayerTable
+from .records import LoweredLayer, Lowering, Switch
 
 _OP_OPAQUE = 8  # relax OpPatternKind.kOpaque
 
@@ -93,112 +99,16 @@ class _Analysis:
         return self.user.get(var) if self.uses.get(var, 0) == 1 else None
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, dict[str, Any]], taps: bool) -> None:
-        super().__init__(mod)
-        # tail var of a layer's chain -> how to emit its kernel call (``LowerToKernels.fp32_entry``,
-        # ``RealizeIntegers``): gv, data, consts, residual, shapes, interior (the vars it replaces)
-        self.plan = plan
-        self.skip: set[relax.Var] = set()
-        for p in plan.values():
-            self.skip |= p["interior"]
-        self.taps = taps
-        self.tapped: list[tuple[str, str, relax.Var]] = []  # (layer, "in" | "out", output var)
+class LayerMatcher:
+    """Finds every layer of ``main`` with the epilogue chain it absorbs (see the module docstring)."""
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # type: ignore[override]
-        if binding.var in self.skip:
-            return
-        p = self.plan.get(binding.var)
-        if p is None:
-            super().visit_var_binding_(binding)
-            return
-        x = x_layer = self.visit_expr(p["data"])
-        res_layer = None
-        if "fq" in p:  # switchable: the input through its run-time fake quantization
-            fq_gv, fq = p["fq"]
-            x = self.builder_.emit(relax.call_tir(fq_gv, [x, fq], relax.TensorType(p["layer_in_shape"], "float32")),
-                                   name_hint="fq")
-        if tuple(p["in_shape"]) != tuple(p["layer_in_shape"]):  # a free view, e.g. [N, C, H*W]
-            x = self.builder_.emit(relax.op.reshape(x, p["in_shape"]), name_hint="kernel_in")
-        args = [x, *p["consts"]]
-        if p["residual"] is not None:
-            res = res_layer = self.visit_expr(p["residual"])
-            if tuple(p["buf_shape"]) != tuple(p["out_shape"]):
-                res = self.builder_.emit(relax.op.reshape(res, p["buf_shape"]), name_hint="kernel_res")
-            args.append(res)
-        call = relax.call_tir(p["gv"], args, relax.TensorType(p["buf_shape"], "float32"))
-        emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
-                else self.builder_.emit_output)
-        if tuple(p["buf_shape"]) != tuple(p["out_shape"]):
-            y = self.builder_.emit(call, name_hint=f"{binding.var.name}_k")
-            new = emit(relax.op.reshape(y, p["out_shape"]), name_hint=binding.var.name)
-        else:
-            new = emit(call, name_hint=binding.var.name)
-        self.set_var_remap(binding.var, new)
-        self.record_float_layer(p, x_layer, res_layer, new)
-        if self.taps:
-            x_in = self.visit_expr(p["data"])
-            self.tapped.append((p["layer"], "in", self.builder_.emit_output(x_in, name_hint="tap_in")))
-            self.tapped.append((p["layer"], "out", self.builder_.emit_output(new, name_hint="tap_out")))
-
-    def record_float_layer(self, p: dict[str, Any], x: relax.Var, residual: relax.Var | None,
-                           out: relax.Var) -> None:
-        """Hook: a float layer was emitted (``out`` from the layer input ``x`` and ``residual``);
-        ``RealizeIntegers`` records it for its numpy program."""
-
-    def with_taps(self, func: relax.Function) -> relax.Function:
-        """``func`` returning ``(original output, *tapped tensors)``."""
-        body = func.body
-        outputs = self.builder_.normalize(relax.Tuple([body.body, *[v for _, _, v in self.tapped]]))
-        seq = self.builder_.normalize(relax.SeqExpr(body.blocks, outputs))
-        return relax.Function(func.params, seq, None, func.is_pure, func.attrs)
-
-
-class LowerToKernels:
-    """Replace each layer of ``layers`` by a scheduled ``schedules`` kernel call.
-
-    Parameters
-    ----------
-    layers : the model's LayerTable
-    params : parameter name -> numpy value (``tvmq.<i>.weight`` / ``.bias``)
-    param_layer : parameter name -> layer name
-    features : the target's features (selects kernels and their fallback configs)
-    precision : kernel precision for every layer (``fp32`` for now)
-    taps : also return every layer's input and output (after its fused epilogue): ``main``
-        then returns ``(original output, *taps)``, in the order of ``self.taps`` (calibration)
-    switchable : every layer's packed weights and bias become parameters of ``main`` (after the
-        model's inputs, in ``self.switches`` order) and its input passes a run-time
-        ``fake_quantize`` with its own ``fq`` parameter: one build in which each layer can be
-        given any precision's weights and input rounding (sensitivity analysis)
-    configs : ``(kernel, workload, layer) -> (config, source)``, the configuration of each kernel
-        (``tvmq.tune.TunedConfigs``: the tuning database's best); default: the kernel's fallback
-        configuration, source ``"fallback"``
-    """
-
-    def __init__(self, layers: LayerTable, params: dict[str, np.ndarray],
-                 param_layer: dict[str, str], features: TargetFeatures, precision: str = "fp32",
-                 *, taps: bool = False, configs: ConfigChooser | None = None,
-                 switchable: bool = False) -> None:
-        self.with_taps = taps
-        self.taps: list[tuple[str, str]] = []
+    def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str]) -> None:
         self.layers = layers
         self.params = params
         self.param_layer = param_layer
-        self.features = features
-        self.precision = precision
-        self.kernels: dict[str, dict[str, Any]] = {}
-        self.weight_bytes: dict[str, int] = {}  # per layer: its packed weights as stored
         self._claimed: set[relax.Var] = set()
-        self._cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
-        self._new_funcs: dict[str, tvm.tirx.PrimFunc] = {}
-        self.configs = configs
-        self.switchable = switchable
-        self.switches: list[dict[str, Any]] = []  # per layer: its run-time parameters (switchable)
-        self._extra_gvs: dict[str, relax.GlobalVar] = {}
-        self.config_source: dict[str, str] = {}  # kernel function name -> where its config came from
 
-    def match_layers(self, mod: tvm.IRModule) -> list[LayerMatch]:
+    def match(self, mod: tvm.IRModule) -> list[LayerMatch]:
         """Every layer of ``main`` with the epilogue chain it absorbs, in binding order."""
         func = mod["main"]
         an = _Analysis(func)
@@ -212,101 +122,8 @@ class LowerToKernels:
                 layer, data, weight, chain, tail = match
                 bias, residual, ep = self._epilogue(chain, an)
                 matches.append(LayerMatch(layer, data, weight, bias, residual, ep,
-                                          self._workload(layer, ep), chain, tail))
+                                          layer_workload(layer, ep), chain, tail))
         return matches
-
-    def add_kernel(self, kernel: registry.KernelDef, wl: Any, layer: str) -> tuple[relax.GlobalVar, Any]:
-        """The (shared) PrimFunc of ``kernel`` for ``wl`` with its configuration (``configs``)."""
-        if self.configs is None:
-            cfg, source = kernel.fallback_config(wl, self.features), "fallback"
-        else:
-            cfg, source = self.configs(kernel, wl, layer)
-        key = (str(kernel.key), wl.key() + repr(cfg))
-        if key not in self._cache:
-            fname = f"tvmq_{kernel.key.op}_{kernel.key.precision}_{len(self._cache)}"
-            self.config_source[fname] = source
-            pf = kernel.build_primfunc(wl, cfg).with_attrs(
-                {"global_symbol": fname, "op_pattern": _OP_OPAQUE, "tvmq.layer": layer})
-            self._new_funcs[fname] = pf
-            self._cache[key] = (relax.GlobalVar(fname), cfg)
-        return self._cache[key]
-
-    def fp32_entry(self, m: LayerMatch, precision: str = "fp32") -> dict[str, Any]:
-        """How the rewriter emits a float layer (``fp32``, or ``bf16``: bf16 weights and inputs,
-        fp32 accumulation, float32 in and out)."""
-        kernel = registry.select(registry.op_of(m.workload), precision, self.features)
-        gv, cfg = self.add_kernel(kernel, m.workload, m.layer.name)
-        packed = kernel.pack_weight(m.weight, m.workload, cfg)
-        consts: list[relax.Expr] = [relax.const(packed)]
-        self.weight_bytes[m.layer.name] = int(packed.nbytes)
-        if m.epilogue.bias:
-            consts.append(relax.const(m.bias.astype(np.float32)))
-        self.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
-                                      "config": asdict(cfg), "epilogue": asdict(m.epilogue)}
-        in_shape, out_shape = tuple(m.layer.input_shape), tuple(m.layer.output_shape)
-
-        def simulate(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-            """numpy, bit for bit: this kernel's summation order and roundings."""
-            res = None if residual is None else residual.reshape(m.workload.out_shape)
-            return kernel.float_reference(m.workload, cfg, x.reshape(in_shape), m.weight, m.bias, res,
-                                          fma=self.features.fused_multiply_add).reshape(out_shape)
-
-        entry = dict(kind="fp32", gv=gv, data=m.data, consts=consts, residual=m.residual, simulate=simulate,
-                     layer=m.layer.name, in_shape=kernel.input_shape(m.workload, cfg),
-                     layer_in_shape=m.layer.input_shape, buf_shape=kernel.output_shape(m.workload, cfg),
-                     out_shape=m.layer.output_shape, interior={v for v in m.chain if v is not m.tail})
-        if self.switchable:
-            defaults = [packed] + ([m.bias.astype(np.float32)] if m.epilogue.bias else [])
-            self._make_switchable(m, kernel, cfg, entry, defaults)
-        return entry
-
-    def _make_switchable(self, m: LayerMatch, kernel: registry.KernelDef, cfg: Any,
-                         entry: dict[str, Any], defaults: list[np.ndarray]) -> None:
-        from schedules import elementwise
-
-        i = len(self.switches)
-        params = [relax.Var(f"sw{i}_{role}", relax.TensorType(a.shape, str(a.dtype)))
-                  for role, a in zip(("weight", "bias"), defaults)]
-        fq = relax.Var(f"sw{i}_fq", relax.TensorType((5,), "float32"))
-        shape = tuple(int(d) for d in m.layer.input_shape)
-        fname = f"tvmq_fake_quantize_{'x'.join(map(str, shape))}"
-        if fname not in self._new_funcs:
-            self._new_funcs[fname] = tvm.te.create_prim_func(elementwise.fake_quantize(shape)).with_attrs(
-                {"global_symbol": fname, "op_pattern": _OP_OPAQUE})  # never fused: a plain elementwise pass
-            self._extra_gvs[fname] = relax.GlobalVar(fname)
-        entry["consts"] = params
-        entry["fq"] = (self._extra_gvs[fname], fq)
-        self.switches.append({"layer": m.layer.name, "params": params, "fq": fq, "defaults": defaults,
-                              "match": m, "kernel": kernel, "config": cfg})
-
-    def register_functions(self, rw: relax.PyExprMutator, plan: dict[relax.Var, dict[str, Any]]) -> None:
-        """Add the new PrimFuncs through the rewriter's builder (typed GlobalVars) and point the
-        plan entries at them."""
-        typed = {gv.name_hint: rw.builder_.add_func(self._new_funcs[gv.name_hint], gv.name_hint)
-                 for gv, _ in self._cache.values()}
-        for name in self._extra_gvs:
-            typed[name] = rw.builder_.add_func(self._new_funcs[name], name)
-        for p in plan.values():
-            p["gv"] = typed[p["gv"].name_hint]
-            if "fq" in p:
-                p["fq"] = (typed[p["fq"][0].name_hint], p["fq"][1])
-
-    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
-        plan = {m.tail: self.fp32_entry(m) for m in self.match_layers(mod)}
-        if not plan:
-            return mod
-        rw = _Rewriter(mod, plan, self.with_taps)
-        self.register_functions(rw, plan)
-        new_main = rw.visit_expr(mod["main"])
-        if self.with_taps:
-            new_main = rw.with_taps(new_main)
-            self.taps = [(layer, role) for layer, role, _ in rw.tapped]
-        if self.switches:
-            extra = [v for s in self.switches for v in (*s["params"], s["fq"])]
-            new_main = relax.Function(list(new_main.params) + extra, new_main.body,
-                                      new_main.ret_struct_info if hasattr(new_main, "ret_struct_info")
-                                      else None, new_main.is_pure, new_main.attrs)
-        return finish_module(rw, new_main)
 
     # -- matching --------------------------------------------------------------------------
     def _param_name(self, expr: relax.Expr, an: _Analysis, kind: str) -> str | None:
@@ -421,8 +238,245 @@ class LowerToKernels:
                       residual=residual is not None)
         return bias, residual, ep
 
-    def _workload(self, layer: LayerInfo, ep: Epilogue) -> Conv2dWorkload | DenseWorkload:
-        return layer_workload(layer, ep)
+
+
+class KernelCatalog:
+    """The kernel PrimFuncs of one lowering: one per distinct (kernel, workload, configuration),
+    named ``tvmq_<op>_<precision>_<i>`` in creation order, added to the module through a
+    rewriter's block builder (``typed``) so that calls get typed ``GlobalVar``s."""
+
+    def __init__(self, features: TargetFeatures, configs: ConfigChooser | None) -> None:
+        self.features = features
+        self.configs = configs
+        self._cache: dict[tuple[str, str], tuple[relax.GlobalVar, Any]] = {}
+        self.funcs: dict[str, tvm.tirx.PrimFunc] = {}  # every new PrimFunc, by name
+        self._extra: list[str] = []  # the names of the PrimFuncs that are not layer kernels
+        self._typed: dict[str, relax.GlobalVar] = {}
+        self.config_source: dict[str, str] = {}  # kernel function name -> where its config came from
+
+    def add_kernel(self, kernel: registry.KernelDef, wl: Any, layer: str) -> tuple[relax.GlobalVar, Any]:
+        """The (shared) PrimFunc of ``kernel`` for ``wl`` with its configuration (``configs``)."""
+        if self.configs is None:
+            cfg, source = kernel.fallback_config(wl, self.features), "fallback"
+        else:
+            cfg, source = self.configs(kernel, wl, layer)
+        key = (str(kernel.key), wl.key() + repr(cfg))
+        if key not in self._cache:
+            fname = f"tvmq_{kernel.key.op}_{kernel.key.precision}_{len(self._cache)}"
+            self.config_source[fname] = source
+            pf = kernel.build_primfunc(wl, cfg).with_attrs(
+                {"global_symbol": fname, "op_pattern": _OP_OPAQUE, "tvmq.layer": layer})
+            self.funcs[fname] = pf
+            self._cache[key] = (relax.GlobalVar(fname), cfg)
+        return self._cache[key]
+
+    def add_func(self, fname: str, make: Callable[[], tvm.tirx.PrimFunc]) -> relax.GlobalVar:
+        """An extra PrimFunc (not a layer kernel), made once."""
+        if fname not in self.funcs:
+            self.funcs[fname] = make().with_attrs({"global_symbol": fname, "op_pattern": _OP_OPAQUE})
+            self._extra.append(fname)
+        return relax.GlobalVar(fname)
+
+    def add_all(self, builder: relax.BlockBuilder) -> None:
+        """Every PrimFunc into ``builder``'s module: the kernels in creation order, then the rest."""
+        for gv, _ in self._cache.values():
+            self.typed(builder, gv)
+        for name in self._extra:
+            self.typed(builder, relax.GlobalVar(name))
+
+    def typed(self, builder: relax.BlockBuilder, gv: relax.GlobalVar) -> relax.GlobalVar:
+        """``gv``'s PrimFunc added to ``builder``'s module (once): the typed ``GlobalVar``."""
+        if gv.name_hint not in self._typed:
+            self._typed[gv.name_hint] = builder.add_func(self.funcs[gv.name_hint], gv.name_hint)
+        return self._typed[gv.name_hint]
+
+    def lowered(self, kernel: registry.KernelDef, gv: relax.GlobalVar, cfg: Any,
+                epilogue: Epilogue) -> LoweredLayer:
+        return LoweredLayer(str(kernel.key), gv.name_hint, asdict(cfg), asdict(epilogue),
+                            self.config_source[gv.name_hint])
+
+
+@dataclass
+class FloatCall:
+    """How a rewriter emits one float layer (fp32 or bf16 kernel, float32 in and out)."""
+
+    gv: relax.GlobalVar
+    data: relax.Expr
+    consts: list[relax.Expr]
+    residual: relax.Expr | None
+    simulate: Callable[..., np.ndarray]  # numpy, bit for bit (``KernelDef.float_reference``)
+    layer: str
+    in_shape: tuple[int, ...]  # what the kernel reads (a free view of the layer input)
+    layer_in_shape: tuple[int, ...]
+    buf_shape: tuple[int, ...]  # what the kernel writes (a free view of the layer output)
+    out_shape: tuple[int, ...]
+    interior: set[relax.Var]  # the chain's vars the call replaces, the tail aside
+    fq: tuple[relax.GlobalVar, relax.Var] | None = None  # switchable: the input's fake_quantize
+
+
+def float_call(m: LayerMatch, precision: str, catalog: KernelCatalog, record: Lowering, *,
+               switchable: bool = False) -> FloatCall:
+    """Layer ``m`` on its ``precision`` (``fp32``, or ``bf16``: bf16 weights and inputs, fp32
+    accumulation) kernel: the PrimFunc, the packed weight, the record's entries. ``switchable``:
+    the weights (and bias) become parameters of ``main`` and the input passes a run-time
+    ``fake_quantize`` (``record.switches``, in order)."""
+    features = catalog.features
+    kernel = registry.select(registry.op_of(m.workload), precision, features)
+    gv, cfg = catalog.add_kernel(kernel, m.workload, m.layer.name)
+    packed = kernel.pack_weight(m.weight, m.workload, cfg)
+    consts: list[relax.Expr] = [relax.const(packed)]
+    record.weight_bytes[m.layer.name] = int(packed.nbytes)
+    if m.epilogue.bias:
+        consts.append(relax.const(m.bias.astype(np.float32)))
+    record.kernels[m.layer.name] = catalog.lowered(kernel, gv, cfg, m.epilogue)
+    in_shape, out_shape = tuple(m.layer.input_shape), tuple(m.layer.output_shape)
+
+    def simulate(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """numpy, bit for bit: this kernel's summation order and roundings."""
+        res = None if residual is None else residual.reshape(m.workload.out_shape)
+        return kernel.float_reference(m.workload, cfg, x.reshape(in_shape), m.weight, m.bias, res,
+                                      fma=features.fused_multiply_add).reshape(out_shape)
+
+    call = FloatCall(gv, m.data, consts, m.residual, simulate, m.layer.name,
+                     tuple(kernel.input_shape(m.workload, cfg)), tuple(m.layer.input_shape),
+                     tuple(kernel.output_shape(m.workload, cfg)), out_shape,
+                     {v for v in m.chain if v is not m.tail})
+    if switchable:
+        defaults = [packed] + ([m.bias.astype(np.float32)] if m.epilogue.bias else [])
+        _make_switchable(call, m, kernel, cfg, defaults, catalog, record)
+    return call
+
+
+def _make_switchable(call: FloatCall, m: LayerMatch, kernel: registry.KernelDef, cfg: Any,
+                     defaults: list[np.ndarray], catalog: KernelCatalog, record: Lowering) -> None:
+    i = len(record.switches)
+    params = [relax.Var(f"sw{i}_{role}", relax.TensorType(a.shape, str(a.dtype)))
+              for role, a in zip(("weight", "bias"), defaults)]
+    fq = relax.Var(f"sw{i}_fq", relax.TensorType((5,), "float32"))
+    shape = tuple(int(d) for d in m.layer.input_shape)
+    # never fused: a plain elementwise pass
+    gv = catalog.add_func(f"tvmq_fake_quantize_{'x'.join(map(str, shape))}",
+                          lambda: tvm.te.create_prim_func(elementwise.fake_quantize(shape)))
+    call.consts = list(params)
+    call.fq = (gv, fq)
+    record.switches.append(Switch(m.layer.name, params, fq, defaults, m, kernel, cfg))
+
+
+def emit_float_layer(rw: relax.PyExprMutator, binding: relax.VarBinding, p: FloatCall
+                     ) -> tuple[relax.Var, relax.Var | None, relax.Var]:
+    """Emit ``p`` in place of ``binding`` (the tail of its chain) through the rewriter ``rw``;
+    returns (the layer's input, its residual operand or None, the new output var)."""
+    bb = rw.builder_
+    x = x_layer = rw.visit_expr(p.data)
+    res_layer = None
+    if p.fq is not None:  # switchable: the input through its run-time fake quantization
+        fq_gv, fq = p.fq
+        x = bb.emit(relax.call_tir(fq_gv, [x, fq], relax.TensorType(p.layer_in_shape, "float32")),
+                    name_hint="fq")
+    if p.in_shape != p.layer_in_shape:  # a free view, e.g. [N, C, H*W]
+        x = bb.emit(relax.op.reshape(x, p.in_shape), name_hint="kernel_in")
+    args = [x, *p.consts]
+    if p.residual is not None:
+        res = res_layer = rw.visit_expr(p.residual)
+        if p.buf_shape != p.out_shape:
+            res = bb.emit(relax.op.reshape(res, p.buf_shape), name_hint="kernel_res")
+        args.append(res)
+    call = relax.call_tir(p.gv, args, relax.TensorType(p.buf_shape, "float32"))
+    emit = bb.emit if isinstance(binding.var, relax.DataflowVar) else bb.emit_output
+    if p.buf_shape != p.out_shape:
+        y = bb.emit(call, name_hint=f"{binding.var.name}_k")
+        new = emit(relax.op.reshape(y, p.out_shape), name_hint=binding.var.name)
+    else:
+        new = emit(call, name_hint=binding.var.name)
+    rw.set_var_remap(binding.var, new)
+    return x_layer, res_layer, new
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    """Replaces each planned chain tail by its float kernel call; optionally taps every layer's
+    input and output."""
+
+    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, FloatCall], taps: bool) -> None:
+        super().__init__(mod)
+        self.plan = plan
+        self.skip: set[relax.Var] = set().union(*(p.interior for p in plan.values()))
+        self.taps = taps
+        self.tapped: list[tuple[str, str, relax.Var]] = []  # (layer, "in" | "out", output var)
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # type: ignore[override]
+        if binding.var in self.skip:
+            return
+        p = self.plan.get(binding.var)
+        if p is None:
+            super().visit_var_binding_(binding)
+            return
+        _, _, new = emit_float_layer(self, binding, p)
+        if self.taps:
+            x_in = self.visit_expr(p.data)
+            self.tapped.append((p.layer, "in", self.builder_.emit_output(x_in, name_hint="tap_in")))
+            self.tapped.append((p.layer, "out", self.builder_.emit_output(new, name_hint="tap_out")))
+
+    def with_taps(self, func: relax.Function) -> relax.Function:
+        """``func`` returning ``(original output, *tapped tensors)``."""
+        body = func.body
+        outputs = self.builder_.normalize(relax.Tuple([body.body, *[v for _, _, v in self.tapped]]))
+        seq = self.builder_.normalize(relax.SeqExpr(body.blocks, outputs))
+        return relax.Function(func.params, seq, None, func.is_pure, func.attrs)
+
+
+@tvm.transform.module_pass(opt_level=0, name="tvmq.LowerToKernels")
+class LowerToKernels:
+    """Replace each layer of ``layers`` by a scheduled float ``schedules`` kernel call.
+
+    Parameters
+    ----------
+    layers : the model's LayerTable
+    params : parameter name -> numpy value (``tvmq.<i>.weight`` / ``.bias``)
+    param_layer : parameter name -> layer name
+    features : the target's features (selects kernels and their fallback configs)
+    record : the ``Lowering`` this pass fills (kernels, weight bytes, taps, switches)
+    taps : also return every layer's input and output (after its fused epilogue): ``main``
+        then returns ``(original output, *taps)``, in the order of ``record.taps`` (calibration)
+    switchable : every layer's packed weights and bias become parameters of ``main`` (after the
+        model's inputs, in ``record.switches`` order) and its input passes a run-time
+        ``fake_quantize`` with its own ``fq`` parameter: one build in which each layer can be
+        given any precision's weights and input rounding (sensitivity analysis)
+    configs : ``(kernel, workload, layer) -> (config, source)``, the configuration of each kernel
+        (``tvmq.tune.TunedConfigs``: the tuning database's best); default: the kernel's fallback
+        configuration, source ``"fallback"``
+    """
+
+    def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
+                 features: TargetFeatures, record: Lowering, *, taps: bool = False,
+                 configs: ConfigChooser | None = None, switchable: bool = False) -> None:
+        self.matcher = LayerMatcher(layers, params, param_layer)
+        self.catalog = KernelCatalog(features, configs)
+        self.record = record
+        self.taps = taps
+        self.switchable = switchable
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        plan = {m.tail: float_call(m, "fp32", self.catalog, self.record, switchable=self.switchable)
+                for m in self.matcher.match(mod)}
+        if not plan:
+            return mod
+        rw = _Rewriter(mod, plan, self.taps)
+        self.catalog.add_all(rw.builder_)
+        for p in plan.values():
+            p.gv = self.catalog.typed(rw.builder_, p.gv)
+            if p.fq is not None:
+                p.fq = (self.catalog.typed(rw.builder_, p.fq[0]), p.fq[1])
+        new_main = rw.visit_expr(mod["main"])
+        if self.taps:
+            new_main = rw.with_taps(new_main)
+            self.record.taps = [(layer, role) for layer, role, _ in rw.tapped]
+        if self.record.switches:
+            extra = [v for s in self.record.switches for v in (*s.params, s.fq)]
+            new_main = relax.Function(list(new_main.params) + extra, new_main.body,
+                                      new_main.ret_struct_info if hasattr(new_main, "ret_struct_info")
+                                      else None, new_main.is_pure, new_main.attrs)
+        return finish_module(rw, new_main)
 
 
 def layer_workload(layer: LayerInfo, ep: Epilogue) -> Conv2dWorkload | DenseWorkload:

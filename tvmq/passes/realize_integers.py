@@ -1,9 +1,8 @@
-"""``RealizeIntegers``: the layers a plan quantizes become integer-only kernels (W8A8, W4A8,
-W8A16); bf16 and fp32 layers stay float.
+"""``RealizeIntegers`` (a ``tvm.transform`` module pass): the layers a plan quantizes become
+integer-only kernels (W8A8, W4A8, W8A16); bf16 and fp32 layers stay float.
 
-Biases are corrected for the mean shift that rounding the weights causes
-(``expected_weight_error``, from the calibrated input channel means; measured on MobileNetV2:
-agreement with fp32 93.5% -> 95.3%). A layer whose output is a model output dequantizes straight from its int32 accumulator
+Each quantized layer follows ``tvmq.recipe`` (weights per output channel, bias correction, the
+input's quantization, the int32 bias), the recipe sensitivity analysis simulates. A layer whose output is a model output dequantizes straight from its int32 accumulator
 (``act(float32(acc + bias) * s_in * s_w)``): logits keep full resolution instead of 256 levels.
 
 Precondition: ``main`` as imported by ``frontend.to_relax`` (as for ``LowerToKernels``), a
@@ -24,17 +23,17 @@ float (or widened losslessly from uint8). Max pooling and global
 average pooling stay integer too; float ops after the last integer layer (a softmax) are allowed.
 
 Postcondition (checked by ``NumpyProgram``): in a plan without float layers no float op feeds
-an integer op (``check_integer_only``); ``self.program`` simulates the emitted ops in numpy, the
+an integer op (``check_integer_only``); ``record.program`` simulates the emitted ops in numpy, the
 bit-exact oracle of the compiled library: the integer ops, and for plans with bf16 / fp32 layers
 those layers (each in its kernel's summation order, ``KernelDef.float_reference``) and the float
-ops between layers that ``_float_op`` reproduces (adds, activations, reshapes, max / global
+ops between layers that ``numpy_program.float_op`` reproduces (adds, activations, reshapes, max / global
 average pooling, means). An output reached only through another op (a softmax) has no oracle
-(``simulated()`` is False). ``self.qparams`` has every layer's scales.
+(``simulated()`` is False). ``record.qparams`` has every layer's scales.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -48,175 +47,15 @@ from .. import specs
 from ..errors import TvmqError
 from ..frontend import LayerTable
 from ..plan import PrecisionPlan
-from .lower_kernels import (ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU, LayerMatch, LowerToKernels,
-                            _Rewriter, const_value, finish_module)
+from ..recipe import QuantizedLayer, int16_qmax, quantize_layer
+from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, const_value,
+                            emit_float_layer, finish_module, float_call)
+from .numpy_program import (AVG_POOL, MAX_POOL, MEAN, RESHAPE, NumpyProgram, QTensor, float_op,
+                            is_global_avg_pool, max_pool_geometry, tensor_args)
+from .records import Lowering
 
 if TYPE_CHECKING:  # (calibration sits above the passes: it compiles with them)
     from ..calibration import ActivationStats
-
-MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
-MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
-
-
-def weight_sqnr_db(w: np.ndarray, wq: np.ndarray, s_w: np.ndarray) -> float:
-    """``10 log10(||W||^2 / ||W - s * W_q||^2)``: how much of the layer's weights survive
-    quantization (per-layer, data-free; the calibrated output SQNR is the allocator's job)."""
-    shape = (-1,) + (1,) * (w.ndim - 1)
-    err = float(((w.astype(np.float64) - wq * s_w.reshape(shape)) ** 2).sum())
-    sig = float((w.astype(np.float64) ** 2).sum())
-    return float("inf") if err == 0 else round(10 * np.log10(sig / err), 2)
-
-
-@dataclass(frozen=True)
-class QTensor:
-    var: relax.Var  # uint8
-    scale: float
-    zp: int
-
-
-class NumpyProgram:
-    """The quantized graph as numpy, op for op: ``ops[var] = (fn, input vars)``, evaluated on
-    demand. Integer ops (quantize, integer layers, requantize, integer pooling, dequantize) and,
-    for plans with float layers, the float ops between them (``float_ops``: fp32 / bf16 layers
-    in their kernels' summation order, ``kernel.float_reference``, and the elementwise / pooling
-    ops tvmq reproduces exactly, ``_float_op``): the bit-exact oracle of the compiled library."""
-
-    def __init__(self) -> None:
-        self.ops: dict[relax.Var, tuple[Callable[..., np.ndarray], list[relax.Var]]] = {}
-        self.float_ops: set[relax.Var] = set()
-        self.aliases: dict[relax.Var, relax.Var] = {}
-        self.params: list[relax.Var] = []
-        self.outputs: list[relax.Var] = []
-
-    def record(self, var: relax.Var, fn: Callable[..., np.ndarray], inputs: list[relax.Var],
-               *, is_float: bool = False) -> None:
-        self.ops[var] = (fn, inputs)
-        if is_float:
-            self.float_ops.add(var)
-
-    def check_integer_only(self) -> bool:
-        """No float op between quantized layers (a plan with no float layer): every integer op
-        must be fed by the model's inputs or by other integer ops. Float ops after the last
-        integer layer (a softmax on the logits) are allowed. Returns ``simulated()``."""
-        floats = sorted({i.name for v, (_, ins) in self.ops.items() if v not in self.float_ops
-                         for i in map(self._resolve, ins)
-                         if (i not in self.ops or i in self.float_ops) and i not in self.params})
-        if floats:
-            raise TvmqError(f"not integer-only: {', '.join(floats[:5])} computed by a float op "
-                            f"feeds an integer one (a float op between quantized layers)")
-        return self.simulated()
-
-    def simulated(self) -> bool:
-        """Whether every model output is computed by recorded ops from the inputs (False when an
-        op tvmq does not reproduce, e.g. a softmax, lies on the way: no exact oracle)."""
-        seen: set[relax.Var] = set()
-        try:
-            for out in self.outputs:
-                self._deps(out, seen)
-        except KeyError:
-            return False
-        return True
-
-    def _resolve(self, v: relax.Var) -> relax.Var:
-        while v in self.aliases:
-            v = self.aliases[v]
-        return v
-
-    def _deps(self, v: relax.Var, seen: set[relax.Var]) -> None:
-        v = self._resolve(v)
-        if v in seen or v in self.params:
-            return
-        seen.add(v)
-        for i in self.ops[v][1]:  # KeyError: an op tvmq does not simulate
-            self._deps(i, seen)
-
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        env: dict[relax.Var, np.ndarray] = dict(zip(self.params, inputs))
-
-        def value(v: relax.Var) -> np.ndarray:
-            v = self._resolve(v)
-            if v not in env:
-                fn, ins = self.ops[v]
-                env[v] = fn(*[value(i) for i in ins])
-            return env[v]
-
-        return [value(o) for o in self.outputs]
-
-
-def _max_pool_geometry(call: relax.Call, out_shape: tuple[int, ...]) -> tuple | None:
-    """(output size, window, strides, dilation, top-left padding) of an NCHW max pool."""
-    a = call.attrs
-    if a.layout != "NCHW" or a.out_layout != "NCHW" or len(out_shape) != 4:
-        return None
-    return (tuple(out_shape[2:]), tuple(int(k) for k in a.pool_size), tuple(int(k) for k in a.strides),
-            tuple(int(k) for k in a.dilation), (int(a.padding[0]), int(a.padding[1])))
-
-
-def _is_global_avg_pool(call: relax.Call) -> bool:
-    """An NCHW average pool whose window is the whole unpadded map."""
-    a, shape = call.attrs, [int(d) for d in call.args[0].ty.shape]
-    return (len(shape) == 4 and a.layout == "NCHW" and [int(k) for k in a.pool_size] == shape[2:]
-            and not any(int(p) for p in a.padding))
-
-
-def _tensor_args(call: relax.Call) -> list[int]:
-    """Positions of the tensor arguments of a float op (clip's bounds and reshape's shape are
-    attributes, read by ``_float_op``)."""
-    if call.op == CLIP or call.op == RESHAPE:
-        return [0]
-    return list(range(len(call.args)))
-
-
-def _float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
-    """numpy for a float op between layers that gives TVM's result bit for bit (its legalized
-    TOPI compute: one rounding per elementwise op, sums in loop order), as a function of the
-    call's tensor arguments; None for an op tvmq does not reproduce (or one on other types)."""
-    if str(getattr(call.ty, "dtype", "")) != "float32":
-        return None
-    a = call.attrs
-    op = call.op
-    if op == ADD:
-        return lambda x, y: np.add(x, y, dtype=np.float32)
-    if op == MAXIMUM:
-        return lambda x, y: np.maximum(x, y)
-    if op == MINIMUM:
-        return lambda x, y: np.minimum(x, y)
-    if op == RELU:
-        return lambda x: np.maximum(x, np.float32(0))
-    if op == CLIP:
-        lo, hi = np.float32(call.args[1].value), np.float32(call.args[2].value)
-        return lambda x: np.maximum(np.minimum(x, hi), lo)
-    if op == RESHAPE:
-        shape = tuple(int(d) for d in call.ty.shape)
-        return lambda x: x.reshape(shape)
-    if op == PERMUTE:
-        axes = None if a.axes is None else [int(i) for i in a.axes]
-        return lambda x: np.transpose(x, axes)
-    if op == MEAN:
-        ndim = len(call.args[0].ty.shape)
-        axes = sorted(int(i) % ndim for i in a.axis) if a.axis is not None else list(range(ndim))
-        return lambda x: reference.mean_in_order(x, axes, bool(a.keepdims))
-    if op == MAX_POOL:
-        geometry = _max_pool_geometry(call, tuple(int(d) for d in call.ty.shape))
-        if geometry is None:
-            return None
-        return lambda x: reference.max_pool(x, *geometry, np.float32(-np.inf))
-    if op == AVG_POOL and _is_global_avg_pool(call):  # topi: the window sum, then one division
-        return lambda x: reference.mean_in_order(x, [2, 3], True)
-    return None
-
-
-def expected_weight_error(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray,
-                          channel_mean: np.ndarray, groups: int = 1) -> np.ndarray:
-    """``E[(W_q - W) x]`` per output channel, ``x`` replaced by its per-channel mean (bias
-    correction, Nagel et al. 2019): subtracting it from the bias removes the mean output shift
-    that rounding the weights causes. ``weight`` is ``[K, C/groups, ...]``."""
-    k = wq.shape[0]
-    delta = wq.astype(np.float64) * s_w.reshape((-1,) + (1,) * (wq.ndim - 1)) - weight
-    delta = delta.reshape(k, delta.shape[1], -1).sum(axis=2)  # [K, C/groups]
-    per_out = np.asarray(channel_mean, np.float64).reshape(groups, delta.shape[1])[
-        np.arange(k) // (k // groups)]
-    return (delta * per_out).sum(axis=1)
 
 
 def _act_bounds16(ep: Any, scale: float, qmax: int) -> tuple[int, int]:
@@ -232,14 +71,6 @@ def _act_bounds16(ep: Any, scale: float, qmax: int) -> tuple[int, int]:
     return lo, hi
 
 
-def int16_qmax(wq: np.ndarray) -> int:
-    """The largest int16 input magnitude a W8A16 layer with these int8 weights accepts: every
-    int32 accumulator then stays below 90% of 2^31 (the rest is the bias' headroom), whatever
-    the input. Wide layers (ResNet's 3x3x512) thus get ~12-13 bits, narrow ones all 15."""
-    widest = int(np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).max())
-    return int(max(1, min(32767, 0.9 * (2 ** 31 - 1) // max(widest, 1))))
-
-
 def _act_bounds(ep: Any, scale: float, zp: int) -> tuple[int, int]:
     if ep.activation == "relu":
         return max(0, zp), 255
@@ -250,11 +81,22 @@ def _act_bounds(ep: Any, scale: float, zp: int) -> tuple[int, int]:
     return 0, 255
 
 
+@dataclass
+class IntCall:
+    """How the rewriter emits one integer layer: its match, whether its output leaves the model."""
+
+    match: LayerMatch
+    edge: bool
+    interior: set[relax.Var]  # the chain's vars the call replaces, the tail aside
+
+
 @relax.expr_functor.mutator
-class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
-    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, dict[str, Any]],
+class _IntRewriter(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, plan: dict[relax.Var, FloatCall | IntCall],
                  owner: RealizeIntegers) -> None:
-        super().__init__(mod, plan, False)
+        super().__init__(mod)
+        self.plan = plan
+        self.skip: set[relax.Var] = set().union(*(p.interior for p in plan.values()))
         self.owner = owner
         self.q: dict[relax.Var, QTensor] = {}  # float var -> its uint8 form
         self.q16: dict[relax.Var, QTensor] = {}  # float var -> its int16 form (zero point 0)
@@ -308,10 +150,10 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.q[x] = QTensor(v, s8, zp8)
         return self.q[x]
 
-    def _i16(self, x: relax.Var, layer: str, qmax: int) -> QTensor:
+    def _i16(self, x: relax.Var, ql: QuantizedLayer) -> QTensor:
         """``x``'s int16 form for a W8A16 consumer: as produced (its producer requantized into
         int16), widened from uint8 (lossless, same scale), or quantized from float with the
-        consumer's calibrated input range mapped to ``[-qmax, qmax]``."""
+        consumer's calibrated input range mapped to ``[-qmax, qmax]`` (``ql``)."""
         if x in self.q16:
             return self.q16[x]
         shape = self._shape(x)
@@ -323,8 +165,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             self.program.record(v, lambda a: reference.widen_u8_i16(a, qt.zp), [qt.var])
             self.q16[x] = QTensor(v, qt.scale, 0)
             return self.q16[x]
-        lo, hi = self.owner.stats.get(layer, "in").range(self.owner.method)
-        scale = max(abs(lo), abs(hi), 1e-12) / qmax
+        scale, qmax = ql.in_scale, ql.in_qmax
         gv = self._func(("quantize_i16", shape, qmax), lambda: elementwise.quantize_i16(shape, qmax))
         v = self.builder_.emit(relax.call_tir(gv, [x, relax.const(np.array([scale], np.float32))],
                                               relax.TensorType(shape, "int16")), name_hint="xq16")
@@ -355,15 +196,19 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         if binding.var in self.skip:
             return
         p = self.plan.get(binding.var)
-        if p is not None and p["kind"] == "int":
+        if isinstance(p, IntCall):
             self._int_layer(binding, p)
+            return
+        if isinstance(p, FloatCall):
+            x, residual, new = emit_float_layer(self, binding, p)
+            self.program.record(new, p.simulate, [x] if residual is None else [x, residual], is_float=True)
             return
         value = binding.value
         if isinstance(value, relax.Call) and value.op in (MEAN, RESHAPE, MAX_POOL, AVG_POOL) and len(value.args) >= 1:
             x = self.visit_expr(value.args[0])
             if self._u8(x) is not None and self._int_passthrough(binding, value, x):
                 return
-        fn = _float_op(value) if isinstance(value, relax.Call) and p is None else None
+        fn = float_op(value) if isinstance(value, relax.Call) else None
         if fn is None:
             super().visit_var_binding_(binding)
             return
@@ -373,18 +218,14 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         self.set_var_remap(binding.var, v)
         tensors = [arg for arg in new_call.args if isinstance(arg, relax.Var)]
         consts = {i: const_value(arg) for i, arg in enumerate(new_call.args) if const_value(arg) is not None}
-        if len(tensors) + len(consts) < len(_tensor_args(value)):
+        if len(tensors) + len(consts) < len(tensor_args(value)):
             return  # an argument that is neither a var nor a constant: not simulated
 
         def simulate(*vals: np.ndarray) -> np.ndarray:
             it = iter(vals)
-            return fn(*[consts[i] if i in consts else next(it) for i in _tensor_args(value)])
+            return fn(*[consts[i] if i in consts else next(it) for i in tensor_args(value)])
 
         self.program.record(v, simulate, tensors, is_float=True)
-
-    def record_float_layer(self, p: dict[str, Any], x: relax.Var, residual: relax.Var | None,
-                           out: relax.Var) -> None:
-        self.program.record(out, p["simulate"], [x] if residual is None else [x, residual], is_float=True)
 
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
         qt = self.q[x]
@@ -397,7 +238,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
                 axis = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else []
                 if sorted(axis) != [2, 3] or not call.attrs.keepdims:
                     return False
-            elif not _is_global_avg_pool(call):
+            elif not is_global_avg_pool(call):
                 return False  # only the global average pool (a window over the whole map)
             gv = self._func(("gap_u8", in_shape), lambda: elementwise.global_avg_pool_u8(in_shape))
             v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
@@ -405,7 +246,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             self.program.record(v, reference.global_avg_pool_u8, [qt.var])
         elif call.op == MAX_POOL:
             in_shape = self._shape(x)
-            geometry = _max_pool_geometry(call, out_shape)
+            geometry = max_pool_geometry(call, out_shape)
             if geometry is None:
                 return False
             gv = self._func(("max_pool_u8", in_shape, geometry),
@@ -421,56 +262,48 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
 
     def _packed(self, m: LayerMatch, kernel: Any, wq: np.ndarray, wl: Any, cfg: Any) -> np.ndarray:
         packed = kernel.pack_weight(wq, wl, cfg)
-        self.owner.weight_bytes[m.layer.name] = int(packed.nbytes)
+        self.owner.record.weight_bytes[m.layer.name] = int(packed.nbytes)
         return packed
+
+    def _kernel(self, m: LayerMatch, wl: Any) -> tuple[Any, relax.GlobalVar, Any]:
+        """The layer's integer kernel for workload ``wl``: (KernelDef, typed GlobalVar, config)."""
+        catalog = self.owner.catalog
+        kernel = registry.select(registry.op_of(wl), self.owner.plan[m.layer.name].name, catalog.features)
+        gv, cfg = catalog.add_kernel(kernel, wl, m.layer.name)
+        return kernel, catalog.typed(self.builder_, gv), cfg
 
     def _quantize_float_residual(self, m: LayerMatch, r: relax.Var) -> QTensor:
         """A residual branch computed in float (an fp32 layer's output): quantized with the
         calibrated range of that layer's output."""
         producer = self.plan.get(m.residual)
-        if producer is None or "layer" not in producer:
+        if not isinstance(producer, FloatCall):
             raise TvmqError(f"layer {m.layer.name!r}: its residual branch is computed by a float "
                             f"op that is not a layer (no calibrated range to quantize it with)")
         s_r, zp_r = quant.activation_params(
-            *self.owner.stats.get(producer["layer"], "out").range(self.owner.method))
+            *self.owner.stats.get(producer.layer, "out").range(self.owner.method))
         return self._quantize(r, self._shape(r), s_r, zp_r)
 
-    def _int_input(self, m: LayerMatch) -> tuple[QTensor, np.ndarray, np.ndarray, np.ndarray]:
-        """The layer's integer input (uint8, or int16 for W8A16), integer weights, their scales
-        and the int32 bias (with the input zero point folded in)."""
+    def _int_input(self, m: LayerMatch) -> tuple[QTensor, QuantizedLayer, np.ndarray]:
+        """The layer's integer input (uint8, or int16 for W8A16), its quantization (``recipe``)
+        and the int32 bias for that input (its zero point folded in)."""
         x = self.visit_expr(m.data)
-        spec = self.owner.plan[m.layer.name]
-        wq, s_w = quant.quantize_weights(m.weight, spec.w_bits)
-        if spec.a_bits == 16:
-            qx = self._i16(x, m.layer.name, int16_qmax(wq))
+        o = self.owner
+        ql = quantize_layer(m.layer.name, m.weight, m.bias, m.layer.groups, o.plan[m.layer.name], o.stats,
+                            o.method, bias_correction=o.bias_correction)
+        if ql.int16_input:
+            qx = self._i16(x, ql)
         else:
-            s_in, zp_in = quant.activation_params(*self.owner.stats.get(m.layer.name, "in").range(self.owner.method))
-            qx = self._u8(x) or self._quantize(x, self._shape(x), s_in, zp_in)
-        b = m.bias if m.bias is not None else np.zeros(wq.shape[0])
-        if self.owner.bias_correction:
-            b = b - self._expected_weight_error(m, wq, s_w)
-        w_sum = wq.astype(np.int64).reshape(wq.shape[0], -1).sum(axis=1)
-        bias_q = np.round(b.astype(np.float64) / (qx.scale * s_w)).astype(np.int64) - qx.zp * w_sum
-        if np.abs(bias_q).max() >= 2 ** 31:
-            raise TvmqError(f"layer {m.layer.name!r}: the int32 bias overflows (scales too small)")
-        return qx, wq, s_w, bias_q.astype(np.int32)
+            qx = self._u8(x) or self._quantize(x, self._shape(x), ql.in_scale, ql.in_zero_point)
+        return qx, ql, ql.int32_bias(qx.scale, qx.zp)
 
-    def _expected_weight_error(self, m: LayerMatch, wq: np.ndarray, s_w: np.ndarray) -> np.ndarray:
-        mean = np.asarray(self.owner.stats.get(m.layer.name, "in").channel_mean, np.float64)
-        if mean.size == 0:
-            return np.zeros(wq.shape[0])
-        return expected_weight_error(m.weight, wq, s_w, mean, m.layer.groups)
-
-    def _int_edge_layer(self, binding: relax.VarBinding, p: dict[str, Any]) -> None:
+    def _int_edge_layer(self, binding: relax.VarBinding, p: IntCall) -> None:
         """An integer layer whose output leaves the model: dequantize straight from int32."""
-        m: LayerMatch = p["match"]
+        m = p.match
         wl = replace(m.workload, epilogue=replace(m.epilogue, out_float=True))
-        qx, wq, s_w, bias_q = self._int_input(m)
+        qx, ql, bias_q = self._int_input(m)
+        wq, s_w = ql.wq, ql.w_scale
         scale = (qx.scale * s_w).astype(np.float32)
-        kernel = registry.select(registry.op_of(wl), self.owner.plan[m.layer.name].name,
-                                 self.owner.features)
-        gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
-        gv = self.owner.typed(self, gv_plain)
+        kernel, gv, cfg = self._kernel(m, wl)
         buf = kernel.output_shape(wl, cfg)
         args = [self._view(qx.var, kernel.input_shape(wl, cfg)),
                 relax.const(self._packed(m, kernel, wq, wl, cfg)), relax.const(bias_q),
@@ -493,20 +326,20 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             self.program.record(y2, lambda a: a.reshape(out_shape), [y])
             y = y2
         self.set_var_remap(binding.var, y)
-        self.owner.qparams[m.layer.name] = {
+        self.owner.record.qparams[m.layer.name] = {
             "in": {"scale": qx.scale, "zero_point": qx.zp}, "out": "fp32 (dequantized from int32)",
-            "w_scales": s_w.tolist(), "weight_sqnr_db": weight_sqnr_db(m.weight, wq, s_w),
+            "w_scales": s_w.tolist(), "weight_sqnr_db": ql.weight_sqnr_db(),
             "clamp": None, "residual": False}
-        self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
-                                            "config": asdict(cfg), "epilogue": wl.epilogue.__dict__}
+        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, wl.epilogue)
 
-    def _int_layer(self, binding: relax.VarBinding, p: dict[str, Any]) -> None:
-        m: LayerMatch = p["match"]
-        if p["edge"] and not m.epilogue.residual:
+    def _int_layer(self, binding: relax.VarBinding, p: IntCall) -> None:
+        m = p.match
+        if p.edge and not m.epilogue.residual:
             self._int_edge_layer(binding, p)
             return
         wl, ep = m.workload, m.epilogue
-        qx, wq, s_w, bias_q = self._int_input(m)
+        qx, ql, bias_q = self._int_input(m)
+        wq, s_w = ql.wq, ql.w_scale
         s_in, zp_in = qx.scale, qx.zp
         out_range = self.owner.stats.get(m.layer.name, "out").range(self.owner.method)
         qmax16 = self.owner.demand16.get(binding.var)
@@ -520,10 +353,7 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
             wl = replace(wl, epilogue=ep)
         out_dtype = "int16" if ep.out_int16 else "uint8"
         mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
-        kernel = registry.select(registry.op_of(wl), self.owner.plan[m.layer.name].name,
-                                 self.owner.features)
-        gv_plain, cfg = self.owner.add_kernel(kernel, wl, m.layer.name)
-        gv = self.owner.typed(self, gv_plain)
+        kernel, gv, cfg = self._kernel(m, wl)
         buf = kernel.output_shape(wl, cfg)
         args: list[relax.Expr] = [self._view(qx.var, kernel.input_shape(wl, cfg)),
                                   relax.const(self._packed(m, kernel, wq, wl, cfg)),
@@ -557,12 +387,11 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
         if ep.out_int16:
             self.range16[new] = out_range
         self.set_var_remap(binding.var, new)
-        self.owner.qparams[m.layer.name] = {
+        self.owner.record.qparams[m.layer.name] = {
             "in": {"scale": s_in, "zero_point": zp_in}, "out": {"scale": s_out, "zero_point": zp_out},
-            "w_scales": s_w.tolist(), "weight_sqnr_db": weight_sqnr_db(m.weight, wq, s_w),
+            "w_scales": s_w.tolist(), "weight_sqnr_db": ql.weight_sqnr_db(),
             "clamp": [lo, hi], "residual": residual is not None}
-        self.owner.kernels[m.layer.name] = {"kernel": str(kernel.key), "function": gv.name_hint,
-                                            "config": asdict(cfg), "epilogue": ep.__dict__}
+        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, ep)
 
 
 # RealizeIntegers compiles every spec (``tvmq.specs``); W4A8 and W8A8 layers share uint8
@@ -571,30 +400,27 @@ class _IntRewriter(_Rewriter._cls):  # type: ignore[name-defined]
 # their boundaries)
 
 
-class RealizeIntegers(LowerToKernels):
-    """``LowerToKernels`` with a plan: W8A8 / W4A8 layers integer-only, fp32 layers as before."""
+@tvm.transform.module_pass(opt_level=0, name="tvmq.RealizeIntegers")
+class RealizeIntegers:
+    """Lower every layer by ``plan``: W8A8 / W4A8 / W8A16 layers integer-only, bf16 / fp32
+    layers on their float kernels (see the module docstring). Fills ``record``: kernels, weight
+    bytes, the quantized layers' scales (``qparams``) and the numpy program (``program``).
+    ``configs`` as for ``LowerToKernels``."""
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
-                 features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats,
-                 method: str = "minmax", bias_correction: bool = True, *,
-                 configs: Any = None) -> None:
-        super().__init__(layers, params, param_layer, features, configs=configs)
-        self.bias_correction = bias_correction
+                 features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats, record: Lowering,
+                 method: str = "minmax", bias_correction: bool = True, *, configs: Any = None) -> None:
         plan.validate(layers)
         unsupported = sorted({s.name for s in plan.values() if s.name not in specs.SPECS})
         if unsupported:
             raise TvmqError(f"specs {unsupported} are not realizable yet ({', '.join(specs.NAMES)} are)")
+        self.matcher = LayerMatcher(layers, params, param_layer)
+        self.catalog = KernelCatalog(features, configs)
+        self.record = record
         self.plan, self.stats, self.method = plan, stats, method
-        self.qparams: dict[str, dict[str, Any]] = {}
-        self.program = NumpyProgram()
-        self._typed: dict[str, relax.GlobalVar] = {}
+        self.bias_correction = bias_correction
         # producer output var -> the int16 bound its W8A16 consumers accept (see int16_qmax)
         self.demand16: dict[relax.Var, int] = {}
-
-    def typed(self, rw: relax.PyExprMutator, gv: relax.GlobalVar) -> relax.GlobalVar:
-        if gv.name_hint not in self._typed:
-            self._typed[gv.name_hint] = rw.builder_.add_func(self._new_funcs[gv.name_hint], gv.name_hint)
-        return self._typed[gv.name_hint]
 
     @staticmethod
     def _model_outputs(func: relax.Function) -> set[relax.Var]:
@@ -606,24 +432,27 @@ class RealizeIntegers(LowerToKernels):
                     edges.add(b.value)
         return edges
 
-    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
-        entries: dict[relax.Var, dict[str, Any]] = {}
+    def _calls(self, mod: tvm.IRModule) -> dict[relax.Var, FloatCall | IntCall]:
+        """Every layer's call, by the tail var of its chain; ``demand16`` of W8A16 consumers."""
+        calls: dict[relax.Var, FloatCall | IntCall] = {}
         edges = self._model_outputs(mod["main"])
-        for m in self.match_layers(mod):
-            if self.plan[m.layer.name].is_float:
-                entries[m.tail] = self.fp32_entry(m, self.plan[m.layer.name].name)
+        for m in self.matcher.match(mod):
+            spec = self.plan[m.layer.name]
+            if spec.is_float:
+                calls[m.tail] = float_call(m, spec.name, self.catalog, self.record)
             else:
-                entries[m.tail] = dict(kind="int", match=m, edge=m.tail in edges,
-                                       interior={v for v in m.chain if v is not m.tail})
-        for p in entries.values():
-            if p["kind"] == "int" and self.plan[p["match"].layer.name].a_bits == 16:
-                m = p["match"]
-                qmax = int16_qmax(quant.quantize_weights(m.weight, 8)[0])
-                self.demand16[m.data] = min(qmax, self.demand16.get(m.data, qmax))
-        rw = _IntRewriter(mod, entries, self)
-        fp32 = {k: v for k, v in entries.items() if v["kind"] == "fp32"}
-        for p in fp32.values():
-            p["gv"] = self.typed(rw, p["gv"])
+                calls[m.tail] = IntCall(m, m.tail in edges, {v for v in m.chain if v is not m.tail})
+                if spec.a_bits == 16:
+                    qmax = int16_qmax(quant.quantize_weights(m.weight, 8)[0])
+                    self.demand16[m.data] = min(qmax, self.demand16.get(m.data, qmax))
+        return calls
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        calls = self._calls(mod)
+        rw = _IntRewriter(mod, calls, self)
+        for p in calls.values():
+            if isinstance(p, FloatCall):
+                p.gv = self.catalog.typed(rw.builder_, p.gv)
         new_main = rw.visit_expr(mod["main"])
         program = rw.program
         program.params = list(new_main.params)
@@ -633,5 +462,5 @@ class RealizeIntegers(LowerToKernels):
                     program.aliases[b.var] = b.value
         body = new_main.body.body
         program.outputs = list(body.fields) if isinstance(body, relax.Tuple) else [body]
-        self.program = program
+        self.record.program = program
         return finish_module(rw, new_main)

@@ -92,13 +92,14 @@ def schedule_primfunc(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+@tvm.transform.module_pass(opt_level=0, name="tvmq.ScheduleGeneric")
 class ScheduleGeneric:
     """Schedule every unscheduled PrimFunc of ``mod`` (see module docstring)."""
 
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
 
-    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         for gv, func in list(mod.functions_items()):
             if not isinstance(func, tirx.PrimFunc):
                 continue

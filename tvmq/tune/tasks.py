@@ -29,6 +29,7 @@ from ..calibration.observers import TensorStats
 from ..frontend import to_relax
 from ..passes.lower_kernels import LowerToKernels
 from ..passes.realize_integers import RealizeIntegers
+from ..passes.records import Lowering
 from ..plan import PrecisionPlan
 from ..specs import check as check_specs
 
@@ -148,10 +149,10 @@ def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
         mod, params = to_relax(pm)
         plan = PrecisionPlan.uniform(pm.layers, spec)
         if spec == "fp32":
-            lower: Any = LowerToKernels(pm.layers, params, pm.param_layer, features, configs=record)
+            lower: Any = LowerToKernels(pm.layers, params, pm.param_layer, features, Lowering(), configs=record)
         else:
             lower = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan,
-                                    _placeholder_stats(pm.layers), configs=record)
+                                    _placeholder_stats(pm.layers), Lowering(), configs=record)
         lower(mod)
     if conversions:
         for layer in pm.layers:

@@ -1,0 +1,56 @@
+"""What lowering learns, as typed records: the passes fill a ``Lowering`` that the caller owns.
+
+A pass in a ``tvm.transform.Sequential`` can only hand back an ``IRModule``; everything else it
+decides (which kernel each layer runs, how many bytes its weights take, the scales of a
+quantized layer, the numpy program of the integer graph) goes into the ``Lowering`` it was
+given at construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LoweredLayer:
+    """How one layer runs: its kernel, the PrimFunc it shares, the configuration and the fused
+    epilogue (the manifest's ``kernels[layer]``)."""
+
+    kernel: str  # KernelKey, e.g. "conv2d/w8a8/avx512_vnni"
+    function: str  # the PrimFunc's global symbol (layers with one workload share it)
+    config: dict[str, Any]
+    epilogue: dict[str, Any]
+    config_source: str  # "fallback", or where a tuned configuration came from
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "function": self.function, "config": self.config,
+                "epilogue": self.epilogue, "config_source": self.config_source}
+
+
+@dataclass
+class Switch:
+    """One layer of a switchable build (``LowerToKernels(switchable=True)``): the parameters of
+    ``main`` that replace its weights (and bias) and its input's ``fake_quantize`` settings."""
+
+    layer: str
+    params: list[Any]  # relax.Var: packed weight (, bias)
+    fq: Any  # relax.Var: the 5 fake_quantize parameters of its input
+    defaults: list[np.ndarray]  # the fp32 values of ``params``
+    match: Any  # lower_kernels.LayerMatch
+    kernel: Any  # schedules.registry.KernelDef
+    config: Any  # the kernel's configuration
+
+
+@dataclass
+class Lowering:
+    """Everything the lowering passes decide besides the module itself."""
+
+    kernels: dict[str, LoweredLayer] = field(default_factory=dict)  # per layer
+    weight_bytes: dict[str, int] = field(default_factory=dict)  # per layer, as stored
+    taps: list[tuple[str, str]] = field(default_factory=list)  # (layer, "in" | "out") outputs
+    switches: list[Switch] = field(default_factory=list)
+    qparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # quantized layers' scales
+    program: Any = None  # realize_integers.NumpyProgram: the bit-exact numpy oracle

@@ -1,0 +1,116 @@
+"""The per-layer quantization recipe: what an integer spec does to one layer's weights, bias and
+input. One place, used by both the compiler (``passes.realize_integers`` builds the integer
+kernel's arguments from it) and sensitivity analysis (``sensitivity.layer_variant`` simulates
+the same layer in float from it), so the allocator ranks exactly what gets compiled.
+
+For a layer with float weights ``W`` (``[K, C/groups, ...]``), bias ``b`` and the calibrated
+statistics of its input, at spec ``w<b>a<a>``:
+
+1. ``W_q, s_w = quantize_weights(W, b)``: symmetric per output channel (MSE clipping below 8
+   bits, ``schedules.quant``);
+2. bias correction (optional, on by default): ``b - E[(s_w W_q - W) x]`` with ``x`` replaced by
+   the calibrated per-channel input mean (Nagel et al. 2019): the mean output shift that
+   rounding the weights causes is removed;
+3. the input: uint8 with the calibrated range (``a_bits`` 8), or int16 symmetric within
+   ``int16_qmax(W_q at 8 bits)`` (``a_bits`` 16), so that no int32 accumulator can overflow;
+4. the int32 bias ``round(b / (s_in s_w)) - zp_in sum(W_q)`` of the input that the kernel
+   actually reads (a producer's uint8 output may carry its own scale): ``int32_bias``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from schedules import quant
+
+from .errors import TvmqError
+
+
+def expected_weight_error(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray,
+                          channel_mean: np.ndarray, groups: int = 1) -> np.ndarray:
+    """``E[(W_q - W) x]`` per output channel, ``x`` replaced by its per-channel mean (bias
+    correction, Nagel et al. 2019): subtracting it from the bias removes the mean output shift
+    that rounding the weights causes. ``weight`` is ``[K, C/groups, ...]``."""
+    k = wq.shape[0]
+    delta = wq.astype(np.float64) * s_w.reshape((-1,) + (1,) * (wq.ndim - 1)) - weight
+    delta = delta.reshape(k, delta.shape[1], -1).sum(axis=2)  # [K, C/groups]
+    per_out = np.asarray(channel_mean, np.float64).reshape(groups, delta.shape[1])[
+        np.arange(k) // (k // groups)]
+    return (delta * per_out).sum(axis=1)
+
+
+def int16_qmax(wq: np.ndarray) -> int:
+    """The largest int16 input magnitude a W8A16 layer with these int8 weights accepts: every
+    int32 accumulator then stays below 90% of 2^31 (the rest is the bias' headroom), whatever
+    the input. Wide layers (ResNet's 3x3x512) thus get ~12-13 bits, narrow ones all 15."""
+    widest = int(np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1).max())
+    return int(max(1, min(32767, 0.9 * (2 ** 31 - 1) // max(widest, 1))))
+
+
+def weight_sqnr_db(w: np.ndarray, wq: np.ndarray, s_w: np.ndarray) -> float:
+    """``10 log10(||W||^2 / ||W - s * W_q||^2)``: how much of the layer's weights survive
+    quantization (per-layer, data-free; the calibrated output SQNR is the allocator's job)."""
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    err = float(((w.astype(np.float64) - wq * s_w.reshape(shape)) ** 2).sum())
+    sig = float((w.astype(np.float64) ** 2).sum())
+    return float("inf") if err == 0 else round(10 * np.log10(sig / err), 2)
+
+
+@dataclass(frozen=True)
+class QuantizedLayer:
+    """One layer at one integer spec (steps 1-3 of the module docstring)."""
+
+    name: str
+    weight: np.ndarray  # the float weights it came from
+    wq: np.ndarray  # integer weights (int8 storage; int4 values in -7..7)
+    w_scale: np.ndarray  # per output channel
+    bias: np.ndarray  # float64, corrected; zeros when the layer has no bias
+    in_scale: float  # the input's quantization from its own calibrated range
+    in_zero_point: int  # 0 for int16 inputs
+    in_qmax: int  # 255 (uint8) or the int16 bound (symmetric, [-qmax, qmax])
+
+    @property
+    def int16_input(self) -> bool:
+        return self.in_qmax != 255
+
+    def dequantized_weight(self) -> np.ndarray:
+        """``s_w * W_q`` as float32 (what the integer kernel multiplies by, in float)."""
+        shape = (-1,) + (1,) * (self.wq.ndim - 1)
+        return (self.wq.astype(np.float64) * self.w_scale.reshape(shape)).astype(np.float32)
+
+    def int32_bias(self, in_scale: float, in_zero_point: int) -> np.ndarray:
+        """Step 4: the kernel's int32 bias for an input quantized with ``(in_scale,
+        in_zero_point)``, the zero point folded in; a ``TvmqError`` when it overflows int32."""
+        w_sum = self.wq.astype(np.int64).reshape(self.wq.shape[0], -1).sum(axis=1)
+        bias_q = (np.round(self.bias.astype(np.float64) / (in_scale * self.w_scale)).astype(np.int64)
+                  - in_zero_point * w_sum)
+        if np.abs(bias_q).max() >= 2 ** 31:
+            raise TvmqError(f"layer {self.name!r}: the int32 bias overflows (scales too small)")
+        return bias_q.astype(np.int32)
+
+    def weight_sqnr_db(self) -> float:
+        return weight_sqnr_db(self.weight, self.wq, self.w_scale)
+
+
+def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, groups: int, spec: Any,
+                   stats: Any, method: str = "minmax", *, bias_correction: bool = True) -> QuantizedLayer:
+    """``weight`` / ``bias`` of layer ``name`` at the integer ``spec`` (a ``QuantSpec``), with
+    the calibrated statistics ``stats`` (``ActivationStats``: ``stats.get(name, "in")``) and
+    its range ``method``."""
+    wq, s_w = quant.quantize_weights(weight, spec.w_bits)
+    b = np.zeros(wq.shape[0]) if bias is None else np.asarray(bias, np.float64)
+    in_stats = stats.get(name, "in")
+    if bias_correction:
+        mean = np.asarray(in_stats.channel_mean, np.float64)
+        if mean.size:
+            b = b - expected_weight_error(weight, wq, s_w, mean, groups)
+    lo, hi = in_stats.range(method)
+    if spec.a_bits == 16:
+        qmax = int16_qmax(wq if spec.w_bits == 8 else quant.quantize_weights(weight, 8)[0])
+        scale, zp = max(abs(lo), abs(hi), 1e-12) / qmax, 0
+    else:
+        (scale, zp), qmax = quant.activation_params(lo, hi), 255
+    return QuantizedLayer(name, weight, wq, s_w, b, scale, zp, qmax)
