@@ -28,6 +28,8 @@ LAYERS = [
     ("tvmq.compiler", "tvmq.builder"),
     ("tvmq.passes", "tvmq.calibration"),
     ("tvmq.passes", "tvmq.builder"),
+    ("tvmq.recipe", "tvmq.passes"),              # the quantization recipe is numpy: passes and
+    ("tvmq.recipe", "tvmq.compiler"),            # sensitivity both read it
     ("tvmq.calibration", "tvmq.builder"),        # the orchestrator sits above them all
     ("tvmq.tune", "tvmq.builder"),
     ("tvmq.builder", "tvmq.pipeline"),
