@@ -142,7 +142,7 @@ class _Model:
 
     def structural(self):  # type: ignore[no-untyped-def]
         """(A, lo, hi) of: one spec per layer, ties, boundary linearisation."""
-        from scipy.sparse import lil_matrix
+        from scipy.sparse import lil_matrix  # (deferred: scipy loads only when a plan is solved)
 
         rows: list[tuple[dict[int, float], float, float]] = []
         for layer, specs in self.p.options.items():
@@ -173,7 +173,7 @@ def _solve(m: _Model, objective: np.ndarray, budgets: Mapping[str, float],  # ty
            ratio_rows: np.ndarray | None = None, ratio_max: float = np.inf):
     """One MILP. With ``ratio_rows`` a last continuous variable ``r`` (in ``[0, ratio_max]``)
     joins, constrained by ``ratio_rows @ [x, z, r] <= 0``."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import Bounds, LinearConstraint, milp  # (deferred: as above, ~0.3 s)
     from scipy.sparse import csr_matrix, hstack
 
     n = len(objective)

@@ -411,7 +411,7 @@ def _clip_as_relax_op():  # type: ignore[no-untyped-def]
 
 
 def tvm_ir_constant():  # type: ignore[no-untyped-def]
-    import tvm
+    import tvm  # (deferred: reading and checking a model needs no TVM)
 
     return tvm.ir.Constant
 

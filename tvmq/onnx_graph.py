@@ -81,7 +81,7 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 
 def _eval_node(node: onnx.NodeProto, values: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    from onnx.reference import ReferenceEvaluator
+    from onnx.reference import ReferenceEvaluator  # (deferred: heavy, only for constant folding)
 
     names = [f"i{k}" if v is not None else "" for k, v in enumerate(values)]
     n = helper.make_node(node.op_type, names, [f"o{k}" for k in range(len(node.output))],

@@ -132,7 +132,7 @@ def _error(p: Mapping) -> float | None:
 
 
 def _plot_pareto(data: Mapping, path: Path) -> None:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # (deferred: matplotlib is optional, HTML report only)
 
     fig = Figure(figsize=(8, 5.5), dpi=100)
     ax = fig.add_subplot()
@@ -184,7 +184,7 @@ def _plot_pareto(data: Mapping, path: Path) -> None:
 
 
 def _plot_latency(data: Mapping, path: Path) -> None:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # (deferred: matplotlib is optional, HTML report only)
 
     fig = Figure(figsize=(6.5, 6), dpi=100)
     ax = fig.add_subplot()
@@ -225,7 +225,7 @@ def _plot_latency(data: Mapping, path: Path) -> None:
 def _plot_layers(data: Mapping, path: Path) -> None:
     """One marker line per spec over the layers (log y): filled = measured, hollow = predicted,
     a star on each layer's chosen spec. Lines rather than bars stay legible at 50+ layers."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # (deferred: matplotlib is optional, HTML report only)
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -465,7 +465,7 @@ def _html(data: Mapping, specs: list[str]) -> str:
 def write_report(data: dict, out_dir: str | os.PathLike) -> Path:
     """Render ``out_dir/report.html`` plus PNG plots next to it; returns the HTML path."""
     _validate(data, "report data")
-    import matplotlib
+    import matplotlib  # (deferred: optional; an ImportError leaves report.json without the page)
 
     matplotlib.use("Agg")
     out = Path(out_dir)

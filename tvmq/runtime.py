@@ -37,10 +37,17 @@ def request_amx_permission() -> bool:
         return False
 
 
+def _tvm() -> Any:
+    """TVM's Python package, imported on first use: ``import tvmq`` (the CLI's ``--help``,
+    reading a manifest) does not load TVM."""
+    import tvm.runtime.vm  # (deferred: see the docstring)
+
+    return tvm
+
+
 def set_num_threads(threads: int) -> None:
     """Size TVM's thread pool (``threads`` >= 1)."""
-    import tvm
-
+    tvm = _tvm()
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
@@ -88,8 +95,7 @@ class Module:
     """A compiled tvmq model: ``run`` and ``benchmark``."""
 
     def __init__(self, library: Path, manifest: dict[str, Any]) -> None:
-        import tvm  # (deferred: ``import tvmq`` stays light)
-        from tvm.runtime.vm import VirtualMachine
+        tvm = _tvm()
 
         self.library = library
         self.manifest = manifest
@@ -100,7 +106,7 @@ class Module:
         except Exception as e:
             raise ArtifactError(f"cannot load {library}: {str(e).strip().splitlines()[-1]}") from None
         self._dev = tvm.cpu()
-        self._vm = VirtualMachine(lib, self._dev)
+        self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
         self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
         self.output_names = [o["name"] for o in manifest["outputs"]]
 
@@ -109,8 +115,7 @@ class Module:
         return [n for n, _, _ in self.inputs]
 
     def _convert(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> list[Any]:
-        import tvm
-
+        tvm = _tvm()
         if isinstance(feeds, np.ndarray):
             if len(self.inputs) != 1:
                 raise InputError(f"the model has {len(self.inputs)} inputs "

@@ -33,7 +33,7 @@ class ImagePreprocess:
 
     def __call__(self, path: Path) -> np.ndarray:
         try:
-            from PIL import Image
+            from PIL import Image  # (deferred: an optional dependency, images only)
         except ImportError:
             raise InputError("reading images needs Pillow: pip install pillow") from None
         img = Image.open(path).convert("RGB")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from schedules.quant import activation_params
+
 METHODS = ("minmax", "percentile", "mse")
 
 
@@ -112,8 +114,6 @@ class Observer:
 
 
 def _quant_mse(v: np.ndarray, lo: float, hi: float, bits: int) -> float:
-    from schedules.quant import activation_params
-
     scale, zp = activation_params(lo, hi, bits)
     q = np.clip(np.round(v / scale) + zp, 0, 2 ** bits - 1)
     return float(np.mean(((q - zp) * scale - v) ** 2))

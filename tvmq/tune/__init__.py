@@ -5,6 +5,9 @@ append-only JSONL database; the latency table the allocator reads.
     >>> summary = tune_model("model.onnx", ["w8a8", "fp32"], db="tuning.jsonl", trials=16)  # doctest: +SKIP
 """
 
+from schedules.target_features import detect_host
+
+from ..frontend import prepare
 from .database import DatabaseError, TuningDatabase, TuningRecord, device_fingerprint
 from .latency import LatencyTable, conversion_for
 from .measure import Measurer, MeasureResult, RunnerMeasurer, ScriptedMeasurer
@@ -23,10 +26,6 @@ def tune_model(model, specs, *, db, trials: int = 16, features=None, threads: in
                measurer: Measurer | None = None) -> TuneSummary:
     """Extract the tasks of ``model`` for ``specs`` and tune them into ``db`` (a path or a
     ``TuningDatabase``); ``rpc``: ``(tracker_host, port, key)``."""
-    from schedules.target_features import detect_host
-
-    from ..frontend import prepare
-
     features = features or detect_host()
     pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
     tasks = extract_tasks(pm, list(specs), features)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from schedules import registry
-from schedules.target_features import TargetFeatures
+from schedules import registry, space
+from schedules.target_features import TargetFeatures, detect_host
 
 from ..errors import TvmqError
 from .. import specs
@@ -92,8 +92,6 @@ class LatencyTable:
         """The table of ``model`` (a prepared model, or its ``tasks``) for ``specs`` on ``device``
         (a fingerprint or its id). Unmeasured entries are predicted (``predict=True``, the
         predictor trained on the device's records; its held-out error is kept) or an error."""
-        from schedules.target_features import detect_host
-
         features = features or detect_host()
         dev_id = device if isinstance(device, str) else device["id"]
         dev = db.devices().get(dev_id, {"id": dev_id})
@@ -123,8 +121,6 @@ class LatencyTable:
                 if task.kind == "conversion":
                     cfg_json: dict[str, Any] = {}
                 else:
-                    from schedules import space
-
                     kernel = registry.get(registry.KernelKey.parse(task.kernel))
                     cfg_json = space.config_to_json(kernel.fallback_config(task.workload, features))
                 us = float(predictor.predict([feature_vector(task.kernel, task.spec, task.workload_json(),

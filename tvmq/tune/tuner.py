@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
 import numpy as np
+import tvm
 
 from schedules import registry, space
 from schedules.packing import W4A8Config
@@ -118,8 +119,6 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
          trials: int = 16, batch: int = 8, warmup: int = 4, seed: int = 0,
          progress: bool | Progress = True, log: Callable[[str], None] | None = None) -> TuneSummary:
     """Tune every task; records go to ``db`` as they are measured. Returns the summary."""
-    import tvm
-
     t0 = time.perf_counter()
     dev = measurer.device["id"]
     plans = []
