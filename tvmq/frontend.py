@@ -266,6 +266,7 @@ def prepare(source: str | os.PathLike | onnx.ModelProto, *,
     og.fold_constants(g)
     og.unique_names(g.nodes)
     shapes = og.static_shapes(g)
+    og.explicit_auto_pad(g, shapes)
 
     layers: list[LayerInfo] = []
     params: dict[str, np.ndarray] = {}
@@ -329,19 +330,7 @@ def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
     kh, kw = w.shape[2], w.shape[3]
     strides = tuple(a.get("strides", [1, 1]))
     dil = tuple(a.get("dilations", [1, 1]))
-    pads = list(a.get("pads", [0, 0, 0, 0]))
-    auto_pad = a.get("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for dim, k, s, d in ((x_shape[2], kh, strides[0], dil[0]), (x_shape[3], kw, strides[1], dil[1])):
-            out = -(-dim // s)
-            total = max((out - 1) * s + (k - 1) * d + 1 - dim, 0)
-            small, big = total // 2, total - total // 2
-            pads.append((small, big) if auto_pad == "SAME_UPPER" else (big, small))
-        pads = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
-    elif auto_pad == "VALID":
-        pads = [0, 0, 0, 0]
+    pads = list(a.get("pads", [0, 0, 0, 0]))  # auto_pad is explicit by now (og.explicit_auto_pad)
     top, left, bottom, right = int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3])
     groups = int(a.get("group", 1))
     if out_shape is None:

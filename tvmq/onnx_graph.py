@@ -124,6 +124,50 @@ def static_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
+    """(begin, end) padding of ``auto_pad`` SAME_UPPER (``upper``) / SAME_LOWER along one axis:
+    output ``ceil(size / stride)``, the odd pixel at the end (UPPER) or the beginning (LOWER)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    small, big = total // 2, total - total // 2
+    return (small, big) if upper else (big, small)
+
+
+def explicit_auto_pad(g: Graph, shapes: dict[str, tuple[int, ...]]) -> int:
+    """``auto_pad`` SAME_UPPER / SAME_LOWER / VALID of 2-D Conv and pooling nodes rewritten as
+    explicit ``pads`` (TVM's importer pads such inputs with a separate op, which a layer's kernel
+    would pad again). Nodes whose input shape is not static keep their ``auto_pad``. Returns the
+    count rewritten."""
+    done = 0
+    for n in g.nodes:
+        if n.op_type not in ("Conv", "MaxPool", "AveragePool"):
+            continue
+        a = attrs(n)
+        mode = a.get("auto_pad", b"NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        x_shape = shapes.get(n.input[0], ())
+        if mode in ("NOTSET", "") or len(x_shape) != 4:
+            continue
+        if n.op_type == "Conv":
+            if n.input[1] not in g.consts:
+                continue
+            kernel = tuple(g.consts[n.input[1]].shape[2:])
+        else:
+            kernel = tuple(a["kernel_shape"])
+        strides, dil = tuple(a.get("strides", [1, 1])), tuple(a.get("dilations", [1, 1]))
+        if mode == "VALID":
+            pads = [0, 0, 0, 0]
+        else:
+            (t, b), (l, r) = (same_pads(x_shape[2 + i], kernel[i], strides[i], dil[i], mode == "SAME_UPPER")
+                              for i in range(2))
+            pads = [t, l, b, r]
+        kept = [at for at in n.attribute if at.name not in ("auto_pad", "pads")]
+        del n.attribute[:]
+        n.attribute.extend(kept + [onnx.helper.make_attribute("pads", pads)])
+        done += 1
+    return done
+
+
 def fold_constants(g: Graph) -> int:
     """Evaluate every node whose inputs are all constant (and ``Shape`` of static tensors)."""
     shapes = static_shapes(g)
