@@ -54,3 +54,34 @@ def test_conv_auto_pad_equals_onnxruntime_and_the_numpy_program(tmp_path: Path, 
     q = tvmq.load(r.library)
     for xi in x:
         np.testing.assert_array_equal(q.run({"x": xi})["y"], r.program.run([xi])[0])
+
+
+def test_a_channel_batch_norm_folding_nearly_zeroed_gets_a_raised_weight_scale(tmp_path: Path) -> None:
+    """Tiny weights and a large bias (a dead channel after folding): the int32 bias would
+    overflow; the channel's weight scale is raised instead of refusing the model."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[2] *= 1e-9
+    b = np.array([0.1, -0.2, 5.0, 0.3], np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+             numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])], inits)
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), model)
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+
+    r = tvmq.build(model, tmp_path / "w8a8", plan="w8a8", stats=collect(model, x[:, 0]))
+    assert r.manifest_data["qparams"]["conv"]["w_scales_raised_for_bias"] == [2]
+    assert "w_scales_raised_for_bias" not in r.manifest_data["qparams"]["conv2"]
+    q = tvmq.load(r.library)
+    ref = ort_session(model)
+    for xi in x:
+        got = q.run({"x": xi})["y"]
+        np.testing.assert_array_equal(got, r.program.run([xi])[0])
+        want = ref.run(None, {"x": xi})[0]
+        sqnr = 10 * np.log10((want ** 2).sum() / ((got - want) ** 2).sum())
+        assert sqnr > 25, sqnr

@@ -14,12 +14,14 @@ statistics of its input, at spec ``w<b>a<a>``:
 3. the input: uint8 with the calibrated range (``a_bits`` 8), or int16 symmetric within
    ``int16_qmax(W_q at 8 bits)`` (``a_bits`` 16), so that no int32 accumulator can overflow;
 4. the int32 bias ``round(b / (s_in s_w)) - zp_in sum(W_q)`` of the input that the kernel
-   actually reads (a producer's uint8 output may carry its own scale): ``int32_bias``.
+   actually reads (a producer's uint8 output may carry its own scale): ``int32_bias``; where a
+   channel's bias would not fit in int32, ``fit_bias`` first raises that channel's weight
+   scale just enough (what mature quantizers do; never an error).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,10 @@ def weight_sqnr_db(w: np.ndarray, wq: np.ndarray, s_w: np.ndarray) -> float:
     return float("inf") if err == 0 else round(10 * np.log10(sig / err), 2)
 
 
+# |bias / (s_in s_w)| stays below this: the rest of the int32 range holds zp_in * sum(W_q)
+BIAS_LIMIT = 2 ** 30
+
+
 @dataclass(frozen=True)
 class QuantizedLayer:
     """One layer at one integer spec (steps 1-3 of the module docstring)."""
@@ -71,6 +77,11 @@ class QuantizedLayer:
     in_scale: float  # the input's quantization from its own calibrated range
     in_zero_point: int  # 0 for int16 inputs
     in_qmax: int  # 255 (uint8) or the int16 bound (symmetric, [-qmax, qmax])
+    w_bits: int = 8
+    raw_bias: np.ndarray | None = None  # float64, before the correction
+    channel_mean: np.ndarray | None = None  # the calibrated input channel means (correction)
+    groups: int = 1
+    raised: tuple[int, ...] = ()  # channels whose weight scale ``fit_bias`` raised
 
     @property
     def int16_input(self) -> bool:
@@ -81,9 +92,28 @@ class QuantizedLayer:
         shape = (-1,) + (1,) * (self.wq.ndim - 1)
         return (self.wq.astype(np.float64) * self.w_scale.reshape(shape)).astype(np.float32)
 
+    def fit_bias(self, in_scale: float) -> QuantizedLayer:
+        """This layer, or where a channel's bias would leave the int32 range for an input of
+        scale ``in_scale`` (a channel that batch-norm folding nearly zeroed: tiny weights, a
+        large bias), a copy with that channel's weight scale raised just enough
+        (``|b| / (s_in s_w) <= BIAS_LIMIT``), its weights and bias correction recomputed, and
+        the channel listed in ``raised``. The channel then keeps fewer weight levels; its
+        output is dominated by the bias anyway."""
+        need = np.abs(self.bias) / (in_scale * BIAS_LIMIT)
+        over = need > self.w_scale
+        if not over.any():
+            return self
+        s_w = np.where(over, need, self.w_scale)
+        hi = 2 ** (self.w_bits - 1) - 1
+        shape = (-1,) + (1,) * (self.weight.ndim - 1)
+        wq = np.clip(np.round(self.weight / s_w.reshape(shape)), -hi, hi).astype(np.int8)
+        bias = _corrected(self.weight, wq, s_w, self.raw_bias, self.channel_mean, self.groups)
+        raised = tuple(sorted(set(self.raised) | {int(c) for c in np.flatnonzero(over)}))
+        return replace(self, wq=wq, w_scale=s_w, bias=bias, raised=raised)
+
     def int32_bias(self, in_scale: float, in_zero_point: int) -> np.ndarray:
         """Step 4: the kernel's int32 bias for an input quantized with ``(in_scale,
-        in_zero_point)``, the zero point folded in; a ``TvmqError`` when it overflows int32."""
+        in_zero_point)``, the zero point folded in (after ``fit_bias``, it fits)."""
         w_sum = self.wq.astype(np.int64).reshape(self.wq.shape[0], -1).sum(axis=1)
         bias_q = (np.round(self.bias.astype(np.float64) / (in_scale * self.w_scale)).astype(np.int64)
                   - in_zero_point * w_sum)
@@ -95,22 +125,29 @@ class QuantizedLayer:
         return weight_sqnr_db(self.weight, self.wq, self.w_scale)
 
 
+def _corrected(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray, raw_bias: np.ndarray | None,
+               channel_mean: np.ndarray | None, groups: int) -> np.ndarray:
+    """The bias after the correction (``channel_mean`` None: no correction)."""
+    b = np.zeros(wq.shape[0]) if raw_bias is None else raw_bias
+    if channel_mean is not None and channel_mean.size:
+        b = b - expected_weight_error(weight, wq, s_w, channel_mean, groups)
+    return b
+
+
 def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, groups: int, spec: Any,
                    stats: Any, method: str = "minmax", *, bias_correction: bool = True) -> QuantizedLayer:
     """``weight`` / ``bias`` of layer ``name`` at the integer ``spec`` (a ``QuantSpec``), with
     the calibrated statistics ``stats`` (``ActivationStats``: ``stats.get(name, "in")``) and
     its range ``method``."""
     wq, s_w = quant.quantize_weights(weight, spec.w_bits)
-    b = np.zeros(wq.shape[0]) if bias is None else np.asarray(bias, np.float64)
+    raw = None if bias is None else np.asarray(bias, np.float64)
     in_stats = stats.get(name, "in")
-    if bias_correction:
-        mean = np.asarray(in_stats.channel_mean, np.float64)
-        if mean.size:
-            b = b - expected_weight_error(weight, wq, s_w, mean, groups)
+    mean = np.asarray(in_stats.channel_mean, np.float64) if bias_correction else None
+    b = _corrected(weight, wq, s_w, raw, mean, groups)
     lo, hi = in_stats.range(method)
     if spec.a_bits == 16:
         qmax = int16_qmax(wq if spec.w_bits == 8 else quant.quantize_weights(weight, 8)[0])
         scale, zp = max(abs(lo), abs(hi), 1e-12) / qmax, 0
     else:
         (scale, zp), qmax = quant.activation_params(lo, hi), 255
-    return QuantizedLayer(name, weight, wq, s_w, b, scale, zp, qmax)
+    return QuantizedLayer(name, weight, wq, s_w, b, scale, zp, qmax, spec.w_bits, raw, mean, groups)

@@ -118,6 +118,7 @@ def layer_variant(sw: Switch, spec: QuantSpec, stats: Any, method: str,
         return args, np.array([elementwise.FQ_BF16, 1, 0, 0, 0], np.float32)
     ql = quantize_layer(m.layer.name, w, m.bias, m.layer.groups, spec, stats, method,
                         bias_correction=bias_correction)
+    ql = ql.fit_bias(ql.in_scale)
     if ql.int16_input:
         fq = np.array([elementwise.FQ_AFFINE, ql.in_scale, 0, -ql.in_qmax, ql.in_qmax], np.float32)
     else:

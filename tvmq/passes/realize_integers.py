@@ -71,6 +71,11 @@ def _act_bounds16(ep: Any, scale: float, qmax: int) -> tuple[int, int]:
     return lo, hi
 
 
+def _raised(ql: QuantizedLayer) -> dict[str, Any]:
+    """The manifest's note of the channels whose weight scale was raised for the bias to fit."""
+    return {"w_scales_raised_for_bias": list(ql.raised)} if ql.raised else {}
+
+
 def _act_bounds(ep: Any, scale: float, zp: int) -> tuple[int, int]:
     if ep.activation == "relu":
         return max(0, zp), 255
@@ -294,6 +299,7 @@ class _IntRewriter(relax.PyExprMutator):
             qx = self._i16(x, ql)
         else:
             qx = self._u8(x) or self._quantize(x, self._shape(x), ql.in_scale, ql.in_zero_point)
+        ql = ql.fit_bias(qx.scale)
         return qx, ql, ql.int32_bias(qx.scale, qx.zp)
 
     def _int_edge_layer(self, binding: relax.VarBinding, p: IntCall) -> None:
@@ -329,7 +335,7 @@ class _IntRewriter(relax.PyExprMutator):
         self.owner.record.qparams[m.layer.name] = {
             "in": {"scale": qx.scale, "zero_point": qx.zp}, "out": "fp32 (dequantized from int32)",
             "w_scales": s_w.tolist(), "weight_sqnr_db": ql.weight_sqnr_db(),
-            "clamp": None, "residual": False}
+            "clamp": None, "residual": False, **_raised(ql)}
         self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, wl.epilogue)
 
     def _int_layer(self, binding: relax.VarBinding, p: IntCall) -> None:
@@ -390,7 +396,7 @@ class _IntRewriter(relax.PyExprMutator):
         self.owner.record.qparams[m.layer.name] = {
             "in": {"scale": s_in, "zero_point": zp_in}, "out": {"scale": s_out, "zero_point": zp_out},
             "w_scales": s_w.tolist(), "weight_sqnr_db": ql.weight_sqnr_db(),
-            "clamp": [lo, hi], "residual": residual is not None}
+            "clamp": [lo, hi], "residual": residual is not None, **_raised(ql)}
         self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, ep)
 
 
