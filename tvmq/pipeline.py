@@ -497,8 +497,8 @@ def _digest(ctx: MixedContext, name: str) -> str:
         elif name == "stats":
             h.update(json.dumps(ctx.stats.to_json(), sort_keys=True).encode())
         elif name == "db":
-            db = Path(ctx.db)
-            h.update(db.read_bytes() if db.exists() else b"<missing>")
+            h.update(b"<none>" if ctx.db is None else
+                     Path(ctx.db).read_bytes() if Path(ctx.db).exists() else b"<missing>")
         elif name == "features":
             h.update(json.dumps(dataclasses.asdict(ctx.features), sort_keys=True).encode())
         else:
