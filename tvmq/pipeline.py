@@ -14,6 +14,12 @@ conversion kernels (float <-> integer). Predicted end-to-end latency = the plan'
 conversions plus the rest of the graph (pools, adds, the model's edges), taken as the measured
 uniform-W8A8 library minus its layer sum; the built libraries are timed and both numbers go in
 the manifest and the report.
+
+``compile_mixed`` runs ``STEPS`` (calibrate, analyze, latency_table, reference, allocate, build,
+measure, evaluate, report), each a function of one ``MixedContext``. The steps whose output is a
+file in the output directory (calibration.json, sensitivity.json, latency_table.json, w8a8/)
+record in its resume.json the key of what they were made from; a rerun reuses an output whose
+key matches and recomputes the others.
 """
 
 from __future__ import annotations
@@ -296,7 +302,7 @@ def _calibrate(ctx: MixedContext) -> None:
     ctx.progress(f"calibrating on {len(ctx.data)} samples")
     ctx.stats = collect(ctx.model, ctx.data, features=ctx.features, progress=ctx.progress)
     _atomic(path, ctx.stats.save)
-    _remember(ctx, "calibrate", key)
+    _remember(ctx, "calibrate", key, path)
 
 
 def _analyze(ctx: MixedContext) -> None:
@@ -325,7 +331,7 @@ def _analyze(ctx: MixedContext) -> None:
     ctx.sens = analyze(ctx.model, ctx.stats, ctx.data, specs=specs, range_method=ctx.range_method,
                        features=ctx.features, output=path, limit=ctx.sensitivity_samples,
                        contexts=contexts, progress=ctx.progress)
-    _remember(ctx, "analyze", key)
+    _remember(ctx, "analyze", key, path)
 
 
 def _latency_table(ctx: MixedContext) -> None:
@@ -344,7 +350,7 @@ def _latency_table(ctx: MixedContext) -> None:
             ctx.table = LatencyTable.from_database(TuningDatabase(ctx.db), device["id"], model=ctx.pm,
                                                    specs=ctx.specs, features=ctx.features)
             _atomic(path, ctx.table.save)
-            _remember(ctx, "latency_table", key)
+            _remember(ctx, "latency_table", key, path)
             ctx.progress(f"latency table: {ctx.table.counts()}")
     ctx.problem = build_problem(ctx.pm, ctx.sens, ctx.table, ctx.specs, context=ctx.context,
                                 edges=layer_edges(ctx.pm))
@@ -355,7 +361,8 @@ def _reference(ctx: MixedContext) -> None:
     path = ctx.out / "w8a8"
     key = _key(ctx, "model", "stats", "db", "features", range_method=ctx.range_method, threads=ctx.threads)
     ctx.reference = path / "model.so"
-    record = _reusable(ctx, "reference", key, ctx.reference, path / "manifest.json")
+    outputs = (ctx.reference, path / "manifest.json")
+    record = _reusable(ctx, "reference", key, *outputs)
     if record is not None:
         ctx.progress(f"reference: reused {path} (same model, statistics and options)")
     else:
@@ -366,12 +373,12 @@ def _reference(ctx: MixedContext) -> None:
               range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, progress=lambda m: None)
         shutil.rmtree(path, ignore_errors=True)
         partial.rename(path)
-        record = _remember(ctx, "reference", key)
+        record = _remember(ctx, "reference", key, *outputs)
     if ctx.measure:
         ctx.reference_ms = record.get("measured_ms")
         if ctx.reference_ms is None:  # built or reused without being timed
             ctx.reference_ms = measure_ms(ctx.reference, ctx.threads)
-            _remember(ctx, "reference", key, measured_ms=ctx.reference_ms)
+            _remember(ctx, "reference", key, *outputs, measured_ms=ctx.reference_ms)
         if ctx.table is not None:
             w8 = ctx.problem.totals({l: "w8a8" for l in ctx.problem.options})["latency"]
             ctx.overhead = max(0.0, ctx.reference_ms - w8)
@@ -517,28 +524,39 @@ def _records(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _reusable(ctx: MixedContext, step: str, key: str, *outputs: Path) -> dict[str, Any] | None:
-    """The record of ``step`` where resuming is on, its key is ``key`` and its outputs exist."""
+    """The record of ``step`` where resuming is on, its key is ``key`` and its ``outputs`` are the
+    files it recorded (same contents)."""
     if not ctx.resume:
         return None
     record = _records(ctx.out).get(step)
-    if not isinstance(record, dict) or record.get("key") != key or not all(p.exists() for p in outputs):
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    try:
+        if record.get("outputs") != _file_digests(ctx.out, outputs):
+            return None
+    except OSError:  # an output is missing
         return None
     return record
 
 
 def _forget(ctx: MixedContext, step: str) -> None:
-    """Drop ``step``'s record before its output is rewritten."""
+    """Drop ``step``'s record before its outputs are rewritten."""
     records = _records(ctx.out)
     if records.pop(step, None) is not None:
         _write_records(ctx.out, records)
 
 
-def _remember(ctx: MixedContext, step: str, key: str, **extra: Any) -> dict[str, Any]:
-    """Record ``step``'s output as made from ``key`` (with ``extra`` values); the record."""
+def _remember(ctx: MixedContext, step: str, key: str, *outputs: Path, **extra: Any) -> dict[str, Any]:
+    """Record ``step``'s ``outputs`` (their sha256) as made from ``key``, with ``extra`` values;
+    the record."""
     records = _records(ctx.out)
-    records[step] = {**extra, "key": key}
+    records[step] = {**extra, "key": key, "outputs": _file_digests(ctx.out, outputs)}
     _write_records(ctx.out, records)
     return records[step]
+
+
+def _file_digests(out: Path, paths: tuple[Path, ...]) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
 def _write_records(out: Path, records: dict[str, dict[str, Any]]) -> None:
