@@ -36,9 +36,6 @@ from .specs import REDUCED
 from .specs import check as check_specs
 
 
-_Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
 class _Progress:
     """One line per step with the elapsed time (stderr, so stdout stays parseable)."""
 
@@ -314,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _compile_parser(sub: _Subparsers) -> None:
+def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser("compile", help="ONNX -> out/model.so + out/manifest.json")
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True, help="output directory (created)")
@@ -358,7 +355,7 @@ def _mixed_arguments(c: argparse.ArgumentParser) -> None:
                         "where they were made from the same model, data and options")
 
 
-def _tune_parser(sub: _Subparsers) -> None:
+def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = sub.add_parser("tune", help="measure every kernel of a model at every spec into a JSONL database")
     t.add_argument("model")
     t.add_argument("--specs", default="w8a8", help="comma-separated: " + ",".join(SPEC_NAMES))
@@ -376,7 +373,7 @@ def _tune_parser(sub: _Subparsers) -> None:
     t.set_defaults(func=cmd_tune)
 
 
-def _analyze_parser(sub: _Subparsers) -> None:
+def _analyze_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = sub.add_parser("analyze", help="per-layer sensitivity (output SQNR) of every candidate spec")
     a.add_argument("model")
     a.add_argument("--calibration", required=True, help=".npy/.npz samples or a folder of images")
@@ -392,20 +389,20 @@ def _analyze_parser(sub: _Subparsers) -> None:
     a.set_defaults(func=cmd_analyze)
 
 
-def _report_parser(sub: _Subparsers) -> None:
+def _report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser("report", help="(re)draw out/report.html from out/report.json")
     r.add_argument("output_dir")
     r.set_defaults(func=cmd_report)
 
 
-def _merge_db_parser(sub: _Subparsers) -> None:
+def _merge_db_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g = sub.add_parser("merge-db", help="merge tuning databases (records of several machines)")
     g.add_argument("inputs", nargs="+")
     g.add_argument("-o", "--output", required=True)
     g.set_defaults(func=cmd_merge_db)
 
 
-def _bench_parser(sub: _Subparsers) -> None:
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("bench", help="time a compiled model (optionally onnxruntime beside it)")
     b.add_argument("model", help="out/ folder or out/model.so")
     b.add_argument("--threads", type=int, default=None)
@@ -416,7 +413,7 @@ def _bench_parser(sub: _Subparsers) -> None:
     b.set_defaults(func=cmd_bench)
 
 
-def _info_parser(sub: _Subparsers) -> None:
+def _info_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i = sub.add_parser("info", help="layer table of an ONNX model (no compilation)")
     i.add_argument("model")
     i.add_argument("--batch-size", type=int, default=1)
@@ -424,7 +421,7 @@ def _info_parser(sub: _Subparsers) -> None:
     i.set_defaults(func=cmd_info)
 
 
-def _calibrate_parser(sub: _Subparsers) -> None:
+def _calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     k = sub.add_parser("calibrate", help="activation statistics over unlabeled inputs")
     k.add_argument("model")
     k.add_argument("--data", required=True, help=".npy / .npz file or a folder of images")
