@@ -99,3 +99,11 @@ def test_compile_other_precisions_from_the_command_line(tmp_path: Path, bits: st
     assert all(bits in k["kernel"] for k in manifest["kernels"].values())
     ratio = {"w4a8": 1 / 8, "w8a16": 1 / 4, "bf16": 1 / 2}[bits]  # of the fp32 bytes, channel padding aside
     assert ratio <= manifest["weight_bytes"] / manifest["weight_bytes_fp32"] <= 1.6 * ratio
+
+
+def test_compile_no_resume_flag() -> None:
+    from tvmq.cli import build_parser
+
+    args = ["compile", "m.onnx", "-o", "out", "--size-budget", "0.7x"]
+    assert build_parser().parse_args(args).resume is True
+    assert build_parser().parse_args([*args, "--no-resume"]).resume is False

@@ -214,3 +214,56 @@ def test_cli_analyze_compile_with_a_budget_and_report(calib, tmp_path: Path) -> 
     r = cli("compile", str(MODEL), "--calibration", str(tmp_path / "calib.npy"), "--latency-budget", "2ms",
             "-o", str(tmp_path / "out2"))
     assert r.returncode == 2 and "--db" in r.stderr
+
+
+def test_mixed_compile_resumes_from_its_output_directory(calib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A rerun into the same directory reuses calibration.json, sensitivity.json,
+    latency_table.json and w8a8/ where their keys match, and builds the same library; a changed
+    option, an interrupted step or ``resume=False`` recomputes."""
+    x, _ = calib
+    pm = prepare(MODEL)
+    tasks = extract_tasks(pm, ["w8a8", "w4a8", "w8a16", "bf16", "fp32"], FEATURES)
+    speed = {"w4a8": 0.5, "w8a8": 1.0, "w8a16": 1.5, "bf16": 2.5, "fp32": 3.0, "conversion": 0.1}
+    tune(tasks, TuningDatabase(tmp_path / "db.jsonl"),
+         ScriptedMeasurer(lambda t, c: speed[t.spec] * (1 + t.macs / 1e4), device=device_fingerprint(FEATURES, 1)),
+         FEATURES, trials=2, progress=False)
+    out = tmp_path / "out"
+    files = {"calibrate": out / "calibration.json", "analyze": out / "sensitivity.json",
+             "latency_table": out / "latency_table.json", "reference": out / "w8a8" / "model.so"}
+
+    def run(**options):  # type: ignore[no-untyped-def]
+        lines: list[str] = []
+        r = compile_mixed(MODEL, x, out, latency_budget="1.0x", db=tmp_path / "db.jsonl", features=FEATURES,
+                          measure=False, sensitivity_samples=8, progress=lines.append, **options)
+        reused = {step for step in files if any(l.startswith(f"{step}: reused ") for l in lines)}
+        return r, reused, lines, {step: p.stat().st_mtime_ns for step, p in files.items()}
+
+    first, reused, lines, mtimes = run()
+    assert reused == set() and "calibrating on 24 samples" in lines
+    so = (out / "model.so").read_bytes()
+    again, reused, lines, mtimes2 = run()
+    assert reused == set(files) and mtimes2 == mtimes
+    assert not any(l.startswith(("calibrating", "compiled the switchable", "latency table:")) for l in lines)
+    assert again.plan == first.plan and (out / "model.so").read_bytes() == so
+    assert again.extra["sensitivity"].layers == first.extra["sensitivity"].layers
+
+    # another range method: new sensitivities and a new reference; the statistics and latencies stay
+    pct, reused, lines, mtimes3 = run(range_method="percentile")
+    assert reused == {"calibrate", "latency_table"}
+    assert {s for s in files if mtimes3[s] != mtimes[s]} == {"analyze", "reference"}
+    assert json.loads(files["analyze"].read_text())["meta"]["range_method"] == "percentile"
+    so = (out / "model.so").read_bytes()
+
+    # an interrupted calibration leaves no record (a half file is not trusted): recomputed, and the
+    # same statistics make the sensitivities and the reference reusable again
+    record = json.loads((out / "resume.json").read_text())
+    del record["steps"]["calibrate"]
+    (out / "resume.json").write_text(json.dumps(record))
+    files["calibrate"].write_text(files["calibrate"].read_text()[:100])
+    _, reused, lines, mtimes4 = run(range_method="percentile")
+    assert reused == {"analyze", "latency_table", "reference"} and "calibrating on 24 samples" in lines
+
+    # resume=False: every step recomputed, to the same library
+    fresh, reused, lines, mtimes5 = run(range_method="percentile", resume=False)
+    assert reused == set() and all(mtimes5[s] != mtimes4[s] for s in files)
+    assert fresh.plan == pct.plan and (out / "model.so").read_bytes() == so

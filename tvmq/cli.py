@@ -10,6 +10,7 @@
     tvmq merge-db a.jsonl b.jsonl -o all.jsonl
     tvmq analyze model.onnx --calibration calib.npz -o sensitivity.json   # per-layer SQNR per spec
     tvmq compile model.onnx --calibration calib.npz --latency-budget 0.8x --db tuning.jsonl -o out/
+    tvmq compile ... --size-budget 0.7x -o out/ --no-resume   # recompute what a rerun would reuse
     tvmq report out/
 
 Errors a user can cause print one line ``tvmq: error: ...`` and exit with status 2. Each command
@@ -136,7 +137,8 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
     r = compile_mixed(args.model, args.calibration, args.output, latency_budget=args.latency_budget,
                       size_budget=args.size_budget, bops_budget=args.bops_budget, db=args.db,
                       specs=specs, threads=args.threads, features=features, range_method=args.range,
-                      eval_data=args.eval_data, eval_labels=args.eval_labels, progress=progress)
+                      eval_data=args.eval_data, eval_labels=args.eval_labels, resume=args.resume,
+                      progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
     meas = f"{r.measured_ms:.2f} ms measured" if r.measured_ms is not None else "not measured"
@@ -303,7 +305,13 @@ def cmd_merge_db(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvmq", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_compile_parser, _tune_parser, _analyze_parser, _report_parser, _merge_db_parser,
+                _bench_parser, _info_parser, _calibrate_parser):
+        add(sub)
+    return p
 
+
+def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser("compile", help="ONNX -> out/model.so + out/manifest.json")
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True, help="output directory (created)")
@@ -321,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-limit", type=int, default=None, metavar="N")
     c.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="how activation ranges are taken from the calibration statistics")
+    _mixed_arguments(c)
+    c.add_argument("--db", metavar="TUNING.jsonl",
+                   help="tuning database (tvmq tune): kernels take their best measured configuration")
+    c.add_argument("--threads", type=int, default=1,
+                   help="the thread count whose tuning records --db uses (default 1)")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=cmd_compile)
+
+
+def _mixed_arguments(c: argparse.ArgumentParser) -> None:
+    """The options of a mixed-precision compile (``tvmq compile`` with a budget)."""
     c.add_argument("--latency-budget", metavar="0.8x|3.5ms",
                    help="mixed precision: end-to-end latency budget (x: of uniform W8A8); needs --db")
     c.add_argument("--size-budget", metavar="0.6x|2MB", help="mixed precision: weight bytes budget")
@@ -330,13 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-data", metavar="DATA",
                    help="mixed precision: inputs to compare fp32 / W8A8 / chosen on (agreement in the report)")
     c.add_argument("--eval-labels", metavar="LABELS.npy", help="with --eval-data: class indices (top-1)")
-    c.add_argument("--db", metavar="TUNING.jsonl",
-                   help="tuning database (tvmq tune): kernels take their best measured configuration")
-    c.add_argument("--threads", type=int, default=1,
-                   help="the thread count whose tuning records --db uses (default 1)")
-    c.add_argument("-q", "--quiet", action="store_true")
-    c.set_defaults(func=cmd_compile)
+    c.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="mixed precision: recompute every step; by default a rerun into the same -o "
+                        "reuses its calibration.json, sensitivity.json, latency_table.json and w8a8/ "
+                        "where they were made from the same model, data and options")
 
+
+def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = sub.add_parser("tune", help="measure every kernel of a model at every spec into a JSONL database")
     t.add_argument("model")
     t.add_argument("--specs", default="w8a8", help="comma-separated: " + ",".join(SPEC_NAMES))
@@ -353,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_tune)
 
+
+def _analyze_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = sub.add_parser("analyze", help="per-layer sensitivity (output SQNR) of every candidate spec")
     a.add_argument("model")
     a.add_argument("--calibration", required=True, help=".npy/.npz samples or a folder of images")
@@ -367,15 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-q", "--quiet", action="store_true")
     a.set_defaults(func=cmd_analyze)
 
+
+def _report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = sub.add_parser("report", help="(re)draw out/report.html from out/report.json")
     r.add_argument("output_dir")
     r.set_defaults(func=cmd_report)
 
+
+def _merge_db_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g = sub.add_parser("merge-db", help="merge tuning databases (records of several machines)")
     g.add_argument("inputs", nargs="+")
     g.add_argument("-o", "--output", required=True)
     g.set_defaults(func=cmd_merge_db)
 
+
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("bench", help="time a compiled model (optionally onnxruntime beside it)")
     b.add_argument("model", help="out/ folder or out/model.so")
     b.add_argument("--threads", type=int, default=None)
@@ -385,12 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
+
+def _info_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i = sub.add_parser("info", help="layer table of an ONNX model (no compilation)")
     i.add_argument("model")
     i.add_argument("--batch-size", type=int, default=1)
     i.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     i.set_defaults(func=cmd_info)
 
+
+def _calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     k = sub.add_parser("calibrate", help="activation statistics over unlabeled inputs")
     k.add_argument("model")
     k.add_argument("--data", required=True, help=".npy / .npz file or a folder of images")
@@ -399,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--isa", choices=ISA_LEVELS)
     k.add_argument("-q", "--quiet", action="store_true")
     k.set_defaults(func=cmd_calibrate)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -255,6 +255,23 @@ def prepare(source: str | os.PathLike | onnx.ModelProto, *,
     model = load_model(source)
     check_supported(model)
     g = og.Graph(onnx.ModelProto.FromString(model.SerializeToString()))
+    specs = _clean_graph(g, input_shapes, batch_size)
+    shapes = og.static_shapes(g)
+    og.explicit_auto_pad(g, shapes)
+    layers, params, param_layer = _extract_layers(g, shapes)
+    og.constants_to_nodes(g, keep=params)
+    for k, v in params.items():
+        g.consts[k] = v
+    cleaned = g.to_model()
+    outputs = [TensorSpec(name, tuple(shapes.get(name, ())), "float32") for name in g.outputs]
+    return PreparedModel(model=cleaned, inputs=specs, outputs=outputs,
+                         layers=LayerTable(tuple(layers)), params=params, param_layer=param_layer)
+
+
+def _clean_graph(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
+                 batch_size: int) -> list[TensorSpec]:
+    """Fix the input shapes, fold constants and batch norms, name every node uniquely (in
+    place); the input specs."""
     og.check_single_graph_domain(g)
     specs = _input_specs(g, input_shapes, batch_size)
     _set_input_shapes(g, specs)
@@ -265,29 +282,20 @@ def prepare(source: str | os.PathLike | onnx.ModelProto, *,
     og.decompose_batch_norm(g)
     og.fold_constants(g)
     og.unique_names(g.nodes)
-    shapes = og.static_shapes(g)
-    og.explicit_auto_pad(g, shapes)
+    return specs
 
+
+def _extract_layers(g: og.Graph, shapes: dict) -> tuple[list[LayerInfo], dict[str, np.ndarray], dict[str, str]]:
+    """The layers of ``g`` in node order (convs with constant weights, canonical dense), each
+    given a unique name and fresh parameter names ``tvmq.{index}.weight`` / ``.bias`` (a weight
+    shared by two nodes is duplicated): (layers, params, param -> layer)."""
     layers: list[LayerInfo] = []
     params: dict[str, np.ndarray] = {}
     param_layer: dict[str, str] = {}
     used_names: set[str] = set()
     for n in g.nodes:
-        if n.op_type == "Conv":
-            if n.input[1] not in g.consts or len(shapes.get(n.input[0], ())) != 4:
-                continue
-            info = _conv_info(g, n, shapes)
-        elif n.op_type in ("Gemm", "MatMul") and _canonical_dense(g, n, shapes):
-            w = g.consts[n.input[1]]
-            x_shape = shapes.get(n.input[0]) or ()
-            if len(x_shape) != 2:
-                continue
-            info = LayerInfo(name="", op="dense", node=n.name, input_tensor=n.input[0],
-                             input_shape=tuple(x_shape),
-                             output_shape=(x_shape[0], w.shape[0]), weight_shape=tuple(w.shape),
-                             has_bias=len(n.input) > 2 and bool(n.input[2]),
-                             macs=int(x_shape[0] * w.shape[0] * w.shape[1]))
-        else:
+        info = _layer_info(g, n, shapes)
+        if info is None:
             continue
         name = n.name or n.input[1]
         base, k = name, 1
@@ -297,7 +305,6 @@ def prepare(source: str | os.PathLike | onnx.ModelProto, *,
         index = len(layers)
         info = dataclasses.replace(info, name=name)
         layers.append(info)
-        # fresh, per-layer parameter names (a weight shared by two nodes is duplicated)
         wname = f"tvmq.{index}.weight"
         params[wname] = np.ascontiguousarray(g.consts[n.input[1]].astype(np.float32))
         param_layer[wname] = name
@@ -310,13 +317,26 @@ def prepare(source: str | os.PathLike | onnx.ModelProto, *,
             ins[2] = bname
         del n.input[:]
         n.input.extend(ins)
-    og.constants_to_nodes(g, keep=params)
-    for k, v in params.items():
-        g.consts[k] = v
-    cleaned = g.to_model()
-    outputs = [TensorSpec(name, tuple(shapes.get(name, ())), "float32") for name in g.outputs]
-    return PreparedModel(model=cleaned, inputs=specs, outputs=outputs,
-                         layers=LayerTable(tuple(layers)), params=params, param_layer=param_layer)
+    return layers, params, param_layer
+
+
+def _layer_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo | None:
+    """The (unnamed) layer of node ``n``, or None where ``n`` is not one."""
+    if n.op_type == "Conv":
+        if n.input[1] not in g.consts or len(shapes.get(n.input[0], ())) != 4:
+            return None
+        return _conv_info(g, n, shapes)
+    if n.op_type in ("Gemm", "MatMul") and _canonical_dense(g, n, shapes):
+        w = g.consts[n.input[1]]
+        x_shape = shapes.get(n.input[0]) or ()
+        if len(x_shape) != 2:
+            return None
+        return LayerInfo(name="", op="dense", node=n.name, input_tensor=n.input[0],
+                         input_shape=tuple(x_shape),
+                         output_shape=(x_shape[0], w.shape[0]), weight_shape=tuple(w.shape),
+                         has_bias=len(n.input) > 2 and bool(n.input[2]),
+                         macs=int(x_shape[0] * w.shape[0] * w.shape[1]))
+    return None
 
 
 def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:

@@ -14,12 +14,22 @@ conversion kernels (float <-> integer). Predicted end-to-end latency = the plan'
 conversions plus the rest of the graph (pools, adds, the model's edges), taken as the measured
 uniform-W8A8 library minus its layer sum; the built libraries are timed and both numbers go in
 the manifest and the report.
+
+``compile_mixed`` runs ``STEPS`` (calibrate, analyze, latency_table, reference, allocate, build,
+measure, evaluate, report), each a function of one ``MixedContext``. The steps whose output is a
+file in the output directory (calibration.json, sensitivity.json, latency_table.json, w8a8/)
+record in its resume.json the key of what they were made from; a rerun reuses an output whose
+key matches and recomputes the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import re
+import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,7 +51,7 @@ from .report import write_report
 from .runtime import load
 from .sensitivity import SensitivityResult, analyze
 from .tune import LatencyTable, TuningDatabase, device_fingerprint
-
+from .version import __version__
 
 
 def parse_budget(text: str | float | None, unit: str) -> tuple[str, float] | None:
@@ -159,10 +169,11 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   specs: list[str] = specs_.NAMES, threads: int = 1, features: Any = None,  # type: ignore[assignment]
                   range_method: str = "minmax", sensitivity_samples: int = 32, measure: bool = True,
                   context: str = "alone", sensitivity: Any = None, latency_margin: float = 0.05,
-                  eval_data: Any = None, eval_labels: Any = None,
+                  eval_data: Any = None, eval_labels: Any = None, resume: bool = True,
                   progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
-    ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build).
+    ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build), run as the
+    named ``STEPS`` over one ``MixedContext``.
 
     ``calibration``: the unlabeled inputs (a ``CalibrationData`` or what it reads); with
     ``sensitivity`` given (a ``SensitivityResult`` or its JSON, e.g. from ``tvmq analyze``), the
@@ -174,135 +185,390 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
 
     ``eval_data`` (inputs, as ``CalibrationData`` reads them) and optional ``eval_labels``
     (class indices): the fp32, W8A8 and chosen libraries are run on them and the report and
-    manifest get their agreement with fp32 (top-1 of the argmax) and, with labels, accuracy."""
+    manifest get their agreement with fp32 (top-1 of the argmax) and, with labels, accuracy.
+
+    ``resume``: a rerun into the same ``output_dir`` reuses calibration.json, sensitivity.json,
+    latency_table.json and w8a8/ (and the W8A8 latency measured with it) where ``resume.json``
+    records them as made from the same model bytes, calibration inputs or statistics, tuning
+    database, options and tvmq version; anything else is recomputed. ``resume=False``
+    recomputes every step (the keys are still recorded for the next run)."""
     if latency_budget is None and size_budget is None and bops_budget is None:
         raise TvmqError("a mixed-precision compile needs a budget: --latency-budget, --size-budget or --bops-budget")
     if latency_budget is not None and db is None:
         raise TvmqError("a latency budget needs measured latencies: run `tvmq tune` and pass --db")
     specs_.check(list(specs), "the specs to allocate")
-    features = features or detect_host()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    pm = prepare(model)
+    ctx = MixedContext(
+        model=model, calibration=calibration, out=out, latency_budget=latency_budget,
+        size_budget=size_budget, bops_budget=bops_budget, db=db, specs=list(specs), threads=threads,
+        features=features or detect_host(), range_method=range_method,
+        sensitivity_samples=sensitivity_samples, measure=measure, context=context,
+        given_sensitivity=sensitivity, latency_margin=latency_margin, eval_data=eval_data,
+        eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model))
+    for step in STEPS:
+        step(ctx)
+    return MixedResult(ctx.result, ctx.alloc.plan, ctx.alloc, ctx.predicted or 0.0, ctx.measured, ctx.report,
+                       ctx.timings, {"front": ctx.front, "problem": ctx.problem, "sensitivity": ctx.sens,
+                                     "table": ctx.table})
 
-    t = time.perf_counter()
-    if isinstance(calibration, ActivationStats):
-        stats, data = calibration, None
-    elif str(calibration).endswith(".json"):
-        stats, data = ActivationStats.load(calibration), None
-    else:
-        data = calibration if isinstance(calibration, CalibrationData) else CalibrationData.from_source(calibration, pm.inputs)
-        progress(f"calibrating on {len(data)} samples")
-        stats = collect(model, data, features=features, progress=progress)
-        stats.save(out / "calibration.json")
-    timings["calibrate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    if sensitivity is not None:
-        sens = sensitivity if isinstance(sensitivity, SensitivityResult) else SensitivityResult.load(sensitivity)
-        missing = [s for s in specs if s != "fp32" and s not in sens.specs]
+
+@dataclass
+class MixedContext:
+    """One mixed-precision compile: its inputs and options, then what each step produces."""
+
+    model: Any
+    calibration: Any
+    out: Path
+    latency_budget: Any
+    size_budget: Any
+    bops_budget: Any
+    db: Any
+    specs: list[str]
+    threads: int
+    features: Any
+    range_method: str
+    sensitivity_samples: int
+    measure: bool
+    context: str
+    given_sensitivity: Any
+    latency_margin: float
+    eval_data: Any
+    eval_labels: Any
+    resume: bool
+    progress: Callable[[str], None]
+    pm: Any
+    # calibrate
+    stats: Any = None
+    data: CalibrationData | None = None
+    # analyze
+    sens: Any = None
+    # latency_table
+    table: Any = None
+    problem: Any = None
+    # reference
+    reference: Path | None = None  # the uniform W8A8 library
+    reference_ms: float | None = None
+    overhead: float = 0.0  # ms of the rest of the graph (measured W8A8 minus its layer sum)
+    # allocate
+    budgets: dict[str, float] = field(default_factory=dict)
+    alloc: Any = None
+    front: list[Any] = field(default_factory=list)
+    predicted: float | None = None
+    # build, measure, evaluate, report
+    result: Any = None
+    measured: float | None = None
+    quality: dict[str, Any] | None = None
+    report: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # of the inputs, for the resume keys
+
+
+@dataclass(frozen=True)
+class Step:
+    """A named step of ``compile_mixed``: ``run(ctx)`` fills its part of the context; its
+    seconds go to ``ctx.timings[timing]`` (None: not timed); skipped where ``when(ctx)`` is false."""
+
+    name: str
+    run: Callable[[MixedContext], None]
+    timing: str | None = None
+    when: Callable[[MixedContext], bool] = lambda ctx: True
+
+    def __call__(self, ctx: MixedContext) -> None:
+        if not self.when(ctx):
+            return
+        t = time.perf_counter()
+        self.run(ctx)
+        if self.timing is not None:
+            ctx.timings[self.timing] = time.perf_counter() - t
+
+
+def _calibrate(ctx: MixedContext) -> None:
+    """The activation statistics: given, reused from calibration.json, or collected (and saved)."""
+    if isinstance(ctx.calibration, ActivationStats):
+        ctx.stats = ctx.calibration
+        return
+    if str(ctx.calibration).endswith(".json"):
+        ctx.stats = ActivationStats.load(ctx.calibration)
+        return
+    ctx.data = (ctx.calibration if isinstance(ctx.calibration, CalibrationData)
+                else CalibrationData.from_source(ctx.calibration, ctx.pm.inputs))
+    path, key = ctx.out / "calibration.json", _key(ctx, "model", "data", "features")
+    if _reusable(ctx, "calibrate", key, path):
+        ctx.stats = ActivationStats.load(path)
+        ctx.progress(f"calibrate: reused {path} (same model, data and options)")
+        return
+    _forget(ctx, "calibrate")
+    ctx.progress(f"calibrating on {len(ctx.data)} samples")
+    ctx.stats = collect(ctx.model, ctx.data, features=ctx.features, progress=ctx.progress)
+    _atomic(path, ctx.stats.save)
+    _remember(ctx, "calibrate", key, path)
+
+
+def _analyze(ctx: MixedContext) -> None:
+    """The per-layer sensitivities: given, reused from sensitivity.json, or measured into it."""
+    if ctx.given_sensitivity is not None:
+        given = ctx.given_sensitivity
+        ctx.sens = given if isinstance(given, SensitivityResult) else SensitivityResult.load(given)
+        missing = [s for s in ctx.specs if s != "fp32" and s not in ctx.sens.specs]
         if missing:
             raise TvmqError(f"the sensitivity results have no {missing}")
-    elif data is None:
+        return
+    if ctx.data is None:
         raise TvmqError("sensitivity analysis needs the calibration inputs, not only their statistics")
+    specs = [s for s in ctx.specs if s != "fp32"]
+    contexts = ["alone"] if ctx.context == "alone" else ["alone", ctx.context]
+    path = ctx.out / "sensitivity.json"
+    key = _key(ctx, "model", "stats", "data", "features", specs=specs, contexts=contexts,
+               range_method=ctx.range_method, samples=ctx.sensitivity_samples)
+    if _reusable(ctx, "analyze", key, path):
+        ctx.sens = SensitivityResult.load(path)
+        ctx.progress(f"analyze: reused {path} (same model, data and options)")
+        return
+    _forget(ctx, "analyze")
+    if not ctx.resume and path.exists():
+        path.unlink()  # analyze() would resume from its finished layers
+    ctx.sens = analyze(ctx.model, ctx.stats, ctx.data, specs=specs, range_method=ctx.range_method,
+                       features=ctx.features, output=path, limit=ctx.sensitivity_samples,
+                       contexts=contexts, progress=ctx.progress)
+    _remember(ctx, "analyze", key, path)
+
+
+def _latency_table(ctx: MixedContext) -> None:
+    """The measured latencies of every layer at every spec (with a tuning database), and the
+    allocation problem."""
+    if ctx.db is not None:
+        path = ctx.out / "latency_table.json"
+        key = _key(ctx, "model", "db", "features", specs=ctx.specs, threads=ctx.threads)
+        if _reusable(ctx, "latency_table", key, path):
+            ctx.table = LatencyTable.load(path)
+            ctx.progress(f"latency_table: reused {path} (same model, database and options): "
+                         f"{ctx.table.counts()}")
+        else:
+            _forget(ctx, "latency_table")
+            device = device_fingerprint(ctx.features, ctx.threads)
+            ctx.table = LatencyTable.from_database(TuningDatabase(ctx.db), device["id"], model=ctx.pm,
+                                                   specs=ctx.specs, features=ctx.features)
+            _atomic(path, ctx.table.save)
+            _remember(ctx, "latency_table", key, path)
+            ctx.progress(f"latency table: {ctx.table.counts()}")
+    ctx.problem = build_problem(ctx.pm, ctx.sens, ctx.table, ctx.specs, context=ctx.context,
+                                edges=layer_edges(ctx.pm))
+
+
+def _reference(ctx: MixedContext) -> None:
+    """The uniform W8A8 library in w8a8/ (built, or reused), timed: the rest-of-graph overhead."""
+    path = ctx.out / "w8a8"
+    key = _key(ctx, "model", "stats", "db", "features", range_method=ctx.range_method, threads=ctx.threads)
+    ctx.reference = path / "model.so"
+    outputs = (ctx.reference, path / "manifest.json")
+    record = _reusable(ctx, "reference", key, *outputs)
+    if record is not None:
+        ctx.progress(f"reference: reused {path} (same model, statistics and options)")
     else:
-        sens = analyze(model, stats, data, specs=[s for s in specs if s != "fp32"], range_method=range_method,
-                       features=features, output=out / "sensitivity.json", limit=sensitivity_samples,
-                       contexts=["alone"] if context == "alone" else ["alone", context], progress=progress)
-    timings["analyze"] = time.perf_counter() - t
+        _forget(ctx, "reference")
+        partial = ctx.out / "w8a8.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        build(ctx.model, partial, features=ctx.features, plan="w8a8", stats=ctx.stats,
+              range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, progress=lambda m: None)
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)
+        record = _remember(ctx, "reference", key, *outputs)
+    if ctx.measure:
+        ctx.reference_ms = record.get("measured_ms")
+        if ctx.reference_ms is None:  # built or reused without being timed
+            ctx.reference_ms = measure_ms(ctx.reference, ctx.threads)
+            _remember(ctx, "reference", key, *outputs, measured_ms=ctx.reference_ms)
+        if ctx.table is not None:
+            w8 = ctx.problem.totals({l: "w8a8" for l in ctx.problem.options})["latency"]
+            ctx.overhead = max(0.0, ctx.reference_ms - w8)
 
-    t = time.perf_counter()
-    table = None
-    if db is not None:
-        database = TuningDatabase(db)
-        device = device_fingerprint(features, threads)
-        table = LatencyTable.from_database(database, device["id"], model=pm, specs=list(specs), features=features)
-        table.save(out / "latency_table.json")
-        progress(f"latency table: {table.counts()}")
-    edges = layer_edges(pm)
-    problem = build_problem(pm, sens, table, list(specs), context=context, edges=edges)
-    timings["latency_table"] = time.perf_counter() - t
 
-    # the reference: uniform W8A8, built and timed, gives the rest-of-graph overhead
-    t = time.perf_counter()
-    overhead, ref_ms = 0.0, None
-    ref = build(model, out / "w8a8", features=features, plan="w8a8", stats=stats, range_method=range_method,
-                db=db, threads=threads, progress=lambda m: None)
-    if measure:
-        ref_ms = measure_ms(ref.library, threads)
-        if table is not None:
-            overhead = max(0.0, ref_ms - problem.totals({l: "w8a8" for l in problem.options})["latency"])
-    timings["reference_build"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if not 0 <= latency_margin < 1:
-        raise TvmqError(f"latency_margin must be in [0, 1), got {latency_margin}")
-    budgets = resolve_budgets(problem, latency=latency_budget, size=size_budget, bops=bops_budget,
+def _allocate(ctx: MixedContext) -> None:
+    """Budgets in the problem's units, the optimal plan under them and the Pareto front."""
+    if not 0 <= ctx.latency_margin < 1:
+        raise TvmqError(f"latency_margin must be in [0, 1), got {ctx.latency_margin}")
+    overhead, problem = ctx.overhead, ctx.problem
+    budgets = resolve_budgets(problem, latency=ctx.latency_budget, size=ctx.size_budget, bops=ctx.bops_budget,
                               overhead_ms=overhead)
     if "latency" in budgets:  # the end-to-end budget, less the margin, less the rest of the graph
-        target = (budgets["latency"] + overhead) * (1 - latency_margin) - overhead
+        target = (budgets["latency"] + overhead) * (1 - ctx.latency_margin) - overhead
         if target <= 0:
-            raise TvmqError(f"latency budget {latency_budget!r} leaves nothing for the layers after the "
-                            f"{100 * latency_margin:.0f}% margin and {overhead:.2f} ms for the rest of the graph")
+            raise TvmqError(f"latency budget {ctx.latency_budget!r} leaves nothing for the layers after the "
+                            f"{100 * ctx.latency_margin:.0f}% margin and {overhead:.2f} ms for the rest of "
+                            f"the graph")
         budgets["latency_end_to_end"] = budgets["latency"] + overhead
         budgets["latency"] = target
     problem.latency_budget = budgets.get("latency")
     problem.size_budget = budgets.get("size")
     problem.bops_budget = budgets.get("bops")
-    alloc = allocate(problem)
-    front = pareto_front(AllocationProblem(problem.options, size_budget=problem.size_budget,
-                                           bops_budget=problem.bops_budget, boundaries=problem.boundaries)) \
-        if table is not None else []
-    timings["allocate"] = time.perf_counter() - t
-    progress(f"allocation {alloc.status}: " + ", ".join(
-        f"{s} x{list(alloc.plan.values()).count(s)}" for s in specs if s in alloc.plan.values())
-             + (f"; binding: {', '.join(alloc.binding)}" if alloc.binding else ""))
+    ctx.budgets, ctx.alloc = budgets, allocate(problem)
+    ctx.front = pareto_front(AllocationProblem(problem.options, size_budget=problem.size_budget,
+                                               bops_budget=problem.bops_budget, boundaries=problem.boundaries)) \
+        if ctx.table is not None else []
+    ctx.predicted = ctx.alloc.totals["latency"] + overhead if ctx.table is not None else None
+    plan = ctx.alloc.plan
+    ctx.progress(f"allocation {ctx.alloc.status}: " + ", ".join(
+        f"{s} x{list(plan.values()).count(s)}" for s in ctx.specs if s in plan.values())
+        + (f"; binding: {', '.join(ctx.alloc.binding)}" if ctx.alloc.binding else ""))
 
-    t = time.perf_counter()
-    plan = PrecisionPlan({l: _spec(s) for l, s in alloc.plan.items()}, pm.layers)
-    result = build(model, out, features=features, plan=plan, stats=stats, range_method=range_method,
-                   db=db, threads=threads, progress=progress)
-    timings["build"] = time.perf_counter() - t
-    predicted = alloc.totals["latency"] + overhead if table is not None else None
-    measured = measure_ms(result.library, threads) if measure else None
 
-    manifest = json.loads(result.manifest.read_text())
+def _build(ctx: MixedContext) -> None:
+    """The chosen plan's library: ``output_dir/model.so`` + manifest.json."""
+    plan = PrecisionPlan({l: _spec(s) for l, s in ctx.alloc.plan.items()}, ctx.pm.layers)
+    ctx.result = build(ctx.model, ctx.out, features=ctx.features, plan=plan, stats=ctx.stats,
+                       range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, progress=ctx.progress)
+
+
+def _measure(ctx: MixedContext) -> None:
+    """The chosen library's median latency."""
+    ctx.measured = measure_ms(ctx.result.library, ctx.threads) if ctx.measure else None
+
+
+def _evaluate(ctx: MixedContext) -> None:
+    """fp32 (built into fp32/), W8A8 and the chosen library on the evaluation inputs."""
+    fp32 = build(ctx.model, ctx.out / "fp32", features=ctx.features, db=ctx.db, threads=ctx.threads,
+                 progress=lambda m: None)
+    ctx.quality = evaluate({"fp32": fp32.library, "w8a8": ctx.reference, "chosen": ctx.result.library},
+                           ctx.eval_data, ctx.eval_labels, ctx.pm)
+    ctx.progress("evaluation: " + ", ".join(
+        f"{k} agreement {100 * v['agreement']:.1f}%" + (f" top-1 {100 * v['top1']:.1f}%" if v.get("top1") is not None else "")
+        for k, v in ctx.quality.items()))
+
+
+def _report(ctx: MixedContext) -> None:
+    """The manifest's allocation, latency, evaluation and timings; report.json and report.html."""
+    manifest = json.loads(ctx.result.manifest.read_text())
+    alloc, budgets = ctx.alloc, ctx.budgets
     manifest["allocation"] = {
         "status": alloc.status, "binding": alloc.binding, "violated": alloc.violated,
-        "budgets": {"latency_ms": budgets.get("latency_end_to_end"), "latency_margin": latency_margin,
+        "budgets": {"latency_ms": budgets.get("latency_end_to_end"), "latency_margin": ctx.latency_margin,
                     "size_bytes": budgets.get("size"), "bops": budgets.get("bops"),
-                    "given": {"latency": latency_budget, "size": size_budget, "bops": bops_budget}},
-        "totals": alloc.totals, "predicted_sqnr_db": sens.predicted_sqnr_db(alloc.plan, context),
-        "context": context, "solve_seconds": alloc.solve_seconds}
-    manifest["latency"] = {"predicted_ms": predicted, "measured_ms": measured, "threads": threads,
-                           "rest_of_graph_ms": overhead, "w8a8_measured_ms": ref_ms}
-    quality = None
-    if eval_data is not None:
-        t = time.perf_counter()
-        fp32 = build(model, out / "fp32", features=features, db=db, threads=threads, progress=lambda m: None)
-        quality = evaluate({"fp32": fp32.library, "w8a8": ref.library, "chosen": result.library},
-                           eval_data, eval_labels, pm)
-        timings["evaluate"] = time.perf_counter() - t
-        manifest["evaluation"] = quality
-        progress("evaluation: " + ", ".join(
-            f"{k} agreement {100 * v['agreement']:.1f}%" + (f" top-1 {100 * v['top1']:.1f}%" if v.get("top1") is not None else "")
-            for k, v in quality.items()))
-    manifest["pipeline_seconds"] = timings
-    result.manifest.write_text(json.dumps(manifest, indent=1))
+                    "given": {"latency": ctx.latency_budget, "size": ctx.size_budget, "bops": ctx.bops_budget}},
+        "totals": alloc.totals, "predicted_sqnr_db": ctx.sens.predicted_sqnr_db(alloc.plan, ctx.context),
+        "context": ctx.context, "solve_seconds": alloc.solve_seconds}
+    manifest["latency"] = {"predicted_ms": ctx.predicted, "measured_ms": ctx.measured, "threads": ctx.threads,
+                           "rest_of_graph_ms": ctx.overhead, "w8a8_measured_ms": ctx.reference_ms}
+    if ctx.quality is not None:
+        manifest["evaluation"] = ctx.quality
+    manifest["pipeline_seconds"] = ctx.timings
+    ctx.result.manifest.write_text(json.dumps(manifest, indent=1))
 
-    report_data = _report_data(pm, model, sens, table, problem, alloc, front, overhead, features, threads,
-                               specs, timings, ref_ms, predicted, measured, budgets, latency_budget,
-                               size_budget, manifest)
+    report_data = _report_data(ctx)
     for p in report_data["plans"]:
-        p.update((quality or {}).get(p["label"], {}))
-    (out / "report.json").write_text(json.dumps(report_data, indent=1))
-    report = None
+        p.update((ctx.quality or {}).get(p["label"], {}))
+    (ctx.out / "report.json").write_text(json.dumps(report_data, indent=1))
     try:
-        report = write_report(report_data, out)
+        ctx.report = write_report(report_data, ctx.out)
     except ImportError as e:  # matplotlib missing: the data is kept, the page is not drawn
-        progress(f"warning: no report.html ({e}); report.json is written")
-    return MixedResult(result, alloc.plan, alloc, predicted or 0.0, measured, report, timings,
-                       {"front": front, "problem": problem, "sensitivity": sens, "table": table})
+        ctx.progress(f"warning: no report.html ({e}); report.json is written")
+
+
+STEPS = [
+    Step("calibrate", _calibrate, "calibrate"),
+    Step("analyze", _analyze, "analyze"),
+    Step("latency_table", _latency_table, "latency_table"),
+    Step("reference", _reference, "reference_build"),
+    Step("allocate", _allocate, "allocate"),
+    Step("build", _build, "build"),
+    Step("measure", _measure),
+    Step("evaluate", _evaluate, "evaluate", when=lambda ctx: ctx.eval_data is not None),
+    Step("report", _report),
+]
+
+
+# Resuming: resume.json in the output directory maps a step to the key of the inputs its output
+# was made from. A step's entry is dropped before it recomputes and written after its output is
+# complete, so an interrupted step leaves no entry and its output is never trusted.
+RESUME_FILE = "resume.json"
+RESUME_SCHEMA = 1
+
+
+def _key(ctx: MixedContext, *inputs: str, **options: Any) -> str:
+    """sha256 of tvmq's version, the named inputs' digests and the ``options``."""
+    parts = {"tvmq": __version__, "inputs": {name: _digest(ctx, name) for name in inputs}, "options": options}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _digest(ctx: MixedContext, name: str) -> str:
+    """The digest of one input of the pipeline (computed once per run)."""
+    if name not in ctx.digests:
+        h = hashlib.sha256()
+        if name == "model":
+            h.update(ctx.model.SerializeToString() if hasattr(ctx.model, "graph") else Path(ctx.model).read_bytes())
+        elif name == "data":
+            assert ctx.data is not None
+            for k, a in ctx.data.arrays.items():
+                h.update(json.dumps([k, str(a.dtype), list(a.shape)]).encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+        elif name == "stats":
+            h.update(json.dumps(ctx.stats.to_json(), sort_keys=True).encode())
+        elif name == "db":
+            h.update(b"<none>" if ctx.db is None else
+                     Path(ctx.db).read_bytes() if Path(ctx.db).exists() else b"<missing>")
+        elif name == "features":
+            h.update(json.dumps(dataclasses.asdict(ctx.features), sort_keys=True).encode())
+        else:
+            raise ValueError(f"no digest of {name!r}")
+        ctx.digests[name] = h.hexdigest()
+    return ctx.digests[name]
+
+
+def _records(out: Path) -> dict[str, dict[str, Any]]:
+    """The steps recorded in ``out``'s resume.json (none where it is missing or unreadable)."""
+    try:
+        d = json.loads((out / RESUME_FILE).read_text())
+        return dict(d["steps"]) if d.get("schema") == RESUME_SCHEMA else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _reusable(ctx: MixedContext, step: str, key: str, *outputs: Path) -> dict[str, Any] | None:
+    """The record of ``step`` where resuming is on, its key is ``key`` and its ``outputs`` are the
+    files it recorded (same contents)."""
+    if not ctx.resume:
+        return None
+    record = _records(ctx.out).get(step)
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    try:
+        if record.get("outputs") != _file_digests(ctx.out, outputs):
+            return None
+    except OSError:  # an output is missing
+        return None
+    return record
+
+
+def _forget(ctx: MixedContext, step: str) -> None:
+    """Drop ``step``'s record before its outputs are rewritten."""
+    records = _records(ctx.out)
+    if records.pop(step, None) is not None:
+        _write_records(ctx.out, records)
+
+
+def _remember(ctx: MixedContext, step: str, key: str, *outputs: Path, **extra: Any) -> dict[str, Any]:
+    """Record ``step``'s ``outputs`` (their sha256) as made from ``key``, with ``extra`` values;
+    the record."""
+    records = _records(ctx.out)
+    records[step] = {**extra, "key": key, "outputs": _file_digests(ctx.out, outputs)}
+    _write_records(ctx.out, records)
+    return records[step]
+
+
+def _file_digests(out: Path, paths: tuple[Path, ...]) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def _write_records(out: Path, records: dict[str, dict[str, Any]]) -> None:
+    _atomic(out / RESUME_FILE, lambda p: Path(p).write_text(
+        json.dumps({"schema": RESUME_SCHEMA, "steps": records}, indent=1, sort_keys=True)))
+
+
+def _atomic(path: Path, save: Callable[[Path], None]) -> None:
+    """``save(temporary path)``, then rename it to ``path``: never a half-written ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    save(tmp)
+    os.replace(tmp, path)
 
 
 def evaluate(libraries: dict[str, Path], data: Any, labels: Any, pm: Any) -> dict[str, dict[str, Any]]:
@@ -326,37 +592,44 @@ def _spec(name: str) -> Any:
     return QuantSpec.parse(name)
 
 
-def _report_data(pm, model, sens, table, problem, alloc, front, overhead, features, threads, specs,  # type: ignore[no-untyped-def]
-                 timings, ref_ms, predicted, measured, budgets, latency_budget, size_budget, manifest):
-    dev = device_fingerprint(features, threads)
+def _report_data(ctx: MixedContext) -> dict[str, Any]:
+    """What report.json holds: the device, budgets, the fp32 / W8A8 / chosen plans, the Pareto
+    front and every layer's options."""
+    problem, alloc, table, sens, overhead = ctx.problem, ctx.alloc, ctx.table, ctx.sens, ctx.overhead
+    dev = device_fingerprint(ctx.features, ctx.threads)
     w8 = {l: "w8a8" for l in problem.options}
     fp = {l: "fp32" for l in problem.options}
     plans = []
-    for label, plan, meas in (("fp32", fp, None), ("w8a8", w8, ref_ms), ("chosen", alloc.plan, measured)):
+    for label, plan, meas in (("fp32", fp, None), ("w8a8", w8, ctx.reference_ms), ("chosen", alloc.plan, ctx.measured)):
         tot = problem.totals(plan)
         plans.append({"label": label, "predicted_ms": tot["latency"] + overhead if table is not None else None,
                       "measured_ms": meas, "weight_bytes": tot["size"], "sensitivity": tot["sensitivity"],
                       "sqnr_db": sens.predicted_sqnr_db(plan) if label != "fp32" else None})
-    layers = []
-    for layer in pm.layers:
-        opts = problem.options[layer.name]
-        layers.append({
-            "name": layer.name, "op": layer.op, "chosen": alloc.plan[layer.name],
-            "sqnr_db": {s: (None if s == "fp32" else sens.sqnr_db(layer.name, s)) for s in specs},
-            "latency_us": {s: (opts[s].latency * 1e3 if table is not None else None) for s in specs},
-            "latency_source": {s: (table.layers[layer.name][s]["source"] if table is not None else None)
-                               for s in specs},
-            "weight_bytes": {s: int(opts[s].size) for s in specs}})
     return {
-        "model": str(Path(model).name) if not hasattr(model, "graph") else "<in-memory>",
-        "device": {"cpu": dev["cpu"], "isa": dev["isa"], "threads": threads},
-        "budget": {"latency": latency_budget, "size": size_budget, "resolved": budgets},
+        "model": str(Path(ctx.model).name) if not hasattr(ctx.model, "graph") else "<in-memory>",
+        "device": {"cpu": dev["cpu"], "isa": dev["isa"], "threads": ctx.threads},
+        "budget": {"latency": ctx.latency_budget, "size": ctx.size_budget, "resolved": ctx.budgets},
         "binding": alloc.binding,
         "plans": plans,
         "front": [{"label": f"p{i}", "sensitivity": p.sensitivity, "predicted_ms": p.latency + overhead,
                    "measured_ms": None, "weight_bytes": problem.totals(p.plan)["size"],
-                   "top1": None, "agreement": None} for i, p in enumerate(front)],
-        "layers": layers,
-        "timings": timings,
+                   "top1": None, "agreement": None} for i, p in enumerate(ctx.front)],
+        "layers": _report_layers(ctx),
+        "timings": ctx.timings,
         "predictor_error": table.predictor_error if table is not None else None,
     }
+
+
+def _report_layers(ctx: MixedContext) -> list[dict[str, Any]]:
+    """Per layer: the chosen spec and every spec's SQNR, latency (and its source) and weight bytes."""
+    layers = []
+    for layer in ctx.pm.layers:
+        opts = ctx.problem.options[layer.name]
+        layers.append({
+            "name": layer.name, "op": layer.op, "chosen": ctx.alloc.plan[layer.name],
+            "sqnr_db": {s: (None if s == "fp32" else ctx.sens.sqnr_db(layer.name, s)) for s in ctx.specs},
+            "latency_us": {s: (opts[s].latency * 1e3 if ctx.table is not None else None) for s in ctx.specs},
+            "latency_source": {s: (ctx.table.layers[layer.name][s]["source"] if ctx.table is not None else None)
+                               for s in ctx.specs},
+            "weight_bytes": {s: int(opts[s].size) for s in ctx.specs}})
+    return layers

@@ -154,44 +154,13 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
     if len(data) == 0:
         raise TvmqError("sensitivity analysis needs at least one calibration sample")
     feeds = list(data.samples(batch=1))[: limit or None]
-    model_id = (hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]
-                if isinstance(model, (str, os.PathLike)) else "<in-memory>")
-    meta = {"model": model_id, "stats": _stats_hash(stats), "samples": len(feeds),
-            "range_method": range_method, "contexts": list(contexts),
-            "data": hashlib.sha256(b"".join(np.ascontiguousarray(f[s.name]).tobytes()
-                                           for f in feeds for s in pm.inputs)).hexdigest()[:16]}
-    result = SensitivityResult([s.name for s in parsed], {}, meta)
+    result = SensitivityResult([s.name for s in parsed], {},
+                               _analysis_meta(model, stats, feeds, pm, range_method, contexts))
     if output is not None and Path(output).exists():
-        old = SensitivityResult.load(output)
-        if {k: v for k, v in old.meta.items() if k != "seconds"} == meta and old.specs == result.specs:
-            result = old
-            progress(f"resuming: {len(old.layers)} layer(s) already analyzed in {output}")
-        else:
-            progress(f"note: {output} was computed for other inputs or specs: starting over")
+        result = _resumed(result, output, progress)
 
     t0 = time.perf_counter()
-    lowered = lower_module(pm, features, switchable=True)
-    switches = lowered.switches
-    vm = relax.VirtualMachine(codegen(lowered.mod, features), tvm.cpu())
-    progress(f"compiled the switchable model ({len(switches)} layers) in {time.perf_counter() - t0:.1f}s")
-    dev = tvm.cpu()
-    inputs = [[tvm.runtime.tensor(f[s.name], dev) for s in pm.inputs] for f in feeds]
-
-    def tensors(args: list[np.ndarray], fq: np.ndarray) -> list[Any]:
-        return [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args] + [tvm.runtime.tensor(fq, dev)]
-
-    variants = {(i, s.name): tensors(*layer_variant(sw, s, stats, range_method))
-                for i, sw in enumerate(switches) for s in [QuantSpec.parse("fp32"), QuantSpec.parse("w8a8"), *parsed]}
-
-    def run(setting: dict[int, str]) -> list[np.ndarray]:
-        params = [t for i in range(len(switches)) for t in variants[(i, setting.get(i, "fp32"))]]
-        outs = []
-        for x in inputs:
-            y = vm["main"](*x, *params)
-            ys = [y] if hasattr(y, "numpy") else list(y)
-            outs.append(np.concatenate([np.asarray(v.numpy(), np.float64).ravel() for v in ys]))
-        return outs
-
+    switches, run = _switchable_runner(pm, features, feeds, stats, range_method, parsed, progress)
     ref = run({})
     signal = sum(float(np.sum(r * r)) for r in ref)
     if not np.isfinite(signal) or signal <= 0:
@@ -223,3 +192,57 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
     if output is not None:
         result.save(output)
     return result
+
+
+def _analysis_meta(model: Any, stats: Any, feeds: list[dict[str, np.ndarray]], pm: Any,
+                   range_method: str, contexts: list[str]) -> dict[str, Any]:
+    """What a sensitivity result was computed from: a saved one is resumed only where it matches."""
+    model_id = (hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]
+                if isinstance(model, (str, os.PathLike)) else "<in-memory>")
+    return {"model": model_id, "stats": _stats_hash(stats), "samples": len(feeds),
+            "range_method": range_method, "contexts": list(contexts),
+            "data": hashlib.sha256(b"".join(np.ascontiguousarray(f[s.name]).tobytes()
+                                           for f in feeds for s in pm.inputs)).hexdigest()[:16]}
+
+
+def _resumed(result: SensitivityResult, output: str | os.PathLike,
+             progress: Callable[[str], None]) -> SensitivityResult:
+    """The result saved in ``output`` where it was computed from the same inputs and specs as
+    ``result`` (its finished layers are kept), else ``result``."""
+    old = SensitivityResult.load(output)
+    if {k: v for k, v in old.meta.items() if k != "seconds"} == result.meta and old.specs == result.specs:
+        progress(f"resuming: {len(old.layers)} layer(s) already analyzed in {output}")
+        return old
+    progress(f"note: {output} was computed for other inputs or specs: starting over")
+    return result
+
+
+def _switchable_runner(pm: Any, features: TargetFeatures, feeds: list[dict[str, np.ndarray]], stats: Any,
+                       range_method: str, parsed: list[QuantSpec],
+                       progress: Callable[[str], None]) -> tuple[list[dict[str, Any]], Callable[..., list[np.ndarray]]]:
+    """Compile the switchable model once; (its switches, ``run(setting)``): the flattened outputs
+    on every feed with layer ``i`` at spec ``setting.get(i, "fp32")``."""
+    t0 = time.perf_counter()
+    lowered = lower_module(pm, features, switchable=True)
+    switches = lowered.switches
+    vm = relax.VirtualMachine(codegen(lowered.mod, features), tvm.cpu())
+    progress(f"compiled the switchable model ({len(switches)} layers) in {time.perf_counter() - t0:.1f}s")
+    dev = tvm.cpu()
+    inputs = [[tvm.runtime.tensor(f[s.name], dev) for s in pm.inputs] for f in feeds]
+
+    def tensors(args: list[np.ndarray], fq: np.ndarray) -> list[Any]:
+        return [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args] + [tvm.runtime.tensor(fq, dev)]
+
+    variants = {(i, s.name): tensors(*layer_variant(sw, s, stats, range_method))
+                for i, sw in enumerate(switches) for s in [QuantSpec.parse("fp32"), QuantSpec.parse("w8a8"), *parsed]}
+
+    def run(setting: dict[int, str]) -> list[np.ndarray]:
+        params = [t for i in range(len(switches)) for t in variants[(i, setting.get(i, "fp32"))]]
+        outs = []
+        for x in inputs:
+            y = vm["main"](*x, *params)
+            ys = [y] if hasattr(y, "numpy") else list(y)
+            outs.append(np.concatenate([np.asarray(v.numpy(), np.float64).ravel() for v in ys]))
+        return outs
+
+    return switches, run
