@@ -13,10 +13,13 @@ instruction of both templates (``schedules.intrinsics``).
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
 from ..common import TemplateDispatch
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType
 from ..intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
@@ -55,3 +58,29 @@ output_shape = _dispatch.output_shape
 
 
 ISA_LEVELS = sorted({d.isa for d in DOT_PRODUCTS.values()})
+
+
+def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) -> list[Config]:
+    """A pointwise start: the pointwise candidates on its instruction, then the direct conv's
+    on the channel form of the same ISA level's instruction; a direct start: the direct conv's
+    on its instruction."""
+    if not isinstance(start, int8_pointwise.PointwiseDotConfig):
+        return int8_dot.candidates(wl, features, start.dot)
+    space: list[Config] = list(int8_pointwise.candidates(wl, features, start.dot))
+    same = [d.name for d in DOT_PRODUCTS.values() if d.isa == start.dot_product.isa]
+    if same:
+        space += int8_dot.candidates(wl, features, same[0])
+    return space
+
+
+CONFIG_TYPES = (ConfigType(int8_dot.DotConv2dConfig, config_space, tensorized=True),
+                ConfigType(int8_pointwise.PointwiseDotConfig, config_space, tensorized=True))
+
+
+def kernels() -> list[KernelDef]:
+    """The dot-product convs, one per ISA level that has an integer dot-product instruction."""
+    return [KernelDef(KernelKey("conv2d", "w8a8", isa), compute, schedule,
+                      functools.partial(fallback_config, isa=isa), pack_weight, input_shape, output_shape,
+                      f"u8 x s8 -> s32 on the {isa} dot-product instruction (exact): pointwise "
+                      "GEMM along pixels, or NCHWc direct conv; dyadic requantization")
+            for isa in ISA_LEVELS]
