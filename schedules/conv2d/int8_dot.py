@@ -37,8 +37,8 @@ from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_direct import input_shape, output_shape, pack_input
 
-__all__ = ["DotConv2dConfig", "candidates", "compute", "fallback_config", "input_shape", "output_shape",
-           "pack_weight", "schedule"]
+__all__ = ["DotConv2dConfig", "candidates", "channel_blocks", "compute", "fallback_config", "input_shape",
+           "output_shape", "pack_weight", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def schedule_amx_tiles(sch, reg_n: int, intrinsics: tuple[str, str, str]) -> Non
     schedule_repack(sch, sch.get_sblock("data_pack"))
 
 
-def _channel_blocks(channels: int, group: int, limit: int) -> list[int]:
+def channel_blocks(channels: int, group: int, limit: int) -> list[int]:
     """Input-channel block sizes: multiples of ``group`` up to the channels (rounded up to the
     group) and ``limit``."""
     top = min(limit, ceil_div(channels, group) * group)
@@ -220,5 +220,5 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[D
             raise ValueError("tile does not fit the registers")
         return DotConv2dConfig(ic_bn, oc_bn, reg_n, dot)
 
-    return grid(make, ic_bn=_channel_blocks(wl.in_per_group, d.group, 64), oc_bn=oc,
+    return grid(make, ic_bn=channel_blocks(wl.in_per_group, d.group, 64), oc_bn=oc,
                 reg_n=range(1, min(wl.out_width, regs) + 1))
