@@ -265,9 +265,11 @@ def test_amx_kernels_compile_when_the_output_is_one_tile(wl: Conv2dWorkload, pre
     assert instruction in asm and "tilestored" in asm
 
 
-TEMPLATE_WORKLOADS = [Conv2dWorkload(1, 24, 10, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "relu")),
-                      Conv2dWorkload(1, 32, 8, 8, 48, 1, 1, epilogue=Epilogue(True, "none")),
-                      Conv2dWorkload(1, 16, 9, 9, 24, 3, 3, 2, 2, 1, 1, 1, 1, epilogue=Epilogue(True, "none"))]
+TEMPLATE_WORKLOADS = [
+    Conv2dWorkload(1, 24, 10, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "relu")),
+    Conv2dWorkload(1, 32, 8, 8, 48, 1, 1, epilogue=Epilogue(True, "none")),
+    Conv2dWorkload(1, 16, 9, 9, 24, 3, 3, 2, 2, 1, 1, 1, 1, epilogue=Epilogue(True, "none")),
+]
 # conv2d/w8a8/generic tunes over fp32 Conv2dConfig's space, which offers the fp32 pointwise
 # template's PointwiseConfig for 1x1 convs: the portable integer kernel cannot build those
 PORTABLE_POINTWISE = "conv2d/w8a8/generic|PointwiseConfig"

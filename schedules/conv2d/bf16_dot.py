@@ -253,13 +253,14 @@ def kernels() -> list[KernelDef]:
     input channels per op); strided convs get the ``vdpbf16ps`` configuration
     (``fallback_config``), hence avx512_bf16 too (every AMX-BF16 CPU has it). Without amx_bf16
     ``select`` walks down to the ``vdpbf16ps`` kernel."""
-    vnni = KernelDef(KernelKey("conv2d", "bf16", "avx512_vnni"), compute, schedule, fallback_config, pack_weight,
-                     input_shape, output_shape,
+    vnni = KernelDef(KernelKey("conv2d", "bf16", "avx512_vnni"), compute, schedule, fallback_config,
+                     pack_weight, input_shape, output_shape,
                      f"native bf16 on AVX512-BF16 vdpbf16ps (bf16 pairs, fp32 accumulation): {_WHAT}",
                      dot_order, requires=lambda f: f.avx512_bf16, float_reference_fn=float_reference)
     amx = KernelDef(KernelKey("conv2d", "bf16", "amx"), compute, schedule,
                     functools.partial(fallback_config, dot=TDPBF16PS), pack_weight, input_shape, output_shape,
                     "native bf16 on AMX-BF16 tdpbf16ps tiles (stride 1; strided convs: vdpbf16ps), fp32 "
                     f"accumulation: {_WHAT}",
-                    dot_order, requires=lambda f: f.amx_bf16 and f.avx512_bf16, float_reference_fn=float_reference)
+                    dot_order, requires=lambda f: f.amx_bf16 and f.avx512_bf16,
+                    float_reference_fn=float_reference)
     return [vnni, amx]

@@ -56,5 +56,5 @@ CONFIG_TYPES = (ConfigType(fp32_direct.Conv2dConfig, config_space),
 def kernels() -> list[KernelDef]:
     # fp32 kernels are written once for every ISA: the vector width comes from the config
     return [KernelDef(KernelKey("conv2d", "fp32", "generic"), compute, schedule, fallback_config, pack_weight,
-                      input_shape, output_shape, "pointwise GEMM on NCHW, or NCHWc register-tiled direct conv",
-                      reduction_order)]
+                      input_shape, output_shape,
+                      "pointwise GEMM on NCHW, or NCHWc register-tiled direct conv", reduction_order)]

@@ -203,7 +203,8 @@ def channel_blocks(channels: int, group: int, limit: int) -> list[int]:
     """Input-channel block sizes: multiples of ``group`` up to the channels (rounded up to the
     group) and ``limit``."""
     top = min(limit, ceil_div(channels, group) * group)
-    return [b for b in (group, 2 * group, 4 * group, 8 * group, 16 * group, 32, 64) if b <= top and b % group == 0] or [top]
+    blocks = (group, 2 * group, 4 * group, 8 * group, 16 * group, 32, 64)
+    return [b for b in blocks if b <= top and b % group == 0] or [top]
 
 
 def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[DotConv2dConfig]:
@@ -211,7 +212,8 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[D
     tile fits the vector registers; on AMX every tile height (2..16)."""
     d = DOT_PRODUCTS[dot]
     if d is AMX_16X64:
-        return grid(lambda reg_n: DotConv2dConfig(64, 16, reg_n, dot), reg_n=range(2, min(16, wl.out_width) + 1))
+        return grid(lambda reg_n: DotConv2dConfig(64, 16, reg_n, dot),
+                    reg_n=range(2, min(16, wl.out_width) + 1))
     regs = features.vector_registers
     oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
 

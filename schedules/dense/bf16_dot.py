@@ -149,7 +149,8 @@ CONFIG_TYPES = (ConfigType(Bf16DenseConfig, config_space),)
 
 def kernels() -> list[KernelDef]:
     """Native bf16 on ``vdpbf16ps`` where the target has avx512_bf16 (as ``conv2d.bf16_dot``)."""
-    return [KernelDef(KernelKey("dense", "bf16", "avx512_vnni"), compute, schedule, fallback_config, pack_weight,
-                      input_shape, output_shape,
-                      "native bf16 on AVX512-BF16 vdpbf16ps (bf16 pairs, fp32 accumulation): packed-weight GEMV/GEMM",
+    return [KernelDef(KernelKey("dense", "bf16", "avx512_vnni"), compute, schedule, fallback_config,
+                      pack_weight, input_shape, output_shape,
+                      "native bf16 on AVX512-BF16 vdpbf16ps (bf16 pairs, fp32 accumulation): "
+                      "packed-weight GEMV/GEMM",
                       dot_order, requires=lambda f: f.avx512_bf16, float_reference_fn=float_reference)]

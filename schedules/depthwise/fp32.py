@@ -152,7 +152,8 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig, sample: bool = False
     keep_tile_in_registers(sch, init, out_b, xo)
 
 
-def config_space(start: DepthwiseConfig, wl: Conv2dWorkload, features: TargetFeatures) -> list[DepthwiseConfig]:
+def config_space(start: DepthwiseConfig, wl: Conv2dWorkload,
+                 features: TargetFeatures) -> list[DepthwiseConfig]:
     """The tuning candidates: tiles of 1-6 vectors of ``start.lanes`` pixels, the padded-plane
     copy vectorised or not."""
     return grid(lambda vecs, pad_vectorize: DepthwiseConfig(start.lanes, start.lanes * vecs, pad_vectorize),
