@@ -1,53 +1,110 @@
-"""The tuning space of every kernel template: which configurations the tuner may try.
+"""The generic machinery of the tuning spaces: which configurations the tuner may try.
 
 A kernel's configuration (``Conv2dConfig``, ``PointwiseDotConfig``, ...) is the whole set of its
 knobs: block sizes that change the packed weight layout as well as the register tiles the
-schedule uses. ``config_space(kernel_config, workload, features)`` lists the candidates around a
-starting configuration (the kernel's fallback), first the fallback itself, then every valid
-combination of the knob values below, in a fixed order (the tuner's seed decides what it
+schedule uses. Each kernel module declares its configuration types as ``ConfigType`` records
+(the dataclass, the function that lists its candidates, whether it runs a tensor intrinsic),
+and the kernel registry (``schedules.registry``) registers them here as it loads the kernels
+(import it before using the functions below).
+``config_space(start, workload, features)`` lists the candidates around a starting
+configuration (the kernel's fallback), first the fallback itself, then the candidates of the
+start's type in the fixed order its kernel module gives (the tuner's seed decides what it
 samples, not this list). Where two templates implement the same op (a 1x1 conv: the pointwise
-GEMM or the NCHWc direct conv), both templates' spaces are offered: the template is a knob too.
+GEMM or the NCHWc direct conv), the kernel module offers both templates' candidates: the
+template is a knob too.
 
 Configurations serialise to JSON (``config_to_json`` / ``config_from_json``) with their type
-name, which is how the tuning database stores them.
+name, which is how the tuning database stores them. The registration order of the types is the
+order of the latency predictor's one-hot and knob features (``config_type_names``,
+``knob_names``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from .common import ceil_div
-from .conv2d import bf16_dot as conv2d_bf16_dot
-from .conv2d import fp32_direct, fp32_pointwise, int8_dot, int8_pointwise
-from .dense import bf16_dot as dense_bf16_dot
-from .dense.fp32 import DenseConfig
-from .depthwise.fp32 import DepthwiseConfig
-from .intrinsics import AMX_16X64, DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
 from .packing import UNPACK_POSITIONS, W4A8Config
 from .target_features import TargetFeatures
-from .workload import Conv2dWorkload, DenseWorkload, Workload
+from .workload import Workload
 
-CONFIG_TYPES: dict[str, type] = {t.__name__: t for t in (
-    fp32_direct.Conv2dConfig, fp32_pointwise.PointwiseConfig, int8_dot.DotConv2dConfig,
-    int8_pointwise.PointwiseDotConfig, DepthwiseConfig, DenseConfig, conv2d_bf16_dot.Bf16DotConv2dConfig,
-    dense_bf16_dot.Bf16DenseConfig)}
+
+@dataclass(frozen=True)
+class ConfigType:
+    """A kernel configuration dataclass as the tuner sees it.
+
+    ``candidates(start, workload, features)`` lists the valid configurations of the kernel that
+    ``start`` configures, in a fixed order (``config_space`` puts ``start`` first). ``tensorized``:
+    the kernel runs a dot-product tensor intrinsic (its W4A8 twin then unpacks once per call:
+    TVM's ``compute_at`` cannot move a producer into a loop that holds a tensorized block)."""
+
+    cls: type
+    candidates: Callable[[Any, Workload, TargetFeatures], list[Any]]
+    tensorized: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """The numeric fields (int, bool), the knobs the latency predictor reads."""
+        return tuple(f.name for f in dataclasses.fields(self.cls) if f.type in ("int", "bool", int, bool))
+
+
+_CONFIG_TYPES: dict[str, ConfigType] = {}
+
+
+def register_config_type(ct: ConfigType) -> None:
+    """Make ``ct`` known to the tuner, the tuning database and the latency predictor (done by
+    ``schedules.registry`` for every kernel module it loads; a type shared by two kernel modules
+    is registered by the first)."""
+    known = _CONFIG_TYPES.get(ct.name)
+    if known is not None and known != ct:
+        raise ValueError(f"configuration type {ct.name} registered twice, differently")
+    _CONFIG_TYPES.setdefault(ct.name, ct)
+
+
+def _types() -> dict[str, ConfigType]:
+    if not _CONFIG_TYPES:
+        raise RuntimeError("no kernel configuration types registered: import schedules.registry first "
+                           "(it loads the kernels, which declare them)")
+    return _CONFIG_TYPES
+
+
+def config_types() -> list[ConfigType]:
+    """Every registered configuration type, in registration order."""
+    return list(_types().values())
+
+
+def config_type_names() -> tuple[str, ...]:
+    return tuple(_types())
+
+
+def knob_names() -> tuple[str, ...]:
+    """The knobs of every configuration type, each once, in registration order."""
+    return tuple(dict.fromkeys(k for ct in config_types() for k in ct.knobs))
+
+
+def _type_of(cfg: Any) -> ConfigType:
+    ct = _types().get(type(cfg).__name__)
+    if ct is None or ct.cls is not type(cfg):
+        raise TypeError(f"not a kernel configuration: {cfg!r}")
+    return ct
 
 
 def tensorized(cfg: Any) -> bool:
-    """Whether the kernel of ``cfg`` runs a dot-product tensor intrinsic (its W4A8 twin then
-    unpacks once per call: TVM's ``compute_at`` cannot move a producer into a loop that holds
-    a tensorized block)."""
-    return isinstance(cfg, (int8_dot.DotConv2dConfig, int8_pointwise.PointwiseDotConfig))
+    """Whether the kernel of ``cfg`` runs a dot-product tensor intrinsic (``ConfigType``)."""
+    ct = _types().get(type(cfg).__name__)
+    return ct is not None and ct.cls is type(cfg) and ct.tensorized
 
 
 def config_to_json(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, W4A8Config):  # the base kernel's configuration, nested
         return {"type": "W4A8Config", "unpack": cfg.unpack, "base": config_to_json(cfg.base)}
-    if type(cfg).__name__ not in CONFIG_TYPES:
-        raise TypeError(f"not a kernel configuration: {cfg!r}")
-    return {"type": type(cfg).__name__, **dataclasses.asdict(cfg)}
+    return {"type": _type_of(cfg).name, **dataclasses.asdict(cfg)}
 
 
 def config_from_json(d: dict[str, Any]) -> Any:
@@ -58,16 +115,18 @@ def config_from_json(d: dict[str, Any]) -> Any:
         if not isinstance(d.get("base"), dict):
             raise ValueError(f"bad W4A8Config fields {d}: no base configuration")
         return W4A8Config(config_from_json(d["base"]), d.get("unpack", "call"))
-    if name not in CONFIG_TYPES:
-        raise ValueError(f"unknown configuration type {name!r}; known: {', '.join(CONFIG_TYPES)}")
+    types = _types()
+    if name not in types:
+        raise ValueError(f"unknown configuration type {name!r}; known: {', '.join(types)}")
     try:
-        return CONFIG_TYPES[name](**d)
+        return types[name].cls(**d)
     except TypeError as e:
         raise ValueError(f"bad {name} fields {d}: {e}") from None
 
 
-def _grid(make, **choices) -> list[Any]:  # type: ignore[no-untyped-def]
-    """Every combination of ``choices`` that ``make`` accepts (it raises ValueError otherwise)."""
+def grid(make, **choices) -> list[Any]:  # type: ignore[no-untyped-def]
+    """Every combination of ``choices`` that ``make`` accepts (it raises ValueError otherwise),
+    each choice's values sorted, the first choice varying slowest."""
     out = []
     names = list(choices)
     for values in itertools.product(*(sorted(set(choices[n])) for n in names)):
@@ -78,81 +137,6 @@ def _grid(make, **choices) -> list[Any]:  # type: ignore[no-untyped-def]
     return out
 
 
-def _channel_blocks(channels: int, group: int, limit: int) -> list[int]:
-    """Input-channel block sizes: multiples of ``group`` up to the channels (rounded up to the
-    group) and ``limit``."""
-    top = min(limit, ceil_div(channels, group) * group)
-    return [b for b in (group, 2 * group, 4 * group, 8 * group, 16 * group, 32, 64) if b <= top and b % group == 0] or [top]
-
-
-def _fp32_direct(wl: Conv2dWorkload, features: TargetFeatures) -> list[Any]:
-    lanes = features.fp32_lanes
-    regs = features.vector_registers
-    ic = [b for b in (4, 8, 16, 32) if b <= wl.in_per_group] or [wl.in_per_group]
-    if wl.in_per_group <= 32:
-        ic.append(wl.in_per_group)
-    oc = [lanes, 2 * lanes] if wl.out_per_group > lanes else [fp32_direct.fallback_config(wl, features).oc_bn]
-
-    def make(ic_bn: int, oc_bn: int, reg_n: int) -> Any:
-        if reg_n * ceil_div(oc_bn, lanes) > regs - 2:
-            raise ValueError("tile does not fit the registers")
-        return fp32_direct.Conv2dConfig(ic_bn, oc_bn, reg_n)
-
-    return _grid(make, ic_bn=ic, oc_bn=oc, reg_n=range(1, min(wl.out_width, regs) + 1))
-
-
-def _fp32_pointwise(wl: Conv2dWorkload, features: TargetFeatures) -> list[Any]:
-    lanes = features.fp32_lanes
-    regs = features.vector_registers
-
-    def make(k_tile: int, vecs: int) -> Any:
-        if k_tile * vecs > regs - 2:
-            raise ValueError("tile does not fit the registers")
-        return fp32_pointwise.PointwiseConfig(k_tile=k_tile, p_tile=vecs * lanes, lanes=lanes)
-
-    return _grid(make, k_tile=(2, 3, 4, 6, 7, 8, 12, 14, 16, 24, 28), vecs=(1, 2, 3, 4))
-
-
-def _int8_dot(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[Any]:
-    d = DOT_PRODUCTS[dot]
-    if d is AMX_16X64:
-        return _grid(lambda reg_n: int8_dot.DotConv2dConfig(64, 16, reg_n, dot),
-                     reg_n=range(2, min(16, wl.out_width) + 1))
-    regs = features.vector_registers
-    oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
-
-    def make(ic_bn: int, oc_bn: int, reg_n: int) -> Any:
-        if reg_n * (oc_bn // d.lanes) > regs - 3:
-            raise ValueError("tile does not fit the registers")
-        return int8_dot.DotConv2dConfig(ic_bn, oc_bn, reg_n, dot)
-
-    return _grid(make, ic_bn=_channel_blocks(wl.in_per_group, d.group, 64), oc_bn=oc,
-                 reg_n=range(1, min(wl.out_width, regs) + 1))
-
-
-def _int8_pointwise(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[Any]:
-    lanes = PIXEL_DOT_PRODUCTS[dot].lanes
-    regs = features.vector_registers
-
-    def make(k_tile: int, vecs: int) -> Any:
-        if k_tile * vecs > regs + (8 if regs > 16 else -2):
-            raise ValueError("tile does not fit the registers")
-        return int8_pointwise.PointwiseDotConfig(k_tile=k_tile, p_tile=vecs * lanes, dot=dot)
-
-    return _grid(make, k_tile=(2, 3, 4, 6, 8, 12, 16, 24), vecs=(1, 2, 3, 4))
-
-
-def _depthwise(wl: Conv2dWorkload, start: DepthwiseConfig) -> list[Any]:
-    return _grid(lambda vecs, pad_vectorize: DepthwiseConfig(start.lanes, start.lanes * vecs, pad_vectorize),
-                 vecs=(1, 2, 3, 4, 6), pad_vectorize=(False, True))
-
-
-def _dense(wl: DenseWorkload, start: DenseConfig, features: TargetFeatures) -> list[Any]:
-    lanes = features.fp32_lanes
-    unroll = [u for u in (1, 2, 4, 8, 16) if wl.in_features % u == 0]
-    return _grid(DenseConfig, oc_bn=(lanes, 2 * lanes, 4 * lanes), unroll_c=unroll)
-
-
 def config_space(start: Any, wl: Workload, features: TargetFeatures) -> list[Any]:
     """The candidate configurations of the kernel whose fallback configuration is ``start``,
     ``start`` first (every candidate is a valid configuration of the same kernel; the
@@ -161,29 +145,9 @@ def config_space(start: Any, wl: Workload, features: TargetFeatures) -> list[Any
     if isinstance(start, W4A8Config):
         space = [W4A8Config(c, u) for c in config_space(start.base, wl, features) for u in UNPACK_POSITIONS
                  if u == "call" or not tensorized(c)]
-    elif isinstance(start, conv2d_bf16_dot.Bf16DotConv2dConfig):  # native AVX512-BF16 kernels
-        space = conv2d_bf16_dot.config_space(start, wl)  # type: ignore[arg-type]
-    elif isinstance(start, dense_bf16_dot.Bf16DenseConfig):
-        space = dense_bf16_dot.config_space(start, wl)  # type: ignore[arg-type]
-    elif isinstance(start, DenseConfig):
-        space = _dense(wl, start, features)  # type: ignore[arg-type]
-    elif isinstance(start, DepthwiseConfig):
-        space = _depthwise(wl, start)  # type: ignore[arg-type]
-    elif isinstance(start, (fp32_direct.Conv2dConfig, fp32_pointwise.PointwiseConfig)):
-        space = _fp32_direct(wl, features)  # type: ignore[arg-type]
-        if fp32_pointwise.applies(wl):  # type: ignore[arg-type]
-            space = _fp32_pointwise(wl, features) + space  # type: ignore[arg-type]
-    elif isinstance(start, (int8_dot.DotConv2dConfig, int8_pointwise.PointwiseDotConfig)):
-        space = []
-        if isinstance(start, int8_pointwise.PointwiseDotConfig):
-            space += _int8_pointwise(wl, features, start.dot)  # type: ignore[arg-type]
-            pixel = start.dot_product
-            # the direct conv on the channel form of the same ISA level's instruction
-            same = [d.name for d in DOT_PRODUCTS.values() if d.isa == pixel.isa]
-            if same:
-                space += _int8_dot(wl, features, same[0])  # type: ignore[arg-type]
-        else:
-            space += _int8_dot(wl, features, start.dot)  # type: ignore[arg-type]
     else:
-        raise TypeError(f"no tuning space for configuration {start!r}")
+        ct = _types().get(type(start).__name__)
+        if ct is None or ct.cls is not type(start):
+            raise TypeError(f"no tuning space for configuration {start!r}")
+        space = ct.candidates(start, wl, features)
     return [start] + [c for c in space if c != start]

@@ -8,10 +8,10 @@ import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schedules import quant, reference, registry
+from schedules import quant, reference, registry, space
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
-from .isa import HOST, PROFILES, isa_params
+from .isa import HOST, PROFILES, can_execute, isa_params
 
 _CACHE: dict = {}
 CHECKED_BY = ("the kernel's compilation is checked here by "
@@ -233,8 +233,6 @@ def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, is
 def test_amx_kernel_space_compiles_for_narrow_outputs(width: int) -> None:
     """AMX tiles need at least two pixel rows: a one-pixel-wide output takes the VNNI form, and
     every configuration the tuning space offers cross-compiles (reg_n = 1 did not tensorize)."""
-    from schedules import space
-
     features = PROFILES["amx"]
     wl = Conv2dWorkload(1, 64, 4, width, 32, 3, 3, 1, 1, 1, 1, 1, 1)
     kernel = registry.select("conv2d", "w8a8", features)
@@ -265,3 +263,48 @@ def test_amx_kernels_compile_when_the_output_is_one_tile(wl: Conv2dWorkload, pre
                       target=tvm.target.Target(features.target_json()))
     asm = lib.mod.inspect_source("s")
     assert instruction in asm and "tilestored" in asm
+
+
+TEMPLATE_WORKLOADS = [
+    Conv2dWorkload(1, 24, 10, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "relu")),
+    Conv2dWorkload(1, 32, 8, 8, 48, 1, 1, epilogue=Epilogue(True, "none")),
+    Conv2dWorkload(1, 16, 9, 9, 24, 3, 3, 2, 2, 1, 1, 1, 1, epilogue=Epilogue(True, "none")),
+]
+# conv2d/w8a8/generic tunes over fp32 Conv2dConfig's space, which offers the fp32 pointwise
+# template's PointwiseConfig for 1x1 convs: the portable integer kernel cannot build those
+PORTABLE_POINTWISE = "conv2d/w8a8/generic|PointwiseConfig"
+
+
+def _template_cases() -> list:  # type: ignore[type-arg]
+    """(key, workload, configuration): the first candidate of each configuration type in the
+    tuning space of every W8A8 conv kernel whose level the host executes."""
+    out = []
+    for key in registry.registered_keys():
+        if key.op != "conv2d" or key.precision != "w8a8" or not can_execute(key.isa):
+            continue
+        features = HOST.with_isa(key.isa)
+        for i, wl in enumerate(TEMPLATE_WORKLOADS):
+            firsts: dict = {}
+            for cfg in space.config_space(registry.get(key).fallback_config(wl, features), wl, features):
+                firsts.setdefault(type(cfg).__name__, cfg)
+            for name, cfg in firsts.items():
+                marks = [pytest.mark.xfail(raises=AttributeError, strict=True, reason=PORTABLE_POINTWISE)] \
+                    if f"{key}|{name}" == PORTABLE_POINTWISE else []
+                out.append(pytest.param(key, wl, cfg, id=f"{key}-{i}-{name}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("key, wl, cfg", _template_cases())
+def test_every_template_in_a_w8a8_tuning_space_is_bit_exact(key, wl: Conv2dWorkload, cfg) -> None:  # type: ignore[no-untyped-def]
+    """Each template a W8A8 conv kernel can be tuned to (its space's configuration types, a new
+    kernel module's too) against the numpy integer reference."""
+    kernel, features = registry.get(key), HOST.with_isa(key.isa)
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, seed=7)
+    ex = compile_for(kernel, wl, cfg, features)
+    args = [tvm.runtime.tensor(a) for a in (
+        xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
+        np.array([x_zp, out_zp, 0, 255], np.int32))]
+    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
+    ex(*args, out)
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected)

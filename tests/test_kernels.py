@@ -316,3 +316,28 @@ def test_float_kernels_equal_their_ordered_reference_bit_for_bit(case, seed: int
     """A configuration from the tuning space of a kernel at a level this host executes."""
     wl, precision, isa, cfg = case
     _check(wl, isa, seed=seed, precision=precision, cfg=cfg)
+
+
+SPACE_WORKLOADS = {
+    "conv2d": [Conv2dWorkload(1, 24, 10, 10, 40, 3, 3, 1, 1, 1, 1, 1, 1),
+               Conv2dWorkload(1, 32, 9, 9, 48, 3, 3, 2, 2, 1, 1, 1, 1),
+               Conv2dWorkload(1, 64, 7, 7, 48, 1, 1)],
+    "depthwise_conv2d": [Conv2dWorkload(1, 32, 9, 9, 32, 3, 3, 2, 2, 1, 1, 1, 1, groups=32)],
+    "dense": [DenseWorkload(1, 100, 10), DenseWorkload(2, 64, 33)],
+}
+
+
+@pytest.mark.parametrize("key", registry.registered_keys(), ids=str)
+def test_every_kernel_space_starts_at_its_fallback_and_round_trips(key) -> None:  # type: ignore[no-untyped-def]
+    """Every registered kernel, on the profile of its ISA level: its configuration space starts
+    with its fallback, holds no duplicate, and every candidate survives the tuning database's
+    JSON unchanged (its type registered by the kernel's module)."""
+    kernel = registry.get(key)
+    features = PROFILES[key.isa]
+    for wl in SPACE_WORKLOADS[key.op]:
+        fallback = kernel.fallback_config(wl, features)
+        configs = space.config_space(fallback, wl, features)
+        assert configs[0] == fallback and len(configs) > 1
+        assert len(set(configs)) == len(configs)
+        for cfg in configs:
+            assert space.config_from_json(space.config_to_json(cfg)) == cfg

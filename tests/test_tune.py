@@ -18,6 +18,7 @@ import pytest
 from schedules import registry, space
 from schedules.target_features import detect_host
 from tvmq.frontend import prepare
+from tvmq.tune import predictor
 from tvmq.tune import (
     LatencyPredictor,
     LatencyTable,
@@ -405,3 +406,23 @@ def test_tuned_configs_ignore_a_record_of_another_configuration_kind(tmp_path: P
                            workload=workload_to_json(wl), config=space.config_to_json(block),
                            latency={**lat, "median_us": 0.5}, device=device))
     assert TunedConfigs(db, FEATURES, device["id"])(kernel, wl, "fc") == (block, "tuned")
+
+
+def test_predictor_features_keep_their_columns() -> None:
+    """The configuration types and knobs the latency predictor reads come from the kernel
+    registry, each once; those of the committed tuning databases keep their relative order (the
+    order of ``registry.KERNEL_MODULES``), and a configuration sets its own type's one-hot column."""
+    types = ["Conv2dConfig", "PointwiseConfig", "DotConv2dConfig", "PointwiseDotConfig", "Bf16DotConv2dConfig",
+             "Bf16DenseConfig", "DepthwiseConfig", "DenseConfig"]
+    knobs = ["ic_bn", "oc_bn", "reg_n", "k_tile", "p_tile", "lanes", "unroll_c", "pad_vectorize"]
+    assert len(set(predictor.CONFIG_TYPES)) == len(predictor.CONFIG_TYPES)
+    assert len(set(predictor.KNOBS)) == len(predictor.KNOBS)
+    assert [t for t in predictor.CONFIG_TYPES if t in types] == types
+    assert [k for k in predictor.KNOBS if k in knobs] == knobs
+    wl = {"op": "dense", "batch": 1, "in_features": 64, "out_features": 32,
+          "epilogue": {"bias": True, "activation": "none", "residual": False, "out_float": False}}
+    first = len(predictor.OPS) + len(predictor.SPECS) + len(predictor.ISAS)
+    for i, name in enumerate(predictor.CONFIG_TYPES):
+        row = predictor.feature_vector("dense/fp32/generic", "fp32", wl, {"type": name, "oc_bn": 16})
+        onehot = row[first:first + len(predictor.CONFIG_TYPES)]
+        assert onehot == [float(j == i) for j in range(len(predictor.CONFIG_TYPES))]

@@ -37,6 +37,7 @@ Knobs (``Bf16DotConv2dConfig``): ``ic_bn`` (even), ``oc_bn`` (a multiple of 16),
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,13 +62,16 @@ from ..intrinsics_bf16 import (
     amx_bf16_intrinsics,
     bf16_value,
 )
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_direct import float_epilogue, input_shape, output_shape, pack_input
 from .int8_dot import dot_conv_body, schedule_amx_tiles
 
-__all__ = ["DOTS", "TDPBF16PS", "VDPBF16PS", "Bf16DotConv2dConfig", "compute", "config_space", "dot_order",
-           "fallback_config", "float_reference", "input_shape", "output_shape", "pack_weight", "schedule"]
+__all__ = ["CONFIG_TYPES", "DOTS", "TDPBF16PS", "VDPBF16PS", "Bf16DotConv2dConfig", "compute", "config_space",
+           "dot_order", "fallback_config", "float_reference", "input_shape", "kernels", "output_shape",
+           "pack_weight", "schedule"]
 
 
 VDPBF16PS = "vdpbf16ps"  # AVX512-BF16, zmm register tiles
@@ -220,10 +224,11 @@ def float_reference(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, data: np.ndarr
                                      dot_order(wl, cfg), residual)
 
 
-def config_space(start: Bf16DotConv2dConfig, wl: Conv2dWorkload) -> list[Bf16DotConv2dConfig]:
+def config_space(start: Bf16DotConv2dConfig, wl: Conv2dWorkload,
+                 features: TargetFeatures | None = None) -> list[Bf16DotConv2dConfig]:
     """Candidate configurations for the tuner, ``start`` first: ``ic_bn`` even channel blocks
     up to 64, ``oc_bn`` one or two zmm, every ``reg_n`` whose tile fits the 32 zmm registers
-    (with the weight vectors and the broadcast input). For ``schedules.space.config_space``.
+    (with the weight vectors and the broadcast input). The tuning space of ``CONFIG_TYPES``.
     An AMX start: every tile height ``reg_n`` (2..16, at most the output width), the rest fixed."""
     if start.dot == TDPBF16PS:
         tiles = [Bf16DotConv2dConfig(AMX_K, AMX_N, r, TDPBF16PS) for r in range(2, min(AMX_ROWS, wl.out_width) + 1)]
@@ -234,3 +239,28 @@ def config_space(start: Bf16DotConv2dConfig, wl: Conv2dWorkload) -> list[Bf16Dot
     out = [Bf16DotConv2dConfig(ic, oc, r) for ic in ics for oc in ocs
            for r in range(1, min(wl.out_width, 32) + 1) if r * (oc // LANES) <= 32 - 2 - oc // LANES]
     return [start] + [c for c in out if c != start]
+
+
+CONFIG_TYPES = (ConfigType(Bf16DotConv2dConfig, config_space),)
+_WHAT = "NCHWc direct conv (every conv with a channel reduction)"
+
+
+def kernels() -> list[KernelDef]:
+    """Native bf16 on ``vdpbf16ps``: at the avx512_vnni level (every AVX512-BF16 CPU has VNNI)
+    and only where the target has avx512_bf16; elsewhere ``select`` falls back to the portable
+    bf16 kernel (``schedules.derived.bf16_weights``). On AMX-BF16 tiles (``tdpbf16ps``), where
+    the target has amx_bf16: convs of stride 1 (a tile of up to 16 pixels x 16 channels x 32
+    input channels per op); strided convs get the ``vdpbf16ps`` configuration
+    (``fallback_config``), hence avx512_bf16 too (every AMX-BF16 CPU has it). Without amx_bf16
+    ``select`` walks down to the ``vdpbf16ps`` kernel."""
+    vnni = KernelDef(KernelKey("conv2d", "bf16", "avx512_vnni"), compute, schedule, fallback_config,
+                     pack_weight, input_shape, output_shape,
+                     f"native bf16 on AVX512-BF16 vdpbf16ps (bf16 pairs, fp32 accumulation): {_WHAT}",
+                     dot_order, requires=lambda f: f.avx512_bf16, float_reference_fn=float_reference)
+    amx = KernelDef(KernelKey("conv2d", "bf16", "amx"), compute, schedule,
+                    functools.partial(fallback_config, dot=TDPBF16PS), pack_weight, input_shape, output_shape,
+                    "native bf16 on AMX-BF16 tdpbf16ps tiles (stride 1; strided convs: vdpbf16ps), fp32 "
+                    f"accumulation: {_WHAT}",
+                    dot_order, requires=lambda f: f.amx_bf16 and f.avx512_bf16,
+                    float_reference_fn=float_reference)
+    return [vnni, amx]

@@ -15,6 +15,8 @@ from types import ModuleType
 from typing import Any
 
 from ..common import TemplateDispatch
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import fp32_direct, fp32_pointwise
@@ -38,3 +40,21 @@ pack_weight = _dispatch.pack_weight
 input_shape = _dispatch.input_shape
 output_shape = _dispatch.output_shape
 reduction_order = _dispatch.reduction_order
+
+
+def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) -> list[Config]:
+    """Both templates' candidates where the pointwise one applies (pointwise first), else the
+    direct conv's."""
+    direct = fp32_direct.candidates(wl, features)
+    return fp32_pointwise.candidates(wl, features) + direct if fp32_pointwise.applies(wl) else direct
+
+
+CONFIG_TYPES = (ConfigType(fp32_direct.Conv2dConfig, config_space),
+                ConfigType(fp32_pointwise.PointwiseConfig, config_space))
+
+
+def kernels() -> list[KernelDef]:
+    # fp32 kernels are written once for every ISA: the vector width comes from the config
+    return [KernelDef(KernelKey("conv2d", "fp32", "generic"), compute, schedule, fallback_config, pack_weight,
+                      input_shape, output_shape,
+                      "pointwise GEMM on NCHW, or NCHWc register-tiled direct conv", reduction_order)]

@@ -28,6 +28,7 @@ from ..common import (
     schedule_register_tile,
     schedule_repack,
 )
+from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -228,3 +229,21 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig, sample: bool = False) -
                            reductions=[rc, rh, rw, ri], lane=ko, reg_n=cfg.reg_n, sample=sample)
     if pack_b is not None:
         schedule_repack(sch, pack_b)
+
+
+def candidates(wl: Conv2dWorkload, features: TargetFeatures) -> list[Conv2dConfig]:
+    """The tuning candidates: input-channel blocks up to 32, one or two vectors of output
+    channels, every ``reg_n`` whose tile fits the vector registers."""
+    lanes = features.fp32_lanes
+    regs = features.vector_registers
+    ic = [b for b in (4, 8, 16, 32) if b <= wl.in_per_group] or [wl.in_per_group]
+    if wl.in_per_group <= 32:
+        ic.append(wl.in_per_group)
+    oc = [lanes, 2 * lanes] if wl.out_per_group > lanes else [fallback_config(wl, features).oc_bn]
+
+    def make(ic_bn: int, oc_bn: int, reg_n: int) -> Conv2dConfig:
+        if reg_n * ceil_div(oc_bn, lanes) > regs - 2:
+            raise ValueError("tile does not fit the registers")
+        return Conv2dConfig(ic_bn, oc_bn, reg_n)
+
+    return grid(make, ic_bn=ic, oc_bn=oc, reg_n=range(1, min(wl.out_width, regs) + 1))

@@ -25,6 +25,7 @@ from ..common import (
     padded_width,
     split_tile,
 )
+from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -128,3 +129,17 @@ def schedule(sch, wl: Conv2dWorkload, cfg: PointwiseConfig, sample: bool = False
         return
     pn, pc, pp = sch.get_loops(pack_b)
     sch.parallel(sch.fuse(pn, pc))
+
+
+def candidates(wl: Conv2dWorkload, features: TargetFeatures) -> list[PointwiseConfig]:
+    """The tuning candidates: every register tile of ``k_tile`` channels x 1-4 vectors of pixels
+    that fits the vector registers."""
+    lanes = features.fp32_lanes
+    regs = features.vector_registers
+
+    def make(k_tile: int, vecs: int) -> PointwiseConfig:
+        if k_tile * vecs > regs - 2:
+            raise ValueError("tile does not fit the registers")
+        return PointwiseConfig(k_tile=k_tile, p_tile=vecs * lanes, lanes=lanes)
+
+    return grid(make, k_tile=(2, 3, 4, 6, 7, 8, 12, 14, 16, 24, 28), vecs=(1, 2, 3, 4))

@@ -1,31 +1,37 @@
 """W8A8 conv2d on a CPU's dot-product instructions: two templates, chosen per workload (the
-choice is part of the config), like ``fp32``.
+choice is part of the config), like ``fp32``, and a third the tuner may choose.
 
 * ``int8_pointwise``: 1x1 / stride 1 / unpadded / ungrouped convs as an integer GEMM on NCHW,
   vectorised along pixels.
 * ``int8_dot``: everything else as an NCHWc register-tiled direct conv, vectorised along
   output channels (on AMX, every conv of stride 1: a tile of pixels x 16 channels per
   ``tdpbusd``; strided ones take VNNI).
+* ``int8_rows``: ``int8_dot`` with a tile of several output rows (a tuning candidate only).
 
 ``dot_family`` (the ISA level's instruction: ``avx2``, ``avx512``, ``avx512_vnni``) picks the
-instruction of both templates (``schedules.intrinsics``).
+instruction of the templates (``schedules.intrinsics``).
 """
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
 from ..common import TemplateDispatch
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType
 from ..intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
-from . import int8_dot, int8_pointwise
+from . import int8_dot, int8_pointwise, int8_rows
 
-Config = int8_dot.DotConv2dConfig | int8_pointwise.PointwiseDotConfig
+Config = int8_dot.DotConv2dConfig | int8_pointwise.PointwiseDotConfig | int8_rows.DotRowsConv2dConfig
 
 
 def _template(cfg: Any) -> ModuleType:
+    if isinstance(cfg, int8_rows.DotRowsConv2dConfig):
+        return int8_rows
     return int8_pointwise if isinstance(cfg, int8_pointwise.PointwiseDotConfig) else int8_dot
 
 
@@ -55,3 +61,33 @@ output_shape = _dispatch.output_shape
 
 
 ISA_LEVELS = sorted({d.isa for d in DOT_PRODUCTS.values()})
+
+
+def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) -> list[Config]:
+    """A pointwise start: the pointwise candidates on its instruction, then the direct conv's
+    on the channel form of the same ISA level's instruction; a direct start: the direct conv's
+    on its instruction. After the direct conv's candidates, those of its multi-row tile
+    (``int8_rows``) on the same instruction."""
+    if isinstance(start, int8_pointwise.PointwiseDotConfig):
+        space: list[Config] = list(int8_pointwise.candidates(wl, features, start.dot))
+        same = [d.name for d in DOT_PRODUCTS.values() if d.isa == start.dot_product.isa]
+        dots = same[:1]
+    else:
+        space, dots = [], [start.dot]
+    for dot in dots:
+        space += int8_dot.candidates(wl, features, dot) + int8_rows.candidates(wl, features, dot)
+    return space
+
+
+CONFIG_TYPES = (ConfigType(int8_dot.DotConv2dConfig, config_space, tensorized=True),
+                ConfigType(int8_pointwise.PointwiseDotConfig, config_space, tensorized=True),
+                ConfigType(int8_rows.DotRowsConv2dConfig, config_space, tensorized=True))
+
+
+def kernels() -> list[KernelDef]:
+    """The dot-product convs, one per ISA level that has an integer dot-product instruction."""
+    return [KernelDef(KernelKey("conv2d", "w8a8", isa), compute, schedule,
+                      functools.partial(fallback_config, isa=isa), pack_weight, input_shape, output_shape,
+                      f"u8 x s8 -> s32 on the {isa} dot-product instruction (exact): pointwise "
+                      "GEMM along pixels, or NCHWc direct conv; dyadic requantization")
+            for isa in ISA_LEVELS]

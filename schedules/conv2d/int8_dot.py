@@ -32,12 +32,13 @@ from ..common import (
     split_tile,
 )
 from ..intrinsics import AMX_16X64, DOT_PRODUCTS, DotProduct, amx_intrinsics
+from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_direct import input_shape, output_shape, pack_input
 
-__all__ = ["DotConv2dConfig", "compute", "fallback_config", "input_shape", "output_shape",
-           "pack_weight", "schedule"]
+__all__ = ["DotConv2dConfig", "candidates", "channel_blocks", "compute", "fallback_config", "input_shape",
+           "output_shape", "pack_weight", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -196,3 +197,30 @@ def schedule_amx_tiles(sch, reg_n: int, intrinsics: tuple[str, str, str]) -> Non
     sch.tensorize(xi, dot)
     sch.tensorize(sch.get_loops(tile)[-2], store)
     schedule_repack(sch, sch.get_sblock("data_pack"))
+
+
+def channel_blocks(channels: int, group: int, limit: int) -> list[int]:
+    """Input-channel block sizes: multiples of ``group`` up to the channels (rounded up to the
+    group) and ``limit``."""
+    top = min(limit, ceil_div(channels, group) * group)
+    blocks = (group, 2 * group, 4 * group, 8 * group, 16 * group, 32, 64)
+    return [b for b in blocks if b <= top and b % group == 0] or [top]
+
+
+def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[DotConv2dConfig]:
+    """The tuning candidates on instruction ``dot``: channel blocks and every ``reg_n`` whose
+    tile fits the vector registers; on AMX every tile height (2..16)."""
+    d = DOT_PRODUCTS[dot]
+    if d is AMX_16X64:
+        return grid(lambda reg_n: DotConv2dConfig(64, 16, reg_n, dot),
+                    reg_n=range(2, min(16, wl.out_width) + 1))
+    regs = features.vector_registers
+    oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
+
+    def make(ic_bn: int, oc_bn: int, reg_n: int) -> DotConv2dConfig:
+        if reg_n * (oc_bn // d.lanes) > regs - 3:
+            raise ValueError("tile does not fit the registers")
+        return DotConv2dConfig(ic_bn, oc_bn, reg_n, dot)
+
+    return grid(make, ic_bn=channel_blocks(wl.in_per_group, d.group, 64), oc_bn=oc,
+                reg_n=range(1, min(wl.out_width, regs) + 1))

@@ -25,11 +25,12 @@ from tvm import te, tirx
 
 from ..common import ceil_div, int8_epilogue, int8_operands, keep_tile_in_registers, padded_width, split_tile
 from ..intrinsics import PIXEL_DOT_PRODUCTS, DotProduct
+from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from .fp32_pointwise import applies, input_shape, output_shape
 
-__all__ = ["PointwiseDotConfig", "applies", "compute", "fallback_config", "input_shape",
+__all__ = ["PointwiseDotConfig", "applies", "candidates", "compute", "fallback_config", "input_shape",
            "output_shape", "pack_weight", "schedule"]
 
 
@@ -144,3 +145,17 @@ def schedule(sch, wl: Conv2dWorkload, cfg: PointwiseDotConfig, sample: bool = Fa
     pn, pc, pp, pj = sch.get_loops(pack_b)
     sch.parallel(sch.fuse(pn, pc))
     sch.unroll(pj)
+
+
+def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[PointwiseDotConfig]:
+    """The tuning candidates on pixel instruction ``dot``: every register tile of ``k_tile``
+    channels x 1-4 vectors of pixels that fits the vector registers."""
+    lanes = PIXEL_DOT_PRODUCTS[dot].lanes
+    regs = features.vector_registers
+
+    def make(k_tile: int, vecs: int) -> PointwiseDotConfig:
+        if k_tile * vecs > regs + (8 if regs > 16 else -2):
+            raise ValueError("tile does not fit the registers")
+        return PointwiseDotConfig(k_tile=k_tile, p_tile=vecs * lanes, dot=dot)
+
+    return grid(make, k_tile=(2, 3, 4, 6, 8, 12, 16, 24), vecs=(1, 2, 3, 4))

@@ -22,6 +22,7 @@ from __future__ import annotations
 from tvm import te
 
 from ..common import int8_epilogue, int8_operands
+from ..kernel import KernelDef, KernelKey
 from ..workload import Conv2dWorkload
 from . import fp32_direct
 from .fp32_direct import (
@@ -33,8 +34,10 @@ from .fp32_direct import (
     packed_weight_shape,
 )
 
-__all__ = ["Conv2dConfig", "compute", "fallback_config", "input_shape", "output_shape",
-           "pack_weight", "schedule"]
+__all__ = ["CONFIG_TYPES", "Conv2dConfig", "compute", "fallback_config", "input_shape", "kernels",
+           "output_shape", "pack_weight", "schedule"]
+
+CONFIG_TYPES = ()  # fp32_direct's Conv2dConfig (``conv2d.fp32``)
 
 
 def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
@@ -51,3 +54,9 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
 
 
 schedule = fp32_direct.schedule
+
+
+def kernels() -> list[KernelDef]:
+    return [KernelDef(KernelKey("conv2d", "w8a8", "generic"), compute, schedule, fallback_config, pack_weight,
+                      input_shape, output_shape,
+                      "portable u8 x s8 -> s32 direct conv, dyadic requantization")]

@@ -25,12 +25,14 @@ from tvm import te, tirx
 from .. import bf16, reference
 from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual, split_tile
 from ..intrinsics_bf16 import DPBF16PS_16X2, GROUP, LANES, bf16_value
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType
 from ..target_features import TargetFeatures
 from ..workload import DenseWorkload
 from .fp32 import input_shape, output_shape
 
-__all__ = ["Bf16DenseConfig", "compute", "config_space", "dot_order", "fallback_config",
-           "float_reference", "input_shape", "output_shape", "pack_weight", "schedule"]
+__all__ = ["CONFIG_TYPES", "Bf16DenseConfig", "compute", "config_space", "dot_order", "fallback_config",
+           "float_reference", "input_shape", "kernels", "output_shape", "pack_weight", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,24 @@ def float_reference(wl: DenseWorkload, cfg: Bf16DenseConfig, data: np.ndarray, w
                                     dot_order(wl, cfg), residual)
 
 
-def config_space(start: Bf16DenseConfig, wl: DenseWorkload) -> list[Bf16DenseConfig]:
+def config_space(start: Bf16DenseConfig, wl: DenseWorkload,
+                 features: TargetFeatures | None = None) -> list[Bf16DenseConfig]:
     """Candidate configurations for the tuner, ``start`` first: one, two or four zmm of output
-    channels, every unroll of the feature pairs up to 16 that divides them. For
-    ``schedules.space.config_space``."""
+    channels, every unroll of the feature pairs up to 16 that divides them. The tuning space of
+    ``CONFIG_TYPES``."""
     pairs = ceil_div(wl.in_features, GROUP)
     out = [Bf16DenseConfig(oc, u) for oc in (LANES, 2 * LANES, 4 * LANES)
            for u in (1, 2, 4, 8, 16) if pairs % u == 0]
     return [start] + [c for c in out if c != start]
+
+
+CONFIG_TYPES = (ConfigType(Bf16DenseConfig, config_space),)
+
+
+def kernels() -> list[KernelDef]:
+    """Native bf16 on ``vdpbf16ps`` where the target has avx512_bf16 (as ``conv2d.bf16_dot``)."""
+    return [KernelDef(KernelKey("dense", "bf16", "avx512_vnni"), compute, schedule, fallback_config,
+                      pack_weight, input_shape, output_shape,
+                      "native bf16 on AVX512-BF16 vdpbf16ps (bf16 pairs, fp32 accumulation): "
+                      "packed-weight GEMV/GEMM",
+                      dot_order, requires=lambda f: f.avx512_bf16, float_reference_fn=float_reference)]

@@ -13,6 +13,8 @@ import numpy as np
 from tvm import te
 
 from ..common import ceil_div, finish, kernel_args, optional_bias, optional_residual, split_tile
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType, grid
 from ..target_features import TargetFeatures
 from ..workload import DenseWorkload
 
@@ -96,3 +98,19 @@ def schedule(sch, wl: DenseWorkload, cfg: DenseConfig, sample: bool = False) -> 
     init = sch.decompose_reduction(acc_b, rco)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(rci)
+
+
+def config_space(start: DenseConfig, wl: DenseWorkload, features: TargetFeatures) -> list[DenseConfig]:
+    """The tuning candidates: one, two or four vectors of output channels, every unroll of the
+    input features up to 16 that divides them."""
+    lanes = features.fp32_lanes
+    unroll = [u for u in (1, 2, 4, 8, 16) if wl.in_features % u == 0]
+    return grid(DenseConfig, oc_bn=(lanes, 2 * lanes, 4 * lanes), unroll_c=unroll)
+
+
+CONFIG_TYPES = (ConfigType(DenseConfig, config_space),)
+
+
+def kernels() -> list[KernelDef]:
+    return [KernelDef(KernelKey("dense", "fp32", "generic"), compute, schedule, fallback_config, pack_weight,
+                      input_shape, output_shape, "packed-weight GEMV/GEMM", reduction_order)]

@@ -11,12 +11,15 @@ from __future__ import annotations
 from tvm import te
 
 from ..common import int8_epilogue, int8_operands
+from ..kernel import KernelDef, KernelKey
 from ..workload import DenseWorkload
 from . import fp32
 from .fp32 import DenseConfig, fallback_config, input_shape, output_shape, pack_weight
 
-__all__ = ["DenseConfig", "compute", "fallback_config", "input_shape", "output_shape",
-           "pack_weight", "schedule"]
+__all__ = ["CONFIG_TYPES", "DenseConfig", "compute", "fallback_config", "input_shape", "kernels",
+           "output_shape", "pack_weight", "schedule"]
+
+CONFIG_TYPES = ()  # fp32's DenseConfig
 
 
 def compute(wl: DenseWorkload, cfg: DenseConfig,
@@ -33,3 +36,8 @@ def compute(wl: DenseWorkload, cfg: DenseConfig,
 
 
 schedule = fp32.schedule
+
+
+def kernels() -> list[KernelDef]:
+    return [KernelDef(KernelKey("dense", "w8a8", "generic"), compute, schedule, fallback_config, pack_weight,
+                      input_shape, output_shape, "portable u8 x s8 -> s32 dense, dyadic requantization")]

@@ -24,6 +24,8 @@ from ..common import (
     padded_width,
     split_tile,
 )
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType, grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
@@ -148,3 +150,20 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig, sample: bool = False
     except Exception:  # a ragged last tile: keep it scalar
         pass
     keep_tile_in_registers(sch, init, out_b, xo)
+
+
+def config_space(start: DepthwiseConfig, wl: Conv2dWorkload,
+                 features: TargetFeatures) -> list[DepthwiseConfig]:
+    """The tuning candidates: tiles of 1-6 vectors of ``start.lanes`` pixels, the padded-plane
+    copy vectorised or not."""
+    return grid(lambda vecs, pad_vectorize: DepthwiseConfig(start.lanes, start.lanes * vecs, pad_vectorize),
+                vecs=(1, 2, 3, 4, 6), pad_vectorize=(False, True))
+
+
+CONFIG_TYPES = (ConfigType(DepthwiseConfig, config_space),)
+
+
+def kernels() -> list[KernelDef]:
+    return [KernelDef(KernelKey("depthwise_conv2d", "fp32", "generic"), compute, schedule, fallback_config,
+                      pack_weight, input_shape, output_shape, "channel-vectorised NCHWc depthwise conv",
+                      reduction_order)]

@@ -9,6 +9,7 @@ from dataclasses import replace
 from tvm import te
 
 from ..common import int8_epilogue, int8_operands
+from ..kernel import KernelDef, KernelKey
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import fp32
@@ -21,8 +22,10 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> DepthwiseCo
     0.79 -> 0.63 ms, 112x112 s2 1.24 -> 0.82, 28x28 s2 0.138 -> 0.120), unlike fp32."""
     return replace(fp32.fallback_config(wl, features), pad_vectorize=True)
 
-__all__ = ["DepthwiseConfig", "compute", "fallback_config", "input_shape", "output_shape",
-           "pack_weight", "schedule"]
+__all__ = ["CONFIG_TYPES", "DepthwiseConfig", "compute", "fallback_config", "input_shape", "kernels",
+           "output_shape", "pack_weight", "schedule"]
+
+CONFIG_TYPES = ()  # fp32's DepthwiseConfig
 
 
 def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig,
@@ -38,3 +41,9 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig,
 
 
 schedule = fp32.schedule
+
+
+def kernels() -> list[KernelDef]:
+    return [KernelDef(KernelKey("depthwise_conv2d", "w8a8", "generic"), compute, schedule, fallback_config,
+                      pack_weight, input_shape, output_shape,
+                      "portable u8 x s8 -> s32 depthwise conv, dyadic requantization")]

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from schedules import registry  # noqa: F401  (loading it registers the kernels' configuration types)
+from schedules import space
 from schedules.common import ceil_div
 
 from .database import TuningRecord
@@ -23,10 +25,10 @@ from .database import TuningRecord
 SPECS = ("fp32", "bf16", "w8a8", "w4a8", "w8a16", "conversion")
 OPS = ("conv2d", "depthwise_conv2d", "dense", "conversion")
 ISAS = ("generic", "avx2", "avx512", "avx512_vnni", "amx")
-CONFIG_TYPES = ("Conv2dConfig", "PointwiseConfig", "DotConv2dConfig", "PointwiseDotConfig", "Bf16DotConv2dConfig",
-                "Bf16DenseConfig",
-                "DepthwiseConfig", "DenseConfig")
-KNOBS = ("ic_bn", "oc_bn", "reg_n", "k_tile", "p_tile", "lanes", "unroll_c", "pad_vectorize")
+# the registered configuration types (one-hot) and their numeric knobs, in the order the kernel
+# registry registers them (``schedules.registry.KERNEL_MODULES``)
+CONFIG_TYPES = space.config_type_names()
+KNOBS = space.knob_names()
 
 
 def _waste(n: int, block: int) -> float:

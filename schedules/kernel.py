@@ -1,0 +1,91 @@
+"""What a kernel is: ``KernelKey(op, precision, isa)`` and the ``KernelDef`` that bundles the
+TE compute, the schedule template, the fallback configuration (chosen from the shape, no
+tuning), the weight packing and the shape of the kernel's buffers. Kernel modules build their
+``KernelDef``s from these; ``schedules.registry`` registers and selects them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from tvm import s_tir, te
+
+from . import bf16, reference
+from .target_features import TargetFeatures
+from .workload import DenseWorkload, Workload
+
+
+@dataclass(frozen=True)
+class KernelKey:
+    op: str
+    precision: str
+    isa: str
+
+    def __str__(self) -> str:
+        return f"{self.op}/{self.precision}/{self.isa}"
+
+    @classmethod
+    def parse(cls, text: str) -> KernelKey:
+        """Inverse of ``str``: ``"conv2d/w8a8/avx2"`` -> ``KernelKey``."""
+        parts = text.split("/")
+        if len(parts) != 3:
+            raise ValueError(f"not a kernel key (op/precision/isa): {text!r}")
+        return cls(*parts)
+
+
+@dataclass(frozen=True)
+class KernelDef:
+    key: KernelKey
+    compute: Callable[[Any, Any], list]
+    schedule: Callable[..., None]  # (sch, workload, config, sample=False)
+    fallback_config: Callable[[Any, TargetFeatures], Any]
+    pack_weight: Callable[[np.ndarray, Any, Any], np.ndarray]
+    input_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's data tensor
+    output_shape: Callable[[Any, Any], tuple[int, ...]]  # a reshape of the layer's output
+    description: str = ""
+    # float kernels: the order in which each output sums its terms (see ``float_reference``)
+    reduction_order: Callable[[Any, Any], list] | None = None
+    # what the target must have beyond the ISA level of the key (``select`` skips the kernel
+    # where it returns False: Cascade Lake is avx512_vnni without AVX512-BF16)
+    requires: Callable[[TargetFeatures], bool] | None = None
+    # float kernels whose arithmetic is not one multiply-add per term in ``reduction_order``
+    # (the native bf16 kernels' ``vdpbf16ps``): ``(wl, cfg, data, weight, bias, residual)`` ->
+    # the exact output, which ``float_reference`` returns instead
+    float_reference_fn: Callable[..., np.ndarray] | None = None
+
+    def float_reference(self, wl: Workload, cfg: Any, data: np.ndarray, weight: np.ndarray,
+                        bias: np.ndarray | None = None, residual: np.ndarray | None = None, *,
+                        fma: bool) -> np.ndarray:
+        """What this float kernel computes, bit for bit, when compiled for a target with
+        (``fma=True``) or without FMA: the same terms summed in the same order with the same
+        roundings (``reference.conv2d_in_order`` / ``dense_in_order``); bf16 kernels round
+        ``data`` and ``weight`` to bf16 first, as they do. ``data`` is NCHW / ``[N, C]``,
+        ``weight`` OIHW / ``[K, C]`` float32 (unpacked); returns ``wl.out_shape``. Kernels with
+        a ``float_reference_fn`` (native bf16: ``vdpbf16ps`` fuses every term, FMA or not) use it."""
+        if self.float_reference_fn is not None:  # (independent of FMA contraction)
+            return self.float_reference_fn(wl, cfg, data, weight, bias, residual)
+        if self.reduction_order is None:
+            raise TypeError(f"{self.key} is not a float kernel")
+        if self.key.precision == "bf16":
+            data, weight = bf16.round_bf16(data), bf16.round_bf16(weight)
+        order = self.reduction_order(wl, cfg)
+        fn = reference.dense_in_order if isinstance(wl, DenseWorkload) else reference.conv2d_in_order
+        return fn(data, weight, bias, wl, order, residual, fma)  # type: ignore[arg-type]
+
+    def build_primfunc(self, workload: Workload, config: Any, *, sample_seed: int | None = None):  # type: ignore[no-untyped-def]
+        """The scheduled ``PrimFunc`` (attribute ``tirx.is_scheduled`` set).
+
+        The schedule's knobs are MetaSchedule sampling decisions; by default they take the
+        config's values. With ``sample_seed`` they are drawn at random instead (one point of the
+        search space the tuner explores).
+        """
+        func = te.create_prim_func(self.compute(workload, config))
+        sch = s_tir.Schedule(func, seed=sample_seed)
+        self.schedule(sch, workload, config, sample_seed is not None)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+    def design_space(self, workload: Workload, config: Any) -> Callable[[Any], None]:
+        """The schedule template as a MetaSchedule ``ScheduleFn`` body (knobs sampled)."""
+        return lambda sch: self.schedule(sch, workload, config, True)
