@@ -48,7 +48,7 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
 
 def round_expr(v):  # type: ignore[no-untyped-def]
     """TIR: ``round_bf16`` of one float32 value (as float32)."""
-    from tvm import tirx
+    from tvm import tirx  # (deferred: the numpy half of this module needs no TVM)
 
     u = tirx.reinterpret("uint32", v)
     one = tirx.const(1, "uint32")
@@ -59,14 +59,14 @@ def round_expr(v):  # type: ignore[no-untyped-def]
 
 def unpack_expr(bits):  # type: ignore[no-untyped-def]
     """TIR: the float32 value of one uint16 bf16 pattern."""
-    from tvm import tirx
+    from tvm import tirx  # (deferred: the numpy half of this module needs no TVM)
 
     return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
 
 
 def bits_expr(v):  # type: ignore[no-untyped-def]
     """TIR: the uint16 bf16 pattern of one float32 value, round to nearest even (``to_bf16_bits``)."""
-    from tvm import tirx
+    from tvm import tirx  # (deferred: the numpy half of this module needs no TVM)
 
     u = tirx.reinterpret("uint32", v)
     one = tirx.const(1, "uint32")

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from . import bf16
+from .common import rescale_expr
+
 
 def quantize(shape: tuple[int, ...]) -> list[te.Tensor]:
     x = te.placeholder(shape, "float32", name="x")
@@ -48,8 +51,6 @@ def fake_quantize(shape: tuple[int, ...]) -> list[te.Tensor]:
     ``FQ_AFFINE`` is ``(clip(floor(x / scale + 1/2) + zp, qmin, qmax) - zp) * scale`` (the
     rounding of ``quantize``), ``FQ_BF16`` rounds to bfloat16. Sensitivity analysis switches
     layers between precisions with it without recompiling."""
-    from . import bf16
-
     x = te.placeholder(shape, "float32", name="x")
     fq = te.placeholder((5,), "float32", name="fq")
 
@@ -120,8 +121,6 @@ def quantize_i16(shape: tuple[int, ...], qmax: int) -> list[te.Tensor]:
 
 def requantize_i16_u8(shape: tuple[int, ...]) -> list[te.Tensor]:
     """``params s32[3] = (m, shift, zp)``."""
-    from .common import rescale_expr
-
     q = te.placeholder(shape, "int16", name="q")
     params = te.placeholder((3,), "int32", name="params")
     out = te.compute(shape, lambda *i: tirx.min(tirx.max(

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -66,8 +67,6 @@ declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloa
 def bf16_value(bits):  # type: ignore[no-untyped-def]
     """TIR: the float32 value of a uint16 bf16 pattern, the expression the kernels' computes and
     the intrinsic's description share (tensorize matches them structurally)."""
-    from tvm import tirx
-
     return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
 
 

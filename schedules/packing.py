@@ -93,7 +93,7 @@ def unpack_int4(p: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def unpack_expr(byte, high):  # type: ignore[no-untyped-def]
     """TIR: the int8 value of the low (``high`` = 0) or high (1) nibble of the uint8 ``byte``."""
-    from tvm import tirx
+    from tvm import tirx  # (deferred: the numpy packing needs no TVM)
 
     # low nibble: shift it to the top first; high nibble: already there
     up = (byte << ((1 - high) * 4).astype("uint8")).astype("uint8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .quant import requantize, rescale
 from .workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 
@@ -72,8 +73,6 @@ def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: 
                 wl: Conv2dWorkload, residual: tuple | None = None, out_dtype: type = np.uint8) -> np.ndarray:
     """The integer-only layer the integer kernels compute: conv, + bias, requantize, clamp
     (input uint8 with its zero point, or int16 with zero point 0; output ``out_dtype``)."""
-    from .quant import requantize
-
     acc = conv2d_int(xq, x_zp, wq, wl).astype(np.int64) + bias_q.astype(np.int64).reshape(1, -1, 1, 1)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow after the bias")
@@ -86,8 +85,6 @@ def dense_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: n
                residual: tuple | None = None, out_dtype: type = np.uint8) -> np.ndarray:
     """Integer-only dense: ``x @ w.T`` (int64, exact) + bias, requantized and clamped
     (``out_dtype``: uint8, or int16)."""
-    from .quant import requantize
-
     acc = xq.astype(np.int64) @ wq.astype(np.int64).T + bias_q.astype(np.int64)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow")
@@ -109,8 +106,6 @@ def quantize_i16(x: np.ndarray, scale: float, qmax: int) -> np.ndarray:
 
 
 def requantize_i16_u8(q: np.ndarray, m: int, shift: int, zp: int) -> np.ndarray:
-    from .quant import rescale
-
     return np.clip(rescale(q.astype(np.int32), m, shift) + zp, 0, 255).astype(np.uint8)
 
 

@@ -174,7 +174,7 @@ def _solve(m: _Model, objective: np.ndarray, budgets: Mapping[str, float],  # ty
     """One MILP. With ``ratio_rows`` a last continuous variable ``r`` (in ``[0, ratio_max]``)
     joins, constrained by ``ratio_rows @ [x, z, r] <= 0``."""
     from scipy.optimize import Bounds, LinearConstraint, milp  # (deferred: as above, ~0.3 s)
-    from scipy.sparse import csr_matrix, hstack
+    from scipy.sparse import csr_matrix, hstack  # (deferred: as above)
 
     n = len(objective)
     a, lo, hi = m.structural()

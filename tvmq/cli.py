@@ -24,11 +24,12 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from schedules.target_features import ISA_LEVELS
+from schedules.target_features import ISA_LEVELS, detect_host
 
 from .errors import TvmqError
 from .specs import NAMES as SPEC_NAMES
@@ -62,8 +63,6 @@ def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _features(isa: str | None):  # type: ignore[no-untyped-def]
-    from schedules.target_features import detect_host
-
     host = detect_host()
     if isa is None:
         return host
@@ -286,8 +285,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         measurer.close()
     print(summary.table())
     if args.summary:
-        from pathlib import Path
-
         Path(args.summary).write_text(json.dumps({"seconds": summary.seconds, "measured": summary.measured,
                                                   "device": measurer.device,
                                                   "tasks": [r.to_json() for r in summary.results]}, indent=1))

@@ -377,7 +377,7 @@ def _clip_as_relax_op():  # type: ignore[no-untyped-def]
     importer's converter table; the original table is restored on exit.
     """
     from tvm import relax  # (deferred: reading and checking a model needs no TVM)
-    from tvm.relax.frontend.onnx import onnx_frontend as of
+    from tvm.relax.frontend.onnx import onnx_frontend as of  # (deferred: as above)
 
     original_map = of._get_convert_map
     original_clip = original_map()["Clip"]
@@ -428,7 +428,7 @@ def tvm_ir_constant():  # type: ignore[no-untyped-def]
 def to_relax(pm: PreparedModel):  # type: ignore[no-untyped-def]
     """Import the cleaned model: ``(IRModule, params)`` with layer weights as named params."""
     from tvm import relax  # (deferred: reading and checking a model needs no TVM)
-    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx import from_onnx  # (deferred: as above)
 
     try:
         with _clip_as_relax_op():

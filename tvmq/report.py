@@ -226,8 +226,8 @@ def _plot_layers(data: Mapping, path: Path) -> None:
     """One marker line per spec over the layers (log y): filled = measured, hollow = predicted,
     a star on each layer's chosen spec. Lines rather than bars stay legible at 50+ layers."""
     from matplotlib.figure import Figure  # (deferred: matplotlib is optional, HTML report only)
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.lines import Line2D  # (deferred: as above)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # (as above)
 
     layers = data.get("layers") or []
     specs = _specs(layers)

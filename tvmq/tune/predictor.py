@@ -19,6 +19,7 @@ import numpy as np
 from schedules import registry  # noqa: F401  (loading it registers the kernels' configuration types)
 from schedules import space
 from schedules.common import ceil_div
+from schedules.intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
 
 from .database import TuningRecord
 
@@ -69,8 +70,6 @@ def feature_vector(kernel: str, spec: str, workload: dict[str, Any], config: dic
     knobs = [float(cfg.get(k, 0) or 0) for k in KNOBS] + [unpack_block]
     lanes_dot = 0.0
     if "dot" in cfg:
-        from schedules.intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
-
         d = DOT_PRODUCTS.get(cfg["dot"]) or PIXEL_DOT_PRODUCTS.get(cfg["dot"])
         lanes_dot = float(d.lanes) if d else 0.0
     waste = [
@@ -99,7 +98,7 @@ class LatencyPredictor:
         self.n_train = 0
 
     def fit(self, records: Iterable[TuningRecord]) -> LatencyPredictor:
-        import xgboost as xgb
+        import xgboost as xgb  # (deferred: ~0.5 s, only when a predictor is trained or used)
 
         ok = [r for r in records if r.ok]
         if not ok:
@@ -117,7 +116,7 @@ class LatencyPredictor:
     def predict(self, rows: list[list[float]]) -> np.ndarray:
         if self.model is None:
             raise ValueError("the latency predictor is not trained")
-        import xgboost as xgb
+        import xgboost as xgb  # (deferred: ~0.5 s, only when a predictor is trained or used)
 
         return np.exp(self.model.predict(xgb.DMatrix(np.array(rows, dtype=np.float64))))
 
