@@ -1,10 +1,6 @@
-"""The benchmarks' shared harness: machine description, timing workers run in fresh subprocesses,
-interleaved rounds, statistics, the rivals (onnxruntime fp32 / int8 QDQ, OpenVINO int8 via NNCF),
-accuracy loops and results writing.
-
-Worker mode: ``python -m bench.harness --worker SPEC_JSON`` runs ``WORKERS[spec["kind"]]`` and
-prints its result as one ``BENCH_JSON:`` line (``run_worker`` starts it and reads that line).
-"""
+"""The benchmarks' shared harness: machine description, timing workers in fresh subprocesses
+(``python -m bench.harness --worker SPEC_JSON``), interleaved rounds, statistics, the rivals
+(onnxruntime fp32 / int8 QDQ, OpenVINO int8 via NNCF), accuracy loops and results writing."""
 
 from __future__ import annotations
 
@@ -27,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -43,10 +41,6 @@ OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "
              "INFERENCE_PRECISION_HINT": "f32"}
 OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
 
-
-# ---------------------------------------------------------------------------------------------
-# Machine, versions, statistics, results
-# ---------------------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
     """CPU model and ISA flags (``/proc/cpuinfo``), usable CPUs, platform and Python version."""
@@ -66,16 +60,13 @@ def machine_info() -> dict[str, Any]:
 
 
 def machine_line(info: dict[str, Any], sep: str = ", ") -> str:
-    """``AMD EPYC, 2 CPUs (avx2)``: the machine as the tables' headers name it."""
+    """``AMD EPYC, 2 CPUs (avx2)``, as the tables' headers name the machine."""
     flags = sep.join(f for f, on in info["cpu_flags"].items() if on) or "none of " + "/".join(CPU_FLAGS)
     return f"{info['cpu_model']}, {info['nproc']} CPUs ({flags})"
 
 
 def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+    return next((d.version for d in metadata.distributions(name=name)), None)
 
 
 def git_revision() -> dict[str, Any]:
@@ -169,21 +160,12 @@ def argument_parser(doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------------------------
-# Models and inputs
-# ---------------------------------------------------------------------------------------------
-
 def light_resnet50_path() -> Path:
-    import onnx  # deferred: only the parent needs it, and only here
-
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
 
 
 def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
     """The graph's real inputs (initializers excluded), symbolic dims taken as 1 (batch 1)."""
-    import onnx  # deferred: the workers do not need it
-    from onnx import helper
-
     graph = onnx.load(str(model), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     specs = []
@@ -283,10 +265,6 @@ def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float
     return time_calls(fn, warmup=warmup, repeat=repeat).median_ms
 
 
-# ---------------------------------------------------------------------------------------------
-# Rivals: onnxruntime sessions and int8 QDQ, OpenVINO int8 via NNCF
-# ---------------------------------------------------------------------------------------------
-
 def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_path: str | None = None,
                 level: str = "ORT_ENABLE_ALL") -> Any:
     """An onnxruntime CPU session: ``intra_op_num_threads=threads`` (None: onnxruntime's
@@ -346,9 +324,6 @@ def rival_onnx(model: Path, out: Path) -> Path:
     nodes evaluated into initializers, initializers removed from the inputs (IR >= 4), unused
     ones dropped and the opset raised to 13 (per-channel ``DequantizeLinear``); same function.
     """
-    import onnx  # deferred: only the parent needs it
-    from onnx import numpy_helper, version_converter
-
     m = onnx.load(str(model))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
@@ -419,10 +394,6 @@ def ov_kernels(compiled: Any) -> str:
             count[info["primitiveType"].astype(str)] += 1
     return ", ".join(f"{k} x{v}" for k, v in sorted(count.items()))
 
-
-# ---------------------------------------------------------------------------------------------
-# Worker mode (each runs in a fresh subprocess)
-# ---------------------------------------------------------------------------------------------
 
 class CpuMeter:
     """How many cores *other* processes keep busy from construction to ``other_cores()``:
@@ -552,7 +523,6 @@ def worker_openvino(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker_quantize_ort(spec: dict[str, Any]) -> dict[str, Any]:
     """onnxruntime int8 (QDQ) model; also the conv/dense ops it fuses into (extended level)."""
-    import onnx  # deferred: workers import only what their kind needs
     import onnxruntime as ort
 
     out = Path(spec["out"])
@@ -612,10 +582,6 @@ def run_worker(spec: dict[str, Any], threads: int | None = None, timeout: float 
     tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-5:]
     return {"ok": False, "error": f"worker exited with code {proc.returncode}: " + " | ".join(tail)}
 
-
-# ---------------------------------------------------------------------------------------------
-# Parent: cached builds, interleaved rounds, notes
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class ModelCase:

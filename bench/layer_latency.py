@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from bench import harness as h
 
@@ -151,8 +153,6 @@ def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[byt
     """A one-layer ONNX model of ``wl`` (Conv + Relu / QLinearConv, or Gemm + Relu / QGemm: uint8
     input with zero point 3, int8 per-channel weights, int32 bias, uint8 output with zero point 5)
     and its feeds."""
-    from onnx import TensorProto, helper, numpy_helper  # deferred: only this bench builds models
-
     dense = not hasattr(wl, "kernel_h")
     k = wl.out_features if dense else wl.out_channels
     inits = []
@@ -194,9 +194,6 @@ def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
     """``opt`` (the model as onnxruntime optimized it) without the layout conversions at its
     edges (NCHWc reorders, NHWC transposes; a network pays them once, not per layer): the model,
     random feeds of its new input and the stripped node types, or None if nothing to strip."""
-    import onnx  # deferred: only this bench edits models
-    from onnx import helper
-
     g, nodes = opt.graph, list(opt.graph.node)
     in_name, out_name = g.input[0].name, g.output[0].name
     new_in, new_out, stripped = in_name, out_name, []
@@ -243,8 +240,6 @@ class OrtLayer:
     conversions (the graph itself when there are none), and ``graph``, the model as built."""
 
     def __init__(self, model: bytes, feeds: dict[str, np.ndarray], threads: int, tmp: Path, warmup_s: float) -> None:
-        import onnx  # deferred: only this bench reads optimized models
-
         def node_types(m: Any) -> list[str]:
             return [(f"{n.domain}." if n.domain else "") + n.op_type for n in m.graph.node]
 
@@ -273,8 +268,6 @@ class OrtLayer:
 
 def ort_call_overhead_ms(threads: int) -> float:
     """Median ``InferenceSession.run`` time of a one-element ``Relu``: the per-call overhead."""
-    from onnx import TensorProto, helper  # deferred: only this bench builds models
-
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
