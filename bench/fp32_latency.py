@@ -42,14 +42,14 @@ def bench_pair(case: h.ModelCase, threads: int, args: Any, tmp: Path) -> dict[st
 
 
 def markdown_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
-    lines = ["| model | threads | tvmq median ms (p10-p90) | onnxruntime median ms (p10-p90) "
-             "| ratio tvmq/ort | rel. max diff |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | threads | tvmq median ms (p10-p90) | onnxruntime median ms (p10-p90) | ratio "
+             "tvmq/ort | rel. max diff |", "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         st, err = row["stats"], row["errors"]
         ratio = f"{row['ratio_tvmq_over_ort']:.2f}" if row["ratio_tvmq_over_ort"] else "-"
         diff = f"{row['rel_max_diff']:.1e}" if row["rel_max_diff"] is not None else "-"
-        lines.append(f"| {row['model']} | {row['threads']} | {h.fmt_stat(st.get('tvmq'), err.get('tvmq'))} "
-                     f"| {h.fmt_stat(st.get('onnxruntime'), err.get('onnxruntime'))} | {ratio} | {diff} |")
+        lines.append(f"| {row['model']} | {row['threads']} | {h.fmt_stat(st.get('tvmq'), err.get('tvmq'))} | "
+                     f"{h.fmt_stat(st.get('onnxruntime'), err.get('onnxruntime'))} | {ratio} | {diff} |")
     notes = h.row_notes(rows) + [f"- {name}: skipped, {why}" for name, why in skipped.items()]
     return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tvmq-bench-") as tmp:
         for case in cases:
             for threads in args.thread_list:
-                print(f"[{case.name}] threads={threads}: {args.rounds} rounds x "
-                      f"({args.warmup} warmup + {args.repeat} timed) per variant", flush=True)
+                print(f"[{case.name}] threads={threads}: {args.rounds} rounds x ({args.warmup} warmup + "
+                      f"{args.repeat} timed) per variant", flush=True)
                 rows.append(bench_pair(case, threads, args, Path(tmp)))
     tvm = next((c.build_info["tvm_version"] for c in cases if c.build_info.get("tvm_version")), None)
     result = run.record(

@@ -233,6 +233,21 @@ def latency_args(argv: Sequence[str] | None, doc: str | None,
     return args
 
 
+def image_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` (default the real MobileNetV2) and ``--root`` (the imagenet-sample folder)."""
+    p.add_argument("--model", default=str(DEFAULT_MOBILENETV2), help="ONNX file (default: MobileNetV2)")
+    p.add_argument("--root", default=str(DEFAULT_IMAGENET), help="imagenet-sample folder (../shared/data)")
+
+
+def images_missing(args: argparse.Namespace) -> bool:
+    """Whether ``--root`` or ``--model`` is missing (then says so: the script skips)."""
+    if Path(args.root, "labels.csv").exists() and Path(args.model).exists():
+        return False
+    print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} (`make "
+          "models`) not found")
+    return True
+
+
 def imagenet_eval() -> Any:
     """The module ``scripts/imagenet_eval.py`` (``load_imagenet_sample``, ``onnxruntime_logits``)."""
     scripts = str(REPO_ROOT / "scripts")  # scripts/ is a folder of scripts, not a package
@@ -567,7 +582,8 @@ def worker_main(spec_json: str) -> int:
 
 def run_worker(spec: dict[str, Any], threads: int | None = None, timeout: float = 1800.0) -> dict[str, Any]:
     """Run one worker in a fresh interpreter (``TVM_NUM_THREADS=threads``); its result or an error."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     if threads is not None:
         env["TVM_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "bench.harness", "--worker", json.dumps(spec)]
@@ -630,7 +646,8 @@ def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[
         case.name, case.build_dir / "model.so", stamp, case.build_dir / STAMP_FILE, spec, rebuild)
     rng = np.random.default_rng(seed)
     specs = onnx_input_specs(case.onnx_path)
-    arrays = {f"in_{i}": rng.standard_normal(shape).astype(dtype) for i, (_, shape, dtype) in enumerate(specs)}
+    arrays = {f"in_{i}": rng.standard_normal(shape).astype(dtype) for i,
+              (_, shape, dtype) in enumerate(specs)}
     np.savez(case.input_path, __names__=json.dumps([n for n, _, _ in specs]), **arrays)
 
 
@@ -673,7 +690,8 @@ def run_rounds(label: str, threads: int, specs: dict[str, dict[str, Any]], args:
                 continue
             med, other = statistics.median(res["samples_ms"]), res.get("other_cpu_cores")
             samples[v].extend(res["samples_ms"])
-            rounds[v].append({"median_ms": med, "other_cpu_cores": other, "loadavg_after": res["loadavg_after"]})
+            rounds[v].append({"median_ms": med, "other_cpu_cores": other,
+                              "loadavg_after": res["loadavg_after"]})
             info[v].append({k: val for k, val in res.items() if k not in standard})
             print(f"  [{label} t={threads}] round {r + 1}/{args.rounds} {v:<{width}} median {med:8.3f} ms"
                   + (f"  (other processes: {other:.2f} cores)" if other is not None else ""), flush=True)
@@ -689,15 +707,17 @@ def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> li
     """Notes under a table: every failure, every row whose per-round medians (of any variant)
     differ by more than ``NOISY_ROUND_SPREAD``, and (with ``busy_cores``) every row during which
     other processes kept at least that many cores busy."""
-    notes = [f"- {row['model']} t={row['threads']} {v}: {e}" for row in rows for v, e in row["errors"].items()]
+    notes = [f"- {row['model']} t={row['threads']} {v}: {e}" for row in rows for v,
+             e in row["errors"].items()]
     for row in rows:
         spans = {v: [r["median_ms"] for r in rr] for v, rr in row["per_round"].items() if rr}
         if any(max(m) > NOISY_ROUND_SPREAD * min(m) for m in spans.values()):
             ranges = ", ".join(f"{v} {min(m):.2f}-{max(m):.2f}" for v, m in spans.items())
             others = _others(row)
-            busy = f"other processes kept up to {max(others):.1f} cores busy" if others else "other load on the machine?"
-            notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians "
-                         f"{ranges} ms ({busy}); rerun when the machine is quiet")
+            busy = (f"other processes kept up to {max(others):.1f} cores busy" if others
+                    else "other load on the machine?")
+            notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians {ranges} ms "
+                         f"({busy}); rerun when the machine is quiet")
     for row in rows if busy_cores is not None else []:
         if (others := _others(row)) and max(others) >= busy_cores:
             notes.append(f"- {row['model']} t={row['threads']}: other processes kept up to {max(others):.2f} "
@@ -710,8 +730,8 @@ def interference_note(rows: list[dict[str, Any]]) -> str:
     others = [x for row in rows for x in _others(row)]
     if not others:
         return ""
-    return (f" While timing, other processes kept {statistics.fmean(others):.2f} cores busy "
-            f"on average (max {max(others):.2f}).")
+    return (f" While timing, other processes kept {statistics.fmean(others):.2f} cores busy on average (max "
+            f"{max(others):.2f}).")
 
 
 if __name__ == "__main__":

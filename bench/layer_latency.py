@@ -1,7 +1,8 @@
 """Per-layer kernel latency of every tvmq precision beside onnxruntime, on real layer shapes.
 
     python -m bench.layer_latency [--models mobilenetv2,light_resnet50] [--specs fp32,bf16,w8a8,w4a8,w8a16]
-        [--threads 1] [--limit N] [--repeat 15] [--rounds 3] [--min-repeat-ms 20] [--mobilenetv2 PATH] [--out DIR]
+        [--threads 1] [--limit N] [--repeat 15] [--rounds 3] [--min-repeat-ms 20] [--mobilenetv2 PATH]
+        [--out DIR]
 
 Each distinct layer workload (``layer_workload`` with a bias + ReLU epilogue) is measured once per
 precision: the registry's kernel on its fallback configuration, timed with TVM's
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,8 @@ RATIO_COLUMNS = (("w8a8/QLinearConv", "w8a8", ORT_INT8), ("w4a8/w8a8", "w4a8", "
                  ("w8a16/w8a8", "w8a16", "w8a8"))
 X_ZP, OUT_ZP = 3, 5
 OPSET = 17
-LAYOUT_NODES = {("com.microsoft.nchwc", "ReorderInput"), ("com.microsoft.nchwc", "ReorderOutput"), ("", "Transpose")}
+LAYOUT_NODES = {("com.microsoft.nchwc", "ReorderInput"), ("com.microsoft.nchwc", "ReorderOutput"),
+                ("", "Transpose")}
 
 
 def label(variant: str) -> str:
@@ -82,7 +85,8 @@ def distinct_workloads(layers: Any, epilogue: Any) -> list[dict[str, Any]]:
         wl = layer_workload(layer, epilogue)
         by_key.setdefault(wl.key(), {"workload": wl, "layers": []})["layers"].append(layer.name)
     return [{**e, "first": e["layers"][0], "count": len(e["layers"]), "macs": int(e["workload"].macs),
-             "category": category(e["workload"]), "shape": shape_summary(e["workload"])} for e in by_key.values()]
+             "category": category(e["workload"]),
+             "shape": shape_summary(e["workload"])} for e in by_key.values()]
 
 
 def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
@@ -139,7 +143,8 @@ class TvmqKernel:
         import tvm  # deferred: TVM
 
         args = [tvm.runtime.tensor(v) for v in self.values]
-        res = self.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)(*args)
+        res = self.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat,
+                                      min_repeat_ms=min_repeat_ms)(*args)
         return [float(t) * 1e3 for t in res.results]
 
 
@@ -165,14 +170,16 @@ def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[byt
     if quantized:
         x = rng.integers(0, 256, wl.data_shape).astype(np.uint8)
         w_scale = (np.abs(w_float).reshape(k, -1).max(axis=1) / 127).astype(np.float32)
-        w_q = np.clip(np.round(w_float / w_scale.reshape((k,) + (1,) * (w_float.ndim - 1))), -127, 127).astype(np.int8)
+        w_q = np.clip(np.round(w_float / w_scale.reshape((k,) + (1,) * (w_float.ndim - 1))), -127,
+                      127).astype(np.int8)
         bias = rng.integers(-2000, 2001, (k,)).astype(np.int32)
         qin = [init("x_scale", np.float32(0.02)), init("x_zp", np.uint8(X_ZP))]
         qw = [init("w", w_q), init("w_scale", w_scale), init("w_zp", np.zeros(k, np.int8))]
         qy = [init("y_scale", np.float32(0.05)), init("y_zp", np.uint8(OUT_ZP))]
         nodes = [helper.make_node("QGemm", ["x", *qin, *qw, init("bias", bias), *qy], ["y"],
                                   domain="com.microsoft", transB=1) if dense else
-                 helper.make_node("QLinearConv", ["x", *qin, *qw, *qy, init("bias", bias)], ["y"], **conv_attributes(wl))]
+                 helper.make_node("QLinearConv", ["x", *qin, *qw, *qy, init("bias", bias)], ["y"],
+                                  **conv_attributes(wl))]
         elem = TensorProto.UINT8
     else:
         x = rng.standard_normal(wl.data_shape).astype(np.float32)
@@ -183,7 +190,9 @@ def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[byt
         elem = TensorProto.FLOAT
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", elem, wl.data_shape)],
                               [helper.make_tensor_value_info("y", elem, wl.out_shape)], inits)
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if quantized and dense else [])
+    opsets = [helper.make_opsetid("", OPSET)]
+    if quantized and dense:
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
     model = helper.make_model(graph, opset_imports=opsets, producer_name="tvmq-layer-latency")
     model.ir_version = 8
     return model.SerializeToString(), {"x": x}
@@ -200,7 +209,8 @@ def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
     if nodes and (nodes[0].domain, nodes[0].op_type) in LAYOUT_NODES and list(nodes[0].input) == [in_name]:
         new_in = nodes[0].output[0]
         stripped.append(nodes.pop(0).op_type)
-    if nodes and (nodes[-1].domain, nodes[-1].op_type) in LAYOUT_NODES and list(nodes[-1].output) == [out_name]:
+    if (nodes and (nodes[-1].domain, nodes[-1].op_type) in LAYOUT_NODES
+            and list(nodes[-1].output) == [out_name]):
         new_out = nodes[-1].input[0]
         stripped.append(nodes.pop().op_type)
     if not stripped or not nodes:
@@ -239,7 +249,8 @@ class OrtLayer:
     """A one-layer model in onnxruntime: ``kernel``, the optimized graph without its edge layout
     conversions (the graph itself when there are none), and ``graph``, the model as built."""
 
-    def __init__(self, model: bytes, feeds: dict[str, np.ndarray], threads: int, tmp: Path, warmup_s: float) -> None:
+    def __init__(self, model: bytes, feeds: dict[str, np.ndarray], threads: int, tmp: Path,
+                 warmup_s: float) -> None:
         def node_types(m: Any) -> list[str]:
             return [(f"{n.domain}." if n.domain else "") + n.op_type for n in m.graph.node]
 
@@ -263,7 +274,8 @@ class OrtLayer:
         k = session_samples(self.kernel[0], {n: v.copy() for n, v in self.kernel[1].items()}, budget_s, min_n)
         if self.graph is self.kernel:
             return k, k
-        return k, session_samples(self.graph[0], {n: v.copy() for n, v in self.graph[1].items()}, budget_s, min_n)
+        return k, session_samples(self.graph[0], {n: v.copy() for n, v in self.graph[1].items()}, budget_s,
+                                  min_n)
 
 
 def ort_call_overhead_ms(threads: int) -> float:
@@ -288,7 +300,8 @@ def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any
     workloads = distinct_workloads(layers, Epilogue(bias=True, activation="relu"))
     total, workloads = len(workloads), workloads[: args.limit]
     print(f"[{name}] {len(layers)} layers, {total} distinct workloads"
-          + (f", measuring the first {len(workloads)} (--limit)" if len(workloads) < total else ""), flush=True)
+          + (f", measuring the first {len(workloads)} (--limit)" if len(workloads) < total else ""),
+          flush=True)
     rng = np.random.default_rng(args.seed)
     rows = []
     for i, entry in enumerate(workloads):
@@ -322,11 +335,13 @@ def build_variants(wl: Any, args: argparse.Namespace, features: Any, target: Any
         try:
             variants[spec] = TvmqKernel(wl, spec, features, target, rng)
         except Exception as e:  # noqa: BLE001  (reported, the other cells still run)
-            results[spec] = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
+            results[spec] = {"ok": False, "error": f"{type(e).__name__}: {e}",
+                             "traceback": traceback.format_exc(limit=3)}
     for rival, quantized in ((ORT_FP32, False), (ORT_INT8, True)):
         try:
             model, feeds = rival_model(wl, quantized, rng)
-            variants[rival] = OrtLayer(model, feeds, args.threads, tmp, max(0.05, args.repeat * args.min_repeat_ms / 1e4))
+            variants[rival] = OrtLayer(model, feeds, args.threads, tmp,
+                                       max(0.05, args.repeat * args.min_repeat_ms / 1e4))
         except Exception as e:  # noqa: BLE001
             results[rival] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return variants
@@ -388,7 +403,8 @@ def summed(rows: list[dict[str, Any]], specs: Sequence[str]) -> dict[str, Any]:
         return sum(t * r["count"] for t, r in zip(times, rows)) if rows and None not in times else None
 
     medians = {v: total([median_of(r["results"], v) for r in rows]) for v in (*specs, *RIVALS)}
-    graph = {v: total([r["results"][v]["graph"]["median_ms"] if r["results"][v].get("ok") else None for r in rows])
+    graph = {v: total([r["results"][v]["graph"]["median_ms"] if r["results"][v].get("ok") else None
+                       for r in rows])
              for v in RIVALS}
     return {"workloads": len(rows), "layers": sum(r["count"] for r in rows),
             "macs": sum(r["macs"] * r["count"] for r in rows), "median_ms": medians,
@@ -429,11 +445,14 @@ def model_table(model: dict[str, Any], specs: Sequence[str]) -> str:
     lines = [table_row(head), "|---|---|" + "---:|" * (len(head) - 2)]
 
     def cells(res: dict[str, Any], macs: int) -> list[str]:
-        gops = [None if (t := median_of(res, v)) is None or t <= 0 else 2 * macs / (t * 1e-3) / 1e9 for v in gops_cols]
-        return [fmt_ms(median_of(res, v)) for v in variants] + [fmt(g, 1) for g in gops] + ratio_cells(res, specs)
+        times = [median_of(res, v) for v in gops_cols]
+        gops = [None if t is None or t <= 0 else 2 * macs / (t * 1e-3) / 1e9 for t in times]
+        return ([fmt_ms(median_of(res, v)) for v in variants] + [fmt(g, 1) for g in gops]
+                + ratio_cells(res, specs))
 
     for r in model["rows"]:
-        lines.append(table_row([f"{short_name(r['first'])} x{r['count']}", r["shape"], f"{r['macs'] / 1e6:.1f}",
+        lines.append(table_row([f"{short_name(r['first'])} x{r['count']}", r["shape"],
+                                f"{r['macs'] / 1e6:.1f}",
                                 *cells(r["results"], r["macs"])]))
     s = model["sum"]
     res = {v: {"ok": t is not None, "median_ms": t} for v, t in s["median_ms"].items()}
@@ -443,20 +462,19 @@ def model_table(model: dict[str, Any], specs: Sequence[str]) -> str:
 
 
 def category_table(model: dict[str, Any], specs: Sequence[str]) -> str:
-    head = ["kind", "layers", "MMAC"] + [label(s) for s in (*specs, *RIVALS)] + [c[0] for c in ratio_columns(specs)]
+    head = (["kind", "layers", "MMAC"] + [label(s) for s in (*specs, *RIVALS)]
+            + [c[0] for c in ratio_columns(specs)])
     lines = [table_row(head), "|---|" + "---:|" * (len(head) - 1)]
     for cat, s in model["by_category"].items():
         res = {v: {"ok": t is not None, "median_ms": t} for v, t in s["median_ms"].items()}
         lines.append(table_row([cat, str(s["layers"]), f"{s['macs'] / 1e6:.1f}",
-                                *[fmt_ms(s["median_ms"][v]) for v in (*specs, *RIVALS)], *ratio_cells(res, specs)]))
+                                *[fmt_ms(s["median_ms"][v]) for v in (*specs, *RIVALS)],
+                                *ratio_cells(res, specs)]))
     return "\n".join(lines)
 
 
 def count_of(keys: Sequence[str]) -> str:
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
+    return ", ".join(f"{k} x{n}" for k, n in sorted(Counter(keys).items()))
 
 
 def model_notes(name: str, model: dict[str, Any], specs: Sequence[str], spare_cores: float) -> list[str]:
@@ -467,7 +485,8 @@ def model_notes(name: str, model: dict[str, Any], specs: Sequence[str], spare_co
         slower = [r for r in rows if (r["ratios"]["w4a8/w8a8"] or 1) > 1.05]
         notes.append(f"{name}: w4a8 at least 5% faster than w8a8 on {len(faster)} workloads "
                      f"({sum(r['count'] for r in faster)} layers), at least 5% slower on {len(slower)} "
-                     f"({sum(r['count'] for r in slower)} layers), within 5% on {len(rows) - len(faster) - len(slower)}")
+                     f"({sum(r['count'] for r in slower)} layers), within 5% on "
+                     f"{len(rows) - len(faster) - len(slower)}")
     ok = [(r, v, r["results"][v]) for r in rows for v in (*specs, *RIVALS) if r["results"][v].get("ok")]
     notes.append(f"{name} tvmq kernels (workloads): "
                  + count_of([f"`{res['kernel']}`" for _, v, res in ok if v in specs]))
@@ -476,24 +495,27 @@ def model_notes(name: str, model: dict[str, Any], specs: Sequence[str], spare_co
          + (f" (edges stripped: {'+'.join(res['stripped_nodes'])})" if res["stripped_nodes"] else "")
          for _, v, res in ok if v in RIVALS]))
     g = s["rival_graph_median_ms"]
-    notes.append(f"{name}: onnxruntime's one-layer graphs as built, with the layout conversions it adds at their "
-                 f"edges (NCHWc reorders, NHWC transposes; paid once per network, not per layer), sum to "
-                 f"{fmt_ms(g[ORT_FP32])} ms (Conv fp32) and {fmt_ms(g[ORT_INT8])} ms (QLinearConv) instead of "
-                 f"{fmt_ms(s['median_ms'][ORT_FP32])} and {fmt_ms(s['median_ms'][ORT_INT8])}")
+    notes.append(f"{name}: onnxruntime's one-layer graphs as built, with the layout conversions it adds at "
+                 "their edges (NCHWc reorders, NHWC transposes; paid once per network, not per layer), sum "
+                 f"to {fmt_ms(g[ORT_FP32])} ms (Conv fp32) and {fmt_ms(g[ORT_INT8])} ms (QLinearConv) "
+                 f"instead of {fmt_ms(s['median_ms'][ORT_FP32])} and {fmt_ms(s['median_ms'][ORT_INT8])}")
     notes += [f"{name} {short_name(r['first'])} {label(v)} FAILED: {res['error']}"
               for r in rows for v, res in r["results"].items() if not res.get("ok")]
     noisy = []
     for r in rows:
-        spread = [v for v, res in r["results"].items() if res.get("ok") and min(m := res["round_medians_ms"]) > 0
+        spread = [v for v, res in r["results"].items()
+                  if res.get("ok") and min(m := res["round_medians_ms"]) > 0
                   and max(m) / min(m) > h.NOISY_ROUND_SPREAD]
         if spread:
             noisy.append(f"{short_name(r['first'])} ({', '.join(spread)})")
     if noisy:
-        notes.append(f"{name}: noisy (per-round medians more than {(h.NOISY_ROUND_SPREAD - 1) * 100:.0f}% apart): "
-                     + ", ".join(noisy))
+        notes.append(f"{name}: noisy (per-round medians more than {(h.NOISY_ROUND_SPREAD - 1) * 100:.0f}% "
+                     "apart): " + ", ".join(noisy))
     if contended := [r for r in rows if (r["other_cpu_cores"] or 0) > spare_cores + 0.1]:
-        notes.append(f"{name}: other processes wanted more than the {spare_cores:g} spare core(s) while measuring "
-                     + ", ".join(f"{short_name(r['first'])} ({r['other_cpu_cores']:.2f} cores)" for r in contended))
+        where = ", ".join(f"{short_name(r['first'])} ({r['other_cpu_cores']:.2f} cores)"
+                          for r in contended)
+        notes.append(f"{name}: other processes wanted more than the {spare_cores:g} spare core(s) while "
+                     f"measuring {where}")
     if model["measured_workloads"] < model["distinct_workloads"]:
         notes.append(f"{name}: only the first {model['measured_workloads']} of {model['distinct_workloads']} "
                      "workloads measured (--limit): the sums are partial")
@@ -504,27 +526,29 @@ def render(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     busy = [r["other_cpu_cores"] for mod in result["models"].values() for r in mod["rows"]
             if r["other_cpu_cores"] is not None]
-    out = [f"Per-layer kernel latency, batch 1, {s['threads']} thread(s): tvmq's kernels (fallback configs, untuned; "
-           f"ISA level {s['isa']}) beside onnxruntime {result['versions']['onnxruntime']} on the same shapes. "
-            f"{h.machine_line(m, ',')}; load average "
-           f"{m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after; "
-           f"{result['date_utc'][:16].replace('T', ' ')} UTC"
-           + (f"; other processes kept {statistics.fmean(busy):.2f} cores busy on average (max {max(busy):.2f})"
+    out = [f"Per-layer kernel latency, batch 1, {s['threads']} thread(s): tvmq's kernels (fallback configs, "
+           f"untuned; ISA level {s['isa']}) beside onnxruntime {result['versions']['onnxruntime']} on the "
+           f"same shapes. {h.machine_line(m, ',')}; load average {m['loadavg_before'][0]:.2f} before, "
+           f"{m['loadavg_after'][0]:.2f} after; {result['date_utc'][:16].replace('T', ' ')} UTC"
+           + (f"; other processes kept {statistics.fmean(busy):.2f} cores busy on average (max "
+              f"{max(busy):.2f})"
               if busy else "") + ".", "",
-           f"Cells: ms per call; each workload's variants are timed in {s['rounds']} interleaved rounds and pooled. "
-           f"tvmq: median over {s['rounds'] * -(-s['repeat'] // s['rounds'])} repeats of the mean time of back to "
-           f"back calls for >= {s['min_repeat_ms']} ms (TVM time_evaluator). onnxruntime: median of single "
-           f"`InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, including its per-call overhead "
-           f"({result['ort_call_overhead_ms'] * 1e3:.1f} us for a one-element Relu), on the graph onnxruntime's "
-           "optimizer makes of a one-layer model minus the layout conversions it puts at the graph's edges (NCHW to "
-           "NCHWc reorders for fp32, NHWC transposes for int8: a network pays them once, not per layer; the notes "
-           "give the sums with them). Every layer with the epilogue bias + ReLU; ORT Conv fp32 is Conv + Relu "
-           "(fused), dense rows use Gemm + Relu and QGemm. GOPS = 2 x MACs / time. Ratios below 1: the first is "
-           "faster. The sum row adds each workload's time x its count.", ""]
+           f"Cells: ms per call; each workload's variants are timed in {s['rounds']} interleaved rounds and "
+           f"pooled. tvmq: median over {s['rounds'] * -(-s['repeat'] // s['rounds'])} repeats of the mean "
+           f"time of back to back calls for >= {s['min_repeat_ms']} ms (TVM time_evaluator). onnxruntime: "
+           f"median of single `InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, "
+           f"including its per-call overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a "
+           "one-element Relu), on the graph onnxruntime's optimizer makes of a one-layer model minus the "
+           "layout conversions it puts at the graph's edges (NCHW to NCHWc reorders for fp32, NHWC "
+           "transposes for int8: a network pays them once, not per layer; the notes give the sums with "
+           "them). Every layer with the epilogue bias + ReLU; ORT Conv fp32 is Conv + Relu (fused), dense "
+           "rows use Gemm + Relu and QGemm. GOPS = 2 x MACs / time. Ratios below 1: the first is faster. The "
+           "sum row adds each workload's time x its count.", ""]
     for name, model in result["models"].items():
         out += [f"### {name}", "", model_table(model, s["specs"]), "", category_table(model, s["specs"]), ""]
     spare = max(0, m["nproc"] - s["threads"])
-    notes = [n for name, model in result["models"].items() for n in model_notes(name, model, s["specs"], spare)]
+    notes = [n for name, model in result["models"].items()
+             for n in model_notes(name, model, s["specs"], spare)]
     out += [f"- {n}" for n in notes + [f"{n}: SKIPPED, {why}" for n, why in result["skipped"].items()]]
     return "\n".join(out) + "\n"
 
@@ -536,10 +560,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                  f"kernel registry has, {','.join(SPECS)} first)")
     p.add_argument("--limit", type=int, default=None,
                    help="measure only the first N distinct workloads of each model (quick runs)")
-    p.add_argument("--repeat", type=int, default=15, help="timed repeats per tvmq kernel, over all rounds (default 15)")
+    p.add_argument("--repeat", type=int, default=15,
+                   help="timed repeats per tvmq kernel, over all rounds (default 15)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds per workload, the repeats split between them (default 3)")
-    p.add_argument("--min-repeat-ms", type=int, default=20, help="minimum duration of one repeat in ms (default 20)")
+    p.add_argument("--min-repeat-ms", type=int, default=20,
+                   help="minimum duration of one repeat in ms (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random arguments (default 0)")
     args = p.parse_args(argv)
     h.check_models(p, args)
@@ -550,19 +576,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.spec_list is not None and not args.spec_list:
         p.error("--specs is empty")
     args.error = p.error  # the precisions are checked against the registry once tvm is imported
-    if args.repeat < 1 or args.rounds < 1 or args.min_repeat_ms < 0 or (args.limit is not None and args.limit < 1):
+    if min(args.repeat, args.rounds, 1 if args.limit is None else args.limit) < 1 or args.min_repeat_ms < 0:
         p.error("--repeat, --rounds and --limit must be >= 1, --min-repeat-ms >= 0")
     return args
 
 
 def settings(args: argparse.Namespace, features: Any) -> dict[str, Any]:
     return {"models": args.model_list, "specs": args.spec_list, "threads": args.threads, "limit": args.limit,
-            "repeat": args.repeat, "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms, "seed": args.seed,
+            "repeat": args.repeat, "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms,
+            "seed": args.seed,
             "epilogue": "Epilogue(bias=True, activation='relu')", "isa": features.isa,
             "target": features.target_json(), "features": dataclasses.asdict(features),
             "tvmq_qparams": [X_ZP, OUT_ZP, 0, 255], "tvmq_qparams_int16_activations": [0, OUT_ZP, 0, 255],
             "ort_session": {"intra_op_num_threads": args.threads, "inter_op_num_threads": 1,
-                            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]},
+                            "graph_optimization_level": "ORT_ENABLE_ALL",
+                            "providers": ["CPUExecutionProvider"]},
             "timed_call": {"tvmq": "time_evaluator('main', number=1, repeat, min_repeat_ms)",
                            "onnxruntime": "InferenceSession.run(None, feeds), one call per sample"}}
 
@@ -588,7 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overhead = ort_call_overhead_ms(args.threads)
     print(f"onnxruntime per-call overhead (one-element Relu): {overhead * 1e3:.1f} us", flush=True)
     with tempfile.TemporaryDirectory(prefix="tvmq-layer-") as tmp:
-        models = {name: measure_model(name, path, args, features, target, Path(tmp)) for name, path in found.items()}
+        models = {name: measure_model(name, path, args, features, target, Path(tmp)) for name,
+                  path in found.items()}
     result = run.record(versions=versions, settings=settings(args, features), ort_call_overhead_ms=overhead,
                         models=models, skipped=skipped)
     h.write_results(args.out, "layer_latency", result, render(result))

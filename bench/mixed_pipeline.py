@@ -25,7 +25,8 @@ import numpy as np
 from bench import harness as h
 
 
-def compile_plans(args: Any, calib: np.ndarray, features: Any, out: Path, log: Any) -> tuple[Any, dict[str, Any]]:
+def compile_plans(args: Any, calib: np.ndarray, features: Any, out: Path,
+                  log: Any) -> tuple[Any, dict[str, Any]]:
     """The calibration statistics and the two ``compile_mixed`` runs (result, seconds)."""
     from tvmq.calibration import collect  # deferred: imports TVM
     from tvmq.pipeline import compile_mixed
@@ -39,7 +40,8 @@ def compile_plans(args: Any, calib: np.ndarray, features: Any, out: Path, log: A
                       ("latency", {"latency_budget": args.latency_budget, "size_budget": args.size_budget})):
         t = time.perf_counter()
         sens = out / "size" / "sensitivity.json" if label == "latency" else None
-        r = compile_mixed(args.model, calib if sens is None else stats, out / label, db=args.db, threads=args.threads,
+        r = compile_mixed(args.model, calib if sens is None else stats, out / label, db=args.db,
+                          threads=args.threads,
                           features=features, sensitivity_samples=args.sens_samples, sensitivity=sens,
                           range_method=args.range, progress=log, **kw)
         r.timings["calibrate"] = t_cal if label == "size" else 0.0
@@ -49,7 +51,8 @@ def compile_plans(args: Any, calib: np.ndarray, features: Any, out: Path, log: A
     return stats, runs
 
 
-def plan_rows(args: Any, stats: Any, runs: dict[str, Any], features: Any, out: Path, x: np.ndarray, y: np.ndarray,
+def plan_rows(args: Any, stats: Any, runs: dict[str, Any], features: Any, out: Path, x: np.ndarray,
+              y: np.ndarray,
               ref: np.ndarray, log: Any) -> list[dict[str, Any]]:
     """fp32, uniform W8A8, the two budget plans and the front's points: measured and scored."""
     import tvmq  # deferred: imports TVM
@@ -65,11 +68,14 @@ def plan_rows(args: Any, stats: Any, runs: dict[str, Any], features: Any, out: P
         m = tvmq.load(lib)
         name = m.inputs[0][0]
         pred = h.predictions(lambda a: list(m.run({name: a}).values())[0], x)
-        rows.append({"label": label, "predicted_ms": predicted, "measured_ms": measure_ms(lib, args.threads, args.repeat),
+        rows.append({"label": label, "predicted_ms": predicted,
+                     "measured_ms": measure_ms(lib, args.threads, args.repeat),
                      "weight_bytes": json.loads((lib.parent / "manifest.json").read_text())["weight_bytes"],
                      "sensitivity": problem.totals(plan)["sensitivity"],
-                     "predicted_sqnr_db": sens.predicted_sqnr_db(plan) if any(s != "fp32" for s in plan.values()) else None,
-                     "specs": {s: list(plan.values()).count(s) for s in sorted(set(plan.values()))}, **h.top1(pred, y, ref)})
+                     "predicted_sqnr_db": (sens.predicted_sqnr_db(plan)
+                                           if any(s != "fp32" for s in plan.values()) else None),
+                     "specs": {s: list(plan.values()).count(s) for s in sorted(set(plan.values()))},
+                     **h.top1(pred, y, ref)})
         log(f"{label}: {rows[-1]}")
 
     quiet = {"features": features, "db": args.db, "threads": args.threads, "progress": lambda m: None}
@@ -78,54 +84,63 @@ def plan_rows(args: Any, stats: Any, runs: dict[str, Any], features: Any, out: P
         plan = {l: spec for l in problem.options}
         row(spec, lib, plan, problem.totals(plan)["latency"] + overhead)
     for label, (r, _) in runs.items():
-        budget = f"size {args.size_budget}" + (f" + latency {args.latency_budget}" if label == "latency" else "")
+        budget = f"size {args.size_budget}" + (f" + latency {args.latency_budget}"
+                                               if label == "latency" else "")
         row(f"{budget} ({r.allocation.status}, binds: {', '.join(r.allocation.binding) or '-'})",
             r.build.library, r.plan, r.predicted_ms)
     idx = np.unique(np.linspace(0, len(front) - 1, min(args.front_points, len(front))).round().astype(int))
     for k, i in enumerate(idx):
         plan = PrecisionPlan({l: QuantSpec.parse(s) for l, s in front[i].plan.items()})
-        b = tvmq.build(args.model, out / f"front{k}", plan=plan, stats=stats, range_method=args.range, **quiet)
+        b = tvmq.build(args.model, out / f"front{k}", plan=plan, stats=stats, range_method=args.range,
+                       **quiet)
         row(f"front {k}", b.library, front[i].plan, front[i].latency + overhead)
     return rows
 
 
-def report(args: Any, rows: list[dict[str, Any]], fp32_top1: float, n: int, isa: str, timings: dict[str, float]) -> str:
+def report(args: Any, rows: list[dict[str, Any]], fp32_top1: float, n: int, isa: str,
+           timings: dict[str, float]) -> str:
     def fmt(v: float | None, f: str = "{:.2f}") -> str:
         return "-" if v is None else f.format(v)
 
-    lines = [f"MobileNetV2 mixed precision, {isa}, {args.threads} thread(s); {n} imagenet-sample images (onnxruntime "
-             f"fp32 top-1 {100 * fp32_top1:.1f}%), {args.calib} calibration images ({args.range} ranges), sensitivity "
-             f"on {args.sens_samples}; latencies from {Path(args.db).name}; the front: sensitivity vs latency under "
-             "the size budget.", "",
-             "| plan | specs | predicted ms | measured ms | error | weights MB | top-1 | vs fp32 (pt) | agreement |",
+    lines = [f"MobileNetV2 mixed precision, {isa}, {args.threads} thread(s); {n} imagenet-sample images "
+             f"(onnxruntime fp32 top-1 {100 * fp32_top1:.1f}%), {args.calib} calibration images "
+             f"({args.range} ranges), sensitivity on {args.sens_samples}; latencies from "
+             f"{Path(args.db).name}; the front: sensitivity vs latency under the size budget.", "",
+             "| plan | specs | predicted ms | measured ms | error | weights MB | top-1 | vs fp32 (pt) | "
+             "agreement |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         err = (r["predicted_ms"] / r["measured_ms"] - 1) if r["predicted_ms"] else None
         lines.append(f"| {r['label']} | {', '.join(f'{s} {c}' for s, c in r['specs'].items())} | "
-                     f"{fmt(r['predicted_ms'])} | {fmt(r['measured_ms'])} | {fmt(err and 100 * err, '{:+.1f}%')} | "
-                     f"{r['weight_bytes'] / 1e6:.2f} | {100 * r['top1']:.1f}% | {100 * (r['top1'] - fp32_top1):+.1f} | "
+                     f"{fmt(r['predicted_ms'])} | {fmt(r['measured_ms'])} | "
+                     f"{fmt(err and 100 * err, '{:+.1f}%')} | {r['weight_bytes'] / 1e6:.2f} | "
+                     f"{100 * r['top1']:.1f}% | {100 * (r['top1'] - fp32_top1):+.1f} | "
                      f"{100 * r['agreement']:.1f}% |")
-    return "\n".join(lines + ["", "Pipeline seconds (size-budget run: calibrate + analyze + latency table + reference "
-                              "build + allocate + build; tuning is separate, see tune_mobilenetv2.json): "
+    return "\n".join(lines + ["",
+                              "Pipeline seconds (size-budget run: calibrate + analyze + latency table + "
+                              "reference build + allocate + build; tuning is separate, see "
+                              "tune_mobilenetv2.json): "
                               + json.dumps({k: round(v, 1) for k, v in timings.items()})])
 
 
 def main() -> int:
     ap = h.argument_parser(__doc__)
-    ap.add_argument("--model", default=str(h.DEFAULT_MOBILENETV2))
-    ap.add_argument("--root", default=str(h.DEFAULT_IMAGENET))
+    h.image_options(ap)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--sens-samples", type=int, default=32)
     ap.add_argument("--db", default=str(h.RESULTS_DIR / "tuning_mobilenetv2.jsonl"))
     ap.add_argument("--size-budget", default="0.6x")
-    ap.add_argument("--latency-budget", default="0.75x", help="the second plan's latency budget (with the size budget too)")
+    ap.add_argument("--latency-budget", default="0.75x",
+                    help="the second plan's latency budget (with the size budget too)")
     ap.add_argument("--range", default="percentile", choices=["minmax", "percentile", "mse"])
     ap.add_argument("--front-points", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--build-dir", default=str(h.BUILD_DIR / "mixed"), help="where the libraries are built")
     args = ap.parse_args()
+    if h.images_missing(args):
+        return 0
     from schedules.target_features import detect_host  # deferred: imports TVM
 
     log = lambda m: print(m, flush=True)  # noqa: E731

@@ -27,16 +27,13 @@ INT = ("w4a8", "w8a8", "w8a16")
 
 def main() -> int:
     ap = h.argument_parser(__doc__)
-    ap.add_argument("--model", default=str(h.DEFAULT_MOBILENETV2))
-    ap.add_argument("--root", default=str(h.DEFAULT_IMAGENET))
+    h.image_options(ap)
     ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--exact", type=int, default=5, help="images checked bit for bit per plan")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not Path(args.root, "labels.csv").exists() or not Path(args.model).exists():
-        print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} "
-              "(`make models`) not found")
+    if h.images_missing(args):
         return 0
     import tvmq  # deferred: imports TVM
     from tvmq.calibration import collect
@@ -67,18 +64,20 @@ def main() -> int:
             rows.append({"plan": i, "specs": {k: counts.get(k, 0) for k in ALL}, "bit_exact": exact,
                          "agreement": float(np.mean([o.argmax() == f for o, f in zip(outs, fp32)])),
                          "weight_bytes": r.manifest_data["weight_bytes"], "build_s": round(build_s, 1),
-                         "layers_on_wrong_kernel": [n for n, s in plan.items()
-                                                    if s.name not in r.manifest_data["kernels"][n]["kernel"]]})
+                         "layers_on_wrong_kernel": [n for n, s in plan.items() if s.name not in
+                                                    r.manifest_data["kernels"][n]["kernel"]]})
             print(rows[-1], flush=True)
     lines = [f"MobileNetV2 (real), {len(rows)} random plans (seed {args.seed}), {len(test)} scored images, "
              f"256 calibration images, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"Bit-exact: library == numpy program on the first {args.exact} scored images.", "",
-             "| plan | " + " | ".join(ALL) + " | weights MB | bit-exact vs simulation | agreement with fp32 | build s |",
+             "| plan | " + " | ".join(ALL) + " | weights MB | bit-exact vs simulation | agreement with fp32 "
+                                             "| build s |",
              "|---:|" + "---:|" * len(ALL) + "---:|---|---:|---:|"]
     for row in rows:
         ex = "no oracle" if row["bit_exact"] is None else str(row["bit_exact"])
         lines.append(f"| {row['plan']} | " + " | ".join(str(row["specs"][k]) for k in ALL)
-                     + f" | {row['weight_bytes'] / 1e6:.2f} | {ex} | {100 * row['agreement']:.0f}% | {row['build_s']} |")
+                     + f" | {row['weight_bytes'] / 1e6:.2f} | {ex} | {100 * row['agreement']:.0f}% | "
+                       f"{row['build_s']} |")
     h.write_results(Path(args.out), "mixed_plans", rows, "\n".join(lines))
     return 1 if any(r["bit_exact"] is not True or r["layers_on_wrong_kernel"] for r in rows) else 0
 

@@ -73,7 +73,8 @@ def main() -> int:
         plan = (PrecisionPlan.load(args.plan, pm.layers) if args.plan.endswith(".json")
                 else PrecisionPlan.uniform(pm.layers, args.plan))
         lowering = {"plan": plan, "range_method": args.range, "stats": ActivationStats.load(args.stats)}
-    rows = time_functions(lower_module(pm, features, **lowering).mod, tvm.target.Target(features.target_json()))
+    rows = time_functions(lower_module(pm, features, **lowering).mod,
+                          tvm.target.Target(features.target_json()))
     print(f"{'total ms':>9} {'ms/call':>8} {'calls':>5}  function (first layer)")
     for tot, per, n, name, layer in rows[: args.top]:
         print(f"{tot:9.3f} {per:8.3f} {n:5d}  {name} {('(' + layer + ')') if layer else ''}")

@@ -33,12 +33,15 @@ def per_spec(tasks: list[dict[str, Any]], specs: list[str]) -> dict[str, dict[st
         ts = [t for t in tasks if t["spec"] == spec]
         out[spec] = {"tasks": len(ts), "measurements": sum(t["total"] for t in ts),
                      "seconds": sum(t["seconds"] for t in ts),
-                     "fallback_layers_ms": sum(t["fallback_us"] * len(t["layers"]) for t in ts if t["fallback_us"]) / 1e3,
-                     "tuned_layers_ms": sum(t["best_us"] * len(t["layers"]) for t in ts if t["best_us"]) / 1e3}
+                     "fallback_layers_ms": sum(t["fallback_us"] * len(t["layers"])
+                                               for t in ts if t["fallback_us"]) / 1e3,
+                     "tuned_layers_ms": sum(t["best_us"] * len(t["layers"])
+                                            for t in ts if t["best_us"]) / 1e3}
     return out
 
 
-def analyze(onnx_path: Path, summary: dict[str, Any], db_path: Path, measured: float | None) -> dict[str, Any]:
+def analyze(onnx_path: Path, summary: dict[str, Any], db_path: Path,
+            measured: float | None) -> dict[str, Any]:
     """One model's numbers: per spec, the predicted layer sums, the predictor's errors."""
     from schedules.target_features import detect_host  # deferred: imports TVM
     from tvmq.frontend import prepare
@@ -53,31 +56,38 @@ def analyze(onnx_path: Path, summary: dict[str, Any], db_path: Path, measured: f
     specs = sorted({t["spec"] for t in summary["tasks"] if t["spec"] != "conversion"})
     table = LatencyTable.from_database(db, dev["id"], model=pm, specs=specs, features=features)
     edges = layer_edges(pm)
-    return {"per_spec": per_spec(summary["tasks"], specs), "seconds": summary["seconds"], "measured_e2e_ms": measured,
-            "predicted_sum_ms": {s: table.total_us({l.name: s for l in pm.layers}, edges) / 1e3 for s in specs},
+    return {"per_spec": per_spec(summary["tasks"], specs), "seconds": summary["seconds"],
+            "measured_e2e_ms": measured,
+            "predicted_sum_ms": {s: table.total_us({l.name: s for l in pm.layers},
+                                                   edges) / 1e3 for s in specs},
             "predictor_all": [LatencyPredictor.evaluate(db.records, seed=s) for s in (0, 1, 2)],
-            "predictor_best": [LatencyPredictor.evaluate(db.records, seed=s, best_only=True) for s in (0, 1, 2)],
+            "predictor_best": [LatencyPredictor.evaluate(db.records, seed=s, best_only=True) for s in (0, 1,
+                                                                                                       2)],
             "tasks": summary["tasks"], "_head": (len(pm.layers), dev)}
 
 
 def section(name: str, r: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     (layers, dev), err, measured = r.pop("_head"), r["predictor_all"], r["measured_e2e_ms"]
-    lines = [f"## {name} ({layers} layers; {summary['measured']} measurements in {summary['seconds'] / 60:.1f} min, "
-             f"{dev['cpu']}, {dev['isa']}, 1 thread)", "",
-             "| spec | tasks | measurements | tuning s | layers' fallback sum ms | layers' tuned sum ms | speedup |",
+    lines = [f"## {name} ({layers} layers; {summary['measured']} measurements in "
+             f"{summary['seconds'] / 60:.1f} min, {dev['cpu']}, {dev['isa']}, 1 thread)", "",
+             "| spec | tasks | measurements | tuning s | layers' fallback sum ms | layers' tuned sum ms | "
+             "speedup |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for spec, v in r["per_spec"].items():
         sp = v["fallback_layers_ms"] / v["tuned_layers_ms"] if v["tuned_layers_ms"] else 0
         lines.append(f"| {spec} | {v['tasks']} | {v['measurements']} | {v['seconds']:.0f} | "
                      f"{v['fallback_layers_ms']:.2f} | {v['tuned_layers_ms']:.2f} | {sp:.2f}x |")
     med = [", ".join(f"{100 * e['median_ape']:.1f}%" for e in es) for es in (err, r["predictor_best"])]
-    lines += ["", f"Predictor on held-out tasks ({err[0]['tasks_test']} of {err[0]['tasks_test'] + err[0]['tasks_train']}, "
-              f"seeds 0-2): median abs. error over all their records {med[0]}; over their best records {med[1]}."]
+    lines += ["",
+              f"Predictor on held-out tasks ({err[0]['tasks_test']} of "
+              f"{err[0]['tasks_test'] + err[0]['tasks_train']}, seeds 0-2): median abs. error over all their "
+              f"records {med[0]}; over their best records {med[1]}."]
     if measured and "w8a8" in r["predicted_sum_ms"]:
         p = r["predicted_sum_ms"]["w8a8"]
         lines.append(f"Predicted W8A8 layer sum (measured kernels + conversions): {p:.2f} ms; tuned library "
                      f"measured end to end: {measured:.2f} ms ({100 * (p / measured - 1):+.1f}%).")
-    lines += ["", "| W8A8 task | layers | fallback us | best us | speedup | s |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| W8A8 task | layers | fallback us | best us | speedup | s |",
+              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {t['workload']} | {len(t['layers'])} | {t['fallback_us']:.1f} | {t['best_us']:.1f} | "
               f"{t['fallback_us'] / t['best_us']:.2f}x | {t['seconds']:.1f} |"
               for t in summary["tasks"] if t["spec"] == "w8a8" and t["best_us"]]
@@ -96,7 +106,8 @@ def main() -> int:
     for name, (db_name, summary_name) in MODELS.items():
         if (h.RESULTS_DIR / summary_name).exists():
             summary = json.loads((h.RESULTS_DIR / summary_name).read_text())
-            out[name] = analyze(paths[name], summary, h.RESULTS_DIR / db_name, e2e.get(name, {}).get("tvmq W8A8 tuned"))
+            out[name] = analyze(paths[name], summary, h.RESULTS_DIR / db_name,
+                                e2e.get(name, {}).get("tvmq W8A8 tuned"))
             lines += section(name, out[name], summary)
     h.write_results(Path(args.out), "tuning", out, "# Tuning results\n\n" + "\n".join(lines))
     return 0

@@ -30,10 +30,12 @@ def kernels(shape: tuple[int, ...]) -> dict[str, list[Any]]:
     copy = te.compute(shape, lambda *i: x[i], name="copy")
     packed = te.compute((n, c, hh, half), lambda a, b, y, j: (
         tirx.min(x[a, b, y, 2 * j], u8(15))
-        | (tirx.min(tirx.if_then_else(2 * j + 1 < w, x[a, b, y, tirx.min(2 * j + 1, w - 1)], u8(0)), u8(15)) << u8(4))),
+        | (tirx.min(tirx.if_then_else(2 * j + 1 < w, x[a, b, y, tirx.min(2 * j + 1, w - 1)], u8(0)),
+                    u8(15)) << u8(4))),
         name="pack")
     p = te.placeholder((n, c, hh, half), "uint8", name="p")
-    unpacked = te.compute(shape, lambda a, b, y, k: (p[a, b, y, k // 2] >> ((k % 2) * 4).astype("uint8")) & u8(15),
+    unpacked = te.compute(shape, lambda a, b, y,
+                          k: (p[a, b, y, k // 2] >> ((k % 2) * 4).astype("uint8")) & u8(15),
                           name="unpack")
     return {"copy": [x, copy], "pack": [x, packed], "unpack": [p, unpacked]}
 
@@ -72,14 +74,17 @@ def main() -> int:
         print(row, flush=True)
     total = {k: sum(r[k] * r["layers"] for r in rows) for k in ("copy_us", "pack_us", "unpack_us")}
     lines = [f"W4A4 activation storage on {features.isa} ({pm.layers.total_macs / 1e6:.0f} MMAC model "
-             f"{Path(args.model).name}), medians of {args.repeat} repeats, 1 thread; a layer input's "
-             "traffic bound `copy` vs what packing costs.", "",
+             f"{Path(args.model).name}), medians of {args.repeat} repeats, 1 thread; a layer input's traffic "
+             "bound `copy` vs what packing costs.", "",
              "| layer input (NCHW u8) | layers | KB | copy us | pack us | unpack us | pack+unpack < copy/2 |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {'x'.join(map(str, r['shape']))} | {r['layers']} | {r['bytes'] / 1e3:.0f} | {r['copy_us']:.1f} | "
-              f"{r['pack_us']:.1f} | {r['unpack_us']:.1f} | {'yes' if r['pays'] else 'no'} |" for r in rows]
-    lines += ["", f"Summed over the model's layers: copy {total['copy_us'] / 1e3:.2f} ms (W4A4 could save at most "
-              f"half: {total['copy_us'] / 2e3:.2f} ms), pack + unpack {(total['pack_us'] + total['unpack_us']) / 1e3:.2f} ms."]
+    lines += [f"| {'x'.join(map(str, r['shape']))} | {r['layers']} | {r['bytes'] / 1e3:.0f} | "
+              f"{r['copy_us']:.1f} | {r['pack_us']:.1f} | {r['unpack_us']:.1f} | "
+              f"{'yes' if r['pays'] else 'no'} |" for r in rows]
+    lines += ["",
+              f"Summed over the model's layers: copy {total['copy_us'] / 1e3:.2f} ms (W4A4 could save at "
+              f"most half: {total['copy_us'] / 2e3:.2f} ms), pack + unpack "
+              f"{(total['pack_us'] + total['unpack_us']) / 1e3:.2f} ms."]
     h.write_results(Path(args.out), "w4a4_storage", {"rows": rows, "total": total}, "\n".join(lines))
     return 0
 

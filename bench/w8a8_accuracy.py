@@ -35,11 +35,13 @@ def openvino_rows(model_path: str | Path, x: np.ndarray, calib: np.ndarray) -> l
     name = model.input(0).get_any_name()
     q, quantize_s = h.nncf_int8(h.ov_read(core, model_path, x.shape), calib)  # NNCF gets its own copy
     rows = []
-    for variant, m, extra in (("OpenVINO fp32", model, {}), ("OpenVINO int8 (NNCF)", q, {"quantize_s": quantize_s})):
+    for variant, m, extra in (("OpenVINO fp32", model, {}),
+                              ("OpenVINO int8 (NNCF)", q, {"quantize_s": quantize_s})):
         compiled = core.compile_model(m, "CPU", dict(h.OV_CONFIG))
         req, out = compiled.create_infer_request(), compiled.output(0)
         rows.append({"variant": variant, "pred": h.predictions(lambda a, r=req: r.infer({name: a})[out], x),
-                     "ms": h.median_ms(lambda r=req: r.infer({name: x[:1]})), "kernels": h.ov_kernels(compiled),
+                     "ms": h.median_ms(lambda r=req: r.infer({name: x[:1]})),
+                     "kernels": h.ov_kernels(compiled),
                      "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
                      "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")), **extra})
     return rows
@@ -74,7 +76,8 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
         set_num_threads(1)
         run = lambda a, m=m: m.run({"input": a})["logits"]  # noqa: E731
         exact = "-" if r.program is None else all(  # bf16 / fp32: no integer oracle
-            np.array_equal(run(x[i:i + 1]), r.program.run([x[i:i + 1]])[0]) for i in range(len(x) - args.check, len(x)))
+            np.array_equal(run(x[i:i + 1]),
+                           r.program.run([x[i:i + 1]])[0]) for i in range(len(x) - args.check, len(x)))
         label = spec.upper() if spec != "mixed" else "W4A8 + W8A8 (dw, first, last)"
         rows.append({"variant": f"tvmq {label} ({method})", "pred": h.predictions(run, x),
                      "ms": h.median_ms(lambda run=run: run(x[:1])), "bit_exact": exact, "build_s": build_s,
@@ -84,33 +87,31 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
 
 def report(rows: list[dict[str, Any]], notes: list[str], args: Any, n: int, calib_s: float) -> str:
     fp = rows[0]
-    lines = [f"MobileNetV2 (real), {n} imagenet-sample images, {args.calib} calibration images, batch 1, 1 thread, "
-             f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             f"calibration pass {calib_s:.1f}s", "",
-             "| variant | top-1 | vs fp32 (pt) | agreement with fp32 | median ms | weights (MB, as stored) "
-             "| bit-exact vs simulation |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [f"MobileNetV2 (real), {n} imagenet-sample images, {args.calib} calibration images, batch 1, 1 "
+             f"thread, {platform.processor() or platform.machine()}, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; calibration pass {calib_s:.1f}s", "",
+             "| variant | top-1 | vs fp32 (pt) | agreement with fp32 | median ms | weights (MB, as stored) | "
+             "bit-exact vs simulation |", "|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         wb = f"{row['weight_bytes'] / 1e6:.2f}" if "weight_bytes" in row else "-"
-        lines.append(f"| {row['variant']} | {100 * row['top1']:.1f}% | {100 * (row['top1'] - fp['top1']):+.1f} | "
-                     f"{100 * row['agreement']:.1f}% | {row['ms']:.2f} | {wb} | {row.get('bit_exact', '-')} |")
+        lines.append(f"| {row['variant']} | {100 * row['top1']:.1f}% | "
+                     f"{100 * (row['top1'] - fp['top1']):+.1f} | {100 * row['agreement']:.1f}% | "
+                     f"{row['ms']:.2f} | {wb} | {row.get('bit_exact', '-')} |")
     return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else []))
 
 
 def main() -> int:
     ap = h.argument_parser(__doc__)
-    ap.add_argument("--model", default=str(h.DEFAULT_MOBILENETV2))
-    ap.add_argument("--root", default=str(h.DEFAULT_IMAGENET))
+    h.image_options(ap)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--methods", default="percentile,mse", help="W8A8 rows: activation range methods")
     ap.add_argument("--plans", default="w8a16,w4a8,mixed,bf16",
-                    help="more tvmq rows, percentile ranges: uniform specs (w8a16, w4a8, bf16) or 'mixed' (W4A8, "
-                         "with the depthwise, first and last layers W8A8); '' for none")
+                    help="more tvmq rows, percentile ranges: uniform specs (w8a16, w4a8, bf16) or 'mixed' "
+                         "(W4A8, with the depthwise, first and last layers W8A8); '' for none")
     ap.add_argument("--check", type=int, default=20, help="images checked bit-exact vs simulation")
     args = ap.parse_args()
-    if not Path(args.root, "labels.csv").exists() or not Path(args.model).exists():
-        print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} "
-              "(`make models`) not found")
+    if h.images_missing(args):
         return 0
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     from tvmq.calibration import collect  # deferred: imports TVM, after TVM_NUM_THREADS is set
@@ -145,7 +146,8 @@ def main() -> int:
         row.update(h.top1(pred, y, fp32))
     rows = [{k: r[k] for k in ("variant", "top1", "ms", *r) if k in r} for r in rows]
     h.write_results(Path(args.out), "w8a8_accuracy",
-                    {"rows": rows, "n": len(x), "calib": args.calib, "calibration_seconds": calib_s, "notes": notes},
+                    {"rows": rows, "n": len(x), "calib": args.calib, "calibration_seconds": calib_s,
+                     "notes": notes},
                     report(rows, notes, args, len(x), calib_s))
     return 0
 

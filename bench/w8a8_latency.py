@@ -31,7 +31,8 @@ ORT_FP32, TVMQ, TVMQ_TUNED = "onnxruntime fp32", "tvmq W8A8", "tvmq W8A8 tuned"
 ORT_INT8, OV_INT8 = "onnxruntime int8 (QDQ)", "OpenVINO int8 (NNCF)"
 VARIANTS = (ORT_FP32, TVMQ, TVMQ_TUNED, ORT_INT8, OV_INT8)  # table order; also within a round
 RIVALS = (ORT_INT8, OV_INT8)  # the table's ratio columns
-KIND = {ORT_FP32: "onnxruntime", TVMQ: "tvmq", TVMQ_TUNED: "tvmq", ORT_INT8: "onnxruntime", OV_INT8: "openvino"}
+KIND = {ORT_FP32: "onnxruntime", TVMQ: "tvmq", TVMQ_TUNED: "tvmq", ORT_INT8: "onnxruntime",
+        OV_INT8: "openvino"}
 RANGE_METHOD = "percentile"
 BUSY_CORES = 0.5  # a row gets a note when other processes kept this many cores busy in a worker
 
@@ -104,7 +105,8 @@ def rival_builds(model: dict[str, Any], args: argparse.Namespace, calib_path: Pa
             model["artifacts"][v] = path
 
 
-def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace, ov_missing: str | None) -> dict[str, Any]:
+def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
+                  ov_missing: str | None) -> dict[str, Any]:
     """Calibration data, the tvmq W8A8 builds, the rivals' int8 models, the benchmark input."""
     d = h.BUILD_DIR / f"w8a8_{name}"
     d.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,8 @@ def bench_model(model: dict[str, Any], threads: int, args: argparse.Namespace, t
     outputs = {v: tmp / f"{case.name}-{threads}-{slug[v]}.npz" for v in specs}
     res = h.run_rounds(case.name, threads, specs, args, outputs, dict(model["errors"]))
     stats = {v: h.summarize(s) for v, s in res["samples"].items() if s}
-    ratios = {f"{k}/{v}": (stats[t]["median_ms"] / stats[v]["median_ms"] if t in stats and v in stats else None)
+    ratios = {f"{k}/{v}": (stats[t]["median_ms"] / stats[v]["median_ms"]
+                           if t in stats and v in stats else None)
               for k, t in (("tvmq", TVMQ), ("tuned", TVMQ_TUNED)) for v in VARIANTS if v != t}
     ref = outputs.get(ORT_FP32)
     diffs = {v: (h.rel_max_diff(outputs[v], ref) if ref and ref.exists() and outputs[v].exists() else None)
@@ -143,9 +146,9 @@ def model_notes(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -
     notes = list(dict.fromkeys(f"- {v}: skipped, {why}" for row in rows for v, why in row["skipped"].items()))
     for name, m in models.items():
         if m["rival_onnx"] != m["onnx"]:
-            notes.append(f"- {name}: the rivals quantize `{m['rival_onnx'].name}` in the build folder, the same "
-                         "function with its ConstantOfShape weights folded into initializers and opset 13 "
-                         "(without it NNCF quantizes no conv, onnxruntime's quantizer fails)")
+            notes.append(f"- {name}: the rivals quantize `{m['rival_onnx'].name}` in the build folder, the "
+                         "same function with its ConstantOfShape weights folded into initializers and opset "
+                         "13 (without it NNCF quantizes no conv, onnxruntime's quantizer fails)")
         ov = next((i["kernels"] for row in rows if row["model"] == name
                    for i in row["worker_info"].get(OV_INT8, []) if i.get("kernels")), None)
         for v, k in ((ORT_INT8, m["builds"].get(ORT_INT8, {}).get("kernels")), (OV_INT8, ov)):
@@ -154,7 +157,8 @@ def model_notes(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -
     return notes
 
 
-def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
+def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]],
+                   skipped: dict[str, str]) -> str:
     tuned = any(TVMQ_TUNED in m["artifacts"] or TVMQ_TUNED in m["errors"] for m in models.values())
     shown = [v for v in VARIANTS if v != TVMQ_TUNED or tuned]
     keys = [(f"tvmq/{v}", f"ratio tvmq/{v}") for v in RIVALS]
@@ -179,7 +183,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, action="append", default=[],
                    help="tuning database(s) (tvmq tune): adds the 'tvmq W8A8 tuned' variant")
     p.add_argument("--imagenet-root", type=Path, default=h.DEFAULT_IMAGENET,
-                   help="imagenet-sample folder for mobilenetv2's calibration (default ../shared/data/imagenet-sample)")
+                   help="imagenet-sample folder for mobilenetv2's calibration (default "
+                        "../shared/data/imagenet-sample)")
 
 
 def record(run: h.Run, args: argparse.Namespace, models: dict[str, Any], skipped: dict[str, str],
@@ -192,14 +197,16 @@ def record(run: h.Run, args: argparse.Namespace, models: dict[str, Any], skipped
         settings={"models": args.model_list, "threads": args.thread_list, "rounds": args.rounds,
                   "warmup": args.warmup, "repeat": args.repeat, "seed": args.seed, "calib": args.calib,
                   "range_method": RANGE_METHOD, "imagenet_root": str(args.imagenet_root),
-                  "variants": list(VARIANTS), "openvino_config": {**h.OV_CONFIG, "INFERENCE_NUM_THREADS": "= threads"},
+                  "variants": list(VARIANTS),
+                  "openvino_config": {**h.OV_CONFIG, "INFERENCE_NUM_THREADS": "= threads"},
                   "db": [str(p) for p in args.db],
                   "timed_call": {TVMQ: "Module.run(feeds)", TVMQ_TUNED: "Module.run(feeds)",
                                  ORT_FP32: "InferenceSession.run", ORT_INT8: "InferenceSession.run",
                                  OV_INT8: "InferRequest.infer(feeds)"}},
         models={n: {"onnx": str(m["onnx"]), "rival_onnx": str(m["rival_onnx"]),
                     "build_dir": str(m["cases"][TVMQ].build_dir), "calibration": m["calib"],
-                    "calibration_real_images": m["calib_real_images"], "calibration_sha256": m["calib_sha256"],
+                    "calibration_real_images": m["calib_real_images"],
+                    "calibration_sha256": m["calib_sha256"],
                     "build": {**{v: c.build_info for v, c in m["cases"].items()}, **m["builds"]},
                     "build_errors": m["errors"]} for n, m in models.items()},
         skipped=skipped, results=rows)
@@ -221,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tvmq-bench-") as tmp:
         for model in models.values():
             for threads in args.thread_list:
-                print(f"[{model['name']}] threads={threads}: {args.rounds} rounds x "
-                      f"({args.warmup} warmup + {args.repeat} timed) per variant", flush=True)
+                print(f"[{model['name']}] threads={threads}: {args.rounds} rounds x ({args.warmup} warmup + "
+                      f"{args.repeat} timed) per variant", flush=True)
                 rows.append(bench_model(model, threads, args, Path(tmp)))
     result = record(run, args, models, skipped, rows)
     tuned = f" and tuned on the kernels' best records in {', '.join(map(str, args.db))}" if args.db else ""
@@ -234,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"quantizers): {calib}; {run.load_note()}." + h.interference_note(rows)
               + "\n\nCells: median ms (p10-p90) over all timed calls; ratio = median(tvmq W8A8) / "
               "median(rival), below 1: tvmq is faster.")
-    h.write_results(args.out, "w8a8_latency", result, f"{header}\n\n{markdown_table(rows, models, skipped)}\n")
+    h.write_results(args.out, "w8a8_latency", result,
+                    f"{header}\n\n{markdown_table(rows, models, skipped)}\n")
     return 0
 
 
