@@ -646,8 +646,8 @@ def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[
         case.name, case.build_dir / "model.so", stamp, case.build_dir / STAMP_FILE, spec, rebuild)
     rng = np.random.default_rng(seed)
     specs = onnx_input_specs(case.onnx_path)
-    arrays = {f"in_{i}": rng.standard_normal(shape).astype(dtype) for i,
-              (_, shape, dtype) in enumerate(specs)}
+    arrays = {f"in_{i}": rng.standard_normal(shape).astype(dtype)
+              for i, (_, shape, dtype) in enumerate(specs)}
     np.savez(case.input_path, __names__=json.dumps([n for n, _, _ in specs]), **arrays)
 
 
@@ -707,8 +707,8 @@ def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> li
     """Notes under a table: every failure, every row whose per-round medians (of any variant)
     differ by more than ``NOISY_ROUND_SPREAD``, and (with ``busy_cores``) every row during which
     other processes kept at least that many cores busy."""
-    notes = [f"- {row['model']} t={row['threads']} {v}: {e}" for row in rows for v,
-             e in row["errors"].items()]
+    notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
+             for row in rows for v, e in row["errors"].items()]
     for row in rows:
         spans = {v: [r["median_ms"] for r in rr] for v, rr in row["per_round"].items() if rr}
         if any(max(m) > NOISY_ROUND_SPREAD * min(m) for m in spans.values()):

@@ -170,8 +170,8 @@ def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[byt
     if quantized:
         x = rng.integers(0, 256, wl.data_shape).astype(np.uint8)
         w_scale = (np.abs(w_float).reshape(k, -1).max(axis=1) / 127).astype(np.float32)
-        w_q = np.clip(np.round(w_float / w_scale.reshape((k,) + (1,) * (w_float.ndim - 1))), -127,
-                      127).astype(np.int8)
+        w_scaled = w_float / w_scale.reshape((k,) + (1,) * (w_float.ndim - 1))
+        w_q = np.clip(np.round(w_scaled), -127, 127).astype(np.int8)
         bias = rng.integers(-2000, 2001, (k,)).astype(np.int32)
         qin = [init("x_scale", np.float32(0.02)), init("x_zp", np.uint8(X_ZP))]
         qw = [init("w", w_q), init("w_scale", w_scale), init("w_zp", np.zeros(k, np.int8))]
@@ -274,8 +274,8 @@ class OrtLayer:
         k = session_samples(self.kernel[0], {n: v.copy() for n, v in self.kernel[1].items()}, budget_s, min_n)
         if self.graph is self.kernel:
             return k, k
-        return k, session_samples(self.graph[0], {n: v.copy() for n, v in self.graph[1].items()}, budget_s,
-                                  min_n)
+        graph_feeds = {n: v.copy() for n, v in self.graph[1].items()}
+        return k, session_samples(self.graph[0], graph_feeds, budget_s, min_n)
 
 
 def ort_call_overhead_ms(threads: int) -> float:
@@ -616,8 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overhead = ort_call_overhead_ms(args.threads)
     print(f"onnxruntime per-call overhead (one-element Relu): {overhead * 1e3:.1f} us", flush=True)
     with tempfile.TemporaryDirectory(prefix="tvmq-layer-") as tmp:
-        models = {name: measure_model(name, path, args, features, target, Path(tmp)) for name,
-                  path in found.items()}
+        models = {name: measure_model(name, path, args, features, target, Path(tmp))
+                  for name, path in found.items()}
     result = run.record(versions=versions, settings=settings(args, features), ort_call_overhead_ms=overhead,
                         models=models, skipped=skipped)
     h.write_results(args.out, "layer_latency", result, render(result))

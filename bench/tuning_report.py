@@ -61,8 +61,8 @@ def analyze(onnx_path: Path, summary: dict[str, Any], db_path: Path,
             "predicted_sum_ms": {s: table.total_us({l.name: s for l in pm.layers},
                                                    edges) / 1e3 for s in specs},
             "predictor_all": [LatencyPredictor.evaluate(db.records, seed=s) for s in (0, 1, 2)],
-            "predictor_best": [LatencyPredictor.evaluate(db.records, seed=s, best_only=True) for s in (0, 1,
-                                                                                                       2)],
+            "predictor_best": [LatencyPredictor.evaluate(db.records, seed=s, best_only=True)
+                               for s in (0, 1, 2)],
             "tasks": summary["tasks"], "_head": (len(pm.layers), dev)}
 
 
