@@ -36,12 +36,12 @@ test: $(STAMP) $(MOBILENETV2)
 
 bench: $(STAMP) $(MOBILENETV2)
 	$(PY) -m pip install -q -e ".[test,bench]"
-	$(PY) bench/fp32_latency.py --mobilenetv2 $(MOBILENETV2)
-	$(PY) bench/w8a8_accuracy.py --model $(MOBILENETV2)
-	$(PY) bench/w8a8_latency.py --mobilenetv2 $(MOBILENETV2) --db bench/results/tuning_mobilenetv2.jsonl --db bench/results/tuning_light_resnet50.jsonl
-	$(PY) bench/layer_latency.py --mobilenetv2 $(MOBILENETV2)
-	$(PY) bench/tuning_report.py
-	$(PY) bench/mixed_pipeline.py --model $(MOBILENETV2)
+	$(PY) -m bench.fp32_latency --mobilenetv2 $(MOBILENETV2)
+	$(PY) -m bench.w8a8_accuracy --model $(MOBILENETV2)
+	$(PY) -m bench.w8a8_latency --mobilenetv2 $(MOBILENETV2) --db bench/results/tuning_mobilenetv2.jsonl --db bench/results/tuning_light_resnet50.jsonl
+	$(PY) -m bench.layer_latency --mobilenetv2 $(MOBILENETV2)
+	$(PY) -m bench.tuning_report
+	$(PY) -m bench.mixed_pipeline --model $(MOBILENETV2)
 
 # headless Chromium: tests/test_report.py loads the rendered report in it (skipped without)
 report-deps:

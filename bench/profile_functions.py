@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
 """Where the time goes: every PrimFunc of a compiled model, timed alone, times its call count.
 
-    python bench/profile_functions.py model.onnx [--top 25] [--threads 1]
-    python bench/profile_functions.py model.onnx --plan w8a8 --stats stats.json   # integer kernels
+    python -m bench.profile_functions model.onnx [--top 25] [--threads 1]
+    python -m bench.profile_functions model.onnx --plan w8a8 --stats stats.json   # integer kernels
 
 Each function of the lowered module (the layer kernels and the generic fused ops) is compiled on
 its own and timed with random inputs (TVM's time_evaluator, median of repeats); the table is
 sorted by total time (per call x calls in ``main``) and names the layer each kernel serves. The
-sum approximates the end-to-end latency minus the VM's own overhead.
+sum approximates the end-to-end latency minus the VM's own overhead. Prints only.
 """
 
 from __future__ import annotations
@@ -15,46 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--plan", default=None, help="precision plan (w8a8, or a plan JSON); default fp32")
-    ap.add_argument("--stats", default=None, help="calibration statistics JSON (tvmq calibrate)")
-    ap.add_argument("--range", default="percentile", help="activation range method of a quantized plan")
-    args = ap.parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
-
-    import tvm
+def time_functions(mod: Any, target: Any) -> list[tuple[float, float, int, str, str]]:
+    """``(total ms, ms per call, calls, function, layer)`` of every PrimFunc ``main`` calls."""
+    import tvm  # deferred: TVM
     from tvm import relax
 
-    from schedules.target_features import detect_host
-    from tvmq.compiler import lower_module
-    from tvmq.frontend import prepare
-
-    features = detect_host()
-    target = tvm.target.Target(features.target_json())
-    pm = prepare(args.model)
-    lowering = {}
-    if args.plan:
-        from tvmq.calibration import ActivationStats
-        from tvmq.plan import PrecisionPlan
-
-        if not args.stats:
-            ap.error("--plan needs --stats (tvmq calibrate writes them)")
-        plan = (PrecisionPlan.load(args.plan, pm.layers) if args.plan.endswith(".json")
-                else PrecisionPlan.uniform(pm.layers, args.plan))
-        lowering = {"plan": plan, "range_method": args.range,
-                    "stats": ActivationStats.load(args.stats)}
-    mod = lower_module(pm, features, **lowering).mod
     calls: dict[str, int] = {}
 
     def count(expr: relax.Expr) -> None:
@@ -72,13 +41,44 @@ def main() -> int:
                    for p in func.params]
         t = ex.jit().time_evaluator("main", tvm.cpu(), number=5, repeat=5)(*tensors).median
         layer = func.attrs["tvmq.layer"] if func.attrs is not None and "tvmq.layer" in func.attrs else ""
-        rows.append((t * 1e3 * calls[gv.name_hint], t * 1e3, calls[gv.name_hint], gv.name_hint, str(layer)))
-    rows.sort(reverse=True)
-    total = sum(r[0] for r in rows)
+        n = calls[gv.name_hint]
+        rows.append((t * 1e3 * n, t * 1e3, n, gv.name_hint, str(layer)))
+    return sorted(rows, reverse=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--plan", default=None, help="precision plan (w8a8, or a plan JSON); default fp32")
+    ap.add_argument("--stats", default=None, help="calibration statistics JSON (tvmq calibrate)")
+    ap.add_argument("--range", default="percentile", help="activation range method of a quantized plan")
+    args = ap.parse_args()
+    if args.plan and not args.stats:
+        ap.error("--plan needs --stats (tvmq calibrate writes them)")
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    import tvm  # deferred: after TVM_NUM_THREADS is set
+
+    from schedules.target_features import detect_host
+    from tvmq.calibration import ActivationStats
+    from tvmq.compiler import lower_module
+    from tvmq.frontend import prepare
+    from tvmq.plan import PrecisionPlan
+
+    features = detect_host()
+    pm = prepare(args.model)
+    lowering = {}
+    if args.plan:
+        plan = (PrecisionPlan.load(args.plan, pm.layers) if args.plan.endswith(".json")
+                else PrecisionPlan.uniform(pm.layers, args.plan))
+        lowering = {"plan": plan, "range_method": args.range, "stats": ActivationStats.load(args.stats)}
+    rows = time_functions(lower_module(pm, features, **lowering).mod,
+                          tvm.target.Target(features.target_json()))
     print(f"{'total ms':>9} {'ms/call':>8} {'calls':>5}  function (first layer)")
     for tot, per, n, name, layer in rows[: args.top]:
         print(f"{tot:9.3f} {per:8.3f} {n:5d}  {name} {('(' + layer + ')') if layer else ''}")
-    print(f"{total:9.3f} ms in {len(rows)} functions ({args.threads} thread(s))")
+    print(f"{sum(r[0] for r in rows):9.3f} ms in {len(rows)} functions ({args.threads} thread(s))")
     return 0
 
 

@@ -1,65 +1,51 @@
-#!/usr/bin/env python3
 """Would 4-bit activations *stored* between layers (W4A4 storage) pay on this CPU?
 
-Usage::
+    python -m bench.w4a4_storage [--model .cache/models/mobilenetv2.onnx] [--repeat 30] [--out DIR]
 
-    python bench/w4a4_storage.py [--model .cache/models/mobilenetv2.onnx] [--repeat 30]
-
-Without sub-byte arithmetic a 4-bit activation must be unpacked to bytes before any dot-product
-instruction reads it, so storing activations as nibbles can only save memory traffic: the
-consumer reads half the bytes, and in exchange the producer packs and the consumer unpacks.
-For every distinct layer-input tensor of the model (uint8, NCHW) this script times, with TVM's
-generic CPU schedule (``tvmq.passes.schedule_generic``, as the compiler would emit them):
-
-- ``copy``: reading the uint8 tensor once and writing it (an upper bound of the traffic a
-  layer's input costs: W4A4 saves at most half of it),
-- ``pack``: uint8 -> two nibbles a byte (what the producer's epilogue would add),
-- ``unpack``: nibbles -> uint8 (what the consumer's input stage would add).
-
-W4A4 storage can pay only where ``pack + unpack < copy / 2``. Results:
-``bench/results/w4a4_storage.{json,md}``. (Accuracy is a separate and larger obstacle: 16 levels
-per activation tensor; not measured here.)
+Without sub-byte arithmetic a 4-bit activation must be unpacked to bytes before any dot product
+reads it, so nibble storage can only save memory traffic. For every distinct layer-input tensor
+of the model (uint8, NCHW) this times, with TVM's generic CPU schedule (``schedule_generic``):
+``copy`` (read and write it once: W4A4 saves at most half of that), ``pack`` (uint8 -> two
+nibbles a byte, the producer's extra work) and ``unpack`` (the consumer's). W4A4 storage can pay
+only where ``pack + unpack < copy / 2``. (Accuracy, 16 levels per tensor, is not measured.)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import harness as h
 
 
-def kernels(shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
-    from tvm import te, tirx
+def kernels(shape: tuple[int, ...]) -> dict[str, list[Any]]:
+    from tvm import te, tirx  # deferred: TVM
 
-    n, c, h, w = shape
-    half = (w + 1) // 2
+    n, c, hh, w = shape
+    half, u8 = (w + 1) // 2, lambda v: tirx.const(v, "uint8")
     x = te.placeholder(shape, "uint8", name="x")
     copy = te.compute(shape, lambda *i: x[i], name="copy")
-    packed = te.compute((n, c, h, half), lambda a, b, y, j: (
-        tirx.min(x[a, b, y, 2 * j], tirx.const(15, "uint8"))
-        | (tirx.min(tirx.if_then_else(2 * j + 1 < w, x[a, b, y, tirx.min(2 * j + 1, w - 1)],
-                                      tirx.const(0, "uint8")), tirx.const(15, "uint8")) << tirx.const(4, "uint8"))),
+    packed = te.compute((n, c, hh, half), lambda a, b, y, j: (
+        tirx.min(x[a, b, y, 2 * j], u8(15))
+        | (tirx.min(tirx.if_then_else(2 * j + 1 < w, x[a, b, y, tirx.min(2 * j + 1, w - 1)], u8(0)),
+                    u8(15)) << u8(4))),
         name="pack")
-    p = te.placeholder((n, c, h, half), "uint8", name="p")
-    unpacked = te.compute(shape, lambda a, b, y, k: (p[a, b, y, k // 2] >> ((k % 2) * 4).astype("uint8"))
-                          & tirx.const(15, "uint8"), name="unpack")
+    p = te.placeholder((n, c, hh, half), "uint8", name="p")
+    unpacked = te.compute(shape, lambda a, b, y,
+                          k: (p[a, b, y, k // 2] >> ((k % 2) * 4).astype("uint8")) & u8(15),
+                          name="unpack")
     return {"copy": [x, copy], "pack": [x, packed], "unpack": [p, unpacked]}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / ".cache" / "models" / "mobilenetv2.onnx"))
+    ap = h.argument_parser(__doc__)
+    ap.add_argument("--model", default=str(h.DEFAULT_MOBILENETV2))
     ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "w4a4_storage"))
     args = ap.parse_args()
-
-    import tvm
+    import tvm  # deferred: TVM
     from tvm import te
 
     from schedules.target_features import detect_host
@@ -73,8 +59,7 @@ def main() -> int:
     for layer in pm.layers:
         if len(layer.input_shape) == 4:
             shapes[tuple(layer.input_shape)] = shapes.get(tuple(layer.input_shape), 0) + 1
-    rows = []
-    rng = np.random.default_rng(0)
+    rows, rng = [], np.random.default_rng(0)
     for shape, count in shapes.items():
         row = {"shape": list(shape), "layers": count, "bytes": int(np.prod(shape))}
         for name, tensors in kernels(shape).items():
@@ -89,19 +74,18 @@ def main() -> int:
         print(row, flush=True)
     total = {k: sum(r[k] * r["layers"] for r in rows) for k in ("copy_us", "pack_us", "unpack_us")}
     lines = [f"W4A4 activation storage on {features.isa} ({pm.layers.total_macs / 1e6:.0f} MMAC model "
-             f"{Path(args.model).name}), medians of {args.repeat} repeats, 1 thread; a layer input's "
-             "traffic bound `copy` vs what packing costs.", "",
+             f"{Path(args.model).name}), medians of {args.repeat} repeats, 1 thread; a layer input's traffic "
+             "bound `copy` vs what packing costs.", "",
              "| layer input (NCHW u8) | layers | KB | copy us | pack us | unpack us | pack+unpack < copy/2 |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['layers']} | {r['bytes'] / 1e3:.0f} | "
-                     f"{r['copy_us']:.1f} | {r['pack_us']:.1f} | {r['unpack_us']:.1f} | {'yes' if r['pays'] else 'no'} |")
-    lines += ["", f"Summed over the model's layers: copy {total['copy_us'] / 1e3:.2f} ms (W4A4 could save at most "
-              f"half: {total['copy_us'] / 2e3:.2f} ms), pack + unpack {(total['pack_us'] + total['unpack_us']) / 1e3:.2f} ms."]
-    report = "\n".join(lines)
-    print("\n" + report)
-    Path(args.output + ".md").write_text(report + "\n")
-    Path(args.output + ".json").write_text(json.dumps({"rows": rows, "total": total}, indent=1))
+    lines += [f"| {'x'.join(map(str, r['shape']))} | {r['layers']} | {r['bytes'] / 1e3:.0f} | "
+              f"{r['copy_us']:.1f} | {r['pack_us']:.1f} | {r['unpack_us']:.1f} | "
+              f"{'yes' if r['pays'] else 'no'} |" for r in rows]
+    lines += ["",
+              f"Summed over the model's layers: copy {total['copy_us'] / 1e3:.2f} ms (W4A4 could save at "
+              f"most half: {total['copy_us'] / 2e3:.2f} ms), pack + unpack "
+              f"{(total['pack_us'] + total['unpack_us']) / 1e3:.2f} ms."]
+    h.write_results(Path(args.out), "w4a4_storage", {"rows": rows, "total": total}, "\n".join(lines))
     return 0
 
 

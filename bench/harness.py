@@ -1,0 +1,740 @@
+"""The benchmarks' shared harness: machine description, timing workers in fresh subprocesses
+(``python -m bench.harness --worker SPEC_JSON``), interleaved rounds, statistics, the rivals
+(onnxruntime fp32 / int8 QDQ, OpenVINO int8 via NNCF), accuracy loops and results writing."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, version_converter
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+BUILD_DIR = RESULTS_DIR / "build"
+DEFAULT_MOBILENETV2 = REPO_ROOT / ".cache" / "models" / "mobilenetv2.onnx"
+DEFAULT_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
+ALL_MODELS = ("mobilenetv2", "light_resnet50")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
+JSON_MARKER = "BENCH_JSON:"
+STAMP_FILE = "bench_stamp.json"
+INPUT_FILE = "input.npz"
+NOISY_ROUND_SPREAD = 1.2  # a row is "noisy" when its per-round medians differ by more than this
+OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+             "INFERENCE_PRECISION_HINT": "f32"}
+OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and ISA flags (``/proc/cpuinfo``), usable CPUs, platform and Python version."""
+    model_name, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model_name == "unknown":
+                model_name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu_model": model_name, "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+            "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def machine_line(info: dict[str, Any], sep: str = ", ") -> str:
+    """``AMD EPYC, 2 CPUs (avx2)``, as the tables' headers name the machine."""
+    flags = sep.join(f for f, on in info["cpu_flags"].items() if on) or "none of " + "/".join(CPU_FLAGS)
+    return f"{info['cpu_model']}, {info['nproc']} CPUs ({flags})"
+
+
+def package_version(name: str) -> str | None:
+    return next((d.version for d in metadata.distributions(name=name)), None)
+
+
+def git_revision() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--", "tvmq", "schedules"))}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tvmq_source_hash() -> str:
+    """Hash of every Python file in tvmq/ and schedules/: a changed compiler invalidates builds."""
+    h = hashlib.sha256()
+    for folder in ("tvmq", "schedules"):
+        for p in sorted((REPO_ROOT / folder).rglob("*.py")):
+            h.update(str(p.relative_to(REPO_ROOT)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def versions(tvm: str | None = None, *packages: str) -> dict[str, Any]:
+    """The versions recorded with every latency result (``packages`` are added after tvm)."""
+    return {"tvm": tvm or package_version("apache-tvm"),
+            **{p: package_version(p) for p in ("onnxruntime", *packages, "onnx")},
+            "numpy": np.__version__, "tvmq_git": git_revision(), "tvmq_sources_sha256": tvmq_source_hash()}
+
+
+def summarize(samples: Sequence[float], mean: bool = True) -> dict[str, float | int]:
+    """Median, p10, p90 (``statistics.quantiles(n=10)``, as ``tvmq.BenchmarkResult``), mean, min, n."""
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
+    out = {"median_ms": statistics.median(s), "p10_ms": q[0], "p90_ms": q[-1],
+           "mean_ms": statistics.fmean(s), "min_ms": s[0], "n": len(s)}
+    return out if mean else {k: v for k, v in out.items() if k != "mean_ms"}
+
+
+def fmt_stat(stats: dict[str, Any] | None, error: str | None) -> str:
+    if stats is None:
+        return "failed" if error else "-"
+    return f"{stats['median_ms']:.2f} ({stats['p10_ms']:.2f}-{stats['p90_ms']:.2f})"
+
+
+class Run:
+    """One benchmark run: its start (time, load average) and the common head of its JSON."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = _dt.datetime.now(_dt.timezone.utc)
+        self.load_before = os.getloadavg()
+        self.load_after = self.load_before
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in self.load_before)}", flush=True)
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """``benchmark``, ``date_utc``, ``duration_s``, ``machine`` (with the load before and
+        now), then ``fields`` in order."""
+        self.load_after = os.getloadavg()
+        return {"benchmark": self.name, "date_utc": self.started.isoformat(timespec="seconds"),
+                "duration_s": round((_dt.datetime.now(_dt.timezone.utc) - self.started).total_seconds(), 1),
+                "machine": {**machine_info(), "loadavg_before": self.load_before,
+                            "loadavg_after": self.load_after}, **fields}
+
+    def load_note(self) -> str:
+        return (f"load average {self.load_before[0]:.2f} before, {self.load_after[0]:.2f} after; "
+                f"{self.started:%Y-%m-%d %H:%M} UTC")
+
+
+def write_results(out: Path, name: str, result: Any, report: str) -> None:
+    """``out/name.json`` and ``out/name.md`` (the report, also printed), folders created."""
+    print("\n" + report.rstrip("\n"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(report.rstrip("\n") + "\n")
+    print(f"wrote {out / name}.json and .md")
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser described by the first paragraph of ``doc``, with ``--out DIR`` (results)."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR,
+                   help="folder of the results NAME.json / NAME.md (default bench/results)")
+    return p
+
+
+def light_resnet50_path() -> Path:
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+
+
+def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
+    """The graph's real inputs (initializers excluded), symbolic dims taken as 1 (batch 1)."""
+    graph = onnx.load(str(model), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    specs = []
+    for vi in graph.input:
+        if vi.name not in initializers:
+            tt = vi.type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim)
+            specs.append((vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name))
+    return specs
+
+
+def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
+    """The ONNX file of each model of ``--models`` that exists, and why the others are skipped."""
+    sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path()}
+    found: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    for name in args.model_list:
+        if sources[name].exists():
+            found[name] = sources[name]
+        else:
+            hint = " (run `make models` to export it)" if name == "mobilenetv2" else ""
+            skipped[name] = f"{sources[name]} not found{hint}"
+            print(f"[{name}] SKIPPED: {skipped[name]}", flush=True)
+    return found, skipped
+
+
+def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
+    """``--models``, ``--mobilenetv2`` and ``--threads`` (a comma-separated list)."""
+    p.add_argument("--models", default=",".join(ALL_MODELS),
+                   help=f"comma-separated subset of {','.join(ALL_MODELS)} (default: all)")
+    p.add_argument("--mobilenetv2", type=Path, default=DEFAULT_MOBILENETV2,
+                   help="MobileNetV2 ONNX file (default .cache/models/mobilenetv2.onnx)")
+    p.add_argument("--threads", default=threads, help=f"comma-separated thread counts (default {threads})")
+
+
+def check_models(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.model_list`` and ``args.thread_list`` from the options of ``model_option``."""
+    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
+    if unknown := [m for m in args.model_list if m not in ALL_MODELS]:
+        p.error(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
+    try:
+        args.thread_list = [int(t) for t in args.threads.split(",") if t.strip()]
+    except ValueError:
+        p.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+    if not args.thread_list or min(args.thread_list) < 1:
+        p.error("--threads must list integers >= 1")
+
+
+def latency_args(argv: Sequence[str] | None, doc: str | None,
+                 add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The options of the end-to-end latency benches; ``add`` adds a script's own."""
+    p = argument_parser(doc)
+    model_option(p)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per process (default 10)")
+    p.add_argument("--repeat", type=int, default=30, help="timed calls per process (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    p.add_argument("--rebuild", action="store_true", help="recompile even if a build is cached")
+    if add is not None:
+        add(p)
+    args = p.parse_args(argv)
+    check_models(p, args)
+    if args.rounds < 1 or args.repeat < 1 or args.warmup < 0:
+        p.error("--rounds and --repeat must be >= 1, --warmup >= 0")
+    return args
+
+
+def image_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` (default the real MobileNetV2) and ``--root`` (the imagenet-sample folder)."""
+    p.add_argument("--model", default=str(DEFAULT_MOBILENETV2), help="ONNX file (default: MobileNetV2)")
+    p.add_argument("--root", default=str(DEFAULT_IMAGENET), help="imagenet-sample folder (../shared/data)")
+
+
+def images_missing(args: argparse.Namespace) -> bool:
+    """Whether ``--root`` or ``--model`` is missing (then says so: the script skips)."""
+    if Path(args.root, "labels.csv").exists() and Path(args.model).exists():
+        return False
+    print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} (`make "
+          "models`) not found")
+    return True
+
+
+def imagenet_eval() -> Any:
+    """The module ``scripts/imagenet_eval.py`` (``load_imagenet_sample``, ``onnxruntime_logits``)."""
+    scripts = str(REPO_ROOT / "scripts")  # scripts/ is a folder of scripts, not a package
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import imagenet_eval  # deferred: needs the path above, and Pillow
+
+    return imagenet_eval
+
+
+def imagenet_sample(root: str | Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` imagenet-sample images (preprocessed) and their labels."""
+    return imagenet_eval().load_imagenet_sample(root, n=n)
+
+
+def predictions(run_one: Callable[[np.ndarray], Any], x: np.ndarray) -> np.ndarray:
+    """The argmax of ``run_one(x[i:i+1])`` (the first output) for every image, batch 1."""
+    return np.array([np.asarray(run_one(x[i:i + 1])).argmax() for i in range(len(x))])
+
+
+def top1(pred: np.ndarray, y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Top-1 on the labels ``y`` and top-1 agreement with the reference predictions ``ref``."""
+    return {"top1": float((pred == y).mean()), "agreement": float((pred == ref).mean())}
+
+
+def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float:
+    """Median wall-clock ms of ``repeat`` in-process calls of ``fn`` after ``warmup``."""
+    from tvmq.runtime import time_calls  # deferred: imports TVM
+
+    return time_calls(fn, warmup=warmup, repeat=repeat).median_ms
+
+
+def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_path: str | None = None,
+                level: str = "ORT_ENABLE_ALL") -> Any:
+    """An onnxruntime CPU session: ``intra_op_num_threads=threads`` (None: onnxruntime's
+    default), ``inter_op_num_threads=1``, optimization ``level``; the optimized graph is saved
+    to ``optimized_path`` if given."""
+    import onnxruntime as ort  # deferred: its thread pool must not live in every process
+
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
+    """onnxruntime int8: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel,
+    QUInt8 activations, QInt8 weights, MinMax) calibrated on ``calib`` (``[N, ...]``, one
+    batch-1 sample each). Writes ``out`` (and ``pre.onnx`` beside it); returns ``out``."""
+    from onnxruntime.quantization import (  # deferred: onnxruntime
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = onnx_input_specs(fp32_path)[0][0]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib)
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            x = next(self.it, None)
+            return None if x is None else {name: x[None]}
+
+    pre = out.with_name("pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def rival_onnx(model: Path, out: Path) -> Path:
+    """``model`` itself, or a copy at ``out`` that onnxruntime's and NNCF's quantizers handle.
+
+    The ``onnx`` wheel's ``light_*`` models (IR 3, opset 9) compute every weight with
+    ``ConstantOfShape`` from a shape that is an initializer *and* a graph input: NNCF then
+    quantizes no conv and ``quant_pre_process`` keeps the shapes as inputs. The copy has those
+    nodes evaluated into initializers, initializers removed from the inputs (IR >= 4), unused
+    ones dropped and the opset raised to 13 (per-channel ``DequantizeLinear``); same function.
+    """
+    m = onnx.load(str(model))
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    folds = [n for n in g.node if n.op_type == "ConstantOfShape" and n.input and n.input[0] in inits]
+    if not folds and not any(i.name in inits for i in g.input) and opset >= 13:
+        return model
+    for n in folds:
+        shape = numpy_helper.to_array(inits[n.input[0]]).astype(np.int64)
+        attr = next((a for a in n.attribute if a.name == "value"), None)
+        value = numpy_helper.to_array(attr.t) if attr is not None else np.zeros(1, np.float32)
+        g.initializer.append(numpy_helper.from_array(
+            np.full(tuple(shape), value.reshape(-1)[0], dtype=value.dtype), n.output[0]))
+    keep_nodes = [n for n in g.node if not any(n is f for f in folds)]
+    used = {x for n in keep_nodes for x in n.input} | {o.name for o in g.output}
+    keep_inits = [i for i in g.initializer if i.name in used]
+    names = {i.name for i in keep_inits} | set(inits)
+    keep_inputs = [i for i in g.input if i.name not in names]
+    for box, items in ((g.node, keep_nodes), (g.initializer, keep_inits), (g.input, keep_inputs)):
+        del box[:]
+        box.extend(items)
+    m.ir_version = max(m.ir_version, 4)
+    if opset < 13:
+        m = version_converter.convert_version(m, 13)
+    onnx.checker.check_model(m)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(m, str(out))
+    return out
+
+
+def import_openvino() -> tuple[Any, Any]:
+    """``(openvino, nncf)``; ImportError when either is missing. Sets ``NNCF_CI=1`` unless set:
+    NNCF's telemetry off (it would try the network)."""
+    os.environ.setdefault("NNCF_CI", "1")
+    import nncf  # deferred: heavy, optional (the bench extra)
+    import openvino as ov
+
+    return ov, nncf
+
+
+def ov_config(threads: int = 1) -> dict[str, Any]:
+    return {**OV_CONFIG, "INFERENCE_NUM_THREADS": int(threads)}
+
+
+def nncf_int8(model: Any, calib: np.ndarray) -> tuple[Any, float]:
+    """``nncf.quantize`` of an ``openvino.Model`` (modified: pass a copy) on ``calib``, preset
+    PERFORMANCE, ``subset_size=len(calib)``; returns the quantized model and the seconds taken."""
+    _, nncf = import_openvino()
+    t = time.perf_counter()
+    q = nncf.quantize(model, nncf.Dataset(calib, lambda a: a[None]),
+                      preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib))
+    return q, time.perf_counter() - t
+
+
+def ov_read(core: Any, path: str | Path, shape: Sequence[int]) -> Any:
+    """The model at ``path`` with its first input fixed to batch 1 (``[1, *shape[1:]]``)."""
+    m = core.read_model(str(path))
+    m.reshape({m.input(0).get_any_name(): [1, *shape[1:]]})
+    return m
+
+
+def ov_kernels(compiled: Any) -> str:
+    """What the CPU plugin runs the conv/dense layers with, e.g. ``brgconv_avx2_1x1_I8 x34``."""
+    count: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
+            count[info["primitiveType"].astype(str)] += 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(count.items()))
+
+
+class CpuMeter:
+    """How many cores *other* processes keep busy from construction to ``other_cores()``:
+    the machine's busy CPU time (``/proc/stat``, steal included) minus this process's own."""
+
+    def __init__(self) -> None:
+        self.busy, self.own, self.wall = self._busy_s(), time.process_time(), time.perf_counter()
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal: everything but idle and iowait
+        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+    def other_cores(self) -> float | None:
+        busy, wall = self._busy_s(), time.perf_counter() - self.wall
+        if busy is None or self.busy is None or wall <= 0:
+            return None
+        return max(0.0, ((busy - self.busy) - (time.process_time() - self.own)) / wall)
+
+
+def _timed(fn: Callable[[], Any], spec: dict[str, Any], outputs: Callable[[], dict[str, Any]],
+           **info: Any) -> dict[str, Any]:
+    """A timing worker's result: ``spec["repeat"]`` timed calls of ``fn`` (ms), the cores other
+    processes kept busy meanwhile, the outputs saved if asked, ``info``."""
+    meter, samples = CpuMeter(), []
+    for _ in range(spec["repeat"]):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1e3)
+    other = meter.other_cores()
+    if spec.get("save_outputs"):
+        names, values = zip(*outputs().items())
+        np.savez(spec["save_outputs"], __names__=json.dumps(names),
+                 **{f"out_{i}": np.asarray(v) for i, v in enumerate(values)})
+    return {"ok": True, "samples_ms": samples, **info, "other_cpu_cores": other,
+            "loadavg_after": os.getloadavg()}
+
+
+def _feeds(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {n: z[f"in_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
+
+
+def _calib(path: str) -> np.ndarray:
+    with np.load(path) as z:
+        return z["calib"]
+
+
+def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
+    """``tvmq.build`` of ``spec["model"]``: fp32, or W8A8 calibrated on ``spec["calib"]``."""
+    import tvm  # deferred: workers import only what their kind needs
+
+    import tvmq
+    from tvmq.calibration import collect
+
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    t = time.perf_counter()
+    extra: dict[str, Any] = {}
+    try:
+        if spec.get("calib"):
+            calib = _calib(spec["calib"])
+            stats = collect(spec["model"], calib, progress=log)
+            extra = {"calibration_s": time.perf_counter() - t, "calibration_samples": len(calib)}
+            r = tvmq.build(spec["model"], spec["out"], plan="w8a8", stats=stats,
+                           range_method=spec["range_method"], db=spec.get("db"), progress=log)
+        else:
+            r = tvmq.build(spec["model"], spec["out"], progress=log)
+    except Exception as e:  # noqa: BLE001 - reported verbatim by the parent, never hidden
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    out = {"ok": True, "library": str(r.library), "seconds": time.perf_counter() - t, **extra,
+           "timings": r.timings, "tvm_version": tvm.__version__, "isa": r.manifest_data.get("isa"),
+           "target": r.manifest_data.get("target")}
+    if spec.get("calib"):
+        out.update(plan="w8a8", tuning=r.manifest_data.get("tuning"), range_method=spec["range_method"])
+    return out
+
+
+def worker_tvmq(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time ``Module.run``; ``Module.benchmark(threads=T)`` sizes TVM's pool and warms up, its
+    own kernel-only statistics are kept as ``tvmq_api_benchmark``."""
+    import tvm  # deferred: workers import only what their kind needs
+
+    import tvmq
+
+    feeds, m = _feeds(spec["input"]), tvmq.load(spec["library"])
+    api = m.benchmark(feeds, warmup=spec["warmup"], repeat=max(1, spec["repeat"] // 3),
+                      threads=int(spec["threads"]))
+    return _timed(lambda: m.run(feeds), spec, lambda: m.run(feeds),
+                  tvmq_api_benchmark=api.to_json(), version=tvm.__version__)
+
+
+def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time ``InferenceSession.run(None, feeds)`` (``ort_session``, T threads)."""
+    import onnxruntime as ort  # deferred: workers import only what their kind needs
+
+    feeds, sess = _feeds(spec["input"]), ort_session(spec["model"], int(spec["threads"]))
+    for _ in range(spec["warmup"]):
+        sess.run(None, feeds)
+    names = [o.name for o in sess.get_outputs()]
+    return _timed(lambda: sess.run(None, feeds), spec,
+                  lambda: dict(zip(names, sess.run(None, feeds))), version=ort.__version__)
+
+
+def worker_openvino(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time ``InferRequest.infer`` of the model compiled for CPU with T threads."""
+    ov, _ = import_openvino()
+    feeds, core = _feeds(spec["input"]), ov.Core()
+    compiled = core.compile_model(core.read_model(spec["model"]), "CPU", ov_config(spec["threads"]))
+    req = compiled.create_infer_request()
+    for _ in range(spec["warmup"]):
+        req.infer(feeds)
+
+    def outputs() -> dict[str, Any]:
+        res = req.infer(feeds)
+        return {o.get_any_name(): np.asarray(res[o]) for o in compiled.outputs}
+
+    return _timed(lambda: req.infer(feeds), spec, outputs, version=ov.__version__,
+                  kernels=ov_kernels(compiled),
+                  precision=compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                  ov_threads=int(compiled.get_property("INFERENCE_NUM_THREADS")))
+
+
+def worker_quantize_ort(spec: dict[str, Any]) -> dict[str, Any]:
+    """onnxruntime int8 (QDQ) model; also the conv/dense ops it fuses into (extended level)."""
+    import onnxruntime as ort
+
+    out = Path(spec["out"])
+    t = time.perf_counter()
+    ort_int8(Path(spec["model"]), _calib(spec["calib"]), out)
+    seconds = time.perf_counter() - t
+    out.with_name("pre.onnx").unlink(missing_ok=True)  # quant_pre_process's intermediate file
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_session(out, None, str(Path(tmp) / "opt.onnx"), "ORT_ENABLE_EXTENDED")
+        ops = Counter(n.op_type for n in onnx.load(str(Path(tmp) / "opt.onnx")).graph.node)
+    kernels = ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())
+                        if any(s in k for s in ("Conv", "Gemm", "MatMul")))
+    return {"ok": True, "model": str(out), "seconds": seconds, "kernels": kernels, "version": ort.__version__}
+
+
+def worker_quantize_ov(spec: dict[str, Any]) -> dict[str, Any]:
+    """OpenVINO int8 (NNCF), saved as OpenVINO IR (weights not compressed to fp16)."""
+    ov, nncf = import_openvino()
+    q, seconds = nncf_int8(ov_read(ov.Core(), spec["model"], spec["shape"]), _calib(spec["calib"]))
+    ov.save_model(q, spec["out"], compress_to_fp16=False)
+    return {"ok": True, "model": spec["out"], "seconds": seconds, "version": ov.__version__,
+            "nncf_version": nncf.__version__}
+
+
+WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "build": worker_build, "tvmq": worker_tvmq, "onnxruntime": worker_ort, "openvino": worker_openvino,
+    "quantize_ort": worker_quantize_ort, "quantize_ov": worker_quantize_ov}
+
+
+def worker_main(spec_json: str) -> int:
+    """Run ``WORKERS[spec["kind"]]``, print its result as one ``JSON_MARKER`` line; an
+    exception becomes ``{"ok": False, "error": ...}``."""
+    spec = json.loads(spec_json)
+    try:
+        fn = WORKERS.get(spec["kind"])
+        result = fn(spec) if fn else {"ok": False, "error": f"unknown worker kind {spec['kind']!r}"}
+    except Exception as e:  # noqa: BLE001 - any failure becomes a reported row, not a crash
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    print(JSON_MARKER + json.dumps(result), flush=True)
+    return 0
+
+
+def run_worker(spec: dict[str, Any], threads: int | None = None, timeout: float = 1800.0) -> dict[str, Any]:
+    """Run one worker in a fresh interpreter (``TVM_NUM_THREADS=threads``); its result or an error."""
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    if threads is not None:
+        env["TVM_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "-m", "bench.harness", "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                              cwd=REPO_ROOT, check=False)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"worker timed out after {timeout:.0f}s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(JSON_MARKER):
+            return json.loads(line[len(JSON_MARKER):])
+    tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-5:]
+    return {"ok": False, "error": f"worker exited with code {proc.returncode}: " + " | ".join(tail)}
+
+
+@dataclass
+class ModelCase:
+    name: str
+    onnx_path: Path
+    build_dir: Path
+    input_path: Path
+    library: Path | None = None
+    build_info: dict[str, Any] = field(default_factory=dict)
+    build_error: str | None = None
+
+
+def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path, spec: dict[str, Any],
+                 rebuild: bool) -> tuple[Path | None, dict[str, Any], str | None]:
+    """Run the ``spec`` worker (a build or a quantization writing ``out``) unless ``out`` exists
+    with a matching stamp; ``(path or None, info with "reused", error)``."""
+    if (not rebuild and out.exists() and stamp_path.exists()
+            and json.loads(stamp_path.read_text()).get("stamp") == stamp):
+        print(f"[{label}] reusing {out}", flush=True)
+        return out, {**json.loads(stamp_path.read_text())["build"], "reused": True}, None
+    stamp_path.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{label}] {spec['kind']} ...", flush=True)
+    res = run_worker(spec)
+    if not res.get("ok"):
+        print(f"[{label}] {spec['kind']} FAILED: {res.get('error')}", flush=True)
+        return None, {}, res.get("error", "unknown error")
+    info = {k: v for k, v in res.items() if k != "ok"}
+    stamp_path.write_text(json.dumps({"stamp": stamp, "build": info}, indent=1))
+    print(f"[{label}] done in {res['seconds']:.1f}s", flush=True)
+    return Path(res.get("library") or out), {**info, "reused": False}, None
+
+
+def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[str, Any] | None = None,
+                 stamp_extra: dict[str, Any] | None = None) -> None:
+    """Compile (or reuse, while the stamp matches: ONNX file, tvmq sources, ``stamp_extra``) the
+    tvmq build, and write the seeded standard-normal input every variant reads."""
+    case.build_dir.mkdir(parents=True, exist_ok=True)
+    stamp = {"onnx_sha256": sha256_file(case.onnx_path), "tvmq_sources": tvmq_source_hash(),
+             "python": sys.executable, **(stamp_extra or {})}
+    manifest = case.build_dir / "manifest.json"
+    if not manifest.exists():
+        (case.build_dir / STAMP_FILE).unlink(missing_ok=True)
+    spec = {"kind": "build", "model": str(case.onnx_path), "out": str(case.build_dir), **(build_spec or {})}
+    case.library, case.build_info, case.build_error = cached_build(
+        case.name, case.build_dir / "model.so", stamp, case.build_dir / STAMP_FILE, spec, rebuild)
+    rng = np.random.default_rng(seed)
+    specs = onnx_input_specs(case.onnx_path)
+    arrays = {f"in_{i}": rng.standard_normal(shape).astype(dtype)
+              for i, (_, shape, dtype) in enumerate(specs)}
+    np.savez(case.input_path, __names__=json.dumps([n for n, _, _ in specs]), **arrays)
+
+
+def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
+    """``max|a - b| / max|b|`` over the outputs both saved (``None`` if none)."""
+    def read(path: Path) -> dict[str, np.ndarray]:
+        with np.load(path) as z:
+            return {n: z[f"out_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
+
+    a, b = read(a_path), read(b_path)
+    common = [n for n in b if n in a]
+    if not common:
+        return None
+    num = max(float(np.max(np.abs(a[n].astype(np.float64) - b[n]))) for n in common)
+    den = max(float(np.max(np.abs(b[n]))) for n in common)
+    return num / den if den > 0 else num
+
+
+def run_rounds(label: str, threads: int, specs: dict[str, dict[str, Any]], args: argparse.Namespace,
+               outputs: dict[str, Path], errors: dict[str, str]) -> dict[str, Any]:
+    """``args.rounds`` interleaved rounds; each runs every variant of ``specs`` (name -> worker
+    spec, in order) once, in a fresh worker. In round 0 each variant saves its outputs to
+    ``outputs[v]``; a variant in ``errors`` is not run, one that fails is added there. Returns the
+    pooled samples, per-round medians (with ``other_cpu_cores``, load after), errors, and per
+    variant each round's other result keys (``info``)."""
+    width = max([11, *map(len, specs)])
+    samples: dict[str, list[float]] = {v: [] for v in specs}
+    rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in specs}
+    info: dict[str, list[dict[str, Any]]] = {v: [] for v in specs}
+    standard = {"ok", "samples_ms", "other_cpu_cores", "loadavg_after"}
+    for r in range(args.rounds):
+        for v in [v for v in specs if v not in errors]:
+            spec = {**specs[v], "threads": threads, "warmup": args.warmup, "repeat": args.repeat}
+            if r == 0:
+                spec["save_outputs"] = str(outputs[v])
+            res = run_worker(spec, threads=threads)
+            if not res.get("ok"):
+                errors[v] = res.get("error", "unknown error")
+                print(f"  [{label} t={threads}] {v} FAILED: {errors[v]}", flush=True)
+                continue
+            med, other = statistics.median(res["samples_ms"]), res.get("other_cpu_cores")
+            samples[v].extend(res["samples_ms"])
+            rounds[v].append({"median_ms": med, "other_cpu_cores": other,
+                              "loadavg_after": res["loadavg_after"]})
+            info[v].append({k: val for k, val in res.items() if k not in standard})
+            print(f"  [{label} t={threads}] round {r + 1}/{args.rounds} {v:<{width}} median {med:8.3f} ms"
+                  + (f"  (other processes: {other:.2f} cores)" if other is not None else ""), flush=True)
+    return {"samples": samples, "per_round": rounds, "errors": errors, "info": info}
+
+
+def _others(row: dict[str, Any]) -> list[float]:
+    return [r["other_cpu_cores"] for rr in row["per_round"].values() for r in rr
+            if r.get("other_cpu_cores") is not None]
+
+
+def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> list[str]:
+    """Notes under a table: every failure, every row whose per-round medians (of any variant)
+    differ by more than ``NOISY_ROUND_SPREAD``, and (with ``busy_cores``) every row during which
+    other processes kept at least that many cores busy."""
+    notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
+             for row in rows for v, e in row["errors"].items()]
+    for row in rows:
+        spans = {v: [r["median_ms"] for r in rr] for v, rr in row["per_round"].items() if rr}
+        if any(max(m) > NOISY_ROUND_SPREAD * min(m) for m in spans.values()):
+            ranges = ", ".join(f"{v} {min(m):.2f}-{max(m):.2f}" for v, m in spans.items())
+            others = _others(row)
+            busy = (f"other processes kept up to {max(others):.1f} cores busy" if others
+                    else "other load on the machine?")
+            notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians {ranges} ms "
+                         f"({busy}); rerun when the machine is quiet")
+    for row in rows if busy_cores is not None else []:
+        if (others := _others(row)) and max(others) >= busy_cores:
+            notes.append(f"- {row['model']} t={row['threads']}: other processes kept up to {max(others):.2f} "
+                         "cores busy while it was timed; rerun when the machine is quiet")
+    return notes
+
+
+def interference_note(rows: list[dict[str, Any]]) -> str:
+    """The header's sentence on how busy other processes kept the CPUs ('' if unknown)."""
+    others = [x for row in rows for x in _others(row)]
+    if not others:
+        return ""
+    return (f" While timing, other processes kept {statistics.fmean(others):.2f} cores busy on average (max "
+            f"{max(others):.2f}).")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit("usage: python -m bench.harness --worker SPEC_JSON")
+    sys.exit(worker_main(sys.argv[2]))
