@@ -121,7 +121,10 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseConfig,
     return kernel_args(data, weight, bias, residual, out)
 
 
-def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
+def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig, sample: bool = False,  # type: ignore[no-untyped-def]
+             vectorize_ragged_out: bool = True) -> None:
+    """``vectorize_ragged_out=False``: where the output width is not whole tiles, the output
+    stores stay scalar (see ``depthwise.int8.schedule``)."""
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     pad_b = sch.get_sblock("data_pad")
@@ -145,10 +148,11 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig, sample: bool = False
         sch.reorder(pw, phase)
         sch.unroll(phase)
     ox = sch.get_loops(out_b)[-1]
-    try:
-        sch.vectorize(sch.split(ox, [None, cfg.lanes])[1])
-    except Exception:  # a ragged last tile: keep it scalar
-        pass
+    if vectorize_ragged_out or wl.out_width % cfg.reg_n == 0:
+        try:
+            sch.vectorize(sch.split(ox, [None, cfg.lanes])[1])
+        except Exception:  # a ragged last tile: keep it scalar
+            pass
     keep_tile_in_registers(sch, init, out_b, xo)
 
 
