@@ -1,13 +1,4 @@
-"""fp32 batch-1 CPU latency: tvmq (untuned) side by side with onnxruntime, in one run.
-
-    python -m bench.fp32_latency [--models mobilenetv2,light_resnet50] [--threads 1,2] [--rounds 5]
-        [--warmup 10] [--repeat 30] [--mobilenetv2 .cache/models/mobilenetv2.onnx] [--rebuild] [--out DIR]
-
-Each model is compiled once (cached in ``bench/results/build/<model>/`` while the ONNX file and
-the tvmq sources are unchanged); per (model, threads) the variants run in ``--rounds``
-interleaved rounds, each in a fresh subprocess (``bench.harness``), on one seeded random input.
-The rel. max diff column compares the outputs of round 0. Method: ``bench/README.md``.
-"""
+"""fp32 batch-1 CPU latency: tvmq (untuned) side by side with onnxruntime, in one run."""
 
 from __future__ import annotations
 

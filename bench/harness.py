@@ -1,6 +1,7 @@
 """The benchmarks' shared harness: machine description, timing workers in fresh subprocesses
 (``python -m bench.harness --worker SPEC_JSON``), interleaved rounds, statistics, the rivals
-(onnxruntime fp32 / int8 QDQ, OpenVINO int8 via NNCF), accuracy loops and results writing."""
+(onnxruntime fp32 / int8 QDQ, OpenVINO int8 via NNCF), accuracy loops and results writing.
+"""
 
 from __future__ import annotations
 

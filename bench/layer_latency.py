@@ -1,15 +1,4 @@
-"""Per-layer kernel latency of every tvmq precision beside onnxruntime, on real layer shapes.
-
-    python -m bench.layer_latency [--models mobilenetv2,light_resnet50] [--specs fp32,bf16,w8a8,w4a8,w8a16]
-        [--threads 1] [--limit N] [--repeat 15] [--rounds 3] [--min-repeat-ms 20] [--mobilenetv2 PATH]
-        [--out DIR]
-
-Each distinct layer workload (``layer_workload`` with a bias + ReLU epilogue) is measured once per
-precision: the registry's kernel on its fallback configuration, timed with TVM's
-``time_evaluator``; beside it onnxruntime's one-layer ``Conv`` + ``Relu`` and ``QLinearConv``
-(``Gemm`` / ``QGemm`` for dense) without the layout conversions the optimizer puts at the graph's
-edges. All variants of a workload run in interleaved rounds. Method: ``bench/README.md``.
-"""
+"""Per-layer kernel latency of every tvmq precision beside onnxruntime, on real layer shapes."""
 
 from __future__ import annotations
 
@@ -313,7 +302,7 @@ def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any
         other, wall = meter.other_cores(), time.perf_counter() - meter.wall
         row.update(other_cpu_cores=None if other is None else round(other, 3),
                    loadavg_1m=[load0, os.getloadavg()[0]], wall_s=round(wall, 2), results=results,
-                   ratios=ratios(results))
+                   ratios=ratios({v: median_of(results, v) for v in results}))
         rows.append(row)
         cells = " ".join(f"{v}=" + (f"{results[v]['median_ms']:.3f}" if results[v].get("ok") else "ERR")
                          for v in (*args.spec_list, *RIVALS))
@@ -385,15 +374,14 @@ def median_of(results: dict[str, Any], variant: str) -> float | None:
     return r["median_ms"] if r and r.get("ok") else None
 
 
-def ratios(results: dict[str, Any]) -> dict[str, float | None]:
-    def ratio(a: str, b: str) -> float | None:
-        x, y = median_of(results, a), median_of(results, b)
-        return x / y if x is not None and y else None
+def div(x: float | None, y: float | None) -> float | None:
+    return x / y if x is not None and y else None
 
-    return {"w8a8/ort_int8": ratio("w8a8", ORT_INT8), "w4a8/w8a8": ratio("w4a8", "w8a8"),
-            "w8a16/w8a8": ratio("w8a16", "w8a8"), "fp32/ort_fp32": ratio("fp32", ORT_FP32),
-            "bf16/fp32": ratio("bf16", "fp32"), "w8a8/fp32": ratio("w8a8", "fp32"),
-            "ort_int8/ort_fp32": ratio(ORT_INT8, ORT_FP32)}
+
+def ratios(medians: dict[str, float | None]) -> dict[str, float | None]:
+    pairs = [("w8a8", ORT_INT8), ("w4a8", "w8a8"), ("w8a16", "w8a8"), ("fp32", ORT_FP32), ("bf16", "fp32"),
+             ("w8a8", "fp32"), (ORT_INT8, ORT_FP32)]
+    return {f"{a}/{b}": div(medians.get(a), medians.get(b)) for a, b in pairs}
 
 
 def summed(rows: list[dict[str, Any]], specs: Sequence[str]) -> dict[str, Any]:
@@ -404,12 +392,10 @@ def summed(rows: list[dict[str, Any]], specs: Sequence[str]) -> dict[str, Any]:
 
     medians = {v: total([median_of(r["results"], v) for r in rows]) for v in (*specs, *RIVALS)}
     graph = {v: total([r["results"][v]["graph"]["median_ms"] if r["results"][v].get("ok") else None
-                       for r in rows])
-             for v in RIVALS}
+                       for r in rows]) for v in RIVALS}
     return {"workloads": len(rows), "layers": sum(r["count"] for r in rows),
             "macs": sum(r["macs"] * r["count"] for r in rows), "median_ms": medians,
-            "rival_graph_median_ms": graph,
-            "ratios": ratios({v: {"ok": t is not None, "median_ms": t} for v, t in medians.items()})}
+            "rival_graph_median_ms": graph, "ratios": ratios(medians)}
 
 
 def fmt_ms(t: float | None) -> str:
@@ -420,57 +406,29 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def ratio_columns(specs: Sequence[str]) -> list[tuple[str, str, str]]:
-    present = {*specs, *RIVALS}
-    return [c for c in RATIO_COLUMNS if c[1] in present and c[2] in present]
-
-
-def ratio_cells(res: dict[str, Any], specs: Sequence[str]) -> list[str]:
-    cells = []
-    for _, a, b in ratio_columns(specs):
-        x, y = median_of(res, a), median_of(res, b)
-        cells.append(fmt(x / y if x is not None and y else None))
-    return cells
-
-
-def table_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def model_table(model: dict[str, Any], specs: Sequence[str]) -> str:
+def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool) -> str:
+    """The per-workload table (with GOPS and the sum row) or the per-kind one."""
     variants = (*specs, *RIVALS)
-    gops_cols = [v for v in ("w8a8", ORT_INT8) if v in variants]
-    head = (["layer (first, count)", "shape", "MMAC"] + [label(s) for s in variants]
-            + [f"GOPS {label(v).split()[-1]}" for v in gops_cols] + [c[0] for c in ratio_columns(specs)])
-    lines = [table_row(head), "|---|---|" + "---:|" * (len(head) - 2)]
+    cols = [c for c in RATIO_COLUMNS if c[1] in variants and c[2] in variants]
+    gops = [v for v in ("w8a8", ORT_INT8) if v in variants] if by_layer else []
 
-    def cells(res: dict[str, Any], macs: int) -> list[str]:
-        times = [median_of(res, v) for v in gops_cols]
-        gops = [None if t is None or t <= 0 else 2 * macs / (t * 1e-3) / 1e9 for t in times]
-        return ([fmt_ms(median_of(res, v)) for v in variants] + [fmt(g, 1) for g in gops]
-                + ratio_cells(res, specs))
+    def cells(medians: dict[str, float | None], macs: int) -> list[str]:
+        return ([fmt_ms(medians[v]) for v in variants]
+                + [fmt(None if not medians[v] or medians[v] <= 0 else 2 * macs / medians[v] / 1e6, 1)
+                   for v in gops] + [fmt(div(medians[a], medians[b])) for _, a, b in cols])
 
-    for r in model["rows"]:
-        lines.append(table_row([f"{short_name(r['first'])} x{r['count']}", r["shape"],
-                                f"{r['macs'] / 1e6:.1f}",
-                                *cells(r["results"], r["macs"])]))
+    head = ([label(v) for v in variants] + [f"GOPS {label(v).split()[-1]}" for v in gops]
+            + [c[0] for c in cols])
+    if not by_layer:
+        return h.md_table(["kind", "layers", "MMAC", *head], [
+            [cat, s["layers"], f"{s['macs'] / 1e6:.1f}", *cells(s["median_ms"], s["macs"])]
+            for cat, s in model["by_category"].items()])
+    rows = [[f"{short_name(r['first'])} x{r['count']}", r["shape"], f"{r['macs'] / 1e6:.1f}",
+             *cells({v: median_of(r["results"], v) for v in variants}, r["macs"])] for r in model["rows"]]
     s = model["sum"]
-    res = {v: {"ok": t is not None, "median_ms": t} for v, t in s["median_ms"].items()}
-    lines.append(table_row([f"**sum** ({s['layers']} layers)", "each x count", f"{s['macs'] / 1e6:.1f}",
-                            *cells(res, s["macs"])]))
-    return "\n".join(lines)
-
-
-def category_table(model: dict[str, Any], specs: Sequence[str]) -> str:
-    head = (["kind", "layers", "MMAC"] + [label(s) for s in (*specs, *RIVALS)]
-            + [c[0] for c in ratio_columns(specs)])
-    lines = [table_row(head), "|---|" + "---:|" * (len(head) - 1)]
-    for cat, s in model["by_category"].items():
-        res = {v: {"ok": t is not None, "median_ms": t} for v, t in s["median_ms"].items()}
-        lines.append(table_row([cat, str(s["layers"]), f"{s['macs'] / 1e6:.1f}",
-                                *[fmt_ms(s["median_ms"][v]) for v in (*specs, *RIVALS)],
-                                *ratio_cells(res, specs)]))
-    return "\n".join(lines)
+    rows.append([f"**sum** ({s['layers']} layers)", "each x count", f"{s['macs'] / 1e6:.1f}",
+                 *cells(s["median_ms"], s["macs"])])
+    return h.md_table(["layer (first, count)", "shape", "MMAC", *head], rows, "llr")
 
 
 def count_of(keys: Sequence[str]) -> str:
@@ -545,7 +503,7 @@ def render(result: dict[str, Any]) -> str:
            "rows use Gemm + Relu and QGemm. GOPS = 2 x MACs / time. Ratios below 1: the first is faster. The "
            "sum row adds each workload's time x its count.", ""]
     for name, model in result["models"].items():
-        out += [f"### {name}", "", model_table(model, s["specs"]), "", category_table(model, s["specs"]), ""]
+        out += [f"### {name}", "", table(model, s["specs"], True), "", table(model, s["specs"], False), ""]
     spare = max(0, m["nproc"] - s["threads"])
     notes = [n for name, model in result["models"].items()
              for n in model_notes(name, model, s["specs"], spare)]

@@ -1,15 +1,5 @@
 """Mixed precision end to end on the real MobileNetV2: sensitivity, allocation on measured
 latencies, builds, re-measurement, accuracy.
-
-    python -m bench.mixed_pipeline [--model PATH] [--root ../shared/data/imagenet-sample] [--n 1000]
-        [--calib 256] [--sens-samples 32] [--db bench/results/tuning_mobilenetv2.jsonl] [--size-budget 0.6x]
-        [--latency-budget 0.75x] [--front-points 8] [--threads 1] [--repeat 50] [--build-dir DIR] [--out DIR]
-
-1. Calibrate on the first ``--calib`` images, then ``tvmq.pipeline.compile_mixed`` twice: under
-   the size budget, and under the size and latency budgets (latencies from the tuning database).
-2. The sensitivity-vs-latency Pareto front: at most ``--front-points`` of its plans built and timed.
-3. Every library (and fp32, uniform W8A8): predicted vs measured latency, weight bytes, top-1 on
-   ``--n`` images and agreement with onnxruntime fp32.
 """
 
 from __future__ import annotations

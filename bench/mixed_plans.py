@@ -1,12 +1,5 @@
 """Random per-layer mixed plans on the real MobileNetV2: each compiles to one library, and each
 equals its build's numpy program bit for bit (float layers included).
-
-    python -m bench.mixed_plans [--plans 20] [--images 40] [--exact 5] [--seed 0] [--root DIR] [--out DIR]
-
-Plans are drawn (seeded) over {W4A8, W8A8, W8A16, bf16, fp32}, every third one integer-only.
-Calibration: the first 256 imagenet-sample images; scoring (agreement with onnxruntime fp32): the
-next ``--images``, of which the first ``--exact`` are checked bit for bit. Exits 1 if a plan is not
-bit-exact or a layer ran on another spec's kernel.
 """
 
 from __future__ import annotations

@@ -1,17 +1,4 @@
-"""Tuning results from the tuning runs' own records (``tvmq tune`` databases and summaries).
-
-    tvmq tune .cache/models/mobilenetv2.onnx --specs w4a8,w8a8,w8a16,bf16,fp32 --trials 16 \\
-        --db bench/results/tuning_mobilenetv2.jsonl --summary bench/results/tune_mobilenetv2.json
-    tvmq tune <onnx>/backend/test/data/light/light_resnet50.onnx --specs w8a8 --trials 16 \\
-        --db bench/results/tuning_light_resnet50.jsonl --summary bench/results/tune_light_resnet50.json
-    python -m bench.w8a8_latency --db ...   # tuned vs untuned end to end, then:
-    python -m bench.tuning_report [--out DIR]
-
-Writes ``tuning.{json,md}``: per spec the tasks, measurements, tuning seconds and the sums over
-the model's layers of the fallback and tuned kernel latencies (as the tuner measured them); per
-W8A8 task fallback vs best; the XGBoost predictor's error on held-out tasks (seeds 0-2); the
-predicted W8A8 layer sum against the tuned library end to end (``w8a8_latency.json``, 1 thread).
-"""
+"""Tuning results from the tuning runs' own records (``tvmq tune`` databases and summaries)."""
 
 from __future__ import annotations
 

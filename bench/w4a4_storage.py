@@ -1,14 +1,4 @@
-"""Would 4-bit activations *stored* between layers (W4A4 storage) pay on this CPU?
-
-    python -m bench.w4a4_storage [--model .cache/models/mobilenetv2.onnx] [--repeat 30] [--out DIR]
-
-Without sub-byte arithmetic a 4-bit activation must be unpacked to bytes before any dot product
-reads it, so nibble storage can only save memory traffic. For every distinct layer-input tensor
-of the model (uint8, NCHW) this times, with TVM's generic CPU schedule (``schedule_generic``):
-``copy`` (read and write it once: W4A4 saves at most half of that), ``pack`` (uint8 -> two
-nibbles a byte, the producer's extra work) and ``unpack`` (the consumer's). W4A4 storage can pay
-only where ``pack + unpack < copy / 2``. (Accuracy, 16 levels per tensor, is not measured.)
-"""
+"""Would 4-bit activations *stored* between layers (W4A4 storage) pay on this CPU?"""
 
 from __future__ import annotations
 

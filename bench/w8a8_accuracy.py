@@ -1,14 +1,4 @@
-"""W8A8 accuracy and latency of the real MobileNetV2 on imagenet-sample, tvmq beside its rivals.
-
-    python -m bench.w8a8_accuracy [--root ../shared/data/imagenet-sample] [--n 1000] [--calib 256]
-        [--methods percentile,mse] [--plans w8a16,w4a8,mixed,bf16] [--check 20] [--out DIR]
-
-Rows: onnxruntime fp32 (the reference), tvmq W8A8 per activation range method and the tvmq
-``--plans`` (bit-exactness against the build's numpy program checked on the last ``--check``
-images), onnxruntime int8 (QDQ), OpenVINO fp32 and int8 (NNCF; skipped with a message without
-openvino/nncf). Columns: top-1, agreement with fp32, batch-1 median latency (1 thread, in-process,
-warm). Skips (exit 0, a message) without the image folder.
-"""
+"""W8A8 accuracy and latency of the real MobileNetV2 on imagenet-sample, tvmq beside its rivals."""
 
 from __future__ import annotations
 

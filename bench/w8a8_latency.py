@@ -1,16 +1,4 @@
-"""W8A8 batch-1 CPU latency: tvmq's integer-only W8A8 beside onnxruntime int8 and OpenVINO int8.
-
-    python -m bench.w8a8_latency [--models mobilenetv2,light_resnet50] [--threads 1,2] [--rounds 5]
-        [--warmup 10] [--repeat 30] [--calib 32] [--imagenet-root ../shared/data/imagenet-sample]
-        [--mobilenetv2 PATH] [--rebuild] [--db bench/results/tuning_mobilenetv2.jsonl ...] [--out DIR]
-
-Variants per (model, threads): onnxruntime fp32 (the baseline), tvmq W8A8 (``plan="w8a8"``,
-percentile ranges), tvmq W8A8 tuned (with ``--db``: the databases merged), onnxruntime int8
-(QDQ) and OpenVINO int8 (NNCF), the three quantizers on the same ``--calib`` inputs (mobilenetv2:
-the first imagenet-sample images, else seeded random inputs). The method is ``fp32_latency``'s
-(``bench.harness``); every artifact is built in a subprocess and cached in
-``bench/results/build/w8a8_<model>/`` while its stamp matches.
-"""
+"""W8A8 batch-1 CPU latency: tvmq's integer-only W8A8 beside onnxruntime int8 and OpenVINO int8."""
 
 from __future__ import annotations
 
