@@ -1,7 +1,4 @@
-"""The benchmarks' shared harness: machine description, timing workers in fresh subprocesses
-(``python -m bench.harness --worker SPEC_JSON``), interleaved rounds, statistics, the rivals
-(onnxruntime fp32 / int8 QDQ, OpenVINO int8 via NNCF), accuracy loops and results writing.
-"""
+"""The benchmarks' shared harness (see bench/README.md); ``python -m bench.harness --worker SPEC``."""
 
 from __future__ import annotations
 
@@ -44,7 +41,6 @@ OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and ISA flags (``/proc/cpuinfo``), usable CPUs, platform and Python version."""
     model_name, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -61,7 +57,6 @@ def machine_info() -> dict[str, Any]:
 
 
 def machine_line(info: dict[str, Any], sep: str = ", ") -> str:
-    """``AMD EPYC, 2 CPUs (avx2)``, as the tables' headers name the machine."""
     flags = sep.join(f for f, on in info["cpu_flags"].items() if on) or "none of " + "/".join(CPU_FLAGS)
     return f"{info['cpu_model']}, {info['nproc']} CPUs ({flags})"
 
@@ -88,7 +83,6 @@ def sha256_file(path: Path) -> str:
 
 
 def tvmq_source_hash() -> str:
-    """Hash of every Python file in tvmq/ and schedules/: a changed compiler invalidates builds."""
     h = hashlib.sha256()
     for folder in ("tvmq", "schedules"):
         for p in sorted((REPO_ROOT / folder).rglob("*.py")):
@@ -98,14 +92,12 @@ def tvmq_source_hash() -> str:
 
 
 def versions(tvm: str | None = None, *packages: str) -> dict[str, Any]:
-    """The versions recorded with every latency result (``packages`` are added after tvm)."""
     return {"tvm": tvm or package_version("apache-tvm"),
             **{p: package_version(p) for p in ("onnxruntime", *packages, "onnx")},
             "numpy": np.__version__, "tvmq_git": git_revision(), "tvmq_sources_sha256": tvmq_source_hash()}
 
 
 def summarize(samples: Sequence[float], mean: bool = True) -> dict[str, float | int]:
-    """Median, p10, p90 (``statistics.quantiles(n=10)``, as ``tvmq.BenchmarkResult``), mean, min, n."""
     s = sorted(samples)
     q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
     out = {"median_ms": statistics.median(s), "p10_ms": q[0], "p90_ms": q[-1],
@@ -120,7 +112,7 @@ def fmt_stat(stats: dict[str, Any] | None, error: str | None) -> str:
 
 
 class Run:
-    """One benchmark run: its start (time, load average) and the common head of its JSON."""
+    """One run: its start (time, load average) and the common head of its JSON."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -130,8 +122,6 @@ class Run:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in self.load_before)}", flush=True)
 
     def record(self, **fields: Any) -> dict[str, Any]:
-        """``benchmark``, ``date_utc``, ``duration_s``, ``machine`` (with the load before and
-        now), then ``fields`` in order."""
         self.load_after = os.getloadavg()
         return {"benchmark": self.name, "date_utc": self.started.isoformat(timespec="seconds"),
                 "duration_s": round((_dt.datetime.now(_dt.timezone.utc) - self.started).total_seconds(), 1),
@@ -144,7 +134,6 @@ class Run:
 
 
 def write_results(out: Path, name: str, result: Any, report: str) -> None:
-    """``out/name.json`` and ``out/name.md`` (the report, also printed), folders created."""
     print("\n" + report.rstrip("\n"))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -152,10 +141,18 @@ def write_results(out: Path, name: str, result: Any, report: str) -> None:
     print(f"wrote {out / name}.json and .md")
 
 
+def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l") -> str:
+    """A markdown table; ``align`` has an l or r per column, its last letter repeated."""
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(map(str, cells)) + " |"
+
+    sep = "|" + "".join("---|" if a == "l" else "---:|" for a in align.ljust(len(head), align[-1]))
+    return "\n".join([line(head), sep, *map(line, rows)])
+
+
 def argument_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser described by the first paragraph of ``doc``, with ``--out DIR`` (results)."""
-    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A parser described by ``doc``, with ``--out DIR`` (results)."""
+    p = argparse.ArgumentParser(description=doc)
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="folder of the results NAME.json / NAME.md (default bench/results)")
     return p
@@ -166,7 +163,7 @@ def light_resnet50_path() -> Path:
 
 
 def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
-    """The graph's real inputs (initializers excluded), symbolic dims taken as 1 (batch 1)."""
+    """The graph's real inputs (name, shape with symbolic dims as 1, dtype)."""
     graph = onnx.load(str(model), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     specs = []
@@ -179,7 +176,6 @@ def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]
 
 
 def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
-    """The ONNX file of each model of ``--models`` that exists, and why the others are skipped."""
     sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path()}
     found: dict[str, Path] = {}
     skipped: dict[str, str] = {}
@@ -194,7 +190,6 @@ def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, st
 
 
 def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
-    """``--models``, ``--mobilenetv2`` and ``--threads`` (a comma-separated list)."""
     p.add_argument("--models", default=",".join(ALL_MODELS),
                    help=f"comma-separated subset of {','.join(ALL_MODELS)} (default: all)")
     p.add_argument("--mobilenetv2", type=Path, default=DEFAULT_MOBILENETV2,
@@ -203,7 +198,6 @@ def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
 
 
 def check_models(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``args.model_list`` and ``args.thread_list`` from the options of ``model_option``."""
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
     if unknown := [m for m in args.model_list if m not in ALL_MODELS]:
         p.error(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
@@ -217,7 +211,6 @@ def check_models(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def latency_args(argv: Sequence[str] | None, doc: str | None,
                  add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """The options of the end-to-end latency benches; ``add`` adds a script's own."""
     p = argument_parser(doc)
     model_option(p)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
@@ -235,13 +228,11 @@ def latency_args(argv: Sequence[str] | None, doc: str | None,
 
 
 def image_options(p: argparse.ArgumentParser) -> None:
-    """``--model`` (default the real MobileNetV2) and ``--root`` (the imagenet-sample folder)."""
     p.add_argument("--model", default=str(DEFAULT_MOBILENETV2), help="ONNX file (default: MobileNetV2)")
     p.add_argument("--root", default=str(DEFAULT_IMAGENET), help="imagenet-sample folder (../shared/data)")
 
 
 def images_missing(args: argparse.Namespace) -> bool:
-    """Whether ``--root`` or ``--model`` is missing (then says so: the script skips)."""
     if Path(args.root, "labels.csv").exists() and Path(args.model).exists():
         return False
     print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} (`make "
@@ -250,7 +241,6 @@ def images_missing(args: argparse.Namespace) -> bool:
 
 
 def imagenet_eval() -> Any:
-    """The module ``scripts/imagenet_eval.py`` (``load_imagenet_sample``, ``onnxruntime_logits``)."""
     scripts = str(REPO_ROOT / "scripts")  # scripts/ is a folder of scripts, not a package
     if scripts not in sys.path:
         sys.path.insert(0, scripts)
@@ -260,22 +250,18 @@ def imagenet_eval() -> Any:
 
 
 def imagenet_sample(root: str | Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` imagenet-sample images (preprocessed) and their labels."""
     return imagenet_eval().load_imagenet_sample(root, n=n)
 
 
 def predictions(run_one: Callable[[np.ndarray], Any], x: np.ndarray) -> np.ndarray:
-    """The argmax of ``run_one(x[i:i+1])`` (the first output) for every image, batch 1."""
     return np.array([np.asarray(run_one(x[i:i + 1])).argmax() for i in range(len(x))])
 
 
 def top1(pred: np.ndarray, y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Top-1 on the labels ``y`` and top-1 agreement with the reference predictions ``ref``."""
     return {"top1": float((pred == y).mean()), "agreement": float((pred == ref).mean())}
 
 
 def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float:
-    """Median wall-clock ms of ``repeat`` in-process calls of ``fn`` after ``warmup``."""
     from tvmq.runtime import time_calls  # deferred: imports TVM
 
     return time_calls(fn, warmup=warmup, repeat=repeat).median_ms
@@ -283,9 +269,7 @@ def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float
 
 def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_path: str | None = None,
                 level: str = "ORT_ENABLE_ALL") -> Any:
-    """An onnxruntime CPU session: ``intra_op_num_threads=threads`` (None: onnxruntime's
-    default), ``inter_op_num_threads=1``, optimization ``level``; the optimized graph is saved
-    to ``optimized_path`` if given."""
+    """A CPU session, ``threads`` intra-op (None: the default), 1 inter-op."""
     import onnxruntime as ort  # deferred: its thread pool must not live in every process
 
     so = ort.SessionOptions()
@@ -301,9 +285,7 @@ def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_pa
 
 
 def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
-    """onnxruntime int8: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel,
-    QUInt8 activations, QInt8 weights, MinMax) calibrated on ``calib`` (``[N, ...]``, one
-    batch-1 sample each). Writes ``out`` (and ``pre.onnx`` beside it); returns ``out``."""
+    """onnxruntime int8 (QDQ, per-channel, MinMax) calibrated on ``calib``, written to ``out``."""
     from onnxruntime.quantization import (  # deferred: onnxruntime
         CalibrationDataReader,
         CalibrationMethod,
@@ -332,14 +314,8 @@ def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
 
 
 def rival_onnx(model: Path, out: Path) -> Path:
-    """``model`` itself, or a copy at ``out`` that onnxruntime's and NNCF's quantizers handle.
-
-    The ``onnx`` wheel's ``light_*`` models (IR 3, opset 9) compute every weight with
-    ``ConstantOfShape`` from a shape that is an initializer *and* a graph input: NNCF then
-    quantizes no conv and ``quant_pre_process`` keeps the shapes as inputs. The copy has those
-    nodes evaluated into initializers, initializers removed from the inputs (IR >= 4), unused
-    ones dropped and the opset raised to 13 (per-channel ``DequantizeLinear``); same function.
-    """
+    """``model``, or a copy at ``out`` with ConstantOfShape weights folded, initializers out of the
+    inputs and opset 13, which the quantizers handle (bench/README.md)."""
     m = onnx.load(str(model))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
@@ -371,22 +347,15 @@ def rival_onnx(model: Path, out: Path) -> Path:
 
 
 def import_openvino() -> tuple[Any, Any]:
-    """``(openvino, nncf)``; ImportError when either is missing. Sets ``NNCF_CI=1`` unless set:
-    NNCF's telemetry off (it would try the network)."""
-    os.environ.setdefault("NNCF_CI", "1")
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's telemetry off (it would try the network)
     import nncf  # deferred: heavy, optional (the bench extra)
     import openvino as ov
 
     return ov, nncf
 
 
-def ov_config(threads: int = 1) -> dict[str, Any]:
-    return {**OV_CONFIG, "INFERENCE_NUM_THREADS": int(threads)}
-
-
 def nncf_int8(model: Any, calib: np.ndarray) -> tuple[Any, float]:
-    """``nncf.quantize`` of an ``openvino.Model`` (modified: pass a copy) on ``calib``, preset
-    PERFORMANCE, ``subset_size=len(calib)``; returns the quantized model and the seconds taken."""
+    """``nncf.quantize`` (modifies ``model``) on ``calib``; the quantized model and the seconds."""
     _, nncf = import_openvino()
     t = time.perf_counter()
     q = nncf.quantize(model, nncf.Dataset(calib, lambda a: a[None]),
@@ -395,7 +364,6 @@ def nncf_int8(model: Any, calib: np.ndarray) -> tuple[Any, float]:
 
 
 def ov_read(core: Any, path: str | Path, shape: Sequence[int]) -> Any:
-    """The model at ``path`` with its first input fixed to batch 1 (``[1, *shape[1:]]``)."""
     m = core.read_model(str(path))
     m.reshape({m.input(0).get_any_name(): [1, *shape[1:]]})
     return m
@@ -412,8 +380,7 @@ def ov_kernels(compiled: Any) -> str:
 
 
 class CpuMeter:
-    """How many cores *other* processes keep busy from construction to ``other_cores()``:
-    the machine's busy CPU time (``/proc/stat``, steal included) minus this process's own."""
+    """Cores *other* processes keep busy: the machine's busy CPU time (/proc/stat) minus ours."""
 
     def __init__(self) -> None:
         self.busy, self.own, self.wall = self._busy_s(), time.process_time(), time.perf_counter()
@@ -437,8 +404,7 @@ class CpuMeter:
 
 def _timed(fn: Callable[[], Any], spec: dict[str, Any], outputs: Callable[[], dict[str, Any]],
            **info: Any) -> dict[str, Any]:
-    """A timing worker's result: ``spec["repeat"]`` timed calls of ``fn`` (ms), the cores other
-    processes kept busy meanwhile, the outputs saved if asked, ``info``."""
+    """``spec["repeat"]`` timed calls of ``fn`` (ms), others' load, the outputs saved if asked."""
     meter, samples = CpuMeter(), []
     for _ in range(spec["repeat"]):
         t = time.perf_counter()
@@ -493,8 +459,7 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_tvmq(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``Module.run``; ``Module.benchmark(threads=T)`` sizes TVM's pool and warms up, its
-    own kernel-only statistics are kept as ``tvmq_api_benchmark``."""
+    """``Module.run``; ``Module.benchmark(threads=T)`` sizes the pool and warms up (kept too)."""
     import tvm  # deferred: workers import only what their kind needs
 
     import tvmq
@@ -507,7 +472,6 @@ def worker_tvmq(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``InferenceSession.run(None, feeds)`` (``ort_session``, T threads)."""
     import onnxruntime as ort  # deferred: workers import only what their kind needs
 
     feeds, sess = _feeds(spec["input"]), ort_session(spec["model"], int(spec["threads"]))
@@ -519,10 +483,10 @@ def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_openvino(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``InferRequest.infer`` of the model compiled for CPU with T threads."""
     ov, _ = import_openvino()
     feeds, core = _feeds(spec["input"]), ov.Core()
-    compiled = core.compile_model(core.read_model(spec["model"]), "CPU", ov_config(spec["threads"]))
+    config = {**OV_CONFIG, "INFERENCE_NUM_THREADS": int(spec["threads"])}
+    compiled = core.compile_model(core.read_model(spec["model"]), "CPU", config)
     req = compiled.create_infer_request()
     for _ in range(spec["warmup"]):
         req.infer(feeds)
@@ -569,8 +533,6 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def worker_main(spec_json: str) -> int:
-    """Run ``WORKERS[spec["kind"]]``, print its result as one ``JSON_MARKER`` line; an
-    exception becomes ``{"ok": False, "error": ...}``."""
     spec = json.loads(spec_json)
     try:
         fn = WORKERS.get(spec["kind"])
@@ -613,8 +575,7 @@ class ModelCase:
 
 def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path, spec: dict[str, Any],
                  rebuild: bool) -> tuple[Path | None, dict[str, Any], str | None]:
-    """Run the ``spec`` worker (a build or a quantization writing ``out``) unless ``out`` exists
-    with a matching stamp; ``(path or None, info with "reused", error)``."""
+    """The ``spec`` worker's result, unless ``out`` has a matching stamp: (path, info, error)."""
     if (not rebuild and out.exists() and stamp_path.exists()
             and json.loads(stamp_path.read_text()).get("stamp") == stamp):
         print(f"[{label}] reusing {out}", flush=True)
@@ -634,8 +595,7 @@ def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path,
 
 def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[str, Any] | None = None,
                  stamp_extra: dict[str, Any] | None = None) -> None:
-    """Compile (or reuse, while the stamp matches: ONNX file, tvmq sources, ``stamp_extra``) the
-    tvmq build, and write the seeded standard-normal input every variant reads."""
+    """The tvmq build (cached while its stamp matches) and the seeded random input."""
     case.build_dir.mkdir(parents=True, exist_ok=True)
     stamp = {"onnx_sha256": sha256_file(case.onnx_path), "tvmq_sources": tvmq_source_hash(),
              "python": sys.executable, **(stamp_extra or {})}
@@ -653,7 +613,7 @@ def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[
 
 
 def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
-    """``max|a - b| / max|b|`` over the outputs both saved (``None`` if none)."""
+    """``max|a - b| / max|b|`` over the outputs both saved."""
     def read(path: Path) -> dict[str, np.ndarray]:
         with np.load(path) as z:
             return {n: z[f"out_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
@@ -669,11 +629,8 @@ def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
 
 def run_rounds(label: str, threads: int, specs: dict[str, dict[str, Any]], args: argparse.Namespace,
                outputs: dict[str, Path], errors: dict[str, str]) -> dict[str, Any]:
-    """``args.rounds`` interleaved rounds; each runs every variant of ``specs`` (name -> worker
-    spec, in order) once, in a fresh worker. In round 0 each variant saves its outputs to
-    ``outputs[v]``; a variant in ``errors`` is not run, one that fails is added there. Returns the
-    pooled samples, per-round medians (with ``other_cpu_cores``, load after), errors, and per
-    variant each round's other result keys (``info``)."""
+    """``args.rounds`` rounds of every variant of ``specs`` not in ``errors`` (failures are added),
+    each in a fresh worker; round 0 saves the outputs."""
     width = max([11, *map(len, specs)])
     samples: dict[str, list[float]] = {v: [] for v in specs}
     rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in specs}
@@ -705,9 +662,7 @@ def _others(row: dict[str, Any]) -> list[float]:
 
 
 def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> list[str]:
-    """Notes under a table: every failure, every row whose per-round medians (of any variant)
-    differ by more than ``NOISY_ROUND_SPREAD``, and (with ``busy_cores``) every row during which
-    other processes kept at least that many cores busy."""
+    """Failures, noisy rows, and (with ``busy_cores``) rows during which others were that busy."""
     notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
              for row in rows for v, e in row["errors"].items()]
     for row in rows:
@@ -727,7 +682,6 @@ def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> li
 
 
 def interference_note(rows: list[dict[str, Any]]) -> str:
-    """The header's sentence on how busy other processes kept the CPUs ('' if unknown)."""
     others = [x for row in rows for x in _others(row)]
     if not others:
         return ""
