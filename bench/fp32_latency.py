@@ -33,16 +33,14 @@ def bench_pair(case: h.ModelCase, threads: int, args: Any, tmp: Path) -> dict[st
 
 
 def markdown_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
-    lines = ["| model | threads | tvmq median ms (p10-p90) | onnxruntime median ms (p10-p90) | ratio "
-             "tvmq/ort | rel. max diff |", "|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        st, err = row["stats"], row["errors"]
-        ratio = f"{row['ratio_tvmq_over_ort']:.2f}" if row["ratio_tvmq_over_ort"] else "-"
-        diff = f"{row['rel_max_diff']:.1e}" if row["rel_max_diff"] is not None else "-"
-        lines.append(f"| {row['model']} | {row['threads']} | {h.fmt_stat(st.get('tvmq'), err.get('tvmq'))} | "
-                     f"{h.fmt_stat(st.get('onnxruntime'), err.get('onnxruntime'))} | {ratio} | {diff} |")
+    head = ["model", "threads", "tvmq median ms (p10-p90)", "onnxruntime median ms (p10-p90)",
+            "ratio tvmq/ort", "rel. max diff"]
+    cells = [[row["model"], row["threads"],
+              *[h.fmt_stat(row["stats"].get(v), row["errors"].get(v)) for v in VARIANTS],
+              f"{row['ratio_tvmq_over_ort']:.2f}" if row["ratio_tvmq_over_ort"] else "-",
+              f"{row['rel_max_diff']:.1e}" if row["rel_max_diff"] is not None else "-"] for row in rows]
     notes = h.row_notes(rows) + [f"- {name}: skipped, {why}" for name, why in skipped.items()]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return h.md_table(head, cells, "lr", notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,13 +141,14 @@ def write_results(out: Path, name: str, result: Any, report: str) -> None:
     print(f"wrote {out / name}.json and .md")
 
 
-def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l") -> str:
-    """A markdown table; ``align`` has an l or r per column, its last letter repeated."""
+def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l",
+             notes: Sequence[str] = ()) -> str:
+    """A markdown table (``align``: l or r per column, the last repeated), then ``notes``."""
     def line(cells: Sequence[Any]) -> str:
         return "| " + " | ".join(map(str, cells)) + " |"
 
     sep = "|" + "".join("---|" if a == "l" else "---:|" for a in align.ljust(len(head), align[-1]))
-    return "\n".join([line(head), sep, *map(line, rows)])
+    return "\n".join([line(head), sep, *map(line, rows), *([""] + list(notes) if notes else [])])
 
 
 def argument_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -96,16 +96,15 @@ def report(args: Any, rows: list[dict[str, Any]], fp32_top1: float, n: int, isa:
              f"(onnxruntime fp32 top-1 {100 * fp32_top1:.1f}%), {args.calib} calibration images "
              f"({args.range} ranges), sensitivity on {args.sens_samples}; latencies from "
              f"{Path(args.db).name}; the front: sensitivity vs latency under the size budget.", "",
-             "| plan | specs | predicted ms | measured ms | error | weights MB | top-1 | vs fp32 (pt) | "
-             "agreement |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        err = (r["predicted_ms"] / r["measured_ms"] - 1) if r["predicted_ms"] else None
-        lines.append(f"| {r['label']} | {', '.join(f'{s} {c}' for s, c in r['specs'].items())} | "
-                     f"{fmt(r['predicted_ms'])} | {fmt(r['measured_ms'])} | "
-                     f"{fmt(err and 100 * err, '{:+.1f}%')} | {r['weight_bytes'] / 1e6:.2f} | "
-                     f"{100 * r['top1']:.1f}% | {100 * (r['top1'] - fp32_top1):+.1f} | "
-                     f"{100 * r['agreement']:.1f}% |")
+             h.md_table(
+        ["plan", "specs", "predicted ms", "measured ms", "error", "weights MB", "top-1", "vs fp32 (pt)",
+         "agreement"],
+        [[r["label"], ", ".join(f"{s} {c}" for s, c in r["specs"].items()), fmt(r["predicted_ms"]),
+          fmt(r["measured_ms"]), fmt(r["predicted_ms"] and 100 * (r["predicted_ms"] / r["measured_ms"] - 1),
+                                     "{:+.1f}%"),
+          f"{r['weight_bytes'] / 1e6:.2f}", f"{100 * r['top1']:.1f}%",
+          f"{100 * (r['top1'] - fp32_top1):+.1f}",
+          f"{100 * r['agreement']:.1f}%"] for r in rows], "llr")]
     return "\n".join(lines + ["",
                               "Pipeline seconds (size-budget run: calibrate + analyze + latency table + "
                               "reference build + allocate + build; tuning is separate, see "

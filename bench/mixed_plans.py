@@ -63,14 +63,12 @@ def main() -> int:
     lines = [f"MobileNetV2 (real), {len(rows)} random plans (seed {args.seed}), {len(test)} scored images, "
              f"256 calibration images, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"Bit-exact: library == numpy program on the first {args.exact} scored images.", "",
-             "| plan | " + " | ".join(ALL) + " | weights MB | bit-exact vs simulation | agreement with fp32 "
-                                             "| build s |",
-             "|---:|" + "---:|" * len(ALL) + "---:|---|---:|---:|"]
-    for row in rows:
-        ex = "no oracle" if row["bit_exact"] is None else str(row["bit_exact"])
-        lines.append(f"| {row['plan']} | " + " | ".join(str(row["specs"][k]) for k in ALL)
-                     + f" | {row['weight_bytes'] / 1e6:.2f} | {ex} | {100 * row['agreement']:.0f}% | "
-                       f"{row['build_s']} |")
+             h.md_table(["plan", *ALL, "weights MB", "bit-exact vs simulation", "agreement with fp32",
+                         "build s"],
+                        [[row["plan"], *(row["specs"][k] for k in ALL), f"{row['weight_bytes'] / 1e6:.2f}",
+                          "no oracle" if row["bit_exact"] is None else row["bit_exact"],
+                          f"{100 * row['agreement']:.0f}%", row["build_s"]] for row in rows],
+                        "r" * (len(ALL) + 2) + "lr")]
     h.write_results(Path(args.out), "mixed_plans", rows, "\n".join(lines))
     return 1 if any(r["bit_exact"] is not True or r["layers_on_wrong_kernel"] for r in rows) else 0
 

@@ -66,11 +66,11 @@ def main() -> int:
     lines = [f"W4A4 activation storage on {features.isa} ({pm.layers.total_macs / 1e6:.0f} MMAC model "
              f"{Path(args.model).name}), medians of {args.repeat} repeats, 1 thread; a layer input's traffic "
              "bound `copy` vs what packing costs.", "",
-             "| layer input (NCHW u8) | layers | KB | copy us | pack us | unpack us | pack+unpack < copy/2 |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {'x'.join(map(str, r['shape']))} | {r['layers']} | {r['bytes'] / 1e3:.0f} | "
-              f"{r['copy_us']:.1f} | {r['pack_us']:.1f} | {r['unpack_us']:.1f} | "
-              f"{'yes' if r['pays'] else 'no'} |" for r in rows]
+             h.md_table(["layer input (NCHW u8)", "layers", "KB", "copy us", "pack us", "unpack us",
+                         "pack+unpack < copy/2"],
+                        [["x".join(map(str, r["shape"])), r["layers"], f"{r['bytes'] / 1e3:.0f}",
+                          *(f"{r[k]:.1f}" for k in ("copy_us", "pack_us", "unpack_us")),
+                          "yes" if r["pays"] else "no"] for r in rows], "lrrrrrl")]
     lines += ["",
               f"Summed over the model's layers: copy {total['copy_us'] / 1e3:.2f} ms (W4A4 could save at "
               f"most half: {total['copy_us'] / 2e3:.2f} ms), pack + unpack "

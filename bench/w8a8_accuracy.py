@@ -76,18 +76,16 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
 
 
 def report(rows: list[dict[str, Any]], notes: list[str], args: Any, n: int, calib_s: float) -> str:
-    fp = rows[0]
-    lines = [f"MobileNetV2 (real), {n} imagenet-sample images, {args.calib} calibration images, batch 1, 1 "
-             f"thread, {platform.processor() or platform.machine()}, "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; calibration pass {calib_s:.1f}s", "",
-             "| variant | top-1 | vs fp32 (pt) | agreement with fp32 | median ms | weights (MB, as stored) | "
-             "bit-exact vs simulation |", "|---|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
-        wb = f"{row['weight_bytes'] / 1e6:.2f}" if "weight_bytes" in row else "-"
-        lines.append(f"| {row['variant']} | {100 * row['top1']:.1f}% | "
-                     f"{100 * (row['top1'] - fp['top1']):+.1f} | {100 * row['agreement']:.1f}% | "
-                     f"{row['ms']:.2f} | {wb} | {row.get('bit_exact', '-')} |")
-    return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else []))
+    head = (f"MobileNetV2 (real), {n} imagenet-sample images, {args.calib} calibration images, batch 1, 1 "
+            f"thread, {platform.processor() or platform.machine()}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; calibration pass {calib_s:.1f}s\n\n")
+    cells = [[row["variant"], f"{100 * row['top1']:.1f}%", f"{100 * (row['top1'] - rows[0]['top1']):+.1f}",
+              f"{100 * row['agreement']:.1f}%", f"{row['ms']:.2f}",
+              f"{row['weight_bytes'] / 1e6:.2f}" if "weight_bytes" in row else "-", row.get("bit_exact", "-")]
+             for row in rows]
+    return head + h.md_table(
+        ["variant", "top-1", "vs fp32 (pt)", "agreement with fp32", "median ms", "weights (MB, as stored)",
+         "bit-exact vs simulation"], cells, "lrrrrrl", [f"- {note}" for note in notes])
 
 
 def main() -> int:

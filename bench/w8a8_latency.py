@@ -153,17 +153,13 @@ def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]
     if tuned:
         keys += [(f"tuned/{v}", f"ratio tuned/{v}") for v in RIVALS]
         keys.append((f"tvmq/{TVMQ_TUNED}", "tuning speedup (untuned/tuned)"))
-    lines = ["| model | threads | " + " | ".join(shown) + " | " + " | ".join(t for _, t in keys) + " |",
-             "|---|---:|" + "---:|" * (len(shown) + len(keys))]
-    for row in rows:
-        cells = ["skipped" if v in row["skipped"] else h.fmt_stat(row["stats"].get(v), row["errors"].get(v))
-                 for v in shown]
-        ratios = [row["ratios"].get(k) for k, _ in keys]
-        lines.append(f"| {row['model']} | {row['threads']} | " + " | ".join(cells) + " | "
-                     + " | ".join(f"{r:.2f}" if r else "-" for r in ratios) + " |")
+    cells = [[row["model"], row["threads"],
+              *["skipped" if v in row["skipped"] else h.fmt_stat(row["stats"].get(v), row["errors"].get(v))
+                for v in shown],
+              *[f"{r:.2f}" if (r := row["ratios"].get(k)) else "-" for k, _ in keys]] for row in rows]
     notes = (h.row_notes(rows, BUSY_CORES) + model_notes(rows, models)
              + [f"- {name}: skipped, {why}" for name, why in skipped.items()])
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return h.md_table(["model", "threads", *shown, *(t for _, t in keys)], cells, "lr", notes)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
