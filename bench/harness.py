@@ -65,21 +65,8 @@ def package_version(name: str) -> str | None:
     return next((d.version for d in metadata.distributions(name=name)), None)
 
 
-def git_revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--", "tvmq", "schedules"))}
-
-
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tvmq_source_hash() -> str:
@@ -92,9 +79,14 @@ def tvmq_source_hash() -> str:
 
 
 def versions(tvm: str | None = None, *packages: str) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
     return {"tvm": tvm or package_version("apache-tvm"),
-            **{p: package_version(p) for p in ("onnxruntime", *packages, "onnx")},
-            "numpy": np.__version__, "tvmq_git": git_revision(), "tvmq_sources_sha256": tvmq_source_hash()}
+            **{p: package_version(p) for p in ("onnxruntime", *packages, "onnx")}, "numpy": np.__version__,
+            "tvmq_git": {"commit": git("rev-parse", "HEAD") or None,
+                         "dirty": bool(git("status", "--porcelain", "--", "tvmq", "schedules"))},
+            "tvmq_sources_sha256": tvmq_source_hash()}
 
 
 def summarize(samples: Sequence[float], mean: bool = True) -> dict[str, float | int]:
@@ -459,47 +451,40 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def worker_tvmq(spec: dict[str, Any]) -> dict[str, Any]:
-    """``Module.run``; ``Module.benchmark(threads=T)`` sizes the pool and warms up (kept too)."""
-    import tvm  # deferred: workers import only what their kind needs
+def worker_time(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one call: tvmq ``Module.run`` (``Module.benchmark(threads=T)`` sizes the pool and warms
+    up, its statistics kept too), ``InferenceSession.run`` or OpenVINO ``InferRequest.infer``."""
+    feeds, threads = _feeds(spec["input"]), int(spec["threads"])
+    if spec["kind"] == "tvmq":
+        import tvm  # deferred: workers import only what their kind needs
 
-    import tvmq
+        import tvmq
 
-    feeds, m = _feeds(spec["input"]), tvmq.load(spec["library"])
-    api = m.benchmark(feeds, warmup=spec["warmup"], repeat=max(1, spec["repeat"] // 3),
-                      threads=int(spec["threads"]))
-    return _timed(lambda: m.run(feeds), spec, lambda: m.run(feeds),
-                  tvmq_api_benchmark=api.to_json(), version=tvm.__version__)
+        m = tvmq.load(spec["library"])
+        api = m.benchmark(feeds, warmup=spec["warmup"], repeat=max(1, spec["repeat"] // 3), threads=threads)
+        return _timed(lambda: m.run(feeds), spec, lambda: m.run(feeds),
+                      tvmq_api_benchmark=api.to_json(), version=tvm.__version__)
+    if spec["kind"] == "onnxruntime":
+        import onnxruntime as ort
 
-
-def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
-    import onnxruntime as ort  # deferred: workers import only what their kind needs
-
-    feeds, sess = _feeds(spec["input"]), ort_session(spec["model"], int(spec["threads"]))
+        sess = ort_session(spec["model"], threads)
+        call, outputs, info = (lambda: sess.run(None, feeds),
+                               lambda: dict(zip([o.name for o in sess.get_outputs()], call())),
+                               {"version": ort.__version__})
+    else:
+        ov, _ = import_openvino()
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(spec["model"]), "CPU",
+                                      {**OV_CONFIG, "INFERENCE_NUM_THREADS": threads})
+        req = compiled.create_infer_request()
+        call, outputs = (lambda: req.infer(feeds),
+                         lambda: {o.get_any_name(): np.asarray(call()[o]) for o in compiled.outputs})
+        info = {"version": ov.__version__, "kernels": ov_kernels(compiled),
+                "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                "ov_threads": int(compiled.get_property("INFERENCE_NUM_THREADS"))}
     for _ in range(spec["warmup"]):
-        sess.run(None, feeds)
-    names = [o.name for o in sess.get_outputs()]
-    return _timed(lambda: sess.run(None, feeds), spec,
-                  lambda: dict(zip(names, sess.run(None, feeds))), version=ort.__version__)
-
-
-def worker_openvino(spec: dict[str, Any]) -> dict[str, Any]:
-    ov, _ = import_openvino()
-    feeds, core = _feeds(spec["input"]), ov.Core()
-    config = {**OV_CONFIG, "INFERENCE_NUM_THREADS": int(spec["threads"])}
-    compiled = core.compile_model(core.read_model(spec["model"]), "CPU", config)
-    req = compiled.create_infer_request()
-    for _ in range(spec["warmup"]):
-        req.infer(feeds)
-
-    def outputs() -> dict[str, Any]:
-        res = req.infer(feeds)
-        return {o.get_any_name(): np.asarray(res[o]) for o in compiled.outputs}
-
-    return _timed(lambda: req.infer(feeds), spec, outputs, version=ov.__version__,
-                  kernels=ov_kernels(compiled),
-                  precision=compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
-                  ov_threads=int(compiled.get_property("INFERENCE_NUM_THREADS")))
+        call()
+    return _timed(call, spec, outputs, **info)
 
 
 def worker_quantize_ort(spec: dict[str, Any]) -> dict[str, Any]:
@@ -529,7 +514,7 @@ def worker_quantize_ov(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "build": worker_build, "tvmq": worker_tvmq, "onnxruntime": worker_ort, "openvino": worker_openvino,
+    "build": worker_build, "tvmq": worker_time, "onnxruntime": worker_time, "openvino": worker_time,
     "quantize_ort": worker_quantize_ort, "quantize_ov": worker_quantize_ov}
 
 

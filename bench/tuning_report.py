@@ -61,7 +61,7 @@ def section(name: str, r: dict[str, Any], summary: dict[str, Any]) -> list[str]:
                          "layers' tuned sum ms", "speedup"],
                         [[spec, v["tasks"], v["measurements"], f"{v['seconds']:.0f}",
                           f"{v['fallback_layers_ms']:.2f}", f"{v['tuned_layers_ms']:.2f}",
-                          f"{v['fallback_layers_ms'] / v['tuned_layers_ms'] if v['tuned_layers_ms'] else 0:.2f}x"]
+                          f"{v['fallback_layers_ms'] / (v['tuned_layers_ms'] or float('inf')):.2f}x"]
                          for spec, v in r["per_spec"].items()], "lr")]
     med = [", ".join(f"{100 * e['median_ape']:.1f}%" for e in es) for es in (err, r["predictor_best"])]
     lines += ["",
