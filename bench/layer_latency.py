@@ -66,7 +66,6 @@ def shape_summary(wl: Any) -> str:
 
 
 def distinct_workloads(layers: Any, epilogue: Any) -> list[dict[str, Any]]:
-    """One entry per distinct workload, in the order of first appearance."""
     from tvmq.passes.lower_kernels import layer_workload  # deferred: imports TVM
 
     by_key: dict[str, dict[str, Any]] = {}
@@ -79,8 +78,7 @@ def distinct_workloads(layers: Any, epilogue: Any) -> list[dict[str, Any]]:
 
 
 def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
-    """Random values for each parameter of a kernel PrimFunc: realistic qparams (int16
-    activations symmetric), multipliers in [2^30, 2^31), shifts 38..42, real bf16 values."""
+    """Random kernel arguments with realistic requantization parameters and real bf16 values."""
     from schedules.bf16 import to_bf16_bits  # deferred: imports TVM
 
     dtypes = {str(p.name): str(p.dtype) for p in func.params}
@@ -127,8 +125,7 @@ class TvmqKernel:
         self.mod["main"](*[tvm.runtime.tensor(v) for v in self.values])  # warm up
 
     def round(self, repeat: int, min_repeat_ms: int) -> list[float]:
-        """``repeat`` times in ms, each the mean of back to back calls for >= min_repeat_ms, on
-        freshly allocated arguments (a kernel's time can depend on where its buffers lie)."""
+        """``repeat`` times (ms) on freshly allocated arguments: placement can matter."""
         import tvm  # deferred: TVM
 
         args = [tvm.runtime.tensor(v) for v in self.values]
@@ -144,9 +141,7 @@ def conv_attributes(wl: Any) -> dict[str, Any]:
 
 
 def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[bytes, dict[str, np.ndarray]]:
-    """A one-layer ONNX model of ``wl`` (Conv + Relu / QLinearConv, or Gemm + Relu / QGemm: uint8
-    input with zero point 3, int8 per-channel weights, int32 bias, uint8 output with zero point 5)
-    and its feeds."""
+    """A one-layer ONNX model of ``wl`` (Conv + Relu / QLinearConv, or Gemm + Relu / QGemm), feeds."""
     dense = not hasattr(wl, "kernel_h")
     k = wl.out_features if dense else wl.out_channels
     inits = []
@@ -189,9 +184,8 @@ def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[byt
 
 def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
                  ) -> tuple[bytes, dict[str, np.ndarray], list[str]] | None:
-    """``opt`` (the model as onnxruntime optimized it) without the layout conversions at its
-    edges (NCHWc reorders, NHWC transposes; a network pays them once, not per layer): the model,
-    random feeds of its new input and the stripped node types, or None if nothing to strip."""
+    """``opt`` without the layout conversions at its edges (a network pays them once, not per
+    layer): (model, feeds, stripped node types), or None if there are none."""
     g, nodes = opt.graph, list(opt.graph.node)
     in_name, out_name = g.input[0].name, g.output[0].name
     new_in, new_out, stripped = in_name, out_name, []
@@ -224,7 +218,6 @@ def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
 
 
 def session_samples(sess: Any, feeds: dict[str, np.ndarray], budget_s: float, min_n: int) -> list[float]:
-    """Times in ms of single ``run`` calls, for ``budget_s`` and at least ``min_n`` calls."""
     samples: list[float] = []
     t_end = time.perf_counter() + budget_s
     while (len(samples) < min_n or time.perf_counter() < t_end) and len(samples) < 20000:
@@ -235,8 +228,7 @@ def session_samples(sess: Any, feeds: dict[str, np.ndarray], budget_s: float, mi
 
 
 class OrtLayer:
-    """A one-layer model in onnxruntime: ``kernel``, the optimized graph without its edge layout
-    conversions (the graph itself when there are none), and ``graph``, the model as built."""
+    """A one-layer model in onnxruntime: ``kernel`` (edges stripped) and ``graph`` (as built)."""
 
     def __init__(self, model: bytes, feeds: dict[str, np.ndarray], threads: int, tmp: Path,
                  warmup_s: float) -> None:
@@ -258,8 +250,6 @@ class OrtLayer:
             session_samples(sess, f, warmup_s, 5)
 
     def round(self, budget_s: float, min_n: int) -> tuple[list[float], list[float]]:
-        """Samples of ``kernel`` and of ``graph`` (the same list when they are the same), each on
-        freshly copied feeds (a new placement)."""
         k = session_samples(self.kernel[0], {n: v.copy() for n, v in self.kernel[1].items()}, budget_s, min_n)
         if self.graph is self.kernel:
             return k, k
@@ -268,7 +258,7 @@ class OrtLayer:
 
 
 def ort_call_overhead_ms(threads: int) -> float:
-    """Median ``InferenceSession.run`` time of a one-element ``Relu``: the per-call overhead."""
+    """onnxruntime's per-call overhead: the median time of a one-element ``Relu``."""
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
@@ -280,7 +270,6 @@ def ort_call_overhead_ms(threads: int) -> float:
 
 def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any, target: Any,
                   tmp: Path) -> dict[str, Any]:
-    """Every distinct workload of one model (the first ``--limit``), then the sums."""
     from schedules import registry  # deferred: imports TVM
     from schedules.workload import Epilogue
     from tvmq.frontend import prepare
@@ -316,14 +305,16 @@ def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any
             "sum": summed(rows, args.spec_list), "by_category": by_category}
 
 
-def build_variants(wl: Any, args: argparse.Namespace, features: Any, target: Any, rng: np.random.Generator,
-                   tmp: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The tvmq kernels and onnxruntime layers of one workload; failures go to ``results``."""
+def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: Any,
+                     rng: np.random.Generator, tmp: Path) -> dict[str, Any]:
+    """Every variant of one workload in ``--rounds`` interleaved rounds (the order reversed every
+    other round), the samples pooled; a variant that fails is reported, the others still run."""
+    results: dict[str, Any] = {}
     variants: dict[str, Any] = {}
     for spec in args.spec_list:
         try:
             variants[spec] = TvmqKernel(wl, spec, features, target, rng)
-        except Exception as e:  # noqa: BLE001  (reported, the other cells still run)
+        except Exception as e:  # noqa: BLE001
             results[spec] = {"ok": False, "error": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=3)}
     for rival, quantized in ((ORT_FP32, False), (ORT_INT8, True)):
@@ -333,15 +324,6 @@ def build_variants(wl: Any, args: argparse.Namespace, features: Any, target: Any
                                        max(0.05, args.repeat * args.min_repeat_ms / 1e4))
         except Exception as e:  # noqa: BLE001
             results[rival] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    return variants
-
-
-def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: Any,
-                     rng: np.random.Generator, tmp: Path) -> dict[str, Any]:
-    """Every variant of one workload, in ``--rounds`` interleaved rounds (the order reversed
-    every other round); each variant's samples pooled over the rounds."""
-    results: dict[str, Any] = {}
-    variants = build_variants(wl, args, features, target, rng, tmp, results)
     samples: dict[str, list[float]] = {v: [] for v in variants}
     graph_samples: dict[str, list[float]] = {v: [] for v in variants}
     round_medians: dict[str, list[float]] = {v: [] for v in variants}
@@ -385,8 +367,7 @@ def ratios(medians: dict[str, float | None]) -> dict[str, float | None]:
 
 
 def summed(rows: list[dict[str, Any]], specs: Sequence[str]) -> dict[str, Any]:
-    """Each variant's median x layer count, summed (``None`` if any workload failed); also the
-    rivals' one-layer graphs as built, with their edge layout conversions."""
+    """Each variant's median x layer count, summed (None if any failed); the rivals' graphs too."""
     def total(times: list[float | None]) -> float | None:
         return sum(t * r["count"] for t, r in zip(times, rows)) if rows and None not in times else None
 
