@@ -183,23 +183,25 @@ def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, st
 
 
 def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
-    p.add_argument("--models", default=",".join(ALL_MODELS),
+    """``--models`` (as ``model_list``), ``--mobilenetv2`` and ``--threads`` (as ``thread_list``)."""
+    def models(text: str) -> list[str]:
+        names = [m.strip() for m in text.split(",") if m.strip()]
+        if unknown := [m for m in names if m not in ALL_MODELS]:
+            raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
+        return names
+
+    def counts(text: str) -> list[int]:
+        values = [int(t) for t in text.split(",") if t.strip()]
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError("must list integers >= 1")
+        return values
+
+    p.add_argument("--models", dest="model_list", type=models, default=",".join(ALL_MODELS),
                    help=f"comma-separated subset of {','.join(ALL_MODELS)} (default: all)")
     p.add_argument("--mobilenetv2", type=Path, default=DEFAULT_MOBILENETV2,
                    help="MobileNetV2 ONNX file (default .cache/models/mobilenetv2.onnx)")
-    p.add_argument("--threads", default=threads, help=f"comma-separated thread counts (default {threads})")
-
-
-def check_models(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
-    if unknown := [m for m in args.model_list if m not in ALL_MODELS]:
-        p.error(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
-    try:
-        args.thread_list = [int(t) for t in args.threads.split(",") if t.strip()]
-    except ValueError:
-        p.error(f"--threads must be comma-separated integers, got {args.threads!r}")
-    if not args.thread_list or min(args.thread_list) < 1:
-        p.error("--threads must list integers >= 1")
+    p.add_argument("--threads", dest="thread_list", type=counts, default=threads,
+                   help=f"comma-separated thread counts (default {threads})")
 
 
 def latency_args(argv: Sequence[str] | None, doc: str | None,
@@ -214,7 +216,6 @@ def latency_args(argv: Sequence[str] | None, doc: str | None,
     if add is not None:
         add(p)
     args = p.parse_args(argv)
-    check_models(p, args)
     if args.rounds < 1 or args.repeat < 1 or args.warmup < 0:
         p.error("--rounds and --repeat must be >= 1, --warmup >= 0")
     return args

@@ -507,7 +507,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="minimum duration of one repeat in ms (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random arguments (default 0)")
     args = p.parse_args(argv)
-    h.check_models(p, args)
     if len(args.thread_list) != 1:
         p.error("--threads takes one thread count here")
     args.threads = args.thread_list[0]
