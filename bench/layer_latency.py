@@ -469,20 +469,17 @@ def render(result: dict[str, Any]) -> str:
            f"untuned; ISA level {s['isa']}) beside onnxruntime {result['versions']['onnxruntime']} on the "
            f"same shapes. {h.machine_line(m, ',')}; load average {m['loadavg_before'][0]:.2f} before, "
            f"{m['loadavg_after'][0]:.2f} after; {result['date_utc'][:16].replace('T', ' ')} UTC"
-           + (f"; other processes kept {statistics.fmean(busy):.2f} cores busy on average (max "
-              f"{max(busy):.2f})"
-              if busy else "") + ".", "",
-           f"Cells: ms per call; each workload's variants are timed in {s['rounds']} interleaved rounds and "
-           f"pooled. tvmq: median over {s['rounds'] * -(-s['repeat'] // s['rounds'])} repeats of the mean "
-           f"time of back to back calls for >= {s['min_repeat_ms']} ms (TVM time_evaluator). onnxruntime: "
-           f"median of single `InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, "
-           f"including its per-call overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a "
-           "one-element Relu), on the graph onnxruntime's optimizer makes of a one-layer model minus the "
-           "layout conversions it puts at the graph's edges (NCHW to NCHWc reorders for fp32, NHWC "
-           "transposes for int8: a network pays them once, not per layer; the notes give the sums with "
-           "them). Every layer with the epilogue bias + ReLU; ORT Conv fp32 is Conv + Relu (fused), dense "
-           "rows use Gemm + Relu and QGemm. GOPS = 2 x MACs / time. Ratios below 1: the first is faster. The "
-           "sum row adds each workload's time x its count.", ""]
+           + (f"; other processes kept {statistics.fmean(busy):.2f} cores busy on average "
+              f"(max {max(busy):.2f})" if busy else "") + ".", "",
+           f"Cells: ms per call; each workload's variants in {s['rounds']} interleaved rounds, pooled. tvmq: "
+           f"median of {s['rounds'] * -(-s['repeat'] // s['rounds'])} repeats of back to back calls for >= "
+           f"{s['min_repeat_ms']} ms (TVM time_evaluator). onnxruntime: median of single "
+           f"`InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, with its per-call "
+           f"overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a one-element Relu), on its "
+           "optimized one-layer graph minus the layout conversions at its edges (a network pays them once; "
+           "the notes give the sums with them). Epilogue bias + ReLU (ORT: Conv + Relu fused, Gemm + Relu "
+           "and QGemm for dense). GOPS = 2 x MACs / time; ratios below 1: the first is faster; the sum row "
+           "adds each workload's time x its count.", ""]
     for name, model in result["models"].items():
         out += [f"### {name}", "", table(model, s["specs"], True), "", table(model, s["specs"], False), ""]
     spare = max(0, m["nproc"] - s["threads"])
@@ -495,8 +492,8 @@ def render(result: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = h.argument_parser(__doc__)
     h.model_option(p, threads="1")
-    p.add_argument("--specs", default=None, help=f"comma-separated tvmq precisions (default: every one the "
-                                                 f"kernel registry has, {','.join(SPECS)} first)")
+    p.add_argument("--specs", dest="spec_list", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
+                   help=f"comma-separated tvmq precisions (default: the registry's, {','.join(SPECS)} first)")
     p.add_argument("--limit", type=int, default=None,
                    help="measure only the first N distinct workloads of each model (quick runs)")
     p.add_argument("--repeat", type=int, default=15,
@@ -510,8 +507,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if len(args.thread_list) != 1:
         p.error("--threads takes one thread count here")
     args.threads = args.thread_list[0]
-    args.spec_list = None if args.specs is None else [s.strip() for s in args.specs.split(",") if s.strip()]
-    if args.spec_list is not None and not args.spec_list:
+    if args.spec_list == []:
         p.error("--specs is empty")
     args.error = p.error  # the precisions are checked against the registry once tvm is imported
     if min(args.repeat, args.rounds, 1 if args.limit is None else args.limit) < 1 or args.min_repeat_ms < 0:
