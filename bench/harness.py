@@ -280,18 +280,12 @@ def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_pa
 
 def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
     """onnxruntime int8 (QDQ, per-channel, MinMax) calibrated on ``calib``, written to ``out``."""
-    from onnxruntime.quantization import (  # deferred: onnxruntime
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime import quantization as q  # deferred: onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = onnx_input_specs(fp32_path)[0][0]
 
-    class Reader(CalibrationDataReader):
+    class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
             self.it = iter(calib)
 
@@ -301,9 +295,9 @@ def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
 
     pre = out.with_name("pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    q.quantize_static(str(pre), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      calibrate_method=q.CalibrationMethod.MinMax)
     return out
 
 
@@ -413,9 +407,10 @@ def _timed(fn: Callable[[], Any], spec: dict[str, Any], outputs: Callable[[], di
             "loadavg_after": os.getloadavg()}
 
 
-def _feeds(path: str) -> dict[str, np.ndarray]:
+def _named(path: str | Path, prefix: str = "in") -> dict[str, np.ndarray]:
+    """The arrays ``np.savez(path, __names__=..., in_0=...)`` (or ``out_0``...) saved, by name."""
     with np.load(path) as z:
-        return {n: z[f"in_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
+        return {n: z[f"{prefix}_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
 
 
 def _calib(path: str) -> np.ndarray:
@@ -455,7 +450,7 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_time(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one call: tvmq ``Module.run`` (``Module.benchmark(threads=T)`` sizes the pool and warms
     up, its statistics kept too), ``InferenceSession.run`` or OpenVINO ``InferRequest.infer``."""
-    feeds, threads = _feeds(spec["input"]), int(spec["threads"])
+    feeds, threads = _named(spec["input"]), int(spec["threads"])
     if spec["kind"] == "tvmq":
         import tvm  # deferred: workers import only what their kind needs
 
@@ -586,8 +581,7 @@ def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[
     case.build_dir.mkdir(parents=True, exist_ok=True)
     stamp = {"onnx_sha256": sha256_file(case.onnx_path), "tvmq_sources": tvmq_source_hash(),
              "python": sys.executable, **(stamp_extra or {})}
-    manifest = case.build_dir / "manifest.json"
-    if not manifest.exists():
+    if not (case.build_dir / "manifest.json").exists():
         (case.build_dir / STAMP_FILE).unlink(missing_ok=True)
     spec = {"kind": "build", "model": str(case.onnx_path), "out": str(case.build_dir), **(build_spec or {})}
     case.library, case.build_info, case.build_error = cached_build(
@@ -601,11 +595,7 @@ def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[
 
 def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
     """``max|a - b| / max|b|`` over the outputs both saved."""
-    def read(path: Path) -> dict[str, np.ndarray]:
-        with np.load(path) as z:
-            return {n: z[f"out_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
-
-    a, b = read(a_path), read(b_path)
+    a, b = _named(a_path, "out"), _named(b_path, "out")
     common = [n for n in b if n in a]
     if not common:
         return None
