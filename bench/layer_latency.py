@@ -403,7 +403,7 @@ def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool) -> str:
     if not by_layer:
         return h.md_table(["kind", "layers", "MMAC", *head], [
             [cat, s["layers"], f"{s['macs'] / 1e6:.1f}", *cells(s["median_ms"], s["macs"])]
-            for cat, s in model["by_category"].items()])
+            for cat, s in model["by_category"].items()], "lr")
     rows = [[f"{short_name(r['first'])} x{r['count']}", r["shape"], f"{r['macs'] / 1e6:.1f}",
              *cells({v: median_of(r["results"], v) for v in variants}, r["macs"])] for r in model["rows"]]
     s = model["sum"]
