@@ -143,12 +143,20 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l
     return "\n".join([line(head), sep, *map(line, rows), *([""] + list(notes) if notes else [])])
 
 
-def argument_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser described by ``doc``, with ``--out DIR`` (results)."""
+def argument_parser(doc: str | None, **options: Any) -> argparse.ArgumentParser:
+    """A parser described by ``doc``, with ``--out DIR`` (results) and the ``options``."""
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="folder of the results NAME.json / NAME.md (default bench/results)")
+    add_options(p, **options)
     return p
+
+
+def add_options(p: argparse.ArgumentParser, **options: Any) -> None:
+    """``--name`` per keyword (``_`` as ``-``) typed by its default; a tuple is (default, help)."""
+    for name, value in options.items():
+        default, text = value if isinstance(value, tuple) else (value, None)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)
 
 
 def light_resnet50_path() -> Path:
@@ -206,12 +214,11 @@ def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
 
 def latency_args(argv: Sequence[str] | None, doc: str | None,
                  add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    p = argument_parser(doc)
+    p = argument_parser(doc, rounds=(5, "interleaved rounds (default 5)"),
+                        warmup=(10, "untimed calls per process (default 10)"),
+                        repeat=(30, "timed calls per process (default 30)"),
+                        seed=(0, "seed of the random input (default 0)"))
     model_option(p)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed calls per process (default 10)")
-    p.add_argument("--repeat", type=int, default=30, help="timed calls per process (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--rebuild", action="store_true", help="recompile even if a build is cached")
     if add is not None:
         add(p)

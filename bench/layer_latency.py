@@ -496,13 +496,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"comma-separated tvmq precisions (default: the registry's, {','.join(SPECS)} first)")
     p.add_argument("--limit", type=int, default=None,
                    help="measure only the first N distinct workloads of each model (quick runs)")
-    p.add_argument("--repeat", type=int, default=15,
-                   help="timed repeats per tvmq kernel, over all rounds (default 15)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="interleaved rounds per workload, the repeats split between them (default 3)")
-    p.add_argument("--min-repeat-ms", type=int, default=20,
-                   help="minimum duration of one repeat in ms (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random arguments (default 0)")
+    h.add_options(p, repeat=(15, "timed repeats per tvmq kernel, over all rounds (default 15)"),
+                  rounds=(3, "interleaved rounds per workload, the repeats split between them (default 3)"),
+                  min_repeat_ms=(20, "minimum duration of one repeat in ms (default 20)"),
+                  seed=(0, "seed of the random arguments (default 0)"))
     args = p.parse_args(argv)
     if len(args.thread_list) != 1:
         p.error("--threads takes one thread count here")

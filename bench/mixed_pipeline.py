@@ -113,20 +113,13 @@ def report(args: Any, rows: list[dict[str, Any]], fp32_top1: float, n: int, isa:
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
+    ap = h.argument_parser(__doc__, n=1000, calib=256, sens_samples=32,
+                           db=str(h.RESULTS_DIR / "tuning_mobilenetv2.jsonl"), size_budget="0.6x",
+                           latency_budget=("0.75x", "the second plan's latency budget (and the size one)"),
+                           front_points=8, threads=1, repeat=50,
+                           build_dir=(str(h.BUILD_DIR / "mixed"), "where the libraries are built"))
     h.image_options(ap)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--calib", type=int, default=256)
-    ap.add_argument("--sens-samples", type=int, default=32)
-    ap.add_argument("--db", default=str(h.RESULTS_DIR / "tuning_mobilenetv2.jsonl"))
-    ap.add_argument("--size-budget", default="0.6x")
-    ap.add_argument("--latency-budget", default="0.75x",
-                    help="the second plan's latency budget (with the size budget too)")
     ap.add_argument("--range", default="percentile", choices=["minmax", "percentile", "mse"])
-    ap.add_argument("--front-points", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=50)
-    ap.add_argument("--build-dir", default=str(h.BUILD_DIR / "mixed"), help="where the libraries are built")
     args = ap.parse_args()
     if h.images_missing(args):
         return 0
@@ -145,7 +138,8 @@ def main() -> int:
     pipeline = {label: {"seconds": sec, "steps": r.timings} for label, (r, sec) in runs.items()}
     h.write_results(Path(args.out), "mixed_pipeline",
                     {"rows": rows, "fp32_top1": fp32_top1, "pipeline": pipeline,
-                     "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}},
+                     "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                  "output": str(Path(args.out) / "mixed_pipeline")}},
                     report(args, rows, fp32_top1, len(x), features.isa, runs["size"][0].timings))
     return 0
 

@@ -19,12 +19,9 @@ INT = ("w4a8", "w8a8", "w8a16")
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
+    ap = h.argument_parser(__doc__, plans=20, images=40, exact=(5, "images checked bit for bit per plan"),
+                           seed=0)
     h.image_options(ap)
-    ap.add_argument("--plans", type=int, default=20)
-    ap.add_argument("--images", type=int, default=40)
-    ap.add_argument("--exact", type=int, default=5, help="images checked bit for bit per plan")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if h.images_missing(args):
         return 0

@@ -31,10 +31,7 @@ def kernels(shape: tuple[int, ...]) -> dict[str, list[Any]]:
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
-    ap.add_argument("--model", default=str(h.DEFAULT_MOBILENETV2))
-    ap.add_argument("--repeat", type=int, default=30)
-    args = ap.parse_args()
+    args = h.argument_parser(__doc__, model=str(h.DEFAULT_MOBILENETV2), repeat=30).parse_args()
     import tvm  # deferred: TVM
     from tvm import te
 

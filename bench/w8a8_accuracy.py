@@ -89,15 +89,12 @@ def report(rows: list[dict[str, Any]], notes: list[str], args: Any, n: int, cali
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
+    ap = h.argument_parser(__doc__, n=1000, calib=256,
+                           methods=("percentile,mse", "W8A8 rows: activation range methods"),
+                           plans=("w8a16,w4a8,mixed,bf16", "more tvmq rows (percentile ranges): uniform "
+                                  "specs or 'mixed' (W4A8, depthwise, first, last W8A8); '' for none"),
+                           check=(20, "images checked bit-exact vs simulation"))
     h.image_options(ap)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--calib", type=int, default=256)
-    ap.add_argument("--methods", default="percentile,mse", help="W8A8 rows: activation range methods")
-    ap.add_argument("--plans", default="w8a16,w4a8,mixed,bf16",
-                    help="more tvmq rows, percentile ranges: uniform specs (w8a16, w4a8, bf16) or 'mixed' "
-                         "(W4A8, with the depthwise, first and last layers W8A8); '' for none")
-    ap.add_argument("--check", type=int, default=20, help="images checked bit-exact vs simulation")
     args = ap.parse_args()
     if h.images_missing(args):
         return 0

@@ -163,7 +163,7 @@ def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib", type=int, default=32, help="calibration inputs per model (default 32)")
+    h.add_options(p, calib=(32, "calibration inputs per model (default 32)"))
     p.add_argument("--db", type=Path, action="append", default=[],
                    help="tuning database(s) (tvmq tune): adds the 'tvmq W8A8 tuned' variant")
     p.add_argument("--imagenet-root", type=Path, default=h.DEFAULT_IMAGENET,
