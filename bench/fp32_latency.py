@@ -1,13 +1,4 @@
-"""fp32 batch-1 CPU latency: tvmq (untuned) side by side with onnxruntime, in one run.
-
-    python -m bench.fp32_latency [--models mobilenetv2,light_resnet50] [--threads 1,2] [--rounds 5]
-        [--warmup 10] [--repeat 30] [--mobilenetv2 .cache/models/mobilenetv2.onnx] [--rebuild] [--out DIR]
-
-Each model is compiled once (cached in ``bench/results/build/<model>/`` while the ONNX file and
-the tvmq sources are unchanged); per (model, threads) the variants run in ``--rounds``
-interleaved rounds, each in a fresh subprocess (``bench.harness``), on one seeded random input.
-The rel. max diff column compares the outputs of round 0. Method: ``bench/README.md``.
-"""
+"""fp32 batch-1 CPU latency: tvmq (untuned) side by side with onnxruntime, in one run."""
 
 from __future__ import annotations
 
@@ -42,16 +33,14 @@ def bench_pair(case: h.ModelCase, threads: int, args: Any, tmp: Path) -> dict[st
 
 
 def markdown_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
-    lines = ["| model | threads | tvmq median ms (p10-p90) | onnxruntime median ms (p10-p90) | ratio "
-             "tvmq/ort | rel. max diff |", "|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        st, err = row["stats"], row["errors"]
-        ratio = f"{row['ratio_tvmq_over_ort']:.2f}" if row["ratio_tvmq_over_ort"] else "-"
-        diff = f"{row['rel_max_diff']:.1e}" if row["rel_max_diff"] is not None else "-"
-        lines.append(f"| {row['model']} | {row['threads']} | {h.fmt_stat(st.get('tvmq'), err.get('tvmq'))} | "
-                     f"{h.fmt_stat(st.get('onnxruntime'), err.get('onnxruntime'))} | {ratio} | {diff} |")
+    head = ["model", "threads", "tvmq median ms (p10-p90)", "onnxruntime median ms (p10-p90)",
+            "ratio tvmq/ort", "rel. max diff"]
+    cells = [[row["model"], row["threads"],
+              *[h.fmt_stat(row["stats"].get(v), row["errors"].get(v)) for v in VARIANTS],
+              f"{row['ratio_tvmq_over_ort']:.2f}" if row["ratio_tvmq_over_ort"] else "-",
+              f"{row['rel_max_diff']:.1e}" if row["rel_max_diff"] is not None else "-"] for row in rows]
     notes = h.row_notes(rows) + [f"- {name}: skipped, {why}" for name, why in skipped.items()]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return h.md_table(head, cells, "lr", notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

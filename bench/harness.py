@@ -1,6 +1,4 @@
-"""The benchmarks' shared harness: machine description, timing workers in fresh subprocesses
-(``python -m bench.harness --worker SPEC_JSON``), interleaved rounds, statistics, the rivals
-(onnxruntime fp32 / int8 QDQ, OpenVINO int8 via NNCF), accuracy loops and results writing."""
+"""The benchmarks' shared harness (see bench/README.md); ``python -m bench.harness --worker SPEC``."""
 
 from __future__ import annotations
 
@@ -43,7 +41,6 @@ OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and ISA flags (``/proc/cpuinfo``), usable CPUs, platform and Python version."""
     model_name, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -60,7 +57,6 @@ def machine_info() -> dict[str, Any]:
 
 
 def machine_line(info: dict[str, Any], sep: str = ", ") -> str:
-    """``AMD EPYC, 2 CPUs (avx2)``, as the tables' headers name the machine."""
     flags = sep.join(f for f, on in info["cpu_flags"].items() if on) or "none of " + "/".join(CPU_FLAGS)
     return f"{info['cpu_model']}, {info['nproc']} CPUs ({flags})"
 
@@ -69,25 +65,11 @@ def package_version(name: str) -> str | None:
     return next((d.version for d in metadata.distributions(name=name)), None)
 
 
-def git_revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty": bool(git("status", "--porcelain", "--", "tvmq", "schedules"))}
-
-
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tvmq_source_hash() -> str:
-    """Hash of every Python file in tvmq/ and schedules/: a changed compiler invalidates builds."""
     h = hashlib.sha256()
     for folder in ("tvmq", "schedules"):
         for p in sorted((REPO_ROOT / folder).rglob("*.py")):
@@ -97,14 +79,17 @@ def tvmq_source_hash() -> str:
 
 
 def versions(tvm: str | None = None, *packages: str) -> dict[str, Any]:
-    """The versions recorded with every latency result (``packages`` are added after tvm)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
     return {"tvm": tvm or package_version("apache-tvm"),
-            **{p: package_version(p) for p in ("onnxruntime", *packages, "onnx")},
-            "numpy": np.__version__, "tvmq_git": git_revision(), "tvmq_sources_sha256": tvmq_source_hash()}
+            **{p: package_version(p) for p in ("onnxruntime", *packages, "onnx")}, "numpy": np.__version__,
+            "tvmq_git": {"commit": git("rev-parse", "HEAD") or None,
+                         "dirty": bool(git("status", "--porcelain", "--", "tvmq", "schedules"))},
+            "tvmq_sources_sha256": tvmq_source_hash()}
 
 
 def summarize(samples: Sequence[float], mean: bool = True) -> dict[str, float | int]:
-    """Median, p10, p90 (``statistics.quantiles(n=10)``, as ``tvmq.BenchmarkResult``), mean, min, n."""
     s = sorted(samples)
     q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
     out = {"median_ms": statistics.median(s), "p10_ms": q[0], "p90_ms": q[-1],
@@ -119,7 +104,7 @@ def fmt_stat(stats: dict[str, Any] | None, error: str | None) -> str:
 
 
 class Run:
-    """One benchmark run: its start (time, load average) and the common head of its JSON."""
+    """One run: its start (time, load average) and the common head of its JSON."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -129,8 +114,6 @@ class Run:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in self.load_before)}", flush=True)
 
     def record(self, **fields: Any) -> dict[str, Any]:
-        """``benchmark``, ``date_utc``, ``duration_s``, ``machine`` (with the load before and
-        now), then ``fields`` in order."""
         self.load_after = os.getloadavg()
         return {"benchmark": self.name, "date_utc": self.started.isoformat(timespec="seconds"),
                 "duration_s": round((_dt.datetime.now(_dt.timezone.utc) - self.started).total_seconds(), 1),
@@ -143,7 +126,6 @@ class Run:
 
 
 def write_results(out: Path, name: str, result: Any, report: str) -> None:
-    """``out/name.json`` and ``out/name.md`` (the report, also printed), folders created."""
     print("\n" + report.rstrip("\n"))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -151,13 +133,30 @@ def write_results(out: Path, name: str, result: Any, report: str) -> None:
     print(f"wrote {out / name}.json and .md")
 
 
-def argument_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser described by the first paragraph of ``doc``, with ``--out DIR`` (results)."""
-    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l",
+             notes: Sequence[str] = ()) -> str:
+    """A markdown table (``align``: l or r per column, the last repeated), then ``notes``."""
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(map(str, cells)) + " |"
+
+    sep = "|" + "".join("---|" if a == "l" else "---:|" for a in align.ljust(len(head), align[-1]))
+    return "\n".join([line(head), sep, *map(line, rows), *([""] + list(notes) if notes else [])])
+
+
+def argument_parser(doc: str | None, **options: Any) -> argparse.ArgumentParser:
+    """A parser described by ``doc``, with ``--out DIR`` (results) and the ``options``."""
+    p = argparse.ArgumentParser(description=doc)
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="folder of the results NAME.json / NAME.md (default bench/results)")
+    add_options(p, **options)
     return p
+
+
+def add_options(p: argparse.ArgumentParser, **options: Any) -> None:
+    """``--name`` per keyword (``_`` as ``-``) typed by its default; a tuple is (default, help)."""
+    for name, value in options.items():
+        default, text = value if isinstance(value, tuple) else (value, None)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)
 
 
 def light_resnet50_path() -> Path:
@@ -165,7 +164,7 @@ def light_resnet50_path() -> Path:
 
 
 def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
-    """The graph's real inputs (initializers excluded), symbolic dims taken as 1 (batch 1)."""
+    """The graph's real inputs (name, shape with symbolic dims as 1, dtype)."""
     graph = onnx.load(str(model), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
     specs = []
@@ -178,7 +177,6 @@ def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]
 
 
 def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
-    """The ONNX file of each model of ``--models`` that exists, and why the others are skipped."""
     sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path()}
     found: dict[str, Path] = {}
     skipped: dict[str, str] = {}
@@ -193,54 +191,49 @@ def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, st
 
 
 def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
-    """``--models``, ``--mobilenetv2`` and ``--threads`` (a comma-separated list)."""
-    p.add_argument("--models", default=",".join(ALL_MODELS),
+    """``--models`` (as ``model_list``), ``--mobilenetv2`` and ``--threads`` (as ``thread_list``)."""
+    def models(text: str) -> list[str]:
+        names = [m.strip() for m in text.split(",") if m.strip()]
+        if unknown := [m for m in names if m not in ALL_MODELS]:
+            raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
+        return names
+
+    def counts(text: str) -> list[int]:
+        values = [int(t) for t in text.split(",") if t.strip()]
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError("must list integers >= 1")
+        return values
+
+    p.add_argument("--models", dest="model_list", type=models, default=",".join(ALL_MODELS),
                    help=f"comma-separated subset of {','.join(ALL_MODELS)} (default: all)")
     p.add_argument("--mobilenetv2", type=Path, default=DEFAULT_MOBILENETV2,
                    help="MobileNetV2 ONNX file (default .cache/models/mobilenetv2.onnx)")
-    p.add_argument("--threads", default=threads, help=f"comma-separated thread counts (default {threads})")
-
-
-def check_models(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``args.model_list`` and ``args.thread_list`` from the options of ``model_option``."""
-    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
-    if unknown := [m for m in args.model_list if m not in ALL_MODELS]:
-        p.error(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
-    try:
-        args.thread_list = [int(t) for t in args.threads.split(",") if t.strip()]
-    except ValueError:
-        p.error(f"--threads must be comma-separated integers, got {args.threads!r}")
-    if not args.thread_list or min(args.thread_list) < 1:
-        p.error("--threads must list integers >= 1")
+    p.add_argument("--threads", dest="thread_list", type=counts, default=threads,
+                   help=f"comma-separated thread counts (default {threads})")
 
 
 def latency_args(argv: Sequence[str] | None, doc: str | None,
                  add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    """The options of the end-to-end latency benches; ``add`` adds a script's own."""
-    p = argument_parser(doc)
+    p = argument_parser(doc, rounds=(5, "interleaved rounds (default 5)"),
+                        warmup=(10, "untimed calls per process (default 10)"),
+                        repeat=(30, "timed calls per process (default 30)"),
+                        seed=(0, "seed of the random input (default 0)"))
     model_option(p)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed calls per process (default 10)")
-    p.add_argument("--repeat", type=int, default=30, help="timed calls per process (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--rebuild", action="store_true", help="recompile even if a build is cached")
     if add is not None:
         add(p)
     args = p.parse_args(argv)
-    check_models(p, args)
     if args.rounds < 1 or args.repeat < 1 or args.warmup < 0:
         p.error("--rounds and --repeat must be >= 1, --warmup >= 0")
     return args
 
 
 def image_options(p: argparse.ArgumentParser) -> None:
-    """``--model`` (default the real MobileNetV2) and ``--root`` (the imagenet-sample folder)."""
     p.add_argument("--model", default=str(DEFAULT_MOBILENETV2), help="ONNX file (default: MobileNetV2)")
     p.add_argument("--root", default=str(DEFAULT_IMAGENET), help="imagenet-sample folder (../shared/data)")
 
 
 def images_missing(args: argparse.Namespace) -> bool:
-    """Whether ``--root`` or ``--model`` is missing (then says so: the script skips)."""
     if Path(args.root, "labels.csv").exists() and Path(args.model).exists():
         return False
     print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} (`make "
@@ -249,7 +242,6 @@ def images_missing(args: argparse.Namespace) -> bool:
 
 
 def imagenet_eval() -> Any:
-    """The module ``scripts/imagenet_eval.py`` (``load_imagenet_sample``, ``onnxruntime_logits``)."""
     scripts = str(REPO_ROOT / "scripts")  # scripts/ is a folder of scripts, not a package
     if scripts not in sys.path:
         sys.path.insert(0, scripts)
@@ -259,22 +251,18 @@ def imagenet_eval() -> Any:
 
 
 def imagenet_sample(root: str | Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` imagenet-sample images (preprocessed) and their labels."""
     return imagenet_eval().load_imagenet_sample(root, n=n)
 
 
 def predictions(run_one: Callable[[np.ndarray], Any], x: np.ndarray) -> np.ndarray:
-    """The argmax of ``run_one(x[i:i+1])`` (the first output) for every image, batch 1."""
     return np.array([np.asarray(run_one(x[i:i + 1])).argmax() for i in range(len(x))])
 
 
 def top1(pred: np.ndarray, y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Top-1 on the labels ``y`` and top-1 agreement with the reference predictions ``ref``."""
     return {"top1": float((pred == y).mean()), "agreement": float((pred == ref).mean())}
 
 
 def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float:
-    """Median wall-clock ms of ``repeat`` in-process calls of ``fn`` after ``warmup``."""
     from tvmq.runtime import time_calls  # deferred: imports TVM
 
     return time_calls(fn, warmup=warmup, repeat=repeat).median_ms
@@ -282,9 +270,7 @@ def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float
 
 def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_path: str | None = None,
                 level: str = "ORT_ENABLE_ALL") -> Any:
-    """An onnxruntime CPU session: ``intra_op_num_threads=threads`` (None: onnxruntime's
-    default), ``inter_op_num_threads=1``, optimization ``level``; the optimized graph is saved
-    to ``optimized_path`` if given."""
+    """A CPU session, ``threads`` intra-op (None: the default), 1 inter-op."""
     import onnxruntime as ort  # deferred: its thread pool must not live in every process
 
     so = ort.SessionOptions()
@@ -300,21 +286,13 @@ def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_pa
 
 
 def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
-    """onnxruntime int8: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel,
-    QUInt8 activations, QInt8 weights, MinMax) calibrated on ``calib`` (``[N, ...]``, one
-    batch-1 sample each). Writes ``out`` (and ``pre.onnx`` beside it); returns ``out``."""
-    from onnxruntime.quantization import (  # deferred: onnxruntime
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    """onnxruntime int8 (QDQ, per-channel, MinMax) calibrated on ``calib``, written to ``out``."""
+    from onnxruntime import quantization as q  # deferred: onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = onnx_input_specs(fp32_path)[0][0]
 
-    class Reader(CalibrationDataReader):
+    class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
             self.it = iter(calib)
 
@@ -324,21 +302,15 @@ def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
 
     pre = out.with_name("pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    q.quantize_static(str(pre), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      calibrate_method=q.CalibrationMethod.MinMax)
     return out
 
 
 def rival_onnx(model: Path, out: Path) -> Path:
-    """``model`` itself, or a copy at ``out`` that onnxruntime's and NNCF's quantizers handle.
-
-    The ``onnx`` wheel's ``light_*`` models (IR 3, opset 9) compute every weight with
-    ``ConstantOfShape`` from a shape that is an initializer *and* a graph input: NNCF then
-    quantizes no conv and ``quant_pre_process`` keeps the shapes as inputs. The copy has those
-    nodes evaluated into initializers, initializers removed from the inputs (IR >= 4), unused
-    ones dropped and the opset raised to 13 (per-channel ``DequantizeLinear``); same function.
-    """
+    """``model``, or a copy at ``out`` with ConstantOfShape weights folded, initializers out of the
+    inputs and opset 13, which the quantizers handle (bench/README.md)."""
     m = onnx.load(str(model))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
@@ -370,22 +342,15 @@ def rival_onnx(model: Path, out: Path) -> Path:
 
 
 def import_openvino() -> tuple[Any, Any]:
-    """``(openvino, nncf)``; ImportError when either is missing. Sets ``NNCF_CI=1`` unless set:
-    NNCF's telemetry off (it would try the network)."""
-    os.environ.setdefault("NNCF_CI", "1")
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's telemetry off (it would try the network)
     import nncf  # deferred: heavy, optional (the bench extra)
     import openvino as ov
 
     return ov, nncf
 
 
-def ov_config(threads: int = 1) -> dict[str, Any]:
-    return {**OV_CONFIG, "INFERENCE_NUM_THREADS": int(threads)}
-
-
 def nncf_int8(model: Any, calib: np.ndarray) -> tuple[Any, float]:
-    """``nncf.quantize`` of an ``openvino.Model`` (modified: pass a copy) on ``calib``, preset
-    PERFORMANCE, ``subset_size=len(calib)``; returns the quantized model and the seconds taken."""
+    """``nncf.quantize`` (modifies ``model``) on ``calib``; the quantized model and the seconds."""
     _, nncf = import_openvino()
     t = time.perf_counter()
     q = nncf.quantize(model, nncf.Dataset(calib, lambda a: a[None]),
@@ -394,7 +359,6 @@ def nncf_int8(model: Any, calib: np.ndarray) -> tuple[Any, float]:
 
 
 def ov_read(core: Any, path: str | Path, shape: Sequence[int]) -> Any:
-    """The model at ``path`` with its first input fixed to batch 1 (``[1, *shape[1:]]``)."""
     m = core.read_model(str(path))
     m.reshape({m.input(0).get_any_name(): [1, *shape[1:]]})
     return m
@@ -411,8 +375,7 @@ def ov_kernels(compiled: Any) -> str:
 
 
 class CpuMeter:
-    """How many cores *other* processes keep busy from construction to ``other_cores()``:
-    the machine's busy CPU time (``/proc/stat``, steal included) minus this process's own."""
+    """Cores *other* processes keep busy: the machine's busy CPU time (/proc/stat) minus ours."""
 
     def __init__(self) -> None:
         self.busy, self.own, self.wall = self._busy_s(), time.process_time(), time.perf_counter()
@@ -436,8 +399,7 @@ class CpuMeter:
 
 def _timed(fn: Callable[[], Any], spec: dict[str, Any], outputs: Callable[[], dict[str, Any]],
            **info: Any) -> dict[str, Any]:
-    """A timing worker's result: ``spec["repeat"]`` timed calls of ``fn`` (ms), the cores other
-    processes kept busy meanwhile, the outputs saved if asked, ``info``."""
+    """``spec["repeat"]`` timed calls of ``fn`` (ms), others' load, the outputs saved if asked."""
     meter, samples = CpuMeter(), []
     for _ in range(spec["repeat"]):
         t = time.perf_counter()
@@ -452,9 +414,10 @@ def _timed(fn: Callable[[], Any], spec: dict[str, Any], outputs: Callable[[], di
             "loadavg_after": os.getloadavg()}
 
 
-def _feeds(path: str) -> dict[str, np.ndarray]:
+def _named(path: str | Path, prefix: str = "in") -> dict[str, np.ndarray]:
+    """The arrays ``np.savez(path, __names__=..., in_0=...)`` (or ``out_0``...) saved, by name."""
     with np.load(path) as z:
-        return {n: z[f"in_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
+        return {n: z[f"{prefix}_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
 
 
 def _calib(path: str) -> np.ndarray:
@@ -491,49 +454,40 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def worker_tvmq(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``Module.run``; ``Module.benchmark(threads=T)`` sizes TVM's pool and warms up, its
-    own kernel-only statistics are kept as ``tvmq_api_benchmark``."""
-    import tvm  # deferred: workers import only what their kind needs
+def worker_time(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one call: tvmq ``Module.run`` (``Module.benchmark(threads=T)`` sizes the pool and warms
+    up, its statistics kept too), ``InferenceSession.run`` or OpenVINO ``InferRequest.infer``."""
+    feeds, threads = _named(spec["input"]), int(spec["threads"])
+    if spec["kind"] == "tvmq":
+        import tvm  # deferred: workers import only what their kind needs
 
-    import tvmq
+        import tvmq
 
-    feeds, m = _feeds(spec["input"]), tvmq.load(spec["library"])
-    api = m.benchmark(feeds, warmup=spec["warmup"], repeat=max(1, spec["repeat"] // 3),
-                      threads=int(spec["threads"]))
-    return _timed(lambda: m.run(feeds), spec, lambda: m.run(feeds),
-                  tvmq_api_benchmark=api.to_json(), version=tvm.__version__)
+        m = tvmq.load(spec["library"])
+        api = m.benchmark(feeds, warmup=spec["warmup"], repeat=max(1, spec["repeat"] // 3), threads=threads)
+        return _timed(lambda: m.run(feeds), spec, lambda: m.run(feeds),
+                      tvmq_api_benchmark=api.to_json(), version=tvm.__version__)
+    if spec["kind"] == "onnxruntime":
+        import onnxruntime as ort
 
-
-def worker_ort(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``InferenceSession.run(None, feeds)`` (``ort_session``, T threads)."""
-    import onnxruntime as ort  # deferred: workers import only what their kind needs
-
-    feeds, sess = _feeds(spec["input"]), ort_session(spec["model"], int(spec["threads"]))
+        sess = ort_session(spec["model"], threads)
+        call, outputs, info = (lambda: sess.run(None, feeds),
+                               lambda: dict(zip([o.name for o in sess.get_outputs()], call())),
+                               {"version": ort.__version__})
+    else:
+        ov, _ = import_openvino()
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(spec["model"]), "CPU",
+                                      {**OV_CONFIG, "INFERENCE_NUM_THREADS": threads})
+        req = compiled.create_infer_request()
+        call, outputs = (lambda: req.infer(feeds),
+                         lambda: {o.get_any_name(): np.asarray(call()[o]) for o in compiled.outputs})
+        info = {"version": ov.__version__, "kernels": ov_kernels(compiled),
+                "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                "ov_threads": int(compiled.get_property("INFERENCE_NUM_THREADS"))}
     for _ in range(spec["warmup"]):
-        sess.run(None, feeds)
-    names = [o.name for o in sess.get_outputs()]
-    return _timed(lambda: sess.run(None, feeds), spec,
-                  lambda: dict(zip(names, sess.run(None, feeds))), version=ort.__version__)
-
-
-def worker_openvino(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``InferRequest.infer`` of the model compiled for CPU with T threads."""
-    ov, _ = import_openvino()
-    feeds, core = _feeds(spec["input"]), ov.Core()
-    compiled = core.compile_model(core.read_model(spec["model"]), "CPU", ov_config(spec["threads"]))
-    req = compiled.create_infer_request()
-    for _ in range(spec["warmup"]):
-        req.infer(feeds)
-
-    def outputs() -> dict[str, Any]:
-        res = req.infer(feeds)
-        return {o.get_any_name(): np.asarray(res[o]) for o in compiled.outputs}
-
-    return _timed(lambda: req.infer(feeds), spec, outputs, version=ov.__version__,
-                  kernels=ov_kernels(compiled),
-                  precision=compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
-                  ov_threads=int(compiled.get_property("INFERENCE_NUM_THREADS")))
+        call()
+    return _timed(call, spec, outputs, **info)
 
 
 def worker_quantize_ort(spec: dict[str, Any]) -> dict[str, Any]:
@@ -563,13 +517,11 @@ def worker_quantize_ov(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "build": worker_build, "tvmq": worker_tvmq, "onnxruntime": worker_ort, "openvino": worker_openvino,
+    "build": worker_build, "tvmq": worker_time, "onnxruntime": worker_time, "openvino": worker_time,
     "quantize_ort": worker_quantize_ort, "quantize_ov": worker_quantize_ov}
 
 
 def worker_main(spec_json: str) -> int:
-    """Run ``WORKERS[spec["kind"]]``, print its result as one ``JSON_MARKER`` line; an
-    exception becomes ``{"ok": False, "error": ...}``."""
     spec = json.loads(spec_json)
     try:
         fn = WORKERS.get(spec["kind"])
@@ -612,8 +564,7 @@ class ModelCase:
 
 def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path, spec: dict[str, Any],
                  rebuild: bool) -> tuple[Path | None, dict[str, Any], str | None]:
-    """Run the ``spec`` worker (a build or a quantization writing ``out``) unless ``out`` exists
-    with a matching stamp; ``(path or None, info with "reused", error)``."""
+    """The ``spec`` worker's result, unless ``out`` has a matching stamp: (path, info, error)."""
     if (not rebuild and out.exists() and stamp_path.exists()
             and json.loads(stamp_path.read_text()).get("stamp") == stamp):
         print(f"[{label}] reusing {out}", flush=True)
@@ -633,13 +584,11 @@ def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path,
 
 def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[str, Any] | None = None,
                  stamp_extra: dict[str, Any] | None = None) -> None:
-    """Compile (or reuse, while the stamp matches: ONNX file, tvmq sources, ``stamp_extra``) the
-    tvmq build, and write the seeded standard-normal input every variant reads."""
+    """The tvmq build (cached while its stamp matches) and the seeded random input."""
     case.build_dir.mkdir(parents=True, exist_ok=True)
     stamp = {"onnx_sha256": sha256_file(case.onnx_path), "tvmq_sources": tvmq_source_hash(),
              "python": sys.executable, **(stamp_extra or {})}
-    manifest = case.build_dir / "manifest.json"
-    if not manifest.exists():
+    if not (case.build_dir / "manifest.json").exists():
         (case.build_dir / STAMP_FILE).unlink(missing_ok=True)
     spec = {"kind": "build", "model": str(case.onnx_path), "out": str(case.build_dir), **(build_spec or {})}
     case.library, case.build_info, case.build_error = cached_build(
@@ -652,12 +601,8 @@ def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[
 
 
 def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
-    """``max|a - b| / max|b|`` over the outputs both saved (``None`` if none)."""
-    def read(path: Path) -> dict[str, np.ndarray]:
-        with np.load(path) as z:
-            return {n: z[f"out_{i}"] for i, n in enumerate(json.loads(str(z["__names__"])))}
-
-    a, b = read(a_path), read(b_path)
+    """``max|a - b| / max|b|`` over the outputs both saved."""
+    a, b = _named(a_path, "out"), _named(b_path, "out")
     common = [n for n in b if n in a]
     if not common:
         return None
@@ -668,11 +613,8 @@ def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
 
 def run_rounds(label: str, threads: int, specs: dict[str, dict[str, Any]], args: argparse.Namespace,
                outputs: dict[str, Path], errors: dict[str, str]) -> dict[str, Any]:
-    """``args.rounds`` interleaved rounds; each runs every variant of ``specs`` (name -> worker
-    spec, in order) once, in a fresh worker. In round 0 each variant saves its outputs to
-    ``outputs[v]``; a variant in ``errors`` is not run, one that fails is added there. Returns the
-    pooled samples, per-round medians (with ``other_cpu_cores``, load after), errors, and per
-    variant each round's other result keys (``info``)."""
+    """``args.rounds`` rounds of every variant of ``specs`` not in ``errors`` (failures are added),
+    each in a fresh worker; round 0 saves the outputs."""
     width = max([11, *map(len, specs)])
     samples: dict[str, list[float]] = {v: [] for v in specs}
     rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in specs}
@@ -704,9 +646,7 @@ def _others(row: dict[str, Any]) -> list[float]:
 
 
 def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> list[str]:
-    """Notes under a table: every failure, every row whose per-round medians (of any variant)
-    differ by more than ``NOISY_ROUND_SPREAD``, and (with ``busy_cores``) every row during which
-    other processes kept at least that many cores busy."""
+    """Failures, noisy rows, and (with ``busy_cores``) rows during which others were that busy."""
     notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
              for row in rows for v, e in row["errors"].items()]
     for row in rows:
@@ -726,7 +666,6 @@ def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> li
 
 
 def interference_note(rows: list[dict[str, Any]]) -> str:
-    """The header's sentence on how busy other processes kept the CPUs ('' if unknown)."""
     others = [x for row in rows for x in _others(row)]
     if not others:
         return ""

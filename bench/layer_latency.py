@@ -1,15 +1,4 @@
-"""Per-layer kernel latency of every tvmq precision beside onnxruntime, on real layer shapes.
-
-    python -m bench.layer_latency [--models mobilenetv2,light_resnet50] [--specs fp32,bf16,w8a8,w4a8,w8a16]
-        [--threads 1] [--limit N] [--repeat 15] [--rounds 3] [--min-repeat-ms 20] [--mobilenetv2 PATH]
-        [--out DIR]
-
-Each distinct layer workload (``layer_workload`` with a bias + ReLU epilogue) is measured once per
-precision: the registry's kernel on its fallback configuration, timed with TVM's
-``time_evaluator``; beside it onnxruntime's one-layer ``Conv`` + ``Relu`` and ``QLinearConv``
-(``Gemm`` / ``QGemm`` for dense) without the layout conversions the optimizer puts at the graph's
-edges. All variants of a workload run in interleaved rounds. Method: ``bench/README.md``.
-"""
+"""Per-layer kernel latency of every tvmq precision beside onnxruntime, on real layer shapes."""
 
 from __future__ import annotations
 
@@ -77,7 +66,6 @@ def shape_summary(wl: Any) -> str:
 
 
 def distinct_workloads(layers: Any, epilogue: Any) -> list[dict[str, Any]]:
-    """One entry per distinct workload, in the order of first appearance."""
     from tvmq.passes.lower_kernels import layer_workload  # deferred: imports TVM
 
     by_key: dict[str, dict[str, Any]] = {}
@@ -90,8 +78,7 @@ def distinct_workloads(layers: Any, epilogue: Any) -> list[dict[str, Any]]:
 
 
 def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
-    """Random values for each parameter of a kernel PrimFunc: realistic qparams (int16
-    activations symmetric), multipliers in [2^30, 2^31), shifts 38..42, real bf16 values."""
+    """Random kernel arguments with realistic requantization parameters and real bf16 values."""
     from schedules.bf16 import to_bf16_bits  # deferred: imports TVM
 
     dtypes = {str(p.name): str(p.dtype) for p in func.params}
@@ -138,8 +125,7 @@ class TvmqKernel:
         self.mod["main"](*[tvm.runtime.tensor(v) for v in self.values])  # warm up
 
     def round(self, repeat: int, min_repeat_ms: int) -> list[float]:
-        """``repeat`` times in ms, each the mean of back to back calls for >= min_repeat_ms, on
-        freshly allocated arguments (a kernel's time can depend on where its buffers lie)."""
+        """``repeat`` times (ms) on freshly allocated arguments: placement can matter."""
         import tvm  # deferred: TVM
 
         args = [tvm.runtime.tensor(v) for v in self.values]
@@ -155,9 +141,7 @@ def conv_attributes(wl: Any) -> dict[str, Any]:
 
 
 def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[bytes, dict[str, np.ndarray]]:
-    """A one-layer ONNX model of ``wl`` (Conv + Relu / QLinearConv, or Gemm + Relu / QGemm: uint8
-    input with zero point 3, int8 per-channel weights, int32 bias, uint8 output with zero point 5)
-    and its feeds."""
+    """A one-layer ONNX model of ``wl`` (Conv + Relu / QLinearConv, or Gemm + Relu / QGemm), feeds."""
     dense = not hasattr(wl, "kernel_h")
     k = wl.out_features if dense else wl.out_channels
     inits = []
@@ -200,9 +184,8 @@ def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[byt
 
 def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
                  ) -> tuple[bytes, dict[str, np.ndarray], list[str]] | None:
-    """``opt`` (the model as onnxruntime optimized it) without the layout conversions at its
-    edges (NCHWc reorders, NHWC transposes; a network pays them once, not per layer): the model,
-    random feeds of its new input and the stripped node types, or None if nothing to strip."""
+    """``opt`` without the layout conversions at its edges (a network pays them once, not per
+    layer): (model, feeds, stripped node types), or None if there are none."""
     g, nodes = opt.graph, list(opt.graph.node)
     in_name, out_name = g.input[0].name, g.output[0].name
     new_in, new_out, stripped = in_name, out_name, []
@@ -235,7 +218,6 @@ def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
 
 
 def session_samples(sess: Any, feeds: dict[str, np.ndarray], budget_s: float, min_n: int) -> list[float]:
-    """Times in ms of single ``run`` calls, for ``budget_s`` and at least ``min_n`` calls."""
     samples: list[float] = []
     t_end = time.perf_counter() + budget_s
     while (len(samples) < min_n or time.perf_counter() < t_end) and len(samples) < 20000:
@@ -246,8 +228,7 @@ def session_samples(sess: Any, feeds: dict[str, np.ndarray], budget_s: float, mi
 
 
 class OrtLayer:
-    """A one-layer model in onnxruntime: ``kernel``, the optimized graph without its edge layout
-    conversions (the graph itself when there are none), and ``graph``, the model as built."""
+    """A one-layer model in onnxruntime: ``kernel`` (edges stripped) and ``graph`` (as built)."""
 
     def __init__(self, model: bytes, feeds: dict[str, np.ndarray], threads: int, tmp: Path,
                  warmup_s: float) -> None:
@@ -269,8 +250,6 @@ class OrtLayer:
             session_samples(sess, f, warmup_s, 5)
 
     def round(self, budget_s: float, min_n: int) -> tuple[list[float], list[float]]:
-        """Samples of ``kernel`` and of ``graph`` (the same list when they are the same), each on
-        freshly copied feeds (a new placement)."""
         k = session_samples(self.kernel[0], {n: v.copy() for n, v in self.kernel[1].items()}, budget_s, min_n)
         if self.graph is self.kernel:
             return k, k
@@ -279,7 +258,7 @@ class OrtLayer:
 
 
 def ort_call_overhead_ms(threads: int) -> float:
-    """Median ``InferenceSession.run`` time of a one-element ``Relu``: the per-call overhead."""
+    """onnxruntime's per-call overhead: the median time of a one-element ``Relu``."""
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
@@ -291,7 +270,6 @@ def ort_call_overhead_ms(threads: int) -> float:
 
 def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any, target: Any,
                   tmp: Path) -> dict[str, Any]:
-    """Every distinct workload of one model (the first ``--limit``), then the sums."""
     from schedules import registry  # deferred: imports TVM
     from schedules.workload import Epilogue
     from tvmq.frontend import prepare
@@ -313,7 +291,7 @@ def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any
         other, wall = meter.other_cores(), time.perf_counter() - meter.wall
         row.update(other_cpu_cores=None if other is None else round(other, 3),
                    loadavg_1m=[load0, os.getloadavg()[0]], wall_s=round(wall, 2), results=results,
-                   ratios=ratios(results))
+                   ratios=ratios({v: median_of(results, v) for v in results}))
         rows.append(row)
         cells = " ".join(f"{v}=" + (f"{results[v]['median_ms']:.3f}" if results[v].get("ok") else "ERR")
                          for v in (*args.spec_list, *RIVALS))
@@ -327,14 +305,16 @@ def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any
             "sum": summed(rows, args.spec_list), "by_category": by_category}
 
 
-def build_variants(wl: Any, args: argparse.Namespace, features: Any, target: Any, rng: np.random.Generator,
-                   tmp: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The tvmq kernels and onnxruntime layers of one workload; failures go to ``results``."""
+def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: Any,
+                     rng: np.random.Generator, tmp: Path) -> dict[str, Any]:
+    """Every variant of one workload in ``--rounds`` interleaved rounds (the order reversed every
+    other round), the samples pooled; a variant that fails is reported, the others still run."""
+    results: dict[str, Any] = {}
     variants: dict[str, Any] = {}
     for spec in args.spec_list:
         try:
             variants[spec] = TvmqKernel(wl, spec, features, target, rng)
-        except Exception as e:  # noqa: BLE001  (reported, the other cells still run)
+        except Exception as e:  # noqa: BLE001
             results[spec] = {"ok": False, "error": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=3)}
     for rival, quantized in ((ORT_FP32, False), (ORT_INT8, True)):
@@ -344,15 +324,6 @@ def build_variants(wl: Any, args: argparse.Namespace, features: Any, target: Any
                                        max(0.05, args.repeat * args.min_repeat_ms / 1e4))
         except Exception as e:  # noqa: BLE001
             results[rival] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    return variants
-
-
-def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: Any,
-                     rng: np.random.Generator, tmp: Path) -> dict[str, Any]:
-    """Every variant of one workload, in ``--rounds`` interleaved rounds (the order reversed
-    every other round); each variant's samples pooled over the rounds."""
-    results: dict[str, Any] = {}
-    variants = build_variants(wl, args, features, target, rng, tmp, results)
     samples: dict[str, list[float]] = {v: [] for v in variants}
     graph_samples: dict[str, list[float]] = {v: [] for v in variants}
     round_medians: dict[str, list[float]] = {v: [] for v in variants}
@@ -385,31 +356,27 @@ def median_of(results: dict[str, Any], variant: str) -> float | None:
     return r["median_ms"] if r and r.get("ok") else None
 
 
-def ratios(results: dict[str, Any]) -> dict[str, float | None]:
-    def ratio(a: str, b: str) -> float | None:
-        x, y = median_of(results, a), median_of(results, b)
-        return x / y if x is not None and y else None
+def div(x: float | None, y: float | None) -> float | None:
+    return x / y if x is not None and y else None
 
-    return {"w8a8/ort_int8": ratio("w8a8", ORT_INT8), "w4a8/w8a8": ratio("w4a8", "w8a8"),
-            "w8a16/w8a8": ratio("w8a16", "w8a8"), "fp32/ort_fp32": ratio("fp32", ORT_FP32),
-            "bf16/fp32": ratio("bf16", "fp32"), "w8a8/fp32": ratio("w8a8", "fp32"),
-            "ort_int8/ort_fp32": ratio(ORT_INT8, ORT_FP32)}
+
+def ratios(medians: dict[str, float | None]) -> dict[str, float | None]:
+    pairs = [("w8a8", ORT_INT8), ("w4a8", "w8a8"), ("w8a16", "w8a8"), ("fp32", ORT_FP32), ("bf16", "fp32"),
+             ("w8a8", "fp32"), (ORT_INT8, ORT_FP32)]
+    return {f"{a}/{b}": div(medians.get(a), medians.get(b)) for a, b in pairs}
 
 
 def summed(rows: list[dict[str, Any]], specs: Sequence[str]) -> dict[str, Any]:
-    """Each variant's median x layer count, summed (``None`` if any workload failed); also the
-    rivals' one-layer graphs as built, with their edge layout conversions."""
+    """Each variant's median x layer count, summed (None if any failed); the rivals' graphs too."""
     def total(times: list[float | None]) -> float | None:
         return sum(t * r["count"] for t, r in zip(times, rows)) if rows and None not in times else None
 
     medians = {v: total([median_of(r["results"], v) for r in rows]) for v in (*specs, *RIVALS)}
     graph = {v: total([r["results"][v]["graph"]["median_ms"] if r["results"][v].get("ok") else None
-                       for r in rows])
-             for v in RIVALS}
+                       for r in rows]) for v in RIVALS}
     return {"workloads": len(rows), "layers": sum(r["count"] for r in rows),
             "macs": sum(r["macs"] * r["count"] for r in rows), "median_ms": medians,
-            "rival_graph_median_ms": graph,
-            "ratios": ratios({v: {"ok": t is not None, "median_ms": t} for v, t in medians.items()})}
+            "rival_graph_median_ms": graph, "ratios": ratios(medians)}
 
 
 def fmt_ms(t: float | None) -> str:
@@ -420,57 +387,29 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def ratio_columns(specs: Sequence[str]) -> list[tuple[str, str, str]]:
-    present = {*specs, *RIVALS}
-    return [c for c in RATIO_COLUMNS if c[1] in present and c[2] in present]
-
-
-def ratio_cells(res: dict[str, Any], specs: Sequence[str]) -> list[str]:
-    cells = []
-    for _, a, b in ratio_columns(specs):
-        x, y = median_of(res, a), median_of(res, b)
-        cells.append(fmt(x / y if x is not None and y else None))
-    return cells
-
-
-def table_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def model_table(model: dict[str, Any], specs: Sequence[str]) -> str:
+def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool) -> str:
+    """The per-workload table (with GOPS and the sum row) or the per-kind one."""
     variants = (*specs, *RIVALS)
-    gops_cols = [v for v in ("w8a8", ORT_INT8) if v in variants]
-    head = (["layer (first, count)", "shape", "MMAC"] + [label(s) for s in variants]
-            + [f"GOPS {label(v).split()[-1]}" for v in gops_cols] + [c[0] for c in ratio_columns(specs)])
-    lines = [table_row(head), "|---|---|" + "---:|" * (len(head) - 2)]
+    cols = [c for c in RATIO_COLUMNS if c[1] in variants and c[2] in variants]
+    gops = [v for v in ("w8a8", ORT_INT8) if v in variants] if by_layer else []
 
-    def cells(res: dict[str, Any], macs: int) -> list[str]:
-        times = [median_of(res, v) for v in gops_cols]
-        gops = [None if t is None or t <= 0 else 2 * macs / (t * 1e-3) / 1e9 for t in times]
-        return ([fmt_ms(median_of(res, v)) for v in variants] + [fmt(g, 1) for g in gops]
-                + ratio_cells(res, specs))
+    def cells(medians: dict[str, float | None], macs: int) -> list[str]:
+        return ([fmt_ms(medians[v]) for v in variants]
+                + [fmt(None if not medians[v] or medians[v] <= 0 else 2 * macs / medians[v] / 1e6, 1)
+                   for v in gops] + [fmt(div(medians[a], medians[b])) for _, a, b in cols])
 
-    for r in model["rows"]:
-        lines.append(table_row([f"{short_name(r['first'])} x{r['count']}", r["shape"],
-                                f"{r['macs'] / 1e6:.1f}",
-                                *cells(r["results"], r["macs"])]))
+    head = ([label(v) for v in variants] + [f"GOPS {label(v).split()[-1]}" for v in gops]
+            + [c[0] for c in cols])
+    if not by_layer:
+        return h.md_table(["kind", "layers", "MMAC", *head], [
+            [cat, s["layers"], f"{s['macs'] / 1e6:.1f}", *cells(s["median_ms"], s["macs"])]
+            for cat, s in model["by_category"].items()], "lr")
+    rows = [[f"{short_name(r['first'])} x{r['count']}", r["shape"], f"{r['macs'] / 1e6:.1f}",
+             *cells({v: median_of(r["results"], v) for v in variants}, r["macs"])] for r in model["rows"]]
     s = model["sum"]
-    res = {v: {"ok": t is not None, "median_ms": t} for v, t in s["median_ms"].items()}
-    lines.append(table_row([f"**sum** ({s['layers']} layers)", "each x count", f"{s['macs'] / 1e6:.1f}",
-                            *cells(res, s["macs"])]))
-    return "\n".join(lines)
-
-
-def category_table(model: dict[str, Any], specs: Sequence[str]) -> str:
-    head = (["kind", "layers", "MMAC"] + [label(s) for s in (*specs, *RIVALS)]
-            + [c[0] for c in ratio_columns(specs)])
-    lines = [table_row(head), "|---|" + "---:|" * (len(head) - 1)]
-    for cat, s in model["by_category"].items():
-        res = {v: {"ok": t is not None, "median_ms": t} for v, t in s["median_ms"].items()}
-        lines.append(table_row([cat, str(s["layers"]), f"{s['macs'] / 1e6:.1f}",
-                                *[fmt_ms(s["median_ms"][v]) for v in (*specs, *RIVALS)],
-                                *ratio_cells(res, specs)]))
-    return "\n".join(lines)
+    rows.append([f"**sum** ({s['layers']} layers)", "each x count", f"{s['macs'] / 1e6:.1f}",
+                 *cells(s["median_ms"], s["macs"])])
+    return h.md_table(["layer (first, count)", "shape", "MMAC", *head], rows, "llr")
 
 
 def count_of(keys: Sequence[str]) -> str:
@@ -530,22 +469,19 @@ def render(result: dict[str, Any]) -> str:
            f"untuned; ISA level {s['isa']}) beside onnxruntime {result['versions']['onnxruntime']} on the "
            f"same shapes. {h.machine_line(m, ',')}; load average {m['loadavg_before'][0]:.2f} before, "
            f"{m['loadavg_after'][0]:.2f} after; {result['date_utc'][:16].replace('T', ' ')} UTC"
-           + (f"; other processes kept {statistics.fmean(busy):.2f} cores busy on average (max "
-              f"{max(busy):.2f})"
-              if busy else "") + ".", "",
-           f"Cells: ms per call; each workload's variants are timed in {s['rounds']} interleaved rounds and "
-           f"pooled. tvmq: median over {s['rounds'] * -(-s['repeat'] // s['rounds'])} repeats of the mean "
-           f"time of back to back calls for >= {s['min_repeat_ms']} ms (TVM time_evaluator). onnxruntime: "
-           f"median of single `InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, "
-           f"including its per-call overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a "
-           "one-element Relu), on the graph onnxruntime's optimizer makes of a one-layer model minus the "
-           "layout conversions it puts at the graph's edges (NCHW to NCHWc reorders for fp32, NHWC "
-           "transposes for int8: a network pays them once, not per layer; the notes give the sums with "
-           "them). Every layer with the epilogue bias + ReLU; ORT Conv fp32 is Conv + Relu (fused), dense "
-           "rows use Gemm + Relu and QGemm. GOPS = 2 x MACs / time. Ratios below 1: the first is faster. The "
-           "sum row adds each workload's time x its count.", ""]
+           + (f"; other processes kept {statistics.fmean(busy):.2f} cores busy on average "
+              f"(max {max(busy):.2f})" if busy else "") + ".", "",
+           f"Cells: ms per call; each workload's variants in {s['rounds']} interleaved rounds, pooled. tvmq: "
+           f"median of {s['rounds'] * -(-s['repeat'] // s['rounds'])} repeats of back to back calls for >= "
+           f"{s['min_repeat_ms']} ms (TVM time_evaluator). onnxruntime: median of single "
+           f"`InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, with its per-call "
+           f"overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a one-element Relu), on its "
+           "optimized one-layer graph minus the layout conversions at its edges (a network pays them once; "
+           "the notes give the sums with them). Epilogue bias + ReLU (ORT: Conv + Relu fused, Gemm + Relu "
+           "and QGemm for dense). GOPS = 2 x MACs / time; ratios below 1: the first is faster; the sum row "
+           "adds each workload's time x its count.", ""]
     for name, model in result["models"].items():
-        out += [f"### {name}", "", model_table(model, s["specs"]), "", category_table(model, s["specs"]), ""]
+        out += [f"### {name}", "", table(model, s["specs"], True), "", table(model, s["specs"], False), ""]
     spare = max(0, m["nproc"] - s["threads"])
     notes = [n for name, model in result["models"].items()
              for n in model_notes(name, model, s["specs"], spare)]
@@ -556,24 +492,19 @@ def render(result: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = h.argument_parser(__doc__)
     h.model_option(p, threads="1")
-    p.add_argument("--specs", default=None, help=f"comma-separated tvmq precisions (default: every one the "
-                                                 f"kernel registry has, {','.join(SPECS)} first)")
+    p.add_argument("--specs", dest="spec_list", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
+                   help=f"comma-separated tvmq precisions (default: the registry's, {','.join(SPECS)} first)")
     p.add_argument("--limit", type=int, default=None,
                    help="measure only the first N distinct workloads of each model (quick runs)")
-    p.add_argument("--repeat", type=int, default=15,
-                   help="timed repeats per tvmq kernel, over all rounds (default 15)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="interleaved rounds per workload, the repeats split between them (default 3)")
-    p.add_argument("--min-repeat-ms", type=int, default=20,
-                   help="minimum duration of one repeat in ms (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random arguments (default 0)")
+    h.add_options(p, repeat=(15, "timed repeats per tvmq kernel, over all rounds (default 15)"),
+                  rounds=(3, "interleaved rounds per workload, the repeats split between them (default 3)"),
+                  min_repeat_ms=(20, "minimum duration of one repeat in ms (default 20)"),
+                  seed=(0, "seed of the random arguments (default 0)"))
     args = p.parse_args(argv)
-    h.check_models(p, args)
     if len(args.thread_list) != 1:
         p.error("--threads takes one thread count here")
     args.threads = args.thread_list[0]
-    args.spec_list = None if args.specs is None else [s.strip() for s in args.specs.split(",") if s.strip()]
-    if args.spec_list is not None and not args.spec_list:
+    if args.spec_list == []:
         p.error("--specs is empty")
     args.error = p.error  # the precisions are checked against the registry once tvm is imported
     if min(args.repeat, args.rounds, 1 if args.limit is None else args.limit) < 1 or args.min_repeat_ms < 0:

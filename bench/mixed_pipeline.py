@@ -1,15 +1,5 @@
 """Mixed precision end to end on the real MobileNetV2: sensitivity, allocation on measured
 latencies, builds, re-measurement, accuracy.
-
-    python -m bench.mixed_pipeline [--model PATH] [--root ../shared/data/imagenet-sample] [--n 1000]
-        [--calib 256] [--sens-samples 32] [--db bench/results/tuning_mobilenetv2.jsonl] [--size-budget 0.6x]
-        [--latency-budget 0.75x] [--front-points 8] [--threads 1] [--repeat 50] [--build-dir DIR] [--out DIR]
-
-1. Calibrate on the first ``--calib`` images, then ``tvmq.pipeline.compile_mixed`` twice: under
-   the size budget, and under the size and latency budgets (latencies from the tuning database).
-2. The sensitivity-vs-latency Pareto front: at most ``--front-points`` of its plans built and timed.
-3. Every library (and fp32, uniform W8A8): predicted vs measured latency, weight bytes, top-1 on
-   ``--n`` images and agreement with onnxruntime fp32.
 """
 
 from __future__ import annotations
@@ -106,16 +96,15 @@ def report(args: Any, rows: list[dict[str, Any]], fp32_top1: float, n: int, isa:
              f"(onnxruntime fp32 top-1 {100 * fp32_top1:.1f}%), {args.calib} calibration images "
              f"({args.range} ranges), sensitivity on {args.sens_samples}; latencies from "
              f"{Path(args.db).name}; the front: sensitivity vs latency under the size budget.", "",
-             "| plan | specs | predicted ms | measured ms | error | weights MB | top-1 | vs fp32 (pt) | "
-             "agreement |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        err = (r["predicted_ms"] / r["measured_ms"] - 1) if r["predicted_ms"] else None
-        lines.append(f"| {r['label']} | {', '.join(f'{s} {c}' for s, c in r['specs'].items())} | "
-                     f"{fmt(r['predicted_ms'])} | {fmt(r['measured_ms'])} | "
-                     f"{fmt(err and 100 * err, '{:+.1f}%')} | {r['weight_bytes'] / 1e6:.2f} | "
-                     f"{100 * r['top1']:.1f}% | {100 * (r['top1'] - fp32_top1):+.1f} | "
-                     f"{100 * r['agreement']:.1f}% |")
+             h.md_table(
+        ["plan", "specs", "predicted ms", "measured ms", "error", "weights MB", "top-1", "vs fp32 (pt)",
+         "agreement"],
+        [[r["label"], ", ".join(f"{s} {c}" for s, c in r["specs"].items()), fmt(r["predicted_ms"]),
+          fmt(r["measured_ms"]), fmt(r["predicted_ms"] and 100 * (r["predicted_ms"] / r["measured_ms"] - 1),
+                                     "{:+.1f}%"),
+          f"{r['weight_bytes'] / 1e6:.2f}", f"{100 * r['top1']:.1f}%",
+          f"{100 * (r['top1'] - fp32_top1):+.1f}",
+          f"{100 * r['agreement']:.1f}%"] for r in rows], "llr")]
     return "\n".join(lines + ["",
                               "Pipeline seconds (size-budget run: calibrate + analyze + latency table + "
                               "reference build + allocate + build; tuning is separate, see "
@@ -124,20 +113,13 @@ def report(args: Any, rows: list[dict[str, Any]], fp32_top1: float, n: int, isa:
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
+    ap = h.argument_parser(__doc__, n=1000, calib=256, sens_samples=32,
+                           db=str(h.RESULTS_DIR / "tuning_mobilenetv2.jsonl"), size_budget="0.6x",
+                           latency_budget=("0.75x", "the second plan's latency budget (and the size one)"),
+                           front_points=8, threads=1, repeat=50,
+                           build_dir=(str(h.BUILD_DIR / "mixed"), "where the libraries are built"))
     h.image_options(ap)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--calib", type=int, default=256)
-    ap.add_argument("--sens-samples", type=int, default=32)
-    ap.add_argument("--db", default=str(h.RESULTS_DIR / "tuning_mobilenetv2.jsonl"))
-    ap.add_argument("--size-budget", default="0.6x")
-    ap.add_argument("--latency-budget", default="0.75x",
-                    help="the second plan's latency budget (with the size budget too)")
     ap.add_argument("--range", default="percentile", choices=["minmax", "percentile", "mse"])
-    ap.add_argument("--front-points", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=50)
-    ap.add_argument("--build-dir", default=str(h.BUILD_DIR / "mixed"), help="where the libraries are built")
     args = ap.parse_args()
     if h.images_missing(args):
         return 0
@@ -156,7 +138,8 @@ def main() -> int:
     pipeline = {label: {"seconds": sec, "steps": r.timings} for label, (r, sec) in runs.items()}
     h.write_results(Path(args.out), "mixed_pipeline",
                     {"rows": rows, "fp32_top1": fp32_top1, "pipeline": pipeline,
-                     "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}},
+                     "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                  "output": str(Path(args.out) / "mixed_pipeline")}},
                     report(args, rows, fp32_top1, len(x), features.isa, runs["size"][0].timings))
     return 0
 

@@ -1,12 +1,5 @@
 """Random per-layer mixed plans on the real MobileNetV2: each compiles to one library, and each
 equals its build's numpy program bit for bit (float layers included).
-
-    python -m bench.mixed_plans [--plans 20] [--images 40] [--exact 5] [--seed 0] [--root DIR] [--out DIR]
-
-Plans are drawn (seeded) over {W4A8, W8A8, W8A16, bf16, fp32}, every third one integer-only.
-Calibration: the first 256 imagenet-sample images; scoring (agreement with onnxruntime fp32): the
-next ``--images``, of which the first ``--exact`` are checked bit for bit. Exits 1 if a plan is not
-bit-exact or a layer ran on another spec's kernel.
 """
 
 from __future__ import annotations
@@ -26,12 +19,9 @@ INT = ("w4a8", "w8a8", "w8a16")
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
+    ap = h.argument_parser(__doc__, plans=20, images=40, exact=(5, "images checked bit for bit per plan"),
+                           seed=0)
     h.image_options(ap)
-    ap.add_argument("--plans", type=int, default=20)
-    ap.add_argument("--images", type=int, default=40)
-    ap.add_argument("--exact", type=int, default=5, help="images checked bit for bit per plan")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if h.images_missing(args):
         return 0
@@ -70,14 +60,12 @@ def main() -> int:
     lines = [f"MobileNetV2 (real), {len(rows)} random plans (seed {args.seed}), {len(test)} scored images, "
              f"256 calibration images, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"Bit-exact: library == numpy program on the first {args.exact} scored images.", "",
-             "| plan | " + " | ".join(ALL) + " | weights MB | bit-exact vs simulation | agreement with fp32 "
-                                             "| build s |",
-             "|---:|" + "---:|" * len(ALL) + "---:|---|---:|---:|"]
-    for row in rows:
-        ex = "no oracle" if row["bit_exact"] is None else str(row["bit_exact"])
-        lines.append(f"| {row['plan']} | " + " | ".join(str(row["specs"][k]) for k in ALL)
-                     + f" | {row['weight_bytes'] / 1e6:.2f} | {ex} | {100 * row['agreement']:.0f}% | "
-                       f"{row['build_s']} |")
+             h.md_table(["plan", *ALL, "weights MB", "bit-exact vs simulation", "agreement with fp32",
+                         "build s"],
+                        [[row["plan"], *(row["specs"][k] for k in ALL), f"{row['weight_bytes'] / 1e6:.2f}",
+                          "no oracle" if row["bit_exact"] is None else row["bit_exact"],
+                          f"{100 * row['agreement']:.0f}%", row["build_s"]] for row in rows],
+                        "r" * (len(ALL) + 2) + "lr")]
     h.write_results(Path(args.out), "mixed_plans", rows, "\n".join(lines))
     return 1 if any(r["bit_exact"] is not True or r["layers_on_wrong_kernel"] for r in rows) else 0
 

@@ -1,13 +1,4 @@
-"""Where the time goes: every PrimFunc of a compiled model, timed alone, times its call count.
-
-    python -m bench.profile_functions model.onnx [--top 25] [--threads 1]
-    python -m bench.profile_functions model.onnx --plan w8a8 --stats stats.json   # integer kernels
-
-Each function of the lowered module (the layer kernels and the generic fused ops) is compiled on
-its own and timed with random inputs (TVM's time_evaluator, median of repeats); the table is
-sorted by total time (per call x calls in ``main``) and names the layer each kernel serves. The
-sum approximates the end-to-end latency minus the VM's own overhead. Prints only.
-"""
+"""Where the time goes: every PrimFunc of a compiled model, timed alone, times its call count."""
 
 from __future__ import annotations
 

@@ -1,17 +1,4 @@
-"""Tuning results from the tuning runs' own records (``tvmq tune`` databases and summaries).
-
-    tvmq tune .cache/models/mobilenetv2.onnx --specs w4a8,w8a8,w8a16,bf16,fp32 --trials 16 \\
-        --db bench/results/tuning_mobilenetv2.jsonl --summary bench/results/tune_mobilenetv2.json
-    tvmq tune <onnx>/backend/test/data/light/light_resnet50.onnx --specs w8a8 --trials 16 \\
-        --db bench/results/tuning_light_resnet50.jsonl --summary bench/results/tune_light_resnet50.json
-    python -m bench.w8a8_latency --db ...   # tuned vs untuned end to end, then:
-    python -m bench.tuning_report [--out DIR]
-
-Writes ``tuning.{json,md}``: per spec the tasks, measurements, tuning seconds and the sums over
-the model's layers of the fallback and tuned kernel latencies (as the tuner measured them); per
-W8A8 task fallback vs best; the XGBoost predictor's error on held-out tasks (seeds 0-2); the
-predicted W8A8 layer sum against the tuned library end to end (``w8a8_latency.json``, 1 thread).
-"""
+"""Tuning results from the tuning runs' own records (``tvmq tune`` databases and summaries)."""
 
 from __future__ import annotations
 
@@ -70,13 +57,12 @@ def section(name: str, r: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     (layers, dev), err, measured = r.pop("_head"), r["predictor_all"], r["measured_e2e_ms"]
     lines = [f"## {name} ({layers} layers; {summary['measured']} measurements in "
              f"{summary['seconds'] / 60:.1f} min, {dev['cpu']}, {dev['isa']}, 1 thread)", "",
-             "| spec | tasks | measurements | tuning s | layers' fallback sum ms | layers' tuned sum ms | "
-             "speedup |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for spec, v in r["per_spec"].items():
-        sp = v["fallback_layers_ms"] / v["tuned_layers_ms"] if v["tuned_layers_ms"] else 0
-        lines.append(f"| {spec} | {v['tasks']} | {v['measurements']} | {v['seconds']:.0f} | "
-                     f"{v['fallback_layers_ms']:.2f} | {v['tuned_layers_ms']:.2f} | {sp:.2f}x |")
+             h.md_table(["spec", "tasks", "measurements", "tuning s", "layers' fallback sum ms",
+                         "layers' tuned sum ms", "speedup"],
+                        [[spec, v["tasks"], v["measurements"], f"{v['seconds']:.0f}",
+                          f"{v['fallback_layers_ms']:.2f}", f"{v['tuned_layers_ms']:.2f}",
+                          f"{v['fallback_layers_ms'] / (v['tuned_layers_ms'] or float('inf')):.2f}x"]
+                         for spec, v in r["per_spec"].items()], "lr")]
     med = [", ".join(f"{100 * e['median_ape']:.1f}%" for e in es) for es in (err, r["predictor_best"])]
     lines += ["",
               f"Predictor on held-out tasks ({err[0]['tasks_test']} of "
@@ -86,11 +72,10 @@ def section(name: str, r: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         p = r["predicted_sum_ms"]["w8a8"]
         lines.append(f"Predicted W8A8 layer sum (measured kernels + conversions): {p:.2f} ms; tuned library "
                      f"measured end to end: {measured:.2f} ms ({100 * (p / measured - 1):+.1f}%).")
-    lines += ["", "| W8A8 task | layers | fallback us | best us | speedup | s |",
-              "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {t['workload']} | {len(t['layers'])} | {t['fallback_us']:.1f} | {t['best_us']:.1f} | "
-              f"{t['fallback_us'] / t['best_us']:.2f}x | {t['seconds']:.1f} |"
-              for t in summary["tasks"] if t["spec"] == "w8a8" and t["best_us"]]
+    lines += ["", h.md_table(["W8A8 task", "layers", "fallback us", "best us", "speedup", "s"], [
+        [t["workload"], len(t["layers"]), f"{t['fallback_us']:.1f}", f"{t['best_us']:.1f}",
+         f"{t['fallback_us'] / t['best_us']:.2f}x", f"{t['seconds']:.1f}"]
+        for t in summary["tasks"] if t["spec"] == "w8a8" and t["best_us"]], "lr")]
     return lines + [""]
 
 

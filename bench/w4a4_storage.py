@@ -1,14 +1,4 @@
-"""Would 4-bit activations *stored* between layers (W4A4 storage) pay on this CPU?
-
-    python -m bench.w4a4_storage [--model .cache/models/mobilenetv2.onnx] [--repeat 30] [--out DIR]
-
-Without sub-byte arithmetic a 4-bit activation must be unpacked to bytes before any dot product
-reads it, so nibble storage can only save memory traffic. For every distinct layer-input tensor
-of the model (uint8, NCHW) this times, with TVM's generic CPU schedule (``schedule_generic``):
-``copy`` (read and write it once: W4A4 saves at most half of that), ``pack`` (uint8 -> two
-nibbles a byte, the producer's extra work) and ``unpack`` (the consumer's). W4A4 storage can pay
-only where ``pack + unpack < copy / 2``. (Accuracy, 16 levels per tensor, is not measured.)
-"""
+"""Would 4-bit activations *stored* between layers (W4A4 storage) pay on this CPU?"""
 
 from __future__ import annotations
 
@@ -41,10 +31,7 @@ def kernels(shape: tuple[int, ...]) -> dict[str, list[Any]]:
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
-    ap.add_argument("--model", default=str(h.DEFAULT_MOBILENETV2))
-    ap.add_argument("--repeat", type=int, default=30)
-    args = ap.parse_args()
+    args = h.argument_parser(__doc__, model=str(h.DEFAULT_MOBILENETV2), repeat=30).parse_args()
     import tvm  # deferred: TVM
     from tvm import te
 
@@ -76,11 +63,11 @@ def main() -> int:
     lines = [f"W4A4 activation storage on {features.isa} ({pm.layers.total_macs / 1e6:.0f} MMAC model "
              f"{Path(args.model).name}), medians of {args.repeat} repeats, 1 thread; a layer input's traffic "
              "bound `copy` vs what packing costs.", "",
-             "| layer input (NCHW u8) | layers | KB | copy us | pack us | unpack us | pack+unpack < copy/2 |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {'x'.join(map(str, r['shape']))} | {r['layers']} | {r['bytes'] / 1e3:.0f} | "
-              f"{r['copy_us']:.1f} | {r['pack_us']:.1f} | {r['unpack_us']:.1f} | "
-              f"{'yes' if r['pays'] else 'no'} |" for r in rows]
+             h.md_table(["layer input (NCHW u8)", "layers", "KB", "copy us", "pack us", "unpack us",
+                         "pack+unpack < copy/2"],
+                        [["x".join(map(str, r["shape"])), r["layers"], f"{r['bytes'] / 1e3:.0f}",
+                          *(f"{r[k]:.1f}" for k in ("copy_us", "pack_us", "unpack_us")),
+                          "yes" if r["pays"] else "no"] for r in rows], "lrrrrrl")]
     lines += ["",
               f"Summed over the model's layers: copy {total['copy_us'] / 1e3:.2f} ms (W4A4 could save at "
               f"most half: {total['copy_us'] / 2e3:.2f} ms), pack + unpack "

@@ -1,14 +1,4 @@
-"""W8A8 accuracy and latency of the real MobileNetV2 on imagenet-sample, tvmq beside its rivals.
-
-    python -m bench.w8a8_accuracy [--root ../shared/data/imagenet-sample] [--n 1000] [--calib 256]
-        [--methods percentile,mse] [--plans w8a16,w4a8,mixed,bf16] [--check 20] [--out DIR]
-
-Rows: onnxruntime fp32 (the reference), tvmq W8A8 per activation range method and the tvmq
-``--plans`` (bit-exactness against the build's numpy program checked on the last ``--check``
-images), onnxruntime int8 (QDQ), OpenVINO fp32 and int8 (NNCF; skipped with a message without
-openvino/nncf). Columns: top-1, agreement with fp32, batch-1 median latency (1 thread, in-process,
-warm). Skips (exit 0, a message) without the image folder.
-"""
+"""W8A8 accuracy and latency of the real MobileNetV2 on imagenet-sample, tvmq beside its rivals."""
 
 from __future__ import annotations
 
@@ -86,30 +76,25 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
 
 
 def report(rows: list[dict[str, Any]], notes: list[str], args: Any, n: int, calib_s: float) -> str:
-    fp = rows[0]
-    lines = [f"MobileNetV2 (real), {n} imagenet-sample images, {args.calib} calibration images, batch 1, 1 "
-             f"thread, {platform.processor() or platform.machine()}, "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; calibration pass {calib_s:.1f}s", "",
-             "| variant | top-1 | vs fp32 (pt) | agreement with fp32 | median ms | weights (MB, as stored) | "
-             "bit-exact vs simulation |", "|---|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
-        wb = f"{row['weight_bytes'] / 1e6:.2f}" if "weight_bytes" in row else "-"
-        lines.append(f"| {row['variant']} | {100 * row['top1']:.1f}% | "
-                     f"{100 * (row['top1'] - fp['top1']):+.1f} | {100 * row['agreement']:.1f}% | "
-                     f"{row['ms']:.2f} | {wb} | {row.get('bit_exact', '-')} |")
-    return "\n".join(lines + ([""] + [f"- {note}" for note in notes] if notes else []))
+    head = (f"MobileNetV2 (real), {n} imagenet-sample images, {args.calib} calibration images, batch 1, 1 "
+            f"thread, {platform.processor() or platform.machine()}, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; calibration pass {calib_s:.1f}s\n\n")
+    cells = [[row["variant"], f"{100 * row['top1']:.1f}%", f"{100 * (row['top1'] - rows[0]['top1']):+.1f}",
+              f"{100 * row['agreement']:.1f}%", f"{row['ms']:.2f}",
+              f"{row['weight_bytes'] / 1e6:.2f}" if "weight_bytes" in row else "-", row.get("bit_exact", "-")]
+             for row in rows]
+    return head + h.md_table(
+        ["variant", "top-1", "vs fp32 (pt)", "agreement with fp32", "median ms", "weights (MB, as stored)",
+         "bit-exact vs simulation"], cells, "lrrrrrl", [f"- {note}" for note in notes])
 
 
 def main() -> int:
-    ap = h.argument_parser(__doc__)
+    ap = h.argument_parser(__doc__, n=1000, calib=256,
+                           methods=("percentile,mse", "W8A8 rows: activation range methods"),
+                           plans=("w8a16,w4a8,mixed,bf16", "more tvmq rows (percentile ranges): uniform "
+                                  "specs or 'mixed' (W4A8, depthwise, first, last W8A8); '' for none"),
+                           check=(20, "images checked bit-exact vs simulation"))
     h.image_options(ap)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--calib", type=int, default=256)
-    ap.add_argument("--methods", default="percentile,mse", help="W8A8 rows: activation range methods")
-    ap.add_argument("--plans", default="w8a16,w4a8,mixed,bf16",
-                    help="more tvmq rows, percentile ranges: uniform specs (w8a16, w4a8, bf16) or 'mixed' "
-                         "(W4A8, with the depthwise, first and last layers W8A8); '' for none")
-    ap.add_argument("--check", type=int, default=20, help="images checked bit-exact vs simulation")
     args = ap.parse_args()
     if h.images_missing(args):
         return 0

@@ -1,16 +1,4 @@
-"""W8A8 batch-1 CPU latency: tvmq's integer-only W8A8 beside onnxruntime int8 and OpenVINO int8.
-
-    python -m bench.w8a8_latency [--models mobilenetv2,light_resnet50] [--threads 1,2] [--rounds 5]
-        [--warmup 10] [--repeat 30] [--calib 32] [--imagenet-root ../shared/data/imagenet-sample]
-        [--mobilenetv2 PATH] [--rebuild] [--db bench/results/tuning_mobilenetv2.jsonl ...] [--out DIR]
-
-Variants per (model, threads): onnxruntime fp32 (the baseline), tvmq W8A8 (``plan="w8a8"``,
-percentile ranges), tvmq W8A8 tuned (with ``--db``: the databases merged), onnxruntime int8
-(QDQ) and OpenVINO int8 (NNCF), the three quantizers on the same ``--calib`` inputs (mobilenetv2:
-the first imagenet-sample images, else seeded random inputs). The method is ``fp32_latency``'s
-(``bench.harness``); every artifact is built in a subprocess and cached in
-``bench/results/build/w8a8_<model>/`` while its stamp matches.
-"""
+"""W8A8 batch-1 CPU latency: tvmq's integer-only W8A8 beside onnxruntime int8 and OpenVINO int8."""
 
 from __future__ import annotations
 
@@ -165,21 +153,17 @@ def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]
     if tuned:
         keys += [(f"tuned/{v}", f"ratio tuned/{v}") for v in RIVALS]
         keys.append((f"tvmq/{TVMQ_TUNED}", "tuning speedup (untuned/tuned)"))
-    lines = ["| model | threads | " + " | ".join(shown) + " | " + " | ".join(t for _, t in keys) + " |",
-             "|---|---:|" + "---:|" * (len(shown) + len(keys))]
-    for row in rows:
-        cells = ["skipped" if v in row["skipped"] else h.fmt_stat(row["stats"].get(v), row["errors"].get(v))
-                 for v in shown]
-        ratios = [row["ratios"].get(k) for k, _ in keys]
-        lines.append(f"| {row['model']} | {row['threads']} | " + " | ".join(cells) + " | "
-                     + " | ".join(f"{r:.2f}" if r else "-" for r in ratios) + " |")
+    cells = [[row["model"], row["threads"],
+              *["skipped" if v in row["skipped"] else h.fmt_stat(row["stats"].get(v), row["errors"].get(v))
+                for v in shown],
+              *[f"{r:.2f}" if (r := row["ratios"].get(k)) else "-" for k, _ in keys]] for row in rows]
     notes = (h.row_notes(rows, BUSY_CORES) + model_notes(rows, models)
              + [f"- {name}: skipped, {why}" for name, why in skipped.items()])
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return h.md_table(["model", "threads", *shown, *(t for _, t in keys)], cells, "lr", notes)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib", type=int, default=32, help="calibration inputs per model (default 32)")
+    h.add_options(p, calib=(32, "calibration inputs per model (default 32)"))
     p.add_argument("--db", type=Path, action="append", default=[],
                    help="tuning database(s) (tvmq tune): adds the 'tvmq W8A8 tuned' variant")
     p.add_argument("--imagenet-root", type=Path, default=h.DEFAULT_IMAGENET,
