@@ -147,6 +147,25 @@ def requantize_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, mult_k: tirx.Prim
     return tirx.min(tirx.max(q, lo), hi).astype(out_dtype)  # the order of np.clip
 
 
+def rescale_float_expr(v: tirx.PrimExpr, scale: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``quant.rescale_float``: ``rint(clamp(float32(v) * scale, -2**30, 2**30))`` as int32."""
+    limit = tirx.const(2.0 ** 30, "float32")
+    f = v.astype("float32") * scale
+    return tirx.nearbyint(tirx.min(tirx.max(f, -limit), limit)).astype("int32")
+
+
+def requantize_float_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, scale_k: tirx.PrimExpr,
+                          out_zp: tirx.PrimExpr, lo: tirx.PrimExpr, hi: tirx.PrimExpr,
+                          out_dtype: str = "uint8", residual=None, r_zp=None, r_scale=None  # type: ignore[no-untyped-def]
+                          ) -> tirx.PrimExpr:
+    """The float32 epilogue of ``schedules.quant``, as TIR: ``clip(rescale_float(acc + bias, s)
+    [+ rescale_float(r - r_zp, r_s)] + out_zp, lo, hi)``; every add in int32."""
+    q = rescale_float_expr(acc if bias_k is None else acc + bias_k, scale_k) + out_zp
+    if residual is not None:
+        q = q + rescale_float_expr(residual.astype("int32") - r_zp, r_scale)
+    return tirx.min(tirx.max(q, lo), hi).astype(out_dtype)
+
+
 def int_residual_args(ep: Epilogue, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
     """``(residual u8 placeholder, rparams s32[3] placeholder)`` when the epilogue fuses one."""
     if not ep.residual:
@@ -178,8 +197,10 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  #
 
     Returns ``(args, qparams, fn, out_dtype)``: ``args`` the placeholders after the weight,
     ``qparams`` = ``(x_zp, out_zp, lo, hi)`` (its ``x_zp`` pads the input), and
-    ``fn(acc, k, index)`` the output value. Requantizing (uint8 out): ``bias, multiplier, shift,
-    qparams [, residual, residual_params]``. Dequantizing (``ep.out_float``, a model edge):
+    ``fn(acc, k, index)`` the output value. Requantizing (uint8 or int16 out), ``ep.requant``
+    dyadic: ``bias, multiplier, shift, qparams [, residual, residual_params s32[3]]``; float:
+    ``bias, scale f32[K], qparams [, residual, residual_zp s32[1], residual_scale f32[1]]``.
+    Dequantizing (``ep.out_float``, a model edge):
     ``bias, scale f32[K], qparams`` and ``out = act(float32(acc + bias[k]) * scale[k])``.
     """
     bias = te.placeholder((channels,), "int32", name="bias")
@@ -195,6 +216,8 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  #
 
         return [bias, scale, qp], qp, deq, "float32"
     out_dtype = "int16" if ep.out_int16 else "uint8"
+    if ep.requant == "float":
+        return _float_requant_epilogue(ep, channels, out_shape, bias, qp, out_dtype, bias_in_acc)
     mult = te.placeholder((channels,), "int32", name="multiplier")
     shift = te.placeholder((channels,), "int32", name="shift")
     res, rp = int_residual_args(ep, out_shape)
@@ -204,6 +227,24 @@ def int8_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], *,  #
                                residual=None if res is None else res[index], rparams=rp)
 
     args = [bias, mult, shift, qp] + ([res, rp] if res is not None else [])
+    return args, qp, req, out_dtype
+
+
+def _float_requant_epilogue(ep: Epilogue, channels: int, out_shape: tuple[int, ...], bias, qp,  # type: ignore[no-untyped-def]
+                            out_dtype: str, bias_in_acc: bool):
+    """``int8_epilogue`` with ``ep.requant == "float"``."""
+    scale = te.placeholder((channels,), "float32", name="scale")
+    res = te.placeholder(out_shape, "uint8", name="residual") if ep.residual else None
+    r_zp = te.placeholder((1,), "int32", name="residual_zp") if ep.residual else None
+    r_scale = te.placeholder((1,), "float32", name="residual_scale") if ep.residual else None
+
+    def req(acc, k, index):  # type: ignore[no-untyped-def]
+        return requantize_float_expr(acc, None if bias_in_acc else bias[k], scale[k], qp[1], qp[2], qp[3],
+                                     out_dtype, residual=None if res is None else res[index],
+                                     r_zp=None if r_zp is None else r_zp[0],
+                                     r_scale=None if r_scale is None else r_scale[0])
+
+    args = [bias, scale, qp] + ([res, r_zp, r_scale] if ep.residual else [])
     return args, qp, req, out_dtype
 
 

@@ -11,6 +11,16 @@ computed in int64 (``|acc * m| < 2**62``), ``>>`` an arithmetic shift (floor), s
 (uint8, zero point ``r_zp``) is rescaled to the output scale on its own and added before the
 zero point: ``+ (((r - r_zp) * r_m + 2**(r_shift-1)) >> r_shift)``.
 
+Float32 requantization (the default on CPUs, as in XNNPACK, MLAS and oneDNN): one float32 scale
+per channel, ``s = float32(s_in * s_w / s_out)``, and::
+
+    out = clamp(rint(clamp(float32(acc) * s, -2**30, 2**30)) + zp_out, lo, hi)
+
+every step one correctly rounded IEEE float32 operation (int32 -> float32 and ``rint`` round half
+to even), every add in integers (no multiply-add can fuse into an FMA): exactly reproducible in
+numpy. The inner clamp only keeps the float -> int conversion defined; a value it moves is far
+outside ``[lo, hi]`` either way. A fused residual: ``+ rint(clamp(float32(r - r_zp) * r_s, ...))``.
+
 Quantizing real values (``quantize``) rounds half to even, as onnxruntime and ``R.quantize`` do.
 Weights are symmetric per output channel in the narrow range ``[-(2**(b-1) - 1), 2**(b-1) - 1]``;
 activations per tensor, asymmetric (unsigned with a zero point) by default.
@@ -56,17 +66,32 @@ def rescale(v: np.ndarray, m: np.ndarray | int, shift: np.ndarray | int) -> np.n
     return (v.astype(np.int64) * np.asarray(m, np.int64) + (np.int64(1) << (ss - 1))) >> ss
 
 
-def requantize(acc: np.ndarray, m: np.ndarray, shift: np.ndarray, zp: int, lo: int, hi: int,
-               axis: int = 1, residual: tuple[np.ndarray, int, int, int] | None = None) -> np.ndarray:
-    """The exact integer requantization (see module docstring); ``m``/``shift`` per ``axis``.
+FLOAT_LIMIT = np.float32(2.0 ** 30)
 
-    ``residual = (r, r_zp, r_m, r_shift)`` adds a residual branch rescaled to the output scale
-    on its own: ``+ rescale(r - r_zp, r_m, r_shift)`` (each branch rounded once, then summed).
-    """
+
+def rescale_float(v: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """``rint(clamp(float32(v) * scale, -2**30, 2**30))`` as int64, each step in float32."""
+    f = np.asarray(v).astype(np.float32) * np.asarray(scale, np.float32)
+    return np.rint(np.clip(f, -FLOAT_LIMIT, FLOAT_LIMIT)).astype(np.int64)
+
+
+def requantize(acc: np.ndarray, m: np.ndarray, shift: np.ndarray | None, zp: int, lo: int, hi: int,
+               axis: int = 1, residual: tuple | None = None) -> np.ndarray:
+    """The exact requantization (see module docstring) of int32 ``acc`` (bias included), per
+    channel along ``axis``: dyadic with ``m`` / ``shift`` (``residual = (r, r_zp, r_m,
+    r_shift)``), or float32 with ``shift=None`` and ``m`` the float32 scales (``residual = (r,
+    r_zp, r_scale)``). A residual branch is rescaled to the output scale on its own and added
+    (each branch rounded once, then summed)."""
     if acc.dtype != np.int32:
         raise TypeError(f"accumulators are int32, got {acc.dtype}")
     shape = [1] * acc.ndim
     shape[axis] = -1
+    if shift is None:
+        out = rescale_float(acc, np.asarray(m, np.float32).reshape(shape)) + zp
+        if residual is not None:
+            r, r_zp, r_s = residual
+            out = out + rescale_float(r.astype(np.int32) - np.int32(r_zp), np.float32(r_s))
+        return np.clip(out, lo, hi)
     out = rescale(acc, np.asarray(m).reshape(shape), np.asarray(shift).reshape(shape)) + zp
     if residual is not None:
         r, r_zp, r_m, r_s = residual

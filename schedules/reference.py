@@ -69,10 +69,11 @@ def conv2d_int(xq: np.ndarray, x_zp: int, wq: np.ndarray, wl: Conv2dWorkload) ->
 
 
 def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
-                shift: np.ndarray, x_zp: int, out_zp: int, lo: int, hi: int,
+                shift: np.ndarray | None, x_zp: int, out_zp: int, lo: int, hi: int,
                 wl: Conv2dWorkload, residual: tuple | None = None, out_dtype: type = np.uint8) -> np.ndarray:
-    """The integer-only layer the integer kernels compute: conv, + bias, requantize, clamp
-    (input uint8 with its zero point, or int16 with zero point 0; output ``out_dtype``)."""
+    """The integer layer the integer kernels compute: conv, + bias, requantize, clamp (input
+    uint8 with its zero point, or int16 with zero point 0; output ``out_dtype``). ``shift=None``:
+    float32 requantization, ``multiplier`` the float32 scales (``quant.requantize``)."""
     acc = conv2d_int(xq, x_zp, wq, wl).astype(np.int64) + bias_q.astype(np.int64).reshape(1, -1, 1, 1)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow after the bias")
@@ -81,7 +82,7 @@ def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: 
 
 
 def dense_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: np.ndarray,
-               shift: np.ndarray, out_zp: int, lo: int, hi: int,
+               shift: np.ndarray | None, out_zp: int, lo: int, hi: int,
                residual: tuple | None = None, out_dtype: type = np.uint8) -> np.ndarray:
     """Integer-only dense: ``x @ w.T`` (int64, exact) + bias, requantized and clamped
     (``out_dtype``: uint8, or int16)."""

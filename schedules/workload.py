@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Activation = Literal["none", "relu", "clip"]
+Requant = Literal["dyadic", "float"]
+REQUANT_MODES = ("float", "dyadic")  # the first is the default of a quantized build
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class Epilogue:
     ``bias`` adds a per-output-channel vector; ``residual`` adds a tensor of the output's shape
     (a residual connection); ``activation`` is applied last: ``relu`` is ``max(x, 0)``, ``clip``
     is ``min(max(x, clip_min), clip_max)`` (ReLU6 is ``clip`` with 0 and 6).
+
+    ``requant`` (integer kernels that requantize): ``dyadic``, the integer-only multiplier and
+    shift, or ``float``, one float32 scale per output channel (``schedules.quant``). A workload's
+    key leaves a ``dyadic`` out (so keys of float kernels and of earlier records stay as they were).
     """
 
     bias: bool = True
@@ -31,6 +37,7 @@ class Epilogue:
     residual: bool = False
     out_float: bool = False  # integer kernels: dequantize to fp32 instead of requantizing
     out_int16: bool = False  # integer kernels: requantize to int16 (symmetric) instead of uint8
+    requant: Requant = "dyadic"
 
     def __post_init__(self) -> None:
         if self.activation not in ("none", "relu", "clip"):
@@ -39,6 +46,15 @@ class Epilogue:
             raise ValueError("an epilogue dequantizes (out_float) or requantizes to int16, not both")
         if self.activation == "clip" and not self.clip_min <= self.clip_max:
             raise ValueError(f"clip_min {self.clip_min} > clip_max {self.clip_max}")
+        if self.requant not in REQUANT_MODES:
+            raise ValueError(f"unknown requantization {self.requant!r}; known: {', '.join(REQUANT_MODES)}")
+
+    def to_json(self) -> dict:
+        """The fields, ``requant`` only where it is not ``dyadic``."""
+        d = dataclasses.asdict(self)
+        if d["requant"] == "dyadic":
+            del d["requant"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -125,7 +141,7 @@ class Conv2dWorkload:
 
     def key(self) -> str:
         """A stable string key (JSON of the fields)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps({**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -160,7 +176,7 @@ class DenseWorkload:
         return (self.batch, self.out_features)
 
     def key(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps({**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}, sort_keys=True)
 
 
 Workload = Conv2dWorkload | DenseWorkload

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import tvm
 
 from schedules.target_features import TargetFeatures, detect_host
+from schedules.workload import REQUANT_MODES
 
 from . import specs
 from .compiler import compile_relax, no_progress
@@ -71,7 +72,7 @@ def _tuned_configs(db: Any, features: TargetFeatures, threads: int,
 
 def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any, lowered: Any,
               kernels: dict[str, Any], tuning: dict[str, Any] | None, range_method: str,
-              timings: dict[str, float]) -> dict[str, Any]:
+              timings: dict[str, float], requant: str | None) -> dict[str, Any]:
     """``manifest.json``: what was built, for what, from what, how (see the README)."""
     return {
         "schema": MANIFEST_SCHEMA,
@@ -91,6 +92,7 @@ def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any
         "plan": None if plan is None else plan.to_json(),
         "qparams": lowered.qparams,
         "range_method": range_method if plan is not None else None,
+        "requant": requant,  # the integer layers' requantization (None: no integer layer)
         "total_macs": pm.layers.total_macs,
         **size_accounting(pm, plan, lowered.weight_bytes),
         "build_seconds": timings,
@@ -101,7 +103,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
           features: TargetFeatures | None = None,
           input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
           plan: Any = None, stats: Any = None, range_method: str = "minmax",
-          db: Any = None, threads: int = 1,
+          db: Any = None, threads: int = 1, requant: str = REQUANT_MODES[0],
           progress: Callable[[str], None] = no_progress) -> BuildResult:
     """Compile an ONNX model into ``output_dir/model.so`` + ``output_dir/manifest.json``.
 
@@ -115,6 +117,10 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     configuration measured on this CPU at ``threads`` threads (``tvmq tune``), the fallback
     configuration where the database has none; the manifest says which (``tuning``).
 
+    ``requant``: how integer layers requantize their accumulators, ``float`` (one float32 scale
+    per channel; the default) or ``dyadic`` (integer-only multiplier and shift, for targets
+    without floating point); both exactly reproducible in numpy (``schedules.quant``).
+
     Examples
     --------
     >>> r = build("model.onnx", "out/")                 # doctest: +SKIP
@@ -123,6 +129,8 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"output path exists and is not a directory: {out}")
+    if requant not in REQUANT_MODES:
+        raise TvmqError(f"unknown requantization {requant!r}; choose from {', '.join(REQUANT_MODES)}")
     features = features or detect_host()
     t0 = time.perf_counter()
     progress(f"reading {model}")
@@ -135,7 +143,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
             plan.validate(pm.layers)
         configs, tuning = _tuned_configs(db, features, threads, progress)
         ex, lowered = compile_relax(pm, features, progress=progress, plan=plan, stats=stats,
-                                    range_method=range_method, configs=configs)
+                                    range_method=range_method, configs=configs, requant=requant)
     except TvmqError:
         raise
     except Exception as e:
@@ -157,7 +165,8 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     t = time.perf_counter()
     ex.export_library(str(lib))
     timings["export"] = time.perf_counter() - t
-    manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings)
+    manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings,
+                         requant if lowered.qparams else None)
     mpath = out / "manifest.json"
     mpath.write_text(json.dumps(manifest, indent=1))
     return BuildResult(lib, mpath, manifest, timings, lowered.program)

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from schedules.target_features import ISA_LEVELS, detect_host
+from schedules.workload import REQUANT_MODES
 
 from .errors import TvmqError
 from .specs import NAMES as SPEC_NAMES
@@ -114,7 +115,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     result = build(args.model, args.output, features=features,
                    input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
                    plan=plan, stats=stats, range_method=args.range, db=args.db,
-                   threads=args.threads, progress=progress)
+                   threads=args.threads, requant=args.requant, progress=progress)
     m = result.manifest_data
     progress(f"wrote {result.library} and {result.manifest}")
     precision = m["precision"] if isinstance(m["precision"], str) else "+".join(m["precision"])
@@ -137,7 +138,7 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
                       size_budget=args.size_budget, bops_budget=args.bops_budget, db=args.db,
                       specs=specs, threads=args.threads, features=features, range_method=args.range,
                       eval_data=args.eval_data, eval_labels=args.eval_labels, resume=args.resume,
-                      progress=progress)
+                      requant=args.requant, progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
     meas = f"{r.measured_ms:.2f} ms measured" if r.measured_ms is not None else "not measured"
@@ -326,6 +327,10 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("--calibration-limit", type=int, default=None, metavar="N")
     c.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="how activation ranges are taken from the calibration statistics")
+    c.add_argument("--requant", default=REQUANT_MODES[0], choices=REQUANT_MODES,
+                   help="how integer layers requantize: float (one float32 scale per channel, the "
+                        "default) or dyadic (integer-only multiplier and shift, for CPUs without "
+                        "floating point); both bit-exact against their numpy program")
     _mixed_arguments(c)
     c.add_argument("--db", metavar="TUNING.jsonl",
                    help="tuning database (tvmq tune): kernels take their best measured configuration")

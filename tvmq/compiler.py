@@ -77,15 +77,15 @@ def bind_params(params: dict[str, np.ndarray]) -> tvm.transform.Pass:
 
 def lowering_passes(pm: PreparedModel, params: dict[str, np.ndarray], features: TargetFeatures,
                     record: Lowering, *, taps: bool = False, plan: Any = None, stats: Any = None,
-                    range_method: str = "minmax", configs: Any = None,
-                    switchable: bool = False) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
+                    range_method: str = "minmax", configs: Any = None, switchable: bool = False,
+                    requant: str = "float") -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
     """The two pass lists of ``lower_module``: (layers to kernels, parameters bound) and, run
     under the target, TVM's CPU legalization + dead code elimination + ``ScheduleGeneric``."""
     if plan is not None and any(spec.name != "fp32" for spec in plan.values()):
         if stats is None and any(not spec.is_float for spec in plan.values()):
             raise TvmqError("a quantized plan needs calibration statistics (tvmq calibrate)")
         lower = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan, stats, record,
-                                range_method, configs=configs)
+                                range_method, configs=configs, requant=requant)
     else:
         lower = LowerToKernels(pm.layers, params, pm.param_layer, features, record, taps=taps,
                                configs=configs, switchable=switchable)

@@ -170,7 +170,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   range_method: str = "minmax", sensitivity_samples: int = 32, measure: bool = True,
                   context: str = "alone", sensitivity: Any = None, latency_margin: float = 0.05,
                   eval_data: Any = None, eval_labels: Any = None, resume: bool = True,
-                  progress: Callable[[str], None] = lambda m: None) -> MixedResult:
+                  requant: str = "float", progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
     ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build), run as the
     named ``STEPS`` over one ``MixedContext``.
@@ -205,7 +205,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         features=features or detect_host(), range_method=range_method,
         sensitivity_samples=sensitivity_samples, measure=measure, context=context,
         given_sensitivity=sensitivity, latency_margin=latency_margin, eval_data=eval_data,
-        eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model))
+        eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model), requant=requant)
     for step in STEPS:
         step(ctx)
     return MixedResult(ctx.result, ctx.alloc.plan, ctx.alloc, ctx.predicted or 0.0, ctx.measured, ctx.report,
@@ -238,6 +238,7 @@ class MixedContext:
     resume: bool
     progress: Callable[[str], None]
     pm: Any
+    requant: str  # the integer layers' requantization (builder.build)
     # calibrate
     stats: Any = None
     data: CalibrationData | None = None
@@ -359,7 +360,8 @@ def _latency_table(ctx: MixedContext) -> None:
 def _reference(ctx: MixedContext) -> None:
     """The uniform W8A8 library in w8a8/ (built, or reused), timed: the rest-of-graph overhead."""
     path = ctx.out / "w8a8"
-    key = _key(ctx, "model", "stats", "db", "features", range_method=ctx.range_method, threads=ctx.threads)
+    key = _key(ctx, "model", "stats", "db", "features", range_method=ctx.range_method, threads=ctx.threads,
+               requant=ctx.requant)
     ctx.reference = path / "model.so"
     outputs = (ctx.reference, path / "manifest.json")
     record = _reusable(ctx, "reference", key, *outputs)
@@ -370,7 +372,8 @@ def _reference(ctx: MixedContext) -> None:
         partial = ctx.out / "w8a8.partial"
         shutil.rmtree(partial, ignore_errors=True)
         build(ctx.model, partial, features=ctx.features, plan="w8a8", stats=ctx.stats,
-              range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, progress=lambda m: None)
+              range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, requant=ctx.requant,
+              progress=lambda m: None)
         shutil.rmtree(path, ignore_errors=True)
         partial.rename(path)
         record = _remember(ctx, "reference", key, *outputs)
@@ -417,7 +420,8 @@ def _build(ctx: MixedContext) -> None:
     """The chosen plan's library: ``output_dir/model.so`` + manifest.json."""
     plan = PrecisionPlan({l: _spec(s) for l, s in ctx.alloc.plan.items()}, ctx.pm.layers)
     ctx.result = build(ctx.model, ctx.out, features=ctx.features, plan=plan, stats=ctx.stats,
-                       range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, progress=ctx.progress)
+                       range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, requant=ctx.requant,
+                       progress=ctx.progress)
 
 
 def _measure(ctx: MixedContext) -> None:

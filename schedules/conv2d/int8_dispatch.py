@@ -89,5 +89,5 @@ def kernels() -> list[KernelDef]:
     return [KernelDef(KernelKey("conv2d", "w8a8", isa), compute, schedule,
                       functools.partial(fallback_config, isa=isa), pack_weight, input_shape, output_shape,
                       f"u8 x s8 -> s32 on the {isa} dot-product instruction (exact): pointwise "
-                      "GEMM along pixels, or NCHWc direct conv; dyadic requantization")
+                      "GEMM along pixels, or NCHWc direct conv; float32 or dyadic requantization")
             for isa in ISA_LEVELS]

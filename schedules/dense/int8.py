@@ -40,4 +40,4 @@ schedule = fp32.schedule
 
 def kernels() -> list[KernelDef]:
     return [KernelDef(KernelKey("dense", "w8a8", "generic"), compute, schedule, fallback_config, pack_weight,
-                      input_shape, output_shape, "portable u8 x s8 -> s32 dense, dyadic requantization")]
+                      input_shape, output_shape, "portable u8 x s8 -> s32 dense, float32 or dyadic requantization")]

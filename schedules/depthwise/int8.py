@@ -50,4 +50,4 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseConfig, sample: bool = False
 def kernels() -> list[KernelDef]:
     return [KernelDef(KernelKey("depthwise_conv2d", "w8a8", "generic"), compute, schedule, fallback_config,
                       pack_weight, input_shape, output_shape,
-                      "portable u8 x s8 -> s32 depthwise conv, dyadic requantization")]
+                      "portable u8 x s8 -> s32 depthwise conv, float32 or dyadic requantization")]

@@ -292,7 +292,7 @@ class KernelCatalog:
 
     def lowered(self, kernel: registry.KernelDef, gv: relax.GlobalVar, cfg: Any,
                 epilogue: Epilogue) -> LoweredLayer:
-        return LoweredLayer(str(kernel.key), gv.name_hint, asdict(cfg), asdict(epilogue),
+        return LoweredLayer(str(kernel.key), gv.name_hint, asdict(cfg), epilogue.to_json(),
                             self.config_source[gv.name_hint])
 
 

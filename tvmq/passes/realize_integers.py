@@ -356,25 +356,36 @@ class _IntRewriter(relax.PyExprMutator):
             s_out, zp_out = max(abs(out_range[0]), abs(out_range[1]), 1e-12) / qmax16, 0
             lo, hi = _act_bounds16(ep, s_out, qmax16)
             ep = replace(ep, out_int16=True)
-            wl = replace(wl, epilogue=ep)
+        ep = replace(ep, requant=self.owner.requant)
+        wl = replace(wl, epilogue=ep)
         out_dtype = "int16" if ep.out_int16 else "uint8"
-        mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
+        if ep.requant == "float":  # one float32 scale per channel (schedules.quant)
+            mult, shift = (s_in * s_w / s_out).astype(np.float32), None
+            requant = [relax.const(mult)]
+        else:
+            mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
+            requant = [relax.const(mult), relax.const(shift)]
         kernel, gv, cfg = self._kernel(m, wl)
         buf = kernel.output_shape(wl, cfg)
         args: list[relax.Expr] = [self._view(qx.var, kernel.input_shape(wl, cfg)),
                                   relax.const(self._packed(m, kernel, wq, wl, cfg)),
-                                  relax.const(bias_q), relax.const(mult), relax.const(shift),
+                                  relax.const(bias_q), *requant,
                                   relax.const(np.array([zp_in, zp_out, lo, hi], np.int32))]
         sim_inputs = [qx.var]
         residual = None
         if ep.residual:
             r = self.visit_expr(m.residual)
             qr = self._u8(r) or self._quantize_float_residual(m, r)
-            (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
             rv = self._view(qr.var, tuple(buf))
-            args += [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
+            if ep.requant == "float":
+                r_scale = np.float32(qr.scale / s_out)
+                args += [rv, relax.const(np.array([qr.zp], np.int32)), relax.const(np.array([r_scale]))]
+                residual = (qr.zp, r_scale)
+            else:
+                (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
+                args += [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
+                residual = (qr.zp, int(r_m), int(r_s))
             sim_inputs.append(rv)
-            residual = (qr.zp, int(r_m), int(r_s))
         y = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType(buf, out_dtype)), name_hint="yq")
 
         def simulate(xv: np.ndarray, rv: np.ndarray | None = None) -> np.ndarray:
@@ -411,11 +422,13 @@ class RealizeIntegers:
     """Lower every layer by ``plan``: W8A8 / W4A8 / W8A16 layers integer-only, bf16 / fp32
     layers on their float kernels (see the module docstring). Fills ``record``: kernels, weight
     bytes, the quantized layers' scales (``qparams``) and the numpy program (``program``).
-    ``configs`` as for ``LowerToKernels``."""
+    ``configs`` as for ``LowerToKernels``; ``requant``: ``float`` (one float32 scale per
+    channel) or ``dyadic`` (integer-only multiplier and shift), see ``schedules.quant``."""
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
                  features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats, record: Lowering,
-                 method: str = "minmax", bias_correction: bool = True, *, configs: Any = None) -> None:
+                 method: str = "minmax", bias_correction: bool = True, *, configs: Any = None,
+                 requant: str = "float") -> None:
         plan.validate(layers)
         unsupported = sorted({s.name for s in plan.values() if s.name not in specs.SPECS})
         if unsupported:
@@ -425,6 +438,7 @@ class RealizeIntegers:
         self.record = record
         self.plan, self.stats, self.method = plan, stats, method
         self.bias_correction = bias_correction
+        self.requant = requant  # "float" or "dyadic": the integer layers' requantization
         # producer output var -> the int16 bound its W8A16 consumers accept (see int16_qmax)
         self.demand16: dict[relax.Var, int] = {}
 

@@ -53,7 +53,8 @@ def conversion_compute(name: str, shape: tuple[int, ...]) -> list:
 
 
 def workload_to_json(wl: Workload) -> dict[str, Any]:
-    return {"op": "dense" if isinstance(wl, DenseWorkload) else "conv2d", **dataclasses.asdict(wl)}
+    return {"op": "dense" if isinstance(wl, DenseWorkload) else "conv2d", **dataclasses.asdict(wl),
+            "epilogue": wl.epilogue.to_json()}
 
 
 def workload_from_json(d: dict[str, Any]) -> Workload:

@@ -1,0 +1,138 @@
+"""Float32 requantization (the default): every integer kernel bit-exact against
+``quant.requantize(shift=None)`` at every ISA level the host runs, ties included; no FMA in the
+integer kernels' code at any level; whole libraries in both modes equal their numpy program."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+
+import tvmq
+from schedules import quant, reference, registry
+from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
+from tvmq.calibration import collect
+
+from .conftest import FMNIST_DIR, fmnist_inputs
+from .isa import HOST, PROFILES, isa_params
+from .test_int8_kernels import compile_for
+
+FLOAT = Epilogue(True, "none", requant="float")
+WORKLOADS = [
+    Conv2dWorkload(1, 12, 9, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=FLOAT),
+    Conv2dWorkload(1, 20, 6, 5, 12, 1, 1, epilogue=FLOAT),
+    Conv2dWorkload(1, 16, 8, 8, 16, 3, 3, 2, 2, 1, 1, 1, 1, groups=16, epilogue=FLOAT),
+    Conv2dWorkload(1, 24, 6, 6, 40, 1, 1, groups=2, epilogue=FLOAT),
+]
+IDS = ["conv", "pointwise", "depthwise-s2", "grouped"]
+
+
+def _scales(k: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-channel float32 scales that spread the outputs over the whole range, every third an
+    exact power of two."""
+    s = (10.0 ** rng.uniform(-5.5, -3.5, k)).astype(np.float32)
+    s[::3] = np.float32(0.5) ** rng.integers(12, 17, len(s[::3]))
+    return s
+
+
+def _run(kernel, cfg, ex, wl, arrays, out_dtype):  # type: ignore[no-untyped-def]
+    out = tvm.runtime.empty(kernel.output_shape(wl, cfg), out_dtype)
+    ex(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], out)
+    return out.numpy().reshape(wl.out_shape)
+
+
+@pytest.mark.parametrize("isa", isa_params("conv2d", "w8a8"))
+@pytest.mark.parametrize("wl", WORKLOADS, ids=IDS)
+@pytest.mark.parametrize("variant", ["plain", "residual-relu", "int16", "ties"])
+def test_float_requantization_is_bit_exact(wl: Conv2dWorkload, isa: str, variant: str) -> None:
+    """``ties``: a zero input padded with a zero zero point, so each accumulator is its odd
+    bias and each scaled value a .5 tie, which must round to even as numpy's ``rint`` does."""
+    ep = {"residual-relu": replace(FLOAT, residual=True, activation="relu"),
+          "int16": replace(FLOAT, out_int16=True)}.get(variant, FLOAT)
+    wl = replace(wl, epilogue=ep)
+    rng = np.random.default_rng(len(variant) * 7 + wl.out_channels)
+    xq = rng.integers(0, 256, wl.data_shape).astype(np.uint8)
+    wq = rng.integers(-127, 128, wl.weight_shape).astype(np.int8)
+    bias_q = rng.integers(-2 ** 20, 2 ** 20, wl.out_channels).astype(np.int32)
+    scale = _scales(wl.out_channels, rng)
+    x_zp, out_zp = 117, (0 if variant == "int16" else 61)
+    if variant == "ties":
+        xq[:], x_zp = 0, 0
+        bias_q = rng.integers(-100, 100, wl.out_channels).astype(np.int32) * 2 + 1
+        scale[:] = 0.5
+    lo, hi = {"residual-relu": (out_zp, 255), "int16": (-30000, 30000)}.get(variant, (0, 255))
+    features = HOST.with_isa(isa)
+    kernel = registry.select(registry.op_of(wl), "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    ex = compile_for(kernel, wl, cfg, features)
+    arrays = [xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg), bias_q, scale,
+              np.array([x_zp, out_zp, lo, hi], np.int32)]
+    residual = None
+    if ep.residual:
+        r = rng.integers(0, 256, wl.out_shape).astype(np.uint8)
+        r_zp, r_scale = 131, np.float32(0.75)
+        arrays += [r.reshape(kernel.output_shape(wl, cfg)), np.array([r_zp], np.int32), np.array([r_scale])]
+        residual = (r, r_zp, r_scale)
+    out_dtype = "int16" if ep.out_int16 else "uint8"
+    got = _run(kernel, cfg, ex, wl, arrays, out_dtype)
+    want = reference.conv2d_w8a8(xq, wq, bias_q, scale, None, x_zp, out_zp, lo, hi, wl, residual,
+                                 np.dtype(out_dtype))
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > (5 if variant == "ties" and wl.out_channels < 16 else 10)
+
+
+@pytest.mark.parametrize("isa", isa_params("dense", "w8a8"))
+def test_float_requantization_dense_is_bit_exact(isa: str) -> None:
+    wl = DenseWorkload(2, 300, 70, FLOAT)
+    rng = np.random.default_rng(11)
+    xq = rng.integers(0, 256, (2, 300)).astype(np.uint8)
+    wq = rng.integers(-127, 128, (70, 300)).astype(np.int8)
+    bias_q = rng.integers(-2 ** 20, 2 ** 20, 70).astype(np.int32)
+    scale = _scales(70, rng)
+    features = HOST.with_isa(isa)
+    kernel = registry.select("dense", "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    got = _run(kernel, cfg, compile_for(kernel, wl, cfg, features), wl,
+               [xq, kernel.pack_weight(wq, wl, cfg), bias_q, scale, np.array([0, 9, 0, 255], np.int32)], "uint8")
+    np.testing.assert_array_equal(got, reference.dense_w8a8(xq, wq, bias_q, scale, None, 9, 0, 255))
+
+
+def test_float_requantization_rounds_ties_to_even_and_saturates() -> None:
+    acc = np.array([[1, 3, 5, -1, -3, 2 ** 31 - 1, -2 ** 31]], np.int32)
+    out = quant.requantize(acc, np.float32([0.5]), None, 0, -1000, 1000, axis=0)
+    np.testing.assert_array_equal(out, [[0, 2, 2, 0, -2, 1000, -1000]])
+
+
+@pytest.mark.parametrize("isa", list(PROFILES))
+@pytest.mark.parametrize("op", ["conv2d", "depthwise_conv2d", "dense"])
+def test_integer_kernels_have_no_fused_multiply_add(isa: str, op: str) -> None:
+    """A multiply and an add fused into one FMA would round once instead of twice: the float
+    epilogue keeps its adds in integers, so the compiled integer kernels hold no FMA at all."""
+    wl = {"conv2d": WORKLOADS[0], "depthwise_conv2d": WORKLOADS[2],
+          "dense": DenseWorkload(1, 64, 32, FLOAT)}[op]
+    wl = replace(wl, epilogue=replace(FLOAT, residual=op != "dense"))
+    features = PROFILES[isa]
+    kernel = registry.select(op, "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(features.target_json()))
+    asm = lib.mod.inspect_source("s")
+    assert "vcvtdq2ps" in asm or "cvtdq2ps" in asm or "cvtsi2ss" in asm  # the float epilogue is there
+    assert not [line for line in asm.splitlines() if "fmadd" in line or "fmsub" in line], isa
+
+
+@pytest.mark.parametrize("requant", ["float", "dyadic"])
+def test_both_requantization_modes_build_libraries_equal_to_their_program(tmp_path: Path, requant: str) -> None:
+    model = FMNIST_DIR / "model.onnx"
+    calib, _ = fmnist_inputs(64, split="calib")
+    x, _ = fmnist_inputs(8)
+    r = tvmq.build(model, tmp_path, plan="w8a8", stats=collect(model, calib), requant=requant)
+    assert r.manifest_data["requant"] == requant
+    assert all(k["epilogue"].get("requant", "dyadic") == requant for k in r.manifest_data["kernels"].values()
+               if "w8a8" in k["kernel"] and not k["epilogue"]["out_float"])
+    m = tvmq.load(r.library)
+    for xi in x:
+        np.testing.assert_array_equal(m.run({"input": xi[None]})["logits"], r.program.run([xi[None]])[0])
