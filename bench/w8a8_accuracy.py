@@ -56,11 +56,12 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
     from tvmq.runtime import set_num_threads
 
     rows = []
-    for spec, method in ([("w8a8", m) for m in args.methods.split(",") if m]
-                         + [(p, "percentile") for p in args.plans.split(",") if p]):
+    requants = [q for q in args.requant.split(",") if q]
+    for spec, method, requant in ([("w8a8", m, q) for m in args.methods.split(",") if m for q in requants]
+                                  + [(p, "percentile", requants[0]) for p in args.plans.split(",") if p]):
         t = time.perf_counter()
-        r = tvmq.build(args.model, tmp / f"{spec}_{method}", plan=plan_of(args.model, spec), stats=stats,
-                       range_method=method)
+        r = tvmq.build(args.model, tmp / f"{spec}_{method}_{requant}", plan=plan_of(args.model, spec),
+                       stats=stats, range_method=method, requant=requant)
         build_s = time.perf_counter() - t
         m = tvmq.load(r.library)
         set_num_threads(1)
@@ -69,7 +70,8 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
             np.array_equal(run(x[i:i + 1]),
                            r.program.run([x[i:i + 1]])[0]) for i in range(len(x) - args.check, len(x)))
         label = spec.upper() if spec != "mixed" else "W4A8 + W8A8 (dw, first, last)"
-        rows.append({"variant": f"tvmq {label} ({method})", "pred": h.predictions(run, x),
+        how = method if requant == "float" else f"{method}, {requant} requantization"
+        rows.append({"variant": f"tvmq {label} ({how})", "pred": h.predictions(run, x),
                      "ms": h.median_ms(lambda run=run: run(x[:1])), "bit_exact": exact, "build_s": build_s,
                      "weight_bytes": r.manifest_data["weight_bytes"]})
     return rows
@@ -93,7 +95,9 @@ def main() -> int:
                            methods=("percentile,mse", "W8A8 rows: activation range methods"),
                            plans=("w8a16,w4a8,mixed,bf16", "more tvmq rows (percentile ranges): uniform "
                                   "specs or 'mixed' (W4A8, depthwise, first, last W8A8); '' for none"),
-                           check=(20, "images checked bit-exact vs simulation"))
+                           check=(20, "images checked bit-exact vs simulation"),
+                           requant=("float", "tvmq's requantization(s), float and/or dyadic: W8A8 rows "
+                                    "for each; the extra plans take the first"))
     h.image_options(ap)
     args = ap.parse_args()
     if h.images_missing(args):

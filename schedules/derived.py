@@ -96,7 +96,8 @@ def int4_weights(base: KernelDef) -> KernelDef:
     return KernelDef(KernelKey(base.key.op, "w4a8", base.key.isa), compute, schedule, fallback_config,
                      pack_weight, lambda wl, cfg: base.input_shape(wl, cfg.base),
                      lambda wl, cfg: base.output_shape(wl, cfg.base),
-                     f"int4 weights (two per byte) unpacked in-kernel, then: {base.description}")
+                     f"int4 weights (two per byte) unpacked in-kernel, then: {base.description}",
+                     config_types=base.config_types)
 
 
 
@@ -143,7 +144,7 @@ def int16_activations(base: KernelDef) -> KernelDef:
 
     return KernelDef(KernelKey(base.key.op, "w8a16", base.key.isa), compute, base.schedule,
                      fallback, base.pack_weight, base.input_shape, base.output_shape,
-                     f"int16 activations: {base.description}")
+                     f"int16 activations: {base.description}", config_types=base.config_types)
 
 
 def derive(base: list[KernelDef]) -> list[KernelDef]:

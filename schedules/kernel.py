@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 from tvm import s_tir, te
 
-from . import bf16, reference
+from . import bf16, reference, space
 from .target_features import TargetFeatures
 from .workload import DenseWorkload, Workload
 
@@ -54,6 +54,17 @@ class KernelDef:
     # (the native bf16 kernels' ``vdpbf16ps``): ``(wl, cfg, data, weight, bias, residual)`` ->
     # the exact output, which ``float_reference`` returns instead
     float_reference_fn: Callable[..., np.ndarray] | None = None
+    # the configuration types the kernel builds, where its start configuration's space offers
+    # more (the portable int8 conv shares fp32's Conv2dConfig space but not its pointwise
+    # template); None: all of them
+    config_types: tuple[type, ...] | None = None
+
+    def tuning_space(self, wl: Workload, features: TargetFeatures) -> list[Any]:
+        """The candidate configurations of this kernel for ``wl``, the fallback first."""
+        candidates = space.config_space(self.fallback_config(wl, features), wl, features)
+        if self.config_types is None:
+            return candidates
+        return [c for c in candidates if isinstance(getattr(c, "base", c), self.config_types)]
 
     def float_reference(self, wl: Workload, cfg: Any, data: np.ndarray, weight: np.ndarray,
                         bias: np.ndarray | None = None, residual: np.ndarray | None = None, *,

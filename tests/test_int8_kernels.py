@@ -270,9 +270,6 @@ TEMPLATE_WORKLOADS = [
     Conv2dWorkload(1, 32, 8, 8, 48, 1, 1, epilogue=Epilogue(True, "none")),
     Conv2dWorkload(1, 16, 9, 9, 24, 3, 3, 2, 2, 1, 1, 1, 1, epilogue=Epilogue(True, "none")),
 ]
-# conv2d/w8a8/generic tunes over fp32 Conv2dConfig's space, which offers the fp32 pointwise
-# template's PointwiseConfig for 1x1 convs: the portable integer kernel cannot build those
-PORTABLE_POINTWISE = "conv2d/w8a8/generic|PointwiseConfig"
 
 
 def _template_cases() -> list:  # type: ignore[type-arg]
@@ -285,12 +282,10 @@ def _template_cases() -> list:  # type: ignore[type-arg]
         features = HOST.with_isa(key.isa)
         for i, wl in enumerate(TEMPLATE_WORKLOADS):
             firsts: dict = {}
-            for cfg in space.config_space(registry.get(key).fallback_config(wl, features), wl, features):
+            for cfg in registry.get(key).tuning_space(wl, features):
                 firsts.setdefault(type(cfg).__name__, cfg)
             for name, cfg in firsts.items():
-                marks = [pytest.mark.xfail(raises=AttributeError, strict=True, reason=PORTABLE_POINTWISE)] \
-                    if f"{key}|{name}" == PORTABLE_POINTWISE else []
-                out.append(pytest.param(key, wl, cfg, id=f"{key}-{i}-{name}", marks=marks))
+                out.append(pytest.param(key, wl, cfg, id=f"{key}-{i}-{name}"))
     return out
 
 
@@ -308,3 +303,17 @@ def test_every_template_in_a_w8a8_tuning_space_is_bit_exact(key, wl: Conv2dWorkl
     ex(*args, out)
     expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
     np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected)
+
+
+def test_the_portable_int8_conv_is_tuned_only_over_templates_it_builds() -> None:
+    """It shares fp32's Conv2dConfig space, which also offers fp32's pointwise template for 1x1
+    convs: its tuning space keeps the configurations it can build (each one builds)."""
+    wl = Conv2dWorkload(1, 32, 8, 8, 48, 1, 1)
+    kernel = registry.get(registry.KernelKey("conv2d", "w8a8", "generic"))
+    offered = space.config_space(kernel.fallback_config(wl, HOST), wl, HOST)
+    tuned = kernel.tuning_space(wl, HOST)
+    assert {type(c).__name__ for c in offered} == {"Conv2dConfig", "PointwiseConfig"}
+    assert {type(c).__name__ for c in tuned} == {"Conv2dConfig"}
+    assert tuned[0] == kernel.fallback_config(wl, HOST)
+    for cfg in tuned:
+        kernel.build_primfunc(wl, cfg)

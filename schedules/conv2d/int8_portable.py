@@ -59,4 +59,5 @@ schedule = fp32_direct.schedule
 def kernels() -> list[KernelDef]:
     return [KernelDef(KernelKey("conv2d", "w8a8", "generic"), compute, schedule, fallback_config, pack_weight,
                       input_shape, output_shape,
-                      "portable u8 x s8 -> s32 direct conv, float32 or dyadic requantization")]
+                      "portable u8 x s8 -> s32 direct conv, float32 or dyadic requantization",
+                      config_types=(Conv2dConfig,))]

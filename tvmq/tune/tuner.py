@@ -136,7 +136,7 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
         else:
             kernel = registry.get(registry.KernelKey.parse(task.kernel))
             fallback = kernel.fallback_config(task.workload, features)
-            space_ = space.config_space(fallback, task.workload, features)
+            space_ = kernel.tuning_space(task.workload, features)
         budget = min(budget, len(space_))
         done = {r.config_id for r in db.query(task.key, task.spec, dev)}
         measured = 0
