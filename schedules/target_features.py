@@ -29,6 +29,10 @@ class TargetFeatures:
     amx_int8: bool = False
     amx_bf16: bool = False
     num_cores: int = 1
+    # the host's own LLVM CPU name where it is known (AMD Zen: ``znver4`` ...), used instead of
+    # the feature-matched name: LLVM tunes code per CPU (on Zen 4 it fuses vpmaddwd + vpaddd
+    # into vpdpwssd only for znver4); "" where unknown, and dropped by ``with_isa``
+    llvm_cpu: str = ""
 
     @property
     def isa(self) -> str:
@@ -69,6 +73,8 @@ class TargetFeatures:
         ``vdpbf16ps`` for ``cascadelake``."""
         if self.arch != "x86_64":
             return "generic"
+        if self.llvm_cpu:
+            return self.llvm_cpu
         if self.amx_int8:
             return "sapphirerapids"
         if self.avx512_bf16:
@@ -91,7 +97,7 @@ class TargetFeatures:
         rank = ISA_LEVELS.index(isa)
         keep = {level: ISA_LEVELS.index(level) >= rank for level in ISA_LEVELS}
         return replace(
-            self,
+            self, llvm_cpu=self.llvm_cpu if isa == self.isa else "",
             amx_int8=self.amx_int8 and keep["amx"], amx_bf16=self.amx_bf16 and keep["amx"],
             avx512_vnni=self.avx512_vnni and keep["avx512_vnni"],
             avx512_bf16=self.avx512_bf16 and keep["avx512_vnni"],
@@ -99,15 +105,39 @@ class TargetFeatures:
             avx2=self.avx2 and keep["avx2"], fma=self.fma and keep["avx2"])
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
     except OSError:
         pass
-    return set()
+    return info
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def host_llvm_cpu(info: dict[str, str], flags: set[str]) -> str:
+    """The LLVM CPU name of an AMD Zen host (family 17h: znver1 / znver2, 19h: znver3 / znver4 by
+    AVX-512, 1Ah: znver5); "" for others (their feature-matched name is the right family)."""
+    if info.get("vendor_id") != "AuthenticAMD":
+        return ""
+    try:
+        family, model = int(info.get("cpu family", "")), int(info.get("model", ""))
+    except ValueError:
+        return ""
+    if family == 0x17:
+        return "znver2" if model >= 0x30 else "znver1"
+    if family == 0x19:
+        return "znver4" if "avx512f" in flags else "znver3"
+    return "znver5" if family == 0x1A else ""
 
 
 def _physical_cores() -> int:
@@ -119,11 +149,12 @@ def _physical_cores() -> int:
 
 def detect_host() -> TargetFeatures:
     """Read the host CPU's features from ``/proc/cpuinfo``."""
-    flags = _cpu_flags()
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
     return TargetFeatures(
         arch="x86_64" if platform.machine() in ("x86_64", "AMD64") else platform.machine(),
         avx2="avx2" in flags, fma="fma" in flags,
         avx512f="avx512f" in flags, avx512bw="avx512bw" in flags,
         avx512_vnni="avx512_vnni" in flags, avx512_bf16="avx512_bf16" in flags,
         amx_int8="amx_int8" in flags, amx_bf16="amx_bf16" in flags,
-        num_cores=_physical_cores())
+        num_cores=_physical_cores(), llvm_cpu=host_llvm_cpu(info, flags))

@@ -59,7 +59,7 @@ def device_fingerprint(features: TargetFeatures, threads: int, cpu: str | None =
     ``id`` hashes the rest (records merge and are queried by it)."""
     d: dict[str, Any] = {"cpu": cpu if cpu is not None else _cpu_model(), "isa": features.isa,
                          "features": {k: v for k, v in dataclasses.asdict(features).items()
-                                      if k != "num_cores"},
+                                      if k not in ("num_cores", "llvm_cpu")},
                          "threads": int(threads)}
     d["id"] = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
     return d
