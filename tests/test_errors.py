@@ -104,3 +104,26 @@ def test_output_path_is_a_file(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(ArtifactError, match="not a directory"):
         tvmq.build(FMNIST_DIR / "model.onnx", f)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one byte changed"])
+def test_a_damaged_library_is_refused_before_it_is_loaded(fmnist_compiled: Path, tmp_path: Path,
+                                                          damage: str) -> None:
+    """Loading a half-copied model.so crashed the process (a bus error); the manifest's size and
+    sha256 of the library now refuse it with one line, from Python and from the CLI."""
+    import shutil
+
+    shutil.copy(fmnist_compiled / "manifest.json", tmp_path / "manifest.json")
+    data = bytearray((fmnist_compiled / "model.so").read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 3] ^= 0xFF
+    (tmp_path / "model.so").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="truncated or replaced" if damage == "truncated" else "sha256"):
+        tvmq.load(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "tvmq", "bench", str(tmp_path)], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tvmq: error:"), p.stderr

@@ -22,6 +22,7 @@ from .compiler import compile_relax, no_progress
 from .errors import ArtifactError, TvmqError
 from .frontend import PreparedModel, prepare
 from .plan import PrecisionPlan
+from .runtime import library_record
 from .tune import TunedConfigs, TuningDatabase, device_fingerprint
 from .version import __version__
 
@@ -167,6 +168,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     timings["export"] = time.perf_counter() - t
     manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings,
                          requant if lowered.qparams else None)
+    manifest["library"] = library_record(lib)  # tvmq.load refuses a library that differs
     mpath = out / "manifest.json"
     mpath.write_text(json.dumps(manifest, indent=1))
     return BuildResult(lib, mpath, manifest, timings, lowered.program)

@@ -12,6 +12,7 @@ Only TVM's runtime is used here (``tvm.runtime``, its Relax VM): a deployment ne
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import statistics
@@ -181,4 +182,28 @@ def load(path: str | os.PathLike) -> Module:
         raise ArtifactError(f"cannot read {mpath}: {e}") from None
     if not isinstance(manifest, dict) or "inputs" not in manifest or "outputs" not in manifest:
         raise ArtifactError(f"{mpath} is not a tvmq manifest")
+    check_library(p, manifest.get("library"))
     return Module(p, manifest)
+
+
+def library_record(path: Path) -> dict[str, Any]:
+    """What the manifest records of ``model.so``: its size and sha256."""
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def check_library(path: Path, record: Any) -> None:
+    """``path`` must be the library the manifest was written with (size, then sha256): loading a
+    truncated or swapped shared library can crash the process (a bus error), so it is refused
+    before ``dlopen``. Manifests written before the record existed are not checked."""
+    if record is None:
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("bytes"), int):
+        raise ArtifactError(f"the manifest beside {path} has a malformed 'library' record")
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise ArtifactError(f"{path} is {size} bytes, the manifest says {record['bytes']}: a truncated or "
+                            f"replaced library (rebuild it with `tvmq compile`)")
+    if library_record(path)["sha256"] != record.get("sha256"):
+        raise ArtifactError(f"{path} is not the library its manifest was written with (sha256 differs): "
+                            f"rebuild it with `tvmq compile`")
