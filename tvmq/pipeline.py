@@ -25,6 +25,7 @@ key matches and recomputes the others.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from schedules import registry
 from schedules.target_features import detect_host
 
 from . import specs as specs_
@@ -489,9 +491,22 @@ RESUME_SCHEMA = 1
 
 
 def _key(ctx: MixedContext, *inputs: str, **options: Any) -> str:
-    """sha256 of tvmq's version, the named inputs' digests and the ``options``."""
-    parts = {"tvmq": __version__, "inputs": {name: _digest(ctx, name) for name in inputs}, "options": options}
+    """sha256 of tvmq's version and sources, the named inputs' digests and the ``options``."""
+    parts = {"tvmq": __version__, "source": _source_digest(), "options": options,
+             "inputs": {name: _digest(ctx, name) for name in inputs}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """sha256 of the compiler's own Python sources (``tvmq/``, ``schedules/``): an output made
+    by other code (an edited checkout, another release) is not reused."""
+    h = hashlib.sha256()
+    for package in (Path(__file__).parent, Path(registry.__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            h.update(str(path.relative_to(package.parent)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _digest(ctx: MixedContext, name: str) -> str:
