@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,25 @@ def test_a_damaged_library_is_refused_before_it_is_loaded(fmnist_compiled: Path,
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tvmq: error:"), p.stderr
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["bench", "out", "--repeat", "0"], "bench: argument --repeat: must be >= 1, got 0"),
+    (["bench", "out", "--warmup", "-1"], "bench: argument --warmup: must be >= 0, got -1"),
+    (["bench", "out", "--threads", "-2"], "bench: argument --threads: must be >= 1, got -2"),
+    (["info", "m.onnx", "--batch-size", "-3"], "info: argument --batch-size: must be >= 1, got -3"),
+    (["tune", "m.onnx", "--db", "d.jsonl", "--threads", "0"], "tune: argument --threads: must be >= 1"),
+    (["calibrate", "m.onnx", "--data", "x.npy", "-o", "c.json", "--limit", "-1"], "must be >= 1, got -1"),
+    (["compile", "m.onnx", "-o", "out", "--input-shape", "x=1,0,2"], "dimensions must be >= 1"),
+    (["compile"], "compile: the following arguments are required"),
+    (["bogus"], "invalid choice: 'bogus'"),
+])
+def test_bad_arguments_are_one_error_line_before_any_work(argv: list[str], says: str, tmp_path: Path) -> None:
+    """Counts and sizes are checked by the parser: one ``tvmq: error:`` line, exit 2, nothing
+    read or written (``--batch-size -3`` printed a negative MMAC count, ``--repeat 0`` a traceback)."""
+    p = subprocess.run([sys.executable, "-m", "tvmq", *argv], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tvmq: error:") and says in lines[0], p.stderr
+    assert list(tmp_path.iterdir()) == []

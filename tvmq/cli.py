@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NoReturn, Sequence
 
 import numpy as np
 
@@ -60,6 +60,8 @@ def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
             shapes[name] = tuple(int(d) for d in dims.split(","))
         except ValueError:
             raise TvmqError(f"--input-shape {item!r}: dimensions must be integers") from None
+        if any(d < 1 for d in shapes[name]):
+            raise TvmqError(f"--input-shape {item!r}: dimensions must be >= 1")
     return shapes
 
 
@@ -300,8 +302,35 @@ def cmd_merge_db(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line ``tvmq: error: ...`` (exit 2), like every other
+    error a user can cause, instead of the usage text and argparse's own line."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("tvmq").strip()
+        self.exit(2, f"tvmq: error: {command + ': ' if command else ''}{message}\n")
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+COUNT, NONNEGATIVE = _at_least(1), _at_least(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tvmq", description=__doc__.split("\n")[0])
+    p = _Parser(prog="tvmq", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_compile_parser, _tune_parser, _analyze_parser, _report_parser, _merge_db_parser,
                 _bench_parser, _info_parser, _calibrate_parser):
@@ -315,7 +344,7 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("-o", "--output", required=True, help="output directory (created)")
     c.add_argument("--isa", choices=ISA_LEVELS,
                    help="limit kernels to this ISA level (default: detected from the CPU)")
-    c.add_argument("--batch-size", type=int, default=1)
+    c.add_argument("--batch-size", type=COUNT, default=1)
     c.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     c.add_argument("--bits", default="fp32",
                    help="precision of every layer: " + ", ".join(SPEC_NAMES) + " (default fp32; the "
@@ -324,7 +353,7 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="comma-separated layer names (or first, last) kept in fp32")
     c.add_argument("--calibration", metavar="DATA",
                    help=".npy/.npz samples, a folder of images, or a calibration.json")
-    c.add_argument("--calibration-limit", type=int, default=None, metavar="N")
+    c.add_argument("--calibration-limit", type=COUNT, default=None, metavar="N")
     c.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="how activation ranges are taken from the calibration statistics")
     c.add_argument("--requant", default=REQUANT_MODES[0], choices=REQUANT_MODES,
@@ -334,7 +363,7 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _mixed_arguments(c)
     c.add_argument("--db", metavar="TUNING.jsonl",
                    help="tuning database (tvmq tune): kernels take their best measured configuration")
-    c.add_argument("--threads", type=int, default=1,
+    c.add_argument("--threads", type=COUNT, default=1,
                    help="the thread count whose tuning records --db uses (default 1)")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=cmd_compile)
@@ -361,15 +390,15 @@ def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t = sub.add_parser("tune", help="measure every kernel of a model at every spec into a JSONL database")
     t.add_argument("model")
     t.add_argument("--specs", default="w8a8", help="comma-separated: " + ",".join(SPEC_NAMES))
-    t.add_argument("--trials", type=int, default=16, help="configurations measured per task (default 16)")
+    t.add_argument("--trials", type=COUNT, default=16, help="configurations measured per task (default 16)")
     t.add_argument("--db", default="tuning.jsonl", help="append-only database; a rerun resumes")
     t.add_argument("--isa", choices=ISA_LEVELS)
-    t.add_argument("--threads", type=int, default=1, help="TVM threads while measuring (default 1)")
+    t.add_argument("--threads", type=COUNT, default=1, help="TVM threads while measuring (default 1)")
     t.add_argument("--rpc", metavar="HOST:PORT:KEY",
                    help="measure on the device registered as KEY with the TVM RPC tracker at HOST:PORT")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--summary", metavar="FILE.json", help="also write the summary as JSON")
-    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--batch-size", type=COUNT, default=1)
     t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_tune)
@@ -381,7 +410,7 @@ def _analyze_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     a.add_argument("--calibration", required=True, help=".npy/.npz samples or a folder of images")
     a.add_argument("--stats", help="calibration.json from `tvmq calibrate` (else computed)")
     a.add_argument("--specs", default=",".join(REDUCED))
-    a.add_argument("--limit", type=int, default=32, help="samples used (default 32)")
+    a.add_argument("--limit", type=COUNT, default=32, help="samples used (default 32)")
     a.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"])
     a.add_argument("--w8a8-context", action="store_true",
                    help="also measure each layer with every other layer at W8A8")
@@ -407,9 +436,9 @@ def _merge_db_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("bench", help="time a compiled model (optionally onnxruntime beside it)")
     b.add_argument("model", help="out/ folder or out/model.so")
-    b.add_argument("--threads", type=int, default=None)
-    b.add_argument("--warmup", type=int, default=10)
-    b.add_argument("--repeat", type=int, default=50)
+    b.add_argument("--threads", type=COUNT, default=None)
+    b.add_argument("--warmup", type=NONNEGATIVE, default=10)
+    b.add_argument("--repeat", type=COUNT, default=50)
     b.add_argument("--compare", metavar="MODEL.onnx", help="also time onnxruntime on this model")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
@@ -418,7 +447,7 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _info_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i = sub.add_parser("info", help="layer table of an ONNX model (no compilation)")
     i.add_argument("model")
-    i.add_argument("--batch-size", type=int, default=1)
+    i.add_argument("--batch-size", type=COUNT, default=1)
     i.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     i.set_defaults(func=cmd_info)
 
@@ -427,7 +456,7 @@ def _calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     k = sub.add_parser("calibrate", help="activation statistics over unlabeled inputs")
     k.add_argument("model")
     k.add_argument("--data", required=True, help=".npy / .npz file or a folder of images")
-    k.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    k.add_argument("--limit", type=COUNT, default=None, help="use the first N samples")
     k.add_argument("-o", "--output", default="calibration.json")
     k.add_argument("--isa", choices=ISA_LEVELS)
     k.add_argument("-q", "--quiet", action="store_true")
