@@ -116,6 +116,20 @@ def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]
     sch.unroll(pc)
 
 
+def has_block(sch, name: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the scheduled function has a block ``name`` (e.g. an input repack, which a
+    kernel reading its input in place does not have)."""
+    return any(sch.get(b).name_hint == name for b in sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def vectorize_channels_last_store(sch, out_b, channels: int, block: int) -> None:  # type: ignore[no-untyped-def]
+    """A channels-last output tile stores ``block`` consecutive channels of each pixel: one
+    vector store per pixel, where the channels are whole blocks (a ragged last block would be
+    a predicated store, which LLVM has compiled unmasked: those stay scalar)."""
+    if channels % block == 0:
+        sch.vectorize(sch.get_loops(out_b)[-1])
+
+
 def rescale_expr(v: tirx.PrimExpr, mult: tirx.PrimExpr, shift: tirx.PrimExpr) -> tirx.PrimExpr:
     """``((v * m + 2**(shift-1)) >> shift)`` (``quant.rescale``), returned as int32.
 

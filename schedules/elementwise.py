@@ -17,6 +17,12 @@ Defined so that numpy computes the very same IEEE float32 operations (``referenc
   rounding; ``widen_u8_i16`` ``q - zp`` (lossless, same scale)
 
 Scales and zero points are run-time arguments (``scale f32[1]``, ``zp s32[1]``).
+
+Layouts: ``shape`` is always the tensor's NCHW shape (as ONNX has it). Where the quantized
+layers keep their activations channels-last, the boundaries change the layout as they go:
+``quantize(to_nhwc=True)`` writes NHWC, ``dequantize(from_nhwc=True)`` reads NHWC,
+``global_avg_pool_u8(nhwc=True)`` reads NHWC (its ``[N, C, 1, 1]`` output is the same bytes in
+either layout) and ``max_pool_u8(nhwc=True)`` reads and writes NHWC: no separate transpose.
 """
 
 from __future__ import annotations
@@ -27,19 +33,28 @@ from . import bf16
 from .common import rescale_expr
 
 
-def quantize(shape: tuple[int, ...]) -> list[te.Tensor]:
+def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The channels-last form of an NCHW shape."""
+    n, c, h, w = shape
+    return (n, h, w, c)
+
+
+def quantize(shape: tuple[int, ...], to_nhwc: bool = False) -> list[te.Tensor]:
     x = te.placeholder(shape, "float32", name="x")
     scale = te.placeholder((1,), "float32", name="scale")
     zp = te.placeholder((1,), "int32", name="zp")
 
     def q(*idx):  # type: ignore[no-untyped-def]
+        if to_nhwc:
+            n, h, w, c = idx
+            idx = (n, c, h, w)
         f = tirx.floor(x[idx] / scale[0] + tirx.const(0.5, "float32"))
         # bound before the int cast (huge inputs would overflow int32); exact: |f| > 512 clamps anyway
         f = tirx.min(tirx.max(f, tirx.const(-512.0, "float32")), tirx.const(512.0, "float32"))
         v = f.astype("int32") + zp[0]
         return tirx.min(tirx.max(v, 0), 255).astype("uint8")
 
-    return [x, scale, zp, te.compute(shape, q, name="quantize")]
+    return [x, scale, zp, te.compute(nhwc(shape) if to_nhwc else shape, q, name="quantize")]
 
 
 FQ_OFF, FQ_AFFINE, FQ_BF16 = 0.0, 1.0, 2.0  # ``fake_quantize`` modes
@@ -66,21 +81,28 @@ def fake_quantize(shape: tuple[int, ...]) -> list[te.Tensor]:
     return [x, fq, te.compute(shape, f, name="fake_quantize")]
 
 
-def dequantize(shape: tuple[int, ...], dtype: str = "uint8") -> list[te.Tensor]:
-    q = te.placeholder(shape, dtype, name="q")
+def dequantize(shape: tuple[int, ...], dtype: str = "uint8", from_nhwc: bool = False) -> list[te.Tensor]:
+    q = te.placeholder(nhwc(shape) if from_nhwc else shape, dtype, name="q")
     scale = te.placeholder((1,), "float32", name="scale")
     zp = te.placeholder((1,), "int32", name="zp")
-    out = te.compute(shape, lambda *i: (q[i].astype("int32") - zp[0]).astype("float32") * scale[0],
-                     name="dequantize")
-    return [q, scale, zp, out]
+
+    def deq(*i):  # type: ignore[no-untyped-def]
+        v = q[i[0], i[2], i[3], i[1]] if from_nhwc else q[i]
+        return (v.astype("int32") - zp[0]).astype("float32") * scale[0]
+
+    return [q, scale, zp, te.compute(shape, deq, name="dequantize")]
 
 
-def global_avg_pool_u8(shape: tuple[int, int, int, int]) -> list[te.Tensor]:
+def global_avg_pool_u8(shape: tuple[int, int, int, int], nhwc_in: bool = False) -> list[te.Tensor]:
     n_, c_, h_, w_ = shape
-    q = te.placeholder(shape, "uint8", name="q")
+    q = te.placeholder(nhwc(shape) if nhwc_in else shape, "uint8", name="q")
     rh = te.reduce_axis((0, h_), "rh")
     rw = te.reduce_axis((0, w_), "rw")
-    total = te.compute((n_, c_), lambda n, c: te.sum(q[n, c, rh, rw].astype("int32"), axis=[rh, rw]),
+
+    def at(n, c, y, x):  # type: ignore[no-untyped-def]
+        return q[n, y, x, c] if nhwc_in else q[n, c, y, x]
+
+    total = te.compute((n_, c_), lambda n, c: te.sum(at(n, c, rh, rw).astype("int32"), axis=[rh, rw]),
                        name="sum")
     count = h_ * w_
     out = te.compute((n_, c_, 1, 1), lambda n, c, i, j: tirx.floordiv(
@@ -90,20 +112,22 @@ def global_avg_pool_u8(shape: tuple[int, int, int, int]) -> list[te.Tensor]:
 
 def max_pool_u8(shape: tuple[int, int, int, int], out_hw: tuple[int, int], pool: tuple[int, int],
                 strides: tuple[int, int], dilation: tuple[int, int],
-                pad_top_left: tuple[int, int]) -> list[te.Tensor]:
+                pad_top_left: tuple[int, int], nhwc_io: bool = False) -> list[te.Tensor]:
     n_, c_, h_, w_ = shape
     (ph, pw), (kh, kw), (sh, sw), (dh, dw) = pad_top_left, pool, strides, dilation
-    q = te.placeholder(shape, "uint8", name="q")
+    q = te.placeholder(nhwc(shape) if nhwc_io else shape, "uint8", name="q")
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
 
     def window(n, c, y, x):  # type: ignore[no-untyped-def]
         iy, ix = y * sh + rh * dh - ph, x * sw + rw * dw - pw
         inside = tirx.all(iy >= 0, iy < h_, ix >= 0, ix < w_)
-        return te.max(tirx.if_then_else(inside, q[n, c, tirx.max(tirx.min(iy, h_ - 1), 0),
-                                                  tirx.max(tirx.min(ix, w_ - 1), 0)],
+        cy, cx = tirx.max(tirx.min(iy, h_ - 1), 0), tirx.max(tirx.min(ix, w_ - 1), 0)
+        return te.max(tirx.if_then_else(inside, q[n, cy, cx, c] if nhwc_io else q[n, c, cy, cx],
                                         tirx.const(0, "uint8")), axis=[rh, rw])
 
+    if nhwc_io:
+        return [q, te.compute((n_, *out_hw, c_), lambda n, y, x, c: window(n, c, y, x), name="max_pool")]
     return [q, te.compute((n_, c_, *out_hw), window, name="max_pool")]
 
 

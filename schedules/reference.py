@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -61,7 +63,11 @@ def dense(data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
 def conv2d_int(xq: np.ndarray, x_zp: int, wq: np.ndarray, wl: Conv2dWorkload) -> np.ndarray:
     """Integer conv ``sum x * w``, the input padded with its zero point, exact (int64), returned
     as int32 (raises if it would not fit). The zero-point correction ``-x_zp * sum(w)`` is not
-    applied here: the compiler folds it into the int32 bias, as the kernels expect."""
+    applied here: the compiler folds it into the int32 bias, as the kernels expect. NHWC in
+    and out for a channels-last workload."""
+    if wl.nhwc:
+        acc = conv2d_int(xq.transpose(0, 3, 1, 2), x_zp, wq, dataclasses.replace(wl, layout="NCHW"))
+        return np.ascontiguousarray(acc.transpose(0, 2, 3, 1))
     acc = _grouped_conv(xq, wq, wl, x_zp, np.int64)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow")
@@ -73,7 +79,15 @@ def conv2d_w8a8(xq: np.ndarray, wq: np.ndarray, bias_q: np.ndarray, multiplier: 
                 wl: Conv2dWorkload, residual: tuple | None = None, out_dtype: type = np.uint8) -> np.ndarray:
     """The integer layer the integer kernels compute: conv, + bias, requantize, clamp (input
     uint8 with its zero point, or int16 with zero point 0; output ``out_dtype``). ``shift=None``:
-    float32 requantization, ``multiplier`` the float32 scales (``quant.requantize``)."""
+    float32 requantization, ``multiplier`` the float32 scales (``quant.requantize``). A
+    channels-last workload (``wl.layout == "NHWC"``) takes and returns NHWC arrays (a fused
+    residual too): the same integers, transposed."""
+    if wl.nhwc:
+        if residual is not None:
+            residual = (residual[0].transpose(0, 3, 1, 2), *residual[1:])
+        out = conv2d_w8a8(xq.transpose(0, 3, 1, 2), wq, bias_q, multiplier, shift, x_zp, out_zp, lo, hi,
+                          dataclasses.replace(wl, layout="NCHW"), residual, out_dtype)
+        return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
     acc = conv2d_int(xq, x_zp, wq, wl).astype(np.int64) + bias_q.astype(np.int64).reshape(1, -1, 1, 1)
     if acc.min() < -2 ** 31 or acc.max() >= 2 ** 31:
         raise OverflowError("int32 accumulator overflow after the bias")

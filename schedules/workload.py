@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Activation = Literal["none", "relu", "clip"]
+Layout = Literal["NCHW", "NHWC"]
+LAYOUTS = ("NCHW", "NHWC")
 Requant = Literal["dyadic", "float"]
 REQUANT_MODES = ("float", "dyadic")  # the first is the default of a quantized build
 
@@ -59,10 +61,13 @@ class Epilogue:
 
 @dataclass(frozen=True)
 class Conv2dWorkload:
-    """A 2-D convolution, NCHW data and OIHW weights as ONNX has them.
+    """A 2-D convolution, OIHW weights as ONNX has them.
 
     ``groups == 1`` is a dense conv, ``groups == in_channels == out_channels`` a depthwise
-    conv, anything between a grouped conv.
+    conv, anything between a grouped conv. ``layout`` is the activations' (input, output and a
+    fused residual): ``NCHW`` as ONNX has them, or ``NHWC`` (channels last: the layout the
+    quantized layers keep end to end, ``tvmq.passes.realize_integers``). A key leaves an
+    ``NCHW`` out, so the keys of earlier records stay as they were.
     """
 
     batch: int
@@ -82,9 +87,12 @@ class Conv2dWorkload:
     dilation_w: int = 1
     groups: int = 1
     epilogue: Epilogue = Epilogue()
+    layout: Layout = "NCHW"
 
     def __post_init__(self) -> None:
-        ints = [f.name for f in dataclasses.fields(self) if f.name != "epilogue"]
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
+        ints = [f.name for f in dataclasses.fields(self) if f.name not in ("epilogue", "layout")]
         for name in ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -132,16 +140,31 @@ class Conv2dWorkload:
         return (self.out_channels, self.in_per_group, self.kernel_h, self.kernel_w)
 
     @property
+    def nhwc(self) -> bool:
+        return self.layout == "NHWC"
+
+    @property
     def data_shape(self) -> tuple[int, int, int, int]:
+        if self.nhwc:
+            return (self.batch, self.height, self.width, self.in_channels)
         return (self.batch, self.in_channels, self.height, self.width)
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
+        if self.nhwc:
+            return (self.batch, self.out_height, self.out_width, self.out_channels)
         return (self.batch, self.out_channels, self.out_height, self.out_width)
+
+    def to_json(self) -> dict:
+        """The fields, the epilogue's ``to_json``; ``layout`` only where it is not ``NCHW``."""
+        d = {**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}
+        if d["layout"] == "NCHW":
+            del d["layout"]
+        return d
 
     def key(self) -> str:
         """A stable string key (JSON of the fields)."""
-        return json.dumps({**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}, sort_keys=True)
+        return json.dumps(self.to_json(), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -175,8 +198,11 @@ class DenseWorkload:
     def out_shape(self) -> tuple[int, int]:
         return (self.batch, self.out_features)
 
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}
+
     def key(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}, sort_keys=True)
+        return json.dumps(self.to_json(), sort_keys=True)
 
 
 Workload = Conv2dWorkload | DenseWorkload

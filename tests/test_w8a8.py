@@ -236,7 +236,7 @@ def test_random_mixed_plans_compile_and_equal_simulation(tmp_path: Path, isa: st
     ops between them. The host's level takes 20 plans, in which every spec and every (producer,
     consumer) kind of boundary occurs; each lower level 6. Each layer stores exactly what its
     kernel packs (``test_stored_weights_follow_the_spec_at_every_isa_level`` checks packing)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from schedules import registry
     from schedules.workload import Epilogue
@@ -268,6 +268,8 @@ def test_random_mixed_plans_compile_and_equal_simulation(tmp_path: Path, isa: st
             kernel = registry.get(registry.KernelKey.parse(entry["kernel"]))
             assert kernel is registry.select(kernel.key.op, kernel.key.precision, features)
             wl = layer_workload(layer, Epilogue(**entry["epilogue"]))
+            if entry["layout"] != "NCHW":  # (a conv's activations channels-last)
+                wl = replace(wl, layout=entry["layout"])
             cfg = kernel.fallback_config(wl, features)
             assert asdict(cfg) == entry["config"]
             dtype = np.float32 if plan[layer.name].name in ("fp32", "bf16") else np.int8

@@ -1,5 +1,9 @@
 """fp32 conv2d (dense and grouped): NCHW in, NCHW out, NCHW[x]c blocked inside.
 
+The helpers (input repack, direct body, output buffer) also serve the integer convs, whose
+workloads may be channels-last (``Conv2dWorkload.layout == "NHWC"``): ``load_data`` and
+``conv_output`` index either layout.
+
 The kernel repacks its input into channel blocks of ``ic_bn`` (zero padded: spatially, and in
 channels up to a multiple of ``ic_bn`` per group), multiplies with weights packed ahead of time as
 ``[G*OCB, ICB, R, S, ic_bn, oc_bn]`` and keeps a register tile of ``reg_n`` output pixels x
@@ -110,7 +114,7 @@ def pack_input(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, pad_value
     tiles of the padded output width) and in channels up to a multiple of ``ic_bn`` per group.
     ``dtype`` converts the values (the integer kernels widen uint8 to int16 here).
     """
-    n_, c_, h_, w_ = wl.data_shape
+    n_, h_, w_ = wl.batch, wl.height, wl.width
     g, cg = wl.groups, wl.in_per_group
     icb = ceil_div(cg, cfg.ic_bn)
     ic_bn = cfg.ic_bn
@@ -126,7 +130,7 @@ def pack_input(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, pad_value
         inside = tirx.all(h >= pt, h < h_ + pt, w >= pl, w < w_ + pl)
         if cg % ic_bn:
             inside = tirx.all(inside, c < cg)
-        return tirx.if_then_else(inside, data[n, grp * cg + c, h - pt, w - pl].astype(dtype),
+        return tirx.if_then_else(inside, load_data(wl, data, n, grp * cg + c, h - pt, w - pl).astype(dtype),
                                  pad_value.astype(dtype))
 
     return te.compute((n_, g * icb, hp, wp, ic_bn), pack, name="data_pack")
@@ -155,9 +159,9 @@ def conv_body(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, weight: te
         def load(n, gi, y, x):  # type: ignore[no-untyped-def]
             return dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, ri]
     else:
-        # no padding anywhere: read NCHW directly (the broadcast loads are as cheap either way)
+        # no padding anywhere: read the input directly (the broadcast loads are as cheap either way)
         def load(n, gi, y, x):  # type: ignore[no-untyped-def]
-            return data[n, gi * cg + rc * ic_bn + ri, y * sh + rh * dh, x * sw + rw * dw]
+            return load_data(wl, data, n, gi * cg + rc * ic_bn + ri, y * sh + rh * dh, x * sw + rw * dw)
 
     return te.compute(
         (wl.batch, g, ocb, wl.out_height, owp, oc_bn),
@@ -186,13 +190,27 @@ def float_epilogue(wl: Conv2dWorkload, conv: te.Tensor, oc_bn: int) -> tuple:
     bias = optional_bias(wl.epilogue, wl.out_channels)
     residual = optional_residual(wl.epilogue, output_shape(wl))
 
-    def epilogue(n, gi, kk, y, x):  # type: ignore[no-untyped-def]
+    def epilogue(n, gi, kk, y, x, index):  # type: ignore[no-untyped-def]
         return finish(conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], bias, gi * kg + kk, wl.epilogue,
-                      residual, (n, gi, kk, y, x))
+                      residual, index)
 
-    # grouped convs write [N, G, K/G, OH, OW] (a free reshape of NCHW): keeping the group axis
-    # separate keeps every index affine, which the schedule's region analysis needs
-    return bias, residual, te.compute(output_shape(wl), epilogue, name="out")
+    return bias, residual, conv_output(wl, epilogue)
+
+
+def load_data(wl: Conv2dWorkload, data: te.Tensor, n, c, h, w):  # type: ignore[no-untyped-def]
+    """``data`` (the workload's layout) at batch ``n``, channel ``c``, row ``h``, column ``w``."""
+    return data[n, h, w, c] if wl.nhwc else data[n, c, h, w]
+
+
+def conv_output(wl: Conv2dWorkload, value, name: str = "out") -> te.Tensor:  # type: ignore[no-untyped-def]
+    """The kernel's output buffer (``output_shape``) with ``value(n, g, k, y, x, index)`` at
+    group ``g``'s output channel ``k``, ``index`` being that element's index in the buffer
+    (a fused residual, shaped like the output, is read there)."""
+    if wl.nhwc:
+        return te.compute(output_shape(wl), lambda n, y, x, gi, kk: value(n, gi, kk, y, x, (n, y, x, gi, kk)),
+                          name=name)
+    return te.compute(output_shape(wl), lambda n, gi, kk, y, x: value(n, gi, kk, y, x, (n, gi, kk, y, x)),
+                      name=name)
 
 
 def input_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
@@ -200,7 +218,11 @@ def input_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
 
 
 def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
-    """Shape of the kernel's output buffer (NCHW with the channel axis split as ``[G, K/G]``)."""
+    """Shape of the kernel's output buffer: NCHW with the channel axis split as ``[G, K/G]``,
+    or NHWC as ``[N, OH, OW, G, K/G]`` (free reshapes of the output; keeping the group axis
+    separate keeps every index affine, which the schedule's region analysis needs)."""
+    if wl.nhwc:
+        return (wl.batch, wl.out_height, wl.out_width, wl.groups, wl.out_per_group)
     return (wl.batch, wl.groups, wl.out_per_group, wl.out_height, wl.out_width)
 
 

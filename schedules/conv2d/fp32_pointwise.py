@@ -38,7 +38,8 @@ class PointwiseConfig:
 
 
 def applies(wl: Conv2dWorkload) -> bool:
-    return (wl.kernel_h == wl.kernel_w == 1 and wl.stride_h == wl.stride_w == 1 and wl.groups == 1
+    """A 1x1, stride 1, unpadded, ungrouped conv on NCHW (a GEMM along pixels)."""
+    return (not wl.nhwc and wl.kernel_h == wl.kernel_w == 1 and wl.stride_h == wl.stride_w == 1 and wl.groups == 1
             and not (wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right))
 
 

@@ -23,6 +23,7 @@ from tvm import te
 
 from ..common import (
     ceil_div,
+    has_block,
     int8_epilogue,
     int8_operands,
     keep_tile_in_registers,
@@ -30,12 +31,13 @@ from ..common import (
     register_tile,
     schedule_repack,
     split_tile,
+    vectorize_channels_last_store,
 )
 from ..intrinsics import AMX_16X64, DOT_PRODUCTS, DotProduct, amx_intrinsics
 from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
-from .fp32_direct import input_shape, output_shape, pack_input
+from .fp32_direct import conv_output, input_shape, load_data, output_shape, pack_input
 
 __all__ = ["DotConv2dConfig", "candidates", "channel_blocks", "compute", "fallback_config", "input_shape",
            "output_shape", "pack_weight", "schedule"]
@@ -84,6 +86,14 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> D
     max_regs = (registers - 2 - vecs) // vecs
     reg_n = register_tile(wl.out_width, max_regs)
     ic_bn = min(16, ceil_div(wl.in_per_group, d.group) * d.group)
+    unpadded = not (wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right)
+    if wl.nhwc and unpadded and wl.in_per_group % d.group == 0:
+        # a tile that divides the width and a channel block that divides the channels: the
+        # conv reads its input in place (``reads_input_directly``), no repack
+        ic_bn = next(b for b in (64, 32, 16, 8, 4, 2, 1) if wl.in_per_group % b == 0 and b % d.group == 0)
+        divisors = [r for r in range(min(max_regs, wl.out_width), 0, -1) if wl.out_width % r == 0]
+        if divisors[0] >= min(4, wl.out_width):
+            reg_n = divisors[0]
     return DotConv2dConfig(ic_bn=ic_bn, oc_bn=vecs * d.lanes, reg_n=reg_n, dot=dot)
 
 
@@ -108,13 +118,22 @@ def pack_weight(weight: np.ndarray, wl: Conv2dWorkload, cfg: DotConv2dConfig) ->
 
 
 def dot_conv_body(wl: Conv2dWorkload, wshape: tuple[int, ...], reg_n: int, dpack: te.Tensor,
-                  weight: te.Tensor, value) -> te.Tensor:  # type: ignore[no-untyped-def]
+                  weight: te.Tensor, value, direct: bool = False) -> te.Tensor:  # type: ignore[no-untyped-def]
     """The blocked conv ``[N, G, OCB, OH, OWp, oc_bn]`` over weights packed ``wshape`` =
     ``[G*OCB, ICB, R, S, ic_bn/grp, oc_bn, grp]`` (a dot-product instruction's channel groups
-    innermost) and the repacked input ``dpack``; ``value`` maps each loaded operand to the
-    accumulation type (int32 here; bf16 bits to float32 in ``bf16_dot``)."""
+    innermost) and the repacked input ``dpack`` (``direct``: the NHWC input itself, see
+    ``reads_input_directly``); ``value`` maps each loaded operand to the accumulation type
+    (int32 here; bf16 bits to float32 in ``bf16_dot``)."""
     gk, icb, r_, s_, icq, oc_bn, grp = wshape
     ocb = gk // wl.groups
+    if direct:
+        cg, ic_bn = wl.in_per_group, icq * grp
+
+        def load(n, gi, c_blk, c_grp, c_in, h, w):  # type: ignore[no-untyped-def]
+            return dpack[n, h, w, gi * cg + c_blk * ic_bn + c_grp * grp + c_in]
+    else:
+        def load(n, gi, c_blk, c_grp, c_in, h, w):  # type: ignore[no-untyped-def]
+            return dpack[n, gi * icb + c_blk, h, w, c_grp * grp + c_in]
     sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
     rc = te.reduce_axis((0, icb), "rc")
     rh = te.reduce_axis((0, r_), "rh")
@@ -124,10 +143,22 @@ def dot_conv_body(wl: Conv2dWorkload, wshape: tuple[int, ...], reg_n: int, dpack
     return te.compute(
         (wl.batch, wl.groups, ocb, wl.out_height, padded_width(wl.out_width, reg_n), oc_bn),
         lambda n, gi, b, y, x, ko: te.sum(
-            value(dpack[n, gi * icb + rc, y * sh + rh * dh, x * sw + rw * dw, rq * grp + rg])
+            value(load(n, gi, rc, rq, rg, y * sh + rh * dh, x * sw + rw * dw))
             * value(weight[gi * ocb + b, rc, rh, rw, rq, ko, rg]),
             axis=[rc, rh, rw, rq, rg]),
         name="conv")
+
+
+def reads_input_directly(wl: Conv2dWorkload, cfg: DotConv2dConfig, data_dtype: str = "uint8") -> bool:
+    """Whether the conv reads a channels-last input in place, with no repack: nothing to pad
+    (spatially, channels up to ``ic_bn``, width up to whole tiles), the instruction takes the
+    input's type as it is (VNNI's uint8, or int16 for ``vpmaddwd``) and is not an AMX tile
+    (whose rows are consecutive pixels of one channel block). Then the ``group`` channels of a
+    pixel are adjacent in memory, as the instruction's broadcast wants them."""
+    d = cfg.dot_product
+    return (wl.nhwc and d is not AMX_16X64 and d.a_dtype == data_dtype
+            and not (wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right)
+            and wl.in_per_group % cfg.ic_bn == 0 and wl.out_width % cfg.reg_n == 0)
 
 
 def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
@@ -137,12 +168,16 @@ def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
     d = cfg.dot_product
     data, weight = int8_operands(wl.data_shape, packed_weight_shape(wl, cfg), weight, data_dtype)
     args, qp, epilogue, _ = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
-    dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype)
-    conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, dpack, weight,
-                         lambda v: v.astype("int32"))
+    if reads_input_directly(wl, cfg, data_dtype):
+        conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, data, weight,
+                             lambda v: v.astype("int32"), direct=True)
+    else:
+        dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype)
+        conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, dpack, weight,
+                             lambda v: v.astype("int32"))
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
-    out = te.compute(output_shape(wl), lambda n, gi, kk, y, x: epilogue(
-        conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, (n, gi, kk, y, x)), name="out")
+    out = conv_output(wl, lambda n, gi, kk, y, x, index: epilogue(
+        conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, index))
     return [data, weight, *args, out]
 
 
@@ -166,8 +201,17 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DotConv2dConfig, sample: bool = False
     sch.unroll(xi)
     sch.unroll(ko_o)
     sch.tensorize(ko_i, d.name)
+    finish_dot_schedule(sch, wl, cfg, init, out_b, xo)
+
+
+def finish_dot_schedule(sch, wl: Conv2dWorkload, cfg, init, out_b, xo) -> None:  # type: ignore[no-untyped-def]
+    """The tile's write-back (channels-last: one vector store per pixel), kept in registers,
+    and the input repack where there is one (``reads_input_directly``)."""
+    if wl.nhwc:
+        vectorize_channels_last_store(sch, out_b, wl.out_per_group, cfg.oc_bn)
     keep_tile_in_registers(sch, init, out_b, xo)
-    schedule_repack(sch, sch.get_sblock("data_pack"))
+    if has_block(sch, "data_pack"):
+        schedule_repack(sch, sch.get_sblock("data_pack"))
 
 
 def _schedule_amx(sch, cfg: DotConv2dConfig, sample: bool) -> None:  # type: ignore[no-untyped-def]

@@ -27,6 +27,7 @@ from ..workload import Conv2dWorkload
 from . import fp32_direct
 from .fp32_direct import (
     Conv2dConfig,
+    conv_output,
     fallback_config,
     input_shape,
     output_shape,
@@ -48,8 +49,8 @@ def compute(wl: Conv2dWorkload, cfg: Conv2dConfig,
     args, qp, epilogue, out_dtype = int8_epilogue(wl.epilogue, wl.out_channels, output_shape(wl))
     conv = fp32_direct.conv_body(wl, cfg, data, weight, qp[0].astype(data_dtype), "int32")
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
-    out = te.compute(output_shape(wl), lambda n, gi, kk, y, x: epilogue(
-        conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, (n, gi, kk, y, x)), name="out")
+    out = conv_output(wl, lambda n, gi, kk, y, x, index: epilogue(
+        conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, index))
     return [data, weight, *args, out]
 
 

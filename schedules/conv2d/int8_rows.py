@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
-from ..common import keep_tile_in_registers, schedule_repack, split_tile
+from ..common import split_tile
 from ..intrinsics import AMX_16X64, DOT_PRODUCTS, DotProduct
 from ..space import grid
 from ..target_features import TargetFeatures
@@ -91,8 +91,7 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DotRowsConv2dConfig, sample: bool = F
     sch.unroll(xi)
     sch.unroll(ko_o)
     sch.tensorize(ko_i, d.name)
-    keep_tile_in_registers(sch, init, out_b, xo)
-    schedule_repack(sch, sch.get_sblock("data_pack"))
+    int8_dot.finish_dot_schedule(sch, wl, cfg, init, out_b, xo)
 
 
 def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[DotRowsConv2dConfig]:

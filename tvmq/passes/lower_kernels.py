@@ -291,9 +291,9 @@ class KernelCatalog:
         return self._typed[gv.name_hint]
 
     def lowered(self, kernel: registry.KernelDef, gv: relax.GlobalVar, cfg: Any,
-                epilogue: Epilogue) -> LoweredLayer:
+                epilogue: Epilogue, layout: str = "NCHW") -> LoweredLayer:
         return LoweredLayer(str(kernel.key), gv.name_hint, asdict(cfg), epilogue.to_json(),
-                            self.config_source[gv.name_hint])
+                            self.config_source[gv.name_hint], layout)
 
 
 @dataclass

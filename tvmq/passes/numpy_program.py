@@ -26,9 +26,10 @@ MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.
 
 @dataclass(frozen=True)
 class QTensor:
-    var: relax.Var  # uint8
+    var: relax.Var  # uint8 (or int16)
     scale: float
     zp: int
+    layout: str = "NCHW"  # of a 4-D tensor: NCHW, or NHWC (channels last)
 
 
 class NumpyProgram:

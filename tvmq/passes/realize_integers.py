@@ -42,6 +42,7 @@ from tvm import relax, te
 
 from schedules import elementwise, quant, reference, registry
 from schedules.target_features import TargetFeatures
+from schedules.workload import LAYOUTS
 
 from .. import specs
 from ..errors import TvmqError
@@ -69,6 +70,13 @@ def _act_bounds16(ep: Any, scale: float, qmax: int) -> tuple[int, int]:
         if np.isfinite(ep.clip_max):
             hi = int(np.clip(np.round(ep.clip_max / scale), -qmax, qmax))
     return lo, hi
+
+
+def _to_layout(a: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """A 4-D array from layout ``src`` to ``dst`` (NCHW / NHWC)."""
+    if src == dst:
+        return a
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1) if dst == "NHWC" else a.transpose(0, 3, 1, 2))
 
 
 def _raised(ql: QuantizedLayer) -> dict[str, Any]:
@@ -108,6 +116,7 @@ class _IntRewriter(relax.PyExprMutator):
         self.range16: dict[relax.Var, tuple[float, float]] = {}  # calibrated range of an int16 one
         self.program = NumpyProgram()
         self._funcs: dict[tuple, relax.GlobalVar] = {}
+        self._relayout: dict[tuple[relax.Var, str], QTensor] = {}
 
     # -- small emitters, each recorded for the numpy simulation ----------------------------
     def _func(self, key: tuple, make: Callable[[], list]) -> relax.GlobalVar:
@@ -119,23 +128,47 @@ class _IntRewriter(relax.PyExprMutator):
             self._funcs[key] = self.builder_.add_func(pf, f"tvmq_{key[0]}_{len(self._funcs)}")
         return self._funcs[key]
 
-    def _quantize(self, x: relax.Var, shape: tuple[int, ...], scale: float, zp: int) -> QTensor:
-        gv = self._func(("quantize", shape), lambda: elementwise.quantize(shape))
+    def _quantize(self, x: relax.Var, shape: tuple[int, ...], scale: float, zp: int,
+                  layout: str = "NCHW") -> QTensor:
+        """``x`` (float, NCHW ``shape``) as uint8 in ``layout`` (the quantize writes it)."""
+        to_nhwc = layout == "NHWC"
+        gv = self._func(("quantize", shape, layout), lambda: elementwise.quantize(shape, to_nhwc))
+        out_shape = elementwise.nhwc(shape) if to_nhwc else shape
         v = self.builder_.emit(relax.call_tir(gv, [x, relax.const(np.array([scale], np.float32)),
                                                    relax.const(np.array([zp], np.int32))],
-                                              relax.TensorType(shape, "uint8")), name_hint="xq")
-        self.program.record(v, lambda a: reference.quantize_u8(a, scale, zp), [x])
-        return QTensor(v, scale, zp)
+                                              relax.TensorType(out_shape, "uint8")), name_hint="xq")
+        self.program.record(v, lambda a: _to_layout(reference.quantize_u8(a, scale, zp), "NCHW", layout), [x])
+        return QTensor(v, scale, zp, layout)
 
     def _dequantize(self, qt: QTensor, shape: tuple[int, ...], emit: Callable,
                     dtype: str = "uint8") -> relax.Var:
-        gv = self._func(("dequantize", shape, dtype), lambda: elementwise.dequantize(shape, dtype))
+        """The float (NCHW ``shape``) value of ``qt``, whatever its layout."""
+        from_nhwc = qt.layout == "NHWC"
+        gv = self._func(("dequantize", shape, dtype, qt.layout),
+                        lambda: elementwise.dequantize(shape, dtype, from_nhwc))
         v = emit(relax.call_tir(gv, [qt.var, relax.const(np.array([qt.scale], np.float32)),
                                      relax.const(np.array([qt.zp], np.int32))],
                                 relax.TensorType(shape, "float32")))
-        self.program.record(v, lambda a: reference.dequantize_u8(a, qt.scale, qt.zp), [qt.var])
+        self.program.record(v, lambda a: reference.dequantize_u8(_to_layout(a, qt.layout, "NCHW"), qt.scale, qt.zp),
+                            [qt.var])
         (self.q if dtype == "uint8" else self.q16)[v] = qt
         return v
+
+    def _in_layout(self, qt: QTensor, layout: str) -> QTensor:
+        """``qt`` in ``layout``: as it is, or transposed (a layout change between two integer
+        ops, recorded in ``Lowering.layout_transforms``; the planner avoids them)."""
+        if qt.layout == layout:
+            return qt
+        key = (qt.var, layout)
+        if key not in self._relayout:
+            axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
+            v = self.builder_.emit(relax.op.permute_dims(qt.var, axes), name_hint="relayout")
+            self.program.record(v, lambda a: a.transpose(axes), [qt.var])
+            shape = self._shape(qt.var)
+            self.owner.record.layout_transforms.append(
+                (qt.layout, layout, shape if qt.layout == "NCHW" else tuple(shape[i] for i in (0, 3, 1, 2))))
+            self._relayout[key] = replace(qt, var=v, layout=layout)
+        return self._relayout[key]
 
     def _u8(self, x: relax.Var) -> QTensor | None:
         """``x``'s uint8 form: as produced, or requantized from its int16 form (for a W8A8 /
@@ -163,7 +196,7 @@ class _IntRewriter(relax.PyExprMutator):
             return self.q16[x]
         shape = self._shape(x)
         if x in self.q:
-            qt = self.q[x]
+            qt = self._in_layout(self.q[x], "NCHW")  # (W8A16 layers run on NCHW)
             gv = self._func(("widen_u8_i16", shape), lambda: elementwise.widen_u8_i16(shape))
             v = self.builder_.emit(relax.call_tir(gv, [qt.var, relax.const(np.array([qt.zp], np.int32))],
                                                   relax.TensorType(shape, "int16")), name_hint="q16")
@@ -235,6 +268,8 @@ class _IntRewriter(relax.PyExprMutator):
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
         qt = self.q[x]
         out_shape = self._shape(binding.var)
+        nhwc = qt.layout == "NHWC"
+        out_layout = "NCHW"
         if call.op in (MEAN, AVG_POOL):
             in_shape = self._shape(x)
             if len(in_shape) != 4:
@@ -245,23 +280,30 @@ class _IntRewriter(relax.PyExprMutator):
                     return False
             elif not is_global_avg_pool(call):
                 return False  # only the global average pool (a window over the whole map)
-            gv = self._func(("gap_u8", in_shape), lambda: elementwise.global_avg_pool_u8(in_shape))
+            # ([N, C, 1, 1] out: the same bytes in either layout)
+            gv = self._func(("gap_u8", in_shape, qt.layout), lambda: elementwise.global_avg_pool_u8(in_shape, nhwc))
             v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
                                    name_hint="gap_q")
-            self.program.record(v, reference.global_avg_pool_u8, [qt.var])
+            self.program.record(v, lambda a: reference.global_avg_pool_u8(_to_layout(a, qt.layout, "NCHW")),
+                                [qt.var])
         elif call.op == MAX_POOL:
             in_shape = self._shape(x)
             geometry = max_pool_geometry(call, out_shape)
             if geometry is None:
                 return False
-            gv = self._func(("max_pool_u8", in_shape, geometry),
-                            lambda: elementwise.max_pool_u8(in_shape, *geometry))
-            v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
+            out_layout = qt.layout
+            gv = self._func(("max_pool_u8", in_shape, geometry, qt.layout),
+                            lambda: elementwise.max_pool_u8(in_shape, *geometry, nhwc_io=nhwc))
+            buf = elementwise.nhwc(out_shape) if nhwc else out_shape
+            v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(buf, "uint8")),
                                    name_hint="max_pool_q")
-            self.program.record(v, lambda a: reference.max_pool_u8(a, *geometry), [qt.var])
-        else:
-            v = self._reshape(qt.var, out_shape)
-        new = self._dequantize(QTensor(v, qt.scale, qt.zp), out_shape, self._emit_fn(binding.var))
+            layout = qt.layout
+            self.program.record(v, lambda a: _to_layout(reference.max_pool_u8(_to_layout(a, layout, "NCHW"), *geometry),
+                                                        "NCHW", layout), [qt.var])
+        else:  # a reshape: of the NCHW order
+            v = self._reshape(self._in_layout(qt, "NCHW").var if len(self._shape(qt.var)) == 4 else qt.var,
+                              out_shape)
+        new = self._dequantize(QTensor(v, qt.scale, qt.zp, out_layout), out_shape, self._emit_fn(binding.var))
         self.set_var_remap(binding.var, new)
         return True
 
@@ -277,7 +319,17 @@ class _IntRewriter(relax.PyExprMutator):
         gv, cfg = catalog.add_kernel(kernel, wl, m.layer.name)
         return kernel, catalog.typed(self.builder_, gv), cfg
 
-    def _quantize_float_residual(self, m: LayerMatch, r: relax.Var) -> QTensor:
+    def _layout(self, m: LayerMatch, var: relax.Var) -> str:
+        """The activation layout of integer layer ``m`` (output ``var``): ``RealizeIntegers``'
+        ``layout`` for convs with uint8 in and out; NCHW for the int16 ones (W8A16 layers and
+        the producers of their inputs: those kernels are NCHW)."""
+        spec = self.owner.plan[m.layer.name]
+        if (self.owner.layout == "NCHW" or registry.op_of(m.workload) == "dense" or spec.a_bits == 16
+                or var in self.owner.demand16):
+            return "NCHW"
+        return self.owner.layout
+
+    def _quantize_float_residual(self, m: LayerMatch, r: relax.Var, layout: str = "NCHW") -> QTensor:
         """A residual branch computed in float (an fp32 layer's output): quantized with the
         calibrated range of that layer's output."""
         producer = self.plan.get(m.residual)
@@ -286,11 +338,11 @@ class _IntRewriter(relax.PyExprMutator):
                             f"op that is not a layer (no calibrated range to quantize it with)")
         s_r, zp_r = quant.activation_params(
             *self.owner.stats.get(producer.layer, "out").range(self.owner.method))
-        return self._quantize(r, self._shape(r), s_r, zp_r)
+        return self._quantize(r, self._shape(r), s_r, zp_r, layout)
 
-    def _int_input(self, m: LayerMatch) -> tuple[QTensor, QuantizedLayer, np.ndarray]:
-        """The layer's integer input (uint8, or int16 for W8A16), its quantization (``recipe``)
-        and the int32 bias for that input (its zero point folded in)."""
+    def _int_input(self, m: LayerMatch, layout: str = "NCHW") -> tuple[QTensor, QuantizedLayer, np.ndarray]:
+        """The layer's integer input (uint8 in ``layout``, or int16 for W8A16), its
+        quantization (``recipe``) and the int32 bias for that input (its zero point folded in)."""
         x = self.visit_expr(m.data)
         o = self.owner
         ql = quantize_layer(m.layer.name, m.weight, m.bias, m.layer.groups, o.plan[m.layer.name], o.stats,
@@ -298,7 +350,11 @@ class _IntRewriter(relax.PyExprMutator):
         if ql.int16_input:
             qx = self._i16(x, ql)
         else:
-            qx = self._u8(x) or self._quantize(x, self._shape(x), ql.in_scale, ql.in_zero_point)
+            qx = self._u8(x)
+            if qx is None:
+                qx = self._quantize(x, self._shape(x), ql.in_scale, ql.in_zero_point, layout)
+            elif len(self._shape(qx.var)) == 4:
+                qx = self._in_layout(qx, layout)
         ql = ql.fit_bias(qx.scale)
         return qx, ql, ql.int32_bias(qx.scale, qx.zp)
 
@@ -344,7 +400,8 @@ class _IntRewriter(relax.PyExprMutator):
             self._int_edge_layer(binding, p)
             return
         wl, ep = m.workload, m.epilogue
-        qx, ql, bias_q = self._int_input(m)
+        layout = self._layout(m, binding.var)
+        qx, ql, bias_q = self._int_input(m, layout)
         wq, s_w = ql.wq, ql.w_scale
         s_in, zp_in = qx.scale, qx.zp
         out_range = self.owner.stats.get(m.layer.name, "out").range(self.owner.method)
@@ -357,7 +414,7 @@ class _IntRewriter(relax.PyExprMutator):
             lo, hi = _act_bounds16(ep, s_out, qmax16)
             ep = replace(ep, out_int16=True)
         ep = replace(ep, requant=self.owner.requant)
-        wl = replace(wl, epilogue=ep)
+        wl = replace(wl, epilogue=ep, **({"layout": layout} if layout != "NCHW" else {}))
         out_dtype = "int16" if ep.out_int16 else "uint8"
         if ep.requant == "float":  # one float32 scale per channel (schedules.quant)
             mult, shift = (s_in * s_w / s_out).astype(np.float32), None
@@ -375,8 +432,8 @@ class _IntRewriter(relax.PyExprMutator):
         residual = None
         if ep.residual:
             r = self.visit_expr(m.residual)
-            qr = self._u8(r) or self._quantize_float_residual(m, r)
-            rv = self._view(qr.var, tuple(buf))
+            qr = self._u8(r) or self._quantize_float_residual(m, r, layout)
+            rv = self._view(self._in_layout(qr, layout).var, tuple(buf))
             if ep.requant == "float":
                 r_scale = np.float32(qr.scale / s_out)
                 args += [rv, relax.const(np.array([qr.zp], np.int32)), relax.const(np.array([r_scale]))]
@@ -399,8 +456,10 @@ class _IntRewriter(relax.PyExprMutator):
 
         self.program.record(y, simulate, sim_inputs)
         out_shape = tuple(m.layer.output_shape)
-        yv = y if tuple(buf) == out_shape else self._reshape(y, out_shape)
-        new = self._dequantize(QTensor(yv, s_out, zp_out), out_shape, self._emit_fn(binding.var), out_dtype)
+        var_shape = elementwise.nhwc(out_shape) if layout == "NHWC" else out_shape
+        yv = y if tuple(buf) == var_shape else self._reshape(y, var_shape)
+        new = self._dequantize(QTensor(yv, s_out, zp_out, layout), out_shape, self._emit_fn(binding.var),
+                               out_dtype)
         if ep.out_int16:
             self.range16[new] = out_range
         self.set_var_remap(binding.var, new)
@@ -408,7 +467,7 @@ class _IntRewriter(relax.PyExprMutator):
             "in": {"scale": s_in, "zero_point": zp_in}, "out": {"scale": s_out, "zero_point": zp_out},
             "w_scales": s_w.tolist(), "weight_sqnr_db": ql.weight_sqnr_db(),
             "clamp": [lo, hi], "residual": residual is not None, **_raised(ql)}
-        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, ep)
+        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, ep, layout)
 
 
 # RealizeIntegers compiles every spec (``tvmq.specs``); W4A8 and W8A8 layers share uint8
@@ -428,7 +487,7 @@ class RealizeIntegers:
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
                  features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats, record: Lowering,
                  method: str = "minmax", bias_correction: bool = True, *, configs: Any = None,
-                 requant: str = "float") -> None:
+                 requant: str = "float", layout: str = "NHWC") -> None:
         plan.validate(layers)
         unsupported = sorted({s.name for s in plan.values() if s.name not in specs.SPECS})
         if unsupported:
@@ -439,6 +498,9 @@ class RealizeIntegers:
         self.plan, self.stats, self.method = plan, stats, method
         self.bias_correction = bias_correction
         self.requant = requant  # "float" or "dyadic": the integer layers' requantization
+        if layout not in LAYOUTS:
+            raise TvmqError(f"unknown activation layout {layout!r}; known: {', '.join(LAYOUTS)}")
+        self.layout = layout  # the quantized convs' activations: NHWC (channels last) or NCHW
         # producer output var -> the int16 bound its W8A16 consumers accept (see int16_qmax)
         self.demand16: dict[relax.Var, int] = {}
 

@@ -24,10 +24,11 @@ class LoweredLayer:
     config: dict[str, Any]
     epilogue: dict[str, Any]
     config_source: str  # "fallback", or where a tuned configuration came from
+    layout: str = "NCHW"  # the activations' (``Conv2dWorkload.layout``): NCHW or NHWC
 
     def to_json(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "function": self.function, "config": self.config,
-                "epilogue": self.epilogue, "config_source": self.config_source}
+                "epilogue": self.epilogue, "layout": self.layout, "config_source": self.config_source}
 
 
 @dataclass
@@ -54,3 +55,5 @@ class Lowering:
     switches: list[Switch] = field(default_factory=list)
     qparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # quantized layers' scales
     program: Any = None  # realize_integers.NumpyProgram: the bit-exact numpy oracle
+    # every layout change RealizeIntegers emitted between two integer ops: (from, to, NCHW shape)
+    layout_transforms: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)

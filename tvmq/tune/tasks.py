@@ -11,7 +11,6 @@ the latency table.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -53,8 +52,7 @@ def conversion_compute(name: str, shape: tuple[int, ...]) -> list:
 
 
 def workload_to_json(wl: Workload) -> dict[str, Any]:
-    return {"op": "dense" if isinstance(wl, DenseWorkload) else "conv2d", **dataclasses.asdict(wl),
-            "epilogue": wl.epilogue.to_json()}
+    return {"op": "dense" if isinstance(wl, DenseWorkload) else "conv2d", **wl.to_json()}
 
 
 def workload_from_json(d: dict[str, Any]) -> Workload:
