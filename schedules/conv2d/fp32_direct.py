@@ -206,6 +206,8 @@ def conv_output(wl: Conv2dWorkload, value, name: str = "out") -> te.Tensor:  # t
     """The kernel's output buffer (``output_shape``) with ``value(n, g, k, y, x, index)`` at
     group ``g``'s output channel ``k``, ``index`` being that element's index in the buffer
     (a fused residual, shaped like the output, is read there)."""
+    if wl.nhwc and wl.groups == 1:
+        return te.compute(output_shape(wl), lambda n, y, x, kk: value(n, 0, kk, y, x, (n, y, x, kk)), name=name)
     if wl.nhwc:
         return te.compute(output_shape(wl), lambda n, y, x, gi, kk: value(n, gi, kk, y, x, (n, y, x, gi, kk)),
                           name=name)
@@ -220,7 +222,10 @@ def input_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
 def output_shape(wl: Conv2dWorkload, cfg: object = None) -> tuple[int, ...]:
     """Shape of the kernel's output buffer: NCHW with the channel axis split as ``[G, K/G]``,
     or NHWC as ``[N, OH, OW, G, K/G]`` (free reshapes of the output; keeping the group axis
-    separate keeps every index affine, which the schedule's region analysis needs)."""
+    separate keeps every index affine, which the schedule's region analysis needs), NHWC
+    itself where there is one group (so that no reshape follows the kernel)."""
+    if wl.nhwc and wl.groups == 1:
+        return wl.out_shape
     if wl.nhwc:
         return (wl.batch, wl.out_height, wl.out_width, wl.groups, wl.out_per_group)
     return (wl.batch, wl.groups, wl.out_per_group, wl.out_height, wl.out_width)
