@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tvm
@@ -130,6 +132,40 @@ def test_w8a8_edges_ties_and_clamps(wl: Conv2dWorkload, isa: str) -> None:
         got = _run(wl, xq, wq, bias_q, mm, ss, x_zp, out_zp, lo, hi, isa)
         np.testing.assert_array_equal(got, expected)
     assert len(np.unique(expected)) > 2  # not everything clamped
+
+
+@pytest.mark.parametrize("isa", CONV_ISAS)
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 16, 14, 14, 96, 1, 1, layout="NHWC"),  # read in place (no repack)
+    Conv2dWorkload(1, 24, 7, 9, 40, 1, 1, 2, 2, layout="NHWC"),  # strided 1x1
+    Conv2dWorkload(1, 3, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, layout="NHWC"),  # a first conv
+    Conv2dWorkload(1, 20, 9, 9, 24, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC"),  # padded: repacked
+    Conv2dWorkload(1, 16, 7, 7, 24, 3, 3, 2, 2, 1, 1, 1, 1, groups=4, layout="NHWC"),
+], ids=["1x1-direct", "1x1-s2", "first-conv", "3x3", "grouped-s2"])
+def test_w8a8_channels_last_conv_bit_exact(wl: Conv2dWorkload, isa: str) -> None:
+    """NHWC activations in and out, the same integers as the NCHW reference transposed."""
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 3)
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    nchw = reference.conv2d_w8a8(xq.transpose(0, 3, 1, 2), wq, bias_q, m, s, x_zp, out_zp, 0, 255,
+                                 Conv2dWorkload(*[getattr(wl, f) for f in (
+                                     "batch", "in_channels", "height", "width", "out_channels", "kernel_h",
+                                     "kernel_w", "stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom",
+                                     "pad_right")], groups=wl.groups))
+    np.testing.assert_array_equal(expected, nchw.transpose(0, 2, 3, 1))  # the reference itself
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, isa), expected)
+
+
+@pytest.mark.parametrize("isa", isa_params("depthwise_conv2d", "w8a8"))
+@given(depthwise_cases(), st.integers(1, 3))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_w8a8_channels_last_depthwise_bit_exact(isa: str, case, channel_factor: int) -> None:  # type: ignore[no-untyped-def]
+    """The NHWC depthwise template (vectorised over channels, zero-point padding by condition)."""
+    wl, seed = case
+    c = wl.in_channels * channel_factor  # 2..120: whole vectors of channels, and odd counts
+    wl = replace(wl, in_channels=c, out_channels=c, groups=c, layout="NHWC")
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, seed)
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, isa), expected)
 
 
 @pytest.mark.parametrize("isa", CONV_ISAS)

@@ -57,6 +57,18 @@ def test_mobilenetv2_w8a8_equals_simulation_bit_for_bit(mbv2_w8a8) -> None:  # t
 
 
 @pytest.mark.slow
+def test_mobilenetv2_w8a8_runs_no_layout_transform_between_quantized_layers(mbv2_w8a8) -> None:  # type: ignore[no-untyped-def]
+    """Channels-last from the input's quantize to the global average pool: every conv's
+    activations NHWC, no transpose anywhere in the compiled module."""
+    result, *_ = mbv2_w8a8
+    kernels = result.manifest_data["kernels"]
+    convs = [name for name, k in kernels.items() if not k["kernel"].startswith("dense/")]
+    assert len(convs) == 52
+    assert {kernels[name]["layout"] for name in convs} == {"NHWC"}
+    assert result.manifest_data["layout_transforms"] == []
+
+
+@pytest.mark.slow
 def test_mobilenetv2_w8a8_top1_and_agreement_on_foolbox_images(mbv2_w8a8) -> None:  # type: ignore[no-untyped-def]
     _, module, x, y, _ = mbv2_w8a8
     sess = ort_session(MOBILENETV2)

@@ -94,6 +94,10 @@ def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any
         "qparams": lowered.qparams,
         "range_method": range_method if plan is not None else None,
         "requant": requant,  # the integer layers' requantization (None: no integer layer)
+        # layout changes between two integer ops (the quantized convs keep NHWC activations; the
+        # quantize / dequantize at the integer region's edges change layout as they convert)
+        "layout_transforms": [{"from": a, "to": b, "shape": list(shape)}
+                              for a, b, shape in getattr(lowered, "layout_transforms", [])],
         "total_macs": pm.layers.total_macs,
         **size_accounting(pm, plan, lowered.weight_bytes),
         "build_seconds": timings,

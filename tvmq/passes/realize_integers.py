@@ -22,6 +22,14 @@ int16 -> uint8 requantization, and an int16 input with no integer producer is qu
 float (or widened losslessly from uint8). Max pooling and global
 average pooling stay integer too; float ops after the last integer layer (a softmax) are allowed.
 
+Layout: the uint8 activations of the quantized convs are channels-last (``layout="NHWC"``, the
+default; ``"NCHW"`` keeps ONNX's): the input's ``quantize`` writes NHWC, each conv reads and
+writes NHWC (residuals too), the integer global average pool and max pool read NHWC and a
+``dequantize`` for a float consumer transposes back as it converts. Dense layers, W8A16 layers
+and the producers of their int16 inputs stay NCHW; a uint8 tensor one layer writes in one
+layout and another reads in the other is transposed once (``Lowering.layout_transforms``, the
+manifest's ``layout_transforms``: empty for MobileNetV2, a test checks it).
+
 Postcondition (checked by ``NumpyProgram``): in a plan without float layers no float op feeds
 an integer op (``check_integer_only``); ``record.program`` simulates the emitted ops in numpy, the
 bit-exact oracle of the compiled library: the integer ops, and for plans with bf16 / fp32 layers
