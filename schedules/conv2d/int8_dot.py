@@ -22,6 +22,7 @@ import numpy as np
 from tvm import te
 
 from ..common import (
+    STACK_TILE_BYTES,
     ceil_div,
     has_block,
     int8_epilogue,
@@ -73,8 +74,10 @@ class DotConv2dConfig:
 
 
 def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> DotConv2dConfig:
-    """From the shape alone: ``oc_bn`` one or two vectors of accumulators, ``reg_n`` pixels so
-    that the tile, the weight vectors and the broadcast input fit the vector registers;
+    """From the shape alone: ``oc_bn`` one or two vectors of accumulators (two where the group's
+    output channels are whole pairs of vectors, or fit in one block: no ragged last block),
+    ``reg_n`` pixels so that the tile, the weight vectors and the broadcast input fit the vector
+    registers and the tile stays under ``STACK_TILE_BYTES`` (``keep_tile_in_registers``);
     ``ic_bn`` 16 input channels (the group's input channels rounded up to ``group`` when fewer).
     """
     d = DOT_PRODUCTS[dot]
@@ -82,8 +85,10 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> D
         reg_n = max((m for m in range(16, 6, -1) if wl.out_width % m == 0), default=min(16, wl.out_width))
         return DotConv2dConfig(ic_bn=64, oc_bn=16, reg_n=reg_n, dot=dot)
     registers = features.vector_registers
-    vecs = 2 if wl.out_per_group > d.lanes else 1
-    max_regs = (registers - 2 - vecs) // vecs
+    k = wl.out_per_group
+    vecs = 2 if k > d.lanes and (k % (2 * d.lanes) == 0 or k < 2 * d.lanes) else 1
+    max_regs = max(1, min((registers - 2 - vecs) // vecs,
+                          (STACK_TILE_BYTES - 1) // (4 * d.lanes * vecs)))
     reg_n = register_tile(wl.out_width, max_regs)
     ic_bn = min(16, ceil_div(wl.in_per_group, d.group) * d.group)
     unpadded = not (wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right)
