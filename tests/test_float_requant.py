@@ -50,6 +50,25 @@ def _run(kernel, cfg, ex, wl, arrays, out_dtype):  # type: ignore[no-untyped-def
 def test_float_requantization_is_bit_exact(wl: Conv2dWorkload, isa: str, variant: str) -> None:
     """``ties``: a zero input padded with a zero zero point, so each accumulator is its odd
     bias and each scaled value a .5 tie, which must round to even as numpy's ``rint`` does."""
+    _check_conv(wl, isa, variant)
+
+
+@pytest.mark.parametrize("isa", [p for p in isa_params("conv2d", "w8a8") if p.values[0] not in ("generic", "amx")])
+@pytest.mark.parametrize("wl", [
+    Conv2dWorkload(1, 32, 5, 14, 96, 1, 1, epilogue=FLOAT, layout="NHWC"),  # read in place
+    Conv2dWorkload(1, 16, 6, 7, 24, 1, 1, epilogue=FLOAT, layout="NHWC"),  # 24 channels: one block
+    Conv2dWorkload(1, 8, 9, 9, 40, 3, 3, 2, 2, 1, 1, 1, 1, epilogue=FLOAT, layout="NHWC"),  # repacked
+], ids=["1x1", "one-block", "3x3-s2"])
+@pytest.mark.parametrize("blocks_inside", [False, True])
+@pytest.mark.parametrize("variant", ["plain", "residual-relu"])
+def test_float_requantization_channels_last_both_loop_orders(wl: Conv2dWorkload, isa: str, blocks_inside: bool,
+                                                             variant: str) -> None:
+    """Channels-last convs with the channel blocks outside the rows (the fallback) or inside
+    each tile of pixels (``DotConv2dConfig.blocks_inside``): the same integers."""
+    _check_conv(wl, isa, variant, lambda cfg: replace(cfg, blocks_inside=blocks_inside))
+
+
+def _check_conv(wl: Conv2dWorkload, isa: str, variant: str, tweak=lambda cfg: cfg) -> None:  # type: ignore[no-untyped-def]
     ep = {"residual-relu": replace(FLOAT, residual=True, activation="relu"),
           "int16": replace(FLOAT, out_int16=True)}.get(variant, FLOAT)
     wl = replace(wl, epilogue=ep)
@@ -66,7 +85,7 @@ def test_float_requantization_is_bit_exact(wl: Conv2dWorkload, isa: str, variant
     lo, hi = {"residual-relu": (out_zp, 255), "int16": (-30000, 30000)}.get(variant, (0, 255))
     features = HOST.with_isa(isa)
     kernel = registry.select(registry.op_of(wl), "w8a8", features)
-    cfg = kernel.fallback_config(wl, features)
+    cfg = tweak(kernel.fallback_config(wl, features))
     ex = compile_for(kernel, wl, cfg, features)
     arrays = [xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg), bias_q, scale,
               np.array([x_zp, out_zp, lo, hi], np.int32)]

@@ -11,7 +11,8 @@ are adjacent and broadcast in one load; the weights are packed
 output layout are ``int8_portable``'s (``common.int8_epilogue``).
 
 Knobs (``DotConv2dConfig``): ``ic_bn`` (a multiple of ``group``), ``oc_bn`` (a multiple of
-``lanes``), ``reg_n``; ``dot`` names the instruction and is fixed by the kernel's ISA.
+``lanes``), ``reg_n``, ``blocks_inside`` (the loop order: output channel blocks outside the rows,
+or inside each tile of pixels); ``dot`` names the instruction and is fixed by the kernel's ISA.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class DotConv2dConfig:
     oc_bn: int
     reg_n: int
     dot: str
+    # the output channel blocks looped inside each tile of pixels (parallel over rows only):
+    # every pixel's channels written by one task, at the price of cycling all the weights
+    # through the cache per tile
+    blocks_inside: bool = False
 
     def __post_init__(self) -> None:
         if self.dot not in DOT_PRODUCTS:
@@ -63,7 +68,8 @@ class DotConv2dConfig:
             raise ValueError(f"oc_bn={self.oc_bn} must be a positive multiple of {d.lanes} ({d.name})")
         if self.reg_n < 1:
             raise ValueError("reg_n must be >= 1")
-        if d is AMX_16X64 and (self.ic_bn != 64 or self.oc_bn != 16 or not 2 <= self.reg_n <= 16):
+        if d is AMX_16X64 and (self.ic_bn != 64 or self.oc_bn != 16 or not 2 <= self.reg_n <= 16
+                               or self.blocks_inside):
             # (a one-row tile does not tensorize: TVM drops the unit pixel loop the intrinsic
             # description has)
             raise ValueError(f"AMX tiles need ic_bn=64, oc_bn=16, 2<=reg_n<=16, got {self}")
@@ -99,6 +105,8 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> D
         divisors = [r for r in range(min(max_regs, wl.out_width), 0, -1) if wl.out_width % r == 0]
         if divisors[0] >= min(4, wl.out_width):
             reg_n = divisors[0]
+    # channel blocks outside the rows: the order inside each tile measured within 1% on
+    # MobileNetV2 and 9% slower on ResNet-50 end to end (Zen 4); the tuner may pick it per layer
     return DotConv2dConfig(ic_bn=ic_bn, oc_bn=vecs * d.lanes, reg_n=reg_n, dot=dot)
 
 
@@ -198,15 +206,21 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DotConv2dConfig, sample: bool = False
     n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
     xo, xi = split_tile(sch, x, cfg.reg_n, max_inner=cfg.reg_n, sample=sample)
     ko_o, ko_i = sch.split(ko, [None, d.lanes])
-    sch.reorder(n, gi, b, y, xo, rc, rh, rw, rq, xi, ko_o, ko_i, rg)
-    sch.parallel(sch.fuse(n, gi, b, y))
-    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
+    if cfg.blocks_inside:
+        sch.reorder(n, gi, y, xo, b, rc, rh, rw, rq, xi, ko_o, ko_i, rg)
+        sch.parallel(sch.fuse(n, gi, y))
+        tile = b
+    else:
+        sch.reorder(n, gi, b, y, xo, rc, rh, rw, rq, xi, ko_o, ko_i, rg)
+        sch.parallel(sch.fuse(n, gi, b, y))
+        tile = xo
+    sch.reverse_compute_at(out_b, tile, preserve_unit_loops=True)
     init = sch.decompose_reduction(conv_b, rc)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(xi)
     sch.unroll(ko_o)
     sch.tensorize(ko_i, d.name)
-    finish_dot_schedule(sch, wl, cfg, init, out_b, xo)
+    finish_dot_schedule(sch, wl, cfg, init, out_b, tile)
 
 
 def finish_dot_schedule(sch, wl: Conv2dWorkload, cfg, init, out_b, xo) -> None:  # type: ignore[no-untyped-def]
@@ -266,10 +280,10 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[D
     regs = features.vector_registers
     oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
 
-    def make(ic_bn: int, oc_bn: int, reg_n: int) -> DotConv2dConfig:
+    def make(ic_bn: int, oc_bn: int, reg_n: int, inside: bool) -> DotConv2dConfig:
         if reg_n * (oc_bn // d.lanes) > regs - 3:
             raise ValueError("tile does not fit the registers")
-        return DotConv2dConfig(ic_bn, oc_bn, reg_n, dot)
+        return DotConv2dConfig(ic_bn, oc_bn, reg_n, dot, inside)
 
     return grid(make, ic_bn=channel_blocks(wl.in_per_group, d.group, 64), oc_bn=oc,
-                reg_n=range(1, min(wl.out_width, regs) + 1))
+                reg_n=range(1, min(wl.out_width, regs) + 1), inside=(False, True))
