@@ -22,6 +22,7 @@ import numpy as np
 from tvm import te, tirx
 
 from ..common import (
+    STACK_TILE_BYTES,
     ceil_div,
     finish,
     kernel_args,
@@ -75,6 +76,8 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Conv2dConfi
     else:
         oc_bn = lanes if kg > lanes // 2 else max(4, 1 << (kg - 1).bit_length())
         max_regs = accumulators
+    # a tile from STACK_TILE_BYTES up lives in a heap workspace, not in registers
+    max_regs = max(1, min(max_regs, (STACK_TILE_BYTES - 1) // (4 * oc_bn)))
     reg_n = register_tile(wl.out_width, max_regs)
     return Conv2dConfig(ic_bn=ic_bn, oc_bn=oc_bn, reg_n=reg_n)
 
