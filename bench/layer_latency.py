@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bench import dot_peak
 from bench import harness as h
 
 SPECS = ("fp32", "bf16", "w8a8", "w4a8", "w8a16")  # measured by default, in this order
@@ -106,6 +107,17 @@ def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
     return values
 
 
+def as_lowered(wl: Any, spec: str) -> Any:
+    """``wl`` as ``RealizeIntegers`` lowers a layer of ``spec`` by default: integer kernels
+    requantize in float32, and uint8-activation convs read and write channels-last."""
+    if spec == "fp32" or spec == "bf16":
+        return wl
+    wl = dataclasses.replace(wl, epilogue=dataclasses.replace(wl.epilogue, requant="float"))
+    if spec in ("w8a8", "w4a8") and hasattr(wl, "layout"):
+        wl = dataclasses.replace(wl, layout="NHWC")
+    return wl
+
+
 class TvmqKernel:
     """One tvmq kernel compiled for a workload (fallback config), with its arguments."""
 
@@ -115,6 +127,7 @@ class TvmqKernel:
         from schedules import registry
 
         t0 = time.perf_counter()
+        wl = as_lowered(wl, spec)
         kernel = registry.select(registry.op_of(wl), spec, features)
         cfg = kernel.fallback_config(wl, features)
         func = kernel.build_primfunc(wl, cfg)
@@ -387,8 +400,9 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool) -> str:
-    """The per-workload table (with GOPS and the sum row) or the per-kind one."""
+def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool, peak_gops: float | None = None) -> str:
+    """The per-workload table (with GOPS, w8a8's share of the instruction's peak, and the sum
+    row) or the per-kind one."""
     variants = (*specs, *RIVALS)
     cols = [c for c in RATIO_COLUMNS if c[1] in variants and c[2] in variants]
     gops = [v for v in ("w8a8", ORT_INT8) if v in variants] if by_layer else []
@@ -396,10 +410,14 @@ def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool) -> str:
     def cells(medians: dict[str, float | None], macs: int) -> list[str]:
         return ([fmt_ms(medians[v]) for v in variants]
                 + [fmt(None if not medians[v] or medians[v] <= 0 else 2 * macs / medians[v] / 1e6, 1)
-                   for v in gops] + [fmt(div(medians[a], medians[b])) for _, a, b in cols])
+                   for v in gops]
+                + ([fmt(None if not medians["w8a8"] or medians["w8a8"] <= 0
+                        else 2 * macs / medians["w8a8"] / 1e6 / peak_gops * 100, 0)] if with_peak else [])
+                + [fmt(div(medians[a], medians[b])) for _, a, b in cols])
 
+    with_peak = bool(peak_gops) and "w8a8" in gops
     head = ([label(v) for v in variants] + [f"GOPS {label(v).split()[-1]}" for v in gops]
-            + [c[0] for c in cols])
+            + (["w8a8 % of peak"] if with_peak else []) + [c[0] for c in cols])
     if not by_layer:
         return h.md_table(["kind", "layers", "MMAC", *head], [
             [cat, s["layers"], f"{s['macs'] / 1e6:.1f}", *cells(s["median_ms"], s["macs"])]
@@ -477,11 +495,19 @@ def render(result: dict[str, Any]) -> str:
            f"`InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, with its per-call "
            f"overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a one-element Relu), on its "
            "optimized one-layer graph minus the layout conversions at its edges (a network pays them once; "
-           "the notes give the sums with them). Epilogue bias + ReLU (ORT: Conv + Relu fused, Gemm + Relu "
+           "the notes give the sums with them). tvmq's kernels as the models lower them: w8a8 / w4a8 convs "
+           "channels-last, integer kernels with float32 requantization. Epilogue bias + ReLU (ORT: Conv + Relu fused, Gemm + Relu "
            "and QGemm for dense). GOPS = 2 x MACs / time; ratios below 1: the first is faster; the sum row "
            "adds each workload's time x its count.", ""]
+    peak = result.get("peak")
+    peak_gops = 2 * peak["gmac_s"] * s["threads"] if peak else None
+    if peak:
+        out += [f"Peak: `{peak['instruction']}` back to back on registers (`bench.dot_peak`, same machine, "
+                f"same run) {peak['gmac_s']:.1f} GMAC/s per core = {peak_gops:.1f} GOPS on {s['threads']} "
+                "thread(s); `w8a8 % of peak` is the w8a8 kernel's GOPS over it.", ""]
     for name, model in result["models"].items():
-        out += [f"### {name}", "", table(model, s["specs"], True), "", table(model, s["specs"], False), ""]
+        out += [f"### {name}", "", table(model, s["specs"], True, peak_gops), "",
+                table(model, s["specs"], False), ""]
     spare = max(0, m["nproc"] - s["threads"])
     notes = [n for name, model in result["models"].items()
              for n in model_notes(name, model, s["specs"], spare)]
@@ -516,7 +542,8 @@ def settings(args: argparse.Namespace, features: Any) -> dict[str, Any]:
     return {"models": args.model_list, "specs": args.spec_list, "threads": args.threads, "limit": args.limit,
             "repeat": args.repeat, "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms,
             "seed": args.seed,
-            "epilogue": "Epilogue(bias=True, activation='relu')", "isa": features.isa,
+            "epilogue": "Epilogue(bias=True, activation='relu'); integer specs requant='float'",
+            "layout": "w8a8 / w4a8 convs NHWC (as the models lower them), the rest NCHW", "isa": features.isa,
             "target": features.target_json(), "features": dataclasses.asdict(features),
             "tvmq_qparams": [X_ZP, OUT_ZP, 0, 255], "tvmq_qparams_int16_activations": [0, OUT_ZP, 0, 255],
             "ort_session": {"intra_op_num_threads": args.threads, "inter_op_num_threads": 1,
@@ -544,13 +571,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     features = detect_host()
     target = tvm.target.Target(features.target_json())
     found, skipped = h.find_models(args)
+    instruction = dot_peak.ISA_INSTRUCTION.get(features.isa if features.isa != "amx" else "avx512_vnni")
+    peak = None if instruction is None else dot_peak.measure(instruction, target)
     overhead = ort_call_overhead_ms(args.threads)
     print(f"onnxruntime per-call overhead (one-element Relu): {overhead * 1e3:.1f} us", flush=True)
     with tempfile.TemporaryDirectory(prefix="tvmq-layer-") as tmp:
         models = {name: measure_model(name, path, args, features, target, Path(tmp))
                   for name, path in found.items()}
     result = run.record(versions=versions, settings=settings(args, features), ort_call_overhead_ms=overhead,
-                        models=models, skipped=skipped)
+                        peak=peak, models=models, skipped=skipped)
     h.write_results(args.out, "layer_latency", result, render(result))
     return 0
 

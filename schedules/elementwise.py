@@ -27,6 +27,8 @@ either layout) and ``max_pool_u8(nhwc=True)`` reads and writes NHWC: no separate
 
 from __future__ import annotations
 
+import functools
+
 from tvm import te, tirx
 
 from . import bf16
@@ -110,21 +112,31 @@ def global_avg_pool_u8(shape: tuple[int, int, int, int], nhwc_in: bool = False) 
     return [q, out]
 
 
+UNROLLED_WINDOW = 49  # max pool windows up to 7x7 are one expression of their taps
+
+
 def max_pool_u8(shape: tuple[int, int, int, int], out_hw: tuple[int, int], pool: tuple[int, int],
                 strides: tuple[int, int], dilation: tuple[int, int],
                 pad_top_left: tuple[int, int], nhwc_io: bool = False) -> list[te.Tensor]:
     n_, c_, h_, w_ = shape
     (ph, pw), (kh, kw), (sh, sw), (dh, dw) = pad_top_left, pool, strides, dilation
     q = te.placeholder(nhwc(shape) if nhwc_io else shape, "uint8", name="q")
-    rh = te.reduce_axis((0, kh), "rh")
-    rw = te.reduce_axis((0, kw), "rw")
 
-    def window(n, c, y, x):  # type: ignore[no-untyped-def]
+    def tap(n, c, y, x, rh, rw):  # type: ignore[no-untyped-def]
         iy, ix = y * sh + rh * dh - ph, x * sw + rw * dw - pw
         inside = tirx.all(iy >= 0, iy < h_, ix >= 0, ix < w_)
         cy, cx = tirx.max(tirx.min(iy, h_ - 1), 0), tirx.max(tirx.min(ix, w_ - 1), 0)
-        return te.max(tirx.if_then_else(inside, q[n, cy, cx, c] if nhwc_io else q[n, c, cy, cx],
-                                        tirx.const(0, "uint8")), axis=[rh, rw])
+        return tirx.if_then_else(inside, q[n, cy, cx, c] if nhwc_io else q[n, c, cy, cx],
+                                 tirx.const(0, "uint8"))
+
+    def window(n, c, y, x):  # type: ignore[no-untyped-def]
+        if kh * kw > UNROLLED_WINDOW:
+            rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+            return te.max(tap(n, c, y, x, rh, rw), axis=[rh, rw])
+        # a small window as one expression: a spatial block, whose innermost loop (the channels,
+        # channels-last) ScheduleGeneric vectorises (one vector max per tap)
+        taps = [tap(n, c, y, x, i, j) for i in range(kh) for j in range(kw)]
+        return functools.reduce(tirx.max, taps)
 
     if nhwc_io:
         return [q, te.compute((n_, *out_hw, c_), lambda n, y, x, c: window(n, c, y, x), name="max_pool")]

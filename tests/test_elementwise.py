@@ -48,3 +48,29 @@ def test_integer_global_average_pool_bit_exact(isa: str) -> None:
         out = tvm.runtime.empty((shape[0], shape[1], 1, 1), "uint8")
         _build(elementwise.global_avg_pool_u8(shape), isa)(tvm.runtime.tensor(q), out)
         np.testing.assert_array_equal(out.numpy(), reference.global_avg_pool_u8(q))
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("nhwc", [False, True], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("geometry", [((3, 3), (2, 2), (1, 1), (1, 1)), ((2, 3), (1, 2), (2, 1), (0, 1)),
+                                      ((9, 9), (4, 4), (1, 1), (2, 2))], ids=["3x3-s2", "dilated", "9x9-reduce"])
+def test_integer_max_pool_bit_exact(isa: str, nhwc: bool, geometry) -> None:  # type: ignore[no-untyped-def]
+    """Small windows are one expression of their taps (a spatial block: channels-last, one vector
+    max per tap), large ones a reduction; padding taps read 0, below every uint8 code."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = geometry
+    shape, rng = (1, 64, 17, 15), np.random.default_rng(kh)
+    out_hw = ((shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+    q = rng.integers(0, 256, shape).astype(np.uint8)
+    tensors = elementwise.max_pool_u8(shape, out_hw, (kh, kw), (sh, sw), (dh, dw), (ph, pw), nhwc_io=nhwc)
+    lib = _build(tensors, isa)
+    out = tvm.runtime.empty(tuple(int(d) for d in tensors[-1].shape), "uint8")
+    lib(tvm.runtime.tensor(elementwise_layout(q, nhwc)), out)
+    want = reference.max_pool_u8(q, out_hw, (kh, kw), (sh, sw), (dh, dw), (ph, pw))
+    np.testing.assert_array_equal(out.numpy(), elementwise_layout(want, nhwc))
+    if nhwc and kh * kw <= elementwise.UNROLLED_WINDOW:
+        func = schedule_primfunc(te.create_prim_func(tensors), HOST.with_isa(isa).fp32_lanes)
+        assert "T.vectorized" in func.script()
+
+
+def elementwise_layout(a: np.ndarray, nhwc: bool) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if nhwc else a

@@ -7,8 +7,7 @@ schedule from its structure, without tuning:
 * injective producers are inlined into their consumers;
 * a purely spatial block has all its loops fused, the innermost ``lanes`` vectorised and the rest
   run in parallel (when there is enough work to pay for waking the thread pool);
-* a reduction block runs its leading spatial loops in parallel; a window reduction (pooling)
-  has its innermost output loop moved inside the reduction loops and vectorised.
+* a reduction block runs its leading spatial loops in parallel.
 
 Functions already scheduled (``tirx.is_scheduled``, e.g. the ``schedules`` kernels) are left as
 they are. A block this pass cannot schedule keeps its loops (correct, only slower).
@@ -49,8 +48,7 @@ def _has_root(sch: s_tir.Schedule) -> bool:
         return False
 
 
-def _schedule_block(sch: s_tir.Schedule, block, lanes: int,  # type: ignore[no-untyped-def]
-                    across_reduction: bool = True) -> None:
+def _schedule_block(sch: s_tir.Schedule, block, lanes: int) -> None:  # type: ignore[no-untyped-def]
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -59,12 +57,12 @@ def _schedule_block(sch: s_tir.Schedule, block, lanes: int,  # type: ignore[no-u
         # innermost loop when it is whole vectors, run the leading loops in parallel
         inner = loops[-1]
         extent = _extent(sch, inner) or 0
+        total = 1
+        for loop in loops:  # (before the split below replaces the innermost loop)
+            total *= _extent(sch, loop) or 1
         if len(loops) > 1 and extent >= lanes and extent % lanes == 0:
             _, vec = sch.split(inner, [None, lanes])
             sch.vectorize(vec)
-        total = 1
-        for loop in loops:
-            total *= _extent(sch, loop) or 1
         if total >= _MIN_PARALLEL_WORK and len(loops) > 1:
             outer = sch.fuse(*loops[: max(1, len(loops) - 2)])
             sch.parallel(outer)
@@ -74,26 +72,9 @@ def _schedule_block(sch: s_tir.Schedule, block, lanes: int,  # type: ignore[no-u
     spatial = loops[:n_spatial]
     if not spatial:
         return
-    if across_reduction and len(spatial) > 1 and len(loops) > n_spatial:
-        _vectorize_across_reduction(sch, block, spatial, loops[n_spatial:])
-        spatial = spatial[:-1]
     fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     if (_extent(sch, fused) or 0) >= 2:
         sch.parallel(fused)
-
-
-def _vectorize_across_reduction(sch: s_tir.Schedule, block, spatial, reduce) -> None:  # type: ignore[no-untyped-def]
-    """A window reduction (pooling) with its innermost output loop (the channels, channels-last)
-    moved inside the reduction loops and vectorised: each window tap is then one vector
-    max / add over a row of channels, not one scalar per output."""
-    inner = spatial[-1]
-    extent = _extent(sch, inner) or 0
-    if extent < 4:
-        raise ValueError("nothing to vectorise")
-    sch.reorder(*spatial[:-1], *reduce, inner)
-    init = sch.decompose_reduction(block, reduce[0])
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.get_loops(block)[-1])
 
 
 def schedule_primfunc(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
@@ -102,14 +83,12 @@ def schedule_primfunc(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
     if not _has_root(sch):
         return func
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        for across_reduction in (True, False):
-            try:
-                trial = sch.copy()
-                _schedule_block(trial, trial.get_sblock(sch.get(block).name_hint), lanes, across_reduction)
-                sch = trial
-                break
-            except Exception:  # the next, simpler schedule; none: this block stays naive
-                continue
+        try:
+            trial = sch.copy()
+            _schedule_block(trial, trial.get_sblock(sch.get(block).name_hint), lanes)
+            sch = trial
+        except Exception:  # leave this block naive, keep the others
+            continue
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
