@@ -103,8 +103,11 @@ def _template(ins: Instruction) -> Any:  # type: ignore[no-untyped-def]
             acc[T.Ramp(j * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
         for i in range(n):
             for j in T.unroll(ACCUMULATORS):
+                # one operand is the accumulator itself: with both loop-invariant, LLVM would
+                # hoist the multiply and leave only the adds
                 acc[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)] + T.call_llvm_pure_intrin(
-                    i32, pmadd, T.reinterpret(s16, a[T.Ramp(0, 1, lanes)]), T.reinterpret(s16, b[T.Ramp(0, 1, lanes)]))
+                    i32, pmadd, T.reinterpret(s16, acc[T.Ramp(j * lanes, 1, lanes)]),
+                    T.reinterpret(s16, b[T.Ramp(0, 1, lanes)]))
         for j in T.unroll(ACCUMULATORS):
             out[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)]
     return madd
