@@ -49,68 +49,45 @@ def _executes(features: Any, isa: str) -> bool:
     return ISA_LEVELS.index(features.isa) <= ISA_LEVELS.index(isa) and isa != "generic"
 
 
+def _step(ins: Instruction) -> Callable[[Any, Any, Any], Any]:
+    """``acc, a, b -> acc'``: one ``ins`` on accumulator vector ``acc``."""
+    from tvm import tirx  # deferred: TVM
+
+    n = ins.lanes
+    if ins.kind == "fma":
+        return lambda acc, a, b: tirx.call_llvm_pure_intrin(f"float32x{n}", "llvm.fma", a, b, acc)
+    if ins.kind == "vnni":
+        return lambda acc, a, b: tirx.call_llvm_pure_intrin(
+            f"int32x{n}", f"llvm.x86.avx512.vpdpbusd.{n * 32}", acc,
+            tirx.reinterpret(f"uint8x{4 * n}", a), tirx.reinterpret(f"int8x{4 * n}", b))
+    pmadd = "llvm.x86.avx512.pmaddw.d.512" if n == 16 else "llvm.x86.avx2.pmadd.wd"
+    # one operand is the accumulator itself: with both loop-invariant, LLVM would hoist the
+    # multiply and leave only the adds
+    return lambda acc, a, b: acc + tirx.call_llvm_pure_intrin(
+        f"int32x{n}", pmadd, tirx.reinterpret(f"int16x{2 * n}", acc), tirx.reinterpret(f"int16x{2 * n}", b))
+
+
 def _template(ins: Instruction) -> Any:  # type: ignore[no-untyped-def]
-    """The TVMScript of ``ins``: ``main(a, b, out, n)``, ``n`` iterations over ``ACCUMULATORS``
-    accumulator vectors of ``lanes`` (a stack buffer under 1 KB: LLVM keeps it in registers)."""
+    """``main(a, b, out, n)``: ``n`` iterations over ``ACCUMULATORS`` accumulator vectors of
+    ``lanes`` (a stack buffer under 1 KB: LLVM keeps it in registers)."""
     from tvm.script import tirx as T  # deferred: TVM
 
-    acc_n, lanes = ACCUMULATORS * ins.lanes, ins.lanes
-    i32, f32 = f"int32x{lanes}", f"float32x{lanes}"
-    u8, s8, s16 = f"uint8x{4 * lanes}", f"int8x{4 * lanes}", f"int16x{2 * lanes}"
-    vnni, pmadd = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", (
-        "llvm.x86.avx512.pmaddw.d.512" if lanes == 16 else "llvm.x86.avx2.pmadd.wd")
-
-    if ins.kind == "fma":
-        @T.prim_func
-        def fma(a: T.Buffer((lanes,), "float32"), b: T.Buffer((lanes,), "float32"),
-                out: T.Buffer((acc_n,), "float32"), n: T.int32):
-            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-            acc = T.decl_buffer((acc_n,), "float32", scope="local")
-            for j in T.unroll(ACCUMULATORS):
-                acc[T.Ramp(j * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
-            for i in range(n):
-                for j in T.unroll(ACCUMULATORS):
-                    acc[T.Ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
-                        f32, "llvm.fma", a[T.Ramp(0, 1, lanes)], b[T.Ramp(0, 1, lanes)],
-                        acc[T.Ramp(j * lanes, 1, lanes)])
-            for j in T.unroll(ACCUMULATORS):
-                out[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)]
-        return fma
-
-    if ins.kind == "vnni":
-        @T.prim_func
-        def dot(a: T.Buffer((lanes,), "int32"), b: T.Buffer((lanes,), "int32"),
-                out: T.Buffer((acc_n,), "int32"), n: T.int32):
-            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-            acc = T.decl_buffer((acc_n,), "int32", scope="local")
-            for j in T.unroll(ACCUMULATORS):
-                acc[T.Ramp(j * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
-            for i in range(n):
-                for j in T.unroll(ACCUMULATORS):
-                    acc[T.Ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
-                        i32, vnni, acc[T.Ramp(j * lanes, 1, lanes)],
-                        T.reinterpret(u8, a[T.Ramp(0, 1, lanes)]), T.reinterpret(s8, b[T.Ramp(0, 1, lanes)]))
-            for j in T.unroll(ACCUMULATORS):
-                out[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)]
-        return dot
+    acc_n, lanes, step = ACCUMULATORS * ins.lanes, ins.lanes, _step(ins)
+    dt = "float32" if ins.kind == "fma" else "int32"
 
     @T.prim_func
-    def madd(a: T.Buffer((lanes,), "int32"), b: T.Buffer((lanes,), "int32"),
-             out: T.Buffer((acc_n,), "int32"), n: T.int32):
+    def main(a: T.Buffer((lanes,), dt), b: T.Buffer((lanes,), dt), out: T.Buffer((acc_n,), dt), n: T.int32):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        acc = T.decl_buffer((acc_n,), "int32", scope="local")
+        acc = T.decl_buffer((acc_n,), dt, scope="local")
         for j in T.unroll(ACCUMULATORS):
-            acc[T.Ramp(j * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+            acc[T.Ramp(j * lanes, 1, lanes)] = T.Broadcast(T.Cast(dt, 0), lanes)
         for i in range(n):
             for j in T.unroll(ACCUMULATORS):
-                # one operand is the accumulator itself: with both loop-invariant, LLVM would
-                # hoist the multiply and leave only the adds
-                acc[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)] + T.call_llvm_pure_intrin(
-                    i32, pmadd, T.reinterpret(s16, acc[T.Ramp(j * lanes, 1, lanes)]),
-                    T.reinterpret(s16, b[T.Ramp(0, 1, lanes)]))
+                acc[T.Ramp(j * lanes, 1, lanes)] = step(acc[T.Ramp(j * lanes, 1, lanes)], a[T.Ramp(0, 1, lanes)],
+                                                        b[T.Ramp(0, 1, lanes)])
         for j in T.unroll(ACCUMULATORS):
             out[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)]
-    return madd
+    return main
 
 
 def peak_kernel(ins: Instruction, target: Any) -> Callable[..., Any]:
