@@ -341,3 +341,30 @@ def test_every_kernel_space_starts_at_its_fallback_and_round_trips(key) -> None:
         assert len(set(configs)) == len(configs)
         for cfg in configs:
             assert space.config_from_json(space.config_to_json(cfg)) == cfg
+
+
+_W8A8_TILES = [Conv2dWorkload(1, 16, 112, 112, 96, 1, 1, layout="NHWC"),
+               Conv2dWorkload(1, 24, 56, 56, 144, 1, 1, layout="NHWC"),
+               Conv2dWorkload(1, 144, 56, 56, 24, 1, 1, layout="NHWC"),
+               Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC"),
+               Conv2dWorkload(1, 3, 224, 224, 32, 3, 3, 2, 2, 1, 1, 1, 1, layout="NHWC")]
+_FP32_TILES = [Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1),  # the direct conv (1x1s are
+               Conv2dWorkload(1, 3, 224, 224, 32, 3, 3, 2, 2, 1, 1, 1, 1)]  # fp32_pointwise's)
+
+
+@pytest.mark.parametrize("isa", ["avx512_vnni", "avx512", "avx2"])
+@pytest.mark.parametrize("spec, wl", [("w8a8", w) for w in _W8A8_TILES] + [("fp32", w) for w in _FP32_TILES],
+                         ids=["16-96", "24-144", "144-24", "3x3", "first", "fp32-3x3", "fp32-first"])
+def test_fallback_register_tiles_stay_on_the_stack(isa: str, spec: str, wl: Conv2dWorkload) -> None:
+    """A register tile of STACK_TILE_BYTES or more lands in a heap workspace (TVM's
+    kMaxStackAlloca) and spills on every reduction step: the fallback configs stay below it,
+    and a dot-product conv's channel block leaves no ragged last block where a one-vector
+    block would not."""
+    from schedules.common import STACK_TILE_BYTES
+
+    features = PROFILES[isa]
+    cfg = registry.select(registry.op_of(wl), spec, features).fallback_config(wl, features)
+    assert cfg.reg_n * cfg.oc_bn * 4 < STACK_TILE_BYTES, cfg
+    lanes = features.fp32_lanes
+    if spec == "w8a8" and cfg.oc_bn > lanes:  # two vectors: whole pairs, or one block
+        assert wl.out_channels % cfg.oc_bn == 0 or wl.out_channels < cfg.oc_bn, cfg
