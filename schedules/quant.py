@@ -20,6 +20,10 @@ every step one correctly rounded IEEE float32 operation (int32 -> float32 and ``
 to even), every add in integers (no multiply-add can fuse into an FMA): exactly reproducible in
 numpy. The inner clamp only keeps the float -> int conversion defined; a value it moves is far
 outside ``[lo, hi]`` either way. A fused residual: ``+ rint(clamp(float32(r - r_zp) * r_s, ...))``.
+The kernels compute the same integers in fewer instructions where there is no residual:
+``rint(clamp(float32(acc) * s, lo - zp_out, hi - zp_out)) + zp_out`` (rounding is monotonic
+and fixes the integer bounds, so clamping before or after it is the same; see
+``common.requantize_float_expr``).
 
 Quantizing real values (``quantize``) rounds half to even, as onnxruntime and ``R.quantize`` do.
 Weights are symmetric per output channel in the narrow range ``[-(2**(b-1) - 1), 2**(b-1) - 1]``;
