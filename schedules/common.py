@@ -102,6 +102,12 @@ def schedule_register_tile(sch, conv_b, out_b, *, outer: list, x, reductions: li
 STACK_TILE_BYTES = 1024
 
 
+def stack_tile_pixels(channels: int, limit: int, element_bytes: int = 4) -> int:
+    """At most ``limit`` pixels per register tile of ``channels`` accumulators, fewer where the
+    tile would reach ``STACK_TILE_BYTES`` (at least 1)."""
+    return max(1, min(limit, (STACK_TILE_BYTES - 1) // (element_bytes * channels)))
+
+
 def keep_tile_in_registers(sch, init_b, out_b, tile_loop) -> None:  # type: ignore[no-untyped-def]
     """Unroll every loop inside ``tile_loop`` over the accumulator tile outside the reduction
     (its zeroing and its write-back), vectorised loops aside: one loop with a run-time index

@@ -22,7 +22,6 @@ import numpy as np
 from tvm import te, tirx
 
 from ..common import (
-    STACK_TILE_BYTES,
     ceil_div,
     finish,
     kernel_args,
@@ -32,6 +31,7 @@ from ..common import (
     register_tile,
     schedule_register_tile,
     schedule_repack,
+    stack_tile_pixels,
 )
 from ..space import grid
 from ..target_features import TargetFeatures
@@ -76,9 +76,7 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Conv2dConfi
     else:
         oc_bn = lanes if kg > lanes // 2 else max(4, 1 << (kg - 1).bit_length())
         max_regs = accumulators
-    # a tile from STACK_TILE_BYTES up lives in a heap workspace, not in registers
-    max_regs = max(1, min(max_regs, (STACK_TILE_BYTES - 1) // (4 * oc_bn)))
-    reg_n = register_tile(wl.out_width, max_regs)
+    reg_n = register_tile(wl.out_width, stack_tile_pixels(oc_bn, max_regs))
     return Conv2dConfig(ic_bn=ic_bn, oc_bn=oc_bn, reg_n=reg_n)
 
 

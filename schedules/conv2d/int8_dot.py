@@ -23,7 +23,6 @@ import numpy as np
 from tvm import te
 
 from ..common import (
-    STACK_TILE_BYTES,
     ceil_div,
     has_block,
     int8_epilogue,
@@ -33,6 +32,7 @@ from ..common import (
     register_tile,
     schedule_repack,
     split_tile,
+    stack_tile_pixels,
     vectorize_channels_last_store,
 )
 from ..intrinsics import AMX_16X64, DOT_PRODUCTS, DotProduct, amx_intrinsics
@@ -93,8 +93,7 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> D
     registers = features.vector_registers
     k = wl.out_per_group
     vecs = 2 if k > d.lanes and (k % (2 * d.lanes) == 0 or k < 2 * d.lanes) else 1
-    max_regs = max(1, min((registers - 2 - vecs) // vecs,
-                          (STACK_TILE_BYTES - 1) // (4 * d.lanes * vecs)))
+    max_regs = stack_tile_pixels(vecs * d.lanes, (registers - 2 - vecs) // vecs)
     reg_n = register_tile(wl.out_width, max_regs)
     ic_bn = min(16, ceil_div(wl.in_per_group, d.group) * d.group)
     unpadded = not (wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right)
