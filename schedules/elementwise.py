@@ -95,6 +95,21 @@ def dequantize(shape: tuple[int, ...], dtype: str = "uint8", from_nhwc: bool = F
     return [q, scale, zp, te.compute(shape, deq, name="dequantize")]
 
 
+def lookup_u8(shape: tuple[int, ...], from_nhwc: bool = False, to_nhwc: bool = False,
+              out_dtype: str = "float32") -> list[te.Tensor]:
+    """``out = table[q]``: any elementwise function of a uint8 tensor (its 256 values computed
+    at compile time), float32 or uint8 out, NCHW ``shape`` (``q`` / ``out`` NHWC if
+    ``from_nhwc`` / ``to_nhwc``)."""
+    q = te.placeholder(nhwc(shape) if from_nhwc else shape, "uint8", name="q")
+    table = te.placeholder((256,), out_dtype, name="table")
+
+    def look(*o):  # type: ignore[no-untyped-def]
+        i = (o[0], o[3], o[1], o[2]) if to_nhwc else o  # the NCHW index of this output
+        return table[(q[i[0], i[2], i[3], i[1]] if from_nhwc else q[i]).astype("int32")]
+
+    return [q, table, te.compute(nhwc(shape) if to_nhwc else shape, look, name="lookup")]
+
+
 def global_avg_pool_u8(shape: tuple[int, int, int, int], nhwc_in: bool = False) -> list[te.Tensor]:
     n_, c_, h_, w_ = shape
     q = te.placeholder(nhwc(shape) if nhwc_in else shape, "uint8", name="q")

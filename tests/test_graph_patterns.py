@@ -85,3 +85,147 @@ def test_a_channel_batch_norm_folding_nearly_zeroed_gets_a_raised_weight_scale(t
         want = ref.run(None, {"x": xi})[0]
         sqnr = 10 * np.log10((want ** 2).sum() / ((got - want) ** 2).sum())
         assert sqnr > 25, sqnr
+
+
+# --- quantized graphs real exporters make (issue 15): integer forms and float islands -------------
+def _save(path: Path, nodes: list, inits: list, x_shape: list[int], x_type: int = TensorProto.FLOAT) -> Path:
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", x_type, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _weights(rng: np.random.Generator, **shapes: tuple[int, ...]) -> list:
+    return [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), name)
+            for name, s in shapes.items()]
+
+
+def _ints(**values: list[int]) -> list:
+    return [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in values.items()]
+
+
+def _w8a8_equals_program(tmp_path: Path, model: Path, x: np.ndarray, plan: str = "w8a8",
+                         min_sqnr: float = 25.0) -> dict:
+    """Compiles ``model`` at ``plan`` with statistics from ``x`` (samples ``[N, 1, ...]``); the
+    library equals its numpy program and stays near onnxruntime's fp32; returns the manifest."""
+    r = tvmq.build(model, tmp_path / plan, plan=plan, stats=collect(model, x[:, 0]))
+    assert r.program is not None
+    q, ref = tvmq.load(r.library), ort_session(model)
+    for xi in x[:4]:
+        got = q.run({"x": xi})["y"]
+        np.testing.assert_array_equal(got, r.program.run([xi])[0])
+        want = ref.run(None, {"x": xi})[0]
+        assert 10 * np.log10((want ** 2).sum() / ((got - want) ** 2).sum()) > min_sqnr
+    return r.manifest_data
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_a_reduce_mean_head_stays_integer(tmp_path: Path, keepdims: int) -> None:
+    """A classifier head averaging with ``ReduceMean`` over H and W (newer torch exporters)
+    instead of GlobalAveragePool + Flatten: integer global average pooling, no island."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=keepdims),
+             helper.make_node("Flatten", ["m"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], name="fc", transB=1)]
+    model = _save(tmp_path / "m.onnx", nodes, _weights(rng, w1=(8, 3, 3, 3), b1=(8,), w2=(5, 8), b2=(5,)),
+                  [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    assert manifest["float_islands"] == []
+
+
+@pytest.mark.parametrize("plan", ["w8a8", "w4a8"])
+def test_a_strided_slice_and_channel_pad_shortcut_stays_integer(tmp_path: Path, plan: str) -> None:
+    """A parameter-free downsampling shortcut (every other pixel, channels zero-padded) added to
+    a strided conv's output: slice and pad run on the uint8 tensor in its NHWC layout (the pad
+    writes the zero point), the residual add stays in the conv's epilogue."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["cr"]),
+             helper.make_node("Conv", ["cr", "w2", "b2"], ["d"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Slice", ["ar", "st", "en", "ax", "sp"], ["s"]),
+             helper.make_node("Pad", ["s", "pads"], ["p"], mode="constant"),
+             helper.make_node("Add", ["d", "p"], ["e"]),
+             helper.make_node("Relu", ["e"], ["er"]),
+             helper.make_node("Conv", ["er", "w3", "b3"], ["y"], name="conv3")]
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(16, 8, 3, 3), b1=(16,), w2=(16, 16, 3, 3), b2=(16,),
+                     w3=(4, 16, 1, 1), b3=(4,))
+    inits += _ints(st=[0, 0], en=[9, 9], ax=[2, 3], sp=[2, 2], pads=[0, 4, 0, 0, 0, 4, 0, 0])
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 9, 9])
+    x = rng.standard_normal((16, 1, 3, 9, 9)).astype(np.float32)
+    manifest = _w8a8_equals_program(tmp_path, model, x, plan, min_sqnr=25 if plan == "w8a8" else 12)
+    assert manifest["float_islands"] == []
+    assert manifest["qparams"]["conv2"]["residual"]
+
+
+def test_a_float_island_on_a_residual_uses_its_calibrated_range(tmp_path: Path) -> None:
+    """A shortcut padded with a value that is no integer of its scale (1.0) stays float (an
+    island); the residual operand is quantized with the range calibration observed for it."""
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w1", "b1"], ["d"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Pad", ["ar", "pads", "one"], ["p"], mode="constant"),
+             helper.make_node("Add", ["d", "p"], ["e"]),
+             helper.make_node("Relu", ["e"], ["er"]),
+             helper.make_node("Conv", ["er", "w2", "b2"], ["y"], name="conv2")]
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(12, 8, 3, 3), b1=(12,), w2=(4, 12, 1, 1), b2=(4,))
+    inits += _ints(pads=[0, 2, 0, 0, 0, 2, 0, 0]) + [numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    stats = collect(model, x[:, 0])
+    assert stats.get("conv1", "residual").max >= 1.0  # the pad value, observed
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    [island] = manifest["float_islands"]
+    assert [op["op"] for op in island["ops"]] == ["nn.pad"] and island["feeds"] == ["conv1"]
+    assert island["source"] == ["integer"] and "no integer implementation" in island["reason"]
+
+
+@pytest.mark.parametrize("edge", ["transpose", "cast"])
+def test_float_ops_on_the_model_input_before_the_first_layer(tmp_path: Path, edge: str) -> None:
+    """An NHWC input transposed, or an int64 input cast, before the first conv: the op runs in
+    float on the input (listed as such) and the conv's input quantize follows it."""
+    rng = np.random.default_rng(8)
+    if edge == "transpose":
+        first, shape, x_type = helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]), [1, 8, 8, 3], TensorProto.FLOAT
+        x = rng.standard_normal((16, 1, 8, 8, 3)).astype(np.float32)
+    else:
+        first, shape, x_type = helper.make_node("Cast", ["x"], ["t"], to=TensorProto.FLOAT), [1, 3, 8, 8], TensorProto.INT64
+        x = rng.integers(-20, 20, (16, 1, 3, 8, 8)).astype(np.int64)
+    nodes = [first, helper.make_node("Conv", ["t", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    model = _save(tmp_path / "m.onnx", nodes, _weights(rng, w1=(8, 3, 3, 3), b1=(8,), w2=(4, 8, 1, 1)), shape, x_type)
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    [island] = manifest["float_islands"]
+    assert island["source"] == ["input"] and island["feeds"] == ["conv1"]
+
+
+def test_squeeze_excitation_hard_swish_sigmoid_and_concat(tmp_path: Path) -> None:
+    """HardSwish, an SE block (GAP, two 1x1 convs, HardSigmoid, Mul), Sigmoid and Concat: the
+    elementwise functions of one uint8 tensor become 256-entry lookup tables (HardSwish,
+    HardSigmoid, Sigmoid: no island), the rest runs in float islands, every op reproduced
+    by the numpy program."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["a"], ["ah"]),
+             helper.make_node("GlobalAveragePool", ["ah"], ["g"]),
+             helper.make_node("Conv", ["g", "w1", "b1"], ["s1"], name="se1"),
+             helper.make_node("Relu", ["s1"], ["s1r"]),
+             helper.make_node("Conv", ["s1r", "w2", "b2"], ["s2"], name="se2"),
+             helper.make_node("HardSigmoid", ["s2"], ["s2h"], alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["ah", "s2h"], ["m"]),
+             helper.make_node("Conv", ["m", "w3", "b3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c3"], ["c3s"]),
+             helper.make_node("Concat", ["c3s", "m"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w4", "b4"], ["y"], name="conv4")]
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(4, 8, 1, 1), b1=(4,), w2=(8, 4, 1, 1), b2=(8,),
+                     w3=(8, 8, 3, 3), b3=(8,), w4=(4, 16, 1, 1), b4=(4,))
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    ops = sorted(op["op"] for island in manifest["float_islands"] for op in island["ops"])
+    assert ops == ["concat", "mean", "multiply"], ops  # (HardSwish / HardSigmoid / Sigmoid: tables)

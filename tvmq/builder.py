@@ -98,6 +98,8 @@ def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any
         # quantize / dequantize at the integer region's edges change layout as they convert)
         "layout_transforms": [{"from": a, "to": b, "shape": list(shape)}
                               for a, b, shape in getattr(lowered, "layout_transforms", [])],
+        # float ops a quantized plan runs in float32 between integer ones (no integer form)
+        "float_islands": [i.to_json() for i in getattr(lowered, "islands", [])],
         "total_macs": pm.layers.total_macs,
         **size_accounting(pm, plan, lowered.weight_bytes),
         "build_seconds": timings,

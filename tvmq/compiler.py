@@ -116,22 +116,26 @@ def lower_module(pm: PreparedModel, features: TargetFeatures, *,
     timer = PassTimer()
     with tvm.transform.PassContext(instruments=[timer]):
         mod = tvm.transform.Sequential(to_kernels)(mod)
-        _check_lowering(pm, record, options.get("plan"), progress)
+        _check_lowering(pm, record, progress)
         with tvm.target.Target(features.target_json()):
             mod = tvm.transform.Sequential(legalize)(mod)
     return Lowered(**vars(record), mod=mod, timings={"import": import_seconds, **timer.seconds})
 
 
-def _check_lowering(pm: PreparedModel, record: Lowering, plan: Any, progress: Callable[[str], None]) -> None:
-    """Says what lowering did; an all-integer plan must be integer-only (else a ``TvmqError``)."""
-    if record.program is not None:
-        integer_only = all(not spec.is_float for spec in plan.values())
-        # integer plans: no float op between their layers (else an error); with float layers
-        # the program reproduces them too (each kernel's summation order): the exact oracle
-        if not (record.program.check_integer_only() if integer_only else record.program.simulated()):
-            record.program = None
-            progress("note: an op tvmq does not reproduce in numpy (e.g. a softmax) lies before an "
-                     "output: no bit-exact numpy oracle of the outputs")
+def _check_lowering(pm: PreparedModel, record: Lowering, progress: Callable[[str], None]) -> None:
+    """Says what lowering did: the float islands of a quantized plan (one line per op kind),
+    whether the numpy program reproduces the outputs, which layers missed a kernel."""
+    kinds: dict[str, int] = {}
+    for island in record.islands:
+        for _, op in island.ops:
+            kinds[op] = kinds.get(op, 0) + 1
+    for op, n in sorted(kinds.items()):
+        progress(f"float island: {n} x {op} (no integer implementation: float32 between a "
+                 f"dequantize and a quantize)")
+    if record.program is not None and not record.program.simulated():
+        record.program = None
+        progress("note: an op tvmq does not reproduce in numpy (e.g. a softmax) lies before an "
+                 "output: no bit-exact numpy oracle of the outputs")
     functions = {k.function for k in record.kernels.values()}
     progress(f"kernels: {len(record.kernels)} layers on {len(functions)} kernels")
     missed = [l.name for l in pm.layers if l.name not in record.kernels]

@@ -368,19 +368,22 @@ def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
 
 
 @contextlib.contextmanager
-def _clip_as_relax_op():  # type: ignore[no-untyped-def]
-    """Import ``Clip`` with constant bounds as ``relax.clip`` (for the duration of one import).
+def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
+    """Import ``Clip`` with constant bounds as ``relax.clip`` and a constant ``Pad`` as
+    ``relax.nn.pad`` (for the duration of one import).
 
-    TVM 0.27's importer lowers ``Clip`` straight to TIR calls (``emit_te``), which hides ReLU6
-    from the epilogue fusion of ``LowerToKernels`` and costs a full extra pass over memory per
-    layer; ``Max``/``Min`` are worse (``stack`` + reduce). This is the one place tvmq touches the
-    importer's converter table; the original table is restored on exit.
+    TVM 0.27's importer lowers both straight to TIR calls (``emit_te``): that hides ReLU6 from
+    the epilogue fusion of ``LowerToKernels`` and costs a full extra pass over memory per layer
+    (``Max``/``Min`` are worse: ``stack`` + reduce), and it hides a pad's widths and value from
+    ``RealizeIntegers`` (an integer pad with the zero point) and the numpy program. This is the
+    one place tvmq touches the importer's converter table; the original table is restored on exit.
     """
     from tvm import relax  # (deferred: reading and checking a model needs no TVM)
     from tvm.relax.frontend.onnx import onnx_frontend as of  # (deferred: as above)
 
     original_map = of._get_convert_map
     original_clip = original_map()["Clip"]
+    original_pad = original_map()["Pad"]
 
     def _bound(expr: Any, attr_value: Any, default: float) -> float | None:
         if expr is None:
@@ -407,9 +410,19 @@ def _clip_as_relax_op():  # type: ignore[no-untyped-def]
                 return original_clip._impl_v13(bb, inputs, attr, params)
             return relax.op.clip(inputs[0], lo, hi)
 
+    class Pad(original_pad):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _lower_pad(cls, bb, inputs, attr, params, allowed_modes):  # type: ignore[no-untyped-def]
+            if attr.get("mode", b"constant").decode("utf-8") != "constant":
+                return original_pad._lower_pad(bb, inputs, attr, params, allowed_modes)
+            before, after, value = cls._parse_pads_and_axes(inputs, params)
+            widths = [int(w) for pair in zip(before, after) for w in pair]
+            return relax.op.nn.pad(inputs[0], widths, "constant", float(value))
+
     def patched_map():  # type: ignore[no-untyped-def]
         table = original_map()
         table["Clip"] = Clip
+        table["Pad"] = Pad
         return table
 
     of._get_convert_map = patched_map
@@ -431,7 +444,7 @@ def to_relax(pm: PreparedModel):  # type: ignore[no-untyped-def]
     from tvm.relax.frontend.onnx import from_onnx  # (deferred: as above)
 
     try:
-        with _clip_as_relax_op():
+        with _ops_as_relax_ops():
             mod = from_onnx(pm.model, shape_dict={s.name: list(s.shape) for s in pm.inputs},
                             keep_params_in_input=True)
     except Exception as e:

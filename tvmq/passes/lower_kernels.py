@@ -402,7 +402,7 @@ class _Rewriter(relax.PyExprMutator):
         self.plan = plan
         self.skip: set[relax.Var] = set().union(*(p.interior for p in plan.values()))
         self.taps = taps
-        self.tapped: list[tuple[str, str, relax.Var]] = []  # (layer, "in" | "out", output var)
+        self.tapped: list[tuple[str, str, relax.Var]] = []  # (layer, "in" | "out" | "residual", var)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # type: ignore[override]
         if binding.var in self.skip:
@@ -416,6 +416,9 @@ class _Rewriter(relax.PyExprMutator):
             x_in = self.visit_expr(p.data)
             self.tapped.append((p.layer, "in", self.builder_.emit_output(x_in, name_hint="tap_in")))
             self.tapped.append((p.layer, "out", self.builder_.emit_output(new, name_hint="tap_out")))
+            if p.residual is not None:  # (a float island may compute it: its range, observed)
+                r = self.visit_expr(p.residual)
+                self.tapped.append((p.layer, "residual", self.builder_.emit_output(r, name_hint="tap_res")))
 
     def with_taps(self, func: relax.Function) -> relax.Function:
         """``func`` returning ``(original output, *tapped tensors)``."""

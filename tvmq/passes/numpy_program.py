@@ -20,8 +20,13 @@ from schedules import reference
 from ..errors import TvmqError
 from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU
 
+MULTIPLY, SUBTRACT = tvm.ir.Op.get("relax.multiply"), tvm.ir.Op.get("relax.subtract")
+DIVIDE = tvm.ir.Op.get("relax.divide")
+
 MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
+PAD, STRIDED_SLICE = tvm.ir.Op.get("relax.nn.pad"), tvm.ir.Op.get("relax.strided_slice")
+CONCAT, ASTYPE = tvm.ir.Op.get("relax.concat"), tvm.ir.Op.get("relax.astype")
 
 
 @dataclass(frozen=True)
@@ -51,18 +56,6 @@ class NumpyProgram:
         self.ops[var] = (fn, inputs)
         if is_float:
             self.float_ops.add(var)
-
-    def check_integer_only(self) -> bool:
-        """No float op between quantized layers (a plan with no float layer): every integer op
-        must be fed by the model's inputs or by other integer ops. Float ops after the last
-        integer layer (a softmax on the logits) are allowed. Returns ``simulated()``."""
-        floats = sorted({i.name for v, (_, ins) in self.ops.items() if v not in self.float_ops
-                         for i in map(self._resolve, ins)
-                         if (i not in self.ops or i in self.float_ops) and i not in self.params})
-        if floats:
-            raise TvmqError(f"not integer-only: {', '.join(floats[:5])} computed by a float op "
-                            f"feeds an integer one (a float op between quantized layers)")
-        return self.simulated()
 
     def simulated(self) -> bool:
         """Whether every model output is computed by recorded ops from the inputs (False when an
@@ -117,10 +110,24 @@ def is_global_avg_pool(call: relax.Call) -> bool:
             and not any(int(p) for p in a.padding))
 
 
+def slice_index(call: relax.Call) -> tuple[slice, ...] | None:
+    """The numpy index of a ``relax.strided_slice`` with constant axes, begins, ends and
+    strides (ONNX semantics: ends clamped to the axis, negative positions from the end)."""
+    shape = [int(d) for d in call.args[0].ty.shape]
+    try:
+        axes, begin, end, strides = ([int(v) for v in arg] for arg in call.args[1:5])
+    except (TypeError, ValueError, AttributeError):
+        return None
+    index = [slice(None)] * len(shape)
+    for ax, b, e, s in zip(axes, begin, end, strides):
+        index[ax % len(shape)] = slice(b, e, s)
+    return tuple(index)
+
+
 def tensor_args(call: relax.Call) -> list[int]:
     """Positions of the tensor arguments of a float op (clip's bounds and reshape's shape are
     attributes, read by ``float_op``)."""
-    if call.op == CLIP or call.op == RESHAPE:
+    if call.op in (CLIP, RESHAPE, STRIDED_SLICE):
         return [0]
     return list(range(len(call.args)))
 
@@ -135,6 +142,12 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
     op = call.op
     if op == ADD:
         return lambda x, y: np.add(x, y, dtype=np.float32)
+    if op == SUBTRACT:
+        return lambda x, y: np.subtract(x, y, dtype=np.float32)
+    if op == MULTIPLY:
+        return lambda x, y: np.multiply(x, y, dtype=np.float32)
+    if op == DIVIDE:
+        return lambda x, y: np.divide(x, y, dtype=np.float32)
     if op == MAXIMUM:
         return lambda x, y: np.maximum(x, y)
     if op == MINIMUM:
@@ -159,6 +172,18 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
         if geometry is None:
             return None
         return lambda x: reference.max_pool(x, *geometry, np.float32(-np.inf))
+    if op == PAD and a.pad_mode == "constant":
+        widths = [int(w) for w in a.pad_width]
+        pairs, value = list(zip(widths[::2], widths[1::2])), np.float32(float(a.pad_value))
+        return lambda x: np.pad(x, pairs, constant_values=value)
+    if op == STRIDED_SLICE:
+        index = slice_index(call)
+        return None if index is None else (lambda x: np.ascontiguousarray(x[index]))
+    if op == CONCAT:
+        axis = int(a.axis)
+        return lambda *xs: np.concatenate(xs, axis=axis)
+    if op == ASTYPE:  # to float32 (the check above): exact from integers and float32
+        return lambda x: x.astype(np.float32)
     if op == AVG_POOL and is_global_avg_pool(call):  # topi: the window sum, then one division
         return lambda x: reference.mean_in_order(x, [2, 3], True)
     return None

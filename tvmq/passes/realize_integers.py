@@ -59,9 +59,22 @@ from ..plan import PrecisionPlan
 from ..recipe import QuantizedLayer, int16_qmax, quantize_layer
 from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, const_value,
                             emit_float_layer, finish_module, float_call)
-from .numpy_program import (AVG_POOL, MAX_POOL, MEAN, RESHAPE, NumpyProgram, QTensor, float_op,
-                            is_global_avg_pool, max_pool_geometry, tensor_args)
-from .records import Lowering
+from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, RELU
+from .numpy_program import (AVG_POOL, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, RESHAPE, STRIDED_SLICE, SUBTRACT,
+                            NumpyProgram, QTensor, float_op, is_global_avg_pool, max_pool_geometry, slice_index, tensor_args)
+
+# elementwise float ops evaluated on the 256 values of a uint8 tensor (``_IntRewriter._lookup``):
+# those numpy_program.float_op reproduces, and these (float64, rounded once to float32)
+UNARY_TABLES: dict[Any, Callable[[np.ndarray], np.ndarray]] = {
+    tvm.ir.Op.get("relax.sigmoid"): lambda t: (1 / (1 + np.exp(-t.astype(np.float64)))).astype(np.float32),
+    tvm.ir.Op.get("relax.tanh"): lambda t: np.tanh(t.astype(np.float64)).astype(np.float32),
+    tvm.ir.Op.get("relax.exp"): lambda t: np.exp(t.astype(np.float64)).astype(np.float32),
+}
+ELEMENTWISE = (ADD, SUBTRACT, MULTIPLY, DIVIDE, MAXIMUM, MINIMUM, RELU, CLIP)
+
+# ops with an integer form on a quantized tensor (``_IntRewriter._int_passthrough``)
+INT_FORMS = (MEAN, RESHAPE, MAX_POOL, AVG_POOL, STRIDED_SLICE, PAD)
+from .records import Island, Lowering
 
 if TYPE_CHECKING:  # (calibration sits above the passes: it compiles with them)
     from ..calibration import ActivationStats
@@ -125,6 +138,11 @@ class _IntRewriter(relax.PyExprMutator):
         self.program = NumpyProgram()
         self._funcs: dict[tuple, relax.GlobalVar] = {}
         self._relayout: dict[tuple[relax.Var, str], QTensor] = {}
+        # float tensors quantized for an integer layer: (var, layer) -> the islands behind them
+        self.boundaries: list[tuple[relax.Var, str]] = []
+        self.float_layers: set[relax.Var] = set()  # outputs of fp32 / bf16 layers
+        # float var -> (its uint8 source, its 256 values, NCHW shape): a lookup table of the source
+        self.tables: dict[relax.Var, tuple[QTensor, np.ndarray, tuple[int, ...]]] = {}
 
     # -- small emitters, each recorded for the numpy simulation ----------------------------
     def _func(self, key: tuple, make: Callable[[], list]) -> relax.GlobalVar:
@@ -138,8 +156,13 @@ class _IntRewriter(relax.PyExprMutator):
 
     def _quantize(self, x: relax.Var, shape: tuple[int, ...], scale: float, zp: int,
                   layout: str = "NCHW") -> QTensor:
-        """``x`` (float, NCHW ``shape``) as uint8 in ``layout`` (the quantize writes it)."""
+        """``x`` (float, NCHW ``shape``) as uint8 in ``layout`` (the quantize writes it); a
+        function of a uint8 tensor (``tables``) as one uint8 lookup of that tensor."""
         to_nhwc = layout == "NHWC"
+        if x in self.tables and self.tables[x][2] == tuple(shape):
+            src, values, _ = self.tables[x]
+            table = reference.quantize_u8(values, scale, zp)
+            return QTensor(self._lookup_call(src, table, shape, layout, "xq"), scale, zp, layout)
         gv = self._func(("quantize", shape, layout), lambda: elementwise.quantize(shape, to_nhwc))
         out_shape = elementwise.nhwc(shape) if to_nhwc else shape
         v = self.builder_.emit(relax.call_tir(gv, [x, relax.const(np.array([scale], np.float32)),
@@ -147,6 +170,53 @@ class _IntRewriter(relax.PyExprMutator):
                                               relax.TensorType(out_shape, "uint8")), name_hint="xq")
         self.program.record(v, lambda a: _to_layout(reference.quantize_u8(a, scale, zp), "NCHW", layout), [x])
         return QTensor(v, scale, zp, layout)
+
+    def _lookup_call(self, src: QTensor, table: np.ndarray, shape: tuple[int, ...], layout: str,
+                     name: str) -> relax.Var:
+        """``table[src]`` (NCHW ``shape``, written in ``layout``), recorded for the numpy program."""
+        dtype = str(table.dtype)
+        gv = self._func(("lookup", shape, src.layout, layout, dtype),
+                        lambda: elementwise.lookup_u8(shape, src.layout == "NHWC", layout == "NHWC", dtype))
+        out_shape = elementwise.nhwc(shape) if layout == "NHWC" else shape
+        v = self.builder_.emit(relax.call_tir(gv, [src.var, relax.const(table)], relax.TensorType(out_shape, dtype)),
+                               name_hint=name)
+        self.program.record(v, lambda a: _to_layout(table[_to_layout(a, src.layout, "NCHW")], "NCHW", layout),
+                            [src.var])
+        return v
+
+    def _lookup(self, binding: relax.VarBinding, call: relax.Call) -> bool:
+        """An elementwise float op whose tensor operands are all functions of one uint8 tensor
+        (``tables``; constants are scalars) is that function: its 256 values, computed here in
+        numpy, become a float32 lookup of the uint8 tensor (exact by construction: the numpy
+        program reads the same table). False for any other op."""
+        fn = float_op(call) if call.op in ELEMENTWISE else UNARY_TABLES.get(call.op)
+        if fn is None or str(getattr(call.ty, "dtype", "")) != "float32":
+            return False
+        new_call = self.visit_expr(call)
+        source: tuple[QTensor, tuple[int, ...]] | None = None
+        operands: list[Any] = []
+        for i in tensor_args(call):
+            arg = new_call.args[i]
+            c = const_value(arg)
+            if c is not None and c.size == 1:
+                operands.append(np.float32(c.reshape(())))
+                continue
+            if not isinstance(arg, relax.Var) or arg not in self.tables:
+                return False
+            qt, values, shape = self.tables[arg]
+            if source is not None and (source[0].var is not qt.var or source[1] != shape):
+                return False
+            source = (qt, shape)
+            operands.append(values)
+        if source is None or self._shape(binding.var) != source[1]:
+            return False
+        values = np.asarray(fn(*operands), np.float32).reshape(256)
+        v = self._lookup_call(source[0], values, source[1], "NCHW", binding.var.name)
+        if not isinstance(binding.var, relax.DataflowVar):
+            v = self.builder_.emit_output(v, name_hint=binding.var.name)
+        self.tables[v] = (source[0], values, source[1])
+        self.set_var_remap(binding.var, v)
+        return True
 
     def _dequantize(self, qt: QTensor, shape: tuple[int, ...], emit: Callable,
                     dtype: str = "uint8") -> relax.Var:
@@ -160,6 +230,8 @@ class _IntRewriter(relax.PyExprMutator):
         self.program.record(v, lambda a: reference.dequantize_u8(_to_layout(a, qt.layout, "NCHW"), qt.scale, qt.zp),
                             [qt.var])
         (self.q if dtype == "uint8" else self.q16)[v] = qt
+        if dtype == "uint8":
+            self.tables[v] = (qt, reference.dequantize_u8(np.arange(256, dtype=np.uint8), qt.scale, qt.zp), shape)
         return v
 
     def _in_layout(self, qt: QTensor, layout: str) -> QTensor:
@@ -212,6 +284,7 @@ class _IntRewriter(relax.PyExprMutator):
             self.q16[x] = QTensor(v, qt.scale, 0)
             return self.q16[x]
         scale, qmax = ql.in_scale, ql.in_qmax
+        self.boundaries.append((x, ql.name))
         gv = self._func(("quantize_i16", shape, qmax), lambda: elementwise.quantize_i16(shape, qmax))
         v = self.builder_.emit(relax.call_tir(gv, [x, relax.const(np.array([scale], np.float32))],
                                               relax.TensorType(shape, "int16")), name_hint="xq16")
@@ -247,13 +320,16 @@ class _IntRewriter(relax.PyExprMutator):
             return
         if isinstance(p, FloatCall):
             x, residual, new = emit_float_layer(self, binding, p)
+            self.float_layers.add(new)
             self.program.record(new, p.simulate, [x] if residual is None else [x, residual], is_float=True)
             return
         value = binding.value
-        if isinstance(value, relax.Call) and value.op in (MEAN, RESHAPE, MAX_POOL, AVG_POOL) and len(value.args) >= 1:
+        if isinstance(value, relax.Call) and value.op in INT_FORMS and len(value.args) >= 1:
             x = self.visit_expr(value.args[0])
             if self._u8(x) is not None and self._int_passthrough(binding, value, x):
                 return
+        if isinstance(value, relax.Call) and self._lookup(binding, value):
+            return
         fn = float_op(value) if isinstance(value, relax.Call) else None
         if fn is None:
             super().visit_var_binding_(binding)
@@ -262,58 +338,105 @@ class _IntRewriter(relax.PyExprMutator):
         new_call = self.visit_expr(value)
         v = self._emit_fn(binding.var)(new_call)
         self.set_var_remap(binding.var, v)
-        tensors = [arg for arg in new_call.args if isinstance(arg, relax.Var)]
-        consts = {i: const_value(arg) for i, arg in enumerate(new_call.args) if const_value(arg) is not None}
-        if len(tensors) + len(consts) < len(tensor_args(value)):
+        # the tensor operands in order (a concat's tuple flattened): vars or constants
+        operands = [f for i in tensor_args(value) for f in (
+            new_call.args[i].fields if isinstance(new_call.args[i], relax.Tuple) else [new_call.args[i]])]
+        tensors = [arg for arg in operands if isinstance(arg, relax.Var)]
+        consts = {i: const_value(arg) for i, arg in enumerate(operands) if const_value(arg) is not None}
+        if len(tensors) + len(consts) < len(operands):
             return  # an argument that is neither a var nor a constant: not simulated
 
         def simulate(*vals: np.ndarray) -> np.ndarray:
             it = iter(vals)
-            return fn(*[consts[i] if i in consts else next(it) for i in tensor_args(value)])
+            return fn(*[consts[i] if i in consts else next(it) for i in range(len(operands))])
 
         self.program.record(v, simulate, tensors, is_float=True)
 
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
+        """An op on an integer tensor that has an exact integer form (global average pooling,
+        max pooling, reshapes, strided slices, a zero pad with the zero point) stays integer:
+        same scale and zero point; False where this form has none (the op then runs in float,
+        a float island)."""
         qt = self.q[x]
         out_shape = self._shape(binding.var)
-        nhwc = qt.layout == "NHWC"
-        out_layout = "NCHW"
         if call.op in (MEAN, AVG_POOL):
-            in_shape = self._shape(x)
-            if len(in_shape) != 4:
-                return False
-            if call.op == MEAN:
-                axis = [int(a) for a in call.attrs.axis] if call.attrs.axis is not None else []
-                if sorted(axis) != [2, 3] or not call.attrs.keepdims:
-                    return False
-            elif not is_global_avg_pool(call):
-                return False  # only the global average pool (a window over the whole map)
-            # ([N, C, 1, 1] out: the same bytes in either layout)
-            gv = self._func(("gap_u8", in_shape, qt.layout), lambda: elementwise.global_avg_pool_u8(in_shape, nhwc))
-            v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(out_shape, "uint8")),
-                                   name_hint="gap_q")
-            self.program.record(v, lambda a: reference.global_avg_pool_u8(_to_layout(a, qt.layout, "NCHW")),
-                                [qt.var])
+            made = self._int_gap(call, qt, out_shape)
         elif call.op == MAX_POOL:
-            in_shape = self._shape(x)
-            geometry = max_pool_geometry(call, out_shape)
-            if geometry is None:
-                return False
-            out_layout = qt.layout
-            gv = self._func(("max_pool_u8", in_shape, geometry, qt.layout),
-                            lambda: elementwise.max_pool_u8(in_shape, *geometry, nhwc_io=nhwc))
-            buf = elementwise.nhwc(out_shape) if nhwc else out_shape
-            v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(buf, "uint8")),
-                                   name_hint="max_pool_q")
-            layout = qt.layout
-            self.program.record(v, lambda a: _to_layout(reference.max_pool_u8(_to_layout(a, layout, "NCHW"), *geometry),
-                                                        "NCHW", layout), [qt.var])
+            made = self._int_max_pool(call, qt, out_shape)
+        elif call.op in (STRIDED_SLICE, PAD):
+            made = self._int_data_movement(call, qt)
         else:  # a reshape: of the NCHW order
-            v = self._reshape(self._in_layout(qt, "NCHW").var if len(self._shape(qt.var)) == 4 else qt.var,
-                              out_shape)
+            made = (self._reshape(self._in_layout(qt, "NCHW").var if len(self._shape(qt.var)) == 4 else qt.var,
+                                  out_shape), "NCHW")
+        if made is None:
+            return False
+        v, out_layout = made
         new = self._dequantize(QTensor(v, qt.scale, qt.zp, out_layout), out_shape, self._emit_fn(binding.var))
         self.set_var_remap(binding.var, new)
         return True
+
+    def _int_gap(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
+        """A mean over H and W (any keepdims) or a global average pool, as integer global
+        average pooling (``[N, C, 1, 1]``: the same bytes in either layout)."""
+        nchw = self._shape(call.args[0])
+        if len(nchw) != 4:
+            return None
+        if call.op == MEAN:
+            axis = [int(a) % 4 for a in call.attrs.axis] if call.attrs.axis is not None else []
+            if sorted(axis) != [2, 3]:
+                return None
+        elif not is_global_avg_pool(call):
+            return None  # only the global average pool (a window over the whole map)
+        pooled = (nchw[0], nchw[1], 1, 1)
+        gv = self._func(("gap_u8", nchw, qt.layout),
+                        lambda: elementwise.global_avg_pool_u8(nchw, qt.layout == "NHWC"))
+        v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(pooled, "uint8")), name_hint="gap_q")
+        self.program.record(v, lambda a: reference.global_avg_pool_u8(_to_layout(a, qt.layout, "NCHW")), [qt.var])
+        return (v if pooled == out_shape else self._reshape(v, out_shape)), "NCHW"
+
+    def _int_max_pool(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
+        nchw = self._shape(call.args[0])
+        geometry = max_pool_geometry(call, out_shape)
+        if geometry is None:
+            return None
+        nhwc, layout = qt.layout == "NHWC", qt.layout
+        gv = self._func(("max_pool_u8", nchw, geometry, layout),
+                        lambda: elementwise.max_pool_u8(nchw, *geometry, nhwc_io=nhwc))
+        buf = elementwise.nhwc(out_shape) if nhwc else out_shape
+        v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(buf, "uint8")), name_hint="max_pool_q")
+        self.program.record(v, lambda a: _to_layout(reference.max_pool_u8(_to_layout(a, layout, "NCHW"), *geometry),
+                                                    "NCHW", layout), [qt.var])
+        return v, layout
+
+    def _int_data_movement(self, call: relax.Call, qt: QTensor) -> tuple[relax.Var, str] | None:
+        """A strided slice, or a constant pad whose value is 0.0 (the zero point stands for it
+        exactly), on the integer tensor in its own layout (axes mapped for NHWC)."""
+        rank = len(self._shape(qt.var))
+        axis = (lambda a: (0, 3, 1, 2)[a % 4]) if qt.layout == "NHWC" and rank == 4 else (lambda a: a % rank)
+        if call.op == STRIDED_SLICE:
+            index = slice_index(call)
+            if index is None:
+                return None
+            moved = [slice(None)] * rank
+            for a, sl in enumerate(index):
+                moved[axis(a)] = sl
+            axes = [i for i, sl in enumerate(moved) if sl != slice(None)]
+            expr = relax.op.strided_slice(qt.var, axes, [moved[i].start or 0 for i in axes],
+                                          [moved[i].stop for i in axes], [moved[i].step or 1 for i in axes])
+            fn: Callable[[np.ndarray], np.ndarray] = lambda a: np.ascontiguousarray(a[tuple(moved)])
+        else:
+            attrs = call.attrs
+            if attrs.pad_mode != "constant" or float(attrs.pad_value) != 0.0:
+                return None
+            pairs = list(zip([int(w) for w in attrs.pad_width][::2], [int(w) for w in attrs.pad_width][1::2]))
+            moved_pairs = [(0, 0)] * rank
+            for a, pair in enumerate(pairs):
+                moved_pairs[axis(a)] = pair
+            expr = relax.op.nn.pad(qt.var, [w for pair in moved_pairs for w in pair], "constant", float(qt.zp))
+            fn = lambda a: np.pad(a, moved_pairs, constant_values=np.uint8(qt.zp))  # noqa: E731
+        v = self.builder_.emit(expr, name_hint="slice_q" if call.op == STRIDED_SLICE else "pad_q")
+        self.program.record(v, fn, [qt.var])
+        return v, qt.layout
 
     def _packed(self, m: LayerMatch, kernel: Any, wq: np.ndarray, wl: Any, cfg: Any) -> np.ndarray:
         packed = kernel.pack_weight(wq, wl, cfg)
@@ -338,14 +461,22 @@ class _IntRewriter(relax.PyExprMutator):
         return self.owner.layout
 
     def _quantize_float_residual(self, m: LayerMatch, r: relax.Var, layout: str = "NCHW") -> QTensor:
-        """A residual branch computed in float (an fp32 layer's output): quantized with the
-        calibrated range of that layer's output."""
+        """A residual branch computed in float: an fp32 / bf16 layer's output, quantized with
+        that layer's calibrated output range, or a float island (a strided slice and a channel
+        pad of a shortcut, ...), quantized with the range calibration observed for this
+        layer's residual operand."""
         producer = self.plan.get(m.residual)
-        if not isinstance(producer, FloatCall):
-            raise TvmqError(f"layer {m.layer.name!r}: its residual branch is computed by a float "
-                            f"op that is not a layer (no calibrated range to quantize it with)")
-        s_r, zp_r = quant.activation_params(
-            *self.owner.stats.get(producer.layer, "out").range(self.owner.method))
+        stats = self.owner.stats
+        if isinstance(producer, FloatCall):
+            observed = stats.get(producer.layer, "out")
+        else:
+            self.boundaries.append((r, m.layer.name))
+            if "residual" not in stats.layers.get(m.layer.name, {}):
+                raise TvmqError(f"layer {m.layer.name!r}: its residual operand is computed in float "
+                                f"by ops that are not layers, and the calibration statistics have no "
+                                f"range for it (made by an older tvmq): run `tvmq calibrate` again")
+            observed = stats.get(m.layer.name, "residual")
+        s_r, zp_r = quant.activation_params(*observed.range(self.owner.method))
         return self._quantize(r, self._shape(r), s_r, zp_r, layout)
 
     def _int_input(self, m: LayerMatch, layout: str = "NCHW") -> tuple[QTensor, QuantizedLayer, np.ndarray]:
@@ -360,6 +491,7 @@ class _IntRewriter(relax.PyExprMutator):
         else:
             qx = self._u8(x)
             if qx is None:
+                self.boundaries.append((x, m.layer.name))
                 qx = self._quantize(x, self._shape(x), ql.in_scale, ql.in_zero_point, layout)
             elif len(self._shape(qx.var)) == 4:
                 qx = self._in_layout(qx, layout)
@@ -553,4 +685,64 @@ class RealizeIntegers:
         body = new_main.body.body
         program.outputs = list(body.fields) if isinstance(body, relax.Tuple) else [body]
         self.record.program = program
+        self.record.islands = _islands(new_main, rw)
         return finish_module(rw, new_main)
+
+
+def _is_call_tir(e: relax.Call) -> bool:
+    return isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.call_tir"
+
+
+def _op_name(e: relax.Call) -> str:
+    """``mean``, ``nn.pad``, ...; a TIR function by its name (``sigmoid``, ``resize2d``)."""
+    if _is_call_tir(e):
+        return str(e.args[0].name_hint)
+    return e.op.name.removeprefix("relax.") if isinstance(e.op, tvm.ir.Op) else str(e.op)
+
+
+def _islands(func: relax.Function, rw: _IntRewriter) -> list[Island]:
+    """The float ops behind each float tensor an integer layer quantizes (``rw.boundaries``),
+    walked back to the integer outputs they dequantize, float layers and model inputs; one
+    ``Island`` per connected group of such ops (none for a plain quantize of a model input)."""
+    value = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    dequantized = set(rw.q) | set(rw.q16) | set(rw.tables)  # (a lookup reads an integer tensor)
+    order = {v: i for i, v in enumerate(value)}
+    found: list[tuple[set[relax.Var], set[str], str]] = []
+    for start, layer in rw.boundaries:
+        ops: set[relax.Var] = set()
+        source: set[str] = set()
+        stack, seen = [start], set()
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            e = value.get(v)
+            if e is None:
+                source.add("input")
+            elif v in dequantized:
+                source.add("integer")
+            elif v in rw.float_layers:
+                source.add("float layer")
+            elif isinstance(e, relax.Var):
+                stack.append(e)
+            elif isinstance(e, relax.Call):  # a relax op, or a TIR function the importer made
+                ops.add(v)
+                args = e.args[1].fields if _is_call_tir(e) else e.args
+                stack.extend(f for a in args for f in (a.fields if isinstance(a, relax.Tuple) else [a])
+                             if isinstance(f, relax.Var))
+            elif isinstance(e, relax.Tuple):
+                stack.extend(a for a in e.fields if isinstance(a, relax.Var))
+        if ops:
+            found.append((ops, source, layer))
+    # connected groups: boundaries whose float ops overlap make one island
+    groups: list[tuple[set[relax.Var], set[str], list[str]]] = []
+    for ops, source, layer in found:
+        ops, source, feeds = set(ops), set(source), [layer]
+        for g in [g for g in groups if g[0] & ops]:
+            groups.remove(g)
+            ops, source = ops | g[0], source | g[1]
+            feeds = g[2] + [f for f in feeds if f not in g[2]]
+        groups.append((ops, source, feeds))
+    return [Island([(v.name, _op_name(value[v])) for v in sorted(ops, key=order.__getitem__)], feeds,
+                   sorted(source)) for ops, source, feeds in groups]

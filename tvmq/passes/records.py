@@ -51,9 +51,29 @@ class Lowering:
 
     kernels: dict[str, LoweredLayer] = field(default_factory=dict)  # per layer
     weight_bytes: dict[str, int] = field(default_factory=dict)  # per layer, as stored
-    taps: list[tuple[str, str]] = field(default_factory=list)  # (layer, "in" | "out") outputs
+    taps: list[tuple[str, str]] = field(default_factory=list)  # (layer, "in" / "out" / "residual")
     switches: list[Switch] = field(default_factory=list)
     qparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # quantized layers' scales
     program: Any = None  # realize_integers.NumpyProgram: the bit-exact numpy oracle
     # every layout change RealizeIntegers emitted between two integer ops: (from, to, NCHW shape)
     layout_transforms: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)
+    # float islands: float ops RealizeIntegers left between integer ones (``Island``)
+    islands: list[Island] = field(default_factory=list)
+
+
+@dataclass
+class Island:
+    """Float ops a quantized plan keeps in float32 because tvmq has no integer form of them: the
+    tensor they compute is quantized (with its consumer's calibrated range) for an integer
+    layer; their inputs are dequantized integer outputs (``source`` ``"integer"``) or the
+    model's inputs (``"input"``). The manifest's ``float_islands``."""
+
+    ops: list[tuple[str, str]]  # (var, op name), in graph order
+    feeds: list[str]  # the integer layers that quantize its result
+    source: list[str]  # "integer" / "input" / "float layer"
+
+    def to_json(self) -> dict[str, Any]:
+        where = ("on the model's input, before the quantize" if self.source == ["input"]
+                 else "between a dequantize and a quantize")
+        return {"ops": [{"var": v, "op": op} for v, op in self.ops], "feeds": self.feeds,
+                "source": self.source, "reason": f"no integer implementation in tvmq: runs in float32 {where}"}
