@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +231,7 @@ def test_squeeze_excitation_hard_swish_sigmoid_and_concat(tmp_path: Path) -> Non
     manifest = _w8a8_equals_program(tmp_path, model, x)
     ops = sorted(op["op"] for island in manifest["float_islands"] for op in island["ops"])
     assert ops == ["concat", "mean", "multiply"], ops  # (HardSwish / HardSigmoid / Sigmoid: tables)
+    # `tvmq info` on the compiled folder lists them with the reason
+    out = subprocess.run([sys.executable, "-m", "tvmq", "info", str(tmp_path / "w8a8")], capture_output=True,
+                         text=True, check=True).stdout
+    assert "2 float island(s)" in out and "multiply (" in out and "-> conv3, conv4: no integer implementation" in out

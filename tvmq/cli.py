@@ -227,9 +227,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_compiled(folder: Path) -> int:
+    """What a compiled model runs: each layer's precision and kernel, and its float islands."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+        plan, kernels, islands = m.get("plan") or {}, m["kernels"], m.get("float_islands", [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TvmqError(f"{folder}: not a compiled tvmq model ({e})") from None
+    print(f"{m.get('source_model', '?')} compiled for {m.get('isa', '?')}, precision {m.get('precision')}")
+    from .plan import QuantSpec
+
+    layers = plan.get("layers", {}) if isinstance(plan, dict) else {}
+    print(f"{'layer':<48} {'spec':<6} kernel")
+    for name, k in kernels.items():
+        spec = QuantSpec.from_json(layers[name]).name if name in layers else "fp32"
+        print(f"{name[:48]:<48} {spec:<6} {k.get('kernel', '?')}")
+    print(f"{len(islands)} float island(s)")
+    for i, island in enumerate(islands):
+        ops = ", ".join(f"{o['op']} ({o['var']})" for o in island["ops"])
+        print(f"  island {i}: {ops} -> {', '.join(island['feeds'])}: {island['reason']}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .frontend import prepare
 
+    if Path(args.model).is_dir():
+        return _info_compiled(Path(args.model))
     pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
     print(f"inputs:  {[s.to_json() for s in pm.inputs]}")
     print(f"outputs: {[s.to_json() for s in pm.outputs]}")
@@ -445,8 +469,9 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _info_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    i = sub.add_parser("info", help="layer table of an ONNX model (no compilation)")
-    i.add_argument("model")
+    i = sub.add_parser("info", help="layer table of an ONNX model (no compilation), or what a compiled "
+                                    "model's folder runs: each layer's spec and kernel, its float islands")
+    i.add_argument("model", help="an ONNX model, or a folder tvmq compile wrote")
     i.add_argument("--batch-size", type=COUNT, default=1)
     i.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     i.set_defaults(func=cmd_info)
