@@ -235,3 +235,25 @@ def test_squeeze_excitation_hard_swish_sigmoid_and_concat(tmp_path: Path) -> Non
     out = subprocess.run([sys.executable, "-m", "tvmq", "info", str(tmp_path / "w8a8")], capture_output=True,
                          text=True, check=True).stdout
     assert "2 float island(s)" in out and "multiply (" in out and "-> conv3, conv4: no integer implementation" in out
+
+
+def test_a_concat_of_branches_stays_integer(tmp_path: Path) -> None:
+    """Inception-style branches (two convs of different output ranges and a Sigmoid of a
+    third) concatenated on channels, then a conv: the inputs are requantized to one scale by
+    uint8 lookups and concatenated in NHWC, no island."""
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w1", "b1"], ["p"], name="branch1"),
+             helper.make_node("Conv", ["ar", "w2", "b2"], ["q"], name="branch2", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["ar", "w3", "b3"], ["r"], name="branch3"),
+             helper.make_node("Sigmoid", ["r"], ["rs"]),
+             helper.make_node("Concat", ["p", "q", "rs"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w4", "b4"], ["y"], name="conv4")]
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(6, 8, 1, 1), b1=(6,), w2=(4, 8, 3, 3), b2=(4,),
+                     w3=(2, 8, 1, 1), b3=(2,), w4=(4, 12, 1, 1), b4=(4,))
+    inits[4] = numpy_helper.from_array(numpy_helper.to_array(inits[4]) * 4, "w2")  # another range
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    assert manifest["float_islands"] == []

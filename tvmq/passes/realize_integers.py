@@ -60,7 +60,7 @@ from ..recipe import QuantizedLayer, int16_qmax, quantize_layer
 from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, const_value,
                             emit_float_layer, finish_module, float_call)
 from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, RELU
-from .numpy_program import (AVG_POOL, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, RESHAPE, STRIDED_SLICE, SUBTRACT,
+from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, RESHAPE, STRIDED_SLICE, SUBTRACT,
                             NumpyProgram, QTensor, float_op, is_global_avg_pool, max_pool_geometry, slice_index, tensor_args)
 
 # elementwise float ops evaluated on the 256 values of a uint8 tensor (``_IntRewriter._lookup``):
@@ -218,6 +218,44 @@ class _IntRewriter(relax.PyExprMutator):
         self.set_var_remap(binding.var, v)
         return True
 
+    def _int_concat(self, binding: relax.VarBinding, call: relax.Call) -> bool:
+        """A concat of uint8 tensors (or of lookup tables of them, ``tables``) stays integer:
+        inputs of another scale or zero point are requantized, each by one uint8 lookup, to
+        the quantization covering all their ranges, then concatenated in their layout. False
+        where an input is any other float tensor (the concat is then a float island)."""
+        if call.op != CONCAT or not isinstance(call.args[0], relax.Tuple):
+            return False
+        xs = [self.visit_expr(f) for f in call.args[0].fields]
+        rank = len(self._shape(binding.var))
+        inputs: list[tuple[QTensor, np.ndarray | None]] = []  # (uint8 source, its values or None)
+        for x in xs:
+            if not isinstance(x, relax.Var):
+                return False
+            if self._u8(x) is not None:
+                qt = self._u8(x)
+                inputs.append((self._in_layout(qt, inputs[0][0].layout) if rank == 4 and inputs else qt, None))
+            elif x in self.tables and self.tables[x][2] == self._shape(x):
+                inputs.append((self.tables[x][0], self.tables[x][1]))
+            else:
+                return False
+        layout = inputs[0][0].layout if rank == 4 else "NCHW"
+        codes = np.arange(256, dtype=np.uint8)
+        values = [reference.dequantize_u8(codes, q.scale, q.zp) if t is None else t for q, t in inputs]
+        scale, zp = inputs[0][0].scale, inputs[0][0].zp
+        if any(t is not None or (q.scale, q.zp) != (scale, zp) for q, t in inputs):
+            scale, zp = quant.activation_params(min(float(v.min()) for v in values),
+                                                max(float(v.max()) for v in values))
+        parts = [q.var if t is None and (q.scale, q.zp) == (scale, zp)
+                 else self._lookup_call(q, reference.quantize_u8(v, scale, zp), self._shape(x), layout, "requant_q")
+                 for (q, t), v, x in zip(inputs, values, xs)]
+        axis = int(call.attrs.axis) % rank
+        axis = (0, 3, 1, 2)[axis] if layout == "NHWC" else axis
+        v = self.builder_.emit(relax.op.concat(parts, axis), name_hint="concat_q")
+        self.program.record(v, lambda *a: np.concatenate(a, axis=axis), parts)
+        new = self._dequantize(QTensor(v, scale, zp, layout), self._shape(binding.var), self._emit_fn(binding.var))
+        self.set_var_remap(binding.var, new)
+        return True
+
     def _dequantize(self, qt: QTensor, shape: tuple[int, ...], emit: Callable,
                     dtype: str = "uint8") -> relax.Var:
         """The float (NCHW ``shape``) value of ``qt``, whatever its layout."""
@@ -328,7 +366,7 @@ class _IntRewriter(relax.PyExprMutator):
             x = self.visit_expr(value.args[0])
             if self._u8(x) is not None and self._int_passthrough(binding, value, x):
                 return
-        if isinstance(value, relax.Call) and self._lookup(binding, value):
+        if isinstance(value, relax.Call) and (self._lookup(binding, value) or self._int_concat(binding, value)):
             return
         fn = float_op(value) if isinstance(value, relax.Call) else None
         if fn is None:
