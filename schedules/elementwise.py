@@ -96,16 +96,17 @@ def dequantize(shape: tuple[int, ...], dtype: str = "uint8", from_nhwc: bool = F
 
 
 def lookup_u8(shape: tuple[int, ...], from_nhwc: bool = False, to_nhwc: bool = False,
-              out_dtype: str = "float32") -> list[te.Tensor]:
+              out_dtype: str = "float32", per_channel: bool = False) -> list[te.Tensor]:
     """``out = table[q]``: any elementwise function of a uint8 tensor (its 256 values computed
     at compile time), float32 or uint8 out, NCHW ``shape`` (``q`` / ``out`` NHWC if
-    ``from_nhwc`` / ``to_nhwc``)."""
+    ``from_nhwc`` / ``to_nhwc``); ``per_channel``: one table per channel (axis 1), ``[C, 256]``."""
     q = te.placeholder(nhwc(shape) if from_nhwc else shape, "uint8", name="q")
-    table = te.placeholder((256,), out_dtype, name="table")
+    table = te.placeholder((shape[1] if per_channel else 1, 256), out_dtype, name="table")
 
     def look(*o):  # type: ignore[no-untyped-def]
         i = (o[0], o[3], o[1], o[2]) if to_nhwc else o  # the NCHW index of this output
-        return table[(q[i[0], i[2], i[3], i[1]] if from_nhwc else q[i]).astype("int32")]
+        code = (q[i[0], i[2], i[3], i[1]] if from_nhwc else q[i]).astype("int32")
+        return table[i[1] if per_channel else 0, code]
 
     return [q, table, te.compute(nhwc(shape) if to_nhwc else shape, look, name="lookup")]
 
@@ -156,6 +157,38 @@ def max_pool_u8(shape: tuple[int, int, int, int], out_hw: tuple[int, int], pool:
     if nhwc_io:
         return [q, te.compute((n_, *out_hw, c_), lambda n, y, x, c: window(n, c, y, x), name="max_pool")]
     return [q, te.compute((n_, c_, *out_hw), window, name="max_pool")]
+
+
+def avg_pool_u8(shape: tuple[int, int, int, int], out_hw: tuple[int, int], pool: tuple[int, int],
+                strides: tuple[int, int], pad_top_left: tuple[int, int], count_include_pad: bool,
+                nhwc_io: bool = False) -> list[te.Tensor]:
+    """The window mean of uint8 codes (same scale and zero point), rounded half up: a padded
+    tap reads ``zp`` (``params s32[1]``) and counts where ``count_include_pad``, else neither
+    (the count is the window's taps inside the input)."""
+    n_, c_, h_, w_ = shape
+    (ph, pw), (kh, kw), (sh, sw) = pad_top_left, pool, strides
+    q = te.placeholder(nhwc(shape) if nhwc_io else shape, "uint8", name="q")
+    zp = te.placeholder((1,), "int32", name="zp")
+
+    def tap(n, c, y, x, i, j):  # type: ignore[no-untyped-def]
+        iy, ix = y * sh + i - ph, x * sw + j - pw
+        inside = tirx.all(iy >= 0, iy < h_, ix >= 0, ix < w_)
+        cy, cx = tirx.max(tirx.min(iy, h_ - 1), 0), tirx.max(tirx.min(ix, w_ - 1), 0)
+        v = (q[n, cy, cx, c] if nhwc_io else q[n, c, cy, cx]).astype("int32")
+        return tirx.if_then_else(inside, v, zp[0] if count_include_pad else tirx.const(0, "int32"))
+
+    def window(n, c, y, x):  # type: ignore[no-untyped-def]
+        total = functools.reduce(lambda a, b: a + b, [tap(n, c, y, x, i, j) for i in range(kh) for j in range(kw)])
+        if count_include_pad:
+            count = tirx.const(kh * kw, "int32")
+        else:
+            y0, x0 = y * sh - ph, x * sw - pw
+            count = ((tirx.min(y0 + kh, h_) - tirx.max(y0, 0)) * (tirx.min(x0 + kw, w_) - tirx.max(x0, 0)))
+        return tirx.floordiv(total + tirx.floordiv(count, 2), count).astype("uint8")
+
+    if nhwc_io:
+        return [q, zp, te.compute((n_, *out_hw, c_), lambda n, y, x, c: window(n, c, y, x), name="avg_pool")]
+    return [q, zp, te.compute((n_, c_, *out_hw), window, name="avg_pool")]
 
 
 def quantize_i16(shape: tuple[int, ...], qmax: int) -> list[te.Tensor]:

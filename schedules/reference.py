@@ -145,6 +145,27 @@ def max_pool_u8(q: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int],
     return max_pool(q, out_hw, pool, strides, dilation, pad_top_left, 0)
 
 
+def avg_pool_u8(q: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int],
+                pad_top_left: tuple[int, int], count_include_pad: bool, zp: int) -> np.ndarray:
+    """``elementwise.avg_pool_u8``: the NCHW window mean of the codes, rounded half up."""
+    (oh, ow), (kh, kw), (sh, sw), (ph, pw) = out_hw, pool, strides, pad_top_left
+    n, c, h, w = q.shape
+    need_h, need_w = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    padded = np.full((n, c, max(need_h, h + ph), max(need_w, w + pw)), zp if count_include_pad else 0, np.int64)
+    padded[:, :, ph:ph + h, pw:pw + w] = q
+    inside = np.zeros(padded.shape[2:], np.int64)
+    inside[ph:ph + h, pw:pw + w] = 1
+    total = np.zeros((n, c, oh, ow), np.int64)
+    count = np.zeros((oh, ow), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            total += padded[:, :, i: i + (oh - 1) * sh + 1: sh, j: j + (ow - 1) * sw + 1: sw]
+            count += inside[i: i + (oh - 1) * sh + 1: sh, j: j + (ow - 1) * sw + 1: sw]
+    if count_include_pad:
+        count[:] = kh * kw
+    return ((total + count // 2) // count).astype(np.uint8)
+
+
 def max_pool(x: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int],
              strides: tuple[int, int], dilation: tuple[int, int],
              pad_top_left: tuple[int, int], pad_value: float | int) -> np.ndarray:

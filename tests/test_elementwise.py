@@ -72,5 +72,32 @@ def test_integer_max_pool_bit_exact(isa: str, nhwc: bool, geometry) -> None:  # 
         assert "T.vectorized" in func.script()
 
 
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("nhwc", [False, True], ids=["NCHW", "NHWC"])
+@pytest.mark.parametrize("include_pad", [False, True], ids=["exclude-pad", "include-pad"])
+@pytest.mark.parametrize("geometry", [((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((2, 2), (2, 2), (0, 0))],
+                         ids=["3x3-s2-p1", "3x3-s1-p1", "2x2-s2"])
+def test_integer_avg_pool_bit_exact(isa: str, nhwc: bool, include_pad: bool, geometry) -> None:  # type: ignore[no-untyped-def]
+    """The window mean of the codes rounded half up; a padded tap is the zero point and
+    counts (include-pad) or neither (exclude-pad: the count is the taps inside)."""
+    (kh, kw), (sh, sw), (ph, pw) = geometry
+    shape, rng, zp = (1, 32, 11, 10), np.random.default_rng(kh + sh), 37
+    out_hw = ((shape[2] + 2 * ph - kh) // sh + 1, (shape[3] + 2 * pw - kw) // sw + 1)
+    q = rng.integers(0, 256, shape).astype(np.uint8)
+    tensors = elementwise.avg_pool_u8(shape, out_hw, (kh, kw), (sh, sw), (ph, pw), include_pad, nhwc_io=nhwc)
+    lib = _build(tensors, isa)
+    out = tvm.runtime.empty(tuple(int(d) for d in tensors[-1].shape), "uint8")
+    lib(tvm.runtime.tensor(elementwise_layout(q, nhwc)), tvm.runtime.tensor(np.array([zp], np.int32)), out)
+    want = reference.avg_pool_u8(q, out_hw, (kh, kw), (sh, sw), (ph, pw), include_pad, zp)
+    np.testing.assert_array_equal(out.numpy(), elementwise_layout(want, nhwc))
+    # the reference itself, against float means of the codes (padding: zp or left out)
+    padded = np.pad(q.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=np.nan)
+    for y, x in [(0, 0), (out_hw[0] - 1, out_hw[1] - 1), (1, 2)]:
+        win = padded[0, :, y * sh:y * sh + kh, x * sw:x * sw + kw].reshape(shape[1], -1)
+        win = np.where(np.isnan(win), zp, win) if include_pad else win
+        mean = np.nanmean(win, axis=1)
+        np.testing.assert_array_equal(want[0, :, y, x], np.floor(mean + 0.5).astype(np.uint8))
+
+
 def elementwise_layout(a: np.ndarray, nhwc: bool) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if nhwc else a

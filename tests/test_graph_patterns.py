@@ -257,3 +257,42 @@ def test_a_concat_of_branches_stays_integer(tmp_path: Path) -> None:
     x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
     manifest = _w8a8_equals_program(tmp_path, model, x)
     assert manifest["float_islands"] == []
+
+
+def test_pre_activation_batch_norm_and_prelu_become_per_channel_tables(tmp_path: Path) -> None:
+    """DenseNet's BatchNormalization + ReLU before a conv (not foldable into it) and a PRelu
+    with one slope per channel: functions of one uint8 tensor with per-channel constants,
+    each a per-channel uint8 lookup before the next conv, no island."""
+    rng = np.random.default_rng(11)
+    c = 8
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("BatchNormalization", ["ar", "g", "beta", "mu", "var"], ["bn"]),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("Conv", ["r", "w1", "b1"], ["d"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["d", "slope"], ["pr"]),
+             helper.make_node("Conv", ["pr", "w2", "b2"], ["y"], name="conv2")]
+    inits = _weights(rng, w0=(c, 3, 3, 3), b0=(c,), w1=(c, c, 3, 3), b1=(c,), w2=(4, c, 1, 1), b2=(4,))
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+              [("g", rng.uniform(0.5, 2, c)), ("beta", rng.standard_normal(c)), ("mu", rng.standard_normal(c) * 0.1),
+               ("var", rng.uniform(0.5, 2, c)), ("slope", rng.uniform(0, 0.5, (c, 1, 1)))]]
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    assert manifest["float_islands"] == []
+
+
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_a_padded_average_pool_stays_integer(tmp_path: Path, include_pad: int) -> None:
+    """ShuffleNet's / DenseNet's AveragePool (3x3 stride 2, padded): the window mean of the
+    codes in NHWC, no island."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("AveragePool", ["ar"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                              count_include_pad=include_pad),
+             helper.make_node("Conv", ["p", "w1", "b1"], ["y"], name="conv1", pads=[1, 1, 1, 1])]
+    model = _save(tmp_path / "m.onnx", nodes, _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(4, 8, 3, 3), b1=(4,)),
+                  [1, 3, 9, 9])
+    x = rng.standard_normal((16, 1, 3, 9, 9)).astype(np.float32)
+    assert _w8a8_equals_program(tmp_path, model, x)["float_islands"] == []

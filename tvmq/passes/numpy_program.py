@@ -21,7 +21,7 @@ from ..errors import TvmqError
 from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU
 
 MULTIPLY, SUBTRACT = tvm.ir.Op.get("relax.multiply"), tvm.ir.Op.get("relax.subtract")
-DIVIDE = tvm.ir.Op.get("relax.divide")
+DIVIDE, PRELU = tvm.ir.Op.get("relax.divide"), tvm.ir.Op.get("relax.nn.prelu")
 
 MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
@@ -103,6 +103,17 @@ def max_pool_geometry(call: relax.Call, out_shape: tuple[int, ...]) -> tuple | N
             tuple(int(k) for k in a.dilation), (int(a.padding[0]), int(a.padding[1])))
 
 
+def avg_pool_geometry(call: relax.Call, out_shape: tuple[int, ...]) -> tuple | None:
+    """(output size, window, strides, top-left padding, count_include_pad) of an NCHW average
+    pool without dilation or ceil mode; None for any other."""
+    a = call.attrs
+    if (a.layout != "NCHW" or a.out_layout != "NCHW" or len(out_shape) != 4 or bool(a.ceil_mode)
+            or any(int(d) != 1 for d in a.dilation)):
+        return None
+    return (tuple(out_shape[2:]), tuple(int(k) for k in a.pool_size), tuple(int(k) for k in a.strides),
+            (int(a.padding[0]), int(a.padding[1])), bool(a.count_include_pad))
+
+
 def is_global_avg_pool(call: relax.Call) -> bool:
     """An NCHW average pool whose window is the whole unpadded map."""
     a, shape = call.attrs, [int(d) for d in call.args[0].ty.shape]
@@ -154,6 +165,11 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
         return lambda x, y: np.minimum(x, y)
     if op == RELU:
         return lambda x: np.maximum(x, np.float32(0))
+    if op == PRELU and int(a.axis) == 1:  # topi: x > 0 ? x : x * slope (slopes along axis 1)
+        def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
+            s = slope.reshape(-1, *([1] * (x.ndim - 2))) if slope.ndim == 1 else slope
+            return np.where(x > 0, x, np.multiply(x, s, dtype=np.float32))
+        return prelu
     if op == CLIP:
         lo, hi = np.float32(call.args[1].value), np.float32(call.args[2].value)
         return lambda x: np.maximum(np.minimum(x, hi), lo)

@@ -60,8 +60,9 @@ from ..recipe import QuantizedLayer, int16_qmax, quantize_layer
 from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, const_value,
                             emit_float_layer, finish_module, float_call)
 from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, RELU
-from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, RESHAPE, STRIDED_SLICE, SUBTRACT,
-                            NumpyProgram, QTensor, float_op, is_global_avg_pool, max_pool_geometry, slice_index, tensor_args)
+from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, PRELU, RESHAPE,
+                            STRIDED_SLICE, SUBTRACT, NumpyProgram, QTensor, avg_pool_geometry, float_op,
+                            is_global_avg_pool, max_pool_geometry, slice_index, tensor_args)
 
 # elementwise float ops evaluated on the 256 values of a uint8 tensor (``_IntRewriter._lookup``):
 # those numpy_program.float_op reproduces, and these (float64, rounded once to float32)
@@ -70,7 +71,7 @@ UNARY_TABLES: dict[Any, Callable[[np.ndarray], np.ndarray]] = {
     tvm.ir.Op.get("relax.tanh"): lambda t: np.tanh(t.astype(np.float64)).astype(np.float32),
     tvm.ir.Op.get("relax.exp"): lambda t: np.exp(t.astype(np.float64)).astype(np.float32),
 }
-ELEMENTWISE = (ADD, SUBTRACT, MULTIPLY, DIVIDE, MAXIMUM, MINIMUM, RELU, CLIP)
+ELEMENTWISE = (ADD, SUBTRACT, MULTIPLY, DIVIDE, MAXIMUM, MINIMUM, RELU, CLIP, PRELU)
 
 # ops with an integer form on a quantized tensor (``_IntRewriter._int_passthrough``)
 INT_FORMS = (MEAN, RESHAPE, MAX_POOL, AVG_POOL, STRIDED_SLICE, PAD)
@@ -141,7 +142,9 @@ class _IntRewriter(relax.PyExprMutator):
         # float tensors quantized for an integer layer: (var, layer) -> the islands behind them
         self.boundaries: list[tuple[relax.Var, str]] = []
         self.float_layers: set[relax.Var] = set()  # outputs of fp32 / bf16 layers
-        # float var -> (its uint8 source, its 256 values, NCHW shape): a lookup table of the source
+        self.constants: dict[relax.Var, np.ndarray] = {}  # float ops of constants, evaluated
+        # float var -> (its uint8 source, its values [1 or C, 256], NCHW shape): a lookup table of
+        # the source (one per channel where per-channel constants, e.g. a batch norm, entered it)
         self.tables: dict[relax.Var, tuple[QTensor, np.ndarray, tuple[int, ...]]] = {}
 
     # -- small emitters, each recorded for the numpy simulation ----------------------------
@@ -173,33 +176,52 @@ class _IntRewriter(relax.PyExprMutator):
 
     def _lookup_call(self, src: QTensor, table: np.ndarray, shape: tuple[int, ...], layout: str,
                      name: str) -> relax.Var:
-        """``table[src]`` (NCHW ``shape``, written in ``layout``), recorded for the numpy program."""
-        dtype = str(table.dtype)
-        gv = self._func(("lookup", shape, src.layout, layout, dtype),
-                        lambda: elementwise.lookup_u8(shape, src.layout == "NHWC", layout == "NHWC", dtype))
+        """``table[src]`` (NCHW ``shape``, written in ``layout``; ``table`` ``[1 or C, 256]``),
+        recorded for the numpy program."""
+        dtype, per_channel = str(table.dtype), table.shape[0] > 1
+        gv = self._func(("lookup", shape, src.layout, layout, dtype, per_channel),
+                        lambda: elementwise.lookup_u8(shape, src.layout == "NHWC", layout == "NHWC", dtype,
+                                                      per_channel))
         out_shape = elementwise.nhwc(shape) if layout == "NHWC" else shape
         v = self.builder_.emit(relax.call_tir(gv, [src.var, relax.const(table)], relax.TensorType(out_shape, dtype)),
                                name_hint=name)
-        self.program.record(v, lambda a: _to_layout(table[_to_layout(a, src.layout, "NCHW")], "NCHW", layout),
-                            [src.var])
+
+        def simulate(a: np.ndarray) -> np.ndarray:
+            a = _to_layout(a, src.layout, "NCHW")
+            rows = np.arange(table.shape[0]).reshape((1, -1) + (1,) * (a.ndim - 2)) if per_channel else 0
+            return _to_layout(table[rows, a], "NCHW", layout)
+
+        self.program.record(v, simulate, [src.var])
         return v
 
     def _lookup(self, binding: relax.VarBinding, call: relax.Call) -> bool:
         """An elementwise float op whose tensor operands are all functions of one uint8 tensor
-        (``tables``; constants are scalars) is that function: its 256 values, computed here in
-        numpy, become a float32 lookup of the uint8 tensor (exact by construction: the numpy
-        program reads the same table). False for any other op."""
+        (``tables``; constants scalars or one value per channel) is that function: its 256
+        values (per channel), computed here in numpy, become a float32 lookup of the uint8
+        tensor (exact by construction: the numpy program reads the same table). False for
+        any other op."""
         fn = float_op(call) if call.op in ELEMENTWISE else UNARY_TABLES.get(call.op)
         if fn is None or str(getattr(call.ty, "dtype", "")) != "float32":
             return False
+        out_shape = self._shape(binding.var)
+        channels = out_shape[1] if len(out_shape) >= 2 else 1
         new_call = self.visit_expr(call)
         source: tuple[QTensor, tuple[int, ...]] | None = None
         operands: list[Any] = []
         for i in tensor_args(call):
             arg = new_call.args[i]
-            c = const_value(arg)
-            if c is not None and c.size == 1:
-                operands.append(np.float32(c.reshape(())))
+            c = const_value(arg) if not isinstance(arg, relax.Var) else self.constants.get(arg)
+            if c is not None and call.op == PRELU and c.ndim == 1:  # slopes along axis 1
+                c = c.reshape(-1, *([1] * (len(out_shape) - 2)))
+            if c is not None:
+                per_channel = c.ndim <= len(out_shape) and c.size == channels and (
+                    c.ndim >= len(out_shape) - 1 and c.shape[c.ndim - len(out_shape) + 1] == channels)
+                if c.size == 1:
+                    operands.append(np.float32(c.reshape(())))
+                elif per_channel and len(out_shape) >= 3:
+                    operands.append(c.astype(np.float32).reshape(channels, 1))
+                else:
+                    return False
                 continue
             if not isinstance(arg, relax.Var) or arg not in self.tables:
                 return False
@@ -208,9 +230,10 @@ class _IntRewriter(relax.PyExprMutator):
                 return False
             source = (qt, shape)
             operands.append(values)
-        if source is None or self._shape(binding.var) != source[1]:
+        if source is None or out_shape != source[1]:
             return False
-        values = np.asarray(fn(*operands), np.float32).reshape(256)
+        values = np.asarray(fn(*operands), np.float32)
+        values = np.ascontiguousarray(np.broadcast_to(values, (values.shape[0] if values.ndim == 2 else 1, 256)))
         v = self._lookup_call(source[0], values, source[1], "NCHW", binding.var.name)
         if not isinstance(binding.var, relax.DataflowVar):
             v = self.builder_.emit_output(v, name_hint=binding.var.name)
@@ -240,7 +263,7 @@ class _IntRewriter(relax.PyExprMutator):
                 return False
         layout = inputs[0][0].layout if rank == 4 else "NCHW"
         codes = np.arange(256, dtype=np.uint8)
-        values = [reference.dequantize_u8(codes, q.scale, q.zp) if t is None else t for q, t in inputs]
+        values = [reference.dequantize_u8(codes, q.scale, q.zp)[None] if t is None else t for q, t in inputs]
         scale, zp = inputs[0][0].scale, inputs[0][0].zp
         if any(t is not None or (q.scale, q.zp) != (scale, zp) for q, t in inputs):
             scale, zp = quant.activation_params(min(float(v.min()) for v in values),
@@ -269,7 +292,8 @@ class _IntRewriter(relax.PyExprMutator):
                             [qt.var])
         (self.q if dtype == "uint8" else self.q16)[v] = qt
         if dtype == "uint8":
-            self.tables[v] = (qt, reference.dequantize_u8(np.arange(256, dtype=np.uint8), qt.scale, qt.zp), shape)
+            self.tables[v] = (qt, reference.dequantize_u8(np.arange(256, dtype=np.uint8), qt.scale, qt.zp)[None],
+                              shape)
         return v
 
     def _in_layout(self, qt: QTensor, layout: str) -> QTensor:
@@ -389,6 +413,8 @@ class _IntRewriter(relax.PyExprMutator):
             return fn(*[consts[i] if i in consts else next(it) for i in range(len(operands))])
 
         self.program.record(v, simulate, tensors, is_float=True)
+        if not tensors:  # an op on constants (a reshape of a PRelu's slopes): its value
+            self.constants[v] = simulate()
 
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
         """An op on an integer tensor that has an exact integer form (global average pooling,
@@ -397,8 +423,10 @@ class _IntRewriter(relax.PyExprMutator):
         a float island)."""
         qt = self.q[x]
         out_shape = self._shape(binding.var)
-        if call.op in (MEAN, AVG_POOL):
+        if call.op == MEAN or (call.op == AVG_POOL and is_global_avg_pool(call)):
             made = self._int_gap(call, qt, out_shape)
+        elif call.op == AVG_POOL:
+            made = self._int_avg_pool(call, qt, out_shape)
         elif call.op == MAX_POOL:
             made = self._int_max_pool(call, qt, out_shape)
         elif call.op in (STRIDED_SLICE, PAD):
@@ -444,6 +472,22 @@ class _IntRewriter(relax.PyExprMutator):
         v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(buf, "uint8")), name_hint="max_pool_q")
         self.program.record(v, lambda a: _to_layout(reference.max_pool_u8(_to_layout(a, layout, "NCHW"), *geometry),
                                                     "NCHW", layout), [qt.var])
+        return v, layout
+
+    def _int_avg_pool(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
+        """An average pool (no dilation, no ceil mode) on the codes, in the tensor's layout."""
+        nchw = self._shape(call.args[0])
+        geometry = avg_pool_geometry(call, out_shape)
+        if geometry is None:
+            return None
+        nhwc, layout = qt.layout == "NHWC", qt.layout
+        gv = self._func(("avg_pool_u8", nchw, geometry, layout),
+                        lambda: elementwise.avg_pool_u8(nchw, *geometry, nhwc_io=nhwc))
+        buf = elementwise.nhwc(out_shape) if nhwc else out_shape
+        v = self.builder_.emit(relax.call_tir(gv, [qt.var, relax.const(np.array([qt.zp], np.int32))],
+                                              relax.TensorType(buf, "uint8")), name_hint="avg_pool_q")
+        self.program.record(v, lambda a: _to_layout(
+            reference.avg_pool_u8(_to_layout(a, layout, "NCHW"), *geometry, qt.zp), "NCHW", layout), [qt.var])
         return v, layout
 
     def _int_data_movement(self, call: relax.Call, qt: QTensor) -> tuple[relax.Var, str] | None:
