@@ -296,3 +296,24 @@ def test_a_padded_average_pool_stays_integer(tmp_path: Path, include_pad: int) -
                   [1, 3, 9, 9])
     x = rng.standard_normal((16, 1, 3, 9, 9)).astype(np.float32)
     assert _w8a8_equals_program(tmp_path, model, x)["float_islands"] == []
+
+
+def test_a_channel_shuffle_is_one_gather_of_channels(tmp_path: Path) -> None:
+    """ShuffleNet's channel shuffle (reshape to groups, transpose, reshape back) of a uint8
+    tensor: one gather of its NHWC channels, no island and no layout change."""
+    rng = np.random.default_rng(13)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Reshape", ["ar", "s5"], ["r5"]),
+             helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "s4"], ["sh"]),
+             helper.make_node("Conv", ["sh", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], group=3),
+             helper.make_node("Relu", ["c1"], ["c1r"]),
+             helper.make_node("Conv", ["c1r", "w2", "b2"], ["y"], name="conv2")]
+    inits = _weights(rng, w0=(12, 3, 3, 3), b0=(12,), w1=(12, 4, 3, 3), b1=(12,), w2=(4, 12, 1, 1), b2=(4,))
+    inits += _ints(s5=[1, 3, 4, 8, 8], s4=[1, 12, 8, 8])
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    assert manifest["float_islands"] == []
+    assert manifest["layout_transforms"] == [{"from": "NHWC", "to": "NCHW", "shape": [1, 12, 8, 8]}]  # conv2's

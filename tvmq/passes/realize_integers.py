@@ -59,7 +59,7 @@ from ..plan import PrecisionPlan
 from ..recipe import QuantizedLayer, int16_qmax, quantize_layer
 from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, const_value,
                             emit_float_layer, finish_module, float_call)
-from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, RELU
+from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU
 from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, PRELU, RESHAPE,
                             STRIDED_SLICE, SUBTRACT, NumpyProgram, QTensor, avg_pool_geometry, float_op,
                             is_global_avg_pool, max_pool_geometry, slice_index, tensor_args)
@@ -74,7 +74,7 @@ UNARY_TABLES: dict[Any, Callable[[np.ndarray], np.ndarray]] = {
 ELEMENTWISE = (ADD, SUBTRACT, MULTIPLY, DIVIDE, MAXIMUM, MINIMUM, RELU, CLIP, PRELU)
 
 # ops with an integer form on a quantized tensor (``_IntRewriter._int_passthrough``)
-INT_FORMS = (MEAN, RESHAPE, MAX_POOL, AVG_POOL, STRIDED_SLICE, PAD)
+INT_FORMS = (MEAN, RESHAPE, MAX_POOL, AVG_POOL, STRIDED_SLICE, PAD, PERMUTE)
 from .records import Island, Lowering
 
 if TYPE_CHECKING:  # (calibration sits above the passes: it compiles with them)
@@ -133,6 +133,7 @@ class _IntRewriter(relax.PyExprMutator):
         self.plan = plan
         self.skip: set[relax.Var] = set().union(*(p.interior for p in plan.values()))
         self.owner = owner
+        self.shuffles, self.shuffle_inner = _channel_shuffles(mod["main"])
         self.q: dict[relax.Var, QTensor] = {}  # float var -> its uint8 form
         self.q16: dict[relax.Var, QTensor] = {}  # float var -> its int16 form (zero point 0)
         self.range16: dict[relax.Var, tuple[float, float]] = {}  # calibrated range of an int16 one
@@ -380,6 +381,11 @@ class _IntRewriter(relax.PyExprMutator):
         if isinstance(p, IntCall):
             self._int_layer(binding, p)
             return
+        if binding.var in self.shuffle_inner:  # (the shuffle's last reshape does it all)
+            super().visit_var_binding_(binding)
+            return
+        if binding.var in self.shuffles and self._int_shuffle(binding):
+            return
         if isinstance(p, FloatCall):
             x, residual, new = emit_float_layer(self, binding, p)
             self.float_layers.add(new)
@@ -416,6 +422,20 @@ class _IntRewriter(relax.PyExprMutator):
         if not tensors:  # an op on constants (a reshape of a PRelu's slopes): its value
             self.constants[v] = simulate()
 
+    def _int_shuffle(self, binding: relax.VarBinding) -> bool:
+        """A channel shuffle (``_channel_shuffles``) of a uint8 tensor: one gather of its
+        channels in its own layout (no transposes); False for a float tensor."""
+        x0, order = self.shuffles[binding.var]
+        qt = self._u8(self.visit_expr(x0))
+        if qt is None:
+            return False
+        axis = 3 if qt.layout == "NHWC" else 1
+        v = self.builder_.emit(relax.op.take(qt.var, relax.const(order), axis=axis), name_hint="shuffle_q")
+        self.program.record(v, lambda a: np.ascontiguousarray(np.take(a, order, axis=axis)), [qt.var])
+        new = self._dequantize(replace(qt, var=v), self._shape(binding.var), self._emit_fn(binding.var))
+        self.set_var_remap(binding.var, new)
+        return True
+
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
         """An op on an integer tensor that has an exact integer form (global average pooling,
         max pooling, reshapes, strided slices, a zero pad with the zero point) stays integer:
@@ -431,6 +451,12 @@ class _IntRewriter(relax.PyExprMutator):
             made = self._int_max_pool(call, qt, out_shape)
         elif call.op in (STRIDED_SLICE, PAD):
             made = self._int_data_movement(call, qt)
+        elif call.op == PERMUTE:  # (a channel shuffle's transpose: in NCHW order)
+            axes = None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
+            src = self._in_layout(qt, "NCHW") if len(self._shape(qt.var)) == 4 else qt
+            v = self.builder_.emit(relax.op.permute_dims(src.var, axes), name_hint="permute_q")
+            self.program.record(v, lambda a: np.ascontiguousarray(np.transpose(a, axes)), [src.var])
+            made = (v, "NCHW")
         else:  # a reshape: of the NCHW order
             made = (self._reshape(self._in_layout(qt, "NCHW").var if len(self._shape(qt.var)) == 4 else qt.var,
                                   out_shape), "NCHW")
@@ -769,6 +795,39 @@ class RealizeIntegers:
         self.record.program = program
         self.record.islands = _islands(new_main, rw)
         return finish_module(rw, new_main)
+
+
+def _channel_shuffles(func: relax.Function) -> tuple[dict[relax.Var, tuple[relax.Var, np.ndarray]], set[relax.Var]]:
+    """ShuffleNet's channel shuffle, ``reshape [N, g, C/g, H, W] -> permute (0, 2, 1, 3, 4) ->
+    reshape [N, C, H, W]`` of a 4-D tensor (the intermediates used by nothing else): the
+    last reshape -> (the 4-D input, the channel order it produces), and the intermediates."""
+    value = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    uses: dict[relax.Var, int] = {}
+    for e in value.values():
+        for v in relax.analysis.free_vars(e) if isinstance(e, relax.Expr) else []:
+            uses[v] = uses.get(v, 0) + 1
+
+    def call_of(v: Any, op: Any) -> relax.Call | None:
+        e = value.get(v) if isinstance(v, relax.Var) else None
+        return e if isinstance(e, relax.Call) and e.op == op else None
+
+    shuffles, inner = {}, set()
+    for r2, e in value.items():
+        t = e.args[0] if isinstance(e, relax.Call) and e.op == RESHAPE else None
+        perm = call_of(t, PERMUTE)
+        r1 = perm.args[0] if perm is not None else None
+        first = call_of(r1, RESHAPE)
+        if first is None or perm.attrs.axes is None or [int(a) for a in perm.attrs.axes] != [0, 2, 1, 3, 4]:
+            continue
+        x0 = first.args[0]
+        shape4, shape5 = [int(d) for d in x0.ty.shape], [int(d) for d in r1.ty.shape]
+        if ([int(d) for d in r2.ty.shape] != shape4 or len(shape4) != 4 or len(shape5) != 5
+                or shape5[1] * shape5[2] != shape4[1] or uses.get(r1) != 1 or uses.get(t) != 1):
+            continue
+        g, per = shape5[1], shape5[2]
+        shuffles[r2] = (x0, np.arange(shape4[1], dtype=np.int64).reshape(g, per).T.reshape(-1).astype(np.int32))
+        inner |= {r1, t}
+    return shuffles, inner
 
 
 def _is_call_tir(e: relax.Call) -> bool:
