@@ -317,3 +317,28 @@ def test_a_channel_shuffle_is_one_gather_of_channels(tmp_path: Path) -> None:
     manifest = _w8a8_equals_program(tmp_path, model, x)
     assert manifest["float_islands"] == []
     assert manifest["layout_transforms"] == [{"from": "NHWC", "to": "NCHW", "shape": [1, 12, 8, 8]}]  # conv2's
+
+
+def test_a_model_with_dynamic_height_and_width_is_quantized_at_the_given_shape(tmp_path: Path) -> None:
+    """``--input-shape`` reaches calibration too: `tvmq compile --bits w8a8 --calibration
+    data.npy` and `tvmq calibrate` then `compile` with its statistics, on a model whose H and W
+    are dynamic."""
+    rng = np.random.default_rng(14)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]), helper.make_node("Conv", ["ar", "w1"], ["y"], name="conv1")]
+    model = _save(tmp_path / "m.onnx", nodes, _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(4, 8, 1, 1)),
+                  [1, 3, "h", "w"])
+    np.save(tmp_path / "data.npy", rng.standard_normal((8, 3, 16, 12)).astype(np.float32))
+    tvmq_cli = [sys.executable, "-m", "tvmq"]
+    shape = ["--input-shape", "x=1,3,16,12"]
+    subprocess.run([*tvmq_cli, "compile", str(model), "-o", str(tmp_path / "a"), "--bits", "w8a8", *shape,
+                    "--calibration", str(tmp_path / "data.npy"), "-q"], check=True, capture_output=True)
+    subprocess.run([*tvmq_cli, "calibrate", str(model), "--data", str(tmp_path / "data.npy"), *shape,
+                    "-o", str(tmp_path / "stats.json"), "-q"], check=True, capture_output=True)
+    subprocess.run([*tvmq_cli, "compile", str(model), "-o", str(tmp_path / "b"), "--bits", "w8a8", *shape,
+                    "--calibration", str(tmp_path / "stats.json"), "-q"], check=True, capture_output=True)
+    x = rng.standard_normal((1, 3, 16, 12)).astype(np.float32)
+    ya, yb = (tvmq.load(tmp_path / d).run({"x": x})["y"] for d in "ab")
+    np.testing.assert_array_equal(ya, yb)
+    want = ort_session(model).run(None, {"x": x})[0]
+    assert ya.shape == want.shape and 10 * np.log10((want ** 2).sum() / ((ya - want) ** 2).sum()) > 25

@@ -102,7 +102,8 @@ def _quantization(args: argparse.Namespace, features, progress):  # type: ignore
     else:
         data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.calibration_limit)
         progress(f"calibrating on {len(data)} samples")
-        stats = collect(args.model, data, features=features, progress=progress)
+        stats = collect(args.model, data, features=features, progress=progress,
+                        input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
     return plan, stats
 
 
@@ -269,10 +270,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .frontend import prepare
 
     progress = _Progress(args.quiet)
-    pm = prepare(args.model)
+    shapes = _parse_shapes(args.input_shape)
+    pm = prepare(args.model, input_shapes=shapes, batch_size=args.batch_size)
     data = CalibrationData.from_source(args.data, pm.inputs, limit=args.limit)
     progress(f"{len(data)} calibration samples")
-    stats = collect(args.model, data, features=_features(args.isa), progress=progress)
+    stats = collect(args.model, data, features=_features(args.isa), progress=progress, input_shapes=shapes,
+                    batch_size=args.batch_size)
     stats.save(args.output)
     print(f"calibrated the inputs and outputs of {len(stats.layers)} layers on {stats.samples} samples "
           f"-> {args.output}")
@@ -483,6 +486,9 @@ def _calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     k.add_argument("--data", required=True, help=".npy / .npz file or a folder of images")
     k.add_argument("--limit", type=COUNT, default=None, help="use the first N samples")
     k.add_argument("-o", "--output", default="calibration.json")
+    k.add_argument("--batch-size", type=COUNT, default=1)
+    k.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                   help="static shape of an input with dynamic dimensions (compile with the same)")
     k.add_argument("--isa", choices=ISA_LEVELS)
     k.add_argument("-q", "--quiet", action="store_true")
     k.set_defaults(func=cmd_calibrate)

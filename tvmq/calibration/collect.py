@@ -65,12 +65,16 @@ class ActivationStats:
 
 def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
             features: TargetFeatures | None = None,
-            progress: Callable[[str], None] = lambda msg: None) -> ActivationStats:
-    """Run the compiled fp32 model over ``data``; observe every layer's input and output.
+            progress: Callable[[str], None] = lambda msg: None,
+            input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1) -> ActivationStats:
+    """Run the compiled fp32 model over ``data``; observe every layer's input, output and
+    residual operand.
 
-    ``data``: a ``CalibrationData`` or anything ``CalibrationData.from_source`` takes.
+    ``data``: a ``CalibrationData`` or anything ``CalibrationData.from_source`` takes;
+    ``input_shapes`` / ``batch_size``: as ``frontend.prepare`` (a model with dynamic H / W is
+    calibrated, and then compiled, at the static shape given).
     """
-    pm = prepare(model)
+    pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
     if not isinstance(data, CalibrationData):
         data = CalibrationData.from_source(data, pm.inputs)
     features = features or detect_host()
