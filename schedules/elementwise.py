@@ -32,7 +32,7 @@ import functools
 from tvm import te, tirx
 
 from . import bf16
-from .common import rescale_expr
+from .common import requantize_float_expr, rescale_expr
 
 
 def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -126,6 +126,24 @@ def global_avg_pool_u8(shape: tuple[int, int, int, int], nhwc_in: bool = False) 
     out = te.compute((n_, c_, 1, 1), lambda n, c, i, j: tirx.floordiv(
         total[n, c] + count // 2, count).astype("uint8"), name="mean")
     return [q, out]
+
+
+def global_avg_pool_requant_u8(shape: tuple[int, int, int, int], nhwc_in: bool = False) -> list[te.Tensor]:
+    """Global average pooling into another quantization (the consumer's): ``params s32[2] =
+    (-count * zp_in, zp_out)``, ``scale f32[1] = s_in / (count * s_out)``; out ``[N, C, 1, 1]``
+    = ``clip(rint(float32(sum - count * zp_in) * scale) + zp_out, 0, 255)``, every add in int32
+    (``common.requantize_float_expr``; numpy: ``reference.global_avg_pool_requant_u8``)."""
+    n_, c_, h_, w_ = shape
+    q = te.placeholder(nhwc(shape) if nhwc_in else shape, "uint8", name="q")
+    params = te.placeholder((2,), "int32", name="params")
+    scale = te.placeholder((1,), "float32", name="scale")
+    rh = te.reduce_axis((0, h_), "rh")
+    rw = te.reduce_axis((0, w_), "rw")
+    total = te.compute((n_, c_), lambda n, c: te.sum(
+        (q[n, rh, rw, c] if nhwc_in else q[n, c, rh, rw]).astype("int32"), axis=[rh, rw]), name="sum")
+    out = te.compute((n_, c_, 1, 1), lambda n, c, i, j: requantize_float_expr(
+        total[n, c], params[0], scale[0], params[1], tirx.const(0, "int32"), tirx.const(255, "int32")), name="mean")
+    return [q, params, scale, out]
 
 
 UNROLLED_WINDOW = 49  # max pool windows up to 7x7 are one expression of their taps

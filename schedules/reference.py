@@ -145,6 +145,14 @@ def max_pool_u8(q: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int],
     return max_pool(q, out_hw, pool, strides, dilation, pad_top_left, 0)
 
 
+def global_avg_pool_requant_u8(q: np.ndarray, zp_in: int, scale: float, zp_out: int) -> np.ndarray:
+    """``elementwise.global_avg_pool_requant_u8``: the NCHW window sum less its zero points,
+    requantized by ``scale`` (float32) into ``zp_out``."""
+    count = q.shape[2] * q.shape[3]
+    acc = (q.astype(np.int64).sum(axis=(2, 3), keepdims=True) - count * zp_in).astype(np.int32)
+    return requantize(acc, np.full(q.shape[1], scale, np.float32), None, zp_out, 0, 255).astype(np.uint8)
+
+
 def avg_pool_u8(q: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int],
                 pad_top_left: tuple[int, int], count_include_pad: bool, zp: int) -> np.ndarray:
     """``elementwise.avg_pool_u8``: the NCHW window mean of the codes, rounded half up."""

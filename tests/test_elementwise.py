@@ -74,6 +74,26 @@ def test_integer_max_pool_bit_exact(isa: str, nhwc: bool, geometry) -> None:  # 
 
 @pytest.mark.parametrize("isa", LEVELS)
 @pytest.mark.parametrize("nhwc", [False, True], ids=["NCHW", "NHWC"])
+def test_integer_global_average_pool_into_another_scale_bit_exact(isa: str, nhwc: bool) -> None:
+    """The pooled sum requantized into the consumer's quantization (a finer scale: the mean of
+    a map varies less than its pixels), ties included."""
+    rng = np.random.default_rng(2)
+    for shape, zp_in, scale, zp_out in [((1, 32, 7, 7), 3, 0.0731, 128), ((2, 5, 4, 4), 0, 0.5, 0),
+                                        ((1, 64, 14, 14), 255, 1 / 196 * 2.5, 17)]:
+        q = rng.integers(0, 256, shape).astype(np.uint8)
+        count = shape[2] * shape[3]
+        out = tvm.runtime.empty((shape[0], shape[1], 1, 1), "uint8")
+        _build(elementwise.global_avg_pool_requant_u8(shape, nhwc), isa)(
+            tvm.runtime.tensor(elementwise_layout(q, nhwc)), tvm.runtime.tensor(np.array([-count * zp_in, zp_out], np.int32)),
+            tvm.runtime.tensor(np.array([scale], np.float32)), out)
+        want = reference.global_avg_pool_requant_u8(q, zp_in, scale, zp_out)
+        np.testing.assert_array_equal(out.numpy(), want)
+        exact = (q.astype(np.float64).sum(axis=(2, 3), keepdims=True) - count * zp_in) * np.float32(scale) + zp_out
+        assert np.abs(want - np.clip(exact, 0, 255)).max() <= 0.5 + 1e-4
+
+
+@pytest.mark.parametrize("isa", LEVELS)
+@pytest.mark.parametrize("nhwc", [False, True], ids=["NCHW", "NHWC"])
 @pytest.mark.parametrize("include_pad", [False, True], ids=["exclude-pad", "include-pad"])
 @pytest.mark.parametrize("geometry", [((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((2, 2), (2, 2), (0, 0))],
                          ids=["3x3-s2-p1", "3x3-s1-p1", "2x2-s2"])

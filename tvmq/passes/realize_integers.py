@@ -134,6 +134,7 @@ class _IntRewriter(relax.PyExprMutator):
         self.skip: set[relax.Var] = set().union(*(p.interior for p in plan.values()))
         self.owner = owner
         self.shuffles, self.shuffle_inner = _channel_shuffles(mod["main"])
+        self.consumers = _layer_consumers(mod["main"], plan)
         self.q: dict[relax.Var, QTensor] = {}  # float var -> its uint8 form
         self.q16: dict[relax.Var, QTensor] = {}  # float var -> its int16 form (zero point 0)
         self.range16: dict[relax.Var, tuple[float, float]] = {}  # calibrated range of an int16 one
@@ -303,15 +304,33 @@ class _IntRewriter(relax.PyExprMutator):
         if qt.layout == layout:
             return qt
         key = (qt.var, layout)
+        shape = self._shape(qt.var)
+        axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
+        moved = [a for a in axes if shape[a] != 1]
+        if key not in self._relayout and moved == sorted(moved):
+            # the same bytes (one pixel, [N, C, 1, 1] of a pooled map, or one channel): a view
+            self._relayout[key] = replace(qt, var=self._reshape(qt.var, tuple(shape[i] for i in axes)), layout=layout)
         if key not in self._relayout:
-            axes = [0, 2, 3, 1] if layout == "NHWC" else [0, 3, 1, 2]
             v = self.builder_.emit(relax.op.permute_dims(qt.var, axes), name_hint="relayout")
             self.program.record(v, lambda a: a.transpose(axes), [qt.var])
-            shape = self._shape(qt.var)
             self.owner.record.layout_transforms.append(
                 (qt.layout, layout, shape if qt.layout == "NCHW" else tuple(shape[i] for i in (0, 3, 1, 2))))
             self._relayout[key] = replace(qt, var=v, layout=layout)
         return self._relayout[key]
+
+    def _u8_or_table(self, x: relax.Var) -> QTensor | None:
+        """``_u8``, or for a lookup table of a uint8 tensor (``tables``) its uint8 form with
+        the range of the table's values (one uint8 lookup; exact, and every value it can take
+        is in range): an integer op on it (pooling, a residual add) stays integer."""
+        qt = self._u8(x)
+        if qt is not None or x not in self.tables:
+            return qt
+        src, values, shape = self.tables[x]
+        scale, zp = quant.activation_params(float(values.min()), float(values.max()))
+        layout = src.layout if len(shape) == 4 else "NCHW"
+        v = self._lookup_call(src, reference.quantize_u8(values, scale, zp), shape, layout, "table_q")
+        self.q[x] = QTensor(v, scale, zp, layout)
+        return self.q[x]
 
     def _u8(self, x: relax.Var) -> QTensor | None:
         """``x``'s uint8 form: as produced, or requantized from its int16 form (for a W8A8 /
@@ -394,7 +413,7 @@ class _IntRewriter(relax.PyExprMutator):
         value = binding.value
         if isinstance(value, relax.Call) and value.op in INT_FORMS and len(value.args) >= 1:
             x = self.visit_expr(value.args[0])
-            if self._u8(x) is not None and self._int_passthrough(binding, value, x):
+            if self._u8_or_table(x) is not None and self._int_passthrough(binding, value, x):
                 return
         if isinstance(value, relax.Call) and (self._lookup(binding, value) or self._int_concat(binding, value)):
             return
@@ -444,7 +463,10 @@ class _IntRewriter(relax.PyExprMutator):
         qt = self.q[x]
         out_shape = self._shape(binding.var)
         if call.op == MEAN or (call.op == AVG_POOL and is_global_avg_pool(call)):
-            made = self._int_gap(call, qt, out_shape)
+            gap = self._int_gap(call, qt, out_shape, self.consumers.get(binding.var))
+            if gap is None:
+                return False
+            qt, made = gap, (gap.var, gap.layout)
         elif call.op == AVG_POOL:
             made = self._int_avg_pool(call, qt, out_shape)
         elif call.op == MAX_POOL:
@@ -467,9 +489,10 @@ class _IntRewriter(relax.PyExprMutator):
         self.set_var_remap(binding.var, new)
         return True
 
-    def _int_gap(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
+    def _int_gap(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...], layer: str | None) -> QTensor | None:
         """A mean over H and W (any keepdims) or a global average pool, as integer global
-        average pooling (``[N, C, 1, 1]``: the same bytes in either layout)."""
+        average pooling (``[N, C, 1, 1]``: the same bytes in either layout), into the
+        quantization of the integer ``layer`` it feeds where there is one."""
         nchw = self._shape(call.args[0])
         if len(nchw) != 4:
             return None
@@ -480,11 +503,32 @@ class _IntRewriter(relax.PyExprMutator):
         elif not is_global_avg_pool(call):
             return None  # only the global average pool (a window over the whole map)
         pooled = (nchw[0], nchw[1], 1, 1)
-        gv = self._func(("gap_u8", nchw, qt.layout),
-                        lambda: elementwise.global_avg_pool_u8(nchw, qt.layout == "NHWC"))
-        v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(pooled, "uint8")), name_hint="gap_q")
-        self.program.record(v, lambda a: reference.global_avg_pool_u8(_to_layout(a, qt.layout, "NCHW")), [qt.var])
-        return (v if pooled == out_shape else self._reshape(v, out_shape)), "NCHW"
+        nhwc = qt.layout == "NHWC"
+        if layer is None or self.owner.plan[layer].a_bits != 8:
+            gv = self._func(("gap_u8", nchw, qt.layout), lambda: elementwise.global_avg_pool_u8(nchw, nhwc))
+            v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(pooled, "uint8")), name_hint="gap_q")
+            self.program.record(v, lambda a: reference.global_avg_pool_u8(_to_layout(a, qt.layout, "NCHW")),
+                                [qt.var])
+            out = QTensor(v, qt.scale, qt.zp, "NCHW")
+        else:
+            out = self._gap_requant(qt, nchw, layer)
+        v = out.var
+        return replace(out, var=v if pooled == out_shape else self._reshape(v, out_shape))
+
+    def _gap_requant(self, qt: QTensor, nchw: tuple[int, ...], layer: str) -> QTensor:
+        """Global average pooling into the quantization ``layer`` calibrated for its input (finer
+        than the map's: a mean varies less than the pixels it averages)."""
+        pooled, nhwc = (nchw[0], nchw[1], 1, 1), qt.layout == "NHWC"
+        s_out, zp_out = quant.activation_params(*self.owner.stats.get(layer, "in").range(self.owner.method))
+        count = nchw[2] * nchw[3]
+        scale = np.float32(qt.scale / (count * s_out))
+        gv = self._func(("gap_requant_u8", nchw, qt.layout), lambda: elementwise.global_avg_pool_requant_u8(nchw, nhwc))
+        v = self.builder_.emit(relax.call_tir(gv, [qt.var, relax.const(np.array([-count * qt.zp, zp_out], np.int32)),
+                                                   relax.const(np.array([scale], np.float32))],
+                                              relax.TensorType(pooled, "uint8")), name_hint="gap_q")
+        self.program.record(v, lambda a: reference.global_avg_pool_requant_u8(
+            _to_layout(a, qt.layout, "NCHW"), qt.zp, float(scale), zp_out), [qt.var])
+        return QTensor(v, s_out, zp_out, "NCHW")
 
     def _int_max_pool(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
         nchw = self._shape(call.args[0])
@@ -680,7 +724,7 @@ class _IntRewriter(relax.PyExprMutator):
         residual = None
         if ep.residual:
             r = self.visit_expr(m.residual)
-            qr = self._u8(r) or self._quantize_float_residual(m, r, layout)
+            qr = self._u8_or_table(r) or self._quantize_float_residual(m, r, layout)
             rv = self._view(self._in_layout(qr, layout).var, tuple(buf))
             if ep.requant == "float":
                 r_scale = np.float32(qr.scale / s_out)
@@ -795,6 +839,29 @@ class RealizeIntegers:
         self.record.program = program
         self.record.islands = _islands(new_main, rw)
         return finish_module(rw, new_main)
+
+
+def _layer_consumers(func: relax.Function, plan: dict[relax.Var, FloatCall | IntCall]) -> dict[relax.Var, str]:
+    """Var -> the integer layer that reads it as its input, directly or through reshapes that
+    nothing else uses (a global average pool, flattened, into a classifier)."""
+    value = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    uses: dict[relax.Var, list[relax.Var]] = {}
+    for v, e in value.items():
+        for u in relax.analysis.free_vars(e):
+            uses.setdefault(u, []).append(v)
+    reads = {p.match.data: p.match.layer.name for p in plan.values() if isinstance(p, IntCall)}
+    found: dict[relax.Var, str] = {}
+    for v in value:
+        w = v
+        for _ in range(4):
+            if w in reads:
+                found[v] = reads[w]
+                break
+            nxt = uses.get(w, [])
+            if len(nxt) != 1 or not (isinstance(value[nxt[0]], relax.Call) and value[nxt[0]].op == RESHAPE):
+                break
+            w = nxt[0]
+    return found
 
 
 def _channel_shuffles(func: relax.Function) -> tuple[dict[relax.Var, tuple[relax.Var, np.ndarray]], set[relax.Var]]:
