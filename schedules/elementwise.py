@@ -146,6 +146,26 @@ def global_avg_pool_requant_u8(shape: tuple[int, int, int, int], nhwc_in: bool =
     return [q, params, scale, out]
 
 
+def multiply_u8(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> list[te.Tensor]:
+    """The product of two uint8 tensors into a third quantization, ``b`` broadcast over its
+    size-1 dimensions (shapes as stored, same rank): ``params s32[3] = (a_zp, b_zp, out_zp)``,
+    ``scale f32[1] = s_a * s_b / s_out``; ``clip(rint(float32((a - a_zp) * (b - b_zp)) *
+    scale) + out_zp, 0, 255)`` (``common.requantize_float_expr``; numpy:
+    ``reference.multiply_u8``). A squeeze-and-excitation block's rescaling of its map."""
+    a = te.placeholder(a_shape, "uint8", name="a")
+    b = te.placeholder(b_shape, "uint8", name="b")
+    params = te.placeholder((3,), "int32", name="params")
+    scale = te.placeholder((1,), "float32", name="scale")
+
+    def mul(*i):  # type: ignore[no-untyped-def]
+        bi = [0 if d == 1 else x for x, d in zip(i, b_shape)]
+        prod = (a[i].astype("int32") - params[0]) * (b[tuple(bi)].astype("int32") - params[1])
+        return requantize_float_expr(prod, None, scale[0], params[2], tirx.const(0, "int32"),
+                                     tirx.const(255, "int32"))
+
+    return [a, b, params, scale, te.compute(a_shape, mul, name="multiply")]
+
+
 UNROLLED_WINDOW = 49  # max pool windows up to 7x7 are one expression of their taps
 
 

@@ -153,6 +153,12 @@ def global_avg_pool_requant_u8(q: np.ndarray, zp_in: int, scale: float, zp_out: 
     return requantize(acc, np.full(q.shape[1], scale, np.float32), None, zp_out, 0, 255).astype(np.uint8)
 
 
+def multiply_u8(a: np.ndarray, b: np.ndarray, a_zp: int, b_zp: int, scale: float, out_zp: int) -> np.ndarray:
+    """``elementwise.multiply_u8``: ``b`` broadcast, one float32 scale."""
+    prod = (a.astype(np.int32) - np.int32(a_zp)) * (b.astype(np.int32) - np.int32(b_zp))
+    return requantize(prod, np.full(1, scale, np.float32), None, out_zp, 0, 255, axis=0).astype(np.uint8)
+
+
 def avg_pool_u8(q: np.ndarray, out_hw: tuple[int, int], pool: tuple[int, int], strides: tuple[int, int],
                 pad_top_left: tuple[int, int], count_include_pad: bool, zp: int) -> np.ndarray:
     """``elementwise.avg_pool_u8``: the NCHW window mean of the codes, rounded half up."""

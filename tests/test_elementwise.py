@@ -119,5 +119,25 @@ def test_integer_avg_pool_bit_exact(isa: str, nhwc: bool, include_pad: bool, geo
         np.testing.assert_array_equal(want[0, :, y, x], np.floor(mean + 0.5).astype(np.uint8))
 
 
+@pytest.mark.parametrize("isa", LEVELS)
+def test_integer_multiply_bit_exact(isa: str) -> None:
+    """Two uint8 tensors multiplied into a third quantization, the second broadcast (an SE
+    block's [N, 1, 1, C] scales over an NHWC map) or of the same shape; extreme codes."""
+    rng = np.random.default_rng(3)
+    for a_shape, b_shape in [((1, 9, 7, 48), (1, 1, 1, 48)), ((2, 5, 3, 3), (2, 5, 3, 3))]:
+        a = rng.integers(0, 256, a_shape).astype(np.uint8)
+        b = rng.integers(0, 256, b_shape).astype(np.uint8)
+        a.flat[0], b.flat[0] = 255, 0
+        for a_zp, b_zp, scale, zp in [(0, 0, 0.004, 0), (128, 7, 0.0123, 90), (255, 255, 1.5, 3)]:
+            out = tvm.runtime.empty(a_shape, "uint8")
+            _build(elementwise.multiply_u8(a_shape, b_shape), isa)(
+                tvm.runtime.tensor(a), tvm.runtime.tensor(b), tvm.runtime.tensor(np.array([a_zp, b_zp, zp], np.int32)),
+                tvm.runtime.tensor(np.array([scale], np.float32)), out)
+            want = reference.multiply_u8(a, b, a_zp, b_zp, scale, zp)
+            np.testing.assert_array_equal(out.numpy(), want)
+            exact = (a.astype(np.float64) - a_zp) * (b.astype(np.float64) - b_zp) * np.float32(scale) + zp
+            assert np.abs(want - np.clip(exact, 0, 255)).max() <= 0.5 + 1e-3
+
+
 def elementwise_layout(a: np.ndarray, nhwc: bool) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if nhwc else a

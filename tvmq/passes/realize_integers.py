@@ -243,6 +243,42 @@ class _IntRewriter(relax.PyExprMutator):
         self.set_var_remap(binding.var, v)
         return True
 
+    def _int_multiply(self, binding: relax.VarBinding, call: relax.Call) -> bool:
+        """The product of two uint8 tensors (or tables of them) of rank 4, one broadcast over H
+        and W or equal in shape (a squeeze-and-excitation block rescaling its map), read by an
+        integer layer: one integer kernel into that layer's input quantization. False
+        otherwise (a float island)."""
+        if call.op != MULTIPLY or len(self._shape(binding.var)) != 4:
+            return False
+        layer = self.consumers.get(binding.var)
+        if layer is None or self.owner.plan[layer].a_bits != 8:
+            return False
+        xs = [self.visit_expr(a) for a in call.args]
+        if not all(isinstance(x, relax.Var) for x in xs):
+            return False
+        out_shape = self._shape(binding.var)
+        shapes = [self._shape(x) for x in xs]
+        if shapes[0] != out_shape:
+            xs, shapes = xs[::-1], shapes[::-1]
+        if shapes[0] != out_shape or len(shapes[1]) != 4 or any(d not in (1, o) for d, o in zip(shapes[1], out_shape)):
+            return False
+        qa, qb = (self._u8_or_table(x) for x in xs)
+        if qa is None or qb is None:
+            return False
+        qb = self._in_layout(qb, qa.layout)
+        s_out, zp_out = quant.activation_params(*self.owner.stats.get(layer, "in").range(self.owner.method))
+        scale = np.float32(qa.scale * qb.scale / s_out)
+        a_shape, b_shape = self._shape(qa.var), self._shape(qb.var)
+        gv = self._func(("multiply_u8", a_shape, b_shape), lambda: elementwise.multiply_u8(a_shape, b_shape))
+        v = self.builder_.emit(relax.call_tir(gv, [qa.var, qb.var, relax.const(np.array([qa.zp, qb.zp, zp_out], np.int32)),
+                                                   relax.const(np.array([scale], np.float32))],
+                                              relax.TensorType(a_shape, "uint8")), name_hint="mul_q")
+        self.program.record(v, lambda a, b: reference.multiply_u8(a, b, qa.zp, qb.zp, float(scale), zp_out),
+                            [qa.var, qb.var])
+        new = self._dequantize(QTensor(v, s_out, zp_out, qa.layout), out_shape, self._emit_fn(binding.var))
+        self.set_var_remap(binding.var, new)
+        return True
+
     def _int_concat(self, binding: relax.VarBinding, call: relax.Call) -> bool:
         """A concat of uint8 tensors (or of lookup tables of them, ``tables``) stays integer:
         inputs of another scale or zero point are requantized, each by one uint8 lookup, to
@@ -415,7 +451,8 @@ class _IntRewriter(relax.PyExprMutator):
             x = self.visit_expr(value.args[0])
             if self._u8_or_table(x) is not None and self._int_passthrough(binding, value, x):
                 return
-        if isinstance(value, relax.Call) and (self._lookup(binding, value) or self._int_concat(binding, value)):
+        if isinstance(value, relax.Call) and (self._lookup(binding, value) or self._int_concat(binding, value)
+                                              or self._int_multiply(binding, value)):
             return
         fn = float_op(value) if isinstance(value, relax.Call) else None
         if fn is None:
