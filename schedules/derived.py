@@ -1,6 +1,7 @@
 """Derived kernels: twins of registered kernels that change one precision and reuse the rest.
 
-* ``int4_weights``: W4A8 from every W8A8 kernel (int4 weights unpacked in-kernel);
+* ``int4_weights``: W4A8 from every W8A8 kernel built from TE (int4 weights unpacked
+  in-kernel; not those built directly in TIR, ``KernelDef.build_direct``);
 * ``bf16_weights``: portable bf16 from every fp32 kernel (bf16 weights and inputs, fp32 sums);
 * ``int16_activations``: W8A16 from the W8A8 kernels of the generic, avx2 and avx512 levels.
 
@@ -150,6 +151,6 @@ def int16_activations(base: KernelDef) -> KernelDef:
 def derive(base: list[KernelDef]) -> list[KernelDef]:
     """The derived twins of the kernels ``base`` (in key order): W4A8, portable bf16, W8A16."""
     base = sorted(base, key=lambda k: str(k.key))
-    return ([int4_weights(k) for k in base if k.key.precision == "w8a8"]
+    return ([int4_weights(k) for k in base if k.key.precision == "w8a8" and k.build_direct is None]
             + [bf16_weights(k) for k in base if k.key.precision == "fp32"]
             + [int16_activations(k) for k in base if k.key.precision == "w8a8" and k.key.isa in INT16_ISAS])

@@ -58,6 +58,10 @@ class KernelDef:
     # more (the portable int8 conv shares fp32's Conv2dConfig space but not its pointwise
     # template); None: all of them
     config_types: tuple[type, ...] | None = None
+    # kernels that build some configurations' PrimFunc directly in TIR (no TE compute /
+    # schedule: ``depthwise.int8_vnni``): ``(wl, cfg)`` -> the PrimFunc, or None where the
+    # configuration is built from ``compute`` + ``schedule``. Such a kernel has no W4A8 twin.
+    build_direct: Callable[[Any, Any], Any] | None = None
 
     def tuning_space(self, wl: Workload, features: TargetFeatures) -> list[Any]:
         """The candidate configurations of this kernel for ``wl``, the fallback first."""
@@ -90,8 +94,13 @@ class KernelDef:
 
         The schedule's knobs are MetaSchedule sampling decisions; by default they take the
         config's values. With ``sample_seed`` they are drawn at random instead (one point of the
-        search space the tuner explores).
+        search space the tuner explores). A configuration the kernel builds directly
+        (``build_direct``) has no knobs to sample.
         """
+        if self.build_direct is not None:
+            direct = self.build_direct(workload, config)
+            if direct is not None:
+                return direct.with_attr("tirx.is_scheduled", True)
         func = te.create_prim_func(self.compute(workload, config))
         sch = s_tir.Schedule(func, seed=sample_seed)
         self.schedule(sch, workload, config, sample_seed is not None)
