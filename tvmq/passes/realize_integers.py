@@ -41,6 +41,7 @@ average pooling, means). An output reached only through another op (a softmax) h
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -504,10 +505,8 @@ class _IntRewriter(relax.PyExprMutator):
             if gap is None:
                 return False
             qt, made = gap, (gap.var, gap.layout)
-        elif call.op == AVG_POOL:
-            made = self._int_avg_pool(call, qt, out_shape)
-        elif call.op == MAX_POOL:
-            made = self._int_max_pool(call, qt, out_shape)
+        elif call.op in (AVG_POOL, MAX_POOL):
+            made = self._int_window_pool(call, qt, out_shape)
         elif call.op in (STRIDED_SLICE, PAD):
             made = self._int_data_movement(call, qt)
         elif call.op == PERMUTE:  # (a channel shuffle's transpose: in NCHW order)
@@ -567,34 +566,26 @@ class _IntRewriter(relax.PyExprMutator):
             _to_layout(a, qt.layout, "NCHW"), qt.zp, float(scale), zp_out), [qt.var])
         return QTensor(v, s_out, zp_out, "NCHW")
 
-    def _int_max_pool(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
-        nchw = self._shape(call.args[0])
-        geometry = max_pool_geometry(call, out_shape)
+    def _int_window_pool(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
+        """A max pool, or an average pool without dilation or ceil mode, on the codes in the
+        tensor's layout (max: padding reads code 0, below every value; average: see
+        ``elementwise.avg_pool_u8``)."""
+        nchw, layout = self._shape(call.args[0]), qt.layout
+        nhwc = layout == "NHWC"
+        if call.op == MAX_POOL:
+            geometry, extra = max_pool_geometry(call, out_shape), []
+            make, ref = elementwise.max_pool_u8, reference.max_pool_u8
+        else:
+            geometry, extra = avg_pool_geometry(call, out_shape), [relax.const(np.array([qt.zp], np.int32))]
+            make, ref = elementwise.avg_pool_u8, functools.partial(_with_zp, reference.avg_pool_u8, qt.zp)
         if geometry is None:
             return None
-        nhwc, layout = qt.layout == "NHWC", qt.layout
-        gv = self._func(("max_pool_u8", nchw, geometry, layout),
-                        lambda: elementwise.max_pool_u8(nchw, *geometry, nhwc_io=nhwc))
+        gv = self._func((make.__name__, nchw, geometry, layout), lambda: make(nchw, *geometry, nhwc_io=nhwc))
         buf = elementwise.nhwc(out_shape) if nhwc else out_shape
-        v = self.builder_.emit(relax.call_tir(gv, [qt.var], relax.TensorType(buf, "uint8")), name_hint="max_pool_q")
-        self.program.record(v, lambda a: _to_layout(reference.max_pool_u8(_to_layout(a, layout, "NCHW"), *geometry),
-                                                    "NCHW", layout), [qt.var])
-        return v, layout
-
-    def _int_avg_pool(self, call: relax.Call, qt: QTensor, out_shape: tuple[int, ...]) -> tuple[relax.Var, str] | None:
-        """An average pool (no dilation, no ceil mode) on the codes, in the tensor's layout."""
-        nchw = self._shape(call.args[0])
-        geometry = avg_pool_geometry(call, out_shape)
-        if geometry is None:
-            return None
-        nhwc, layout = qt.layout == "NHWC", qt.layout
-        gv = self._func(("avg_pool_u8", nchw, geometry, layout),
-                        lambda: elementwise.avg_pool_u8(nchw, *geometry, nhwc_io=nhwc))
-        buf = elementwise.nhwc(out_shape) if nhwc else out_shape
-        v = self.builder_.emit(relax.call_tir(gv, [qt.var, relax.const(np.array([qt.zp], np.int32))],
-                                              relax.TensorType(buf, "uint8")), name_hint="avg_pool_q")
-        self.program.record(v, lambda a: _to_layout(
-            reference.avg_pool_u8(_to_layout(a, layout, "NCHW"), *geometry, qt.zp), "NCHW", layout), [qt.var])
+        v = self.builder_.emit(relax.call_tir(gv, [qt.var, *extra], relax.TensorType(buf, "uint8")),
+                               name_hint=f"{make.__name__}_q")
+        self.program.record(v, lambda a: _to_layout(ref(_to_layout(a, layout, "NCHW"), *geometry), "NCHW", layout),
+                            [qt.var])
         return v, layout
 
     def _int_data_movement(self, call: relax.Call, qt: QTensor) -> tuple[relax.Var, str] | None:
@@ -876,6 +867,11 @@ class RealizeIntegers:
         self.record.program = program
         self.record.islands = _islands(new_main, rw)
         return finish_module(rw, new_main)
+
+
+def _with_zp(fn: Callable[..., np.ndarray], zp: int, *args: Any) -> np.ndarray:
+    """``fn(*args, zp)`` (a reference whose zero point comes last)."""
+    return fn(*args, zp)
 
 
 def _layer_consumers(func: relax.Function, plan: dict[relax.Var, FloatCall | IntCall]) -> dict[relax.Var, str]:
