@@ -3,9 +3,10 @@ a budget, and build that plan (with its report).
 
     python tutorials/t3_allocate.py [OUT_DIR] [TUNING_DB]
 
-With a tuning database (tutorial 2) a latency budget works too; here 1.2x the uniform W8A8
-model's measured latency, next to the size budget. (The plan aims 5% under a latency budget,
-the prediction error; a budget no plan can meet gives the least-overrun plan, status
+With a tuning database (tutorial 2) a latency budget works too; here 1.5x the uniform W8A8
+model's measured latency, next to the size budget (a 0.7x size needs 4-bit layers, and some are
+slower than their W8A8 form: on AVX-512 VNNI the W8A8 depthwise kernel is the faster one). (The
+plan aims 5% under a latency budget, the prediction error; a budget no plan can meet gives the least-overrun plan, status
 "infeasible".)
 The shell form: ``tvmq analyze model.onnx --calibration calib.npy`` and
 ``tvmq compile model.onnx --calibration calib.npy --size-budget 0.7x -o out/``.
@@ -25,7 +26,7 @@ def main(out: Path, db: str | None = None) -> int:
 
     calib = images("calib_x", 64)
     r = compile_mixed(MODEL, calib, out, size_budget="0.7x", db=db,
-                      latency_budget="1.2x" if db else None)
+                      latency_budget="1.5x" if db else None)
     sens = r.extra["sensitivity"]
     for layer, spec in r.plan.items():
         sqnr = "-" if spec == "fp32" else f"{sens.sqnr_db(layer, spec):.1f} dB"
