@@ -13,14 +13,16 @@ For a W8A8 layer the rewrite emits, in order: its input as uint8 (the producer's
 when the producer is an integer layer, else a ``quantize`` kernel with the calibrated scale), the
 ``schedules`` W8A8 kernel (int8 weights per output channel; W4A8: int4 in -7..7, packed two per
 byte, the same kernel after an in-kernel unpack; int32 bias with the input zero point folded in, dyadic requantization, ReLU / ReLU6 as clamp bounds, a residual branch rescaled in
-integers) producing uint8, and a ``dequantize`` for any float consumer. Global average pooling
-and reshapes of integer tensors stay integer. ``DeadCodeElimination`` then drops every float
-twin nobody reads, so between two integer layers no float op remains. W8A16 layers read int16
+integers) producing uint8, and a ``dequantize`` for any float consumer. The ops between layers
+that have an integer form stay integer (``_int_passthrough``, ``_lookup``, ``_int_concat``,
+``_int_multiply``, ``_int_shuffle``: pooling, reshapes, slices, zero pads, concats, products,
+elementwise functions as lookup tables); ``DeadCodeElimination`` then drops every float twin
+nobody reads. Any other op runs in float32 between a dequantize and a quantize (a float
+island, ``Lowering.islands``), never a refusal. W8A16 layers read int16
 activations (symmetric): their producer requantizes into int16 directly (``demand16``, bounded
 by ``int16_qmax`` so no accumulator can overflow); other consumers of such a tensor get an exact
 int16 -> uint8 requantization, and an int16 input with no integer producer is quantized from
-float (or widened losslessly from uint8). Max pooling and global
-average pooling stay integer too; float ops after the last integer layer (a softmax) are allowed.
+float (or widened losslessly from uint8).
 
 Layout: the uint8 activations of the quantized convs are channels-last (``layout="NHWC"``, the
 default; ``"NCHW"`` keeps ONNX's): the input's ``quantize`` writes NHWC, each conv reads and
@@ -30,12 +32,11 @@ and the producers of their int16 inputs stay NCHW; a uint8 tensor one layer writ
 layout and another reads in the other is transposed once (``Lowering.layout_transforms``, the
 manifest's ``layout_transforms``: empty for MobileNetV2, a test checks it).
 
-Postcondition (checked by ``NumpyProgram``): in a plan without float layers no float op feeds
-an integer op (``check_integer_only``); ``record.program`` simulates the emitted ops in numpy, the
-bit-exact oracle of the compiled library: the integer ops, and for plans with bf16 / fp32 layers
-those layers (each in its kernel's summation order, ``KernelDef.float_reference``) and the float
-ops between layers that ``numpy_program.float_op`` reproduces (adds, activations, reshapes, max / global
-average pooling, means). An output reached only through another op (a softmax) has no oracle
+Postcondition: ``record.islands`` lists every float island; ``record.program`` simulates the
+emitted ops in numpy, the bit-exact oracle of the compiled library: the integer ops, the bf16 /
+fp32 layers (each in its kernel's summation order, ``KernelDef.float_reference``) and the float
+ops that ``numpy_program.float_op`` reproduces (elementwise arithmetic and activations, data
+movement, max / global average pooling, means). An output reached only through another op (a softmax) has no oracle
 (``simulated()`` is False). ``record.qparams`` has every layer's scales.
 """
 
@@ -494,10 +495,10 @@ class _IntRewriter(relax.PyExprMutator):
         return True
 
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
-        """An op on an integer tensor that has an exact integer form (global average pooling,
-        max pooling, reshapes, strided slices, a zero pad with the zero point) stays integer:
-        same scale and zero point; False where this form has none (the op then runs in float,
-        a float island)."""
+        """An op on an integer tensor that has an exact integer form stays integer: pooling
+        (global average pooling into its consumer's quantization, the others at the input's),
+        reshapes and transposes, strided slices, a zero pad with the zero point; False where
+        this form has none (the op then runs in float, a float island)."""
         qt = self.q[x]
         out_shape = self._shape(binding.var)
         if call.op == MEAN or (call.op == AVG_POOL and is_global_avg_pool(call)):
