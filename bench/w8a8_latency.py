@@ -29,7 +29,7 @@ def calibration_inputs(name: str, onnx_path: Path, args: argparse.Namespace) -> 
     """``(calib [N, ...], description, real_images)`` for one model."""
     (_, shape, dtype), = h.onnx_input_specs(onnx_path)
     why = ""
-    if name == "mobilenetv2":
+    if tuple(shape[1:]) == (3, 224, 224):  # an ImageNet-sized CNN: real images (ImageNet normalisation)
         try:
             x, _ = h.imagenet_sample(args.imagenet_root, args.calib)
             if len(x) == args.calib:
@@ -135,8 +135,9 @@ def model_notes(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -
     for name, m in models.items():
         if m["rival_onnx"] != m["onnx"]:
             notes.append(f"- {name}: the rivals quantize `{m['rival_onnx'].name}` in the build folder, the "
-                         "same function with its ConstantOfShape weights folded into initializers and opset "
-                         "13 (without it NNCF quantizes no conv, onnxruntime's quantizer fails)")
+                         "same function with any ConstantOfShape weights folded into initializers, no "
+                         "initializer listed as a graph input, and opset >= 13 (without it NNCF quantizes "
+                         "no conv of light_resnet50, onnxruntime's quantizer fails)")
         ov = next((i["kernels"] for row in rows if row["model"] == name
                    for i in row["worker_info"].get(OV_INT8, []) if i.get("kernels")), None)
         for v, k in ((ORT_INT8, m["builds"].get(ORT_INT8, {}).get("kernels")), (OV_INT8, ov)):
