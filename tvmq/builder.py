@@ -19,9 +19,11 @@ from schedules.workload import REQUANT_MODES
 
 from . import specs
 from .compiler import compile_relax, no_progress
+from .equalize import equalize_record
 from .errors import ArtifactError, TvmqError
 from .frontend import PreparedModel, prepare
 from .plan import PrecisionPlan
+from .recipe import recipe_options
 from .runtime import library_record
 from .tune import TunedConfigs, TuningDatabase, device_fingerprint
 from .version import __version__
@@ -73,13 +75,13 @@ def _tuned_configs(db: Any, features: TargetFeatures, threads: int,
 
 def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any, lowered: Any,
               kernels: dict[str, Any], tuning: dict[str, Any] | None, range_method: str,
-              timings: dict[str, float], requant: str | None) -> dict[str, Any]:
+              timings: dict[str, float], requant: str | None, stats: Any = None) -> dict[str, Any]:
     """``manifest.json``: what was built, for what, from what, how (see the README)."""
     return {
         "schema": MANIFEST_SCHEMA,
         "tvmq_version": __version__,
         "tvm_version": tvm.__version__,
-        "source_model": os.path.basename(os.fspath(model)),
+        "source_model": "<in-memory>" if hasattr(model, "graph") else os.path.basename(os.fspath(model)),
         "target": features.target_json(),
         "target_features": {k: v for k, v in vars(features).items()},
         "isa": features.isa,
@@ -93,6 +95,9 @@ def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any
         "plan": None if plan is None else plan.to_json(),
         "qparams": lowered.qparams,
         "range_method": range_method if plan is not None else None,
+        # the post-training steps that set the integer weights and biases (tvmq.recipe,
+        # tvmq.equalize); None for fp32 builds
+        "recipe": None if plan is None else {**recipe_options(stats), "equalize": equalize_record(model)},
         "requant": requant,  # the integer layers' requantization (None: no integer layer)
         # layout changes between two integer ops (the quantized convs keep NHWC activations; the
         # quantize / dequantize at the integer region's edges change layout as they convert)
@@ -173,7 +178,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     ex.export_library(str(lib))
     timings["export"] = time.perf_counter() - t
     manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings,
-                         requant if lowered.qparams else None)
+                         requant if lowered.qparams else None, stats)
     manifest["library"] = library_record(lib)  # tvmq.load refuses a library that differs
     mpath = out / "manifest.json"
     mpath.write_text(json.dumps(manifest, indent=1))

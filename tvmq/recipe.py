@@ -7,10 +7,12 @@ For a layer with float weights ``W`` (``[K, C/groups, ...]``), bias ``b`` and th
 statistics of its input, at spec ``w<b>a<a>``:
 
 1. ``W_q, s_w = quantize_weights(W, b)``: symmetric per output channel (MSE clipping below 8
-   bits, ``schedules.quant``);
-2. bias correction (optional, on by default): ``b - E[(s_w W_q - W) x]`` with ``x`` replaced by
-   the calibrated per-channel input mean (Nagel et al. 2019): the mean output shift that
-   rounding the weights causes is removed;
+   bits, ``schedules.quant``); where the statistics hold the layer's input Hessian
+   (``collect(..., hessians=True)``) and the recipe's ``gptq`` option is on, ``W_q`` is rounded
+   with error feedback instead (``tvmq.gptq``: GPTQ, same scales);
+2. bias correction (the recipe's ``bias_correction`` option, on by default):
+   ``b - E[(s_w W_q - W) x]`` with ``x`` replaced by the calibrated per-channel input mean
+   (Nagel et al. 2019): the mean output shift that rounding the weights causes is removed;
 3. the input: uint8 with the calibrated range (``a_bits`` 8), or int16 symmetric within
    ``int16_qmax(W_q at 8 bits)`` (``a_bits`` 16), so that no int32 accumulator can overflow;
 4. the int32 bias ``round(b / (s_in s_w)) - zp_in sum(W_q)`` of the input that the kernel
@@ -21,6 +23,7 @@ statistics of its input, at spec ``w<b>a<a>``:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,6 +32,39 @@ import numpy as np
 from schedules import quant
 
 from .errors import TvmqError
+from .gptq import MIN_PATCHES_PER_COLUMN, gptq_round
+
+# the recipe's optional steps and their defaults (``recipe_options``)
+RECIPE_DEFAULTS = {"gptq": True, "bias_correction": True}
+
+
+def recipe_options(stats: Any) -> dict[str, bool]:
+    """The optional steps the recipe runs with these calibration statistics: ``gptq`` (on
+    where the statistics hold Hessians and ``stats.meta["recipe"]["gptq"]`` is not false) and
+    ``bias_correction``; what the manifest records."""
+    given = dict(getattr(stats, "meta", {}).get("recipe", {}))
+    unknown = set(given) - set(RECIPE_DEFAULTS)
+    if unknown:
+        raise TvmqError(f"unknown recipe option(s) {sorted(unknown)}; known: {sorted(RECIPE_DEFAULTS)}")
+    opts = {**RECIPE_DEFAULTS, **{k: bool(v) for k, v in given.items()}}
+    opts["gptq"] = opts["gptq"] and bool(getattr(stats, "hessians", None))
+    return opts
+
+
+def gptq_applies(stats: Any, name: str, hessian: np.ndarray) -> bool:
+    """Whether layer ``name``'s Hessian rests on enough patches (``MIN_PATCHES_PER_COLUMN``)."""
+    patches = stats.meta.get("hessian_patches", {}).get(name)
+    return patches is None or patches >= MIN_PATCHES_PER_COLUMN * hessian.shape[-1]
+
+
+def with_recipe(stats: Any, **options: bool) -> Any:
+    """A copy of ``stats`` (``ActivationStats``) whose recipe runs with ``options`` (e.g.
+    ``gptq=False``, ``bias_correction=False``)."""
+    unknown = set(options) - set(RECIPE_DEFAULTS)
+    if unknown:
+        raise TvmqError(f"unknown recipe option(s) {sorted(unknown)}; known: {sorted(RECIPE_DEFAULTS)}")
+    meta = {**stats.meta, "recipe": {**stats.meta.get("recipe", {}), **options}}
+    return dataclasses.replace(stats, meta=meta)
 
 
 def expected_weight_error(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray,
@@ -106,7 +142,8 @@ class QuantizedLayer:
         s_w = np.where(over, need, self.w_scale)
         hi = 2 ** (self.w_bits - 1) - 1
         shape = (-1,) + (1,) * (self.weight.ndim - 1)
-        wq = np.clip(np.round(self.weight / s_w.reshape(shape)), -hi, hi).astype(np.int8)
+        wq = np.where(over.reshape(shape),  # the other channels keep their (maybe GPTQ) rounding
+                      np.clip(np.round(self.weight / s_w.reshape(shape)), -hi, hi), self.wq).astype(np.int8)
         bias = _corrected(self.weight, wq, s_w, self.raw_bias, self.channel_mean, self.groups)
         raised = tuple(sorted(set(self.raised) | {int(c) for c in np.flatnonzero(over)}))
         return replace(self, wq=wq, w_scale=s_w, bias=bias, raised=raised)
@@ -135,11 +172,20 @@ def _corrected(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray, raw_bias: np
 
 
 def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, groups: int, spec: Any,
-                   stats: Any, method: str = "minmax", *, bias_correction: bool = True) -> QuantizedLayer:
+                   stats: Any, method: str = "minmax", *, bias_correction: bool | None = None) -> QuantizedLayer:
     """``weight`` / ``bias`` of layer ``name`` at the integer ``spec`` (a ``QuantSpec``), with
     the calibrated statistics ``stats`` (``ActivationStats``: ``stats.get(name, "in")``) and
-    its range ``method``."""
+    its range ``method``; the optional steps as ``recipe_options(stats)`` says
+    (``bias_correction`` given: overrides it)."""
+    opts = recipe_options(stats)
+    if bias_correction is None:
+        bias_correction = opts["bias_correction"]
     wq, s_w = quant.quantize_weights(weight, spec.w_bits)
+    hessian = stats.hessian(name) if opts["gptq"] else None
+    if hessian is not None and not gptq_applies(stats, name, hessian):
+        hessian = None
+    if hessian is not None:
+        wq = _gptq_cached(name, weight, s_w, spec.w_bits, hessian, groups)
     raw = None if bias is None else np.asarray(bias, np.float64)
     in_stats = stats.get(name, "in")
     mean = np.asarray(in_stats.channel_mean, np.float64) if bias_correction else None
@@ -151,3 +197,19 @@ def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, group
     else:
         (scale, zp), qmax = quant.activation_params(lo, hi), 255
     return QuantizedLayer(name, weight, wq, s_w, b, scale, zp, qmax, spec.w_bits, raw, mean, groups)
+
+
+_GPTQ_CACHE: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def _gptq_cached(name: str, weight: np.ndarray, s_w: np.ndarray, bits: int, hessian: np.ndarray,
+                 groups: int) -> np.ndarray:
+    """``gptq_round``, remembered for the same layer, weights, scales, bits and Hessian (the
+    sensitivity analysis and the build quantize a layer at the same spec more than once)."""
+    key = (name, bits, groups, weight.shape, hash(np.ascontiguousarray(weight, np.float32).tobytes()),
+           hash(np.ascontiguousarray(s_w).tobytes()), hash(np.ascontiguousarray(hessian).tobytes()), hessian.shape)
+    if key not in _GPTQ_CACHE:
+        if len(_GPTQ_CACHE) > 512:
+            _GPTQ_CACHE.clear()
+        _GPTQ_CACHE[key] = gptq_round(weight, s_w, bits, hessian, groups)
+    return _GPTQ_CACHE[key]

@@ -102,7 +102,7 @@ def _db(nsr: float) -> float:
 
 
 def layer_variant(sw: Switch, spec: QuantSpec, stats: Any, method: str,
-                  bias_correction: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+                  bias_correction: bool | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """The switchable arguments of one layer at ``spec``: ``[packed weight (, bias)]`` and the
     5 ``fake_quantize`` parameters of its input; integer specs follow ``tvmq.recipe``, as the
     compiler does."""

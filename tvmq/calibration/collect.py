@@ -9,12 +9,14 @@ be resumed and inspected.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 import tvm
 from tvm import relax
@@ -24,6 +26,7 @@ from schedules.target_features import TargetFeatures, detect_host
 from ..compiler import codegen, lower_module
 from ..errors import InputError, TvmqError
 from ..frontend import prepare
+from ..gptq import hessian_update, patch_count
 from .data import CalibrationData
 from .observers import Observer, TensorStats
 
@@ -37,6 +40,8 @@ class ActivationStats:
     layers: dict[str, dict[str, TensorStats]]  # layer -> {"in": ..., "out": ...}
     samples: int
     meta: dict[str, Any] = field(default_factory=dict)
+    # layer -> [groups, d, d]: the sum of X X^T over its input's im2col patches (GPTQ)
+    hessians: dict[str, np.ndarray] = field(default_factory=dict)
 
     def get(self, layer: str, role: str = "in") -> TensorStats:
         try:
@@ -44,9 +49,15 @@ class ActivationStats:
         except KeyError:
             raise TvmqError(f"no calibration statistics for the {role}put of layer {layer!r}") from None
 
+    def hessian(self, layer: str) -> np.ndarray | None:
+        return self.hessians.get(layer)
+
     def to_json(self) -> dict[str, Any]:
-        return {"schema": STATS_SCHEMA, "samples": self.samples, "meta": self.meta,
-                "layers": {k: {r: t.to_json() for r, t in v.items()} for k, v in self.layers.items()}}
+        d = {"schema": STATS_SCHEMA, "samples": self.samples, "meta": self.meta,
+             "layers": {k: {r: t.to_json() for r, t in v.items()} for k, v in self.layers.items()}}
+        if self.hessians:
+            d["hessians"] = {k: _pack_symmetric(h) for k, h in self.hessians.items()}
+        return d
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
@@ -58,7 +69,8 @@ class ActivationStats:
             if d.get("schema") != STATS_SCHEMA:
                 raise ValueError(f"schema {d.get('schema')!r}, expected {STATS_SCHEMA}")
             layers = {k: {r: TensorStats.from_json(t) for r, t in v.items()} for k, v in d["layers"].items()}
-            return cls(layers, int(d["samples"]), d.get("meta", {}))
+            hessians = {k: _unpack_symmetric(h) for k, h in d.get("hessians", {}).items()}
+            return cls(layers, int(d["samples"]), d.get("meta", {}), hessians)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise TvmqError(f"cannot read calibration statistics {path}: {e}") from None
 
@@ -66,9 +78,14 @@ class ActivationStats:
 def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
             features: TargetFeatures | None = None,
             progress: Callable[[str], None] = lambda msg: None,
-            input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1) -> ActivationStats:
+            input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
+            hessians: bool = False, hessian_samples: int | None = None) -> ActivationStats:
     """Run the compiled fp32 model over ``data``; observe every layer's input, output and
     residual operand.
+
+    ``hessians``: also sum ``X X^T`` over every conv / dense layer's im2col input patches
+    (``tvmq.gptq``; the recipe then rounds weights with error feedback), over the first
+    ``hessian_samples`` samples (None: all).
 
     ``data``: a ``CalibrationData`` or anything ``CalibrationData.from_source`` takes;
     ``input_shapes`` / ``batch_size``: as ``frontend.prepare`` (a model with dynamic H / W is
@@ -83,11 +100,19 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     progress(f"compiling the fp32 model with {len(taps)} taps")
     vm = relax.VirtualMachine(codegen(mod, features), tvm.cpu())
     observers = {tap: Observer(seed=0) for tap in taps}  # same data -> same sample
+    info = {l.name: l for l in pm.layers}
+    sums: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = {}  # layer -> patches summed into its Hessian
+    h_samples = len(data) if hessian_samples is None else min(len(data), hessian_samples)
     for i, feed in enumerate(data.samples(batch=1)):
         result = list(vm["main"](*[tvm.runtime.tensor(feed[s.name]) for s in pm.inputs]))
         try:
             for tap, value in zip(taps, result[1:]):
-                observers[tap].update(value.numpy())
+                v = value.numpy()
+                observers[tap].update(v)
+                if hessians and i < h_samples and tap[1] == "in" and tap[0] in info:
+                    sums[tap[0]] = hessian_update(sums.get(tap[0]), v, info[tap[0]])
+                    rows[tap[0]] = rows.get(tap[0], 0) + patch_count(v, info[tap[0]])
         except FloatingPointError:
             raise InputError(f"calibration sample {i} produces NaN/inf activations") from None
         if (i + 1) % 50 == 0:
@@ -96,4 +121,25 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     for (layer, role), obs in observers.items():
         layers.setdefault(layer, {})[role] = obs.stats()
     name = "<model>" if isinstance(model, onnx.ModelProto) else os.path.basename(os.fspath(model))
-    return ActivationStats(layers, len(data), {"model": name, "isa": features.isa})
+    meta = {"model": name, "isa": features.isa}
+    if hessians:
+        meta["hessian_samples"] = h_samples
+        meta["hessian_patches"] = rows
+    return ActivationStats(layers, len(data), meta, sums)
+
+
+def _pack_symmetric(h: np.ndarray) -> dict[str, Any]:
+    """A ``[G, d, d]`` symmetric stack as JSON: its upper triangles, float32, base64."""
+    iu = np.triu_indices(h.shape[-1])
+    return {"shape": list(h.shape),
+            "triu_f32": base64.b64encode(np.ascontiguousarray(h[:, iu[0], iu[1]], np.float32).tobytes()).decode()}
+
+
+def _unpack_symmetric(d: dict[str, Any]) -> np.ndarray:
+    g, n, _ = d["shape"]
+    iu = np.triu_indices(n)
+    tri = np.frombuffer(base64.b64decode(d["triu_f32"]), np.float32).reshape(g, -1).astype(np.float64)
+    h = np.zeros((g, n, n))
+    h[:, iu[0], iu[1]] = tri
+    h[:, iu[1], iu[0]] = tri
+    return h

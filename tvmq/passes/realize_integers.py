@@ -807,7 +807,7 @@ class RealizeIntegers:
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
                  features: TargetFeatures, plan: PrecisionPlan, stats: ActivationStats, record: Lowering,
-                 method: str = "minmax", bias_correction: bool = True, *, configs: Any = None,
+                 method: str = "minmax", bias_correction: bool | None = None, *, configs: Any = None,
                  requant: str = "float", layout: str = "NHWC") -> None:
         plan.validate(layers)
         unsupported = sorted({s.name for s in plan.values() if s.name not in specs.SPECS})

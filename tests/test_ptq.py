@@ -1,0 +1,238 @@
+"""Post-training steps before the integer code exists: cross-layer equalization (exact in fp32),
+GPTQ rounding (im2col patches, Hessians, less output error than rounding to nearest), the recipe
+options in the manifest, and a library built with both still equal to its numpy program."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import tvmq
+from tvmq.calibration import ActivationStats, collect
+from tvmq.equalize import equalize, equalize_record, find_links
+from tvmq.frontend import prepare
+from tvmq.gptq import gptq_round, hessian_update, patches
+from tvmq.plan import PrecisionPlan, QuantSpec
+from tvmq.recipe import quantize_layer, recipe_options, with_recipe
+from schedules import quant
+
+from .conftest import FMNIST_DIR, fmnist_inputs
+
+MODEL = FMNIST_DIR / "model.onnx"
+
+
+def _chain_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """conv 3x3 -> ReLU -> depthwise 3x3 (stride 2) -> ReLU6 -> conv 1x1 -> GAP -> dense, with
+    badly balanced channel ranges (what equalization is for)."""
+    c = 8
+    w1 = (rng.standard_normal((c, 3, 3, 3)) * np.logspace(-2, 1, c)[:, None, None, None]).astype(np.float32)
+    w2 = (rng.standard_normal((c, 1, 3, 3)) * np.logspace(1, -1, c)[:, None, None, None]).astype(np.float32)
+    w3 = rng.standard_normal((16, c, 1, 1)).astype(np.float32)
+    wd = rng.standard_normal((5, 16)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (w1, "w1"), (rng.standard_normal(c).astype(np.float32), "b1"), (w2, "w2"),
+        (rng.standard_normal(c).astype(np.float32), "b2"), (w3, "w3"), (np.zeros(16, np.float32), "b3"),
+        (wd, "wd"), (np.zeros(5, np.float32), "bd"), (np.array(0, np.float32), "lo"),
+        (np.array(6, np.float32), "hi"))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", group=c, pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"], name="relu6"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="project"),
+        helper.make_node("GlobalAveragePool", ["c3"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wd", "bd"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _weights(pm, name: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return next(v for k, v in pm.params.items() if pm.param_layer[k] == name and k.endswith(".weight"))
+
+
+def test_equalization_is_exact_in_fp32_and_matches_channel_ranges() -> None:
+    rng = np.random.default_rng(0)
+    model = _chain_model(rng)
+    eq = equalize(model)
+    record = equalize_record(eq)
+    assert record["links"] == 2 and record["through_relu6"] == 1
+    x = rng.standard_normal((4, 1, 3, 16, 16)).astype(np.float32)
+    for xi in x:
+        a, b = _run(model, xi), _run(eq, xi)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))
+    pm, pm0 = prepare(eq), prepare(model)
+    assert pm.layers.names == pm0.layers.names
+    conv1, dw = _weights(pm, "conv1"), _weights(pm, "dw")
+    r1 = np.abs(conv1).reshape(8, -1).max(axis=1)
+    r2 = np.abs(dw).reshape(8, -1).max(axis=1)  # in-range of the next link too: one sweep does not settle
+    before = np.abs(_weights(pm0, "conv1")).reshape(8, -1).max(axis=1)
+    assert (r1.max() / r1.min()) < (before.max() / before.min()) / 10  # far more even than before
+    assert np.all(r2 > 0)
+    assert equalize_record(model) is None
+
+
+def test_equalization_skips_relu6_when_asked_and_non_homogeneous_links() -> None:
+    model = _chain_model(np.random.default_rng(1))
+    assert equalize_record(equalize(model, relu6="skip"))["links"] == 1
+    for n in model.graph.node:  # a sigmoid between the layers: no link there
+        if n.name == "relu1":
+            n.op_type = "Sigmoid"
+    pm = prepare(model)
+    import tvmq.onnx_graph as og
+    links = find_links(pm, og.Graph(pm.model))
+    assert [(l.first, l.second) for l in links] == [("dw", "project")]
+
+
+def test_equalized_fmnist_model_equals_the_original() -> None:
+    eq = equalize(MODEL)
+    assert equalize_record(eq)["links"] >= 1
+    x, _ = fmnist_inputs(8)
+    base = prepare(MODEL).model
+    for xi in x:
+        a, b = _run(base, xi[None]), _run(eq, xi[None])
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
+
+
+@pytest.mark.parametrize("kind", ["conv", "dw", "strided", "dense"])
+def test_patches_reproduce_the_layer(kind: str) -> None:
+    """``W.reshape(K, -1) @ patches(x)`` is the layer's output (im2col in weight order)."""
+    rng = np.random.default_rng(2)
+    model = _chain_model(rng)
+    pm = prepare(model)
+    name = {"conv": "conv1", "dw": "dw", "strided": "dw", "dense": "fc"}[kind]
+    layer = pm.layers[name]
+    shape = layer.input_shape
+    x = rng.standard_normal((2,) + tuple(shape[1:])).astype(np.float32)
+    w = _weights(pm, name)
+    p = patches(x, layer)  # [G, d, P]
+    g = layer.groups
+    y = np.matmul(w.reshape(g, w.shape[0] // g, -1), p)  # [G, Kg, P]
+    if layer.op == "dense":
+        ref = x @ w.T
+        np.testing.assert_allclose(y[0].T, ref, rtol=1e-4, atol=1e-4)
+        return
+    import onnxruntime  # noqa: F401 (the reference conv)
+    node = next(n for n in pm.model.graph.node if n.name == layer.node)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    ref = _run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), x)  # [N, K, OH, OW]
+    got = y.reshape(w.shape[0], x.shape[0], *ref.shape[2:]).transpose(1, 0, 2, 3)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits,groups", [(4, 1), (8, 1), (4, 6)])
+def test_gptq_has_less_output_error_than_rounding_to_nearest(bits: int, groups: int) -> None:
+    rng = np.random.default_rng(3)
+    k, d, n = 12, 18, 4000
+    mix = rng.standard_normal((groups, d, d)) + 2 * np.eye(d)  # correlated inputs
+    x = np.matmul(mix, rng.standard_normal((groups, d, n)))
+    h = np.matmul(x, x.transpose(0, 2, 1))
+    w = rng.standard_normal((k, d))  # groups of k / groups output channels
+    q_rtn, s = quant.quantize_weights(w, bits)
+    q = gptq_round(w, s, bits, h, groups)
+    hi = 2 ** (bits - 1) - 1
+    assert q.dtype == np.int8 and np.abs(q).max() <= hi
+
+    def out_err(qq: np.ndarray) -> float:
+        dw = (qq * s[:, None] - w).reshape(groups, -1, d)
+        return float(np.sum(np.matmul(dw, x) ** 2))
+
+    assert out_err(q) < 0.8 * out_err(q_rtn), (out_err(q), out_err(q_rtn))
+
+
+def test_gptq_on_a_diagonal_hessian_rounds_to_nearest() -> None:
+    """Uncorrelated inputs: nothing to compensate, GPTQ is rounding to nearest."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((6, 10))
+    q_rtn, s = quant.quantize_weights(w, 4)
+    h = np.diag(rng.uniform(1, 2, 10))[None]
+    np.testing.assert_array_equal(gptq_round(w, s, 4, h), q_rtn)
+
+
+def test_hessian_accumulates_over_batches() -> None:
+    pm = prepare(_chain_model(np.random.default_rng(5)))
+    layer = pm.layers["dw"]
+    x = np.random.default_rng(6).standard_normal((3,) + tuple(layer.input_shape[1:])).astype(np.float32)
+    once = hessian_update(None, x, layer)
+    twice = hessian_update(hessian_update(None, x[:1], layer), x[1:], layer)
+    np.testing.assert_allclose(twice, once, rtol=1e-5, atol=1e-6 * float(np.abs(once).max()))  # float32 sums
+    assert once.shape == (8, 9, 9)
+
+
+@pytest.fixture(scope="module")
+def fmnist_stats() -> ActivationStats:
+    calib, _ = fmnist_inputs(64, split="calib")
+    return collect(MODEL, calib, hessians=True)
+
+
+def test_statistics_keep_hessians_through_json(fmnist_stats: ActivationStats, tmp_path: Path) -> None:
+    pm = prepare(MODEL)
+    assert set(fmnist_stats.hessians) == set(pm.layers.names)
+    fmnist_stats.save(tmp_path / "s.json")
+    back = ActivationStats.load(tmp_path / "s.json")
+    for name, h in fmnist_stats.hessians.items():
+        np.testing.assert_allclose(back.hessians[name], h, rtol=1e-6)
+        np.testing.assert_array_equal(back.hessians[name], back.hessians[name].transpose(0, 2, 1))
+    assert back.meta["hessian_patches"] == fmnist_stats.meta["hessian_patches"]
+
+
+def test_recipe_options_switch_the_steps(fmnist_stats: ActivationStats) -> None:
+    pm = prepare(MODEL)
+    layer = next(l for l in pm.layers if l.op == "conv2d" and l.name != pm.layers.names[0])
+    w, spec = _weights(pm, layer.name), QuantSpec.parse("w4a8")
+    assert recipe_options(fmnist_stats) == {"gptq": True, "bias_correction": True}
+    plain = with_recipe(fmnist_stats, gptq=False, bias_correction=False)
+    assert recipe_options(plain) == {"gptq": False, "bias_correction": False}
+    rtn = quantize_layer(layer.name, w, None, layer.groups, spec, plain)
+    np.testing.assert_array_equal(rtn.wq, quant.quantize_weights(w, 4)[0])
+    g = quantize_layer(layer.name, w, None, layer.groups, spec, fmnist_stats)
+    np.testing.assert_array_equal(g.w_scale, rtn.w_scale)
+    assert not np.array_equal(g.wq, rtn.wq)
+    h = fmnist_stats.hessians[layer.name][0]
+
+    def err(q):  # type: ignore[no-untyped-def]
+        dw = q.dequantized_weight().astype(np.float64).reshape(w.shape[0], -1) - w.reshape(w.shape[0], -1)
+        return float(np.einsum("ki,ij,kj->", dw, h, dw))
+
+    assert err(g) < err(rtn)
+
+
+def test_equalized_gptq_library_equals_its_numpy_program(tmp_path: Path) -> None:
+    """CLE and GPTQ change weights and biases only: the library still equals its numpy program
+    bit for bit, and the manifest records the steps."""
+    eq = equalize(MODEL)
+    calib, _ = fmnist_inputs(64, split="calib")
+    stats = collect(eq, calib, hessians=True)
+    layers = prepare(eq).layers
+    plan = PrecisionPlan({l.name: QuantSpec.parse("w4a8" if l.op == "conv2d" else "w8a8") for l in layers}, layers)
+    result = tvmq.build(eq, tmp_path, plan=plan, stats=stats)
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["recipe"]["gptq"] and manifest["recipe"]["bias_correction"]
+    assert manifest["recipe"]["equalize"]["links"] == equalize_record(eq)["links"]
+    m = tvmq.load(result.library)
+    x, y = fmnist_inputs(100)
+    preds = []
+    for i in range(len(x)):
+        got = m.run({"input": x[i:i + 1]})["logits"]
+        preds.append(got.argmax())
+        if i % 10 == 0:
+            np.testing.assert_array_equal(got, result.program.run([x[i:i + 1]])[0])
+    assert (np.array(preds) == y).mean() >= 0.8

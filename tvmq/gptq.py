@@ -1,0 +1,123 @@
+"""Error-feedback rounding of weights (OBQ / GPTQ: Frantar et al. 2022), numpy only.
+
+A layer's output error from quantizing its weights ``W`` (``[K, d]``, ``d`` = the im2col patch
+length) on calibration inputs ``X`` (``[d, P]``, one column per output pixel) is
+``||(W_q - W) X||^2 = sum_k (w_q - w)_k H (w_q - w)_k^T`` with ``H = X X^T``. GPTQ quantizes the
+input columns one at a time (largest ``diag(H)`` first: "act order") and, after rounding column
+``i``, moves its error onto the not-yet-quantized columns through the inverse Hessian, so the
+rounding errors cancel in the output instead of adding up. Scales stay per output channel (the
+clipping search of ``schedules.quant.weight_scales``, on the original weights), so the kernels
+and the integer format are unchanged; only which integer each weight rounds to differs.
+
+``patches`` turns a layer input (NCHW) into its im2col columns, ``hessian_update`` accumulates
+``X X^T`` per group (``[groups, d, d]``: one matrix for a conv or dense, one per channel for a
+depthwise conv), ``gptq_round`` does the rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# damping: this fraction of the mean diagonal is added to H (GPTQ's default is 0.01)
+DAMP = 0.01
+# a Hessian from fewer patches than this many per weight column (a classifier seeing one vector
+# per image: 256 for 1280 columns) is rank-deficient: GPTQ would push the rounding error into
+# directions the calibration inputs never span, and the recipe rounds that layer to nearest
+MIN_PATCHES_PER_COLUMN = 4
+BLOCK = 128
+
+
+def patches(x: np.ndarray, layer: Any) -> np.ndarray:
+    """``[groups, d, P]``: the im2col columns of input ``x`` of ``layer`` (a ``LayerInfo``),
+    rows in the order of ``weight.reshape(K, -1)`` within a group."""
+    x = np.asarray(x, np.float32)
+    if layer.op == "dense":
+        return x.reshape(x.shape[0], -1).T[None]
+    n, c, h, w = x.shape
+    kh, kw = layer.weight_shape[2], layer.weight_shape[3]
+    (sh, sw), (dh, dw), g = layer.strides, layer.dilations, layer.groups
+    top, left, bottom, right = layer.pads
+    if kh == kw == 1 and (top, left, bottom, right) == (0, 0, 0, 0):
+        cols = x[:, :, ::sh, ::sw]
+        return cols.transpose(1, 0, 2, 3).reshape(g, c // g, -1)
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    cols = np.empty((c, kh, kw, n, oh, ow), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                               j * dw:j * dw + sw * (ow - 1) + 1:sw].transpose(1, 0, 2, 3)
+    return cols.reshape(g, (c // g) * kh * kw, -1)
+
+
+def patch_count(x: np.ndarray, layer: Any) -> int:
+    """How many im2col patches (output pixels) input ``x`` of ``layer`` gives."""
+    if layer.op == "dense":
+        return int(np.asarray(x).reshape(np.shape(x)[0], -1).shape[0])
+    n, _, oh, ow = layer.output_shape
+    return int(np.shape(x)[0] * oh * ow)
+
+
+def hessian_update(h: np.ndarray | None, x: np.ndarray, layer: Any) -> np.ndarray:
+    """``h + X X^T`` for the patches of input ``x`` (``h`` None: a new sum), float64."""
+    p = patches(x, layer)
+    xx = np.matmul(p, p.transpose(0, 2, 1)).astype(np.float64)
+    return xx if h is None else h + xx
+
+
+def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
+    """``[G, d, d]``: the upper Cholesky factor of ``(H + damp I)^-1`` per group."""
+    d = h.shape[-1]
+    damp = DAMP * np.maximum(np.diagonal(h, axis1=1, axis2=2).mean(axis=1), 1e-12)
+    hd = h + damp[:, None, None] * np.eye(d)
+    for _ in range(6):  # an ill-conditioned H: more damping until it factors
+        try:
+            inv = np.linalg.inv(np.linalg.cholesky(hd))  # L^-1
+            hinv = np.matmul(inv.transpose(0, 2, 1), inv)  # H^-1 = L^-T L^-1
+            return np.linalg.cholesky(hinv).transpose(0, 2, 1)
+        except np.linalg.LinAlgError:
+            hd = hd + 10 * damp[:, None, None] * np.eye(d)
+    raise np.linalg.LinAlgError("the Hessian does not factor")
+
+
+def gptq_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: np.ndarray,
+               groups: int = 1) -> np.ndarray:
+    """The integer weights (``int8`` storage, ``[-(2^(b-1)-1), 2^(b-1)-1]``) of ``weight``
+    (``[K, C/groups, ...]``) at the per-output-channel ``scales``, rounded with error feedback
+    under ``hessian`` (``[groups, d, d]``, ``hessian_update``)."""
+    k = weight.shape[0]
+    kg = k // groups
+    w = weight.astype(np.float64).reshape(groups, kg, -1).copy()  # [G, Kg, d]
+    d = w.shape[2]
+    s = np.asarray(scales, np.float64).reshape(groups, kg, 1)
+    hi = 2 ** (bits - 1) - 1
+    h = np.array(hessian, np.float64).reshape(groups, d, d)
+    dead = np.diagonal(h, axis1=1, axis2=2) <= 0  # inputs that are always 0: any value works
+    if dead.any():
+        gi, ci = np.nonzero(dead)
+        h[gi, ci, ci] = 1.0
+        w[gi, :, ci] = 0.0
+    perm = np.argsort(-np.diagonal(h, axis1=1, axis2=2), axis=1, kind="stable")  # act order
+    w = np.take_along_axis(w, perm[:, None, :], axis=2)
+    h = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
+    u = _inverse_cholesky(h)
+    q = np.empty_like(w)
+    for b0 in range(0, d, BLOCK):
+        b1 = min(d, b0 + BLOCK)
+        err = np.empty((groups, kg, b1 - b0))
+        for i in range(b0, b1):
+            col = w[:, :, i]
+            qi = np.clip(np.round(col / s[:, :, 0]), -hi, hi)
+            q[:, :, i] = qi
+            e = (col - qi * s[:, :, 0]) / u[:, i, i][:, None]
+            err[:, :, i - b0] = e
+            if i + 1 < b1:
+                w[:, :, i + 1:b1] -= e[:, :, None] * u[:, None, i, i + 1:b1]
+        if b1 < d:
+            w[:, :, b1:] -= np.matmul(err, u[:, b0:b1, b1:])
+    inv = np.argsort(perm, axis=1)
+    q = np.take_along_axis(q, inv[:, None, :], axis=2)
+    return q.reshape(weight.shape).astype(np.int8)
