@@ -236,3 +236,29 @@ def test_equalized_gptq_library_equals_its_numpy_program(tmp_path: Path) -> None
         if i % 10 == 0:
             np.testing.assert_array_equal(got, result.program.run([x[i:i + 1]])[0])
     assert (np.array(preds) == y).mean() >= 0.8
+
+
+def _cli(*args: str):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tvmq", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_calibrate_and_compile_with_equalization_and_gptq(tmp_path: Path) -> None:
+    calib, _ = fmnist_inputs(32, split="calib")
+    np.save(tmp_path / "calib.npy", calib)
+    stats = tmp_path / "calibration.json"
+    r = _cli("calibrate", str(MODEL), "--data", str(tmp_path / "calib.npy"), "-o", str(stats), "-q",
+             "--equalize", "--gptq")
+    assert r.returncode == 0, r.stderr
+    loaded = ActivationStats.load(stats)
+    assert loaded.hessians and loaded.meta["equalized"]
+    r = _cli("compile", str(MODEL), "--bits", "w4a8", "--calibration", str(stats), "-o", str(tmp_path / "out"),
+             "-q", "--equalize", "--gptq", "--no-bias-correction")
+    assert r.returncode == 0, r.stderr
+    recipe = json.loads((tmp_path / "out" / "manifest.json").read_text())["recipe"]
+    assert recipe["gptq"] and not recipe["bias_correction"] and recipe["equalize"]["links"] >= 1
+    # statistics of the equalized model do not fit the model as it was
+    r = _cli("compile", str(MODEL), "--bits", "w8a8", "--calibration", str(stats), "-o", str(tmp_path / "bad"), "-q")
+    assert r.returncode == 2 and "equalized" in r.stderr, r.stderr

@@ -147,6 +147,11 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     t0 = time.perf_counter()
     progress(f"reading {model}")
     pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
+    if plan is not None and stats is not None and "equalized" in getattr(stats, "meta", {}) \
+            and bool(stats.meta["equalized"]) != (equalize_record(model) is not None):
+        raise TvmqError("the calibration statistics are of the " + (
+            "equalized model: build the equalized one too (--equalize)" if stats.meta["equalized"] else
+            "model before equalization: calibrate the equalized model (--equalize)"))
     t_prepare = time.perf_counter() - t0
     try:
         if plan is not None:

@@ -75,7 +75,7 @@ def _features(isa: str | None):  # type: ignore[no-untyped-def]
         raise TvmqError(str(e)) from None
 
 
-def _quantization(args: argparse.Namespace, features, progress):  # type: ignore[no-untyped-def]
+def _quantization(args: argparse.Namespace, features, progress, model=None):  # type: ignore[no-untyped-def]
     """``--bits`` / ``--calibration`` -> (plan, stats), or (None, None) for fp32."""
     from .plan import PrecisionPlan, QuantSpec
 
@@ -93,18 +93,32 @@ def _quantization(args: argparse.Namespace, features, progress):  # type: ignore
                         f"images, or the calibration.json written by `tvmq calibrate`)")
     from .calibration import ActivationStats, CalibrationData, collect
     from .frontend import prepare
+    from .recipe import with_recipe
 
-    pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
+    model = args.model if model is None else model
+    pm = prepare(model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
     keep = [k for k in (args.keep_fp32 or "").split(",") if k]
     plan = PrecisionPlan.uniform(pm.layers, spec, keep_fp32=keep)
     if str(args.calibration).endswith(".json"):
         stats = ActivationStats.load(args.calibration)
+        if args.gptq and not stats.hessians:
+            raise TvmqError(f"--gptq needs Hessians in {args.calibration}: `tvmq calibrate --gptq`")
     else:
         data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.calibration_limit)
         progress(f"calibrating on {len(data)} samples")
-        stats = collect(args.model, data, features=features, progress=progress,
+        stats = collect(model, data, features=features, progress=progress, hessians=args.gptq,
                         input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
-    return plan, stats
+    return plan, with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction)
+
+
+def _ptq_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The model to compile: ``args.model``, equalized with ``--equalize``."""
+    if not getattr(args, "equalize", False):
+        return args.model
+    from .equalize import equalize
+
+    return equalize(args.model, input_shapes=_parse_shapes(getattr(args, "input_shape", [])),
+                    batch_size=getattr(args, "batch_size", 1))
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -114,8 +128,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     features = _features(args.isa)
     if args.latency_budget or args.size_budget or args.bops_budget:
         return _compile_mixed(args, features, progress)
-    plan, stats = _quantization(args, features, progress)
-    result = build(args.model, args.output, features=features,
+    model = _ptq_model(args)
+    plan, stats = _quantization(args, features, progress, model)
+    result = build(model, args.output, features=features,
                    input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
                    plan=plan, stats=stats, range_method=args.range, db=args.db,
                    threads=args.threads, requant=args.requant, progress=progress)
@@ -141,7 +156,8 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
                       size_budget=args.size_budget, bops_budget=args.bops_budget, db=args.db,
                       specs=specs, threads=args.threads, features=features, range_method=args.range,
                       eval_data=args.eval_data, eval_labels=args.eval_labels, resume=args.resume,
-                      requant=args.requant, progress=progress)
+                      requant=args.requant, equalize=args.equalize, gptq=args.gptq,
+                      bias_correction=args.bias_correction, progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
     meas = f"{r.measured_ms:.2f} ms measured" if r.measured_ms is not None else "not measured"
@@ -157,14 +173,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .frontend import prepare
     from .sensitivity import analyze
 
+    from .recipe import with_recipe
+
     progress = _Progress(args.quiet)
     features = _features(args.isa)
-    pm = prepare(args.model)
+    model = _ptq_model(args)
+    pm = prepare(model)
     data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.limit)
     stats = (ActivationStats.load(args.stats) if args.stats
-             else collect(args.model, data, features=features, progress=progress))
+             else collect(model, data, features=features, progress=progress, hessians=args.gptq))
+    stats = with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction)
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
-    r = analyze(args.model, stats, data, specs=specs, range_method=args.range, features=features,
+    r = analyze(model, stats, data, specs=specs, range_method=args.range, features=features,
                 output=args.output, progress=progress,
                 contexts=["alone", "w8a8"] if args.w8a8_context else ["alone"])
     print(f"{'layer':<48} " + " ".join(f"{s:>8}" for s in r.specs) + "   (output SQNR dB, layer alone)")
@@ -271,15 +291,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     progress = _Progress(args.quiet)
     shapes = _parse_shapes(args.input_shape)
-    pm = prepare(args.model, input_shapes=shapes, batch_size=args.batch_size)
+    model = _ptq_model(args)
+    pm = prepare(model, input_shapes=shapes, batch_size=args.batch_size)
     data = CalibrationData.from_source(args.data, pm.inputs, limit=args.limit)
     progress(f"{len(data)} calibration samples")
-    stats = collect(args.model, data, features=_features(args.isa), progress=progress, input_shapes=shapes,
-                    batch_size=args.batch_size)
+    stats = collect(model, data, features=_features(args.isa), progress=progress, input_shapes=shapes,
+                    batch_size=args.batch_size, hessians=args.gptq)
     stats.save(args.output)
     print(f"calibrated the inputs and outputs of {len(stats.layers)} layers on {stats.samples} samples "
           f"-> {args.output}")
     return 0
+
+
+def _ptq_options(p: argparse.ArgumentParser) -> None:
+    """The post-training steps of the quantization recipe (``tvmq.equalize``, ``tvmq.recipe``)."""
+    p.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization before calibration (exact in fp32)")
+    p.add_argument("--gptq", action="store_true",
+                   help="round weights with GPTQ error feedback (calibration sums each layer's Hessian)")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="keep the biases as they are (default: corrected for the weights' mean rounding error)")
 
 
 def _parse_rpc(text: str | None) -> tuple[str, int, str] | None:
@@ -383,6 +414,7 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("--calibration-limit", type=COUNT, default=None, metavar="N")
     c.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"],
                    help="how activation ranges are taken from the calibration statistics")
+    _ptq_options(c)
     c.add_argument("--requant", default=REQUANT_MODES[0], choices=REQUANT_MODES,
                    help="how integer layers requantize: float (one float32 scale per channel, the "
                         "default) or dyadic (integer-only multiplier and shift, for CPUs without "
@@ -439,6 +471,7 @@ def _analyze_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     a.add_argument("--specs", default=",".join(REDUCED))
     a.add_argument("--limit", type=COUNT, default=32, help="samples used (default 32)")
     a.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"])
+    _ptq_options(a)
     a.add_argument("--w8a8-context", action="store_true",
                    help="also measure each layer with every other layer at W8A8")
     a.add_argument("-o", "--output", default="sensitivity.json", help="resumable JSON")
@@ -490,6 +523,9 @@ def _calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     k.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                    help="static shape of an input with dynamic dimensions (compile with the same)")
     k.add_argument("--isa", choices=ISA_LEVELS)
+    k.add_argument("--equalize", action="store_true",
+                   help="calibrate the cross-layer equalized model (compile it with --equalize too)")
+    k.add_argument("--gptq", action="store_true", help="also sum each layer's input Hessian (for --gptq)")
     k.add_argument("-q", "--quiet", action="store_true")
     k.set_defaults(func=cmd_calibrate)
 

@@ -49,6 +49,7 @@ from .calibration import ActivationStats, CalibrationData, collect
 from .errors import TvmqError
 from .frontend import prepare
 from .plan import PrecisionPlan, QuantSpec
+from .recipe import with_recipe
 from .report import write_report
 from .runtime import load
 from .sensitivity import SensitivityResult, analyze
@@ -172,7 +173,9 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   range_method: str = "minmax", sensitivity_samples: int = 32, measure: bool = True,
                   context: str = "alone", sensitivity: Any = None, latency_margin: float = 0.05,
                   eval_data: Any = None, eval_labels: Any = None, resume: bool = True,
-                  requant: str = "float", progress: Callable[[str], None] = lambda m: None) -> MixedResult:
+                  requant: str = "float", equalize: bool = False, gptq: bool = False,
+                  bias_correction: bool = True,
+                  progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
     ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build), run as the
     named ``STEPS`` over one ``MixedContext``.
@@ -193,12 +196,21 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     latency_table.json and w8a8/ (and the W8A8 latency measured with it) where ``resume.json``
     records them as made from the same model bytes, calibration inputs or statistics, tuning
     database, options and tvmq version; anything else is recomputed. ``resume=False``
-    recomputes every step (the keys are still recorded for the next run)."""
+    recomputes every step (the keys are still recorded for the next run).
+
+    ``equalize`` (cross-layer equalization, ``tvmq.equalize``: the model is equalized before
+    anything else), ``gptq`` (calibration also sums each layer's input Hessian; weights are
+    rounded with error feedback) and ``bias_correction``: the post-training steps of the
+    quantization recipe (``tvmq.recipe``), the same for the sensitivity analysis and the builds."""
     if latency_budget is None and size_budget is None and bops_budget is None:
         raise TvmqError("a mixed-precision compile needs a budget: --latency-budget, --size-budget or --bops-budget")
     if latency_budget is not None and db is None:
         raise TvmqError("a latency budget needs measured latencies: run `tvmq tune` and pass --db")
     specs_.check(list(specs), "the specs to allocate")
+    if equalize:
+        from .equalize import equalize as equalize_model
+
+        model = equalize_model(model)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = MixedContext(
@@ -207,7 +219,8 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         features=features or detect_host(), range_method=range_method,
         sensitivity_samples=sensitivity_samples, measure=measure, context=context,
         given_sensitivity=sensitivity, latency_margin=latency_margin, eval_data=eval_data,
-        eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model), requant=requant)
+        eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model), requant=requant,
+        recipe={"gptq": gptq, "bias_correction": bias_correction})
     for step in STEPS:
         step(ctx)
     return MixedResult(ctx.result, ctx.alloc.plan, ctx.alloc, ctx.predicted or 0.0, ctx.measured, ctx.report,
@@ -241,6 +254,7 @@ class MixedContext:
     progress: Callable[[str], None]
     pm: Any
     requant: str  # the integer layers' requantization (builder.build)
+    recipe: dict[str, bool] = field(default_factory=dict)  # tvmq.recipe options (gptq, bias_correction)
     # calibrate
     stats: Any = None
     data: CalibrationData | None = None
@@ -288,24 +302,26 @@ class Step:
 
 def _calibrate(ctx: MixedContext) -> None:
     """The activation statistics: given, reused from calibration.json, or collected (and saved)."""
-    if isinstance(ctx.calibration, ActivationStats):
-        ctx.stats = ctx.calibration
-        return
-    if str(ctx.calibration).endswith(".json"):
-        ctx.stats = ActivationStats.load(ctx.calibration)
+    if isinstance(ctx.calibration, ActivationStats) or str(ctx.calibration).endswith(".json"):
+        stats = ctx.calibration if isinstance(ctx.calibration, ActivationStats) else ActivationStats.load(ctx.calibration)
+        if ctx.recipe.get("gptq") and not stats.hessians:
+            raise TvmqError("gptq needs statistics with Hessians: calibrate with --gptq (collect(hessians=True))")
+        ctx.stats = with_recipe(stats, **ctx.recipe)
         return
     ctx.data = (ctx.calibration if isinstance(ctx.calibration, CalibrationData)
                 else CalibrationData.from_source(ctx.calibration, ctx.pm.inputs))
-    path, key = ctx.out / "calibration.json", _key(ctx, "model", "data", "features")
+    hessians = bool(ctx.recipe.get("gptq"))
+    path, key = ctx.out / "calibration.json", _key(ctx, "model", "data", "features", hessians=hessians)
     if _reusable(ctx, "calibrate", key, path):
-        ctx.stats = ActivationStats.load(path)
+        ctx.stats = with_recipe(ActivationStats.load(path), **ctx.recipe)
         ctx.progress(f"calibrate: reused {path} (same model, data and options)")
         return
     _forget(ctx, "calibrate")
-    ctx.progress(f"calibrating on {len(ctx.data)} samples")
-    ctx.stats = collect(ctx.model, ctx.data, features=ctx.features, progress=ctx.progress)
-    _atomic(path, ctx.stats.save)
+    ctx.progress(f"calibrating on {len(ctx.data)} samples" + (" (and each layer's Hessian)" if hessians else ""))
+    stats = collect(ctx.model, ctx.data, features=ctx.features, progress=ctx.progress, hessians=hessians)
+    _atomic(path, stats.save)
     _remember(ctx, "calibrate", key, path)
+    ctx.stats = with_recipe(stats, **ctx.recipe)
 
 
 def _analyze(ctx: MixedContext) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from tvm import relax
 from schedules.target_features import TargetFeatures, detect_host
 
 from ..compiler import codegen, lower_module
+from ..equalize import equalize_record
 from ..errors import InputError, TvmqError
 from ..frontend import prepare
 from ..gptq import hessian_update, patch_count
@@ -103,6 +105,7 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     info = {l.name: l for l in pm.layers}
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}  # layer -> patches summed into its Hessian
+    h_seconds = 0.0
     h_samples = len(data) if hessian_samples is None else min(len(data), hessian_samples)
     for i, feed in enumerate(data.samples(batch=1)):
         result = list(vm["main"](*[tvm.runtime.tensor(feed[s.name]) for s in pm.inputs]))
@@ -111,8 +114,10 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
                 v = value.numpy()
                 observers[tap].update(v)
                 if hessians and i < h_samples and tap[1] == "in" and tap[0] in info:
+                    t = time.perf_counter()
                     sums[tap[0]] = hessian_update(sums.get(tap[0]), v, info[tap[0]])
                     rows[tap[0]] = rows.get(tap[0], 0) + patch_count(v, info[tap[0]])
+                    h_seconds += time.perf_counter() - t
         except FloatingPointError:
             raise InputError(f"calibration sample {i} produces NaN/inf activations") from None
         if (i + 1) % 50 == 0:
@@ -121,10 +126,11 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     for (layer, role), obs in observers.items():
         layers.setdefault(layer, {})[role] = obs.stats()
     name = "<model>" if isinstance(model, onnx.ModelProto) else os.path.basename(os.fspath(model))
-    meta = {"model": name, "isa": features.isa}
+    meta = {"model": name, "isa": features.isa, "equalized": equalize_record(model) is not None}
     if hessians:
         meta["hessian_samples"] = h_samples
         meta["hessian_patches"] = rows
+        meta["hessian_seconds"] = round(h_seconds, 2)
     return ActivationStats(layers, len(data), meta, sums)
 
 
