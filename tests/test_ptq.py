@@ -16,7 +16,7 @@ import tvmq
 from tvmq.calibration import ActivationStats, collect
 from tvmq.equalize import equalize, equalize_record, find_links
 from tvmq.frontend import prepare
-from tvmq.gptq import gptq_round, hessian_update, patches
+from tvmq.gptq import HessianSum, gptq_round, patches
 from tvmq.plan import PrecisionPlan, QuantSpec
 from tvmq.recipe import quantize_layer, recipe_options, with_recipe
 from schedules import quant
@@ -167,14 +167,23 @@ def test_gptq_on_a_diagonal_hessian_rounds_to_nearest() -> None:
     np.testing.assert_array_equal(gptq_round(w, s, 4, h), q_rtn)
 
 
-def test_hessian_accumulates_over_batches() -> None:
+def test_hessian_sum_batches_and_grid() -> None:
     pm = prepare(_chain_model(np.random.default_rng(5)))
     layer = pm.layers["dw"]
-    x = np.random.default_rng(6).standard_normal((3,) + tuple(layer.input_shape[1:])).astype(np.float32)
-    once = hessian_update(None, x, layer)
-    twice = hessian_update(hessian_update(None, x[:1], layer), x[1:], layer)
-    np.testing.assert_allclose(twice, once, rtol=1e-5, atol=1e-6 * float(np.abs(once).max()))  # float32 sums
-    assert once.shape == (8, 9, 9)
+    x = np.random.default_rng(6).standard_normal((5,) + tuple(layer.input_shape[1:])).astype(np.float32)
+    one = HessianSum(layer, batch=1)
+    many = HessianSum(layer, batch=3)
+    for xi in x:
+        one.add(xi[None])
+        many.add(xi[None])
+    p = patches(x, layer)
+    ref = np.einsum("gip,gjp->gij", p.astype(np.float64), p.astype(np.float64))
+    for h in (one.value(), many.value()):
+        np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-6 * float(np.abs(ref).max()))  # float32 sums
+    assert ref.shape == (8, 9, 9) and one.count == p.shape[2] == 5 * 8 * 8
+    # at most 16 patches per image: every second output row and column of the 8x8 output
+    grid = patches(x[:1], layer, max_patches=16)
+    np.testing.assert_array_equal(grid, patches(x[:1], layer).reshape(8, 9, 8, 8)[:, :, ::2, ::2].reshape(8, 9, 16))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ rounding errors cancel in the output instead of adding up. Scales stay per outpu
 clipping search of ``schedules.quant.weight_scales``, on the original weights), so the kernels
 and the integer format are unchanged; only which integer each weight rounds to differs.
 
-``patches`` turns a layer input (NCHW) into its im2col columns, ``hessian_update`` accumulates
+``patches`` turns a layer input (NCHW) into its im2col columns, ``HessianSum`` accumulates
 ``X X^T`` per group (``[groups, d, d]``: one matrix for a conv or dense, one per channel for a
 depthwise conv), ``gptq_round`` does the rounding.
 """
@@ -29,9 +29,27 @@ MIN_PATCHES_PER_COLUMN = 4
 BLOCK = 128
 
 
-def patches(x: np.ndarray, layer: Any) -> np.ndarray:
+def _grid(n: int, step: int) -> np.ndarray:
+    return np.arange(0, n, step)
+
+
+def output_step(layer: Any, max_patches: int | None) -> int:
+    """The stride of the output-pixel grid that ``patches`` samples: 1 (every pixel) up to
+    ``max_patches`` pixels per image, then the smallest step that brings them under it."""
+    if layer.op == "dense" or not max_patches:
+        return 1
+    oh, ow = layer.output_shape[2], layer.output_shape[3]
+    step = 1
+    while len(_grid(oh, step)) * len(_grid(ow, step)) > max_patches:
+        step += 1
+    return step
+
+
+def patches(x: np.ndarray, layer: Any, max_patches: int | None = None) -> np.ndarray:
     """``[groups, d, P]``: the im2col columns of input ``x`` of ``layer`` (a ``LayerInfo``),
-    rows in the order of ``weight.reshape(K, -1)`` within a group."""
+    rows in the order of ``weight.reshape(K, -1)`` within a group; with ``max_patches``, the
+    output pixels of a regular grid (``output_step``) of at most that many per image (neighbouring
+    patches are nearly the same: a Hessian needs a few times ``d`` of them, not every one)."""
     x = np.asarray(x, np.float32)
     if layer.op == "dense":
         return x.reshape(x.shape[0], -1).T[None]
@@ -39,33 +57,56 @@ def patches(x: np.ndarray, layer: Any) -> np.ndarray:
     kh, kw = layer.weight_shape[2], layer.weight_shape[3]
     (sh, sw), (dh, dw), g = layer.strides, layer.dilations, layer.groups
     top, left, bottom, right = layer.pads
-    if kh == kw == 1 and (top, left, bottom, right) == (0, 0, 0, 0):
-        cols = x[:, :, ::sh, ::sw]
-        return cols.transpose(1, 0, 2, 3).reshape(g, c // g, -1)
-    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
     ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
-    cols = np.empty((c, kh, kw, n, oh, ow), np.float32)
+    step = output_step(layer, max_patches)
+    ny, nx = len(_grid(oh, step)), len(_grid(ow, step))
+    ty, tx = sh * step, sw * step  # input stride between sampled output pixels
+    if kh == kw == 1 and (top, left, bottom, right) == (0, 0, 0, 0):
+        cols = x[:, :, :ty * (ny - 1) + 1:ty, :tx * (nx - 1) + 1:tx]
+        return cols.transpose(1, 0, 2, 3).reshape(g, c // g, -1)
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    cols = np.empty((c, kh, kw, n, ny, nx), np.float32)
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j] = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
-                               j * dw:j * dw + sw * (ow - 1) + 1:sw].transpose(1, 0, 2, 3)
+            cols[:, i, j] = xp[:, :, i * dh:i * dh + ty * (ny - 1) + 1:ty,
+                               j * dw:j * dw + tx * (nx - 1) + 1:tx].transpose(1, 0, 2, 3)
     return cols.reshape(g, (c // g) * kh * kw, -1)
 
 
-def patch_count(x: np.ndarray, layer: Any) -> int:
-    """How many im2col patches (output pixels) input ``x`` of ``layer`` gives."""
-    if layer.op == "dense":
-        return int(np.asarray(x).reshape(np.shape(x)[0], -1).shape[0])
-    n, _, oh, ow = layer.output_shape
-    return int(np.shape(x)[0] * oh * ow)
+class HessianSum:
+    """``sum X X^T`` of one layer over many inputs: patches are buffered and multiplied
+    ``batch`` images at a time (one large product instead of many small ones; the ``d x d``
+    sum is touched once per batch), at most ``max_patches`` per image (``patches``)."""
 
+    def __init__(self, layer: Any, max_patches: int | None = None, batch: int = 16) -> None:
+        self.layer, self.max_patches, self.batch = layer, max_patches, batch
+        self.pending: list[np.ndarray] = []
+        self.sum: np.ndarray | None = None
+        self.count = 0  # patches summed
 
-def hessian_update(h: np.ndarray | None, x: np.ndarray, layer: Any) -> np.ndarray:
-    """``h + X X^T`` for the patches of input ``x`` (``h`` None: a new sum), float64."""
-    p = patches(x, layer)
-    xx = np.matmul(p, p.transpose(0, 2, 1)).astype(np.float64)
-    return xx if h is None else h + xx
+    def add(self, x: np.ndarray) -> None:
+        p = patches(x, self.layer, self.max_patches)
+        self.pending.append(p)
+        self.count += p.shape[2]
+        if len(self.pending) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        p = np.concatenate(self.pending, axis=2)
+        self.pending = []
+        if p.shape[0] == 1:
+            xx = (p[0] @ p[0].T)[None].astype(np.float64)
+        else:
+            xx = np.matmul(p, p.transpose(0, 2, 1)).astype(np.float64)
+        self.sum = xx if self.sum is None else self.sum + xx
+
+    def value(self) -> np.ndarray:
+        self._flush()
+        assert self.sum is not None, "no input was added"
+        return self.sum
 
 
 def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
@@ -87,7 +128,7 @@ def gptq_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: np.nd
                groups: int = 1) -> np.ndarray:
     """The integer weights (``int8`` storage, ``[-(2^(b-1)-1), 2^(b-1)-1]``) of ``weight``
     (``[K, C/groups, ...]``) at the per-output-channel ``scales``, rounded with error feedback
-    under ``hessian`` (``[groups, d, d]``, ``hessian_update``)."""
+    under ``hessian`` (``[groups, d, d]``, ``HessianSum``)."""
     k = weight.shape[0]
     kg = k // groups
     w = weight.astype(np.float64).reshape(groups, kg, -1).copy()  # [G, Kg, d]

@@ -28,11 +28,14 @@ from ..compiler import codegen, lower_module
 from ..equalize import equalize_record
 from ..errors import InputError, TvmqError
 from ..frontend import prepare
-from ..gptq import hessian_update, patch_count
+from ..gptq import HessianSum
 from .data import CalibrationData
 from .observers import Observer, TensorStats
 
 STATS_SCHEMA = 1
+# GPTQ Hessians: at most this many output pixels of each layer per calibration image (a regular
+# grid: MobileNetV2's 112x112 and 56x56 layers give 784; its 7x7 layers all 49)
+HESSIAN_PATCHES_PER_IMAGE = 1024
 
 
 @dataclass
@@ -103,8 +106,7 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     vm = relax.VirtualMachine(codegen(mod, features), tvm.cpu())
     observers = {tap: Observer(seed=0) for tap in taps}  # same data -> same sample
     info = {l.name: l for l in pm.layers}
-    sums: dict[str, np.ndarray] = {}
-    rows: dict[str, int] = {}  # layer -> patches summed into its Hessian
+    sums = {name: HessianSum(layer, HESSIAN_PATCHES_PER_IMAGE) for name, layer in info.items()} if hessians else {}
     h_seconds = 0.0
     h_samples = len(data) if hessian_samples is None else min(len(data), hessian_samples)
     for i, feed in enumerate(data.samples(batch=1)):
@@ -113,10 +115,9 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
             for tap, value in zip(taps, result[1:]):
                 v = value.numpy()
                 observers[tap].update(v)
-                if hessians and i < h_samples and tap[1] == "in" and tap[0] in info:
+                if hessians and i < h_samples and tap[1] == "in" and tap[0] in sums:
                     t = time.perf_counter()
-                    sums[tap[0]] = hessian_update(sums.get(tap[0]), v, info[tap[0]])
-                    rows[tap[0]] = rows.get(tap[0], 0) + patch_count(v, info[tap[0]])
+                    sums[tap[0]].add(v)
                     h_seconds += time.perf_counter() - t
         except FloatingPointError:
             raise InputError(f"calibration sample {i} produces NaN/inf activations") from None
@@ -127,11 +128,15 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
         layers.setdefault(layer, {})[role] = obs.stats()
     name = "<model>" if isinstance(model, onnx.ModelProto) else os.path.basename(os.fspath(model))
     meta = {"model": name, "isa": features.isa, "equalized": equalize_record(model) is not None}
+    hess: dict[str, np.ndarray] = {}
     if hessians:
+        t = time.perf_counter()
+        hess = {name: acc.value() for name, acc in sums.items() if acc.count}
+        h_seconds += time.perf_counter() - t
         meta["hessian_samples"] = h_samples
-        meta["hessian_patches"] = rows
+        meta["hessian_patches"] = {name: acc.count for name, acc in sums.items() if acc.count}
         meta["hessian_seconds"] = round(h_seconds, 2)
-    return ActivationStats(layers, len(data), meta, sums)
+    return ActivationStats(layers, len(data), meta, hess)
 
 
 def _pack_symmetric(h: np.ndarray) -> dict[str, Any]:
