@@ -140,7 +140,8 @@ class Module:
             if tuple(value.shape) != shape:
                 raise InputError(f"input {name!r}: shape {tuple(value.shape)} but the model was "
                                  f"compiled for {shape}")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(value), self._dev))
+            # (np.require, not np.ascontiguousarray: that one turns a rank-0 array into rank 1)
+            args.append(tvm.runtime.tensor(np.require(value, requirements="C"), self._dev))
         return args
 
     def _outputs(self, result: Any) -> dict[str, np.ndarray]:
