@@ -35,6 +35,29 @@ SUPPORTED_OPS = frozenset({
 
 LAYER_OPS = ("conv2d", "depthwise_conv2d", "dense")
 
+# Element types a tensor of the model may have; the rest (bfloat16, the float8 / float4 / e8m0
+# formats, int4 / int2, strings, complex) are refused by name.
+SUPPORTED_ELEM_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+})
+
+# Inputs that are parameters of the op, not data: tvmq compiles them only as constants (an
+# initializer, a Constant node, or anything folded from constants); as a graph input (a value
+# known only at run time) they are refused before import. (Slice's starts / ends / axes / steps,
+# Squeeze's axes, Clip's bounds and Gather's indices also work at run time.)
+CONSTANT_INPUTS: dict[str, dict[int, str]] = {
+    "Reshape": {1: "the target shape"},
+    "Pad": {1: "the pads", 2: "the constant value", 3: "the axes"},
+    "ReduceMean": {1: "the axes"},
+    "Split": {1: "the split sizes"},
+    "Unsqueeze": {1: "the axes"},
+    "ConstantOfShape": {0: "the shape"},
+    "Dropout": {2: "training_mode"},
+}
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -163,11 +186,129 @@ def check_supported(model: onnx.ModelProto) -> None:
             f"{', '.join(sorted(SUPPORTED_OPS))}")
 
 
+def _elem_type_name(t: int) -> str:
+    return onnx.TensorProto.DataType.Name(t).lower() if t in onnx.TensorProto.DataType.values() else str(t)
+
+
+def _supported_elem_types() -> str:
+    return ", ".join(sorted(_elem_type_name(t) for t in SUPPORTED_ELEM_TYPES))
+
+
+def _node_label(n: onnx.NodeProto) -> str:
+    out = next((o for o in n.output if o), "")
+    return f"{n.op_type} node {n.name!r}" if n.name else f"{n.op_type} node (output {out!r})"
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise UnsupportedModelError("; ".join(problems[:5]) + more)
+
+
+def check_forms(g: og.Graph) -> None:
+    """Refuse (one ``UnsupportedModelError`` naming each node, input and form) the forms of
+    supported operators that tvmq does not compile, before any folding: element types outside
+    ``SUPPORTED_ELEM_TYPES``, training-mode ``BatchNormalization`` / ``Dropout``, ``Dropout``'s
+    mask and ``MaxPool``'s indices outputs."""
+    problems = []
+    ends = [("input", vi) for vi in g.model.graph.input if vi.name not in g.consts]
+    for kind, vi in ends + [("output", vi) for vi in g.model.graph.output]:
+        t = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+        if t and t not in SUPPORTED_ELEM_TYPES:
+            problems.append(f"{kind} {vi.name!r} has "
+                            f"element type {_elem_type_name(t)}, which tvmq does not compile "
+                            f"(supported: {_supported_elem_types()})")
+    for name, value in g.consts.items():
+        try:
+            t = helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
+        except (KeyError, ValueError, TypeError):
+            t = onnx.TensorProto.UNDEFINED
+        if t not in SUPPORTED_ELEM_TYPES:
+            problems.append(f"constant {name!r} has element type "
+                            f"{_elem_type_name(t) if t else np.asarray(value).dtype}, which tvmq "
+                            f"does not compile (supported: {_supported_elem_types()})")
+    for n in g.nodes:
+        a = og.attrs(n)
+        outs = [o for o in n.output if o]
+        if n.op_type == "Cast" and a.get("to") not in SUPPORTED_ELEM_TYPES:
+            problems.append(f"{_node_label(n)}: a cast to {_elem_type_name(a.get('to', 0))} is not "
+                            f"supported (supported element types: {_supported_elem_types()})")
+        elif n.op_type == "BatchNormalization" and (a.get("training_mode", 0) or len(outs) > 1):
+            problems.append(f"{_node_label(n)}: training mode (training_mode=1, batch statistics, "
+                            f"running mean / variance outputs) is not supported; tvmq compiles "
+                            f"inference graphs")
+        elif n.op_type == "Dropout":
+            if len(outs) > 1:
+                problems.append(f"{_node_label(n)}: the mask output {outs[1]!r} is not supported; "
+                                f"tvmq compiles inference graphs (Dropout as identity)")
+            if len(n.input) > 2 and n.input[2]:
+                mode = g.consts.get(n.input[2])
+                if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+                    problems.append(f"{_node_label(n)}: input 2 {n.input[2]!r} (training_mode) is "
+                                    f"{'true' if mode is not None else 'not a constant'}; tvmq "
+                                    f"compiles inference graphs (Dropout as identity)")
+        elif n.op_type == "MaxPool" and len(outs) > 1:
+            problems.append(f"{_node_label(n)}: the Indices output {outs[1]!r} is not supported")
+        elif n.op_type == "ConstantOfShape" and "value" in a:
+            t = a["value"].data_type
+            if t not in SUPPORTED_ELEM_TYPES:
+                problems.append(f"{_node_label(n)}: a value of element type {_elem_type_name(t)} is "
+                                f"not supported (supported: {_supported_elem_types()})")
+    _refuse(problems)
+
+
+def check_constant_inputs(g: og.Graph) -> None:
+    """After folding: refuse parameter inputs (``CONSTANT_INPUTS``) that are graph inputs, a
+    ``Split`` into an empty part, and ``Pow`` of mixed or integer element types (a constant
+    exponent of another type than its float base is converted here)."""
+    problems = []
+    types: dict[str, int] | None = None
+    graph_inputs = {v.name for v in g.inputs}
+    for n in g.nodes:
+        for k, what in CONSTANT_INPUTS.get(n.op_type, {}).items():
+            if n.op_type == "Dropout":
+                continue  # (checked, with its value, before simplification)
+            # (one computed in the graph is left to TVM's importer: a shape from Shape is
+            # folded, or imported as a shape expression)
+            if k < len(n.input) and n.input[k] in graph_inputs:
+                problems.append(f"{_node_label(n)}: input {k} {n.input[k]!r} ({what}) is a graph "
+                                f"input, not a constant; tvmq compiles {n.op_type} only with {what} "
+                                f"given as an initializer or a Constant")
+        if n.op_type == "Split" and len(n.input) > 1 and n.input[1] in g.consts \
+                and (np.asarray(g.consts[n.input[1]]) == 0).any():
+            problems.append(f"{_node_label(n)}: a split size of 0 (input 1 {n.input[1]!r}: "
+                            f"{np.asarray(g.consts[n.input[1]]).tolist()}) is not supported; tvmq "
+                            f"compiles non-empty tensors")
+        if n.op_type == "Pow":
+            types = og.elem_types(g) if types is None else types
+            base, exp = (types.get(i, 0) for i in n.input[:2])
+            floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+            if not base or not exp:  # (untyped by shape inference: left to the importer)
+                continue
+            if base in floats and exp != base and n.input[1] in g.consts:
+                value = np.asarray(g.consts[n.input[1]])
+                name = f"{n.input[1]}__as_{_elem_type_name(base)}"
+                g.consts[name] = value.astype(helper.tensor_dtype_to_np_dtype(base))
+                n.input[1] = name
+            elif base not in floats or exp != base:
+                problems.append(f"{_node_label(n)}: a base of type {_elem_type_name(base)} and an "
+                                f"exponent of type {_elem_type_name(exp)} are not supported; tvmq "
+                                f"computes Pow of float tensors of one element type (a constant "
+                                f"exponent of another type is converted)")
+    _refuse(problems)
+
+
 def _input_specs(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
                  batch_size: int) -> list[TensorSpec]:
     specs = []
     given = dict(input_shapes or {})
     for vi in g.inputs:
+        kind = vi.type.WhichOneof("value")
+        if kind != "tensor_type":
+            what = {"sequence_type": "a sequence", "optional_type": "an optional",
+                    "map_type": "a map", "sparse_tensor_type": "a sparse tensor"}.get(kind or "", "untyped")
+            raise UnsupportedModelError(f"input {vi.name!r} is {what}; tvmq compiles models whose "
+                                        f"inputs are (dense) tensors")
         t = vi.type.tensor_type
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
         if vi.name in given:
@@ -175,6 +316,11 @@ def _input_specs(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
         else:
             dims = []
             for k, d in enumerate(t.shape.dim):
+                if d.HasField("dim_value") and d.dim_value == 0:
+                    raise UnsupportedModelError(
+                        f"input {vi.name!r} has size 0 in dimension {k} (an empty tensor); tvmq "
+                        f"compiles non-empty tensors (if 0 stands for a dynamic size, give the "
+                        f"shape explicitly: input_shapes)")
                 if d.HasField("dim_value") and d.dim_value > 0:
                     dims.append(d.dim_value)
                 elif k == 0:
@@ -276,8 +422,11 @@ def _clean_graph(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
     specs = _input_specs(g, input_shapes, batch_size)
     _set_input_shapes(g, specs)
     og.inline_constant_nodes(g)
+    og.drop_unused_outputs(g)
+    check_forms(g)
     og.simplify_inference_ops(g)
     og.fold_constants(g)
+    check_constant_inputs(g)
     og.fold_into_conv(g)
     og.decompose_batch_norm(g)
     og.fold_constants(g)
@@ -391,12 +540,23 @@ def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
         value = expr.value.numpy() if isinstance(expr, tvm_ir_constant()) else None
         return float(value.reshape(())) if value is not None and value.size == 1 else None
 
+    def _clip(x: Any, lo: float, hi: float) -> Any:
+        """``relax.clip`` with bounds in ``x``'s type: a NaN bound is no bound (as onnxruntime);
+        an integer tensor's missing bounds are its type's range (not infinities)."""
+        lo = -np.inf if np.isnan(lo) else lo
+        hi = np.inf if np.isnan(hi) else hi
+        dtype = str(x.ty.dtype)
+        if dtype.startswith(("int", "uint")):
+            info = np.iinfo(np.dtype(dtype))
+            return relax.op.clip(x, int(max(lo, info.min)), int(min(hi, info.max)))
+        return relax.op.clip(x, lo, hi)
+
     class Clip(original_clip):  # type: ignore[misc, valid-type]
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
             lo = float(attr.get("min", -np.inf))
             hi = float(attr.get("max", np.inf))
-            return relax.op.clip(inputs[0], lo, hi)
+            return _clip(inputs[0], lo, hi)
 
         @classmethod
         def _impl_v11(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
@@ -408,7 +568,7 @@ def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
             hi = _bound(inputs[2] if len(inputs) > 2 else None, None, np.inf)
             if lo is None or hi is None:  # data-dependent bounds
                 return original_clip._impl_v13(bb, inputs, attr, params)
-            return relax.op.clip(inputs[0], lo, hi)
+            return _clip(inputs[0], lo, hi)
 
     class Pad(original_pad):  # type: ignore[misc, valid-type]
         @classmethod

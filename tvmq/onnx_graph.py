@@ -124,6 +124,22 @@ def static_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def elem_types(g: Graph) -> dict[str, int]:
+    """The ONNX element type (``TensorProto.FLOAT`` ...) of every tensor shape inference can
+    type (graph inputs, constants, node outputs)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(g.to_model(), strict_mode=False)
+    except Exception:  # inference is a help, not a requirement
+        inferred = g.to_model()
+    types: dict[str, int] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for k, v in g.consts.items():
+        types[k] = helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype)
+    return types
+
+
 def same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
     """(begin, end) padding of ``auto_pad`` SAME_UPPER (``upper``) / SAME_LOWER along one axis:
     output ``ceil(size / stride)``, the odd pixel at the end (UPPER) or the beginning (LOWER)."""
@@ -174,8 +190,10 @@ def fold_constants(g: Graph) -> int:
     folded = 0
     kept = []
     for n in g.nodes:
-        if n.op_type == "Shape" and n.input[0] in shapes and not attrs(n):
-            g.consts[n.output[0]] = np.array(shapes[n.input[0]], dtype=np.int64)
+        if n.op_type == "Shape" and n.input[0] in shapes:
+            a = attrs(n)  # start / end (opset 15): a slice of the dims, clamped as Python's
+            dims = shapes[n.input[0]][a.get("start", 0):a.get("end", None)]
+            g.consts[n.output[0]] = np.array(dims, dtype=np.int64)
             folded += 1
             continue
         if (n.op_type not in _NOT_FOLDABLE and n.domain in ("", "ai.onnx")
@@ -191,22 +209,30 @@ def fold_constants(g: Graph) -> int:
     return folded
 
 
+def drop_unused_outputs(g: Graph, ops: Iterable[str] = ("Dropout", "MaxPool")) -> None:
+    """Trailing optional outputs no node reads and the graph does not output (Dropout's mask,
+    MaxPool's indices, in older exports) are removed. (Not BatchNormalization's: up to opset 9
+    its five outputs mean training mode, read or not, as onnxruntime computes it.)"""
+    used = {i for n in g.nodes for i in n.input} | set(g.outputs)
+    for n in g.nodes:
+        if n.op_type in ops:
+            while len(n.output) > 1 and n.output[-1] not in used:
+                del n.output[-1]
+
+
 def simplify_inference_ops(g: Graph) -> None:
     """``Dropout``/``Identity`` -> nothing, ``Sum`` -> ``Add`` chain."""
     kept: list[onnx.NodeProto] = []
     for n in g.nodes:
-        if n.op_type in ("Dropout", "Identity"):
-            if n.output[0] in g.outputs:
+        if n.op_type in ("Dropout", "Identity") or (n.op_type == "Sum" and len(n.input) == 1):
+            if n.output[0] in g.outputs:  # a graph output keeps its name
                 kept.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name)
-                            if n.op_type == "Dropout" else n)
+                            if n.op_type != "Identity" else n)
             else:
                 g.rename_uses(n.output[0], n.input[0])
             continue
         if n.op_type == "Sum":
             ins = list(n.input)
-            if len(ins) == 1:
-                g.rename_uses(n.output[0], ins[0])
-                continue
             acc = ins[0]
             for k, other in enumerate(ins[1:]):
                 out = n.output[0] if k == len(ins) - 2 else f"{n.output[0]}__sum{k}"
