@@ -224,6 +224,18 @@ def test_every_listed_operator_has_cases_and_the_readme_lists_them() -> None:
                                      f"in the code only: {sorted(SUPPORTED_OPS - listed)}")
 
 
+def test_the_readme_counts() -> None:
+    """The README's counts: every case's outcome is pinned (each case test asserts it), so they
+    follow from the tables here, for the installed onnx version."""
+    refused = [c for _, c in CASES if expected_refusal(c, REFUSED) is not None]
+    expansions = [c for c in refused if "_expanded" in c.name]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    if f"with `onnx` {onnx.__version__}," not in text:
+        pytest.skip(f"the README's counts are of another onnx version than {onnx.__version__}")
+    assert (f"of its {len(CASES)} cases {len(CASES) - len(refused)} pass in fp32 and {len(refused)} "
+            f"are refused so ({len(expansions)} of them function-body expansions") in text
+
+
 def test_a_split_size_of_zero_is_refused(tmp_path: Path) -> None:
     """(The wheel's zero-size-split cases have an empty input, refused as such.)"""
     from onnx import TensorProto, helper
