@@ -51,7 +51,8 @@ def main() -> int:
                            variants=(",".join(VARIANTS), f"which of {', '.join(VARIANTS)}"),
                            plans=("w8a8,mixed,w4a8", "w8a8, mixed (W4A8; depthwise, first, last W8A8), w4a8"),
                            check=(5, "images checked bit-exact against the numpy program, per library"),
-                           method=("percentile", "activation range method"))
+                           method=("percentile", "activation range method"),
+                           name=("ptq_ablation", "results file name (NAME.md / NAME.json)"))
     h.image_options(ap)
     args = ap.parse_args()
     if h.images_missing(args):
@@ -71,7 +72,9 @@ def main() -> int:
     calib = x[: args.calib]
     held = slice(args.calib, len(x))
     sess = h.ort_session(Path(args.model), 1)
-    fp32 = h.predictions(lambda a: sess.run(None, {"input": a})[0], x)
+    name = sess.get_inputs()[0].name
+    fp32 = h.predictions(lambda a: sess.run(None, {name: a})[0], x)
+    labelled = sess.run(None, {name: x[:1]})[0].shape[-1] == 1000  # an ImageNet classifier: top-1 means something
     variants = [v for v in args.variants.split(",") if v]
     plans = [p for p in args.plans.split(",") if p]
     rows: list[dict[str, Any]] = []
@@ -104,10 +107,11 @@ def main() -> int:
                 build_s = time.perf_counter() - t
                 m = tvmq.load(r.library)
                 set_num_threads(1)
-                run = lambda a, m=m: m.run({"input": a})["logits"]  # noqa: E731
+                run = lambda a, m=m: next(iter(m.run({name: a}).values()))  # noqa: E731
                 pred = h.predictions(run, x)
-                exact = all(np.array_equal(run(x[i:i + 1]), r.program.run([x[i:i + 1]])[0])
-                            for i in range(len(x) - args.check, len(x)))
+                exact = "-" if r.program is None else all(  # None: an op tvmq does not reproduce (softmax)
+                    np.array_equal(run(x[i:i + 1]), r.program.run([x[i:i + 1]])[0])
+                    for i in range(len(x) - args.check, len(x)))
                 row = {"variant": v, "plan": p, **h.top1(pred, y, fp32),
                        "agreement_held_out": float((pred[held] == fp32[held]).mean()),
                        "top1_held_out": float((pred[held] == y[held]).mean()),
@@ -124,10 +128,11 @@ def main() -> int:
                       f"exact {exact}", flush=True)
     fp32_top1 = float((fp32 == y).mean())
     info = h.machine_info()
-    lines = [f"MobileNetV2 (real), {len(x)} imagenet-sample images ({args.calib} of them for calibration, "
+    lines = [f"{Path(args.model).name}, {len(x)} imagenet-sample images ({args.calib} of them for calibration, "
              f"also scored; 'held-out' = the other {len(x) - args.calib}), {h.machine_line(info)}, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; activation ranges: {args.method}; "
-             f"fp32 (onnxruntime) top-1 {100 * fp32_top1:.1f}%", "",
+             + (f"fp32 (onnxruntime) top-1 {100 * fp32_top1:.1f}%" if labelled else
+                "not an ImageNet classifier: agreement with fp32 (onnxruntime) only"), "",
              "Seconds: CLE = the equalization pass; Hessians = summing X X^T in the calibration pass "
              f"({args.calib} images; the calibration pass itself: " + ", ".join(
                  f"{times[f'collect_{eq}'] - stats[eq].meta['hessian_seconds']:.1f}s"
@@ -135,13 +140,15 @@ def main() -> int:
              "(clipping search, GPTQ, bias correction) at the plan's specs.", ""]
     head = ["variant", "plan", "top-1", "vs fp32 (pt)", "agreement", "agreement held-out",
             "CLE s", "Hessians s", "recipe s", "build s", "bit-exact"]
-    body = [[r["variant"], r["plan"], f"{100 * r['top1']:.1f}%", f"{100 * (r['top1'] - fp32_top1):+.1f}",
+    body = [[r["variant"], r["plan"], f"{100 * r['top1']:.1f}%" if labelled else "-",
+             f"{100 * (r['top1'] - fp32_top1):+.1f}" if labelled else "-",
              f"{100 * r['agreement']:.1f}%", f"{100 * r['agreement_held_out']:.1f}%", f"{r['cle_s']:.1f}",
              f"{r['hessian_s']:.1f}", f"{r['recipe_s']:.1f}", f"{r['build_s']:.0f}", r["bit_exact"]]
             for r in rows]
     lines.append(h.md_table(head, body))
-    h.write_results(Path(args.out), "ptq_ablation",
-                    {"rows": rows, "n": len(x), "calib": args.calib, "fp32_top1": fp32_top1, "times": times,
+    h.write_results(Path(args.out), args.name,
+                    {"rows": rows, "n": len(x), "calib": args.calib, "fp32_top1": fp32_top1 if labelled else None,
+                     "model": Path(args.model).name, "times": times,
                      "machine": info}, "\n".join(lines) + "\n")
     return 0
 
