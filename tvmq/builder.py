@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,11 @@ def _tuned_configs(db: Any, features: TargetFeatures, threads: int,
     manifest's ``tuning`` entry; a warning when the database has no record of this device."""
     if db is None:
         return None, None
+    if not isinstance(db, TuningDatabase):
+        if not Path(db).exists():
+            raise TvmqError(f"tuning database not found: {db}")
+        if not Path(db).is_file():
+            raise TvmqError(f"tuning database {db} is a directory, not a file")
     database = db if isinstance(db, TuningDatabase) else TuningDatabase(db)
     device = device_fingerprint(features, threads)
     if not database.query(device_id=device["id"]):
@@ -141,6 +147,17 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"output path exists and is not a directory: {out}")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    try:  # tried, not read from the permission bits (they do not bind root)
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tvmq-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtifactError(f"cannot create output directory {out}: {existing}: {e.strerror or e}") from None
     if requant not in REQUANT_MODES:
         raise TvmqError(f"unknown requantization {requant!r}; choose from {', '.join(REQUANT_MODES)}")
     features = features or detect_host()
@@ -178,13 +195,26 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ArtifactError(f"cannot create output directory {out}: {e.strerror}") from None
-    lib = out / "model.so"
+    # written under temporary names and renamed when complete: a reader never sees half a
+    # model.so or manifest (a stale pair in between is refused by the library record)
+    lib, mpath = out / "model.so", out / "manifest.json"
+    tmp_lib, tmp_manifest = out / f".model.{os.getpid()}.tmp.so", out / f".manifest.{os.getpid()}.tmp.json"
     t = time.perf_counter()
-    ex.export_library(str(lib))
-    timings["export"] = time.perf_counter() - t
-    manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings,
-                         requant if lowered.qparams else None, stats)
-    manifest["library"] = library_record(lib)  # tvmq.load refuses a library that differs
-    mpath = out / "manifest.json"
-    mpath.write_text(json.dumps(manifest, indent=1))
+    try:
+        try:
+            ex.export_library(str(tmp_lib))
+        except Exception as e:  # the linker: a full disk, a read-only folder
+            raise ArtifactError(f"cannot write {lib}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
+        timings["export"] = time.perf_counter() - t
+        manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings,
+                             requant if lowered.qparams else None, stats)
+        manifest["library"] = library_record(tmp_lib)  # tvmq.load refuses a library that differs
+        tmp_manifest.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp_lib, lib)
+        os.replace(tmp_manifest, mpath)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {out}: {e.strerror}") from None
+    finally:
+        tmp_lib.unlink(missing_ok=True)
+        tmp_manifest.unlink(missing_ok=True)
     return BuildResult(lib, mpath, manifest, timings, lowered.program)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,125 @@ def _parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
         if any(d < 1 for d in shapes[name]):
             raise TvmqError(f"--input-shape {item!r}: dimensions must be >= 1")
     return shapes
+
+
+# ---- checks of paths and arguments, made before any work (nothing is computed, then refused)
+
+def _input_file(path: str | None, what: str, *, folder_ok: bool = False) -> None:
+    """``path`` (when given) must exist and be a file (or a folder where ``folder_ok``)."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise TvmqError(f"{what} not found: {path}")
+    if p.is_dir() and not folder_ok:
+        raise TvmqError(f"{what} {path} is a directory, not a file")
+
+
+def _writable_dir(path: Path) -> None:
+    """A file can be created in ``path`` (tried: permission bits do not bind root)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=path, prefix=".tvmq-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise TvmqError(f"cannot write into {path}: {e.strerror or e}") from None
+
+
+def _output_file(path: str, what: str) -> None:
+    """``path`` can be written: not a directory, in an existing, writable directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise TvmqError(f"{what} {path} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise TvmqError(f"cannot write {what} {path}: directory {parent} does not exist")
+    _writable_dir(parent)
+
+
+def _output_dir(path: str) -> None:
+    """``path`` is (or can be created as) a writable directory."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise TvmqError(f"output path exists and is not a directory: {path}")
+    q = p
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise TvmqError(f"cannot create output directory {path}: {q} is a file")
+    _writable_dir(q)
+
+
+def _check_tracker(host: str, port: int, key: str, timeout: float = 5.0) -> None:
+    """The RPC tracker answers (its magic number) within ``timeout`` seconds, and ``key`` is
+    registered with it: otherwise one clear error now, not a minute of retries per candidate."""
+    import socket
+    import struct
+
+    magic = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack("<i", magic))
+            answer = b""
+            while len(answer) < 4:
+                chunk = sock.recv(4 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+            if len(answer) < 4 or struct.unpack("<i", answer)[0] != magic:
+                raise TvmqError(f"{host}:{port} is not a TVM RPC tracker (it did not answer the tracker "
+                                f"handshake)")
+            request = json.dumps([3]).encode()  # TrackerCode.SUMMARY
+            sock.sendall(struct.pack("<i", len(request)) + request)
+            size = struct.unpack("<i", _recv_exactly(sock, 4))[0]
+            summary = json.loads(_recv_exactly(sock, size))
+    except OSError as e:
+        raise TvmqError(f"cannot reach the RPC tracker at {host}:{port}: {e.strerror or e}") from None
+    queues = summary[1].get("queue_info", {}) if isinstance(summary, list) and len(summary) > 1 else {}
+    if isinstance(queues, dict) and key not in queues:
+        raise TvmqError(f"no device is registered as {key!r} with the RPC tracker at {host}:{port} "
+                        f"(registered: {', '.join(sorted(queues)) or 'none'})")
+
+
+def _recv_exactly(sock, n: int) -> bytes:  # type: ignore[no-untyped-def]
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise OSError("the tracker closed the connection")
+        data += chunk
+    return data
+
+
+def _check_compile(args: argparse.Namespace) -> None:
+    """Every path and value of ``tvmq compile`` before any work."""
+    from .frontend import load_model
+
+    _parse_shapes(args.input_shape)  # the arguments first, then the files
+    _output_dir(args.output)
+    _input_file(args.db, "tuning database")
+    _input_file(args.calibration, "calibration data", folder_ok=True)
+    mixed = args.latency_budget or args.size_budget or args.bops_budget
+    if args.eval_labels and not args.eval_data:
+        raise TvmqError("--eval-labels needs --eval-data (the inputs the labels belong to)")
+    if (args.eval_data or args.eval_labels) and not mixed:
+        raise TvmqError("--eval-data / --eval-labels belong to a mixed-precision compile (with a budget)")
+    if mixed:
+        from .pipeline import check_budgets
+
+        if args.bits != "fp32" or args.keep_fp32:
+            raise TvmqError("--bits/--keep-fp32 fix the plan; a budget lets tvmq choose it: give one or the other")
+        if args.calibration is None:
+            raise TvmqError("a mixed-precision compile needs --calibration (the unlabeled inputs)")
+        check_specs([s.strip() for s in args.specs.split(",") if s.strip()], "--specs")
+        check_budgets(latency=args.latency_budget, size=args.size_budget, bops=args.bops_budget, db=args.db)
+        _input_file(args.eval_data, "evaluation data", folder_ok=True)
+        _input_file(args.eval_labels, "evaluation labels")
+    load_model(args.model)
+
 
 
 def _features(isa: str | None):  # type: ignore[no-untyped-def]
@@ -124,6 +244,7 @@ def _ptq_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def cmd_compile(args: argparse.Namespace) -> int:
     from .builder import build
 
+    _check_compile(args)
     progress = _Progress(args.quiet)
     features = _features(args.isa)
     if args.latency_budget or args.size_budget or args.bops_budget:
@@ -175,6 +296,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from .recipe import with_recipe
 
+    _output_file(args.output, "-o")
+    _input_file(args.stats, "--stats")
     progress = _Progress(args.quiet)
     features = _features(args.isa)
     model = _ptq_model(args)
@@ -217,6 +340,7 @@ def _ort_session(path: str, threads: int):  # type: ignore[no-untyped-def]
 def cmd_bench(args: argparse.Namespace) -> int:
     from .runtime import BenchmarkResult, load
 
+    _input_file(args.compare, "--compare model")
     m = load(args.model)
     rng = np.random.default_rng(0)
     feeds = {n: rng.standard_normal(s).astype(d) for n, s, d in m.inputs}
@@ -227,6 +351,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         load_model(args.compare)  # a clear error for a bad file before onnxruntime sees it
         sess = _ort_session(args.compare, r.threads)
+        theirs = sorted(i.name for i in sess.get_inputs())
+        if theirs != sorted(feeds):
+            raise TvmqError(f"--compare {args.compare} takes inputs {theirs}, the compiled model "
+                            f"{sorted(feeds)}: not the same model")
         ort_feeds = dict(feeds)
         for _ in range(args.warmup):
             sess.run(None, ort_feeds)
@@ -289,6 +417,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import CalibrationData, collect
     from .frontend import prepare
 
+    _output_file(args.output, "-o")
     progress = _Progress(args.quiet)
     shapes = _parse_shapes(args.input_shape)
     model = _ptq_model(args)
@@ -313,6 +442,17 @@ def _ptq_options(p: argparse.ArgumentParser) -> None:
                    help="keep the biases as they are (default: corrected for the weights' mean rounding error)")
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise TvmqError(f"cannot write {path}: {e.strerror}") from None
+
+
 def _parse_rpc(text: str | None) -> tuple[str, int, str] | None:
     if text is None:
         return None
@@ -320,6 +460,8 @@ def _parse_rpc(text: str | None) -> tuple[str, int, str] | None:
     port, _, key = rest.partition(":")
     if not host or not port.isdigit() or not key:
         raise TvmqError(f"--rpc expects TRACKER_HOST:PORT:DEVICE_KEY, got {text!r}")
+    if not 1 <= int(port) <= 65535:
+        raise TvmqError(f"--rpc {text!r}: port must be in 1..65535")
     return host, int(port), key
 
 
@@ -330,6 +472,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     specs = check_specs([s.strip().lower() for s in args.specs.split(",") if s.strip()], "--specs")
     if args.trials < 1:
         raise TvmqError(f"--trials must be >= 1, got {args.trials}")
+    if args.summary:
+        _output_file(args.summary, "--summary")
+    if Path(args.db).is_dir():
+        raise TvmqError(f"tuning database {args.db} is a directory, not a file")
+    if not Path(args.db).exists():
+        _output_file(args.db, "tuning database")
+    elif not os.access(args.db, os.W_OK):
+        raise TvmqError(f"cannot write tuning database {args.db}: not writable")
+    rpc = _parse_rpc(args.rpc)
+    if rpc is not None:
+        _check_tracker(*rpc)
     features = _features(args.isa)
     progress = _Progress(args.quiet)
     pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
@@ -338,7 +491,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     progress(f"{len(tasks)} tasks ({sum(t.kind == 'kernel' for t in tasks)} kernels, "
              f"{sum(t.kind == 'conversion' for t in tasks)} conversions) for {len(pm.layers)} layers x "
              f"{len(specs)} specs; {len(db)} records in {args.db}")
-    measurer = RunnerMeasurer(features, threads=args.threads, rpc=_parse_rpc(args.rpc))
+    measurer = RunnerMeasurer(features, threads=args.threads, rpc=rpc)
     try:
         summary = tune(tasks, db, measurer, features, trials=args.trials, seed=args.seed,
                        progress=not args.quiet, log=progress)
@@ -346,7 +499,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         measurer.close()
     print(summary.table())
     if args.summary:
-        Path(args.summary).write_text(json.dumps({"seconds": summary.seconds, "measured": summary.measured,
+        _write_atomic(Path(args.summary), json.dumps({"seconds": summary.seconds, "measured": summary.measured,
                                                   "device": measurer.device,
                                                   "tasks": [r.to_json() for r in summary.results]}, indent=1))
     return 0
@@ -355,6 +508,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_merge_db(args: argparse.Namespace) -> int:
     from .tune import TuningDatabase
 
+    for path in args.inputs:
+        _input_file(path, "tuning database")
+    if Path(args.output).exists():
+        raise TvmqError(f"merge output {args.output} exists; choose a new file")
+    _output_file(args.output, "merge output")
     merged = TuningDatabase.merge(args.inputs, args.output)
     print(f"{len(merged)} records from {len(merged.devices())} device(s) -> {args.output}")
     return 0
@@ -530,16 +688,79 @@ def _calibrate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     k.set_defaults(func=cmd_calibrate)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """Warnings (a tuning database's skipped lines, a degenerate calibration range) as one line
+    ``tvmq: warning: ...`` instead of Python's two-line form with a source line."""
+    print(f"tvmq: warning: {_one_line(str(message))}", file=sys.stderr, flush=True)
+
+
+def _log_unexpected(command: str, exc: BaseException) -> Path | None:
+    """The traceback of an error tvmq did not expect, in a log file for the bug report."""
+    import tempfile
+    import traceback
+
     try:
-        return int(args.func(args))
-    except TvmqError as e:
-        print(f"tvmq: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tvmq: interrupted", file=sys.stderr)
-        return 130
+        fd, name = tempfile.mkstemp(prefix=f"tvmq-{command or 'main'}-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"tvmq {' '.join(sys.argv[1:])}\n\n")
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return Path(name)
+    except OSError:
+        return None
+
+
+def _silence_native_stderr() -> None:
+    """After the error line: TVM's C++ destructors print warnings at exit (``BlockBuilder
+    destroyed with remaining blocks``) that are no news to the user; fd 2 goes to /dev/null."""
+    try:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    except OSError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``tvmq`` command. One error path: tvmq's own errors (``TvmqError``, a bad argument)
+    print one line ``tvmq: error: ...`` and return 2; anything else prints one line naming the
+    command and a log file holding the traceback, and returns 1; Ctrl-C returns 130."""
+    import warnings
+
+    code = _main(list(sys.argv[1:]) if argv is None else list(argv), warnings)
+    if code not in (0,) and argv is None:  # the real command line, not a caller's in-process run
+        _silence_native_stderr()
+    return code
+
+
+def _main(argv: list[str], warnings) -> int:  # type: ignore[no-untyped-def]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, its line already printed)
+        return int(e.code or 0)
+    command = getattr(args, "command", "") or ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library deprecations are not the user's business
+        warnings.simplefilter("default", UserWarning)  # tvmq's own (one line each)
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args))
+        except TvmqError as e:
+            print(f"tvmq: error: {_one_line(str(e))}", file=sys.stderr, flush=True)
+            return 2
+        except KeyboardInterrupt:
+            print("tvmq: interrupted", file=sys.stderr, flush=True)
+            return 130
+        except Exception as e:  # a bug: one line, the traceback in a log file
+            log = _log_unexpected(command, e)
+            where = f"; the traceback is in {log}" if log else ""
+            print(f"tvmq: error: {command}: unexpected {type(e).__name__}: "
+                  f"{_one_line(str(e))[:300]}{where} (a tvmq bug: please report it with that file)",
+                  file=sys.stderr, flush=True)
+            return 1
 
 
 if __name__ == "__main__":

@@ -166,7 +166,43 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         # itself, as onnxruntime does); anything else the checker finds is a broken model
         if "is required but missing" not in first:
             raise ModelLoadError(f"{where}: invalid ONNX model: {first}") from None
+        _check_without_output_types(model, where)
+    newest = onnx.defs.onnx_opset_version()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version > newest:
+            raise ModelLoadError(f"{where}: opset {o.version} is newer than this onnx package knows ({newest})")
+    _check_finite_initializers(model, where)
     return model
+
+
+def _check_without_output_types(model: onnx.ModelProto, where: str) -> None:
+    """The checker stops at a graph output without a type / shape: check a copy whose outputs
+    have an (empty) one, so the rest of the graph (undefined tensors...) is still checked."""
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    for o in copy.graph.output:
+        t = o.type.tensor_type
+        if not t.elem_type:
+            t.elem_type = onnx.TensorProto.FLOAT
+        t.shape.SetInParent()
+    try:
+        onnx.checker.check_model(copy)
+    except onnx.checker.ValidationError as e:
+        raise ModelLoadError(f"{where}: invalid ONNX model: {str(e).splitlines()[0]}") from None
+
+
+def _check_finite_initializers(model: onnx.ModelProto, where: str) -> None:
+    """Weights with NaN or inf compile to a library that answers zeros (integer plans) or NaN:
+    refused, naming the initializer."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                                  onnx.TensorProto.BFLOAT16) or init.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        a = numpy_helper.to_array(init)
+        if not np.all(np.isfinite(a)):
+            raise ModelLoadError(f"{where}: initializer {init.name!r} holds {int(np.count_nonzero(~np.isfinite(a)))} "
+                                 f"NaN or inf value(s)")
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str]]:
@@ -313,6 +349,10 @@ def _input_specs(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
         dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
         if vi.name in given:
             shape = tuple(int(d) for d in given.pop(vi.name))
+            declared = list(t.shape.dim) if t.HasField("shape") else None
+            if declared is not None and len(declared) != len(shape):
+                raise UnsupportedModelError(f"input {vi.name!r}: shape {shape} has rank {len(shape)}, the "
+                                            f"model's input has rank {len(declared)}")
         else:
             dims = []
             for k, d in enumerate(t.shape.dim):
@@ -506,6 +546,12 @@ def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
         oh = (x_shape[2] + top + bottom - (kh - 1) * dil[0] - 1) // strides[0] + 1
         ow = (x_shape[3] + left + right - (kw - 1) * dil[1] - 1) // strides[1] + 1
         out_shape = (x_shape[0], w.shape[0], oh, ow)
+    if len(x_shape) == 4 and x_shape[1] != w.shape[1] * groups:
+        raise UnsupportedModelError(f"node {n.name!r}: its input has {x_shape[1]} channels, its weight "
+                                    f"takes {w.shape[1] * groups} (input shape {tuple(x_shape)})")
+    if len(out_shape) == 4 and min(out_shape[2], out_shape[3]) < 1:
+        raise UnsupportedModelError(f"node {n.name!r}: a {kh}x{kw} kernel over a {x_shape[2]}x{x_shape[3]} "
+                                        f"input (padded {top + bottom}, {left + right}) leaves no output")
     depthwise = groups > 1 and groups == x_shape[1] == w.shape[0]
     macs = int(np.prod(out_shape) * w.shape[1] * kh * kw)
     return LayerInfo(name="", op="depthwise_conv2d" if depthwise else "conv2d", node=n.name,

@@ -80,6 +80,56 @@ def parse_budget(text: str | float | None, unit: str) -> tuple[str, float] | Non
     return "absolute", value * scale[suffix]
 
 
+def check_budgets(*, latency: Any = None, size: Any = None, bops: Any = None, db: Any = None) -> None:
+    """The budgets of a mixed-precision compile, checked before any work (one clear error)."""
+    if latency is None and size is None and bops is None:
+        raise TvmqError("a mixed-precision compile needs a budget: --latency-budget, --size-budget or --bops-budget")
+    if latency is not None and db is None:
+        raise TvmqError("a latency budget needs measured latencies: run `tvmq tune` and pass --db")
+    for text, unit in ((latency, "latency"), (size, "size"), (bops, "bops")):
+        parse_budget(text, unit)
+
+
+def load_labels(labels: Any, count: int) -> np.ndarray:
+    """Evaluation labels: ``count`` class indices (an integer ``.npy`` or array)."""
+    if isinstance(labels, (str, os.PathLike)):
+        try:
+            labels = np.load(labels, allow_pickle=False)
+        except FileNotFoundError:
+            raise TvmqError(f"evaluation labels not found: {labels}") from None
+        except (OSError, ValueError) as e:
+            raise TvmqError(f"cannot read evaluation labels {labels}: not a numpy file ({e})") from None
+    y = np.asarray(labels)
+    if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu":
+        raise TvmqError(f"evaluation labels must be class indices (integers), got dtype {y.dtype}")
+    y = y.ravel()
+    if len(y) != count:
+        raise TvmqError(f"{len(y)} labels for {count} evaluation inputs")
+    return y
+
+
+def _check_mixed_inputs(model: Any, output_dir: Any, db: Any, calibration: Any, eval_data: Any,
+                        eval_labels: Any) -> None:
+    """Every path of a mixed-precision compile, read or checked before any work: nothing is
+    computed, then refused (a mistyped --eval-labels was found after the whole pipeline)."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise TvmqError(f"output path exists and is not a directory: {out}")
+    if db is not None and not isinstance(db, TuningDatabase) and not Path(db).is_file():
+        raise TvmqError(f"tuning database not found: {db}")
+    if eval_labels is not None and eval_data is None:
+        raise TvmqError("evaluation labels need the evaluation inputs (eval_data)")
+    if isinstance(calibration, (ActivationStats, CalibrationData)) and eval_data is None:
+        return
+    inputs = prepare(model).inputs
+    if not isinstance(calibration, (ActivationStats, CalibrationData)) and not str(calibration).endswith(".json"):
+        CalibrationData.from_source(calibration, inputs)
+    if eval_data is not None:
+        data = eval_data if isinstance(eval_data, CalibrationData) else CalibrationData.from_source(eval_data, inputs)
+        if eval_labels is not None:
+            load_labels(eval_labels, len(data))
+
+
 def layer_edges(pm: Any) -> list[tuple[str, str]]:
     """(producer layer, consumer layer) pairs: the consumer's input comes from the producer's
     output through ops that are not layers (activations, adds, pools, reshapes)."""
@@ -202,11 +252,9 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     anything else), ``gptq`` (calibration also sums each layer's input Hessian; weights are
     rounded with error feedback) and ``bias_correction``: the post-training steps of the
     quantization recipe (``tvmq.recipe``), the same for the sensitivity analysis and the builds."""
-    if latency_budget is None and size_budget is None and bops_budget is None:
-        raise TvmqError("a mixed-precision compile needs a budget: --latency-budget, --size-budget or --bops-budget")
-    if latency_budget is not None and db is None:
-        raise TvmqError("a latency budget needs measured latencies: run `tvmq tune` and pass --db")
+    check_budgets(latency=latency_budget, size=size_budget, bops=bops_budget, db=db)
     specs_.check(list(specs), "the specs to allocate")
+    _check_mixed_inputs(model, output_dir, db, calibration, eval_data, eval_labels)
     if equalize:
         from .equalize import equalize as equalize_model
 
@@ -610,9 +658,7 @@ def evaluate(libraries: dict[str, Path], data: Any, labels: Any, pm: Any) -> dic
     """Per library: argmax agreement with the ``fp32`` one and, with ``labels``, top-1."""
     feeds = list((data if isinstance(data, CalibrationData) else CalibrationData.from_source(data, pm.inputs))
                  .samples(batch=1))
-    y = None if labels is None else np.asarray(np.load(labels) if isinstance(labels, (str, Path)) else labels).ravel()
-    if y is not None and len(y) != len(feeds):
-        raise TvmqError(f"{len(y)} labels for {len(feeds)} evaluation inputs")
+    y = None if labels is None else load_labels(labels, len(feeds))
     preds = {}
     for name, lib in libraries.items():
         m = load(lib)

@@ -88,9 +88,17 @@ class QuantSpec:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> QuantSpec:
+        if not isinstance(d, Mapping):
+            raise PlanError(f"a spec must be an object like {{\"w_bits\": 8, \"a_bits\": 8}}, got {d!r}")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise PlanError(f"unknown QuantSpec field(s) {sorted(unknown)}")
+        for k in ("w_bits", "a_bits"):
+            if k in d and (isinstance(d[k], bool) or not isinstance(d[k], int)):
+                raise PlanError(f"{k} must be an integer (4, 8, 16 or 32), got {d[k]!r}")
+        for k in ("w_per_channel", "act_symmetric", "bf16"):
+            if k in d and not isinstance(d[k], bool):
+                raise PlanError(f"{k} must be true or false, got {d[k]!r}")
         return cls(**d)
 
 
@@ -168,7 +176,16 @@ class PrecisionPlan(Mapping[str, QuantSpec]):
     def from_json(cls, d: Mapping[str, Any], layers: LayerTable | None = None) -> PrecisionPlan:
         if not isinstance(d, Mapping) or d.get("schema") != PLAN_SCHEMA or "layers" not in d:
             raise PlanError(f"not a tvmq plan (schema {PLAN_SCHEMA}): keys {sorted(d) if isinstance(d, Mapping) else type(d).__name__}")
-        return cls({n: QuantSpec.from_json(s) for n, s in d["layers"].items()}, layers)
+        if not isinstance(d["layers"], Mapping):
+            raise PlanError(f"the plan's 'layers' must map layer names to specs, got a "
+                            f"{type(d['layers']).__name__}")
+        specs = {}
+        for n, s in d["layers"].items():
+            try:
+                specs[n] = QuantSpec.from_json(s)
+            except PlanError as e:
+                raise PlanError(f"layer {n!r}: {e}") from None
+        return cls(specs, layers)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))

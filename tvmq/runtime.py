@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, TvmqError
 
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
@@ -48,9 +48,9 @@ def _tvm() -> Any:
 
 def set_num_threads(threads: int) -> None:
     """Size TVM's thread pool (``threads`` >= 1)."""
-    tvm = _tvm()
     if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise TvmqError(f"threads must be >= 1, got {threads}")
+    tvm = _tvm()
     tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
 
 
@@ -102,14 +102,14 @@ class Module:
         self.manifest = manifest
         if manifest.get("isa") == "amx":
             request_amx_permission()
+        self.inputs, self.output_names = _io_specs(library, manifest)
         try:
             lib = tvm.runtime.load_module(str(library))
-        except Exception as e:
-            raise ArtifactError(f"cannot load {library}: {str(e).strip().splitlines()[-1]}") from None
-        self._dev = tvm.cpu()
-        self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
-        self.inputs = [(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
-        self.output_names = [o["name"] for o in manifest["outputs"]]
+            self._dev = tvm.cpu()
+            self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
+        except Exception as e:  # a shared library that is not a tvmq model (no Relax VM inside)
+            text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"cannot load {library}: not a tvmq model library ({text})") from None
 
     @property
     def input_names(self) -> list[str]:
@@ -148,15 +148,25 @@ class Module:
         items = list(result) if not hasattr(result, "numpy") else [result]
         return {name: t.numpy() for name, t in zip(self.output_names, items)}
 
-    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
-        """Run the model: ``{input name: array}`` -> ``{output name: array}`` (ONNX names)."""
-        return self._outputs(self._vm["main"](*self._convert(feeds)))
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray, *,
+            check_inputs: bool = True) -> dict[str, np.ndarray]:
+        """Run the model: ``{input name: array}`` -> ``{output name: array}`` (ONNX names).
+
+        ``check_inputs``: refuse float inputs holding NaN or inf (an ``InputError``): the integer
+        layers would turn them into ordinary numbers and a confident answer. Off, they run
+        through (fp32 layers propagate NaN as IEEE arithmetic does, where the kernels allow)."""
+        args = self._convert(feeds)
+        if check_inputs:
+            _check_finite(feeds if not isinstance(feeds, np.ndarray) else {self.inputs[0][0]: feeds})
+        return self._outputs(self._vm["main"](*args))
 
     def benchmark(self, feeds: Mapping[str, np.ndarray] | np.ndarray | None = None, *,
                   warmup: int = 10, repeat: int = 50, threads: int | None = None) -> BenchmarkResult:
         """Time ``repeat`` calls after ``warmup`` (random inputs unless ``feeds`` is given)."""
         if repeat < 1 or warmup < 0:
-            raise ValueError("repeat must be >= 1 and warmup >= 0")
+            raise TvmqError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+        if threads is not None and threads < 1:
+            raise TvmqError(f"threads must be >= 1, got {threads}")
         n_threads = threads or int(os.environ.get("TVM_NUM_THREADS", "0")) or (os.cpu_count() or 1)
         set_num_threads(n_threads)
         if feeds is None:
@@ -184,7 +194,50 @@ def load(path: str | os.PathLike) -> Module:
     if not isinstance(manifest, dict) or "inputs" not in manifest or "outputs" not in manifest:
         raise ArtifactError(f"{mpath} is not a tvmq manifest")
     check_library(p, manifest.get("library"))
+    if manifest.get("library") is None:
+        check_elf(p)  # an older manifest: no record to compare, at least a complete ELF file
     return Module(p, manifest)
+
+
+def _check_finite(feeds: Mapping[str, Any]) -> None:
+    for name, value in feeds.items():
+        a = np.asarray(value)
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            raise InputError(f"input {name!r}: {bad} NaN or inf value(s) (pass check_inputs=False to run "
+                             f"them anyway)")
+
+
+def _io_specs(library: Path, manifest: dict[str, Any]) -> tuple[list[tuple[str, tuple[int, ...], str]], list[str]]:
+    """The manifest's inputs (name, shape, dtype) and output names, checked."""
+    try:
+        inputs = [(str(i["name"]), tuple(int(d) for d in i["shape"]), np.dtype(i["dtype"]).name)
+                  for i in manifest["inputs"]]
+        outputs = [str(o["name"]) for o in manifest["outputs"]]
+        if not isinstance(manifest["inputs"], list) or not isinstance(manifest["outputs"], list):
+            raise TypeError("inputs and outputs must be lists")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"the manifest beside {library} has malformed inputs / outputs "
+                            f"({type(e).__name__}: {e})") from None
+    return inputs, outputs
+
+
+def check_elf(path: Path) -> None:
+    """A 64-bit little-endian ELF shared object whose section headers lie inside the file (a
+    truncated copy ends before them): dlopen of a truncated library can kill the process."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    size = path.stat().st_size
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        raise ArtifactError(f"{path} is not a shared library (no 64-bit ELF header)")
+    e_type = struct.unpack_from("<H", head, 16)[0]
+    shoff = struct.unpack_from("<Q", head, 40)[0]
+    shentsize, shnum = struct.unpack_from("<HH", head, 58)
+    if e_type != 3 or shoff + shentsize * shnum > size:
+        raise ArtifactError(f"{path} is a truncated or damaged shared library ({size} bytes; its section "
+                            f"headers end at byte {shoff + shentsize * shnum})")
 
 
 def library_record(path: Path) -> dict[str, Any]:

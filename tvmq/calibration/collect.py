@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from .data import CalibrationData
 from .observers import Observer, TensorStats
 
 STATS_SCHEMA = 1
+HUGE = 1e6  # a calibration range beyond +-HUGE gets a warning (ActivationStats.check_ranges)
 # GPTQ Hessians: at most this many output pixels of each layer per calibration image (a regular
 # grid: MobileNetV2's 112x112 and 56x56 layers give 784; its 7x7 layers all 49)
 HESSIAN_PATCHES_PER_IMAGE = 1024
@@ -65,19 +68,65 @@ class ActivationStats:
         return d
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+        """Write the JSON under a temporary name, then rename it: never a half-written file."""
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), indent=1))
+            os.replace(tmp, p)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise TvmqError(f"cannot write {p}: {e.strerror}") from None
+
+    def check_ranges(self) -> None:
+        """One warning for degenerate ranges: constant tensors (min == max: all-zero or identical
+        inputs) and huge ones (beyond +-1e6: inputs not scaled as the model expects); their
+        quantization fits no real input. Non-finite or inverted ranges are errors (``load``)."""
+        constant, huge = [], []
+        for layer, roles in self.layers.items():
+            for role, t in roles.items():
+                if max(abs(t.min), abs(t.max)) > HUGE:
+                    huge.append(f"{layer} ({role}put, [{t.min:.3g}, {t.max:.3g}])")
+                elif t.max == t.min:
+                    constant.append(f"{layer} ({role}put, {t.min:.3g})")
+        parts = []
+        if huge:
+            parts.append(f"{len(huge)} huge range(s) beyond +-{HUGE:.0e}: {', '.join(huge[:3])}")
+        if constant:
+            parts.append(f"{len(constant)} constant tensor(s): {', '.join(constant[:3])}")
+        if parts:
+            warnings.warn("calibration: " + "; ".join(parts) + ": are the calibration inputs real, "
+                          "preprocessed inputs? The quantized model will be inaccurate", stacklevel=2)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ActivationStats:
         try:
             d = json.loads(Path(path).read_text())
+            if not isinstance(d, dict):
+                raise ValueError(f"a JSON {type(d).__name__}, not an object")
             if d.get("schema") != STATS_SCHEMA:
                 raise ValueError(f"schema {d.get('schema')!r}, expected {STATS_SCHEMA}")
             layers = {k: {r: TensorStats.from_json(t) for r, t in v.items()} for k, v in d["layers"].items()}
             hessians = {k: _unpack_symmetric(h) for k, h in d.get("hessians", {}).items()}
-            return cls(layers, int(d["samples"]), d.get("meta", {}), hessians)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise TvmqError(f"cannot read calibration statistics {path}: {e}") from None
+            stats = cls(layers, int(d["samples"]), d.get("meta", {}), hessians)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise TvmqError(f"cannot read calibration statistics {path}: {type(e).__name__}: {e}") from None
+        for layer, roles in layers.items():
+            for role, t in roles.items():
+                values = [t.min, t.max, t.percentile_lo, t.percentile_hi, t.mse_lo, t.mse_hi]
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                    raise TvmqError(f"calibration statistics {path}: layer {layer!r} {role}put: a range is "
+                                    f"not finite (NaN or inf)")
+                if t.min > t.max or t.percentile_lo > t.percentile_hi or t.mse_lo > t.mse_hi:
+                    raise TvmqError(f"calibration statistics {path}: layer {layer!r} {role}put: min "
+                                    f"{t.min} > max {t.max} (an inverted range)")
+        stats.check_ranges()
+        return stats
+
+
+def _checked(stats: ActivationStats) -> ActivationStats:
+    stats.check_ranges()  # one warning for constant or huge ranges
+    return stats
 
 
 def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
@@ -136,7 +185,7 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
         meta["hessian_samples"] = h_samples
         meta["hessian_patches"] = {name: acc.count for name, acc in sums.items() if acc.count}
         meta["hessian_seconds"] = round(h_seconds, 2)
-    return ActivationStats(layers, len(data), meta, hess)
+    return _checked(ActivationStats(layers, len(data), meta, hess))
 
 
 def _pack_symmetric(h: np.ndarray) -> dict[str, Any]:

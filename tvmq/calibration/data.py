@@ -36,7 +36,14 @@ class ImagePreprocess:
             from PIL import Image  # (deferred: an optional dependency, images only)
         except ImportError:
             raise InputError("reading images needs Pillow: pip install pillow") from None
-        img = Image.open(path).convert("RGB")
+        if not path.is_file():
+            raise InputError(f"cannot read image {path}: it is a directory, not a file")
+        try:
+            img = Image.open(path)
+            img.load()
+            img = img.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # undecodable, truncated, not an image
+            raise InputError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         w, h = img.size
         r = self.resize / min(w, h)
         img = img.resize((max(1, int(w * r)), max(1, int(h * r))), Image.BILINEAR)
@@ -127,15 +134,35 @@ class CalibrationData:
                 raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
             files = files[:limit] if limit is not None else files
             pre = preprocess or ImagePreprocess(crop=inputs[0].shape[-1] if inputs else 224)
-            return cls._single(names, np.stack([pre(f) for f in files]))
+            arrays = [pre(f) for f in files]
+            try:
+                return cls._single(names, np.stack(arrays))
+            except ValueError as e:
+                raise InputError(f"the images of {path} give samples of different shapes: {e}") from None
+        if path.stat().st_size == 0:
+            raise InputError(f"cannot read calibration data {path}: the file is empty (0 bytes)")
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head != b"\x93NUMPY" and not head.startswith(b"PK"):
+            raise InputError(f"cannot read calibration data {path}: not a numpy file (.npy / .npz)")
         try:
             loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read calibration data {path}: {e}") from None
+        except ValueError as e:
+            if "allow_pickle" in str(e):
+                raise InputError(f"cannot read calibration data {path}: it holds Python objects (object "
+                                 f"arrays); tvmq reads numeric arrays only, never pickles") from None
+            raise InputError(f"cannot read calibration data {path}: {str(e).splitlines()[0]}") from None
+        except (OSError, EOFError) as e:
+            raise InputError(f"cannot read calibration data {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if isinstance(loaded, np.ndarray):
+            if loaded.ndim == 0:
+                raise InputError(f"calibration data {path} is a single number (a 0-d array); give an "
+                                 f"array of samples [N, ...]")
             return cls._single(names, loaded)
         with loaded:
             keys = list(loaded.keys())
+            if not keys:
+                raise InputError(f"{path} holds no arrays")
             if set(names) <= set(keys):
                 return {n: loaded[n] for n in names}
             if len(keys) == 1:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from schedules.target_features import TargetFeatures
+from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 from ..errors import TvmqError
 
@@ -106,8 +107,33 @@ class TuningRecord:
             raise ValueError(f"bad latency {lat!r}")
         if not isinstance(d["device"], dict) or "id" not in d["device"]:
             raise ValueError("record without a device id")
+        if not isinstance(d["config"], dict):
+            raise ValueError(f"config must be an object, got {type(d['config']).__name__}")
+        if d.get("error") is not None and not isinstance(d["error"], str):
+            raise ValueError(f"error must be text or null, got {d['error']!r}")
+        if lat is None and not d.get("error"):
+            raise ValueError("a record without a latency must say its error")
+        _check_workload(d["workload"])
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check_workload(wl: Any) -> None:
+    """A kernel workload must build (the fields of this tvmq's workloads, an epilogue); another
+    version's or tool's record is foreign, skipped with the corrupt lines."""
+    if not isinstance(wl, dict):
+        raise ValueError(f"workload must be an object, got {type(wl).__name__}")
+    if wl.get("op") not in ("conv2d", "dense"):
+        return  # a conversion's workload (a tensor shape)
+    try:
+        d = dict(wl)
+        op = d.pop("op")
+        ep = Epilogue(**d.pop("epilogue"))
+        (DenseWorkload if op == "dense" else Conv2dWorkload)(**d, epilogue=ep)
+    except KeyError as e:
+        raise ValueError(f"foreign workload: no {e.args[0]!r}") from None
+    except TypeError as e:
+        raise ValueError(f"foreign workload: {e}") from None
 
 
 class TuningDatabase:

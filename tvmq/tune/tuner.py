@@ -111,6 +111,20 @@ class Progress:
             self.stream.write("\n")
 
 
+MAX_ATTEMPTS = 3  # a configuration whose measurement failed this often is not tried again
+
+
+def _settled(db: TuningDatabase, task: TuneTask, dev: str) -> set[str]:
+    """The configurations of ``task`` that count as done trials on ``dev``: measured, or failed
+    ``MAX_ATTEMPTS`` times (a failure alone, an unreachable device say, is retried next run)."""
+    recs = db.query(task.key, task.spec, dev)
+    failures: dict[str, int] = {}
+    for r in recs:
+        if not r.ok:
+            failures[r.config_id] = failures.get(r.config_id, 0) + 1
+    return {r.config_id for r in recs if r.ok} | {c for c, n in failures.items() if n >= MAX_ATTEMPTS}
+
+
 def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, int(key[:12], 16)])
 
@@ -126,7 +140,7 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
         budget = 1 if task.kind == "conversion" else trials
         plans.append((task, budget))
     bar = progress if isinstance(progress, Progress) else Progress(
-        sum(max(0, b - len(db.query(t.key, t.spec, dev))) for t, b in plans), enabled=bool(progress))
+        sum(max(0, b - len(_settled(db, t, dev))) for t, b in plans), enabled=bool(progress))
     summary = TuneSummary()
     for i, (task, budget) in enumerate(plans, 1):
         ts = time.perf_counter()
@@ -138,7 +152,7 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
             fallback = kernel.fallback_config(task.workload, features)
             space_ = kernel.tuning_space(task.workload, features)
         budget = min(budget, len(space_))
-        done = {r.config_id for r in db.query(task.key, task.spec, dev)}
+        done = _settled(db, task, dev)  # grows with every configuration measured in this run
         measured = 0
         rng = _rng(seed, task.key)
         while len(done) < budget:
