@@ -522,12 +522,12 @@ def _report(ctx: MixedContext) -> None:
     if ctx.quality is not None:
         manifest["evaluation"] = ctx.quality
     manifest["pipeline_seconds"] = ctx.timings
-    ctx.result.manifest.write_text(json.dumps(manifest, indent=1))
+    _atomic(ctx.result.manifest, lambda p: Path(p).write_text(json.dumps(manifest, indent=1)))
 
     report_data = _report_data(ctx)
     for p in report_data["plans"]:
         p.update((ctx.quality or {}).get(p["label"], {}))
-    (ctx.out / "report.json").write_text(json.dumps(report_data, indent=1))
+    _atomic(ctx.out / "report.json", lambda p: Path(p).write_text(json.dumps(report_data, indent=1)))
     try:
         ctx.report = write_report(report_data, ctx.out)
     except ImportError as e:  # matplotlib missing: the data is kept, the page is not drawn

@@ -221,6 +221,9 @@ class TuningDatabase:
         merged = cls(None)
         seen = set()
         for p in paths:
+            if not Path(p).is_file():
+                raise DatabaseError(f"tuning database not found: {p}" if not Path(p).exists()
+                                    else f"tuning database {p} is a directory, not a file")
             for r in cls(p).records:
                 key = json.dumps(r.to_json(), sort_keys=True)
                 if key not in seen:
@@ -232,7 +235,9 @@ class TuningDatabase:
                 raise DatabaseError(f"merge output {output} exists; choose a new file")
             text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in merged.records)
             try:
-                merged.path.write_text(text, encoding="utf-8")
+                tmp = merged.path.with_name(f".{merged.path.name}.tmp{os.getpid()}")
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, merged.path)  # a reader never sees half the merged file
             except OSError as e:
                 raise DatabaseError(f"cannot write {output}: {e.strerror}") from None
         return merged

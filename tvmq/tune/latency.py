@@ -77,7 +77,10 @@ class LatencyTable:
                 "conversions": self.conversions, "predictor_error": self.predictor_error}
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, p)  # never a half-written table
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
