@@ -17,6 +17,7 @@ import pytest
 
 from schedules import registry, space
 from schedules.target_features import detect_host
+from schedules.workload import Conv2dWorkload
 from tvmq.frontend import prepare
 from tvmq.tune import predictor
 from tvmq.tune import (
@@ -45,8 +46,13 @@ def fmnist_tasks():  # type: ignore[no-untyped-def]
     return pm, extract_tasks(pm, ["w8a8", "fp32"], FEATURES)
 
 
+# a workload that builds (a record whose workload does not is skipped as foreign)
+_WORKLOAD = {"op": "conv2d", **Conv2dWorkload(batch=1, in_channels=8, height=4, width=4, out_channels=8,
+                                              kernel_h=1, kernel_w=1).to_json()}
+
+
 def _record(task: str = "t1", us: float | None = 10.0, device: str = "dev-a", cfg: int = 0) -> TuningRecord:
-    return TuningRecord(task=task, kernel="conv2d/w8a8/avx2", spec="w8a8", workload={"op": "conv2d"},
+    return TuningRecord(task=task, kernel="conv2d/w8a8/avx2", spec="w8a8", workload=_WORKLOAD,
                         config={"type": "X", "k": cfg},
                         latency=None if us is None else {"median_us": us, "min_us": us, "n": 3, "spread": 0.0},
                         device={"id": device, "cpu": "c", "isa": "avx2", "threads": 1},
