@@ -158,7 +158,7 @@ def run_case(case: Any, work: Path) -> tuple[str, str]:
              if vi.name not in {t.name for t in case.model.graph.initializer}]
     for inputs, outputs in case.data_sets:
         feeds = {n: _array(v) for n, v in zip(names, inputs)}
-        got = module.run(feeds)
+        got = module.run(feeds, check_inputs=False)  # the node tests feed NaN / inf on purpose
         reference = None
         if case.name in INEXACT_EXPECTED:
             from onnx.reference import ReferenceEvaluator  # (only for these cases)
