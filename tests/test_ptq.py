@@ -271,3 +271,26 @@ def test_cli_calibrate_and_compile_with_equalization_and_gptq(tmp_path: Path) ->
     # statistics of the equalized model do not fit the model as it was
     r = _cli("compile", str(MODEL), "--bits", "w8a8", "--calibration", str(stats), "-o", str(tmp_path / "bad"), "-q")
     assert r.returncode == 2 and "equalized" in r.stderr, r.stderr
+
+
+def test_mixed_pipeline_runs_every_step_with_the_recipe(tmp_path: Path) -> None:
+    """compile_mixed(equalize=True, gptq=True): the sensitivity analysis, the W8A8 reference and
+    the chosen build all quantize with GPTQ and equalized weights (one recipe), and say so."""
+    from tvmq.pipeline import compile_mixed
+
+    x, _ = fmnist_inputs(32, split="calib")
+    r = compile_mixed(MODEL, x, tmp_path, size_budget="0.7x", measure=False, equalize=True, gptq=True,
+                      specs=["w4a8", "w8a8", "fp32"], sensitivity_samples=8)
+    calibration = ActivationStats.load(tmp_path / "calibration.json")
+    assert calibration.hessians and calibration.meta["equalized"]
+    from tvmq.sensitivity import _stats_hash
+
+    # the sensitivity analysis ran on these statistics with gptq and bias correction switched on
+    assert r.extra["sensitivity"].meta["stats"] == _stats_hash(with_recipe(calibration, gptq=True, bias_correction=True))
+    for folder in (tmp_path, tmp_path / "w8a8"):
+        recipe = json.loads((folder / "manifest.json").read_text())["recipe"]
+        assert recipe["gptq"] and recipe["bias_correction"] and recipe["equalize"]["links"] >= 1
+    m = tvmq.load(r.build.library)
+    xs, _ = fmnist_inputs(5)
+    for xi in xs:
+        np.testing.assert_array_equal(m.run({"input": xi[None]})["logits"], r.build.program.run([xi[None]])[0])
