@@ -192,15 +192,18 @@ def _check_without_output_types(model: onnx.ModelProto, where: str) -> None:
 
 def _check_finite_initializers(model: onnx.ModelProto, where: str) -> None:
     """Weights with NaN or inf compile to a library that answers zeros (integer plans) or NaN:
-    refused, naming the initializer."""
+    refused, naming the initializer. An infinite constant elsewhere (a Clip bound, a mask) is
+    legitimate; a NaN constant never is."""
     from onnx import numpy_helper
 
+    weights = {t for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul",
+                                                            "BatchNormalization") for t in n.input}
     for init in model.graph.initializer:
         if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                                   onnx.TensorProto.BFLOAT16) or init.data_location == onnx.TensorProto.EXTERNAL:
             continue
         a = numpy_helper.to_array(init)
-        if not np.all(np.isfinite(a)):
+        if np.isnan(a).any() or (init.name in weights and not np.all(np.isfinite(a))):
             raise ModelLoadError(f"{where}: initializer {init.name!r} holds {int(np.count_nonzero(~np.isfinite(a)))} "
                                  f"NaN or inf value(s)")
 
