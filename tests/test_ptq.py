@@ -294,3 +294,17 @@ def test_mixed_pipeline_runs_every_step_with_the_recipe(tmp_path: Path) -> None:
     xs, _ = fmnist_inputs(5)
     for xi in xs:
         np.testing.assert_array_equal(m.run({"input": xi[None]})["logits"], r.build.program.run([xi[None]])[0])
+
+
+def test_equalized_relu6_link_stays_integer(tmp_path: Path) -> None:
+    """The per-channel ReLU6 bound of an equalized link compiles to integer lookups (no float
+    island), and the W8A8 library equals its numpy program."""
+    rng = np.random.default_rng(7)
+    eq = equalize(_chain_model(rng))
+    x = rng.uniform(-1, 1, (16, 1, 3, 16, 16)).astype(np.float32)
+    stats = collect(eq, x[:, 0], hessians=True)
+    result = tvmq.build(eq, tmp_path, plan="w8a8", stats=stats)
+    assert result.manifest_data["float_islands"] == []
+    m = tvmq.load(result.library)
+    for xi in x[:4]:
+        np.testing.assert_array_equal(next(iter(m.run({"x": xi}).values())), result.program.run([xi])[0])

@@ -12,8 +12,9 @@ per-tensor activation scale needs). Chains (MobileNetV2's expand -> depthwise ->
 swept until the scales settle.
 
 A ``Clip(0, hi)`` (ReLU6) is not homogeneous: ``clip(x / s, 0, hi) != clip(x, 0, hi) / s``. To stay
-exact, such a link becomes ``Relu -> Min(x, hi / s)`` (a per-channel bound), which tvmq compiles
-as a per-channel uint8 lookup table; ``relu6="skip"`` leaves ReLU6 links alone instead.
+exact, such a link becomes ``Relu`` and ``min(x, hi / s)`` with a per-channel bound (written
+``c - relu(c - x)``), which tvmq compiles as a per-channel uint8 lookup table; ``relu6="skip"``
+leaves ReLU6 links alone instead.
 Any other activation (HardSwish, sigmoid, PRelu) is not homogeneous and its links are skipped.
 
 ``equalize`` returns the cleaned model (``frontend.prepare``'s) with the new weights, and a
@@ -160,15 +161,19 @@ def equalize(model: str | os.PathLike | onnx.ModelProto, *, relu6: str = "min", 
 
 
 def _clip_to_relu_min(g: og.Graph, link: Link, bound: np.ndarray) -> None:
-    """``Clip(0, hi)`` -> ``Relu`` then ``Min`` with the per-channel bound ``hi / s``."""
+    """``Clip(0, hi)`` -> ``min(relu(x), c) = c - relu(c - relu(x))`` with the per-channel bound
+    ``c = hi / s`` (elementwise ops tvmq keeps integer: one per-channel uint8 lookup table after
+    the conv's fused ReLU; ONNX ``Min`` imports as a reduction over a stack)."""
     k = next(i for i, n in enumerate(g.nodes) if n.name == link.act)
     clip = g.nodes[k]
-    relu_out = clip.output[0] + "__relu"
-    const = clip.name + "__bound"
+    base, const = clip.name, clip.name + "__bound"
     g.consts[const] = bound.astype(np.float32).reshape(1, -1, 1, 1)
-    relu = helper.make_node("Relu", [clip.input[0]], [relu_out], name=clip.name + "__relu")
-    mn = helper.make_node("Min", [relu_out, const], [clip.output[0]], name=clip.name + "__min")
-    g.nodes[k:k + 1] = [relu, mn]
+    g.nodes[k:k + 1] = [
+        helper.make_node("Relu", [clip.input[0]], [base + "__relu"], name=base + "__relu"),
+        helper.make_node("Sub", [const, base + "__relu"], [base + "__gap"], name=base + "__gap"),
+        helper.make_node("Relu", [base + "__gap"], [base + "__over"], name=base + "__over"),
+        helper.make_node("Sub", [const, base + "__over"], [clip.output[0]], name=base + "__min"),
+    ]
 
 
 def equalize_record(model: Any) -> dict[str, Any] | None:
