@@ -6,7 +6,7 @@ tuning), the weight packing and the shape of the kernel's buffers. Kernel module
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -14,7 +14,7 @@ from tvm import s_tir, te
 
 from . import bf16, reference, space
 from .target_features import TargetFeatures
-from .workload import DenseWorkload, Workload
+from .workload import Conv2dWorkload, DenseWorkload, Workload
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,15 @@ class KernelDef:
         roundings (``reference.conv2d_in_order`` / ``dense_in_order``); bf16 kernels round
         ``data`` and ``weight`` to bf16 first, as they do. ``data`` is NCHW / ``[N, C]``,
         ``weight`` OIHW / ``[K, C]`` float32 (unpacked); returns ``wl.out_shape``. Kernels with
-        a ``float_reference_fn`` (native bf16: ``vdpbf16ps`` fuses every term, FMA or not) use it."""
+        a ``float_reference_fn`` (native bf16: ``vdpbf16ps`` fuses every term, FMA or not) use it.
+        A channels-last workload takes ``data`` / ``residual`` NHWC and returns NHWC (the same
+        sums: the layout changes where values sit, not what is added)."""
+        if isinstance(wl, Conv2dWorkload) and wl.nhwc:
+            nchw = replace(wl, layout="NCHW")
+            res = None if residual is None else np.moveaxis(np.asarray(residual).reshape(wl.out_shape), 3, 1)
+            out = self.float_reference(nchw, cfg, np.moveaxis(np.asarray(data).reshape(wl.data_shape), 3, 1),
+                                       weight, bias, res, fma=fma)
+            return np.ascontiguousarray(np.moveaxis(out, 1, 3))
         if self.float_reference_fn is not None:  # (independent of FMA contraction)
             return self.float_reference_fn(wl, cfg, data, weight, bias, residual)
         if self.reduction_order is None:

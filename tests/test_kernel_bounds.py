@@ -4,6 +4,8 @@ A write past the end corrupted the heap (a crash later, elsewhere) before it was
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tvm
@@ -49,8 +51,9 @@ def _operands(kernel, wl, cfg, precision: str) -> list[np.ndarray]:  # type: ign
 
 @pytest.mark.parametrize("isa", isa_params("conv2d", "w8a8"))
 @pytest.mark.parametrize("precision", ["w8a8", "fp32"])
-@pytest.mark.parametrize("wl", RAGGED + [DenseWorkload(1, 70, 13)],
-                         ids=["dw5x5-s2", "dw3x3-7x7", "conv3x3", "pointwise", "conv3x3-s2", "dense"])
+@pytest.mark.parametrize("wl", RAGGED + [DenseWorkload(1, 70, 13)] + [replace(w, layout="NHWC") for w in RAGGED],
+                         ids=["dw5x5-s2", "dw3x3-7x7", "conv3x3", "pointwise", "conv3x3-s2", "dense",
+                              *(f"nhwc-{i}" for i in ("dw5x5-s2", "dw3x3-7x7", "conv3x3", "pointwise", "conv3x3-s2"))])
 def test_kernels_write_nothing_past_their_output(wl, precision: str, isa: str) -> None:  # type: ignore[no-untyped-def]
     features = HOST.with_isa(isa)
     kernel = registry.select(registry.op_of(wl), precision, features)

@@ -10,6 +10,7 @@ host; AVX-512 code generation is checked by cross-compiling on any host.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -66,7 +67,11 @@ def _check(wl, isa: str, seed: int = 0, precision: str = "fp32", cfg=None,  # ty
     np.testing.assert_array_equal(got, exact)
     ref_fn = reference.dense if isinstance(wl, DenseWorkload) else reference.conv2d
     rd, rw = (bf16.round_bf16(data), bf16.round_bf16(weight)) if precision == "bf16" else (data, weight)
-    expected = ref_fn(rd, rw, bias if wl.epilogue.bias else None, wl, residual)
+    if isinstance(wl, Conv2dWorkload) and wl.nhwc:  # (the float64 reference is NCHW)
+        expected = np.moveaxis(ref_fn(np.moveaxis(rd, 3, 1), rw, bias if wl.epilogue.bias else None,
+                                      replace(wl, layout="NCHW"), np.moveaxis(residual, 3, 1)), 1, 3)
+    else:
+        expected = ref_fn(rd, rw, bias if wl.epilogue.bias else None, wl, residual)
     scale = max(float(np.abs(expected).max()), 1.0)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale)
 
@@ -142,6 +147,29 @@ def test_depthwise_matches_reference(case, isa: str) -> None:  # type: ignore[no
     n, c, h, r, st, p, ep = case[0], case[1], case[2], case[4], case[5], case[6], case[7]
     wl = Conv2dWorkload(n, c, h, h, c, r, r, st, st, p, p, p, p, groups=c, epilogue=ep)
     assert registry.op_of(wl) == "depthwise_conv2d"
+    _check(wl, isa)
+
+
+@pytest.mark.parametrize("isa", CONV_ISAS)
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: "x".join(map(str, c[:11])))
+def test_conv2d_channels_last_matches_reference(case, isa: str) -> None:  # type: ignore[no-untyped-def]
+    """fp32 models keep NHWC end to end (``LowerToKernels``): the direct template reads and
+    writes it (without a repack where nothing is padded)."""
+    n, c, h, w, k, r, s, st, p, d, g, ep = case
+    _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep, "NHWC"), isa)
+
+
+@pytest.mark.parametrize("isa", DEPTHWISE_ISAS)
+@pytest.mark.parametrize("case", DEPTHWISE + [(1, 144, 14, 14, 3, 2, 1, RELU6), (1, 32, 12, 12, 3, 1, 1, RES)],
+                         ids=lambda c: "x".join(map(str, c[:7])))
+def test_depthwise_channels_last_matches_reference(case, isa: str) -> None:  # type: ignore[no-untyped-def]
+    """``depthwise.fp32_nhwc``: vectorised over channels, any stride, padding read as 0.0."""
+    from schedules.depthwise.int8_nhwc import ChannelsLastDepthwiseConfig
+
+    n, c, h, r, st, p, ep = case[0], case[1], case[2], case[4], case[5], case[6], case[7]
+    wl = Conv2dWorkload(n, c, h, h, c, r, r, st, st, p, p, p, p, groups=c, epilogue=ep, layout="NHWC")
+    kernel = registry.select("depthwise_conv2d", "fp32", _features(isa))
+    assert isinstance(kernel.fallback_config(wl, _features(isa)), ChannelsLastDepthwiseConfig)
     _check(wl, isa)
 
 

@@ -87,8 +87,11 @@ def lowering_passes(pm: PreparedModel, params: dict[str, np.ndarray], features: 
         lower = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan, stats, record,
                                 range_method, configs=configs, requant=requant)
     else:
+        # fp32 convs keep channels-last activations end to end, as the quantized ones do; the
+        # tensors calibration and sensitivity analysis read stay NCHW
         lower = LowerToKernels(pm.layers, params, pm.param_layer, features, record, taps=taps,
-                               configs=configs, switchable=switchable)
+                               configs=configs, switchable=switchable,
+                               layout="NCHW" if taps or switchable else "NHWC")
     target = tvm.target.Target(features.target_json())
     return ([lower, bind_params(params)],
             [*legalize_passes(target), relax.transform.DeadCodeElimination(["main"]),

@@ -1,4 +1,5 @@
-"""fp32 depthwise conv2d in NCHW, vectorised along the output width.
+"""fp32 depthwise conv2d in NCHW, vectorised along the output width (NHWC workloads: ``fp32_nhwc``,
+vectorised over channels; the configuration's type chooses the template).
 
 Depthwise convs are memory-bound (9 MACs per output for 3x3), so the kernel touches every input
 byte once: per channel (in parallel) it copies the plane into a zero-padded buffer that stays in
@@ -10,11 +11,13 @@ Weights stay ``[C, R, S]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tvm import te, tirx
 
 from ..common import (
+    TemplateDispatch,
     ceil_div,
     finish,
     keep_tile_in_registers,
@@ -28,6 +31,8 @@ from ..kernel import KernelDef, KernelKey
 from ..space import ConfigType, grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
+from . import fp32_nhwc
+from .int8_nhwc import ChannelsLastDepthwiseConfig
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,32 @@ def config_space(start: DepthwiseConfig, wl: Conv2dWorkload,
 CONFIG_TYPES = (ConfigType(DepthwiseConfig, config_space),)
 
 
+class _NCHW:
+    """This module's NCHW template, as ``TemplateDispatch`` sees a template."""
+
+    compute = staticmethod(compute)
+    schedule = staticmethod(schedule)
+    pack_weight = staticmethod(pack_weight)
+    input_shape = staticmethod(input_shape)
+    output_shape = staticmethod(output_shape)
+    reduction_order = staticmethod(reduction_order)
+
+
+def _template(cfg: Any) -> Any:
+    return fp32_nhwc if isinstance(cfg, ChannelsLastDepthwiseConfig) else _NCHW
+
+
+def _fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Any:
+    """NHWC: ``fp32_nhwc``'s (vectorised over channels); NCHW: this module's."""
+    return fp32_nhwc.fallback_config(wl, features) if wl.nhwc else fallback_config(wl, features)
+
+
+_dispatch = TemplateDispatch(_template)
+
+
 def kernels() -> list[KernelDef]:
-    return [KernelDef(KernelKey("depthwise_conv2d", "fp32", "generic"), compute, schedule, fallback_config,
-                      pack_weight, input_shape, output_shape, "channel-vectorised NCHWc depthwise conv",
-                      reduction_order)]
+    return [KernelDef(KernelKey("depthwise_conv2d", "fp32", "generic"), _dispatch.compute, _dispatch.schedule,
+                      _fallback_config, _dispatch.pack_weight, _dispatch.input_shape, _dispatch.output_shape,
+                      "NCHW depthwise conv vectorised along rows, or NHWC vectorised over channels",
+                      _dispatch.reduction_order)]
+

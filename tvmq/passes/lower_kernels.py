@@ -21,7 +21,7 @@ per distinct kernel, workload and configuration) are shared with ``RealizeIntege
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -312,6 +312,7 @@ class FloatCall:
     out_shape: tuple[int, ...]
     interior: set[relax.Var]  # the chain's vars the call replaces, the tail aside
     fq: tuple[relax.GlobalVar, relax.Var] | None = None  # switchable: the input's fake_quantize
+    layout: str = "NCHW"  # the kernel's activations (NHWC: the rewriter keeps them channels-last)
 
 
 def float_call(m: LayerMatch, precision: str, catalog: KernelCatalog, record: Lowering, *,
@@ -328,19 +329,23 @@ def float_call(m: LayerMatch, precision: str, catalog: KernelCatalog, record: Lo
     record.weight_bytes[m.layer.name] = int(packed.nbytes)
     if m.epilogue.bias:
         consts.append(relax.const(m.bias.astype(np.float32)))
-    record.kernels[m.layer.name] = catalog.lowered(kernel, gv, cfg, m.epilogue)
+    layout = getattr(m.workload, "layout", "NCHW")
+    record.kernels[m.layer.name] = catalog.lowered(kernel, gv, cfg, m.epilogue, layout)
     in_shape, out_shape = tuple(m.layer.input_shape), tuple(m.layer.output_shape)
+    to_kernel, from_kernel = ((0, 2, 3, 1), (0, 3, 1, 2)) if layout == "NHWC" else ((0, 1, 2, 3),) * 2
 
     def simulate(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-        """numpy, bit for bit: this kernel's summation order and roundings."""
-        res = None if residual is None else residual.reshape(m.workload.out_shape)
-        return kernel.float_reference(m.workload, cfg, x.reshape(in_shape), m.weight, m.bias, res,
-                                      fma=features.fused_multiply_add).reshape(out_shape)
+        """numpy, bit for bit: this kernel's summation order and roundings (NCHW in and out)."""
+        nchw_out = tuple(m.workload.out_shape[i] for i in from_kernel) if len(out_shape) == 4 else out_shape
+        res = None if residual is None else residual.reshape(nchw_out).transpose(to_kernel)
+        x = x.reshape(in_shape).transpose(to_kernel) if len(in_shape) == 4 else x.reshape(in_shape)
+        y = kernel.float_reference(m.workload, cfg, x, m.weight, m.bias, res, fma=features.fused_multiply_add)
+        return (y.transpose(from_kernel) if y.ndim == 4 else y).reshape(out_shape)
 
     call = FloatCall(gv, m.data, consts, m.residual, simulate, m.layer.name,
                      tuple(kernel.input_shape(m.workload, cfg)), tuple(m.layer.input_shape),
                      tuple(kernel.output_shape(m.workload, cfg)), out_shape,
-                     {v for v in m.chain if v is not m.tail})
+                     {v for v in m.chain if v is not m.tail}, layout=layout)
     if switchable:
         defaults = [packed] + ([m.bias.astype(np.float32)] if m.epilogue.bias else [])
         _make_switchable(call, m, kernel, cfg, defaults, catalog, record)
@@ -366,6 +371,8 @@ def emit_float_layer(rw: relax.PyExprMutator, binding: relax.VarBinding, p: Floa
                      ) -> tuple[relax.Var, relax.Var | None, relax.Var]:
     """Emit ``p`` in place of ``binding`` (the tail of its chain) through the rewriter ``rw``;
     returns (the layer's input, its residual operand or None, the new output var)."""
+    if p.layout == "NHWC":
+        return _emit_channels_last(rw, binding, p)
     bb = rw.builder_
     x = x_layer = rw.visit_expr(p.data)
     res_layer = None
@@ -392,6 +399,41 @@ def emit_float_layer(rw: relax.PyExprMutator, binding: relax.VarBinding, p: Floa
     return x_layer, res_layer, new
 
 
+def _emit_channels_last(rw: relax.PyExprMutator, binding: relax.VarBinding, p: FloatCall
+                        ) -> tuple[relax.Var, relax.Var | None, relax.Var]:
+    """``emit_float_layer`` for an NHWC kernel: its input and residual come channels-last (the
+    NHWC tensor a previous layer wrote, else one transpose, made once per tensor), its output
+    goes on channels-last to the next NHWC layer (``rw.channels_last``); the NCHW view of it
+    that other users read is a transpose that dead-code elimination drops where none does."""
+    bb = rw.builder_
+    x_layer = rw.visit_expr(p.data)
+    args = [_channels_last(rw, x_layer, p.in_shape), *p.consts]
+    res_layer = None
+    if p.residual is not None:
+        res_layer = rw.visit_expr(p.residual)
+        args.append(_channels_last(rw, res_layer, p.buf_shape))
+    y = bb.emit(relax.call_tir(p.gv, args, relax.TensorType(p.buf_shape, "float32")),
+                name_hint=f"{binding.var.name}_nhwc")
+    n, c, h, w = p.out_shape
+    if p.buf_shape != (n, h, w, c):  # (grouped: [N, OH, OW, G, K/G], a free view)
+        y = bb.emit(relax.op.reshape(y, (n, h, w, c)), name_hint=f"{binding.var.name}_nhwc")
+    emit = bb.emit if isinstance(binding.var, relax.DataflowVar) else bb.emit_output
+    new = emit(relax.op.permute_dims(y, [0, 3, 1, 2]), name_hint=binding.var.name)
+    rw.channels_last[new] = y
+    rw.set_var_remap(binding.var, new)
+    return x_layer, res_layer, new
+
+
+def _channels_last(rw: relax.PyExprMutator, x: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+    """NCHW ``x`` as the NHWC tensor ``shape`` (a view of ``[N, H, W, C]``) an NHWC kernel reads."""
+    if x not in rw.channels_last:
+        rw.channels_last[x] = rw.builder_.emit(relax.op.permute_dims(x, [0, 2, 3, 1]), name_hint="to_nhwc")
+    v = rw.channels_last[x]
+    if tuple(int(d) for d in v.ty.shape) != shape:
+        v = rw.builder_.emit(relax.op.reshape(v, shape), name_hint="kernel_in")
+    return v
+
+
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     """Replaces each planned chain tail by its float kernel call; optionally taps every layer's
@@ -403,6 +445,7 @@ class _Rewriter(relax.PyExprMutator):
         self.skip: set[relax.Var] = set().union(*(p.interior for p in plan.values()))
         self.taps = taps
         self.tapped: list[tuple[str, str, relax.Var]] = []  # (layer, "in" | "out" | "residual", var)
+        self.channels_last: dict[relax.Expr, relax.Var] = {}  # NCHW var -> its NHWC twin
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # type: ignore[override]
         if binding.var in self.skip:
@@ -448,20 +491,32 @@ class LowerToKernels:
     configs : ``(kernel, workload, layer) -> (config, source)``, the configuration of each kernel
         (``tvmq.tune.TunedConfigs``: the tuning database's best); default: the kernel's fallback
         configuration, source ``"fallback"``
+    layout : the convs' activations: ``NCHW`` as imported, or ``NHWC`` (channels-last kernels;
+        a conv's output goes on NHWC to the convs that read it, as input or residual, and is
+        transposed back only for other users: ``record.layout_transforms`` lists the transposes
+        left). Not with ``taps`` / ``switchable``, whose tensors are NCHW.
     """
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
                  features: TargetFeatures, record: Lowering, *, taps: bool = False,
-                 configs: ConfigChooser | None = None, switchable: bool = False) -> None:
+                 configs: ConfigChooser | None = None, switchable: bool = False, layout: str = "NCHW") -> None:
+        if layout not in ("NCHW", "NHWC") or (layout == "NHWC" and (taps or switchable)):
+            raise ValueError(f"layout {layout!r} (NHWC is not for taps / switchable lowering)")
         self.matcher = LayerMatcher(layers, params, param_layer)
         self.catalog = KernelCatalog(features, configs)
         self.record = record
         self.taps = taps
         self.switchable = switchable
+        self.layout = layout
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        matches = self.matcher.match(mod)
+        if self.layout == "NHWC":
+            for m in matches:
+                if isinstance(m.workload, Conv2dWorkload):
+                    m.workload = replace(m.workload, layout="NHWC")
         plan = {m.tail: float_call(m, "fp32", self.catalog, self.record, switchable=self.switchable)
-                for m in self.matcher.match(mod)}
+                for m in matches}
         if not plan:
             return mod
         rw = _Rewriter(mod, plan, self.taps)
@@ -479,7 +534,27 @@ class LowerToKernels:
             new_main = relax.Function(list(new_main.params) + extra, new_main.body,
                                       new_main.ret_struct_info if hasattr(new_main, "ret_struct_info")
                                       else None, new_main.is_pure, new_main.attrs)
-        return finish_module(rw, new_main)
+        out = finish_module(rw, new_main)
+        if self.layout == "NHWC":
+            self.record.layout_transforms.extend(layout_transposes(out["main"]))
+        return out
+
+
+def layout_transposes(func: relax.Function) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Every NCHW <-> NHWC transpose of a 4-D tensor in ``func``: (from, to, NCHW shape)."""
+    found = []
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op == PERMUTE and expr.attrs.axes is not None:
+            axes = [int(a) for a in expr.attrs.axes]
+            shape = [int(d) for d in expr.args[0].ty.shape]
+            if axes == [0, 2, 3, 1]:
+                found.append(("NCHW", "NHWC", tuple(shape)))
+            elif axes == [0, 3, 1, 2]:
+                found.append(("NHWC", "NCHW", (shape[0], shape[3], shape[1], shape[2])))
+
+    relax.analysis.post_order_visit(func, visit)
+    return found
 
 
 def layer_workload(layer: LayerInfo, ep: Epilogue) -> Conv2dWorkload | DenseWorkload:
