@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from ..common import finish, keep_tile_in_registers, kernel_args, optional_bias, optional_residual
+from ..common import finish, kernel_args, optional_bias, optional_residual
 from ..workload import Conv2dWorkload
 from .int8_nhwc import (
     ChannelsLastDepthwiseConfig,
@@ -27,6 +27,7 @@ from .int8_nhwc import (
     output_shape,
     pack_weight,
     packed_weight_shape,
+    schedule,  # the same blocks ("conv", "out") and loops: tiles of ``tile`` pixels x ``cb`` channels
 )
 
 __all__ = ["compute", "fallback_config", "input_shape", "output_shape", "pack_weight", "reduction_order",
@@ -66,25 +67,3 @@ def compute(wl: Conv2dWorkload, cfg: ChannelsLastDepthwiseConfig,
     out = te.compute(wl.out_shape, lambda n, y, x, c: finish(conv[n, y, x, c], bias, c, wl.epilogue,
                                                              residual, (n, y, x, c)), name="out")
     return kernel_args(data, weight, bias, residual, out)
-
-
-def schedule(sch, wl: Conv2dWorkload, cfg: ChannelsLastDepthwiseConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
-    """As ``int8_nhwc.schedule``: tiles of ``tile`` pixels x ``cb`` channels, parallel over
-    (batch, rows), the window's taps and the tile unrolled, the epilogue per tile."""
-    _check(wl, cfg)
-    conv_b = sch.get_sblock("conv")
-    out_b = sch.get_sblock("out")
-    n, y, x, c, rh, rw = sch.get_loops(conv_b)
-    co, ci = sch.split(c, [None, cfg.cb])
-    xo, xi = sch.split(x, [None, cfg.tile])
-    sch.reorder(n, y, co, xo, rh, rw, xi, ci)
-    sch.parallel(sch.fuse(n, y))
-    sch.vectorize(ci)
-    sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
-    init = sch.decompose_reduction(conv_b, rh)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(rh)
-    sch.unroll(rw)
-    sch.unroll(xi)
-    sch.vectorize(sch.get_loops(out_b)[-1])
-    keep_tile_in_registers(sch, init, out_b, xo)
