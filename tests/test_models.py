@@ -113,7 +113,41 @@ def test_mobilenetv2_matches_onnxruntime(tmp_path: Path) -> None:
     if not MOBILENETV2.exists():
         pytest.skip(f"{MOBILENETV2} missing: run `make models` (exports the real MobileNetV2)")
     x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    # channels-last from the input to the classifier's average pool: two transposes in all
-    edges = [{"from": "NCHW", "to": "NHWC", "shape": [1, 3, 224, 224]},
-             {"from": "NHWC", "to": "NCHW", "shape": [1, 1280, 7, 7]}]
+    # channels-last from the input to the classifier (its average pool included): one transpose
+    edges = [{"from": "NCHW", "to": "NHWC", "shape": [1, 3, 224, 224]}]
     assert _compare(MOBILENETV2, tmp_path, x, layout_transforms=edges) <= TOL
+
+
+def test_fp32_ops_between_convs_run_channels_last(tmp_path: Path) -> None:
+    """A max pool, a hard-swish (add / clip / multiply / divide), a squeeze-and-excitation block
+    (ReduceMean over H and W, two 1x1 convs, a hard-sigmoid, a per-channel multiply) and a
+    global average pool between fp32 convs: each runs on the convs' NHWC tensors, so the build
+    has one layout transform (the input) and equals onnxruntime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = {n: (rng.standard_normal(s) * 0.3).astype(np.float32) for n, s in
+         dict(w0=(32, 3, 3, 3), w1=(8, 32, 1, 1), w2=(32, 8, 1, 1), w3=(16, 32, 1, 1)).items()}
+    c = {"three": np.float32(3), "six": np.float32(6), "zero": np.float32(0), "alpha": np.float32(0.2)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["p", "three"], ["p3"]),
+             helper.make_node("Clip", ["p3", "zero", "six"], ["pc"]),
+             helper.make_node("Mul", ["p", "pc"], ["pm"]),
+             helper.make_node("Div", ["pm", "six"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["s"], axes=[2, 3], keepdims=1),
+             helper.make_node("Conv", ["s", "w1"], ["s1"]),
+             helper.make_node("Relu", ["s1"], ["s1r"]),
+             helper.make_node("Conv", ["s1r", "w2"], ["s2"]),
+             helper.make_node("HardSigmoid", ["s2"], ["g"], alpha=0.2, beta=0.5),
+             helper.make_node("Mul", ["h", "g"], ["e"]),
+             helper.make_node("Conv", ["e", "w3"], ["f"]),
+             helper.make_node("GlobalAveragePool", ["f"], ["y"])]
+    inits = [numpy_helper.from_array(v, k) for k, v in {**w, **c}.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "se.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    edge = [{"from": "NCHW", "to": "NHWC", "shape": [1, 3, 32, 32]}]
+    assert _compare(path, tmp_path, x, layout_transforms=edge) <= TOL

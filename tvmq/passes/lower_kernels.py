@@ -33,6 +33,7 @@ from schedules.target_features import TargetFeatures
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 from ..frontend import LayerInfo, LayerTable
+from .channels_last import propagate
 from .records import LoweredLayer, Lowering, Switch
 
 _OP_OPAQUE = 8  # relax OpPatternKind.kOpaque
@@ -452,7 +453,8 @@ class _Rewriter(relax.PyExprMutator):
             return
         p = self.plan.get(binding.var)
         if p is None:
-            super().visit_var_binding_(binding)
+            if not propagate(self, binding):  # (channels-last: the op on the NHWC twins)
+                super().visit_var_binding_(binding)
             return
         _, _, new = emit_float_layer(self, binding, p)
         if self.taps:

@@ -72,9 +72,41 @@ def _schedule_block(sch: s_tir.Schedule, block, lanes: int) -> None:  # type: ig
     spatial = loops[:n_spatial]
     if not spatial:
         return
+    if _channels_innermost(sch, block, spatial, lanes):
+        _reduce_across_vectors(sch, block, spatial, loops[n_spatial:], lanes)
+        return
     fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     if (_extent(sch, fused) or 0) >= 2:
         sch.parallel(fused)
+
+
+def _uses(expr: tirx.PrimExpr, var: tirx.Var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _channels_innermost(sch: s_tir.Schedule, block, spatial: list, lanes: int) -> bool:  # type: ignore[no-untyped-def]
+    """A reduction over outer axes of a channels-last tensor (a pool, a mean over H and W): its
+    last data-parallel loop is whole vectors and indexes the last (contiguous) axis of what it
+    reads, so vectors of it can be reduced side by side."""
+    stmt = sch.get(block)
+    extent = _extent(sch, spatial[-1]) or 0
+    if extent < lanes or extent % lanes or not stmt.reads:
+        return False
+    last = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar][-1].var
+    return all(_uses(r.region[-1].min, last) for r in stmt.reads if len(r.region))
+
+
+def _reduce_across_vectors(sch: s_tir.Schedule, block, spatial: list, reduce: list, lanes: int) -> None:  # type: ignore[no-untyped-def]
+    """``[outer..., c, r...]`` -> ``[outer..., c/lanes, r..., lanes]``: each step of the reduction
+    combines whole vectors of channels (no serial chain through one scalar accumulator); the outer loops in parallel where there is work."""
+    total = 1
+    for loop in spatial:
+        total *= _extent(sch, loop) or 1
+    c_out, c_in = sch.split(spatial[-1], [None, lanes])
+    sch.reorder(c_out, *reduce, c_in)
+    sch.vectorize(c_in)
+    if len(spatial) > 1 and total >= _MIN_PARALLEL_WORK:
+        sch.parallel(sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0])
 
 
 def schedule_primfunc(func: tirx.PrimFunc, lanes: int) -> tirx.PrimFunc:
