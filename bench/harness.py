@@ -37,6 +37,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
 JSON_MARKER = "BENCH_JSON:"
 INPUT_FILE = "input.npz"
 NOISY_ROUND_SPREAD = 1.2  # a row is "noisy" when its per-round medians differ by more than this
+BUSY_CORES = 0.5  # a row gets a note when other processes kept this many cores busy in a worker
 OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
              "INFERENCE_PRECISION_HINT": "f32"}
 OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
@@ -139,7 +140,7 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l
 
 def argument_parser(doc: str | None, **options: Any) -> argparse.ArgumentParser:
     """A parser described by ``doc``, with ``--out DIR`` (results) and the ``options``."""
-    p = argparse.ArgumentParser(description=doc)
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="folder of the results NAME.json / NAME.md (default bench/results)")
     add_options(p, **options)
@@ -640,8 +641,8 @@ def _others(row: dict[str, Any]) -> list[float]:
             if r.get("other_cpu_cores") is not None]
 
 
-def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> list[str]:
-    """Failures, noisy rows, and (with ``busy_cores``) rows during which others were that busy."""
+def row_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Failures, noisy rows, and rows during which others kept ``BUSY_CORES`` busy."""
     notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
              for row in rows for v, e in row["errors"].items()]
     for row in rows:
@@ -653,8 +654,8 @@ def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> li
                     else "other load on the machine?")
             notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians {ranges} ms "
                          f"({busy}); rerun when the machine is quiet")
-    for row in rows if busy_cores is not None else []:
-        if (others := _others(row)) and max(others) >= busy_cores:
+    for row in rows:
+        if (others := _others(row)) and max(others) >= BUSY_CORES:
             notes.append(f"- {row['model']} t={row['threads']}: other processes kept up to {max(others):.2f} "
                          "cores busy while it was timed; rerun when the machine is quiet")
     return notes

@@ -41,7 +41,6 @@ MODES = {
                         f"tvmq/{TVMQ_TUNED}": "tuning speedup (untuned/tuned)"}},
 }
 RANGE_METHOD = "percentile"
-BUSY_CORES = 0.5  # a row gets a note when other processes kept this many cores busy in a worker
 
 
 def calibration_inputs(name: str, onnx_path: Path, args: argparse.Namespace) -> tuple[np.ndarray, str, bool]:
@@ -187,7 +186,7 @@ def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]
               *[f"{r:.2f}" if (r := row["ratios"].get(k)) else "-" for k, _ in keys],
               *([f"{d:.1e}" if (d := row["rel_max_diff"]) is not None else "-"] if fp32 else [])]
              for row in rows]
-    notes = (h.row_notes(rows, BUSY_CORES) + model_notes(rows, models)
+    notes = (h.row_notes(rows) + model_notes(rows, models)
              + [f"- {name}: skipped, {why}" for name, why in skipped.items()])
     head = ["model", "threads", *(mode["variants"][v][1] for v in shown), *(t for _, t in keys),
             *(["rel. max diff (vs ort)"] if fp32 else [])]

@@ -63,9 +63,7 @@ def plan_rows(args: Any, stats: Any, runs: dict[str, Any], features: Any, out: P
     rows = []
 
     def row(label: str, lib: Path, plan: dict[str, str], predicted: float) -> None:
-        m = tvmq.load(lib)
-        name = m.inputs[0][0]
-        pred = h.predictions(lambda a: list(m.run({name: a}).values())[0], x)
+        pred = h.predictions(h.tvmq_run(lib, args.threads), x)
         rows.append({"label": label, "predicted_ms": predicted,
                      "measured_ms": measure_ms(lib, args.threads, args.repeat),
                      "weight_bytes": json.loads((lib.parent / "manifest.json").read_text())["weight_bytes"],

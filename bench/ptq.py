@@ -140,6 +140,7 @@ def main() -> int:
         return 0
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     import tvmq  # deferred: imports TVM, after TVM_NUM_THREADS is set
+    from tvmq import specs as specs_
     from tvmq.calibration import collect
     from tvmq.equalize import equalize
     from tvmq.recipe import with_recipe
@@ -196,7 +197,8 @@ def main() -> int:
     info = h.machine_info()
     head = (f"{Path(args.model).name}, {len(x)} imagenet-sample images ({args.calib} of them for "
             f"calibration, also scored; 'held-out' = the other {len(x) - args.calib})"
-            + (f", sensitivity on {args.samples} calibration images" if args.mode == "budgets" else "")
+            + (f", sensitivity on {args.samples} calibration images, specs {', '.join(specs_.NAMES)}"
+               if args.mode == "budgets" else "")
             + f", {h.machine_line(info)}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
             f"activation ranges: {args.method}; "
             + (f"fp32 (onnxruntime) top-1 {100 * fp32_top1:.1f}%" if labelled
