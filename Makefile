@@ -49,12 +49,12 @@ test: $(STAMP) $(MOBILENETV2) $(CORPUS)/.fetched
 
 bench: $(STAMP) $(MOBILENETV2)
 	$(PY) -m pip install -q -e ".[test,bench]"
-	$(PY) -m bench.fp32_latency --mobilenetv2 $(MOBILENETV2)
+	$(PY) -m bench.latency fp32 --mobilenetv2 $(MOBILENETV2)
 	$(PY) -m bench.w8a8_accuracy --model $(MOBILENETV2)
-	$(PY) -m bench.w8a8_latency --mobilenetv2 $(MOBILENETV2) --db bench/results/tuning_mobilenetv2.jsonl --db bench/results/tuning_light_resnet50.jsonl
+	$(PY) -m bench.latency w8a8 --mobilenetv2 $(MOBILENETV2) --db bench/results/tuning_mobilenetv2.jsonl --db bench/results/tuning_light_resnet50.jsonl
 	$(PY) -m bench.layer_latency --mobilenetv2 $(MOBILENETV2)
 	$(PY) -m bench.tuning_report
-	$(PY) -m bench.mixed_pipeline --model $(MOBILENETV2)
+	$(PY) -m bench.mixed pipeline --model $(MOBILENETV2)
 
 # headless Chromium: tests/test_report.py loads the rendered report in it (skipped without)
 report-deps:

@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ CORPUS_MODELS = {"ppocr_mobile_v2_cls": (1, 3, 48, 192),  # MobileNetV3-small (p
 ALL_MODELS = ("mobilenetv2", "light_resnet50", *CORPUS_MODELS)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
 JSON_MARKER = "BENCH_JSON:"
-STAMP_FILE = "bench_stamp.json"
 INPUT_FILE = "input.npz"
 NOISY_ROUND_SPREAD = 1.2  # a row is "noisy" when its per-round medians differ by more than this
+BUSY_CORES = 0.5  # a row gets a note when other processes kept this many cores busy in a worker
 OV_CONFIG = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
              "INFERENCE_PRECISION_HINT": "f32"}
 OV_MISSING = "pip install -e '.[bench]'  (or: pip install openvino nncf)"
@@ -93,14 +92,6 @@ def versions(tvm: str | None = None, *packages: str) -> dict[str, Any]:
             "tvmq_sources_sha256": tvmq_source_hash()}
 
 
-def summarize(samples: Sequence[float], mean: bool = True) -> dict[str, float | int]:
-    s = sorted(samples)
-    q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
-    out = {"median_ms": statistics.median(s), "p10_ms": q[0], "p90_ms": q[-1],
-           "mean_ms": statistics.fmean(s), "min_ms": s[0], "n": len(s)}
-    return out if mean else {k: v for k, v in out.items() if k != "mean_ms"}
-
-
 def fmt_stat(stats: dict[str, Any] | None, error: str | None) -> str:
     if stats is None:
         return "failed" if error else "-"
@@ -149,7 +140,7 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l
 
 def argument_parser(doc: str | None, **options: Any) -> argparse.ArgumentParser:
     """A parser described by ``doc``, with ``--out DIR`` (results) and the ``options``."""
-    p = argparse.ArgumentParser(description=doc)
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="folder of the results NAME.json / NAME.md (default bench/results)")
     add_options(p, **options)
@@ -234,22 +225,6 @@ def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
                    help=f"comma-separated thread counts (default {threads})")
 
 
-def latency_args(argv: Sequence[str] | None, doc: str | None,
-                 add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
-    p = argument_parser(doc, rounds=(5, "interleaved rounds (default 5)"),
-                        warmup=(10, "untimed calls per process (default 10)"),
-                        repeat=(30, "timed calls per process (default 30)"),
-                        seed=(0, "seed of the random input (default 0)"))
-    model_option(p)
-    p.add_argument("--rebuild", action="store_true", help="recompile even if a build is cached")
-    if add is not None:
-        add(p)
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.repeat < 1 or args.warmup < 0:
-        p.error("--rounds and --repeat must be >= 1, --warmup >= 0")
-    return args
-
-
 def image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=str(DEFAULT_MOBILENETV2), help="ONNX file (default: MobileNetV2)")
     p.add_argument("--root", default=str(DEFAULT_IMAGENET), help="imagenet-sample folder (../shared/data)")
@@ -285,9 +260,37 @@ def top1(pred: np.ndarray, y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float:
-    from tvmq.runtime import time_calls  # deferred: imports TVM
+    from tvmq.runtime import time_calls
 
     return time_calls(fn, warmup=warmup, repeat=repeat).median_ms
+
+
+def ort_run(model: str | Path, threads: int | None = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> first output`` of ``model`` in onnxruntime (one input)."""
+    sess = ort_session(model, threads)
+    name = sess.get_inputs()[0].name
+    return lambda a: sess.run(None, {name: a})[0]
+
+
+def tvmq_run(library: str | Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> first output`` of a tvmq library (one input), its pool at ``threads``."""
+    import tvmq  # deferred: imports TVM
+    from tvmq.runtime import set_num_threads
+
+    m = tvmq.load(library)
+    set_num_threads(threads)
+    name = m.inputs[0][0]
+    return lambda a: next(iter(m.run({name: a}).values()))
+
+
+def bit_exact(build: Any, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, n: int,
+              no_oracle: Any = "-") -> Any:
+    """Whether the library of ``build`` (a ``tvmq.build`` result) equals its numpy program on the
+    last ``n`` images of ``x``; ``no_oracle`` when there is none (bf16 / fp32, float-only ops)."""
+    if build.program is None:
+        return no_oracle
+    return all(np.array_equal(run(x[i:i + 1]), build.program.run([x[i:i + 1]])[0])
+               for i in range(len(x) - n, len(x)))
 
 
 def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_path: str | None = None,
@@ -573,17 +576,6 @@ def run_worker(spec: dict[str, Any], threads: int | None = None, timeout: float 
     return {"ok": False, "error": f"worker exited with code {proc.returncode}: " + " | ".join(tail)}
 
 
-@dataclass
-class ModelCase:
-    name: str
-    onnx_path: Path
-    build_dir: Path
-    input_path: Path
-    library: Path | None = None
-    build_info: dict[str, Any] = field(default_factory=dict)
-    build_error: str | None = None
-
-
 def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path, spec: dict[str, Any],
                  rebuild: bool) -> tuple[Path | None, dict[str, Any], str | None]:
     """The ``spec`` worker's result, unless ``out`` has a matching stamp: (path, info, error)."""
@@ -602,24 +594,6 @@ def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path,
     stamp_path.write_text(json.dumps({"stamp": stamp, "build": info}, indent=1))
     print(f"[{label}] done in {res['seconds']:.1f}s", flush=True)
     return Path(res.get("library") or out), {**info, "reused": False}, None
-
-
-def prepare_case(case: ModelCase, *, rebuild: bool, seed: int, build_spec: dict[str, Any] | None = None,
-                 stamp_extra: dict[str, Any] | None = None) -> None:
-    """The tvmq build (cached while its stamp matches) and the seeded random input."""
-    case.build_dir.mkdir(parents=True, exist_ok=True)
-    stamp = {"onnx_sha256": sha256_file(case.onnx_path), "tvmq_sources": tvmq_source_hash(),
-             "python": sys.executable, **(stamp_extra or {})}
-    if not (case.build_dir / "manifest.json").exists():
-        (case.build_dir / STAMP_FILE).unlink(missing_ok=True)
-    spec = {"kind": "build", "model": str(case.onnx_path), "out": str(case.build_dir), **(build_spec or {})}
-    case.library, case.build_info, case.build_error = cached_build(
-        case.name, case.build_dir / "model.so", stamp, case.build_dir / STAMP_FILE, spec, rebuild)
-    rng = np.random.default_rng(seed)
-    specs = onnx_input_specs(case.onnx_path)
-    arrays = {f"in_{i}": rng.standard_normal(shape).astype(dtype)
-              for i, (_, shape, dtype) in enumerate(specs)}
-    np.savez(case.input_path, __names__=json.dumps([n for n, _, _ in specs]), **arrays)
 
 
 def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
@@ -667,8 +641,8 @@ def _others(row: dict[str, Any]) -> list[float]:
             if r.get("other_cpu_cores") is not None]
 
 
-def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> list[str]:
-    """Failures, noisy rows, and (with ``busy_cores``) rows during which others were that busy."""
+def row_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Failures, noisy rows, and rows during which others kept ``BUSY_CORES`` busy."""
     notes = [f"- {row['model']} t={row['threads']} {v}: {e}"
              for row in rows for v, e in row["errors"].items()]
     for row in rows:
@@ -680,8 +654,8 @@ def row_notes(rows: list[dict[str, Any]], busy_cores: float | None = None) -> li
                     else "other load on the machine?")
             notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians {ranges} ms "
                          f"({busy}); rerun when the machine is quiet")
-    for row in rows if busy_cores is not None else []:
-        if (others := _others(row)) and max(others) >= busy_cores:
+    for row in rows:
+        if (others := _others(row)) and max(others) >= BUSY_CORES:
             notes.append(f"- {row['model']} t={row['threads']}: other processes kept up to {max(others):.2f} "
                          "cores busy while it was timed; rerun when the machine is quiet")
     return notes

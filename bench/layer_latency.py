@@ -1,4 +1,16 @@
-"""Per-layer kernel latency of every tvmq precision beside onnxruntime, on real layer shapes."""
+"""Kernel-level latency on real layer shapes (``--mode``, each its own results file):
+
+- ``layers`` (``layer_latency``): every tvmq precision's kernel per distinct layer workload, beside
+  onnxruntime's one-layer ``Conv`` / ``QLinearConv``, w8a8 as a share of its instruction's peak;
+- ``peak`` (``dot_peak``): one core's multiply-accumulate peak per dot-product instruction tvmq's
+  kernels use, issued back to back on ``ACCUMULATORS`` independent register accumulators (more
+  than latency x throughput: throughput bound; no loads, no epilogue), in GMAC/s: the ceiling of a
+  conv kernel on that instruction;
+- ``w4a4`` (``w4a4_storage``): whether 4-bit activations *stored* between layers could pay: per
+  layer input, a copy vs a nibble pack + unpack (generic schedule);
+- ``functions`` (printed only): every PrimFunc of the first model's compiled module, timed alone,
+  times its call count: where the end-to-end time goes.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +24,8 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bench import dot_peak
 from bench import harness as h
+from tvmq.runtime import BenchmarkResult
 
 SPECS = ("fp32", "bf16", "w8a8", "w4a8", "w8a16")  # measured by default, in this order
 ORT_FP32, ORT_INT8 = "ort_fp32", "ort_int8"
@@ -34,6 +47,118 @@ X_ZP, OUT_ZP = 3, 5
 OPSET = 17
 LAYOUT_NODES = {("com.microsoft.nchwc", "ReorderInput"), ("com.microsoft.nchwc", "ReorderOutput"),
                 ("", "Transpose")}
+
+ACCUMULATORS = 12  # vectors; 12 x 64 B stays under TVM's 1 KB stack limit (kept in registers)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    name: str
+    isa: str  # the ``schedules.target_features`` ISA level that has it
+    lanes: int  # int32 / float32 accumulator lanes
+    macs: int  # multiply-accumulates per instruction (per accumulator vector)
+    kind: str  # "vnni", "pmaddwd" (+ an add), "fma"
+
+
+INSTRUCTIONS = (
+    Instruction("vpdpbusd zmm (u8 x s8)", "avx512_vnni", 16, 64, "vnni"),
+    Instruction("vpmaddwd + vpaddd zmm (s16 x s16)", "avx512", 16, 32, "pmaddwd"),
+    Instruction("vpmaddwd + vpaddd ymm (s16 x s16)", "avx2", 8, 16, "pmaddwd"),
+    Instruction("vfmadd zmm (fp32)", "avx512", 16, 16, "fma"),
+    Instruction("vfmadd ymm (fp32)", "avx2", 8, 8, "fma"),
+)
+# the integer instruction of each ISA level's W8A8 kernels
+ISA_INSTRUCTION = {"avx512_vnni": INSTRUCTIONS[0], "avx512": INSTRUCTIONS[1], "avx2": INSTRUCTIONS[2]}
+
+
+def _executes(features: Any, isa: str) -> bool:
+    from schedules.target_features import ISA_LEVELS  # deferred: TVM
+
+    return ISA_LEVELS.index(features.isa) <= ISA_LEVELS.index(isa) and isa != "generic"
+
+
+def _step(ins: Instruction) -> Callable[[Any, Any, Any], Any]:
+    """``acc, a, b -> acc'``: one ``ins`` on accumulator vector ``acc``."""
+    from tvm import tirx  # deferred: TVM
+
+    n = ins.lanes
+    if ins.kind == "fma":
+        return lambda acc, a, b: tirx.call_llvm_pure_intrin(f"float32x{n}", "llvm.fma", a, b, acc)
+    if ins.kind == "vnni":
+        return lambda acc, a, b: tirx.call_llvm_pure_intrin(
+            f"int32x{n}", f"llvm.x86.avx512.vpdpbusd.{n * 32}", acc,
+            tirx.reinterpret(f"uint8x{4 * n}", a), tirx.reinterpret(f"int8x{4 * n}", b))
+    pmadd = "llvm.x86.avx512.pmaddw.d.512" if n == 16 else "llvm.x86.avx2.pmadd.wd"
+    # one operand is the accumulator itself: with both loop-invariant, LLVM would hoist the
+    # multiply and leave only the adds
+    return lambda acc, a, b: acc + tirx.call_llvm_pure_intrin(
+        f"int32x{n}", pmadd, tirx.reinterpret(f"int16x{2 * n}", acc), tirx.reinterpret(f"int16x{2 * n}", b))
+
+
+def _template(ins: Instruction) -> Any:  # type: ignore[no-untyped-def]
+    """``main(a, b, out, n)``: ``n`` iterations over ``ACCUMULATORS`` accumulator vectors of
+    ``lanes`` (a stack buffer under 1 KB: LLVM keeps it in registers)."""
+    from tvm.script import tirx as T  # deferred: TVM
+
+    acc_n, lanes, step = ACCUMULATORS * ins.lanes, ins.lanes, _step(ins)
+    dt = "float32" if ins.kind == "fma" else "int32"
+
+    @T.prim_func
+    def main(a: T.Buffer((lanes,), dt), b: T.Buffer((lanes,), dt), out: T.Buffer((acc_n,), dt), n: T.int32):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        acc = T.decl_buffer((acc_n,), dt, scope="local")
+        for j in T.unroll(ACCUMULATORS):
+            acc[T.Ramp(j * lanes, 1, lanes)] = T.Broadcast(T.Cast(dt, 0), lanes)
+        for i in range(n):
+            for j in T.unroll(ACCUMULATORS):
+                acc[T.Ramp(j * lanes, 1, lanes)] = step(acc[T.Ramp(j * lanes, 1, lanes)], a[T.Ramp(0, 1, lanes)],
+                                                        b[T.Ramp(0, 1, lanes)])
+        for j in T.unroll(ACCUMULATORS):
+            out[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)]
+    return main
+
+
+def peak_kernel(ins: Instruction, target: Any) -> Callable[..., Any]:
+    """``f(a, b, out, n)``: ``n`` iterations of ``ACCUMULATORS`` ``ins`` on registers."""
+    import tvm  # deferred: TVM
+
+    lib = tvm.compile(tvm.IRModule({"main": _template(ins)}), target=target)
+    return lib.jit()["main"] if hasattr(lib, "jit") else lib["main"]
+
+
+def measure(ins: Instruction, target: Any, seconds: float = 0.3, rounds: int = 5) -> dict[str, Any]:
+    """GMAC/s (median of ``rounds`` calls of about ``seconds``) and instructions per ns."""
+    import tvm  # deferred: TVM
+
+    f = peak_kernel(ins, target)
+    dtype = np.float32 if ins.kind == "fma" else np.int32
+    args = [tvm.runtime.tensor(np.ones(ins.lanes, dtype)), tvm.runtime.tensor(np.ones(ins.lanes, dtype)),
+            tvm.runtime.tensor(np.zeros(ACCUMULATORS * ins.lanes, dtype))]
+    n = 10_000
+    while True:  # calibrate the iteration count to ~seconds
+        t0 = time.perf_counter()
+        f(*args, n)
+        dt = time.perf_counter() - t0
+        if dt > seconds / 4:
+            break
+        n *= 4
+    n = int(n * seconds / dt)
+    rates = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        f(*args, n)
+        rates.append(n * ACCUMULATORS / (time.perf_counter() - t0))
+    per_s = float(np.median(rates))
+    return {"instruction": ins.name, "isa": ins.isa, "gmac_s": per_s * ins.macs / 1e9,
+            "instructions_per_ns": per_s / 1e9, "macs_per_instruction": ins.macs, "rates": rates}
+
+
+def peaks(features: Any) -> dict[str, dict[str, Any]]:
+    """Every instruction the host executes, by name, measured on one thread."""
+    from tvm.target import Target  # deferred: TVM
+
+    target = Target(features.target_json())
+    return {ins.name: measure(ins, target) for ins in INSTRUCTIONS if _executes(features, ins.isa)}
 
 
 def label(variant: str) -> str:
@@ -358,9 +483,9 @@ def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: A
     for v, variant in variants.items():
         if v not in results:
             extra = ({"repeat_ms": samples[v]} if isinstance(variant, TvmqKernel)
-                     else {"graph": h.summarize(graph_samples[v], mean=False)})
-            results[v] = {"ok": True, **variant.info, **h.summarize(samples[v], mean=False),
-                          "round_medians_ms": round_medians[v], **extra}
+                     else {"graph": BenchmarkResult.from_samples(graph_samples[v], args.threads).to_json()})
+            stats = BenchmarkResult.from_samples(samples[v], args.threads).to_json()
+            results[v] = {"ok": True, **variant.info, **stats, "round_medians_ms": round_medians[v], **extra}
     return {v: results[v] for v in (*args.spec_list, *RIVALS)}
 
 
@@ -502,7 +627,7 @@ def render(result: dict[str, Any]) -> str:
     peak = result.get("peak")
     peak_gops = 2 * peak["gmac_s"] * s["threads"] if peak else None
     if peak:
-        out += [f"Peak: `{peak['instruction']}` back to back on registers (`bench.dot_peak`, same machine, "
+        out += [f"Peak: `{peak['instruction']}` back to back on registers (`--mode peak`, same machine, "
                 f"same run) {peak['gmac_s']:.1f} GMAC/s per core = {peak_gops:.1f} GOPS on {s['threads']} "
                 "thread(s); `w8a8 % of peak` is the w8a8 kernel's GOPS over it.", ""]
     for name, model in result["models"].items():
@@ -515,8 +640,122 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def peak_main(args: argparse.Namespace, features: Any) -> None:
+    """``--mode peak``: every instruction the host executes, one thread, into ``dot_peak``."""
+    info, results = h.machine_info(), peaks(features)
+    rows = [[r["instruction"], r["isa"], r["macs_per_instruction"], f"{r['instructions_per_ns']:.2f}",
+             f"{r['gmac_s']:.1f}"] for r in results.values()]
+    report = (f"Multiply-accumulate peak of one core, {h.machine_line(info)}: each instruction back to "
+              f"back on {ACCUMULATORS} register accumulators (`python -m bench.layer_latency --mode peak`)."
+              "\n\n" + h.md_table(["instruction", "ISA level", "MAC / instr", "instr / ns", "GMAC/s"], rows,
+                                   "lllrr"))
+    h.write_results(args.out, "dot_peak", {"machine": info, "versions": h.versions(),
+                                           "accumulators": ACCUMULATORS, "peaks": results}, report)
+
+
+def pack_kernels(shape: tuple[int, ...]) -> dict[str, list[Any]]:
+    """TE ``copy``, ``pack`` (two 4-bit values per byte) and ``unpack`` of a uint8 NCHW tensor."""
+    from tvm import te, tirx  # deferred: TVM
+
+    n, c, hh, w = shape
+    half, u8 = (w + 1) // 2, lambda v: tirx.const(v, "uint8")
+    x = te.placeholder(shape, "uint8", name="x")
+    copy = te.compute(shape, lambda *i: x[i], name="copy")
+    packed = te.compute((n, c, hh, half), lambda a, b, y, j: (
+        tirx.min(x[a, b, y, 2 * j], u8(15))
+        | (tirx.min(tirx.if_then_else(2 * j + 1 < w, x[a, b, y, tirx.min(2 * j + 1, w - 1)], u8(0)),
+                    u8(15)) << u8(4))),
+        name="pack")
+    p = te.placeholder((n, c, hh, half), "uint8", name="p")
+    unpacked = te.compute(shape, lambda a, b, y,
+                          k: (p[a, b, y, k // 2] >> ((k % 2) * 4).astype("uint8")) & u8(15),
+                          name="unpack")
+    return {"copy": [x, copy], "pack": [x, packed], "unpack": [p, unpacked]}
+
+
+def w4a4_main(args: argparse.Namespace, path: Path, features: Any, target: Any) -> None:
+    """``--mode w4a4``: without sub-byte arithmetic 4-bit activations only save traffic: per layer
+    input, ``copy`` vs ``pack`` + ``unpack``; storage pays only if pack + unpack < copy / 2."""
+    import tvm  # deferred: TVM
+    from tvm import te
+
+    from tvmq.frontend import prepare
+    from tvmq.passes.schedule_generic import schedule_primfunc
+
+    pm = prepare(str(path))
+    shapes = Counter(tuple(l.input_shape) for l in pm.layers if len(l.input_shape) == 4)
+    rows, rng = [], np.random.default_rng(args.seed)
+    for shape, count in shapes.items():
+        row = {"shape": list(shape), "layers": count, "bytes": int(np.prod(shape))}
+        for name, tensors in pack_kernels(shape).items():
+            func = schedule_primfunc(te.create_prim_func(tensors), features.fp32_lanes)
+            mod = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
+            values = [tvm.runtime.tensor(rng.integers(0, 256, [int(d) for d in b.shape]).astype("uint8"))
+                      for b in func.params]
+            t = mod.time_evaluator("main", tvm.cpu(), number=20, repeat=args.repeat,
+                                   min_repeat_ms=10)(*values)
+            row[name + "_us"] = float(np.median(t.results)) * 1e6
+        row["pays"] = row["pack_us"] + row["unpack_us"] < row["copy_us"] / 2
+        rows.append(row)
+        print(row, flush=True)
+    total = {k: sum(r[k] * r["layers"] for r in rows) for k in ("copy_us", "pack_us", "unpack_us")}
+    lines = [f"W4A4 activation storage on {features.isa} ({pm.layers.total_macs / 1e6:.0f} MMAC model "
+             f"{path.name}), medians of {args.repeat} repeats, 1 thread; a layer input's traffic "
+             "bound `copy` vs what packing costs.", "",
+             h.md_table(["layer input (NCHW u8)", "layers", "KB", "copy us", "pack us", "unpack us",
+                         "pack+unpack < copy/2"],
+                        [["x".join(map(str, r["shape"])), r["layers"], f"{r['bytes'] / 1e3:.0f}",
+                          *(f"{r[k]:.1f}" for k in ("copy_us", "pack_us", "unpack_us")),
+                          "yes" if r["pays"] else "no"] for r in rows], "lrrrrrl"), "",
+             f"Summed over the model's layers: copy {total['copy_us'] / 1e3:.2f} ms (W4A4 could save at "
+             f"most half: {total['copy_us'] / 2e3:.2f} ms), pack + unpack "
+             f"{(total['pack_us'] + total['unpack_us']) / 1e3:.2f} ms."]
+    h.write_results(args.out, "w4a4_storage", {"rows": rows, "total": total}, "\n".join(lines))
+
+
+def functions_main(args: argparse.Namespace, path: Path, features: Any, target: Any) -> None:
+    """``--mode functions``: every PrimFunc ``main`` calls, timed alone on random arguments, times
+    its call count, largest first (``--plan`` w8a8 or a plan JSON needs ``--stats``); the sum
+    approximates end-to-end latency minus the VM's overhead."""
+    import tvm  # deferred: TVM
+    from tvm import relax
+
+    from tvmq.calibration import ActivationStats
+    from tvmq.compiler import lower_module
+    from tvmq.frontend import prepare
+    from tvmq.plan import PrecisionPlan
+
+    pm, lowering = prepare(str(path)), {}
+    if args.plan:
+        plan = (PrecisionPlan.load(args.plan, pm.layers) if args.plan.endswith(".json")
+                else PrecisionPlan.uniform(pm.layers, args.plan))
+        lowering = {"plan": plan, "range_method": args.range, "stats": ActivationStats.load(args.stats)}
+    mod = lower_module(pm, features, **lowering).mod
+    calls: Counter[str] = Counter()
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.update(
+        [e.args[0].name_hint] if isinstance(e, relax.Call) and e.op == call_tir else []))
+    rng, rows = np.random.default_rng(args.seed), []
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint not in calls:
+            continue
+        ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+        tensors = [tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in p.shape])).astype(p.dtype))
+                   for p in func.params]
+        t = ex.jit().time_evaluator("main", tvm.cpu(), number=5, repeat=5)(*tensors).median * 1e3
+        layer = func.attrs["tvmq.layer"] if func.attrs is not None and "tvmq.layer" in func.attrs else ""
+        rows.append((t * calls[gv.name_hint], t, calls[gv.name_hint], gv.name_hint, str(layer)))
+    rows.sort(reverse=True)
+    print(f"{'total ms':>9} {'ms/call':>8} {'calls':>5}  function (first layer)")
+    for tot, per, n, name, layer in rows[: args.top]:
+        print(f"{tot:9.3f} {per:8.3f} {n:5d}  {name} {('(' + layer + ')') if layer else ''}")
+    print(f"{sum(r[0] for r in rows):9.3f} ms in {len(rows)} functions ({args.threads} thread(s))")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = h.argument_parser(__doc__)
+    p.add_argument("--mode", choices=["layers", "peak", "w4a4", "functions"], default="layers",
+                   help="what to measure (default layers; w4a4 and functions: the first of --models)")
     h.model_option(p, threads="1")
     p.add_argument("--specs", dest="spec_list", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
                    help=f"comma-separated tvmq precisions (default: the registry's, {','.join(SPECS)} first)")
@@ -525,8 +764,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     h.add_options(p, repeat=(15, "timed repeats per tvmq kernel, over all rounds (default 15)"),
                   rounds=(3, "interleaved rounds per workload, the repeats split between them (default 3)"),
                   min_repeat_ms=(20, "minimum duration of one repeat in ms (default 20)"),
-                  seed=(0, "seed of the random arguments (default 0)"))
+                  seed=(0, "seed of the random arguments (default 0)"), top=(25, "functions: rows printed"),
+                  range=("percentile", "functions: activation range method of a quantized --plan"))
+    p.add_argument("--plan", help="functions: precision plan (w8a8, or a plan JSON; default fp32)")
+    p.add_argument("--stats", help="functions: calibration statistics JSON (tvmq calibrate) of a --plan")
     args = p.parse_args(argv)
+    if args.plan and not args.stats:
+        p.error("--plan needs --stats (tvmq calibrate writes them)")
     if len(args.thread_list) != 1:
         p.error("--threads takes one thread count here")
     args.threads = args.thread_list[0]
@@ -567,12 +811,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif unknown := [s for s in args.spec_list if s not in known]:
         args.error(f"unknown precision(s) {unknown}; the kernel registry has {sorted(known)}")
     versions = h.versions(tvm.__version__)  # taken at the start: the sources the kernels were built from
-    run = h.Run("layer_latency")
     features = detect_host()
     target = tvm.target.Target(features.target_json())
+    if args.mode == "peak":
+        peak_main(args, features)
+        return 0
     found, skipped = h.find_models(args)
-    instruction = dot_peak.ISA_INSTRUCTION.get(features.isa if features.isa != "amx" else "avx512_vnni")
-    peak = None if instruction is None else dot_peak.measure(instruction, target)
+    if args.mode != "layers":
+        if not found:
+            sys.exit(f"layer_latency: error: no model found: {skipped}")
+        mode_main = w4a4_main if args.mode == "w4a4" else functions_main
+        mode_main(args, next(iter(found.values())), features, target)
+        return 0
+    run = h.Run("layer_latency")
+    instruction = ISA_INSTRUCTION.get(features.isa if features.isa != "amx" else "avx512_vnni")
+    peak = None if instruction is None else measure(instruction, target)
     overhead = ort_call_overhead_ms(args.threads)
     print(f"onnxruntime per-call overhead (one-element Relu): {overhead * 1e3:.1f} us", flush=True)
     with tempfile.TemporaryDirectory(prefix="tvmq-layer-") as tmp:

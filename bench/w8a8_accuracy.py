@@ -53,7 +53,6 @@ def plan_of(model: str, spec: str) -> Any:
 def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str, Any]]:
     """One row per W8A8 range method and per extra plan: built, scored, checked, timed."""
     import tvmq  # deferred: imports TVM
-    from tvmq.runtime import set_num_threads
 
     rows = []
     requants = [q for q in args.requant.split(",") if q]
@@ -63,12 +62,8 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
         r = tvmq.build(args.model, tmp / f"{spec}_{method}_{requant}", plan=plan_of(args.model, spec),
                        stats=stats, range_method=method, requant=requant)
         build_s = time.perf_counter() - t
-        m = tvmq.load(r.library)
-        set_num_threads(1)
-        run = lambda a, m=m: m.run({"input": a})["logits"]  # noqa: E731
-        exact = "-" if r.program is None else all(  # bf16 / fp32: no integer oracle
-            np.array_equal(run(x[i:i + 1]),
-                           r.program.run([x[i:i + 1]])[0]) for i in range(len(x) - args.check, len(x)))
+        run = h.tvmq_run(r.library)
+        exact = h.bit_exact(r, run, x, args.check)
         label = spec.upper() if spec != "mixed" else "W4A8 + W8A8 (dw, first, last)"
         how = method if requant == "float" else f"{method}, {requant} requantization"
         rows.append({"variant": f"tvmq {label} ({how})", "pred": h.predictions(run, x),
@@ -110,9 +105,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
 
     def ort_row(name: str, path: Path) -> None:
-        sess = h.ort_session(path, 1)
-        rows.append({"variant": name, "pred": h.predictions(lambda a: sess.run(None, {"input": a})[0], x),
-                     "ms": h.median_ms(lambda: sess.run(None, {"input": x[:1]}))})
+        run = h.ort_run(path)
+        rows.append({"variant": name, "pred": h.predictions(run, x), "ms": h.median_ms(lambda: run(x[:1]))})
 
     ort_row("onnxruntime fp32", Path(args.model))
     t = time.perf_counter()

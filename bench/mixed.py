@@ -1,18 +1,26 @@
-"""Mixed precision end to end on the real MobileNetV2: sensitivity, allocation on measured
-latencies, builds, re-measurement, accuracy.
+"""Mixed precision on the real MobileNetV2 (``python -m bench.mixed MODE``). ``pipeline``
+(results ``mixed_pipeline``): end to end, sensitivity, allocation on measured latencies, builds,
+re-measurement, accuracy. ``plans`` (``mixed_plans``): seeded random per-layer plans, each compiled to
+one library that equals its build's numpy program bit for bit (float layers included); exits 1 if
+one does not, or if a layer ran on another spec's kernel.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import harness as h
+
+ALL = ("w4a8", "w8a8", "w8a16", "bf16", "fp32")
+INT = ("w4a8", "w8a8", "w8a16")
 
 
 def compile_plans(args: Any, calib: np.ndarray, features: Any, out: Path,
@@ -55,9 +63,7 @@ def plan_rows(args: Any, stats: Any, runs: dict[str, Any], features: Any, out: P
     rows = []
 
     def row(label: str, lib: Path, plan: dict[str, str], predicted: float) -> None:
-        m = tvmq.load(lib)
-        name = m.inputs[0][0]
-        pred = h.predictions(lambda a: list(m.run({name: a}).values())[0], x)
+        pred = h.predictions(h.tvmq_run(lib, args.threads), x)
         rows.append({"label": label, "predicted_ms": predicted,
                      "measured_ms": measure_ms(lib, args.threads, args.repeat),
                      "weight_bytes": json.loads((lib.parent / "manifest.json").read_text())["weight_bytes"],
@@ -112,17 +118,64 @@ def report(args: Any, rows: list[dict[str, Any]], fp32_top1: float, n: int, isa:
                               + json.dumps({k: round(v, 1) for k, v in timings.items()})])
 
 
+def random_plans(args: Any) -> int:
+    """``plans``: ``--count`` plans over {W4A8, W8A8, W8A16, bf16, fp32}, every third integer-only."""
+    import tvmq  # deferred: imports TVM
+    from tvmq.calibration import collect
+    from tvmq.frontend import prepare
+    from tvmq.plan import PrecisionPlan, QuantSpec
+
+    x, _ = h.imagenet_sample(args.root, args.calib + args.images)
+    calib, test = x[:args.calib], x[args.calib:]
+    fp32 = h.predictions(h.ort_run(args.model, None), test)
+    stats, layers = collect(args.model, calib), prepare(args.model).layers
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.count):
+            plan = PrecisionPlan({l.name: QuantSpec.parse(str(rng.choice(INT if i % 3 == 0 else ALL)))
+                                  for l in layers}, layers)
+            t = time.perf_counter()
+            r = tvmq.build(args.model, Path(tmp) / f"p{i}", plan=plan, stats=stats, progress=lambda m: None)
+            build_s = time.perf_counter() - t
+            run = h.tvmq_run(r.library, threads=2)
+            exact = h.bit_exact(r, run, test, args.exact, no_oracle=None)
+            counts = Counter(s.name for s in plan.values())
+            rows.append({"plan": i, "specs": {k: counts.get(k, 0) for k in ALL}, "bit_exact": exact,
+                         "agreement": float(np.mean(h.predictions(run, test) == fp32)),
+                         "weight_bytes": r.manifest_data["weight_bytes"], "build_s": round(build_s, 1),
+                         "layers_on_wrong_kernel": [n for n, s in plan.items() if s.name not in
+                                                    r.manifest_data["kernels"][n]["kernel"]]})
+            print(rows[-1], flush=True)
+    lines = [f"MobileNetV2 (real), {len(rows)} random plans (seed {args.seed}), {len(test)} scored images, "
+             f"{args.calib} calibration images, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             f"Bit-exact: library == numpy program on the last {args.exact} scored images.", "",
+             h.md_table(["plan", *ALL, "weights MB", "bit-exact vs simulation", "agreement with fp32",
+                         "build s"],
+                        [[row["plan"], *(row["specs"][k] for k in ALL), f"{row['weight_bytes'] / 1e6:.2f}",
+                          "no oracle" if row["bit_exact"] is None else row["bit_exact"],
+                          f"{100 * row['agreement']:.0f}%", row["build_s"]] for row in rows],
+                        "r" * (len(ALL) + 2) + "lr")]
+    h.write_results(Path(args.out), "mixed_plans", rows, "\n".join(lines))
+    return 1 if any(r["bit_exact"] is not True or r["layers_on_wrong_kernel"] for r in rows) else 0
+
+
 def main() -> int:
     ap = h.argument_parser(__doc__, n=1000, calib=256, sens_samples=32,
                            db=str(h.RESULTS_DIR / "tuning_mobilenetv2.jsonl"), size_budget="0.6x",
                            latency_budget=("0.75x", "the second plan's latency budget (and the size one)"),
                            front_points=8, threads=1, repeat=50,
-                           build_dir=(str(h.BUILD_DIR / "mixed"), "where the libraries are built"))
+                           build_dir=(str(h.BUILD_DIR / "mixed"), "where the libraries are built"),
+                           count=(20, "plans: how many random plans"), images=(40, "plans: images scored"),
+                           exact=(5, "plans: images checked bit for bit per plan"), seed=(0, "plans: seed"))
+    ap.add_argument("mode", choices=["pipeline", "plans"])
     h.image_options(ap)
     ap.add_argument("--range", default="percentile", choices=["minmax", "percentile", "mse"])
     args = ap.parse_args()
     if h.images_missing(args):
         return 0
+    if args.mode == "plans":
+        return random_plans(args)
     from schedules.target_features import detect_host  # deferred: imports TVM
 
     log = lambda m: print(m, flush=True)  # noqa: E731

@@ -1,0 +1,280 @@
+"""Batch-1 end-to-end CPU latency, tvmq beside its rivals in one run (``python -m bench.latency
+PRECISION``): ``fp32`` times tvmq fp32 (untuned), onnxruntime fp32 and OpenVINO fp32 (f32 precision
+hint) into ``fp32_latency``; ``w8a8`` times tvmq's integer-only W8A8 (untuned, and tuned with
+``--db``) beside onnxruntime int8 (QDQ) and OpenVINO int8 (NNCF), onnxruntime fp32 as the
+baseline, into ``w8a8_latency``."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import harness as h
+from tvmq.runtime import BenchmarkResult
+
+ORT_FP32, TVMQ, TVMQ_TUNED = "onnxruntime fp32", "tvmq W8A8", "tvmq W8A8 tuned"
+ORT_INT8, OV_INT8 = "onnxruntime int8 (QDQ)", "OpenVINO int8 (NNCF)"
+# per precision: {variant: (worker kind, table column)} in table order, also within a round; the
+# reference the outputs are compared with; the OpenVINO variant and the packages it needs; the
+# ratio columns {ratio key: column}
+MODES = {
+    "fp32": {"variants": {"tvmq": ("tvmq", "tvmq median ms (p10-p90)"),
+                          "onnxruntime": ("onnxruntime", "onnxruntime median ms (p10-p90)"),
+                          "openvino": ("openvino", "OpenVINO median ms (p10-p90)")},
+             "ref": "onnxruntime", "tvmq": ("tvmq",), "ov": ("openvino", ("openvino",)),
+             "ratios": {"tvmq/onnxruntime": "ratio tvmq/ort", "tvmq/openvino": "ratio tvmq/OpenVINO"}},
+    "w8a8": {"variants": {ORT_FP32: ("onnxruntime", ORT_FP32), TVMQ: ("tvmq", TVMQ),
+                          TVMQ_TUNED: ("tvmq", TVMQ_TUNED), ORT_INT8: ("onnxruntime", ORT_INT8),
+                          OV_INT8: ("openvino", OV_INT8)},
+             "ref": ORT_FP32, "tvmq": (TVMQ, TVMQ_TUNED), "ov": (OV_INT8, ("openvino", "nncf")),
+             "ratios": {**{f"tvmq/{v}": f"ratio tvmq/{v}" for v in (ORT_INT8, OV_INT8)},
+                        **{f"tuned/{v}": f"ratio tuned/{v}" for v in (ORT_INT8, OV_INT8)},
+                        f"tvmq/{TVMQ_TUNED}": "tuning speedup (untuned/tuned)"}},
+}
+RANGE_METHOD = "percentile"
+
+
+def calibration_inputs(name: str, onnx_path: Path, args: argparse.Namespace) -> tuple[np.ndarray, str, bool]:
+    """``(calib [N, ...], description, real_images)`` for one model."""
+    (_, shape, dtype), = h.onnx_input_specs(onnx_path)
+    why = ""
+    if tuple(shape[1:]) == (3, 224, 224):  # an ImageNet-sized CNN: real images (ImageNet normalisation)
+        try:
+            x, _ = h.imagenet_sample(args.imagenet_root, args.calib)
+            if len(x) == args.calib:
+                return x, f"the first {len(x)} imagenet-sample images", True
+            why = f"only {len(x)} images in {args.imagenet_root}"
+        except (FileNotFoundError, ImportError) as e:
+            why = str(e)
+        print(f"[{name}] calibration falls back to random inputs: {why}", flush=True)
+    rng = np.random.default_rng([args.seed, 1])  # not the benchmark input's stream
+    calib = rng.standard_normal((args.calib, *shape[1:]), dtype=np.float32).astype(dtype)
+    return calib, f"{args.calib} seeded random normal inputs" + (f" (FALLBACK: {why})" if why else ""), False
+
+
+def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str | None) -> list[tuple]:
+    """``(variant, worker spec, output, stamp)`` of every build ``m`` needs: tvmq's, and in w8a8
+    the tuned one (``--db``) and the rivals' int8 models, on one calibration set."""
+    sources = {"onnx_sha256": h.sha256_file(m["onnx"]), "tvmq_sources": h.tvmq_source_hash(),
+               "python": sys.executable}
+    if args.precision == "fp32":
+        return [("tvmq", {"kind": "build", "model": str(m["onnx"])}, d / "model.so", sources)]
+    calib, desc, real = calibration_inputs(m["name"], m["onnx"], args)
+    np.savez(d / "calib.npz", calib=calib)
+    sha = hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
+    m["calibration"] = {"calibration": desc, "calibration_real_images": real, "calibration_sha256": sha}
+    spec = {"kind": "build", "model": str(m["onnx"]), "calib": str(d / "calib.npz"),
+            "range_method": RANGE_METHOD}
+    stamp = {**sources, "plan": "w8a8", "range_method": RANGE_METHOD, "calib_sha256": sha}
+    todo = [(TVMQ, spec, d / "model.so", stamp)]
+    if args.db:
+        from tvmq.tune import TuningDatabase  # deferred: imports TVM
+
+        merged = d.parent / f"{d.name}_tuned" / "tuning.jsonl"
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        merged.unlink(missing_ok=True)
+        TuningDatabase.merge(args.db, merged)
+        todo.append((TVMQ_TUNED, {**spec, "db": str(merged)}, merged.parent / "model.so",
+                     {**stamp, "db_sha256": h.sha256_file(merged)}))
+    src = m["rival_onnx"] = h.rival_onnx(m["onnx"], d / "rival.onnx")  # itself, or a folded copy
+    base = {"onnx_sha256": h.sha256_file(src), "calib_sha256": sha, "python": sys.executable,
+            "recipe_sha256": {p.name: h.sha256_file(p) for p in (Path(h.__file__), Path(__file__))}}
+    rival = {"model": str(src), "calib": str(d / "calib.npz")}
+    todo.append((ORT_INT8, {"kind": "quantize_ort", **rival}, d / "ort_int8" / "model.onnx",
+                 {**base, **{p: h.package_version(p) for p in ("onnxruntime", "onnx")}}))
+    if not ov_missing:
+        (_, shape, _), = h.onnx_input_specs(m["onnx"])
+        todo.append((OV_INT8, {"kind": "quantize_ov", **rival, "shape": list(shape)},
+                     d / "openvino_int8" / "model.xml",
+                     {**base, **{p: h.package_version(p) for p in ("openvino", "nncf")}}))
+    return todo
+
+
+def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
+                  ov_missing: str | None) -> dict[str, Any]:
+    """The seeded benchmark input and every variant's artifact (builds cached while their stamp matches)."""
+    mode = MODES[args.precision]
+    d = h.BUILD_DIR / (name if args.precision == "fp32" else f"w8a8_{name}")
+    d.mkdir(parents=True, exist_ok=True)
+    rng, specs = np.random.default_rng(args.seed), h.onnx_input_specs(onnx_path)
+    np.savez(d / h.INPUT_FILE, __names__=json.dumps([n for n, _, _ in specs]),
+             **{f"in_{i}": rng.standard_normal(shape).astype(dtype)
+                for i, (_, shape, dtype) in enumerate(specs)})
+    m: dict[str, Any] = {"name": name, "onnx": onnx_path, "rival_onnx": onnx_path, "dir": d,
+                         "input": d / h.INPUT_FILE,
+                         "artifacts": {v: onnx_path for v, (kind, _) in mode["variants"].items()
+                                       if kind != "tvmq" and v in (mode["ref"], "openvino")},
+                         "errors": {}, "builds": {}, "calibration": {},
+                         "skipped": {mode["ov"][0]: ov_missing} if ov_missing else {}}
+    for v, spec, out, stamp in builds(m, args, d, ov_missing):
+        path, info, err = h.cached_build(f"{name}/{v}", out, stamp, out.parent / "stamp.json",
+                                         {**spec, "out": str(out.parent if spec["kind"] == "build" else out)},
+                                         args.rebuild)
+        m["builds"][v] = info
+        if err:
+            m["errors"][v] = f"build failed: {err}"
+        elif path is not None:
+            m["artifacts"][v] = path
+    for v in m["skipped"]:
+        m["artifacts"].pop(v, None)
+    return m
+
+
+def bench_model(m: dict[str, Any], threads: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Interleaved rounds of every available variant for one (model, threads)."""
+    mode, art = MODES[args.precision], m["artifacts"]
+    kinds = {v: kind for v, (kind, _) in mode["variants"].items() if v in art}
+    specs = {v: {"kind": k, "input": str(m["input"]), ("library" if k == "tvmq" else "model"): str(art[v])}
+             for v, k in kinds.items()}
+    slug = {v: "".join(c if c.isalnum() else "_" for c in v) for v in specs}
+    outputs = {v: tmp / f"{m['name']}-{threads}-{slug[v]}.npz" for v in specs}
+    res = h.run_rounds(m["name"], threads, specs, args, outputs, dict(m["errors"]))
+    stats = {v: BenchmarkResult.from_samples(s, threads).to_json() for v, s in res["samples"].items() if s}
+    ratios = {f"{'tuned' if t == TVMQ_TUNED else 'tvmq'}/{v}": (stats[t]["median_ms"] / stats[v]["median_ms"]
+                                                                 if t in stats and v in stats else None)
+              for t in mode["tvmq"] for v in mode["variants"] if v != t}
+    ref = outputs.get(mode["ref"])
+    diffs = {v: (h.rel_max_diff(outputs[v], ref) if ref and ref.exists() and outputs[v].exists() else None)
+             for v in specs if v != mode["ref"]}
+    row = {"model": m["name"], "threads": threads, "stats": stats, "ratios": ratios,
+           "rel_max_diff_vs_ort_fp32": diffs, "errors": res["errors"], "skipped": m["skipped"],
+           "per_round": res["per_round"], "worker_info": res["info"], "samples_ms": res["samples"]}
+    if args.precision == "fp32":  # the keys fp32_latency.json has always had
+        row.update(ratio_tvmq_over_ort=ratios["tvmq/onnxruntime"], ratio_tvmq_over_ov=ratios["tvmq/openvino"],
+                   rel_max_diff=diffs.get("tvmq"),
+                   tvmq_api_benchmark=[i["tvmq_api_benchmark"] for i in res["info"].get("tvmq", [])])
+    return row
+
+
+def model_notes(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -> list[str]:
+    """Skipped variants, the rival.onnx substitution, the conv/dense kernels each rival runs."""
+    notes = list(dict.fromkeys(f"- {v}: skipped, {why}" for row in rows for v, why in row["skipped"].items()))
+    for name, m in models.items():
+        if m["rival_onnx"] != m["onnx"]:
+            notes.append(f"- {name}: the rivals quantize `{m['rival_onnx'].name}` in the build folder, the "
+                         "same function with any ConstantOfShape weights folded into initializers, no "
+                         "initializer listed as a graph input, and opset >= 13 (without it NNCF quantizes "
+                         "no conv of light_resnet50, onnxruntime's quantizer fails)")
+        for v in m["artifacts"]:
+            k = m["builds"].get(v, {}).get("kernels") or next(
+                (i["kernels"] for row in rows if row["model"] == name
+                 for i in row["worker_info"].get(v, []) if i.get("kernels")), None)
+            if k:
+                notes.append(f"- {name} {v} conv/dense kernels: {k}")
+    return notes
+
+
+def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]], args: argparse.Namespace,
+                   skipped: dict[str, str]) -> str:
+    mode = MODES[args.precision]
+    tuned = any(TVMQ_TUNED in m["artifacts"] or TVMQ_TUNED in m["errors"] for m in models.values())
+    shown = [v for v in mode["variants"] if v != TVMQ_TUNED or tuned]
+    keys = [(k, t) for k, t in mode["ratios"].items() if tuned or TVMQ_TUNED not in k and "tuned/" not in k]
+    fp32 = args.precision == "fp32"
+    cells = [[row["model"], row["threads"],
+              *["skipped" if v in row["skipped"] else h.fmt_stat(row["stats"].get(v), row["errors"].get(v))
+                for v in shown],
+              *[f"{r:.2f}" if (r := row["ratios"].get(k)) else "-" for k, _ in keys],
+              *([f"{d:.1e}" if (d := row["rel_max_diff"]) is not None else "-"] if fp32 else [])]
+             for row in rows]
+    notes = (h.row_notes(rows) + model_notes(rows, models)
+             + [f"- {name}: skipped, {why}" for name, why in skipped.items()])
+    head = ["model", "threads", *(mode["variants"][v][1] for v in shown), *(t for _, t in keys),
+            *(["rel. max diff (vs ort)"] if fp32 else [])]
+    return h.md_table(head, cells, "lr", notes)
+
+
+def header(args: argparse.Namespace, run: h.Run, result: dict[str, Any], models: dict[str, Any],
+           rows: list[dict[str, Any]]) -> str:
+    timing = (f"{h.machine_line(result['machine'])}; {args.rounds} rounds x {args.repeat} timed calls per "
+              "variant, fresh process each; ")
+    if args.precision == "fp32":
+        return ("fp32 batch-1 latency, tvmq (untuned) vs onnxruntime and OpenVINO (f32 precision hint). "
+                f"{timing}{run.load_note()}." + h.interference_note(rows))
+    tuned = f" and tuned on the kernels' best records in {', '.join(map(str, args.db))}" if args.db else ""
+    calib = "; ".join(f"{n}: {m['calibration']['calibration']}" for n, m in models.items()) or "-"
+    return (f"W8A8 batch-1 latency, tvmq (untuned{tuned}, integer-only W8A8, {RANGE_METHOD} ranges) vs "
+            f"onnxruntime int8 (QDQ) and OpenVINO int8 (NNCF), onnxruntime fp32 as the baseline. {timing}"
+            f"calibration ({args.calib} inputs, the same for all three quantizers): {calib}; "
+            f"{run.load_note()}."
+            + h.interference_note(rows) + "\n\nCells: median ms (p10-p90) over all timed calls; ratio = "
+            "median(tvmq W8A8) / median(rival), below 1: tvmq is faster.")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = h.argument_parser(__doc__, rounds=(5, "interleaved rounds (default 5)"),
+                          warmup=(10, "untimed calls per process (default 10)"),
+                          repeat=(30, "timed calls per process (default 30)"),
+                          seed=(0, "seed of the random input (default 0)"),
+                          calib=(32, "w8a8: calibration inputs per model (default 32)"))
+    p.add_argument("precision", choices=list(MODES), help="fp32 (fp32_latency) or w8a8 (w8a8_latency)")
+    h.model_option(p)
+    p.add_argument("--rebuild", action="store_true", help="recompile even if a build is cached")
+    p.add_argument("--db", type=Path, action="append", default=[],
+                   help="w8a8: tuning database(s) (tvmq tune): adds the 'tvmq W8A8 tuned' variant")
+    p.add_argument("--imagenet-root", type=Path, default=h.DEFAULT_IMAGENET,
+                   help="w8a8: imagenet-sample folder for mobilenetv2's calibration (default "
+                        "../shared/data/imagenet-sample)")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.repeat < 1 or args.warmup < 0 or args.calib < 1:
+        p.error("--rounds, --repeat and --calib must be >= 1, --warmup >= 0")
+    if args.db and args.precision == "fp32":
+        p.error("--db: only w8a8 builds are tuned here")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode, name = MODES[args.precision], f"{args.precision}_latency"
+    run = h.Run(name)
+    # found, not imported: OpenVINO's thread pool must not live in the parent
+    missing = [p for p in mode["ov"][1] if importlib.util.find_spec(p) is None]
+    ov_missing = f"{' and '.join(missing)} not installed: `{h.OV_MISSING}`" if missing else None
+    if ov_missing:
+        print(f"{mode['ov'][0]}: SKIPPED, {ov_missing}", flush=True)
+    found, skipped = h.find_models(args)
+    models = {n: prepare_model(n, path, args, ov_missing) for n, path in found.items()}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tvmq-bench-") as tmp:
+        for m in models.values():
+            for threads in args.thread_list:
+                print(f"[{m['name']}] threads={threads}: {args.rounds} rounds x ({args.warmup} warmup + "
+                      f"{args.repeat} timed) per variant", flush=True)
+                rows.append(bench_model(m, threads, args, Path(tmp)))
+    tvm = next((b["tvm_version"] for m in models.values() for b in m["builds"].values()
+                if b.get("tvm_version")), None)
+    tvmq_variant = mode["tvmq"][0]
+    result = run.record(
+        versions=h.versions(tvm, *mode["ov"][1]),
+        settings={"models": args.model_list, "threads": args.thread_list, "rounds": args.rounds,
+                  "warmup": args.warmup, "repeat": args.repeat, "seed": args.seed,
+                  **({} if args.precision == "fp32" else {
+                      "calib": args.calib, "range_method": RANGE_METHOD,
+                      "imagenet_root": str(args.imagenet_root), "db": [str(p) for p in args.db]}),
+                  "variants": list(mode["variants"]),
+                  "openvino_config": {**h.OV_CONFIG, "INFERENCE_NUM_THREADS": "= threads"},
+                  "timed_call": {v: {"tvmq": "Module.run(feeds)", "onnxruntime": "InferenceSession.run",
+                                     "openvino": "InferRequest.infer(feeds)"}[kind]
+                                 for v, (kind, _) in mode["variants"].items()}},
+        models={n: {"onnx": str(m["onnx"]), "rival_onnx": str(m["rival_onnx"]), "build_dir": str(m["dir"]),
+                    **m["calibration"],
+                    "build": m["builds"] if args.precision == "w8a8" else m["builds"].get(tvmq_variant, {}),
+                    "build_errors": m["errors"], "build_error": m["errors"].get(tvmq_variant)}
+                for n, m in models.items()},
+        skipped=skipped, results=rows)
+    table = markdown_table(rows, models, args, skipped)
+    h.write_results(args.out, name, result, f"{header(args, run, result, models, rows)}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
