@@ -71,6 +71,17 @@ def rescale(v: np.ndarray, m: np.ndarray | int, shift: np.ndarray | int) -> np.n
 
 
 FLOAT_LIMIT = np.float32(2.0 ** 30)
+# A fused residual's float32 scale stays within 2**22: |r - r_zp| <= 255 for a uint8 residual
+# with its zero point in [0, 255], so |(r - r_zp) * r_scale| < 2**30 and ``rescale_float``'s
+# clamp never acts on it; the kernels then leave that clamp out (two instructions per vector).
+RESIDUAL_SCALE_LIMIT = np.float32(2.0 ** 22)
+
+
+def residual_scale(ratio: float) -> np.float32:
+    """The float32 scale of a fused residual (its scale over the output's), at most
+    ``RESIDUAL_SCALE_LIMIT``: a larger ratio saturates the output at any nonzero residual
+    either way, and the limit keeps the kernels' unclamped residual term exact."""
+    return np.float32(min(float(np.float32(ratio)), float(RESIDUAL_SCALE_LIMIT)))
 
 
 def rescale_float(v: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
@@ -94,6 +105,9 @@ def requantize(acc: np.ndarray, m: np.ndarray, shift: np.ndarray | None, zp: int
         out = rescale_float(acc, np.asarray(m, np.float32).reshape(shape)) + zp
         if residual is not None:
             r, r_zp, r_s = residual
+            if not (0 <= int(r_zp) <= 255 and abs(float(r_s)) <= RESIDUAL_SCALE_LIMIT):
+                raise ValueError(f"a fused residual needs its zero point in [0, 255] and |scale| <= 2**22 "
+                                 f"(quant.residual_scale), got {r_zp}, {r_s}")
             out = out + rescale_float(r.astype(np.int32) - np.int32(r_zp), np.float32(r_s))
         return np.clip(out, lo, hi)
     out = rescale(acc, np.asarray(m).reshape(shape), np.asarray(shift).reshape(shape)) + zp

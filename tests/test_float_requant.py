@@ -70,6 +70,7 @@ def test_float_requantization_channels_last_both_loop_orders(wl: Conv2dWorkload,
 
 def _check_conv(wl: Conv2dWorkload, isa: str, variant: str, tweak=lambda cfg: cfg) -> None:  # type: ignore[no-untyped-def]
     ep = {"residual-relu": replace(FLOAT, residual=True, activation="relu"),
+          "residual-limit": replace(FLOAT, residual=True),
           "int16": replace(FLOAT, out_int16=True)}.get(variant, FLOAT)
     wl = replace(wl, epilogue=ep)
     rng = np.random.default_rng(len(variant) * 7 + wl.out_channels)
@@ -92,7 +93,11 @@ def _check_conv(wl: Conv2dWorkload, isa: str, variant: str, tweak=lambda cfg: cf
     residual = None
     if ep.residual:
         r = rng.integers(0, 256, wl.out_shape).astype(np.uint8)
-        r_zp, r_scale = 131, np.float32(0.75)
+        r_zp, r_scale = (255, quant.RESIDUAL_SCALE_LIMIT) if variant == "residual-limit" else (131, np.float32(0.75))
+        if variant == "residual-limit":  # the largest residual term the kernels leave unclamped
+            r[..., ::2] = 255
+            bias_q[:] = 0
+            scale[:] = np.float32(1e-6)
         arrays += [r.reshape(kernel.output_shape(wl, cfg)), np.array([r_zp], np.int32), np.array([r_scale])]
         residual = (r, r_zp, r_scale)
     out_dtype = "int16" if ep.out_int16 else "uint8"
@@ -100,6 +105,9 @@ def _check_conv(wl: Conv2dWorkload, isa: str, variant: str, tweak=lambda cfg: cf
     want = reference.conv2d_w8a8(xq, wq, bias_q, scale, None, x_zp, out_zp, lo, hi, wl, residual,
                                  np.dtype(out_dtype))
     np.testing.assert_array_equal(got, want)
+    if variant == "residual-limit":  # (saturated where r != r_zp, the zero point where r == r_zp)
+        assert set(np.unique(want)) == {lo, out_zp} and (got == out_zp).any()
+        return
     assert len(np.unique(want)) > (5 if variant == "ties" and wl.out_channels < 16 else 10)
 
 
@@ -117,6 +125,19 @@ def test_float_requantization_dense_is_bit_exact(isa: str) -> None:
     got = _run(kernel, cfg, compile_for(kernel, wl, cfg, features), wl,
                [xq, kernel.pack_weight(wq, wl, cfg), bias_q, scale, np.array([0, 9, 0, 255], np.int32)], "uint8")
     np.testing.assert_array_equal(got, reference.dense_w8a8(xq, wq, bias_q, scale, None, 9, 0, 255))
+
+
+@pytest.mark.parametrize("isa", isa_params("conv2d", "w8a8"))
+def test_a_residual_at_the_scale_limit_is_bit_exact_without_its_clamp(isa: str) -> None:
+    """The kernels add a fused residual as ``rint(float32(r - r_zp) * r_scale)`` with no clamp to
+    +-2**30: exact for every uint8 residual while ``|r_scale| <= 2**22`` (``r_zp`` 255, the
+    largest term: -255 * 2**22); ``quant.residual_scale`` keeps a build's scales there and the
+    numpy requantization refuses larger ones."""
+    _check_conv(Conv2dWorkload(1, 16, 6, 6, 32, 1, 1, epilogue=FLOAT, layout="NHWC"), isa, "residual-limit")
+    assert quant.residual_scale(1e9) == quant.RESIDUAL_SCALE_LIMIT and quant.residual_scale(0.5) == np.float32(0.5)
+    acc = np.zeros((1, 1), np.int32)
+    with pytest.raises(ValueError, match="2\\*\\*22"):
+        quant.requantize(acc, np.float32([1.0]), None, 0, 0, 255, residual=(acc, 0, np.float32(2.0 ** 23)))
 
 
 def test_float_requantization_rounds_ties_to_even_and_saturates() -> None:

@@ -756,7 +756,7 @@ class _IntRewriter(relax.PyExprMutator):
             qr = self._u8_or_table(r) or self._quantize_float_residual(m, r, layout)
             rv = self._view(self._in_layout(qr, layout).var, tuple(buf))
             if ep.requant == "float":
-                r_scale = np.float32(qr.scale / s_out)
+                r_scale = quant.residual_scale(qr.scale / s_out)  # (<= 2**22: see there)
                 args += [rv, relax.const(np.array([qr.zp], np.int32)), relax.const(np.array([r_scale]))]
                 residual = (qr.zp, r_scale)
             else:
