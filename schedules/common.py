@@ -194,8 +194,8 @@ def requantize_float_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, scale_k: ti
                           out_dtype: str = "uint8", residual=None, r_zp=None, r_scale=None  # type: ignore[no-untyped-def]
                           ) -> tirx.PrimExpr:
     """The float32 epilogue of ``schedules.quant``, as TIR: ``clip(rescale_float(acc + bias, s)
-    [+ rescale_float(r - r_zp, r_s)] + out_zp, lo, hi)``; every add in int32. A residual needs
-    ``r_zp`` in [0, 255] and ``|r_s| <= 2**22`` (``quant.residual_scale``).
+    [+ rescale_float(r - r_zp, r_s)] + out_zp, lo, hi)``; every add in int32. With a residual
+    the scales are at most 0.5, ``r_zp`` in [0, 255] and ``|r_s| <= 2**22`` (``schedules.quant``).
 
     Without a residual the clip moves before the rounding, into float32:
     ``rint(clamp(f, lo - zp, hi - zp)) + zp``, four instructions fewer per vector and the
@@ -207,9 +207,10 @@ def requantize_float_expr(acc: tirx.PrimExpr, bias_k: tirx.PrimExpr, scale_k: ti
         f = v.astype("float32") * scale_k
         f = tirx.min(tirx.max(f, (lo - out_zp).astype("float32")), (hi - out_zp).astype("float32"))
         return (round_to_int32(f) + out_zp).astype(out_dtype)
-    q = rescale_float_expr(v, scale_k) + out_zp
-    # the residual term without rescale_float's clamp: |r - r_zp| <= 255 and |r_scale| <= 2**22
-    # (quant.RESIDUAL_SCALE_LIMIT, a contract of the arguments) keep it inside +-2**30
+    # both terms without rescale_float's clamp, which cannot act under the arguments' contract:
+    # |scale_k| <= 0.5 keeps any int32 times it inside +-2**30 (quant.FUSED_REQUANT_SCALE_LIMIT),
+    # |r - r_zp| <= 255 with |r_scale| <= 2**22 the residual's (quant.RESIDUAL_SCALE_LIMIT)
+    q = round_to_int32(v.astype("float32") * scale_k) + out_zp
     q = q + round_to_int32((residual.astype("int32") - r_zp).astype("float32") * r_scale)
     return tirx.min(tirx.max(q, lo), hi).astype(out_dtype)
 

@@ -77,6 +77,14 @@ FLOAT_LIMIT = np.float32(2.0 ** 30)
 RESIDUAL_SCALE_LIMIT = np.float32(2.0 ** 22)
 
 
+# A kernel that fuses a residual requantizes with float32 scales of at most 0.5: any int32
+# accumulator times such a scale lies within 2**30, so ``rescale_float``'s clamp never acts on
+# the accumulator's term either and the kernels leave it out. (Without a residual the clamp is
+# folded into the output bounds and costs nothing.) ``tvmq``'s builds widen such a layer's
+# output range where a scale would exceed it.
+FUSED_REQUANT_SCALE_LIMIT = np.float32(0.5)
+
+
 def residual_scale(ratio: float) -> np.float32:
     """The float32 scale of a fused residual (its scale over the output's), at most
     ``RESIDUAL_SCALE_LIMIT``: a larger ratio saturates the output at any nonzero residual
@@ -108,6 +116,9 @@ def requantize(acc: np.ndarray, m: np.ndarray, shift: np.ndarray | None, zp: int
             if not (0 <= int(r_zp) <= 255 and abs(float(r_s)) <= RESIDUAL_SCALE_LIMIT):
                 raise ValueError(f"a fused residual needs its zero point in [0, 255] and |scale| <= 2**22 "
                                  f"(quant.residual_scale), got {r_zp}, {r_s}")
+            if float(np.abs(np.asarray(m, np.float32)).max(initial=0.0)) > FUSED_REQUANT_SCALE_LIMIT:
+                raise ValueError("a kernel that fuses a residual requantizes with scales <= 0.5 "
+                                 "(quant.FUSED_REQUANT_SCALE_LIMIT)")
             out = out + rescale_float(r.astype(np.int32) - np.int32(r_zp), np.float32(r_s))
         return np.clip(out, lo, hi)
     out = rescale(acc, np.asarray(m).reshape(shape), np.asarray(shift).reshape(shape)) + zp

@@ -132,12 +132,15 @@ def test_a_residual_at_the_scale_limit_is_bit_exact_without_its_clamp(isa: str) 
     """The kernels add a fused residual as ``rint(float32(r - r_zp) * r_scale)`` with no clamp to
     +-2**30: exact for every uint8 residual while ``|r_scale| <= 2**22`` (``r_zp`` 255, the
     largest term: -255 * 2**22); ``quant.residual_scale`` keeps a build's scales there and the
-    numpy requantization refuses larger ones."""
+    numpy requantization refuses larger ones, as it refuses accumulator scales over 0.5 (whose
+    clamp the kernels leave out too)."""
     _check_conv(Conv2dWorkload(1, 16, 6, 6, 32, 1, 1, epilogue=FLOAT, layout="NHWC"), isa, "residual-limit")
     assert quant.residual_scale(1e9) == quant.RESIDUAL_SCALE_LIMIT and quant.residual_scale(0.5) == np.float32(0.5)
     acc = np.zeros((1, 1), np.int32)
     with pytest.raises(ValueError, match="2\\*\\*22"):
-        quant.requantize(acc, np.float32([1.0]), None, 0, 0, 255, residual=(acc, 0, np.float32(2.0 ** 23)))
+        quant.requantize(acc, np.float32([0.5]), None, 0, 0, 255, residual=(acc, 0, np.float32(2.0 ** 23)))
+    with pytest.raises(ValueError, match="scales <= 0.5"):  # the accumulator's term: its scale
+        quant.requantize(acc, np.float32([0.75]), None, 0, 0, 255, residual=(acc, 0, np.float32(1.0)))
 
 
 def test_float_requantization_rounds_ties_to_even_and_saturates() -> None:

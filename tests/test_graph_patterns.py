@@ -342,3 +342,32 @@ def test_a_model_with_dynamic_height_and_width_is_quantized_at_the_given_shape(t
     np.testing.assert_array_equal(ya, yb)
     want = ort_session(model).run(None, {"x": x})[0]
     assert ya.shape == want.shape and 10 * np.log10((want ** 2).sum() / ((ya - want) ** 2).sum()) > 25
+
+
+def test_a_residual_layer_whose_scale_would_pass_one_half_widens_its_output(tmp_path: Path) -> None:
+    """A kernel that fuses a residual requantizes with scales <= 0.5 (``schedules.quant``; it
+    leaves the accumulator's clamp out): a layer whose calibrated output range is so narrow
+    that its scale would exceed it gets a wider output range, and still equals its program."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "ar"], ["y"])]
+    model = _save(tmp_path / "m.onnx", nodes, _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(8, 8, 3, 3), b1=(8,)),
+                  [1, 3, 6, 6])
+    x = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
+    stats = collect(model, x)
+    out = stats.layers["conv1"]["out"]
+    tiny = 1e-5 * max(abs(out.min), abs(out.max))  # (an output range ~1e5 times narrower than observed)
+    stats.layers["conv1"]["out"] = replace(out, min=-tiny, max=tiny, percentile_lo=-tiny, percentile_hi=tiny,
+                                           mse_lo=-tiny, mse_hi=tiny)
+    r = tvmq.build(model, tmp_path / "w8a8", plan="w8a8", stats=stats)
+    q = r.manifest_data["qparams"]["conv1"]
+    assert q["residual"]
+    s_out, s_in = q["out"]["scale"], q["in"]["scale"]
+    assert max(s_in * w for w in q["w_scales"]) / s_out <= 0.5 and s_out > 2 * tiny / 255
+    lib = tvmq.load(r.library)
+    for xi in x[:4]:
+        np.testing.assert_array_equal(lib.run({"x": xi[None]})["y"], r.program.run([xi[None]])[0])

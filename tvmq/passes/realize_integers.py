@@ -727,11 +727,18 @@ class _IntRewriter(relax.PyExprMutator):
         s_in, zp_in = qx.scale, qx.zp
         out_range = self.owner.stats.get(m.layer.name, "out").range(self.owner.method)
         qmax16 = self.owner.demand16.get(binding.var)
+        # a kernel that fuses a residual requantizes with scales <= 0.5 (schedules.quant): where
+        # a scale would exceed it, the output range widens until it does not
+        floor = (float((s_in * s_w).max()) / float(quant.FUSED_REQUANT_SCALE_LIMIT) * (1 + 2 ** -20)
+                 if ep.residual and self.owner.requant == "float" else 0.0)
         if qmax16 is None:
             s_out, zp_out = quant.activation_params(*out_range)
+            if s_out < floor:
+                out_range = tuple(v * floor / s_out * (1 + 2 ** -20) for v in out_range)
+                s_out, zp_out = quant.activation_params(*out_range)
             lo, hi = _act_bounds(ep, s_out, zp_out)
         else:  # a W8A16 layer reads this output: requantize straight into int16
-            s_out, zp_out = max(abs(out_range[0]), abs(out_range[1]), 1e-12) / qmax16, 0
+            s_out, zp_out = max(abs(out_range[0]), abs(out_range[1]), 1e-12, floor * qmax16) / qmax16, 0
             lo, hi = _act_bounds16(ep, s_out, qmax16)
             ep = replace(ep, out_int16=True)
         ep = replace(ep, requant=self.owner.requant)
