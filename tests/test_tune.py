@@ -410,7 +410,7 @@ def test_tuned_configs_ignore_a_record_of_another_configuration_kind(tmp_path: P
     block = W4A8Config(fb.base, "block")
     db.append(TuningRecord(task=kernel_task_key(kernel, wl, FEATURES), kernel=str(kernel.key), spec="w4a8",
                            workload=workload_to_json(wl), config=space.config_to_json(block),
-                           latency={**lat, "median_us": 0.5}, device=device))
+                           latency={**lat, "median_us": 0.5, "min_us": 0.5}, device=device))
     assert TunedConfigs(db, FEATURES, device["id"])(kernel, wl, "fc") == (block, "tuned")
 
 

@@ -173,7 +173,7 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
         recs = db.query(task.key, task.spec, dev)
         ok = [r for r in recs if r.ok]
         fb = [r for r in ok if fallback is None or r.config_id == _cid(fallback)]
-        best_r = min(ok, key=lambda r: r.median_us) if ok else None
+        best_r = min(ok, key=lambda r: r.min_us) if ok else None
         status = "failed" if not ok else ("tuned" if measured else "cached")
         summary.results.append(TaskResult(
             task, measured, len(recs), fb[0].median_us if fb else None,
@@ -244,7 +244,7 @@ class TunedConfigs:
             if not r.ok or "op" not in r.workload:
                 continue
             k = shape_key(r.kernel, workload_from_json(r.workload))
-            if k not in self.by_shape or r.median_us < self.by_shape[k].median_us:
+            if k not in self.by_shape or r.min_us < self.by_shape[k].min_us:
                 self.by_shape[k] = r
 
     def __call__(self, kernel: registry.KernelDef, wl: Any, layer: str) -> tuple[Any, str]:
