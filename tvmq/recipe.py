@@ -35,23 +35,7 @@ from .errors import TvmqError
 from .gptq import MIN_PATCHES_PER_COLUMN, gptq_round
 
 # the recipe's optional steps and their defaults (``recipe_options``)
-RECIPE_DEFAULTS = {"gptq": True, "bias_correction": True, "sequential_bias_correction": False}
-
-
-def shift_key(spec: Any, method: str, gptq: bool, bias_correction: bool) -> str:
-    """The key of ``stats.meta["bias_shifts"]`` under which ``tvmq.seqbc`` stores the bias shifts
-    measured for layers at ``spec`` with range ``method`` and these recipe options: a shift only
-    applies to the recipe it was measured on top of."""
-    return f"{getattr(spec, 'name', spec)}/{method}/gptq={int(bool(gptq))}/bc={int(bool(bias_correction))}"
-
-
-def bias_shift(stats: Any, name: str, spec: Any, method: str, opts: dict[str, bool]) -> np.ndarray | None:
-    """Layer ``name``'s sequential bias shift (float, per output channel) at ``spec``, or None."""
-    if not opts.get("sequential_bias_correction"):
-        return None
-    key = shift_key(spec, method, opts["gptq"], opts["bias_correction"])
-    shift = stats.meta.get("bias_shifts", {}).get(key, {}).get(name)
-    return None if shift is None else np.asarray(shift, np.float64)
+RECIPE_DEFAULTS = {"gptq": True, "bias_correction": True}
 
 
 def recipe_options(stats: Any) -> dict[str, bool]:
@@ -64,8 +48,6 @@ def recipe_options(stats: Any) -> dict[str, bool]:
         raise TvmqError(f"unknown recipe option(s) {sorted(unknown)}; known: {sorted(RECIPE_DEFAULTS)}")
     opts = {**RECIPE_DEFAULTS, **{k: bool(v) for k, v in given.items()}}
     opts["gptq"] = opts["gptq"] and bool(getattr(stats, "hessians", None))
-    opts["sequential_bias_correction"] = (opts["sequential_bias_correction"]
-                                          and bool(getattr(stats, "meta", {}).get("bias_shifts")))
     return opts
 
 
@@ -205,9 +187,6 @@ def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, group
     if hessian is not None:
         wq = _gptq_cached(name, weight, s_w, spec.w_bits, hessian, groups)
     raw = None if bias is None else np.asarray(bias, np.float64)
-    shift = bias_shift(stats, name, spec, method, opts)
-    if shift is not None:  # step 2b (tvmq.seqbc): measured on the quantized model's own inputs
-        raw = (np.zeros(weight.shape[0]) if raw is None else raw) + shift
     in_stats = stats.get(name, "in")
     mean = np.asarray(in_stats.channel_mean, np.float64) if bias_correction else None
     b = _corrected(weight, wq, s_w, raw, mean, groups)

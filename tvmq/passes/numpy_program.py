@@ -37,26 +37,6 @@ class QTensor:
     layout: str = "NCHW"  # of a 4-D tensor: NCHW, or NHWC (channels last)
 
 
-@dataclass(frozen=True)
-class LayerOutput:
-    """Where an integer layer's output is in the program (``NumpyProgram.layer_outputs``), for
-    ``tvmq.seqbc``: its var, the int32 bias array its simulation reads (the same object: changed
-    in place, the simulation follows), the float value of one bias unit per output channel
-    (``s_in s_w``), and how the var's integers map to floats: ``(q - zp) * scale`` (``scale``
-    None: the var is already float, a dequantizing edge layer), channel axis ``channel_axis`` of
-    the var reshaped to ``shape``."""
-
-    var: relax.Var
-    bias: np.ndarray
-    unit: np.ndarray
-    scale: float | None
-    zp: int
-    shape: tuple[int, ...]
-    channel_axis: int
-    clamp: tuple[int, int] | None = None  # the integer output's clamp bounds (activation, range)
-    activation: str | None = None  # the fused activation (None: a linear layer)
-
-
 class NumpyProgram:
     """The quantized graph as numpy, op for op: ``ops[var] = (fn, input vars)``, evaluated on
     demand. Integer ops (quantize, integer layers, requantize, integer pooling, dequantize) and,
@@ -70,7 +50,6 @@ class NumpyProgram:
         self.aliases: dict[relax.Var, relax.Var] = {}
         self.params: list[relax.Var] = []
         self.outputs: list[relax.Var] = []
-        self.layer_outputs: dict[str, LayerOutput] = {}  # integer layer name -> its output
 
     def record(self, var: relax.Var, fn: Callable[..., np.ndarray], inputs: list[relax.Var],
                *, is_float: bool = False) -> None:
@@ -113,39 +92,6 @@ class NumpyProgram:
             return env[v]
 
         return [value(o) for o in self.outputs]
-
-    def run_batched(self, inputs: list[list[np.ndarray]],
-                    on_layer: Callable[[str, LayerOutput, list[np.ndarray], Callable[[], list[np.ndarray]]], None]
-                    ) -> list[list[np.ndarray]]:
-        """``run`` on several samples in lockstep, op by op in recording order (a topological
-        order): after each integer layer's output is computed for every sample,
-        ``on_layer(name, layer_output, values, recompute)`` may change the layer's bias in place
-        and call ``recompute()`` (the layer's values again, stored for its consumers)."""
-        envs = [dict(zip(self.params, xs)) for xs in inputs]
-        by_var = {lo.var: (name, lo) for name, lo in self.layer_outputs.items()}
-        needed: set[relax.Var] = set()
-        for out in self.outputs:
-            self._deps(out, needed)
-
-        def compute(v: relax.Var) -> list[np.ndarray]:
-            fn, ins = self.ops[v]
-            for i in ins:
-                if self._resolve(i) not in envs[0]:
-                    visit(self._resolve(i))
-            for env in envs:
-                env[v] = fn(*[env[self._resolve(i)] for i in ins])
-            return [env[v] for env in envs]
-
-        def visit(v: relax.Var) -> None:
-            values = compute(v)
-            if v in by_var:
-                name, lo = by_var[v]
-                on_layer(name, lo, values, lambda v=v: compute(v))
-
-        for v in self.ops:
-            if v in needed and v not in envs[0]:
-                visit(v)
-        return [[env[self._resolve(o)] for o in self.outputs] for env in envs]
 
 
 def max_pool_geometry(call: relax.Call, out_shape: tuple[int, ...]) -> tuple | None:

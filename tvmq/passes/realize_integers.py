@@ -62,7 +62,7 @@ from ..recipe import QuantizedLayer, int16_qmax, quantize_layer
 from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, const_value,
                             emit_float_layer, finish_module, float_call)
 from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU
-from .numpy_program import (LayerOutput, AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, PRELU, RESHAPE,
+from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, PRELU, RESHAPE,
                             STRIDED_SLICE, SUBTRACT, NumpyProgram, QTensor, avg_pool_geometry, float_op,
                             is_global_avg_pool, max_pool_geometry, slice_index, tensor_args)
 
@@ -704,8 +704,6 @@ class _IntRewriter(relax.PyExprMutator):
             return reference.dequantizing_epilogue(acc, bias_q, scale, wl.epilogue).reshape(buf)
 
         self.program.record(y, simulate, [qx.var])
-        self.program.layer_outputs[m.layer.name] = LayerOutput(
-            y, bias_q, qx.scale * np.asarray(s_w, np.float64), None, 0, tuple(buf), 1, None, wl.epilogue.activation)
         if tuple(buf) != out_shape:
             y2 = emit(relax.op.reshape(y, out_shape))
             self.program.record(y2, lambda a: a.reshape(out_shape), [y])
@@ -780,10 +778,6 @@ class _IntRewriter(relax.PyExprMutator):
         self.program.record(y, simulate, sim_inputs)
         out_shape = tuple(m.layer.output_shape)
         var_shape = elementwise.nhwc(out_shape) if layout == "NHWC" else out_shape
-        self.program.layer_outputs[m.layer.name] = LayerOutput(
-            y, bias_q, s_in * np.asarray(s_w, np.float64), float(s_out), int(zp_out), tuple(var_shape),
-            len(var_shape) - 1 if layout == "NHWC" and len(var_shape) == 4 else 1, (int(lo), int(hi)),
-            ep.activation)
         yv = y if tuple(buf) == var_shape else self._reshape(y, var_shape)
         new = self._dequantize(QTensor(yv, s_out, zp_out, layout), out_shape, self._emit_fn(binding.var),
                                out_dtype)
