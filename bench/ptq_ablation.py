@@ -53,6 +53,9 @@ def main() -> int:
                            check=(5, "images checked bit-exact against the numpy program, per library"),
                            method=("percentile", "activation range method"),
                            name=("ptq_ablation", "results file name (NAME.md / NAME.json)"))
+    ap.add_argument("--ort-int8", action="store_true",
+                    help="also score onnxruntime int8 (quantize_static QDQ, per-channel, MinMax) on the same "
+                         "calibration images")
     h.image_options(ap)
     args = ap.parse_args()
     if h.images_missing(args):
@@ -91,6 +94,16 @@ def main() -> int:
         print(f"equalize={eq}: {times[f'cle_{eq}']:.1f}s, calibration + Hessians {times[f'collect_{eq}']:.1f}s "
               f"(Hessians {stats[eq].meta['hessian_seconds']:.1f}s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.ort_int8:
+            t = time.perf_counter()
+            q = h.ort_session(h.ort_int8(Path(args.model), calib, Path(tmp) / "int8.onnx"), 1)
+            quant_s = time.perf_counter() - t
+            pred = h.predictions(lambda a: q.run(None, {name: a})[0], x)
+            rows.append({"variant": "onnxruntime int8 (QDQ, per-channel, MinMax)", "plan": "w8a8",
+                         **h.top1(pred, y, fp32), "agreement_held_out": float((pred[held] == fp32[held]).mean()),
+                         "top1_held_out": float((pred[held] == y[held]).mean()), "cle_s": 0.0, "hessian_s": 0.0,
+                         "recipe_s": quant_s, "build_s": 0.0, "bit_exact": "-"})
+            print(f"onnxruntime int8 agree {100 * rows[-1]['agreement']:.1f}", flush=True)
         for v in variants:
             eq, gptq, bc = VARIANTS[v]
             st = with_recipe(stats[eq], gptq=gptq, bias_correction=bc)
