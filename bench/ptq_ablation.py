@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import harness as h
 
-# (label, equalize, gptq, bias correction)
+# (label, equalize, gptq, bias correction[, Hessian clipping])
 VARIANTS = {
     "none": (False, False, False),
     "bc": (False, False, True),
@@ -27,6 +27,8 @@ VARIANTS = {
     "gptq+bc": (False, True, True),
     "cle+gptq": (True, True, False),
     "cle+gptq+bc": (True, True, True),
+    "bc+hc": (False, False, True, True),
+    "gptq+bc+hc": (False, True, True, True),
 }
 
 
@@ -105,8 +107,8 @@ def main() -> int:
                          "recipe_s": quant_s, "build_s": 0.0, "bit_exact": "-"})
             print(f"onnxruntime int8 agree {100 * rows[-1]['agreement']:.1f}", flush=True)
         for v in variants:
-            eq, gptq, bc = VARIANTS[v]
-            st = with_recipe(stats[eq], gptq=gptq, bias_correction=bc)
+            eq, gptq, bc, hc = (VARIANTS[v] + (False,))[:4]
+            st = with_recipe(stats[eq], gptq=gptq, bias_correction=bc, hessian_clipping=hc)
             for p in plans:
                 layers = prepare(models[eq]).layers
                 plan = plan_of(args.model, p)
@@ -129,7 +131,7 @@ def main() -> int:
                        "agreement_held_out": float((pred[held] == fp32[held]).mean()),
                        "top1_held_out": float((pred[held] == y[held]).mean()),
                        "cle_s": times[f"cle_{eq}"] if eq else 0.0,
-                       "hessian_s": stats[eq].meta["hessian_seconds"] if gptq else 0.0,
+                       "hessian_s": stats[eq].meta["hessian_seconds"] if gptq or hc else 0.0,
                        "recipe_s": q_s, "build_s": build_s, "bit_exact": exact,
                        "weight_bytes": r.manifest_data["weight_bytes"], "recipe": r.manifest_data["recipe"]}
                 row["recipe"] = {k: (val if k != "equalize" or val is None else
