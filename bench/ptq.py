@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import harness as h
 
-# (label, equalize, gptq, bias correction)
+# (label, equalize, gptq, bias correction[, Hessian clipping])
 VARIANTS = {
     "none": (False, False, False),
     "bc": (False, False, True),
@@ -30,6 +30,8 @@ VARIANTS = {
     "gptq+bc": (False, True, True),
     "cle+gptq": (True, True, False),
     "cle+gptq+bc": (True, True, True),
+    "bc+hc": (False, False, True, True),
+    "gptq+bc+hc": (False, True, True, True),
 }
 DEFAULT_VARIANTS = {"ablation": ",".join(VARIANTS), "budgets": "bc,gptq+bc"}
 
@@ -134,6 +136,9 @@ def main() -> int:
                            method=("percentile", "activation range method"),
                            name=("", "results file name (NAME.md / NAME.json; default ptq_MODE)"))
     ap.add_argument("mode", choices=["ablation", "budgets"])
+    ap.add_argument("--ort-int8", action="store_true",
+                    help="ablation: also score onnxruntime int8 (quantize_static QDQ, per-channel, MinMax) on the "
+                         "same calibration images")
     h.image_options(ap)
     args = ap.parse_args()
     if h.images_missing(args):
@@ -165,15 +170,26 @@ def main() -> int:
         print(f"equalize={eq}: {times[f'cle_{eq}']:.1f}s, calibration + Hessians {times[f'collect_{eq}']:.1f}s "
               f"(Hessians {stats[eq].meta['hessian_seconds']:.1f}s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.ort_int8 and args.mode == "ablation":
+            t = time.perf_counter()
+            q = h.ort_session(h.ort_int8(Path(args.model), calib, Path(tmp) / "int8.onnx"), 1)
+            quant_s = time.perf_counter() - t
+            name = q.get_inputs()[0].name
+            pred = h.predictions(lambda a: q.run(None, {name: a})[0], x)
+            rows.append({"variant": "onnxruntime int8 (QDQ, per-channel, MinMax)", "plan": "w8a8",
+                         **h.top1(pred, y, fp32), "agreement_held_out": float((pred[held] == fp32[held]).mean()),
+                         "top1_held_out": float((pred[held] == y[held]).mean()), "cle_s": 0.0, "hessian_s": 0.0,
+                         "recipe_s": quant_s, "build_s": 0.0, "bit_exact": "-"})
+            print(f"onnxruntime int8 agree {100 * rows[-1]['agreement']:.1f}", flush=True)
         for v in variants:
-            eq, gptq, bc = VARIANTS[v]
-            st = with_recipe(stats[eq], gptq=gptq, bias_correction=bc)
+            eq, gptq, bc, hc = (VARIANTS[v] + (False,))[:4]
+            st = with_recipe(stats[eq], gptq=gptq, bias_correction=bc, hessian_clipping=hc)
             plans = (ablation_plans(args, models[eq]) if args.mode == "ablation"
                      else budget_plans(args, models[eq], st, calib))
             for label, plan, row in plans:
                 if args.mode == "ablation":
                     row.update(cle_s=times[f"cle_{eq}"] if eq else 0.0,
-                               hessian_s=stats[eq].meta["hessian_seconds"] if gptq else 0.0,
+                               hessian_s=stats[eq].meta["hessian_seconds"] if gptq or hc else 0.0,
                                recipe_s=quantize_seconds(models[eq], st, plan))
                 t = time.perf_counter()
                 r = tvmq.build(models[eq], Path(tmp) / f"{v}_{label}", plan=plan, stats=st,

@@ -4,6 +4,7 @@ options in the manifest, and a library built with both still equal to its numpy 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import tvmq
 from tvmq.calibration import ActivationStats, collect
 from tvmq.equalize import equalize, equalize_record, find_links
 from tvmq.frontend import prepare
-from tvmq.gptq import HessianSum, gptq_round, patches
+from tvmq.gptq import CLIP_RATIOS, HessianSum, gptq_clip_round, gptq_round, hessian_scales, patches
 from tvmq.plan import PrecisionPlan, QuantSpec
 from tvmq.recipe import quantize_layer, recipe_options, with_recipe
 from schedules import quant
@@ -167,6 +168,59 @@ def test_gptq_on_a_diagonal_hessian_rounds_to_nearest() -> None:
     np.testing.assert_array_equal(gptq_round(w, s, 4, h), q_rtn)
 
 
+@pytest.mark.parametrize("bits,groups", [(4, 1), (4, 6), (8, 1)])
+def test_hessian_scales_minimise_the_output_error_over_their_grid(bits: int, groups: int) -> None:
+    """Per channel, the chosen clipping ratio has the least ``dW H dW^T`` (rounding to nearest)
+    of the grid; with inputs of very unequal energy it beats the weights' own MSE clipping on
+    the output; with ``H = I`` it is the weight-MSE choice over the same grid."""
+    rng = np.random.default_rng(7)
+    k, d, n = 12, 18, 3000
+    energy = np.logspace(1, -2, d)  # a few input channels carry nearly all the signal
+    x = rng.standard_normal((groups, d, n)) * energy[None, :, None]
+    h = np.matmul(x, x.transpose(0, 2, 1))
+    w = rng.standard_normal((k, d)) * (1 + 4 * (rng.random((k, d)) < 0.05))  # a few outlier weights
+    hi = 2 ** (bits - 1) - 1
+    s = hessian_scales(w, bits, h, groups)
+    assert s.shape == (k,) and (s > 0).all()
+
+    def out_err(scales: np.ndarray) -> np.ndarray:
+        q = np.clip(np.round(w / scales[:, None]), -hi, hi)
+        dw = (q * scales[:, None] - w).reshape(groups, -1, d)
+        return (np.matmul(dw, h) * dw).sum(axis=2).reshape(k)
+
+    amax = np.abs(w).max(axis=1) / hi
+    for r in CLIP_RATIOS:
+        assert (out_err(s) <= out_err(amax * r) + 1e-12).all()
+    if bits == 4:
+        assert out_err(s).sum() < out_err(quant.weight_scales(w, bits)).sum()
+    ident = hessian_scales(w, bits, np.broadcast_to(np.eye(d), (groups, d, d)), groups)
+    own = [min(CLIP_RATIOS, key=lambda r: ((np.clip(np.round(w[i] / (amax[i] * r)), -hi, hi) * amax[i] * r - w[i]) ** 2).sum())
+           for i in range(k)]
+    np.testing.assert_allclose(ident, amax * np.array(own), rtol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 6])
+def test_gptq_clip_round_is_gptq_at_the_picked_scales(groups: int) -> None:
+    """Per output channel the least output error of the factors tried (so never more than plain
+    GPTQ at the given scales), and the integers are GPTQ's at the scales it returns."""
+    rng = np.random.default_rng(8)
+    k, d, n = 12, 18, 3000
+    x = np.matmul(rng.standard_normal((groups, d, d)) + 2 * np.eye(d), rng.standard_normal((groups, d, n)))
+    h = np.matmul(x, x.transpose(0, 2, 1))
+    w = rng.standard_normal((k, d)) * (1 + 4 * (rng.random((k, d)) < 0.05))
+    s0 = quant.weight_scales(w, 4)
+    q, s = gptq_clip_round(w, s0, 4, h, groups)
+    assert q.dtype == np.int8 and np.abs(q).max() <= 7
+    np.testing.assert_array_equal(q, gptq_round(w, s, 4, h, groups))
+
+    def out_err(qq: np.ndarray, ss: np.ndarray) -> np.ndarray:
+        dw = (qq * ss[:, None] - w).reshape(groups, -1, d)
+        return (np.matmul(dw, h) * dw).sum(axis=2).reshape(k)
+
+    assert (out_err(q, s) <= out_err(gptq_round(w, s0, 4, h, groups), s0) + 1e-9).all()
+    assert not np.array_equal(s, s0)
+
+
 def test_hessian_sum_batches_and_grid() -> None:
     pm = prepare(_chain_model(np.random.default_rng(5)))
     layer = pm.layers["dw"]
@@ -207,9 +261,9 @@ def test_recipe_options_switch_the_steps(fmnist_stats: ActivationStats) -> None:
     pm = prepare(MODEL)
     layer = next(l for l in pm.layers if l.op == "conv2d" and l.name != pm.layers.names[0])
     w, spec = _weights(pm, layer.name), QuantSpec.parse("w4a8")
-    assert recipe_options(fmnist_stats) == {"gptq": True, "bias_correction": True}
+    assert recipe_options(fmnist_stats) == {"gptq": True, "bias_correction": True, "hessian_clipping": False}
     plain = with_recipe(fmnist_stats, gptq=False, bias_correction=False)
-    assert recipe_options(plain) == {"gptq": False, "bias_correction": False}
+    assert recipe_options(plain) == {"gptq": False, "bias_correction": False, "hessian_clipping": False}
     rtn = quantize_layer(layer.name, w, None, layer.groups, spec, plain)
     np.testing.assert_array_equal(rtn.wq, quant.quantize_weights(w, 4)[0])
     g = quantize_layer(layer.name, w, None, layer.groups, spec, fmnist_stats)
@@ -222,6 +276,34 @@ def test_recipe_options_switch_the_steps(fmnist_stats: ActivationStats) -> None:
         return float(np.einsum("ki,ij,kj->", dw, h, dw))
 
     assert err(g) < err(rtn)
+    hc = quantize_layer(layer.name, w, None, layer.groups, spec, with_recipe(plain, hessian_clipping=True))
+    np.testing.assert_array_equal(hc.w_scale, hessian_scales(w, 4, fmnist_stats.hessians[layer.name], layer.groups))
+    assert not np.array_equal(hc.w_scale, rtn.w_scale) and err(hc) < err(rtn)
+    assert recipe_options(with_recipe(plain, hessian_clipping=True))["hessian_clipping"]
+    no_h = with_recipe(dataclasses.replace(plain, hessians={}), hessian_clipping=True)
+    assert not recipe_options(no_h)["hessian_clipping"]  # nothing to clip for: the step is off
+
+
+def test_hessian_clipping_library_equals_its_numpy_program(fmnist_stats: ActivationStats, tmp_path: Path) -> None:
+    """Hessian clipping (with GPTQ) changes scales and integer weights only: the W4A8 + W8A8
+    library equals its numpy program bit for bit, and the manifest records the step."""
+    layers = prepare(MODEL).layers
+    plan = PrecisionPlan({l.name: QuantSpec.parse("w4a8" if l.op == "conv2d" else "w8a8") for l in layers}, layers)
+    result = tvmq.build(MODEL, tmp_path, plan=plan, stats=with_recipe(fmnist_stats, hessian_clipping=True))
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["recipe"]["hessian_clipping"] and manifest["recipe"]["gptq"]
+    plain = tvmq.build(MODEL, tmp_path / "plain", plan=plan, stats=fmnist_stats)
+    conv = next(l.name for l in layers if l.op == "conv2d")
+    assert manifest["qparams"][conv]["w_scales"] != json.loads(plain.manifest.read_text())["qparams"][conv]["w_scales"]
+    m = tvmq.load(result.library)
+    x, y = fmnist_inputs(100)
+    preds = []
+    for i in range(len(x)):
+        got = m.run({"input": x[i:i + 1]})["logits"]
+        preds.append(got.argmax())
+        if i % 10 == 0:
+            np.testing.assert_array_equal(got, result.program.run([x[i:i + 1]])[0])
+    assert (np.array(preds) == y).mean() >= 0.8
 
 
 def test_equalized_gptq_library_equals_its_numpy_program(tmp_path: Path) -> None:
@@ -268,6 +350,17 @@ def test_cli_calibrate_and_compile_with_equalization_and_gptq(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     recipe = json.loads((tmp_path / "out" / "manifest.json").read_text())["recipe"]
     assert recipe["gptq"] and not recipe["bias_correction"] and recipe["equalize"]["links"] >= 1
+    r = _cli("compile", str(MODEL), "--bits", "w4a8", "--calibration", str(stats), "-o", str(tmp_path / "hc"),
+             "-q", "--equalize", "--hessian-clipping")
+    assert r.returncode == 0, r.stderr
+    recipe = json.loads((tmp_path / "hc" / "manifest.json").read_text())["recipe"]
+    assert recipe["hessian_clipping"] and not recipe["gptq"] and recipe["bias_correction"]
+    plain = tmp_path / "plain.json"
+    r = _cli("calibrate", str(MODEL), "--data", str(tmp_path / "calib.npy"), "-o", str(plain), "-q")
+    assert r.returncode == 0, r.stderr
+    r = _cli("compile", str(MODEL), "--bits", "w4a8", "--calibration", str(plain), "-o", str(tmp_path / "no_h"),
+             "-q", "--hessian-clipping")
+    assert r.returncode == 2 and "--hessian-clipping needs Hessians" in r.stderr, r.stderr
     # statistics of the equalized model do not fit the model as it was
     r = _cli("compile", str(MODEL), "--bits", "w8a8", "--calibration", str(stats), "-o", str(tmp_path / "bad"), "-q")
     assert r.returncode == 2 and "equalized" in r.stderr, r.stderr
@@ -286,7 +379,8 @@ def test_mixed_pipeline_runs_every_step_with_the_recipe(tmp_path: Path) -> None:
     from tvmq.sensitivity import _stats_hash
 
     # the sensitivity analysis ran on these statistics with gptq and bias correction switched on
-    assert r.extra["sensitivity"].meta["stats"] == _stats_hash(with_recipe(calibration, gptq=True, bias_correction=True))
+    assert r.extra["sensitivity"].meta["stats"] == _stats_hash(
+        with_recipe(calibration, gptq=True, bias_correction=True, hessian_clipping=False))
     for folder in (tmp_path, tmp_path / "w8a8"):
         recipe = json.loads((folder / "manifest.json").read_text())["recipe"]
         assert recipe["gptq"] and recipe["bias_correction"] and recipe["equalize"]["links"] >= 1

@@ -221,14 +221,17 @@ def _quantization(args: argparse.Namespace, features, progress, model=None):  # 
     plan = PrecisionPlan.uniform(pm.layers, spec, keep_fp32=keep)
     if str(args.calibration).endswith(".json"):
         stats = ActivationStats.load(args.calibration)
-        if args.gptq and not stats.hessians:
-            raise TvmqError(f"--gptq needs Hessians in {args.calibration}: `tvmq calibrate --gptq`")
+        if (args.gptq or args.hessian_clipping) and not stats.hessians:
+            flag = "--gptq" if args.gptq else "--hessian-clipping"
+            raise TvmqError(f"{flag} needs Hessians in {args.calibration}: `tvmq calibrate --gptq`")
     else:
         data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.calibration_limit)
         progress(f"calibrating on {len(data)} samples")
-        stats = collect(model, data, features=features, progress=progress, hessians=args.gptq,
+        stats = collect(model, data, features=features, progress=progress,
+                        hessians=args.gptq or args.hessian_clipping,
                         input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
-    return plan, with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction)
+    return plan, with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction,
+                             hessian_clipping=args.hessian_clipping)
 
 
 def _ptq_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -278,7 +281,8 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
                       specs=specs, threads=args.threads, features=features, range_method=args.range,
                       eval_data=args.eval_data, eval_labels=args.eval_labels, resume=args.resume,
                       requant=args.requant, equalize=args.equalize, gptq=args.gptq,
-                      bias_correction=args.bias_correction, progress=progress)
+                      bias_correction=args.bias_correction, hessian_clipping=args.hessian_clipping,
+                      progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
     meas = f"{r.measured_ms:.2f} ms measured" if r.measured_ms is not None else "not measured"
@@ -304,8 +308,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     pm = prepare(model)
     data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.limit)
     stats = (ActivationStats.load(args.stats) if args.stats
-             else collect(model, data, features=features, progress=progress, hessians=args.gptq))
-    stats = with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction)
+             else collect(model, data, features=features, progress=progress,
+                          hessians=args.gptq or args.hessian_clipping))
+    stats = with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction,
+                        hessian_clipping=args.hessian_clipping)
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
     r = analyze(model, stats, data, specs=specs, range_method=args.range, features=features,
                 output=args.output, progress=progress,
@@ -438,6 +444,9 @@ def _ptq_options(p: argparse.ArgumentParser) -> None:
                    help="cross-layer equalization before calibration (exact in fp32)")
     p.add_argument("--gptq", action="store_true",
                    help="round weights with GPTQ error feedback (calibration sums each layer's Hessian)")
+    p.add_argument("--hessian-clipping", action="store_true",
+                   help="choose each weight channel's clipping for the layer's output error on the calibration "
+                        "inputs (their Hessian) instead of the weights' own error")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the biases as they are (default: corrected for the weights' mean rounding error)")
 

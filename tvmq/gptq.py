@@ -162,3 +162,66 @@ def gptq_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: np.nd
     inv = np.argsort(perm, axis=1)
     q = np.take_along_axis(q, inv[:, None, :], axis=2)
     return q.reshape(weight.shape).astype(np.int8)
+
+
+# clipping ratios that ``hessian_scales`` tries (as ``schedules.quant.weight_scales``' grid)
+CLIP_RATIOS = np.linspace(1.0, 0.3, 36)
+
+
+def hessian_scales(weight: np.ndarray, bits: int, hessian: np.ndarray, groups: int = 1,
+                   ratios: np.ndarray = CLIP_RATIOS) -> np.ndarray:
+    """Per-output-channel scales whose clipping ratio (of ``max |w| / (2^(b-1)-1)``, from
+    ``ratios``) minimises the layer's *output* error on the calibration inputs,
+    ``(w_q s - w) H (w_q s - w)^T`` with ``w_q`` rounded to nearest, instead of the weights' own
+    ``||w_q s - w||^2`` (``schedules.quant.weight_scales``): an input channel that carries much
+    signal weighs more than one that is nearly always 0. ``hessian`` as ``gptq_round``."""
+    k = weight.shape[0]
+    kg = k // groups
+    w = weight.astype(np.float64).reshape(groups, kg, -1)
+    d = w.shape[2]
+    h = np.asarray(hessian, np.float64).reshape(groups, d, d)
+    hi = 2 ** (bits - 1) - 1
+    amax = np.abs(w).max(axis=2)
+    base = np.where(amax > 0, amax / hi, 1.0)  # [G, Kg]
+    best = np.full(base.shape, np.inf)
+    chosen = base.copy()
+    for r in ratios:
+        s = base * r
+        delta = np.clip(np.round(w / s[:, :, None]), -hi, hi) * s[:, :, None] - w
+        err = (np.matmul(delta, h) * delta).sum(axis=2)
+        better = err < best
+        best = np.where(better, err, best)
+        chosen = np.where(better, s, chosen)
+    return chosen.reshape(k)
+
+
+# scale factors (of the weight-MSE clipping scales) that ``gptq_clip_round`` tries
+GPTQ_CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 1.05, 1.1)
+
+
+def gptq_clip_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: np.ndarray, groups: int = 1,
+                    factors: tuple[float, ...] = GPTQ_CLIP_FACTORS) -> tuple[np.ndarray, np.ndarray]:
+    """``(integer weights, scales)``: GPTQ (``gptq_round``) at ``scales * f`` for every ``f`` of
+    ``factors``, and per output channel the one with the least output error
+    ``(w_q s - w) H (w_q s - w)^T``. GPTQ rounds each output channel on its own (the error
+    feedback runs along a channel's inputs), so a channel's result does not depend on the
+    others' scales: picking rows is GPTQ at the picked scales."""
+    k = weight.shape[0]
+    kg = k // groups
+    w = weight.astype(np.float64).reshape(groups, kg, -1)
+    d = w.shape[2]
+    h = np.asarray(hessian, np.float64).reshape(groups, d, d)
+    base = np.asarray(scales, np.float64)
+    best = np.full(k, np.inf)
+    q_best = np.zeros(weight.shape, np.int8)
+    s_best = base.copy()
+    for f in factors:
+        s = base * f
+        q = gptq_round(weight, s, bits, hessian, groups)
+        delta = q.reshape(groups, kg, d).astype(np.float64) * s.reshape(groups, kg, 1) - w
+        err = (np.matmul(delta, h) * delta).sum(axis=2).reshape(k)
+        better = err < best
+        best = np.where(better, err, best)
+        q_best[better] = q[better]
+        s_best = np.where(better, s, s_best)
+    return q_best, s_best

@@ -224,7 +224,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   context: str = "alone", sensitivity: Any = None, latency_margin: float = 0.05,
                   eval_data: Any = None, eval_labels: Any = None, resume: bool = True,
                   requant: str = "float", equalize: bool = False, gptq: bool = False,
-                  bias_correction: bool = True,
+                  bias_correction: bool = True, hessian_clipping: bool = False,
                   progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
     ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build), run as the
@@ -250,7 +250,8 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
 
     ``equalize`` (cross-layer equalization, ``tvmq.equalize``: the model is equalized before
     anything else), ``gptq`` (calibration also sums each layer's input Hessian; weights are
-    rounded with error feedback) and ``bias_correction``: the post-training steps of the
+    rounded with error feedback), ``bias_correction`` and ``hessian_clipping`` (each weight
+    channel clipped for the output error under its Hessian; summed as for gptq): the post-training steps of the
     quantization recipe (``tvmq.recipe``), the same for the sensitivity analysis and the builds."""
     check_budgets(latency=latency_budget, size=size_budget, bops=bops_budget, db=db)
     specs_.check(list(specs), "the specs to allocate")
@@ -268,7 +269,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         sensitivity_samples=sensitivity_samples, measure=measure, context=context,
         given_sensitivity=sensitivity, latency_margin=latency_margin, eval_data=eval_data,
         eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model), requant=requant,
-        recipe={"gptq": gptq, "bias_correction": bias_correction})
+        recipe={"gptq": gptq, "bias_correction": bias_correction, "hessian_clipping": hessian_clipping})
     for step in STEPS:
         step(ctx)
     return MixedResult(ctx.result, ctx.alloc.plan, ctx.alloc, ctx.predicted or 0.0, ctx.measured, ctx.report,
@@ -352,13 +353,14 @@ def _calibrate(ctx: MixedContext) -> None:
     """The activation statistics: given, reused from calibration.json, or collected (and saved)."""
     if isinstance(ctx.calibration, ActivationStats) or str(ctx.calibration).endswith(".json"):
         stats = ctx.calibration if isinstance(ctx.calibration, ActivationStats) else ActivationStats.load(ctx.calibration)
-        if ctx.recipe.get("gptq") and not stats.hessians:
-            raise TvmqError("gptq needs statistics with Hessians: calibrate with --gptq (collect(hessians=True))")
+        if (ctx.recipe.get("gptq") or ctx.recipe.get("hessian_clipping")) and not stats.hessians:
+            raise TvmqError("gptq / hessian_clipping need statistics with Hessians: calibrate with --gptq "
+                            "(collect(hessians=True))")
         ctx.stats = with_recipe(stats, **ctx.recipe)
         return
     ctx.data = (ctx.calibration if isinstance(ctx.calibration, CalibrationData)
                 else CalibrationData.from_source(ctx.calibration, ctx.pm.inputs))
-    hessians = bool(ctx.recipe.get("gptq"))
+    hessians = bool(ctx.recipe.get("gptq") or ctx.recipe.get("hessian_clipping"))
     path, key = ctx.out / "calibration.json", _key(ctx, "model", "data", "features", hessians=hessians)
     if _reusable(ctx, "calibrate", key, path):
         ctx.stats = with_recipe(ActivationStats.load(path), **ctx.recipe)

@@ -9,7 +9,11 @@ statistics of its input, at spec ``w<b>a<a>``:
 1. ``W_q, s_w = quantize_weights(W, b)``: symmetric per output channel (MSE clipping below 8
    bits, ``schedules.quant``); where the statistics hold the layer's input Hessian
    (``collect(..., hessians=True)``) and the recipe's ``gptq`` option is on, ``W_q`` is rounded
-   with error feedback instead (``tvmq.gptq``: GPTQ, same scales);
+   with error feedback instead (``tvmq.gptq``: GPTQ, same scales); the ``hessian_clipping``
+   option (off by default; needs the Hessian too) chooses each channel's clipping for the
+   layer's output error under the Hessian instead of the weights' own error: with GPTQ, GPTQ at
+   7 factors of the MSE-clipped scales and the best per channel (``gptq_clip_round``); without,
+   the best of 36 clipping ratios rounded to nearest (``hessian_scales``);
 2. bias correction (the recipe's ``bias_correction`` option, on by default):
    ``b - E[(s_w W_q - W) x]`` with ``x`` replaced by the calibrated per-channel input mean
    (Nagel et al. 2019): the mean output shift that rounding the weights causes is removed;
@@ -32,10 +36,10 @@ import numpy as np
 from schedules import quant
 
 from .errors import TvmqError
-from .gptq import MIN_PATCHES_PER_COLUMN, gptq_round
+from .gptq import MIN_PATCHES_PER_COLUMN, gptq_clip_round, gptq_round, hessian_scales
 
 # the recipe's optional steps and their defaults (``recipe_options``)
-RECIPE_DEFAULTS = {"gptq": True, "bias_correction": True}
+RECIPE_DEFAULTS = {"gptq": True, "bias_correction": True, "hessian_clipping": False}
 
 
 def recipe_options(stats: Any) -> dict[str, bool]:
@@ -47,7 +51,9 @@ def recipe_options(stats: Any) -> dict[str, bool]:
     if unknown:
         raise TvmqError(f"unknown recipe option(s) {sorted(unknown)}; known: {sorted(RECIPE_DEFAULTS)}")
     opts = {**RECIPE_DEFAULTS, **{k: bool(v) for k, v in given.items()}}
-    opts["gptq"] = opts["gptq"] and bool(getattr(stats, "hessians", None))
+    has_h = bool(getattr(stats, "hessians", None))
+    opts["gptq"] = opts["gptq"] and has_h
+    opts["hessian_clipping"] = opts["hessian_clipping"] and has_h
     return opts
 
 
@@ -181,10 +187,19 @@ def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, group
     if bias_correction is None:
         bias_correction = opts["bias_correction"]
     wq, s_w = quant.quantize_weights(weight, spec.w_bits)
-    hessian = stats.hessian(name) if opts["gptq"] else None
+    hessian = stats.hessian(name) if opts["gptq"] or opts["hessian_clipping"] else None
     if hessian is not None and not gptq_applies(stats, name, hessian):
         hessian = None
-    if hessian is not None:
+    if hessian is not None and opts["hessian_clipping"] and opts["gptq"]:  # steps 1b + 1c together
+        wq, s_w = _cached(("gptq_clip", name, spec.w_bits, groups), (weight, s_w, hessian),
+                          lambda: gptq_clip_round(weight, s_w, spec.w_bits, hessian, groups))
+    elif hessian is not None and opts["hessian_clipping"]:  # step 1b: clipping for the output error
+        s_w = _cached(("scales", name, spec.w_bits, groups), (weight, hessian),
+                      lambda: hessian_scales(weight, spec.w_bits, hessian, groups))
+        shape = (-1,) + (1,) * (weight.ndim - 1)
+        hi = 2 ** (spec.w_bits - 1) - 1
+        wq = np.clip(np.round(weight / s_w.reshape(shape)), -hi, hi).astype(np.int8)
+    elif hessian is not None and opts["gptq"]:
         wq = _gptq_cached(name, weight, s_w, spec.w_bits, hessian, groups)
     raw = None if bias is None else np.asarray(bias, np.float64)
     in_stats = stats.get(name, "in")
@@ -200,6 +215,16 @@ def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, group
 
 
 _GPTQ_CACHE: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def _cached(key: tuple[Any, ...], arrays: tuple[np.ndarray, ...], make: Any) -> np.ndarray:
+    """``make()``, remembered (in ``_GPTQ_CACHE``) for ``key`` and the contents of ``arrays``."""
+    full = key + tuple((a.shape, hash(np.ascontiguousarray(a).tobytes())) for a in arrays)
+    if full not in _GPTQ_CACHE:
+        if len(_GPTQ_CACHE) > 512:
+            _GPTQ_CACHE.clear()
+        _GPTQ_CACHE[full] = make()
+    return _GPTQ_CACHE[full]
 
 
 def _gptq_cached(name: str, weight: np.ndarray, s_w: np.ndarray, bits: int, hessian: np.ndarray,
