@@ -230,6 +230,17 @@ def image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=str(DEFAULT_IMAGENET), help="imagenet-sample folder (../shared/data)")
 
 
+def image_bench_args(ap: argparse.ArgumentParser) -> argparse.Namespace | None:
+    """The image options added and parsed; None (saying why) when the images or the model are
+    missing. Sets ``TVM_NUM_THREADS=1`` unless given, before anything imports TVM."""
+    image_options(ap)
+    args = ap.parse_args()
+    if images_missing(args):
+        return None
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
+    return args
+
+
 def images_missing(args: argparse.Namespace) -> bool:
     if Path(args.root, "labels.csv").exists() and Path(args.model).exists():
         return False

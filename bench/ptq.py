@@ -10,7 +10,6 @@ Every library is checked bit for bit against its numpy program."""
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -139,11 +138,9 @@ def main() -> int:
     ap.add_argument("--ort-int8", action="store_true",
                     help="ablation: also score onnxruntime int8 (quantize_static QDQ, per-channel, MinMax) on the "
                          "same calibration images")
-    h.image_options(ap)
-    args = ap.parse_args()
-    if h.images_missing(args):
+    args = h.image_bench_args(ap)
+    if args is None:
         return 0
-    os.environ.setdefault("TVM_NUM_THREADS", "1")
     import tvmq  # deferred: imports TVM, after TVM_NUM_THREADS is set
     from tvmq import specs as specs_
     from tvmq.calibration import collect

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import tempfile
@@ -93,11 +92,9 @@ def main() -> int:
                            check=(20, "images checked bit-exact vs simulation"),
                            requant=("float", "tvmq's requantization(s), float and/or dyadic: W8A8 rows "
                                     "for each; the extra plans take the first"))
-    h.image_options(ap)
-    args = ap.parse_args()
-    if h.images_missing(args):
+    args = h.image_bench_args(ap)
+    if args is None:
         return 0
-    os.environ.setdefault("TVM_NUM_THREADS", "1")
     from tvmq.calibration import collect  # deferred: imports TVM, after TVM_NUM_THREADS is set
 
     x, y = h.imagenet_sample(args.root, args.n)
