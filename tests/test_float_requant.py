@@ -68,6 +68,19 @@ def test_float_requantization_channels_last_both_loop_orders(wl: Conv2dWorkload,
     _check_conv(wl, isa, variant, lambda cfg: replace(cfg, blocks_inside=blocks_inside))
 
 
+@pytest.mark.parametrize("isa", isa_params("conv2d", "w8a8"))
+@pytest.mark.parametrize("variant", ["plain", "residual-relu"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_float_requantization_wide_3x3_on_the_multi_row_tile(isa: str, variant: str, stride: int) -> None:
+    """A 3x3 conv over a 56-wide map takes ``int8_rows``' tile at the VNNI level
+    (``int8_dispatch._wide_window``): the same integers as numpy."""
+    wl = Conv2dWorkload(1, 16, 56, 56, 24, 3, 3, stride, stride, 1, 1, 1, 1, epilogue=FLOAT, layout="NHWC")
+    features = HOST.with_isa(isa)
+    cfg = registry.select("conv2d", "w8a8", features).fallback_config(wl, features)
+    assert (type(cfg).__name__ == "DotRowsConv2dConfig") == (isa == "avx512_vnni")
+    _check_conv(wl, isa, variant)
+
+
 def _check_conv(wl: Conv2dWorkload, isa: str, variant: str, tweak=lambda cfg: cfg) -> None:  # type: ignore[no-untyped-def]
     ep = {"residual-relu": replace(FLOAT, residual=True, activation="relu"),
           "residual-limit": replace(FLOAT, residual=True),

@@ -79,7 +79,22 @@ def conv_cases(draw):  # type: ignore[no-untyped-def]
 @given(conv_cases(), st.sampled_from(packing.UNPACK_POSITIONS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_w4a8_conv_and_depthwise_bit_exact(isa: str, case, unpack: str) -> None:  # type: ignore[no-untyped-def]
-    wl, seed, extreme = case
+    _check_w4a8_conv(isa, *case, unpack)
+
+
+@pytest.mark.parametrize("isa", isa_params("conv2d", "w4a8", CHECKED_BY))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_w4a8_wide_3x3_conv_on_the_multi_row_tile_bit_exact(isa: str, stride: int) -> None:
+    """A 3x3 conv over a 56-wide map: at the VNNI level its fallback is ``int8_rows``' tile
+    (``int8_dispatch._wide_window``), whose W4A8 twin equals numpy too."""
+    wl = Conv2dWorkload(1, 16, 56, 56, 24, 3, 3, stride, stride, 1, 1, 1, 1)
+    features = HOST if isa is None else HOST.with_isa(isa)
+    base = registry.select("conv2d", "w4a8", features).fallback_config(wl, features).base
+    assert (type(base).__name__ == "DotRowsConv2dConfig") == (features.isa == "avx512_vnni")
+    _check_w4a8_conv(isa, wl, 3, False, "call")
+
+
+def _check_w4a8_conv(isa: str, wl, seed: int, extreme: bool, unpack: str) -> None:  # type: ignore[no-untyped-def]
     features = HOST if isa is None else HOST.with_isa(isa)
     if unpack == "block" and space.tensorized(registry.select(registry.op_of(wl), "w4a8", features)
                                               .fallback_config(wl, features).base):

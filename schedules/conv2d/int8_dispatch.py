@@ -49,7 +49,21 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
         # one-pixel-wide outputs take the VNNI form
         isa = "avx512_vnni"
     dot = next(d.name for d in DOT_PRODUCTS.values() if d.isa == isa)
+    if data_dtype == "uint8" and _wide_window(wl, isa):
+        return int8_rows.DotRowsConv2dConfig(ic_bn=min(64, -(-wl.in_per_group // 4) * 4), oc_bn=16, reg_n=3,
+                                             rows=4, dot=dot)
     return int8_dot.fallback_config(wl, features, dot)
+
+
+def _wide_window(wl: Conv2dWorkload, isa: str) -> bool:
+    """A kxk conv over a wide map (VNNI): ``int8_rows``' tile of 4 rows x 3 pixels x 16 channels
+    lets each input pixel a step of the window broadcasts serve every row it overlaps.
+    Measured on a Zen 4 core (interleaved minima): ResNet-50's 64-channel 3x3 at 56x56 0.580 ->
+    0.521 ms, its 128-channel 3x3 stride 2 from 56x56 0.653 -> 0.551; equal at 28x28 and 14x14
+    (where ``int8_dot`` already runs at 92-98% of ``vpdpbusd``'s peak); slower on 3-channel
+    first convs (kept on ``int8_dot``)."""
+    return (isa == "avx512_vnni" and wl.groups == 1 and wl.kernel_h >= 3 and wl.in_per_group >= 16
+            and wl.out_width >= 28 and wl.out_height % 4 == 0)
 
 
 _dispatch = TemplateDispatch(_template)
