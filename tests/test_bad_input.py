@@ -696,6 +696,27 @@ BUDGET = [
     C("budget-eval-labels-not-numpy", "compile", "{tiny}", "-o", "o", "--calibration", "{calib}", "--size-budget",
       "0.7x", "--eval-data", "{calib}", "--eval-labels", "l.npy", make=files(**{"l.npy": "1,2,3,4"}),
       says="not a numpy file", max_s=5.0),
+    # the mixed path takes --input-shape like every other command (issue 15): checked before any work
+    C("budget-dynamic-dim-without-shape", "compile", "m.onnx", "-o", "o", "--calibration", "{calib}",
+      "--size-budget", "0.6x", make=onnx_file("m.onnx", lambda: tiny_model(input_dims=[1, 3, "h", "w"])),
+      says="dynamic dimension 2.*--input-shape x=", max_s=5.0),
+    C("budget-shape-unknown-input", "compile", "{tiny}", "-o", "o", "--calibration", "{calib}", "--size-budget",
+      "0.6x", "--input-shape", "image=1,3,8,8", says="unknown inputs", max_s=5.0),
+    C("budget-shape-garbage", "compile", "{tiny}", "-o", "o", "--calibration", "{calib}", "--size-budget",
+      "0.6x", "--input-shape", "x=1,3,h,8", says="dimensions must be integers", max_s=5.0),
+    C("budget-shape-rank-mismatch", "compile", "{tiny}", "-o", "o", "--calibration", "{calib}", "--size-budget",
+      "0.6x", "--input-shape", "x=1,3,8", says="rank", max_s=5.0),
+    C("budget-shape-other-than-the-calibration-samples", "compile", "m.onnx", "-o", "o", "--calibration", "{calib}",
+      "--size-budget", "0.6x", "--input-shape", "x=1,3,16,8",
+      make=onnx_file("m.onnx", lambda: tiny_model(input_dims=[1, 3, "h", "w"], output_dims=[1, 4, "h", "w"])),
+      says=r"samples of shape \(3, 8, 8\), the model takes \(3, 16, 8\)", max_s=5.0),
+    C("onnx-analyze-dynamic-dim-without-shape", "analyze", "m.onnx", "--calibration", "{calib}",
+      make=onnx_file("m.onnx", lambda: tiny_model(input_dims=[1, 3, "h", "w"])),
+      says="dynamic dimension 2.*--input-shape", max_s=5.0),
+    C("args-analyze-shape-unknown-input", "analyze", "{tiny}", "--calibration", "{calib}",
+      "--input-shape", "image=1,3,8,8", says="unknown inputs", max_s=5.0),
+    C("args-analyze-shape-garbage", "analyze", "{tiny}", "--calibration", "{calib}",
+      "--input-shape", "x=1,3,8,-8", says="dimensions must be >= 1", max_s=5.0),
 ]
 
 TUNE = [

@@ -371,7 +371,8 @@ def _input_specs(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
                 else:
                     raise UnsupportedModelError(
                         f"input {vi.name!r} has a dynamic dimension {k} "
-                        f"({d.dim_param or '?'}); give its shape explicitly (input_shapes)")
+                        f"({d.dim_param or '?'}); give its shape explicitly (input_shapes=; on the command "
+                        f"line --input-shape {vi.name}=D0,D1,...)")
             shape = tuple(dims)
         specs.append(TensorSpec(vi.name, shape, dtype))
     if given:
