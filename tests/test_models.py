@@ -117,3 +117,49 @@ def test_mobilenetv2_matches_onnxruntime(tmp_path: Path) -> None:
     edges = [{"from": "NCHW", "to": "NHWC", "shape": [1, 3, 224, 224]},
              {"from": "NHWC", "to": "NCHW", "shape": [1, 1280, 7, 7]}]
     assert _compare(MOBILENETV2, tmp_path, x, layout_transforms=edges) <= TOL
+
+
+# issue 15: the bundled model, MobileNetV2 and the light zoo models each compile at W8A8, W4A8 and
+# a mixed plan chosen under a 0.6x size budget (their fp32 builds: the tests above); every library
+# equals its numpy program bit for bit
+WHOLE_MODELS = ["fmnist", "mobilenetv2", *(f"light_{n}" for n in ("squeezenet", "shufflenet", "resnet50",
+                                                                  "densenet121", "inception_v1", "inception_v2"))]
+
+
+def _whole_model(name: str, tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """The model file and 4 calibration samples [4, C, H, W]."""
+    if name == "fmnist":
+        return FMNIST_DIR / "model.onnx", fmnist_inputs(4, split="calib")[0]
+    if name == "mobilenetv2":
+        if not MOBILENETV2.exists():
+            pytest.skip(f"{MOBILENETV2} missing: run `make models` (exports the real MobileNetV2)")
+        path = MOBILENETV2
+    else:
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(randomized(light_model(name.removeprefix("light_"))), str(path))
+    return path, np.random.default_rng(3).standard_normal((4, 3, 224, 224)).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WHOLE_MODELS)
+def test_a_whole_model_compiles_at_w8a8_w4a8_and_a_mixed_plan_under_a_size_budget(name: str, tmp_path: Path) -> None:
+    import json
+
+    from tvmq.calibration import ActivationStats
+    from tvmq.pipeline import compile_mixed
+
+    path, x = _whole_model(name, tmp_path)
+    mixed = compile_mixed(path, x, tmp_path / "mixed", size_budget="0.6x", measure=False, sensitivity_samples=2)
+    alloc = json.loads(mixed.build.manifest.read_text())["allocation"]
+    assert alloc["status"] == "optimal" and alloc["totals"]["size"] <= alloc["budgets"]["size_bytes"]
+    assert set(mixed.plan.values()) - {"w8a8", "fp32"}, mixed.plan
+    stats = ActivationStats.load(tmp_path / "mixed" / "calibration.json")
+    w4a8 = tvmq.build(path, tmp_path / "w4a8", plan="w4a8", stats=stats)
+    for r in (mixed.build, mixed.extra["reference"], w4a8):  # the chosen plan, W8A8, W4A8
+        assert r.program is not None, r.library
+        m = tvmq.load(r.library)
+        (input_name, _, _), = m.inputs
+        got = m.run({input_name: x[:1]})
+        for value, want in zip(got.values(), r.program.run([x[:1]])):
+            assert np.isfinite(value).all()
+            np.testing.assert_array_equal(value, want)

@@ -469,7 +469,11 @@ def _clean_graph(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
     og.drop_unused_outputs(g)
     check_forms(g)
     og.simplify_inference_ops(g)
-    og.fold_constants(g)
+    # to a fixed point: a folded shape (Shape -> Gather -> Concat -> Reshape) makes the tensors
+    # after it static, whose Shape then folds (SVTR's attention reshapes, paddle2onnx)
+    for _ in range(16):
+        if not og.fold_constants(g):
+            break
     check_constant_inputs(g)
     og.fold_into_conv(g)
     og.decompose_batch_norm(g)

@@ -8,8 +8,10 @@ Budgets are absolute (``"3.5ms"``, ``"2MB"`` / ``"2000000"`` bytes, BOPs as a nu
 relative to the uniform W8A8 plan (``"0.8x"``). The allocation problem has one option per layer
 and spec: sensitivity = the output noise-to-signal ratio of that layer alone at that spec
 (``tvmq.sensitivity``), latency = the layer's kernel on this device (``LatencyTable``: the best
-tuning record, or the predictor's estimate for a layer never measured), size = the stored weight
-bytes, BOPs = MACs x weight bits x activation bits; the edges between layers carry the measured
+tuning record, or the predictor's estimate for a layer never measured), size = the weight bytes
+at the spec's width before any kernel's channel padding (the manifest's ``weight_bytes`` counts
+the packed, padded arrays: the same on wide layers, several times more on a few-channel head such
+as a 4-way dense layer, which kernels pad to their vector lanes), BOPs = MACs x weight bits x activation bits; the edges between layers carry the measured
 conversion kernels (float <-> integer). Predicted end-to-end latency = the plan's layers and
 conversions plus the rest of the graph (pools, adds, the model's edges), taken as the measured
 uniform-W8A8 library minus its layer sum; the built libraries are timed and both numbers go in
