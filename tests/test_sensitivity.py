@@ -341,3 +341,17 @@ def test_the_mixed_path_takes_input_shapes(tmp_path: Path) -> None:
     assert m.build.program is not None and m.extra["reference"].program is not None
     for b in (m.build, m.extra["reference"]):
         np.testing.assert_array_equal(tvmq.load(b.library).run({"x": x})["y"], b.program.run([x])[0])
+
+
+def test_the_mixed_path_builds_for_a_batch_from_samples_taken_one_at_a_time(tmp_path: Path) -> None:
+    """Calibration and the sensitivity analysis run one sample at a time (batch 1), whatever the
+    batch the libraries are built for: a mixed plan at batch 2 (it was a shape mismatch in
+    calibration), every library equal to its numpy program on a batch of two."""
+    model = _dynamic_hw_model(tmp_path / "dyn.onnx")
+    data = np.random.default_rng(2).standard_normal((5, 3, 8, 10)).astype(np.float32)
+    m = compile_mixed(model, data, tmp_path / "out", size_budget="0.6x", input_shapes={"x": (2, 3, 8, 10)},
+                      specs=["w4a8", "w8a8", "fp32"], features=FEATURES, measure=False, sensitivity_samples=2)
+    assert m.build.manifest_data["inputs"][0]["shape"] == [2, 3, 8, 10]
+    assert m.extra["sensitivity"].meta["input_shapes"] == {"x": [1, 3, 8, 10]}
+    for b in (m.build, m.extra["reference"]):
+        np.testing.assert_array_equal(tvmq.load(b.library).run({"x": data[:2]})["y"], b.program.run([data[:2]])[0])

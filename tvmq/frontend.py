@@ -425,6 +425,14 @@ def _canonical_dense(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> bool:
     return True
 
 
+def per_sample_shapes(input_shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]] | None:
+    """``input_shapes`` at batch 1: calibration and the sensitivity analysis run one sample at a
+    time (statistics are per sample), whatever batch the library is built for."""
+    if not input_shapes:
+        return input_shapes
+    return {name: (1, *tuple(shape)[1:]) if len(shape) else tuple(shape) for name, shape in input_shapes.items()}
+
+
 def prepare(source: str | os.PathLike | onnx.ModelProto, *,
             input_shapes: dict[str, tuple[int, ...]] | None = None,
             batch_size: int = 1) -> PreparedModel:

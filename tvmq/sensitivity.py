@@ -44,7 +44,7 @@ from schedules.target_features import TargetFeatures, detect_host
 from .calibration import CalibrationData
 from .compiler import codegen, lower_module
 from .errors import TvmqError
-from .frontend import prepare
+from .frontend import per_sample_shapes, prepare
 from .passes.records import Switch
 from .plan import QuantSpec
 from .recipe import quantize_layer
@@ -145,7 +145,8 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
     samples), with calibration ``stats`` (``tvmq.calibration.collect``).
 
     ``input_shapes`` / ``batch_size``: as ``frontend.prepare`` (a model with dynamic H / W is
-    analyzed at the static shape given, the one it is calibrated and compiled at)."""
+    analyzed at the static shape given, the one it is calibrated and compiled at), one sample at a
+    time: at batch 1, whatever the batch the library is built for."""
     bad = [c for c in contexts if c not in CONTEXTS]
     if bad:
         raise TvmqError(f"unknown sensitivity context(s) {bad}; known: {', '.join(CONTEXTS)}")
@@ -153,7 +154,7 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
     if any(s.name == "fp32" for s in parsed):
         parsed = [s for s in parsed if s.name != "fp32"]  # fp32 is the reference: 0 by definition
     features = features or detect_host()
-    pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
+    pm = prepare(model, input_shapes=per_sample_shapes(input_shapes), batch_size=1)  # one sample at a time
     if not isinstance(data, CalibrationData):
         data = CalibrationData.from_source(data, pm.inputs)
     if len(data) == 0:
