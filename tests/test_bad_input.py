@@ -715,6 +715,8 @@ BUDGET = [
       says="dynamic dimension 2.*--input-shape", max_s=5.0),
     C("args-analyze-shape-unknown-input", "analyze", "{tiny}", "--calibration", "{calib}",
       "--input-shape", "image=1,3,8,8", says="unknown inputs", max_s=5.0),
+    C("calib-analyze-missing", "analyze", "{tiny}", "--calibration", "none.npz", says="calibration data not found",
+      max_s=5.0),
     C("args-analyze-shape-garbage", "analyze", "{tiny}", "--calibration", "{calib}",
       "--input-shape", "x=1,3,8,-8", says="dimensions must be >= 1", max_s=5.0),
 ]

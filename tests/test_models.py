@@ -8,6 +8,7 @@ values before both runtimes see the model.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,14 @@ def test_mobilenetv2_matches_onnxruntime(tmp_path: Path) -> None:
 
 
 # issue 15: the bundled model, MobileNetV2 and the light zoo models each compile at W8A8, W4A8 and
-# a mixed plan chosen under a 0.6x size budget (their fp32 builds: the tests above); every library
-# equals its numpy program bit for bit
+# a mixed plan chosen under a 0.6x size budget (their fp32 builds: the tests above); each library
+# equals its numpy program bit for bit where it has one
 WHOLE_MODELS = ["fmnist", "mobilenetv2", *(f"light_{n}" for n in ("squeezenet", "shufflenet", "resnet50",
                                                                   "densenet121", "inception_v1", "inception_v2"))]
+ENDS_IN_SOFTMAX = {"light_squeezenet", "light_shufflenet", "light_resnet50",
+                   "light_inception_v1", "light_inception_v2"}
+# 2.5-7.5 minutes each on 2 busy cores (densenet121: 120 layers): outside the default suite
+HEAVY = {"light_resnet50", "light_densenet121", "light_inception_v1", "light_inception_v2"}
 
 
 def _whole_model(name: str, tmp_path: Path) -> tuple[Path, np.ndarray]:
@@ -148,6 +153,8 @@ def test_a_whole_model_compiles_at_w8a8_w4a8_and_a_mixed_plan_under_a_size_budge
     from tvmq.calibration import ActivationStats
     from tvmq.pipeline import compile_mixed
 
+    if name in HEAVY and not os.environ.get("TVMQ_HEAVY_MODELS"):
+        pytest.skip("a heavy light zoo model (minutes of compiling): run `TVMQ_HEAVY_MODELS=1 make test`")
     path, x = _whole_model(name, tmp_path)
     mixed = compile_mixed(path, x, tmp_path / "mixed", size_budget="0.6x", measure=False, sensitivity_samples=2)
     alloc = json.loads(mixed.build.manifest.read_text())["allocation"]
@@ -156,10 +163,15 @@ def test_a_whole_model_compiles_at_w8a8_w4a8_and_a_mixed_plan_under_a_size_budge
     stats = ActivationStats.load(tmp_path / "mixed" / "calibration.json")
     w4a8 = tvmq.build(path, tmp_path / "w4a8", plan="w4a8", stats=stats)
     for r in (mixed.build, mixed.extra["reference"], w4a8):  # the chosen plan, W8A8, W4A8
-        assert r.program is not None, r.library
         m = tvmq.load(r.library)
         (input_name, _, _), = m.inputs
         got = m.run({input_name: x[:1]})
-        for value, want in zip(got.values(), r.program.run([x[:1]])):
-            assert np.isfinite(value).all()
-            np.testing.assert_array_equal(value, want)
+        assert all(np.isfinite(v).all() for v in got.values())
+        # the numpy program, where one exists: none where a softmax ends the model (squeezenet),
+        # nor for a mixed plan whose float island ends in a global mean (densenet121: a bf16
+        # layer inside its last dense block); the uniform W8A8 and W4A8 builds have one otherwise
+        if r is not mixed.build:
+            assert (r.program is None) == (name in ENDS_IN_SOFTMAX), name
+        if r.program is not None:
+            for value, want in zip(got.values(), r.program.run([x[:1]])):
+                np.testing.assert_array_equal(value, want)
