@@ -267,3 +267,91 @@ def test_mixed_compile_resumes_from_its_output_directory(calib, tmp_path: Path) 
     fresh, reused, lines, mtimes5 = run(range_method="percentile", resume=False)
     assert reused == set() and all(mtimes5[s] != mtimes4[s] for s in files)
     assert fresh.plan == pct.plan and (out / "model.so").read_bytes() == so
+
+
+def _dynamic_hw_model(path: Path) -> Path:
+    """conv 3x3 (3 -> 16) + ReLU, conv 3x3 (16 -> 32) + ReLU, conv 1x1 (32 -> 8): x [1, 3, h, w]."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    rng = np.random.default_rng(15)
+    shapes = {"w0": (16, 3, 3, 3), "b0": (16,), "w1": (32, 16, 3, 3), "b1": (32,), "w2": (8, 32, 1, 1)}
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n) for n, s in shapes.items()]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w1", "b1"], ["b"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["br"]), helper.make_node("Conv", ["br", "w2"], ["y"], name="conv2")]
+    g = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, "h", "w"])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_the_mixed_path_takes_input_shapes(tmp_path: Path) -> None:
+    """A model with dynamic H and W through the whole mixed path (issue 15): `tvmq analyze` and
+    `tvmq compile --size-budget` with `--input-shape` (no tuning records needed), and
+    ``compile_mixed(input_shapes=)`` under a latency budget whose table comes from records
+    tuned at that shape; every library at the shape, equal to its numpy program."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, ort_session
+
+    model = _dynamic_hw_model(tmp_path / "dyn.onnx")
+    shape = (1, 3, 12, 20)
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((6, *shape[1:])).astype(np.float32)
+    np.save(tmp_path / "calib.npy", data)
+    x = data[:1]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tvmq", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+
+    flag = ["--input-shape", "x=" + ",".join(map(str, shape))]
+    r = cli("analyze", str(model), "--calibration", str(tmp_path / "calib.npy"), "--limit", "2", *flag,
+            "-o", str(tmp_path / "s.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    s = SensitivityResult.load(tmp_path / "s.json")
+    assert sorted(s.layers) == ["conv0", "conv1", "conv2"] and s.meta["input_shapes"] == {"x": list(shape)}
+    r = cli("compile", str(model), "--calibration", str(tmp_path / "calib.npy"), "--size-budget", "0.6x", *flag,
+            "-o", str(tmp_path / "small"), "-q")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "small" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["shape"] == list(shape)
+    assert manifest["allocation"]["status"] == "optimal" and "size" in manifest["allocation"]["binding"]
+    assert manifest["allocation"]["totals"]["size"] <= manifest["allocation"]["budgets"]["size_bytes"]
+    y = tvmq.load(tmp_path / "small").run({"x": x})["y"]
+    want = ort_session(model).run(None, {"x": x})[0]
+    assert y.shape == want.shape == (1, 8, 12, 20)
+    assert 10 * np.log10((want ** 2).sum() / ((y - want) ** 2).sum()) > 10
+
+    # a latency budget: the tasks and the table at the given shape
+    shapes = {"x": shape}
+    tasks = extract_tasks(prepare(model, input_shapes=shapes), ["w8a8", "w4a8", "fp32"], FEATURES)
+    speed = {"w4a8": 0.5, "w8a8": 1.0, "fp32": 3.0, "conversion": 0.1}
+    tune(tasks, TuningDatabase(tmp_path / "db.jsonl"),
+         ScriptedMeasurer(lambda t, c: speed[t.spec] * (1 + t.macs / 1e4), device=device_fingerprint(FEATURES, 1)),
+         FEATURES, trials=2, progress=False)
+    m = compile_mixed(model, data, tmp_path / "fast", latency_budget="1.0x", db=tmp_path / "db.jsonl",
+                      specs=["w4a8", "w8a8", "fp32"], features=FEATURES, measure=False, sensitivity_samples=2,
+                      input_shapes=shapes)
+    sources = {s["source"] for row in m.extra["table"].layers.values() for s in row.values()}
+    assert sources == {"measured"}, sources  # every layer's latency from a record tuned at this shape
+    assert m.build.program is not None and m.extra["reference"].program is not None
+    for b in (m.build, m.extra["reference"]):
+        np.testing.assert_array_equal(tvmq.load(b.library).run({"x": x})["y"], b.program.run([x])[0])
+
+
+def test_the_mixed_path_builds_for_a_batch_from_samples_taken_one_at_a_time(tmp_path: Path) -> None:
+    """Calibration and the sensitivity analysis run one sample at a time (batch 1), whatever the
+    batch the libraries are built for: a mixed plan at batch 2 (it was a shape mismatch in
+    calibration), every library equal to its numpy program on a batch of two."""
+    model = _dynamic_hw_model(tmp_path / "dyn.onnx")
+    data = np.random.default_rng(2).standard_normal((5, 3, 8, 10)).astype(np.float32)
+    m = compile_mixed(model, data, tmp_path / "out", size_budget="0.6x", input_shapes={"x": (2, 3, 8, 10)},
+                      specs=["w4a8", "w8a8", "fp32"], features=FEATURES, measure=False, sensitivity_samples=2)
+    assert m.build.manifest_data["inputs"][0]["shape"] == [2, 3, 8, 10]
+    assert m.extra["sensitivity"].meta["input_shapes"] == {"x": [1, 3, 8, 10]}
+    for b in (m.build, m.extra["reference"]):
+        np.testing.assert_array_equal(tvmq.load(b.library).run({"x": data[:2]})["y"], b.program.run([data[:2]])[0])

@@ -282,6 +282,7 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
                       eval_data=args.eval_data, eval_labels=args.eval_labels, resume=args.resume,
                       requant=args.requant, equalize=args.equalize, gptq=args.gptq,
                       bias_correction=args.bias_correction, hessian_clipping=args.hessian_clipping,
+                      input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
                       progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
@@ -300,22 +301,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from .recipe import with_recipe
 
+    shapes = {"input_shapes": _parse_shapes(args.input_shape), "batch_size": args.batch_size}
     _output_file(args.output, "-o")
     _input_file(args.stats, "--stats")
+    _input_file(args.calibration, "calibration data", folder_ok=True)
     progress = _Progress(args.quiet)
     features = _features(args.isa)
+    pm = prepare(args.model, **shapes)  # the model and its input shapes, before any work
     model = _ptq_model(args)
-    pm = prepare(model)
     data = CalibrationData.from_source(args.calibration, pm.inputs, limit=args.limit)
     stats = (ActivationStats.load(args.stats) if args.stats
              else collect(model, data, features=features, progress=progress,
-                          hessians=args.gptq or args.hessian_clipping))
+                          hessians=args.gptq or args.hessian_clipping, **shapes))
     stats = with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction,
                         hessian_clipping=args.hessian_clipping)
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
     r = analyze(model, stats, data, specs=specs, range_method=args.range, features=features,
                 output=args.output, progress=progress,
-                contexts=["alone", "w8a8"] if args.w8a8_context else ["alone"])
+                contexts=["alone", "w8a8"] if args.w8a8_context else ["alone"], **shapes)
     print(f"{'layer':<48} " + " ".join(f"{s:>8}" for s in r.specs) + "   (output SQNR dB, layer alone)")
     for layer in r.layers:
         print(f"{layer[:48]:<48} " + " ".join(f"{r.sqnr_db(layer, s):>8.1f}" for s in r.specs))
@@ -637,6 +640,9 @@ def _analyze_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     a.add_argument("--stats", help="calibration.json from `tvmq calibrate` (else computed)")
     a.add_argument("--specs", default=",".join(REDUCED))
     a.add_argument("--limit", type=COUNT, default=32, help="samples used (default 32)")
+    a.add_argument("--batch-size", type=COUNT, default=1)
+    a.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                   help="static shape of an input with dynamic dimensions (compile with the same)")
     a.add_argument("--range", default="minmax", choices=["minmax", "percentile", "mse"])
     _ptq_options(a)
     a.add_argument("--w8a8-context", action="store_true",

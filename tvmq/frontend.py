@@ -371,7 +371,8 @@ def _input_specs(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
                 else:
                     raise UnsupportedModelError(
                         f"input {vi.name!r} has a dynamic dimension {k} "
-                        f"({d.dim_param or '?'}); give its shape explicitly (input_shapes)")
+                        f"({d.dim_param or '?'}); give its shape explicitly (input_shapes=; on the command "
+                        f"line --input-shape {vi.name}=D0,D1,...)")
             shape = tuple(dims)
         specs.append(TensorSpec(vi.name, shape, dtype))
     if given:
@@ -424,6 +425,14 @@ def _canonical_dense(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> bool:
     return True
 
 
+def per_sample_shapes(input_shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]] | None:
+    """``input_shapes`` at batch 1: calibration and the sensitivity analysis run one sample at a
+    time (statistics are per sample), whatever batch the library is built for."""
+    if not input_shapes:
+        return input_shapes
+    return {name: (1, *tuple(shape)[1:]) if len(shape) else tuple(shape) for name, shape in input_shapes.items()}
+
+
 def prepare(source: str | os.PathLike | onnx.ModelProto, *,
             input_shapes: dict[str, tuple[int, ...]] | None = None,
             batch_size: int = 1) -> PreparedModel:
@@ -468,7 +477,11 @@ def _clean_graph(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
     og.drop_unused_outputs(g)
     check_forms(g)
     og.simplify_inference_ops(g)
-    og.fold_constants(g)
+    # to a fixed point: a folded shape (Shape -> Gather -> Concat -> Reshape) makes the tensors
+    # after it static, whose Shape then folds (SVTR's attention reshapes, paddle2onnx)
+    for _ in range(16):
+        if not og.fold_constants(g):
+            break
     check_constant_inputs(g)
     og.fold_into_conv(g)
     og.decompose_batch_norm(g)

@@ -8,8 +8,10 @@ Budgets are absolute (``"3.5ms"``, ``"2MB"`` / ``"2000000"`` bytes, BOPs as a nu
 relative to the uniform W8A8 plan (``"0.8x"``). The allocation problem has one option per layer
 and spec: sensitivity = the output noise-to-signal ratio of that layer alone at that spec
 (``tvmq.sensitivity``), latency = the layer's kernel on this device (``LatencyTable``: the best
-tuning record, or the predictor's estimate for a layer never measured), size = the stored weight
-bytes, BOPs = MACs x weight bits x activation bits; the edges between layers carry the measured
+tuning record, or the predictor's estimate for a layer never measured), size = the weight bytes
+at the spec's width before any kernel's channel padding (the manifest's ``weight_bytes`` counts
+the packed, padded arrays: the same on wide layers, several times more on a few-channel head such
+as a 4-way dense layer, which kernels pad to their vector lanes), BOPs = MACs x weight bits x activation bits; the edges between layers carry the measured
 conversion kernels (float <-> integer). Predicted end-to-end latency = the plan's layers and
 conversions plus the rest of the graph (pools, adds, the model's edges), taken as the measured
 uniform-W8A8 library minus its layer sum; the built libraries are timed and both numbers go in
@@ -109,7 +111,7 @@ def load_labels(labels: Any, count: int) -> np.ndarray:
 
 
 def _check_mixed_inputs(model: Any, output_dir: Any, db: Any, calibration: Any, eval_data: Any,
-                        eval_labels: Any) -> None:
+                        eval_labels: Any, shapes: dict[str, Any]) -> None:
     """Every path of a mixed-precision compile, read or checked before any work: nothing is
     computed, then refused (a mistyped --eval-labels was found after the whole pipeline)."""
     out = Path(output_dir)
@@ -119,9 +121,9 @@ def _check_mixed_inputs(model: Any, output_dir: Any, db: Any, calibration: Any, 
         raise TvmqError(f"tuning database not found: {db}")
     if eval_labels is not None and eval_data is None:
         raise TvmqError("evaluation labels need the evaluation inputs (eval_data)")
+    inputs = prepare(model, **shapes).inputs  # also checks the input shapes against the model
     if isinstance(calibration, (ActivationStats, CalibrationData)) and eval_data is None:
         return
-    inputs = prepare(model).inputs
     if not isinstance(calibration, (ActivationStats, CalibrationData)) and not str(calibration).endswith(".json"):
         CalibrationData.from_source(calibration, inputs)
     if eval_data is not None:
@@ -225,6 +227,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   eval_data: Any = None, eval_labels: Any = None, resume: bool = True,
                   requant: str = "float", equalize: bool = False, gptq: bool = False,
                   bias_correction: bool = True, hessian_clipping: bool = False,
+                  input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
                   progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
     ``sensitivity.json``, ``calibration.json``, ``w8a8/`` the reference build), run as the
@@ -252,14 +255,18 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
     anything else), ``gptq`` (calibration also sums each layer's input Hessian; weights are
     rounded with error feedback), ``bias_correction`` and ``hessian_clipping`` (each weight
     channel clipped for the output error under its Hessian; summed as for gptq): the post-training steps of the
-    quantization recipe (``tvmq.recipe``), the same for the sensitivity analysis and the builds."""
+    quantization recipe (``tvmq.recipe``), the same for the sensitivity analysis and the builds.
+
+    ``input_shapes`` / ``batch_size``: as ``frontend.prepare``; a model with dynamic dimensions
+    (H / W) is calibrated, analyzed, timed and compiled at the static shapes given."""
     check_budgets(latency=latency_budget, size=size_budget, bops=bops_budget, db=db)
     specs_.check(list(specs), "the specs to allocate")
-    _check_mixed_inputs(model, output_dir, db, calibration, eval_data, eval_labels)
+    shapes = {"input_shapes": dict(input_shapes) if input_shapes else None, "batch_size": batch_size}
+    _check_mixed_inputs(model, output_dir, db, calibration, eval_data, eval_labels, shapes)
     if equalize:
         from .equalize import equalize as equalize_model
 
-        model = equalize_model(model)
+        model = equalize_model(model, **shapes)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ctx = MixedContext(
@@ -268,13 +275,14 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         features=features or detect_host(), range_method=range_method,
         sensitivity_samples=sensitivity_samples, measure=measure, context=context,
         given_sensitivity=sensitivity, latency_margin=latency_margin, eval_data=eval_data,
-        eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model), requant=requant,
-        recipe={"gptq": gptq, "bias_correction": bias_correction, "hessian_clipping": hessian_clipping})
+        eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model, **shapes), requant=requant,
+        recipe={"gptq": gptq, "bias_correction": bias_correction, "hessian_clipping": hessian_clipping},
+        shapes=shapes)
     for step in STEPS:
         step(ctx)
     return MixedResult(ctx.result, ctx.alloc.plan, ctx.alloc, ctx.predicted or 0.0, ctx.measured, ctx.report,
                        ctx.timings, {"front": ctx.front, "problem": ctx.problem, "sensitivity": ctx.sens,
-                                     "table": ctx.table})
+                                     "table": ctx.table, "reference": ctx.reference_build})
 
 
 @dataclass
@@ -304,6 +312,8 @@ class MixedContext:
     pm: Any
     requant: str  # the integer layers' requantization (builder.build)
     recipe: dict[str, bool] = field(default_factory=dict)  # tvmq.recipe options (gptq, bias_correction)
+    # frontend.prepare's input_shapes and batch_size: every step compiles at these static shapes
+    shapes: dict[str, Any] = field(default_factory=lambda: {"input_shapes": None, "batch_size": 1})
     # calibrate
     stats: Any = None
     data: CalibrationData | None = None
@@ -314,6 +324,7 @@ class MixedContext:
     problem: Any = None
     # reference
     reference: Path | None = None  # the uniform W8A8 library
+    reference_build: Any = None  # its BuildResult where built in this run (None where reused)
     reference_ms: float | None = None
     overhead: float = 0.0  # ms of the rest of the graph (measured W8A8 minus its layer sum)
     # allocate
@@ -361,14 +372,15 @@ def _calibrate(ctx: MixedContext) -> None:
     ctx.data = (ctx.calibration if isinstance(ctx.calibration, CalibrationData)
                 else CalibrationData.from_source(ctx.calibration, ctx.pm.inputs))
     hessians = bool(ctx.recipe.get("gptq") or ctx.recipe.get("hessian_clipping"))
-    path, key = ctx.out / "calibration.json", _key(ctx, "model", "data", "features", hessians=hessians)
+    path, key = ctx.out / "calibration.json", _key(ctx, "model", "data", "features", "shapes", hessians=hessians)
     if _reusable(ctx, "calibrate", key, path):
         ctx.stats = with_recipe(ActivationStats.load(path), **ctx.recipe)
         ctx.progress(f"calibrate: reused {path} (same model, data and options)")
         return
     _forget(ctx, "calibrate")
     ctx.progress(f"calibrating on {len(ctx.data)} samples" + (" (and each layer's Hessian)" if hessians else ""))
-    stats = collect(ctx.model, ctx.data, features=ctx.features, progress=ctx.progress, hessians=hessians)
+    stats = collect(ctx.model, ctx.data, features=ctx.features, progress=ctx.progress, hessians=hessians,
+                    **ctx.shapes)
     _atomic(path, stats.save)
     _remember(ctx, "calibrate", key, path)
     ctx.stats = with_recipe(stats, **ctx.recipe)
@@ -388,7 +400,7 @@ def _analyze(ctx: MixedContext) -> None:
     specs = [s for s in ctx.specs if s != "fp32"]
     contexts = ["alone"] if ctx.context == "alone" else ["alone", ctx.context]
     path = ctx.out / "sensitivity.json"
-    key = _key(ctx, "model", "stats", "data", "features", specs=specs, contexts=contexts,
+    key = _key(ctx, "model", "stats", "data", "features", "shapes", specs=specs, contexts=contexts,
                range_method=ctx.range_method, samples=ctx.sensitivity_samples)
     if _reusable(ctx, "analyze", key, path):
         ctx.sens = SensitivityResult.load(path)
@@ -399,7 +411,7 @@ def _analyze(ctx: MixedContext) -> None:
         path.unlink()  # analyze() would resume from its finished layers
     ctx.sens = analyze(ctx.model, ctx.stats, ctx.data, specs=specs, range_method=ctx.range_method,
                        features=ctx.features, output=path, limit=ctx.sensitivity_samples,
-                       contexts=contexts, progress=ctx.progress)
+                       contexts=contexts, progress=ctx.progress, **ctx.shapes)
     _remember(ctx, "analyze", key, path)
 
 
@@ -408,7 +420,7 @@ def _latency_table(ctx: MixedContext) -> None:
     allocation problem."""
     if ctx.db is not None:
         path = ctx.out / "latency_table.json"
-        key = _key(ctx, "model", "db", "features", specs=ctx.specs, threads=ctx.threads)
+        key = _key(ctx, "model", "db", "features", "shapes", specs=ctx.specs, threads=ctx.threads)
         if _reusable(ctx, "latency_table", key, path):
             ctx.table = LatencyTable.load(path)
             ctx.progress(f"latency_table: reused {path} (same model, database and options): "
@@ -428,7 +440,7 @@ def _latency_table(ctx: MixedContext) -> None:
 def _reference(ctx: MixedContext) -> None:
     """The uniform W8A8 library in w8a8/ (built, or reused), timed: the rest-of-graph overhead."""
     path = ctx.out / "w8a8"
-    key = _key(ctx, "model", "stats", "db", "features", range_method=ctx.range_method, threads=ctx.threads,
+    key = _key(ctx, "model", "stats", "db", "features", "shapes", range_method=ctx.range_method, threads=ctx.threads,
                requant=ctx.requant)
     ctx.reference = path / "model.so"
     outputs = (ctx.reference, path / "manifest.json")
@@ -439,11 +451,12 @@ def _reference(ctx: MixedContext) -> None:
         _forget(ctx, "reference")
         partial = ctx.out / "w8a8.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        build(ctx.model, partial, features=ctx.features, plan="w8a8", stats=ctx.stats,
-              range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, requant=ctx.requant,
-              progress=lambda m: None)
+        built = build(ctx.model, partial, features=ctx.features, plan="w8a8", stats=ctx.stats,
+                      range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, requant=ctx.requant,
+                      progress=lambda m: None, **ctx.shapes)
         shutil.rmtree(path, ignore_errors=True)
         partial.rename(path)
+        ctx.reference_build = dataclasses.replace(built, library=ctx.reference, manifest=path / "manifest.json")
         record = _remember(ctx, "reference", key, *outputs)
     if ctx.measure:
         ctx.reference_ms = record.get("measured_ms")
@@ -489,7 +502,7 @@ def _build(ctx: MixedContext) -> None:
     plan = PrecisionPlan({l: _spec(s) for l, s in ctx.alloc.plan.items()}, ctx.pm.layers)
     ctx.result = build(ctx.model, ctx.out, features=ctx.features, plan=plan, stats=ctx.stats,
                        range_method=ctx.range_method, db=ctx.db, threads=ctx.threads, requant=ctx.requant,
-                       progress=ctx.progress)
+                       progress=ctx.progress, **ctx.shapes)
 
 
 def _measure(ctx: MixedContext) -> None:
@@ -500,7 +513,7 @@ def _measure(ctx: MixedContext) -> None:
 def _evaluate(ctx: MixedContext) -> None:
     """fp32 (built into fp32/), W8A8 and the chosen library on the evaluation inputs."""
     fp32 = build(ctx.model, ctx.out / "fp32", features=ctx.features, db=ctx.db, threads=ctx.threads,
-                 progress=lambda m: None)
+                 progress=lambda m: None, **ctx.shapes)
     ctx.quality = evaluate({"fp32": fp32.library, "w8a8": ctx.reference, "chosen": ctx.result.library},
                            ctx.eval_data, ctx.eval_labels, ctx.pm)
     ctx.progress("evaluation: " + ", ".join(
@@ -591,6 +604,8 @@ def _digest(ctx: MixedContext, name: str) -> str:
         elif name == "db":
             h.update(b"<none>" if ctx.db is None else
                      Path(ctx.db).read_bytes() if Path(ctx.db).exists() else b"<missing>")
+        elif name == "shapes":  # the static input shapes every step compiles at
+            h.update(json.dumps([s.to_json() for s in ctx.pm.inputs], sort_keys=True).encode())
         elif name == "features":
             h.update(json.dumps(dataclasses.asdict(ctx.features), sort_keys=True).encode())
         else:

@@ -44,7 +44,7 @@ from schedules.target_features import TargetFeatures, detect_host
 from .calibration import CalibrationData
 from .compiler import codegen, lower_module
 from .errors import TvmqError
-from .frontend import prepare
+from .frontend import per_sample_shapes, prepare
 from .passes.records import Switch
 from .plan import QuantSpec
 from .recipe import quantize_layer
@@ -137,10 +137,16 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
             contexts: list[str] = CONTEXTS, range_method: str = "minmax",  # type: ignore[assignment]
             features: TargetFeatures | None = None, output: str | os.PathLike | None = None,
             limit: int | None = None,
-            progress: Callable[[str], None] = lambda m: None) -> SensitivityResult:
+            progress: Callable[[str], None] = lambda m: None,
+            input_shapes: dict[str, tuple[int, ...]] | None = None,
+            batch_size: int = 1) -> SensitivityResult:
     """Sensitivity of every layer of ``model`` at every spec in ``specs``, over ``data``
     (a ``CalibrationData`` or what ``CalibrationData.from_source`` takes; the first ``limit``
-    samples), with calibration ``stats`` (``tvmq.calibration.collect``)."""
+    samples), with calibration ``stats`` (``tvmq.calibration.collect``).
+
+    ``input_shapes`` / ``batch_size``: as ``frontend.prepare`` (a model with dynamic H / W is
+    analyzed at the static shape given, the one it is calibrated and compiled at), one sample at a
+    time: at batch 1, whatever the batch the library is built for."""
     bad = [c for c in contexts if c not in CONTEXTS]
     if bad:
         raise TvmqError(f"unknown sensitivity context(s) {bad}; known: {', '.join(CONTEXTS)}")
@@ -148,7 +154,7 @@ def analyze(model: Any, stats: Any, data: Any, *, specs: list[str] = REDUCED,  #
     if any(s.name == "fp32" for s in parsed):
         parsed = [s for s in parsed if s.name != "fp32"]  # fp32 is the reference: 0 by definition
     features = features or detect_host()
-    pm = prepare(model)
+    pm = prepare(model, input_shapes=per_sample_shapes(input_shapes), batch_size=1)  # one sample at a time
     if not isinstance(data, CalibrationData):
         data = CalibrationData.from_source(data, pm.inputs)
     if len(data) == 0:
@@ -200,6 +206,7 @@ def _analysis_meta(model: Any, stats: Any, feeds: list[dict[str, np.ndarray]], p
     model_id = (hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]
                 if isinstance(model, (str, os.PathLike)) else "<in-memory>")
     return {"model": model_id, "stats": _stats_hash(stats), "samples": len(feeds),
+            "input_shapes": {s.name: list(s.shape) for s in pm.inputs},
             "range_method": range_method, "contexts": list(contexts),
             "data": hashlib.sha256(b"".join(np.ascontiguousarray(f[s.name]).tobytes()
                                            for f in feeds for s in pm.inputs)).hexdigest()[:16]}

@@ -29,7 +29,7 @@ from schedules.target_features import TargetFeatures, detect_host
 from ..compiler import codegen, lower_module
 from ..equalize import equalize_record
 from ..errors import InputError, TvmqError
-from ..frontend import prepare
+from ..frontend import per_sample_shapes, prepare
 from ..gptq import HessianSum
 from .data import CalibrationData
 from .observers import Observer, TensorStats
@@ -143,9 +143,12 @@ def collect(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
 
     ``data``: a ``CalibrationData`` or anything ``CalibrationData.from_source`` takes;
     ``input_shapes`` / ``batch_size``: as ``frontend.prepare`` (a model with dynamic H / W is
-    calibrated, and then compiled, at the static shape given).
+    calibrated, and then compiled, at the static shape given). Samples run one at a time, at
+    batch 1 (the first dimension of ``input_shapes`` too): the statistics are per sample and fit
+    a library built at any ``batch_size``.
     """
-    pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
+    # one sample at a time: the statistics of a library built for any batch
+    pm = prepare(model, input_shapes=per_sample_shapes(input_shapes), batch_size=1)
     if not isinstance(data, CalibrationData):
         data = CalibrationData.from_source(data, pm.inputs)
     features = features or detect_host()
