@@ -58,16 +58,17 @@ def test_a_user_error_inside_a_pass_crosses_tvms_ffi_as_itself() -> None:
 
 
 @pytest.mark.parametrize("case", ["sum_hw", "max_pool", "sum_c"])
-def test_a_channels_last_reduction_combines_whole_vectors(case: str) -> None:
+@pytest.mark.parametrize("channels", [48, 40])
+def test_a_channels_last_reduction_combines_whole_vectors(case: str, channels: int) -> None:
     """``ScheduleGeneric`` on a reduction over the outer axes of an NHWC tensor (a mean over H
     and W, a max pool): the channel loop is vectorised inside the reduction loops, and the
     result equals the naive loop nest's bit for bit (each channel summed in the same order). A
-    reduction over the contiguous axis keeps the scalar schedule."""
+    reduction over the contiguous axis keeps the scalar schedule. 40 channels: 8-lane vectors."""
     from tvm import te, topi  # (TE: only this test builds PrimFuncs by hand)
 
     from tvmq.passes.schedule_generic import schedule_primfunc
 
-    x = te.placeholder((1, 9, 10, 48), "float32", name="x")
+    x = te.placeholder((1, 9, 10, channels), "float32", name="x")
     y = {"sum_hw": lambda: topi.sum(x, axis=[1, 2], keepdims=True),
          "max_pool": lambda: topi.nn.pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], "max", layout="NHWC"),
          "sum_c": lambda: topi.sum(x, axis=[3], keepdims=True)}[case]()
@@ -75,7 +76,7 @@ def test_a_channels_last_reduction_combines_whole_vectors(case: str) -> None:
     scheduled = schedule_primfunc(naive, 16)
     assert ("T.vectorized" in scheduled.script()) == (case != "sum_c")
     target = tvm.target.Target(detect_host().target_json())
-    a = np.random.default_rng(0).standard_normal((1, 9, 10, 48)).astype(np.float32)
+    a = np.random.default_rng(0).standard_normal((1, 9, 10, channels)).astype(np.float32)
     outs = []
     for f in (naive, scheduled):
         ex = tvm.compile(tvm.IRModule({"main": f}), target=target).jit()

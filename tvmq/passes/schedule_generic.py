@@ -48,6 +48,18 @@ def _has_root(sch: s_tir.Schedule) -> bool:
         return False
 
 
+def vector_width(extent: int, lanes: int) -> int:
+    """The widest vector (a power of two, at most ``lanes``, at least 4) whose width divides
+    ``extent``; 0 if none does. (Channel counts such as 88, 120 or 200 are whole 8-lane vectors,
+    not 16-lane ones: half a zmm beats a scalar loop.)"""
+    w = lanes
+    while w >= 4:
+        if extent % w == 0:
+            return w
+        w //= 2
+    return 0
+
+
 def _schedule_block(sch: s_tir.Schedule, block, lanes: int) -> None:  # type: ignore[no-untyped-def]
     loops = sch.get_loops(block)
     if not loops:
@@ -60,8 +72,9 @@ def _schedule_block(sch: s_tir.Schedule, block, lanes: int) -> None:  # type: ig
         total = 1
         for loop in loops:  # (before the split below replaces the innermost loop)
             total *= _extent(sch, loop) or 1
-        if len(loops) > 1 and extent >= lanes and extent % lanes == 0:
-            _, vec = sch.split(inner, [None, lanes])
+        width = vector_width(extent, lanes)
+        if len(loops) > 1 and width:
+            _, vec = sch.split(inner, [None, width])
             sch.vectorize(vec)
         if total >= _MIN_PARALLEL_WORK and len(loops) > 1:
             outer = sch.fuse(*loops[: max(1, len(loops) - 2)])
@@ -90,7 +103,7 @@ def _channels_innermost(sch: s_tir.Schedule, block, spatial: list, lanes: int) -
     reads, so vectors of it can be reduced side by side."""
     stmt = sch.get(block)
     extent = _extent(sch, spatial[-1]) or 0
-    if extent < lanes or extent % lanes or not stmt.reads:
+    if not vector_width(extent, lanes) or not stmt.reads:
         return False
     last = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar][-1].var
     return all(_uses(r.region[-1].min, last) for r in stmt.reads if len(r.region))
@@ -102,7 +115,7 @@ def _reduce_across_vectors(sch: s_tir.Schedule, block, spatial: list, reduce: li
     total = 1
     for loop in spatial:
         total *= _extent(sch, loop) or 1
-    c_out, c_in = sch.split(spatial[-1], [None, lanes])
+    c_out, c_in = sch.split(spatial[-1], [None, vector_width(_extent(sch, spatial[-1]) or 0, lanes)])
     sch.reorder(c_out, *reduce, c_in)
     sch.vectorize(c_in)
     if len(spatial) > 1 and total >= _MIN_PARALLEL_WORK:
