@@ -42,9 +42,10 @@ def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
         return None
 
 
-def _nhwc_operand(rw: Any, a: relax.Expr) -> relax.Expr | None:
+def _nhwc_operand(rw: Any, a: relax.Expr, emit: bool = True) -> relax.Expr | None:
     """``a`` as an NHWC operand (its twin; a per-channel / scalar tensor transposed), None where
-    it has no cheap NHWC form. Non-tensor arguments (clip's bounds) pass as they are."""
+    it has no cheap NHWC form. Non-tensor arguments (clip's bounds) pass as they are. ``emit``
+    False: only whether it has one (``a`` itself stands for the reshape not emitted)."""
     if not isinstance(a.ty, relax.TensorType):
         return a
     if a in rw.channels_last:
@@ -60,7 +61,7 @@ def _nhwc_operand(rw: Any, a: relax.Expr) -> relax.Expr | None:
     nhwc = (full[0], 1, 1, full[1])
     if isinstance(a, tvm.ir.Constant) and hasattr(a.value, "numpy"):
         return relax.const(np.ascontiguousarray(a.value.numpy().reshape(nhwc)), a.ty.dtype)
-    return rw.builder_.emit(relax.op.reshape(a, nhwc), name_hint="to_nhwc")
+    return rw.builder_.emit(relax.op.reshape(a, nhwc), name_hint="to_nhwc") if emit else a
 
 
 def _hw_axes(call: relax.Call, ndim: int) -> bool:
@@ -72,10 +73,10 @@ def _nhwc_call(rw: Any, call: relax.Call) -> relax.Expr | None:
     """``call`` on channels-last operands (None where it cannot run so)."""
     name = call.op.name
     if name in ELEMENTWISE:
-        args = [_nhwc_operand(rw, a) for a in call.args]
-        if any(a is None for a in args) or not any(a in rw.channels_last for a in call.args):
-            return None
-        return relax.Call(call.op, args, call.attrs, call.ty_args)
+        if (not any(a in rw.channels_last for a in call.args)
+                or any(_nhwc_operand(rw, a, emit=False) is None for a in call.args)):
+            return None  # (checked before any reshape is emitted)
+        return relax.Call(call.op, [_nhwc_operand(rw, a) for a in call.args], call.attrs, call.ty_args)
     x = call.args[0]
     if x not in rw.channels_last or _shape(x) is None or len(_shape(x)) != 4:
         return None

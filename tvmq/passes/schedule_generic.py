@@ -5,9 +5,12 @@ softmax are PrimFuncs (fused where ``FuseOps`` could) with naive single-threaded
 schedule from its structure, without tuning:
 
 * injective producers are inlined into their consumers;
-* a purely spatial block has all its loops fused, the innermost ``lanes`` vectorised and the rest
-  run in parallel (when there is enough work to pay for waking the thread pool);
-* a reduction block runs its leading spatial loops in parallel.
+* a purely spatial block keeps its loop nest: the innermost loop vectorised (``lanes``, or 8 / 4
+  where it is not whole vectors of ``lanes``), the leading ones fused and run in parallel (when
+  there is enough work to pay for waking the thread pool);
+* a reduction block runs its leading spatial loops in parallel; one over the outer axes of a
+  channels-last tensor (a pool, a mean over H and W) combines whole vectors of channels at each
+  reduction step instead (vectors of ``lanes``, or 8 / 4 where the channels are not whole ones).
 
 Functions already scheduled (``tirx.is_scheduled``, e.g. the ``schedules`` kernels) are left as
 they are. A block this pass cannot schedule keeps its loops (correct, only slower).
@@ -110,8 +113,9 @@ def _channels_innermost(sch: s_tir.Schedule, block, spatial: list, lanes: int) -
 
 
 def _reduce_across_vectors(sch: s_tir.Schedule, block, spatial: list, reduce: list, lanes: int) -> None:  # type: ignore[no-untyped-def]
-    """``[outer..., c, r...]`` -> ``[outer..., c/lanes, r..., lanes]``: each step of the reduction
-    combines whole vectors of channels (no serial chain through one scalar accumulator); the outer loops in parallel where there is work."""
+    """``[outer..., c, r...]`` -> ``[outer..., c/w, r..., w]`` (``w = vector_width``): each step
+    of the reduction combines whole vectors of channels (no serial chain through one scalar
+    accumulator); the outer loops in parallel where there is work."""
     total = 1
     for loop in spatial:
         total *= _extent(sch, loop) or 1
