@@ -16,6 +16,7 @@ import shutil
 from abc import ABC, abstractmethod
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -80,6 +81,8 @@ class RunnerMeasurer(Measurer):
                  rpc: tuple[str, int, str] | None = None, repeat: int = 7, number: int = 3,
                  min_repeat_ms: int = 20, timeout_s: float = 60.0, cpu: str | None = None) -> None:
         self.features = features
+        self.timeout_s = timeout_s
+        self.rpc = rpc
         self.target = tvm.target.Target(features.target_json())
         self.device = device_fingerprint(features, threads, cpu)
         if rpc is not None:
@@ -125,17 +128,46 @@ class RunnerMeasurer(Measurer):
             inputs.append(ms.runner.RunnerInput(path, "cpu", ms.arg_info.ArgInfo.from_prim_func(func)))
             where.append(i)
         if inputs:
-            for i, fut in zip(where, self.runner.run(inputs)):
+            futures = self.runner.run(inputs)
+            last = time.monotonic()
+            for i, fut in zip(where, futures):
+                # a runner whose remote session dies can wait forever (TVM's RPC server keeps the
+                # session's socket open when the process serving it is killed): poll, with a deadline
+                while not fut.done() and time.monotonic() - last < self.timeout_s + 10:
+                    time.sleep(0.01)
+                if not fut.done():
+                    results[i] = MeasureResult(None, f"run: no answer within {self.timeout_s + 10:.0f} s{self._hint()}")
+                    continue
+                last = time.monotonic()
                 r = fut.result()
                 if r.error_msg or not r.run_secs:
-                    results[i] = MeasureResult(None, f"run: {_last_line(r.error_msg or 'no timing')}")
+                    results[i] = MeasureResult(None, f"run: {_last_line(r.error_msg or 'no timing')}{self._hint()}")
                 else:
                     results[i] = MeasureResult(latency_stats([float(s) for s in r.run_secs]))
         for name in os.listdir(self.tmp):
             os.unlink(os.path.join(self.tmp, name))
         return [r for r in results if r is not None]
 
+    def _hint(self) -> str:
+        if self.rpc and self.features.amx_int8:
+            return (" (an AMX kernel on a remote whose RPC server lacks the AMX permission dies there: start "
+                    "the server with `python -m tvmq.tune.rpc_server`)")
+        return ""
+
     def close(self) -> None:
+        pool = getattr(self.runner, "pool", None)  # the runner's worker processes, a hung one included
+        if pool is not None:
+            # kill them first: PopenWorker.kill closes the pipe a hung worker's thread is reading,
+            # which blocks on that reader's lock for as long as the read does
+            for worker in list(getattr(pool, "_worker_map", {}).values()):
+                proc = getattr(worker, "_proc", None)
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+            threads = getattr(pool, "_threadpool", None)
+            if threads is not None:  # the reading threads end on their pipe's EOF
+                threads.shutdown(wait=True)
+            pool.shutdown(wait=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

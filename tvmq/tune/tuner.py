@@ -39,8 +39,8 @@ class TaskResult:
     task: TuneTask
     measured: int  # new measurements in this run
     total: int  # records of this task on the device
-    fallback_us: float | None
-    best_us: float | None
+    fallback_us: float | None  # the fallback configuration's fastest run (min_us)
+    best_us: float | None  # the fastest run of the best configuration: the one ranked by min_us
     best_config: dict[str, Any] | None
     seconds: float
     status: str  # "tuned" | "cached" | "failed"
@@ -62,7 +62,7 @@ class TuneSummary:
         return sum(r.measured for r in self.results)
 
     def table(self) -> str:
-        rows = ["| task | spec | layers | trials (new) | fallback us | best us | speedup | s |",
+        rows = ["| task | spec | layers | trials (new) | fallback min us | best min us | speedup | s |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in self.results:
             sp = (f"{r.fallback_us / r.best_us:.2f}x" if r.fallback_us and r.best_us else "-")
@@ -176,8 +176,8 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
         best_r = min(ok, key=lambda r: r.min_us) if ok else None
         status = "failed" if not ok else ("tuned" if measured else "cached")
         summary.results.append(TaskResult(
-            task, measured, len(recs), fb[0].median_us if fb else None,
-            best_r.median_us if best_r else None, best_r.config if best_r else None,
+            task, measured, len(recs), fb[0].min_us if fb else None,
+            best_r.min_us if best_r else None, best_r.config if best_r else None,
             time.perf_counter() - ts, status))
         if log is not None and not ok:
             log(f"warning: every candidate of {task.describe()} [{task.spec}] failed: "
@@ -197,7 +197,7 @@ def _cid(cfg: Any) -> str:
 
 def _best_us(db: TuningDatabase, task: TuneTask, dev: str) -> float | None:
     r = db.best(task.key, task.spec, dev)
-    return r.median_us if r else None
+    return r.min_us if r else None
 
 
 def _choose(todo: list[Any], n: int, fallback: Any, task: TuneTask, db: TuningDatabase, dev: str,
