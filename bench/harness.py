@@ -466,6 +466,7 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
     import tvm  # deferred: workers import only what their kind needs
 
     import tvmq
+    from schedules.target_features import detect_host
     from tvmq.calibration import collect
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -476,7 +477,8 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
             calib = _calib(spec["calib"])
             stats = collect(spec["model"], calib, progress=log)
             extra = {"calibration_s": time.perf_counter() - t, "calibration_samples": len(calib)}
-            r = tvmq.build(spec["model"], spec["out"], plan="w8a8", stats=stats,
+            features = detect_host().with_isa(spec["isa"]) if spec.get("isa") else None
+            r = tvmq.build(spec["model"], spec["out"], plan="w8a8", stats=stats, features=features,
                            range_method=spec["range_method"], db=spec.get("db"), progress=log)
         else:
             r = tvmq.build(spec["model"], spec["out"], progress=log)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench import harness as h
+from schedules.target_features import ISA_LEVELS
 from tvmq.runtime import BenchmarkResult
 
 ORT_FP32, TVMQ, TVMQ_TUNED = "onnxruntime fp32", "tvmq W8A8", "tvmq W8A8 tuned"
@@ -41,6 +42,25 @@ MODES = {
                         f"tvmq/{TVMQ_TUNED}": "tuning speedup (untuned/tuned)"}},
 }
 RANGE_METHOD = "percentile"
+
+
+def isa_variant(isa: str) -> str:
+    return f"tvmq W8A8 {isa}"
+
+
+def mode_of(args: argparse.Namespace) -> dict[str, Any]:
+    """``MODES[precision]`` with one more tvmq W8A8 variant per ``--isa`` (a build for that ISA
+    level, untuned), after the untuned build, and its ratios to the int8 rivals."""
+    mode = MODES[args.precision]
+    if not getattr(args, "isa_list", None):
+        return mode
+    extra = {isa_variant(i): ("tvmq", isa_variant(i)) for i in args.isa_list}
+    variants = dict(mode["variants"])
+    items = list(variants.items())
+    at = list(variants).index(TVMQ) + 1
+    variants = dict(items[:at] + list(extra.items()) + items[at:])
+    ratios = {**mode["ratios"], **{f"{v}/{r}": f"ratio {v}/{r}" for v in extra for r in (ORT_INT8, OV_INT8)}}
+    return {**mode, "variants": variants, "tvmq": (*mode["tvmq"], *extra), "ratios": ratios}
 
 
 def calibration_inputs(name: str, onnx_path: Path, args: argparse.Namespace) -> tuple[np.ndarray, str, bool]:
@@ -76,6 +96,9 @@ def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str
             "range_method": RANGE_METHOD}
     stamp = {**sources, "plan": "w8a8", "range_method": RANGE_METHOD, "calib_sha256": sha}
     todo = [(TVMQ, spec, d / "model.so", stamp)]
+    for isa in args.isa_list:
+        todo.append((isa_variant(isa), {**spec, "isa": isa}, d.parent / f"{d.name}_{isa}" / "model.so",
+                     {**stamp, "isa": isa}))
     if args.db:
         from tvmq.tune import TuningDatabase  # deferred: imports TVM
 
@@ -102,7 +125,7 @@ def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str
 def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
                   ov_missing: str | None) -> dict[str, Any]:
     """The seeded benchmark input and every variant's artifact (builds cached while their stamp matches)."""
-    mode = MODES[args.precision]
+    mode = mode_of(args)
     d = h.BUILD_DIR / (name if args.precision == "fp32" else f"w8a8_{name}")
     d.mkdir(parents=True, exist_ok=True)
     rng, specs = np.random.default_rng(args.seed), h.onnx_input_specs(onnx_path)
@@ -131,7 +154,7 @@ def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
 
 def bench_model(m: dict[str, Any], threads: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Interleaved rounds of every available variant for one (model, threads)."""
-    mode, art = MODES[args.precision], m["artifacts"]
+    mode, art = mode_of(args), m["artifacts"]
     kinds = {v: kind for v, (kind, _) in mode["variants"].items() if v in art}
     specs = {v: {"kind": k, "input": str(m["input"]), ("library" if k == "tvmq" else "model"): str(art[v])}
              for v, k in kinds.items()}
@@ -139,8 +162,9 @@ def bench_model(m: dict[str, Any], threads: int, args: argparse.Namespace, tmp: 
     outputs = {v: tmp / f"{m['name']}-{threads}-{slug[v]}.npz" for v in specs}
     res = h.run_rounds(m["name"], threads, specs, args, outputs, dict(m["errors"]))
     stats = {v: BenchmarkResult.from_samples(s, threads).to_json() for v, s in res["samples"].items() if s}
-    ratios = {f"{'tuned' if t == TVMQ_TUNED else 'tvmq'}/{v}": (stats[t]["median_ms"] / stats[v]["median_ms"]
-                                                                 if t in stats and v in stats else None)
+    short = {TVMQ: "tvmq", TVMQ_TUNED: "tuned"}
+    ratios = {f"{short.get(t, t)}/{v}": (stats[t]["median_ms"] / stats[v]["median_ms"]
+                                         if t in stats and v in stats else None)
               for t in mode["tvmq"] for v in mode["variants"] if v != t}
     ref = outputs.get(mode["ref"])
     diffs = {v: (h.rel_max_diff(outputs[v], ref) if ref and ref.exists() and outputs[v].exists() else None)
@@ -175,7 +199,7 @@ def model_notes(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -
 
 def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]], args: argparse.Namespace,
                    skipped: dict[str, str]) -> str:
-    mode = MODES[args.precision]
+    mode = mode_of(args)
     tuned = any(TVMQ_TUNED in m["artifacts"] or TVMQ_TUNED in m["errors"] for m in models.values())
     shown = [v for v in mode["variants"] if v != TVMQ_TUNED or tuned]
     keys = [(k, t) for k, t in mode["ratios"].items() if tuned or TVMQ_TUNED not in k and "tuned/" not in k]
@@ -224,17 +248,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--imagenet-root", type=Path, default=h.DEFAULT_IMAGENET,
                    help="w8a8: imagenet-sample folder for mobilenetv2's calibration (default "
                         "../shared/data/imagenet-sample)")
+    p.add_argument("--isa", dest="isa_list", action="append", default=[], choices=ISA_LEVELS,
+                   help="w8a8: also a tvmq W8A8 build for this ISA level (untuned; repeatable), e.g. "
+                        "avx512_vnni beside the host's amx")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.repeat < 1 or args.warmup < 0 or args.calib < 1:
         p.error("--rounds, --repeat and --calib must be >= 1, --warmup >= 0")
-    if args.db and args.precision == "fp32":
-        p.error("--db: only w8a8 builds are tuned here")
+    if (args.db or args.isa_list) and args.precision == "fp32":
+        p.error("--db and --isa: w8a8 only")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    mode, name = MODES[args.precision], f"{args.precision}_latency"
+    mode, name = mode_of(args), f"{args.precision}_latency"
     run = h.Run(name)
     # found, not imported: OpenVINO's thread pool must not live in the parent
     missing = [p for p in mode["ov"][1] if importlib.util.find_spec(p) is None]

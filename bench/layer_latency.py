@@ -253,7 +253,7 @@ class TvmqKernel:
 
         t0 = time.perf_counter()
         wl = as_lowered(wl, spec)
-        kernel = registry.select(registry.op_of(wl), spec, features)
+        kernel = registry.select_for(wl, spec, features)
         cfg = kernel.fallback_config(wl, features)
         func = kernel.build_primfunc(wl, cfg)
         self.mod = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()

@@ -98,7 +98,7 @@ def int4_weights(base: KernelDef) -> KernelDef:
                      pack_weight, lambda wl, cfg: base.input_shape(wl, cfg.base),
                      lambda wl, cfg: base.output_shape(wl, cfg.base),
                      f"int4 weights (two per byte) unpacked in-kernel, then: {base.description}",
-                     config_types=base.config_types)
+                     config_types=base.config_types, prefers=base.prefers)
 
 
 

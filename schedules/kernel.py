@@ -62,6 +62,10 @@ class KernelDef:
     # schedule: ``depthwise.int8_vnni``): ``(wl, cfg)`` -> the PrimFunc, or None where the
     # configuration is built from ``compute`` + ``schedule``. Such a kernel has no W4A8 twin.
     build_direct: Callable[[Any, Any], Any] | None = None
+    # the workloads a model build compiles with this kernel (``registry.select_for``); the
+    # others take the kernel of the next ISA level down. None: all. (AMX int8: deep reductions
+    # only, ``int8_dispatch.amx_pays``.) Kernel tests and ``select`` ignore it.
+    prefers: Callable[[Any], bool] | None = None
 
     def tuning_space(self, wl: Workload, features: TargetFeatures) -> list[Any]:
         """The candidate configurations of this kernel for ``wl``, the fallback first."""

@@ -77,6 +77,16 @@ def select(op: str, precision: str, features: TargetFeatures) -> KernelDef:
                          f"registered: {known}")
 
 
+def select_for(wl: Workload, precision: str, features: TargetFeatures) -> KernelDef:
+    """The kernel a model build compiles layer ``wl`` with: ``select``'s, or where that kernel
+    does not prefer ``wl`` (``KernelDef.prefers``), the next ISA level's, and so on."""
+    kernel = select(op_of(wl), precision, features)
+    while kernel.prefers is not None and not kernel.prefers(wl):
+        below = ISA_LEVELS.index(kernel.key.isa) + 1
+        kernel = select(op_of(wl), precision, features.with_isa(ISA_LEVELS[below]))
+    return kernel
+
+
 def _load() -> None:
     """Register every kernel module's configuration types and kernels, then the derived twins."""
     base = []

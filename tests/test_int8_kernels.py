@@ -265,6 +265,35 @@ def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, is
         assert "zmm" in asm
 
 
+@pytest.mark.parametrize("precision", ["w8a8", "w4a8"])
+def test_a_model_build_gives_amx_only_the_layers_it_pays_for(precision: str) -> None:
+    """``registry.select_for``: on an AMX target, deep reductions take the AMX kernel, shallow
+    or widening convs (and strided ones) the VNNI kernel; ``select`` alone stays AMX."""
+    features = PROFILES["amx"]
+    deep = [Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1), Conv2dWorkload(1, 512, 28, 28, 128, 1, 1)]
+    shallow = [Conv2dWorkload(1, 24, 56, 56, 144, 1, 1), Conv2dWorkload(1, 512, 7, 7, 2048, 1, 1),
+               Conv2dWorkload(1, 16, 56, 56, 24, 3, 3, 1, 1, 1, 1, 1, 1),
+               Conv2dWorkload(1, 256, 28, 28, 256, 3, 3, 2, 2, 1, 1, 1, 1)]
+    for wl in deep + shallow:
+        assert registry.select("conv2d", precision, features).key.isa == "amx"
+        assert registry.select_for(wl, precision, features).key.isa == ("amx" if wl in deep else "avx512_vnni")
+
+
+def test_the_amx_channels_last_epilogue_is_one_vector_per_pixel() -> None:
+    """The AMX conv's channels-last epilogue reads each pixel's 16 accumulators as one vector and
+    stores 16 bytes at once: no gathers, no byte-by-byte stores (it had both, vectorised along
+    the pixels by LLVM). Cross-compiled, on any host."""
+    features = PROFILES["amx"]
+    wl = Conv2dWorkload(1, 64, 8, 16, 32, 1, 1, epilogue=Epilogue(True, "relu", requant="float"), layout="NHWC")
+    kernel = registry.select("conv2d", "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    assert cfg.dot == "tvmq_amx"
+    asm = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(features.target_json())).mod.inspect_source("s")
+    assert "tdpbusd" in asm and ("vpmovusdb" in asm or "vpmovdb" in asm)
+    assert "vpgather" not in asm and "vpextrb" not in asm
+
+
 @pytest.mark.parametrize("width", [1, 2])
 def test_amx_kernel_space_compiles_for_narrow_outputs(width: int) -> None:
     """AMX tiles need at least two pixel rows: a one-pixel-wide output takes the VNNI form, and

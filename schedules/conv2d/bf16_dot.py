@@ -166,7 +166,7 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = F
     AMX configurations: ``_schedule_amx`` (``emulated_amx``: the tile intrinsics' emulation,
     for tests)."""
     if cfg.dot == TDPBF16PS:
-        _schedule_amx(sch, cfg, emulated_amx)
+        _schedule_amx(sch, wl, cfg, emulated_amx)
         return
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
@@ -186,13 +186,13 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = F
     schedule_repack(sch, sch.get_sblock("data_pack"))
 
 
-def _schedule_amx(sch, cfg: Bf16DotConv2dConfig, emulated: bool) -> None:  # type: ignore[no-untyped-def]
+def _schedule_amx(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, emulated: bool) -> None:  # type: ignore[no-untyped-def]
     """One AMX tile per (row, ``reg_n`` pixels, 16 channels): zeroed, accumulated over
     ``(ICB, R, S)`` in tmm0 by ``tdpbf16ps`` (32 input channels per op), stored once to an fp32
     tile buffer that the epilogue reads (``int8_dot.schedule_amx_tiles``). The tile size
     is fixed by the intrinsics, so ``reg_n`` is not sampled."""
     sch.compute_inline(sch.get_sblock("data_bf16"))
-    schedule_amx_tiles(sch, cfg.reg_n, amx_bf16_intrinsics(cfg.reg_n, emulated))
+    schedule_amx_tiles(sch, wl, cfg.reg_n, amx_bf16_intrinsics(cfg.reg_n, emulated))
 
 
 def dot_order(wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig) -> list[tuple[int, int, int]]:

@@ -21,7 +21,7 @@ from typing import Any
 from ..common import TemplateDispatch
 from ..kernel import KernelDef, KernelKey
 from ..space import ConfigType
-from ..intrinsics import DOT_PRODUCTS, PIXEL_DOT_PRODUCTS
+from ..intrinsics import AMX_16X64, DOT_PRODUCTS, PIXEL_DOT_PRODUCTS, VNNI_16X4
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import int8_dot, int8_pointwise, int8_rows
@@ -44,15 +44,33 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
         return int8_pointwise.fallback_config(wl, features, pixel_dots[0])
     if data_dtype == "int16" and isa not in ("avx2", "avx512"):
         raise ValueError(f"int16 activations have no {isa} dot-product kernel (vpmaddwd: avx2, avx512)")
-    if isa == "amx" and (wl.stride_w != 1 or wl.out_width == 1):
-        # an AMX tile loads rows of consecutive pixels (at least two): strided convs and
-        # one-pixel-wide outputs take the VNNI form
+    if isa == "amx" and not amx_fits(wl):
         isa = "avx512_vnni"
     dot = next(d.name for d in DOT_PRODUCTS.values() if d.isa == isa)
     if data_dtype == "uint8" and _wide_window(wl, isa):
         return int8_rows.DotRowsConv2dConfig(ic_bn=min(64, -(-wl.in_per_group // 4) * 4), oc_bn=16, reg_n=3,
                                              rows=4, dot=dot)
     return int8_dot.fallback_config(wl, features, dot)
+
+
+def amx_fits(wl: Conv2dWorkload) -> bool:
+    """An AMX tile loads rows of consecutive pixels (at least two): strided convs and
+    one-pixel-wide outputs take the VNNI form."""
+    return wl.stride_w == 1 and wl.out_width > 1
+
+
+def amx_pays(wl: Conv2dWorkload) -> bool:
+    """Whether a layer is compiled with the AMX kernel rather than the VNNI one
+    (``registry.select_for``): AMX tiles fit (``amx_fits``) and the reduction has
+    at least 384 terms (input channels x kernel taps) and no more output channels than that.
+    Each AMX tile carries a fixed cost (tile configuration, store, epilogue) that only a deep
+    reduction repays; wide and shallow convs (expansions) run faster on VNNI. Measured per layer
+    on a 5th-gen Xeon core (Emerald Rapids, 1 thread, interleaved minima), AMX / VNNI: ResNet-50's
+    3x3s 0.33-0.71, 512->128 / 1024->256 / 2048->512 1x1s 0.46-0.71, but 64->256 2.29,
+    128->512 1.56, 512->2048 1.11; MobileNetV2's 576->96 0.76, 960->320 0.83, its expansions
+    1.4-4.2 (16->96 at 112x112 4.2). The tuner measures both forms per layer."""
+    depth = wl.in_per_group * wl.kernel_h * wl.kernel_w
+    return amx_fits(wl) and depth >= 384 and wl.out_per_group <= depth
 
 
 def _wide_window(wl: Conv2dWorkload, isa: str) -> bool:
@@ -77,6 +95,11 @@ output_shape = _dispatch.output_shape
 ISA_LEVELS = sorted({d.isa for d in DOT_PRODUCTS.values()})
 
 
+def data_dtype_of(cfg: Config) -> str:
+    """The activations' type of a configuration's instruction (uint8, or int16 for ``vpmaddwd``)."""
+    return cfg.dot_product.a_dtype
+
+
 def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) -> list[Config]:
     """A pointwise start: the pointwise candidates on its instruction, then the direct conv's
     on the channel form of the same ISA level's instruction; a direct start: the direct conv's
@@ -88,6 +111,11 @@ def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) ->
         dots = same[:1]
     else:
         space, dots = [], [start.dot]
+    if features.amx_int8 and data_dtype_of(start) == "uint8":
+        # on an AMX target: AMX tiles and the VNNI forms, measured against each other per layer
+        # (neither wins everywhere: ``amx_pays``), whichever kernel the layer was given
+        both = [d.name for d in (AMX_16X64, VNNI_16X4) if d is not AMX_16X64 or amx_fits(wl)]
+        dots += [d for d in both if d not in dots]
     for dot in dots:
         space += int8_dot.candidates(wl, features, dot) + int8_rows.candidates(wl, features, dot)
     return space
@@ -103,5 +131,6 @@ def kernels() -> list[KernelDef]:
     return [KernelDef(KernelKey("conv2d", "w8a8", isa), compute, schedule,
                       functools.partial(fallback_config, isa=isa), pack_weight, input_shape, output_shape,
                       f"u8 x s8 -> s32 on the {isa} dot-product instruction (exact): pointwise "
-                      "GEMM along pixels, or NCHWc direct conv; float32 or dyadic requantization")
+                      "GEMM along pixels, or NCHWc direct conv; float32 or dyadic requantization",
+                      prefers=amx_pays if isa == "amx" else None)
             for isa in ISA_LEVELS]

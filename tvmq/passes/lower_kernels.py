@@ -323,7 +323,7 @@ def float_call(m: LayerMatch, precision: str, catalog: KernelCatalog, record: Lo
     the weights (and bias) become parameters of ``main`` and the input passes a run-time
     ``fake_quantize`` (``record.switches``, in order)."""
     features = catalog.features
-    kernel = registry.select(registry.op_of(m.workload), precision, features)
+    kernel = registry.select_for(m.workload, precision, features)
     gv, cfg = catalog.add_kernel(kernel, m.workload, m.layer.name)
     packed = kernel.pack_weight(m.weight, m.workload, cfg)
     consts: list[relax.Expr] = [relax.const(packed)]

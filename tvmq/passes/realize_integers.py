@@ -627,7 +627,7 @@ class _IntRewriter(relax.PyExprMutator):
     def _kernel(self, m: LayerMatch, wl: Any) -> tuple[Any, relax.GlobalVar, Any]:
         """The layer's integer kernel for workload ``wl``: (KernelDef, typed GlobalVar, config)."""
         catalog = self.owner.catalog
-        kernel = registry.select(registry.op_of(wl), self.owner.plan[m.layer.name].name, catalog.features)
+        kernel = registry.select_for(wl, self.owner.plan[m.layer.name].name, catalog.features)
         gv, cfg = catalog.add_kernel(kernel, wl, m.layer.name)
         return kernel, catalog.typed(self.builder_, gv), cfg
 
