@@ -266,10 +266,10 @@ def test_random_mixed_plans_compile_and_equal_simulation(tmp_path: Path, isa: st
         for layer in layers:  # stored bytes: the selected kernel's packing at its (fallback) config
             entry = kernels[layer.name]
             kernel = registry.get(registry.KernelKey.parse(entry["kernel"]))
-            assert kernel is registry.select(kernel.key.op, kernel.key.precision, features)
             wl = layer_workload(layer, Epilogue(**entry["epilogue"]))
             if entry["layout"] != "NCHW":  # (a conv's activations channels-last)
                 wl = replace(wl, layout=entry["layout"])
+            assert kernel is registry.select_for(wl, kernel.key.precision, features)
             cfg = kernel.fallback_config(wl, features)
             assert asdict(cfg) == entry["config"]
             dtype = np.float32 if plan[layer.name].name in ("fp32", "bf16") else np.int8
