@@ -32,6 +32,8 @@ activations per tensor, asymmetric (unsigned with a zero point) by default.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 MIN_SHIFT, MAX_SHIFT = 1, 62
@@ -155,23 +157,53 @@ def weight_scales(w: np.ndarray, bits: int, clip_search: bool | None = None) -> 
 
     ``clip_search`` (default: on below 8 bits) shrinks each channel's range to the clipping
     ratio in ``[0.3, 1]`` (grid of 71) that minimises ``||W - Q(W)||^2`` of that channel: with
-    15 levels the largest weight should not set the step for all the others.
+    15 levels the largest weight should not set the step for all the others. The search's
+    results are remembered per weight content (a model build, its sensitivity analysis and its
+    calibration quantize the same weights again and again).
     """
+    search = clip_search if clip_search is not None else bits < 8
+    if not search:
+        return _max_scales(w, bits)
+    key = (hashlib.blake2b(np.ascontiguousarray(w).view(np.uint8).data, digest_size=16).digest(),
+           w.shape, w.dtype.str, bits)
+    if key not in _SEARCHED:
+        if len(_SEARCHED) >= 1024:
+            _SEARCHED.pop(next(iter(_SEARCHED)))
+        _SEARCHED[key] = _clip_search(w, bits)
+    return _SEARCHED[key].copy()
+
+
+_SEARCHED: dict[tuple, np.ndarray] = {}  # ``weight_scales``' clipping searches, oldest first
+
+
+def _max_scales(w: np.ndarray, bits: int) -> np.ndarray:
+    hi = 2 ** (bits - 1) - 1
+    amax = np.abs(w.reshape(w.shape[0], -1).astype(np.float64)).max(axis=1)
+    return np.where(amax > 0, amax / hi, 1.0)
+
+
+def _clip_search(w: np.ndarray, bits: int) -> np.ndarray:
     hi = 2 ** (bits - 1) - 1
     flat = w.reshape(w.shape[0], -1).astype(np.float64)
-    amax = np.abs(flat).max(axis=1)
-    scales = np.where(amax > 0, amax / hi, 1.0)
-    if clip_search if clip_search is not None else bits < 8:
-        best = np.full(len(scales), np.inf)
-        chosen = scales.copy()
-        for ratio in np.linspace(1.0, 0.3, 71):
-            sc = scales * ratio
-            err = ((np.clip(np.round(flat / sc[:, None]), -hi, hi) * sc[:, None] - flat) ** 2).sum(axis=1)
-            better = err < best
-            best = np.where(better, err, best)
-            chosen = np.where(better, sc, chosen)
-        scales = chosen
-    return scales
+    scales = _max_scales(w, bits)
+    best = np.full(len(scales), np.inf)
+    chosen = scales.copy()
+    buf = np.empty_like(flat)
+    for ratio in np.linspace(1.0, 0.3, 71):
+        sc = scales * ratio
+        col = sc[:, None]
+        # ((clip(rint(flat / sc), -hi, hi) * sc - flat) ** 2).sum(1), without temporaries
+        np.divide(flat, col, out=buf)
+        np.rint(buf, out=buf)
+        np.clip(buf, -hi, hi, out=buf)
+        np.multiply(buf, col, out=buf)
+        np.subtract(buf, flat, out=buf)
+        np.multiply(buf, buf, out=buf)
+        err = buf.sum(axis=1)
+        better = err < best
+        best = np.where(better, err, best)
+        chosen = np.where(better, sc, chosen)
+    return chosen
 
 
 def quantize_weights(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
