@@ -51,6 +51,9 @@ def int4_weights(base: KernelDef) -> KernelDef:
         return base.pack_weight(np.zeros(wl.weight_shape, np.int8), wl, cfg.base).shape
 
     def fallback_config(wl: Workload, features: TargetFeatures) -> W4A8Config:
+        if base.key.op == "conv2d" and base.key.isa in int8_dispatch.ISA_LEVELS:
+            # int4 values fit every instruction: on AVX2 ``vpmaddubsw``, exact on them
+            return W4A8Config(int8_dispatch.fallback_config(wl, features, base.key.isa, narrow=True), "call")
         return W4A8Config(base.fallback_config(wl, features), "call")
 
     def compute(wl: Workload, cfg: W4A8Config) -> list:

@@ -90,6 +90,32 @@ def _pmaddwd_impl(lanes: int, llvm_name: str):  # type: ignore[no-untyped-def]
     return impl
 
 
+def _pmaddubsw_impl(lanes: int = 8):  # type: ignore[no-untyped-def]
+    """AVX2 ``vpmaddubsw`` + ``vpmaddwd`` (by ones) + ``vpaddd``: the four uint8 channels
+    broadcast as one int32, u8 x s8 pairs summed into int16 (*saturating*), the two pair sums of
+    each lane into int32. Exact only while no pair sum leaves int16: weights whose same-signed
+    pairs have ``|w0| + |w1| <= 128`` (``schedules.quant.pairs_fit_int16``), e.g. int4 weights."""
+    i32 = f"int32x{lanes}"
+    u8 = f"uint8x{4 * lanes}"
+    s8 = f"int8x{4 * lanes}"
+    s16 = f"int16x{2 * lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1),
+             B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes), dtype=u8)
+            pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                                            a, B.vload([0, 0], s8), dtype=s16)
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], i32) + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 2 * lanes),
+                dtype=i32)
+    return impl
+
+
 # --- AVX512-VNNI vpdpbusd, 16 lanes x 4 -------------------------------------------------------
 @T.prim_func(s_tir=True)
 def _vnni_16x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1),
@@ -281,9 +307,11 @@ def amx_intrinsics(m: int) -> tuple[str, str, str]:
 PMADDWD_8X2 = DotProduct("tvmq_pmaddwd_8x2", 8, 2, "int16", "avx2")
 PMADDWD_16X2 = DotProduct("tvmq_pmaddwd_16x2", 16, 2, "int16", "avx512")
 VNNI_16X4 = DotProduct("tvmq_vnni_16x4", 16, 4, "uint8", "avx512_vnni")
+# exact only for weights whose pairs fit int16 (``_pmaddubsw_impl``): never a default
+PMADDUBSW_8X4 = DotProduct("tvmq_pmaddubsw_8x4", 8, 4, "uint8", "avx2")
 # AMX: 16 output channels x 64 input channels (as 16 x 4) per tile op, ``m`` pixels at a time
 AMX_16X64 = DotProduct("tvmq_amx", 16, 4, "uint8", "amx")
-DOT_PRODUCTS = {d.name: d for d in (PMADDWD_8X2, PMADDWD_16X2, VNNI_16X4, AMX_16X64)}
+DOT_PRODUCTS = {d.name: d for d in (PMADDWD_8X2, PMADDWD_16X2, VNNI_16X4, AMX_16X64, PMADDUBSW_8X4)}
 # pixel forms, by the ISA level that has them (A is always uint8 here)
 PX_PMADDWD_8X2 = DotProduct("tvmq_pmaddwd_px8x2", 8, 2, "uint8", "avx2")
 PX_PMADDWD_16X2 = DotProduct("tvmq_pmaddwd_px16x2", 16, 2, "uint8", "avx512")
@@ -296,7 +324,7 @@ PIXEL_DOT_PRODUCTS = {d.name: d for d in (PX_PMADDWD_8X2, PX_PMADDWD_16X2, PX_VN
 
 for _dot, _impl in ((PMADDWD_8X2, _pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
                    (PMADDWD_16X2, _pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),
-                   (VNNI_16X4, _vnni_16x4_impl)):
+                   (VNNI_16X4, _vnni_16x4_impl), (PMADDUBSW_8X4, _pmaddubsw_impl(8))):
     TensorIntrin.register(_dot.name, _desc(_dot.lanes, _dot.group, _dot.a_dtype), _impl, override=True)
 for _dot, _impl in ((PX_PMADDWD_8X2, _px_pmaddwd_impl(8, "llvm.x86.avx2.pmadd.wd")),
                     (PX_PMADDWD_16X2, _px_pmaddwd_impl(16, "llvm.x86.avx512.pmaddw.d.512")),

@@ -227,3 +227,22 @@ def activation_params(lo: float, hi: float, bits: int = 8, signed: bool = False)
     scale = (hi - lo) / (qhi - qlo)
     zp = int(np.clip(np.round(qlo - lo / scale), qlo, qhi))
     return scale, zp
+
+
+def pairs_fit_int16(packed: np.ndarray, pair_axis: int = -1) -> bool:
+    """Whether ``vpmaddubsw`` is exact on int8 weights ``packed`` whose ``pair_axis`` holds
+    consecutive input channels, paired (0, 1), (2, 3), ...: for any uint8 activations the pair
+    sum ``a0 w0 + a1 w1`` stays in int16 iff the positive parts and the negative parts of each
+    pair sum to at most 128 (255 x 128 = 32640 <= 32767). Always true of int4 weights; false of
+    most full-range int8 weights (why W8A8 keeps ``vpmaddwd``, ``schedules.intrinsics``)."""
+    w = np.moveaxis(np.asarray(packed, np.int32), pair_axis, -1)
+    if w.shape[-1] % 2:
+        w = np.concatenate([w, np.zeros(w.shape[:-1] + (1,), np.int32)], axis=-1)
+    a, b = w[..., 0::2], w[..., 1::2]
+    pos = np.maximum(a, 0) + np.maximum(b, 0)
+    neg = np.maximum(-a, 0) + np.maximum(-b, 0)
+    return bool(w.size == 0 or max(int(pos.max()), int(neg.max())) <= PAIR_LIMIT)
+
+
+# the largest |w0| + |w1| of a same-signed weight pair that ``vpmaddubsw`` keeps exact
+PAIR_LIMIT = 128

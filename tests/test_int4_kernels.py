@@ -13,7 +13,7 @@ from schedules import packing, quant, reference, registry, space
 from schedules.conv2d import int8_dispatch
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
-from .isa import HOST, PROFILES, isa_params
+from .isa import HOST, PROFILES, can_execute, isa_params, skip_reason
 from .test_int8_kernels import CHECKED_BY, compile_for
 
 
@@ -165,3 +165,62 @@ def test_w4a8_unpack_position_is_a_tuning_knob(isa: str) -> None:
             assert space.config_from_json(space.config_to_json(c)) == c
     with pytest.raises(ValueError, match="unpack"):
         packing.W4A8Config(start.base, "tap")
+
+
+NARROW_CASES = [Conv2dWorkload(1, 32, 8, 12, 24, 1, 1, layout="NHWC"),  # read in place
+                Conv2dWorkload(1, 20, 9, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC"),  # padded: repacked
+                Conv2dWorkload(1, 3, 16, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1, layout="NHWC"),  # a first conv
+                Conv2dWorkload(1, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1)]  # NCHW
+
+
+@pytest.mark.parametrize("wl", NARROW_CASES, ids=["1x1-nhwc", "3x3-nhwc", "first-nhwc", "3x3-nchw"])
+def test_avx2_w4a8_conv_takes_vpmaddubsw_exact_at_the_extremes(wl: Conv2dWorkload) -> None:
+    """On AVX2, a W4A8 conv runs ``vpmaddubsw`` (u8 x s8 pairs summed in int16): exact on int4
+    weights, checked where the pair sums are largest (activations 255 against weights all -8 or
+    all 7) and on random operands; cross-compiled, it holds ``vpmaddubsw``."""
+    features = PROFILES["avx2"] if not can_execute("avx2") else HOST.with_isa("avx2")
+    kernel = registry.select("conv2d", "w4a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    assert cfg.base.dot == "tvmq_pmaddubsw_8x4"
+    asm = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(features.target_json())).mod.inspect_source("s")
+    assert "vpmaddubsw" in asm
+    if not can_execute("avx2"):
+        pytest.skip(skip_reason("avx2"))
+    ex = compile_for(kernel, wl, cfg, features)
+    rng = np.random.default_rng(7)
+    for w_value in (-8, 7, None):
+        xq = np.full(wl.data_shape, 255, np.uint8) if w_value is not None else \
+            rng.integers(0, 256, wl.data_shape).astype(np.uint8)
+        wq = (np.full(wl.weight_shape, w_value, np.int8) if w_value is not None
+              else rng.integers(-8, 8, wl.weight_shape).astype(np.int8))
+        _, bias_q, m, s = _operands(wl.weight_shape, wl.out_channels, rng, False)
+        m, s = quant.quantize_multiplier(np.full(wl.out_channels, 1e-4))  # outputs away from the clamp
+        x_zp = 0 if w_value is not None else 3
+        out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
+        ex(*[tvm.runtime.tensor(a) for a in (xq.reshape(kernel.input_shape(wl, cfg)),
+                                             kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
+                                             np.array([x_zp, 128, 0, 255], np.int32))], out)
+        expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, 128, 0, 255, wl)
+        np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected)
+        assert len(np.unique(expected)) > 1 or w_value is not None
+
+
+def test_vpmaddubsw_refuses_weights_it_would_saturate_on() -> None:
+    """``pairs_fit_int16`` is the exactness condition of ``vpmaddubsw``: int4 weights and pairs
+    up to 128 in magnitude pass, full-range int8 weights (127 + 2) are refused when packed, so
+    no W8A8 layer can run the saturating instruction; W8A8 keeps ``vpmaddwd`` on AVX2."""
+    assert quant.pairs_fit_int16(np.array([[64, 64, -64, -64]]))
+    assert quant.pairs_fit_int16(np.array([[127, -127, -127, 127]]))  # opposite signs never saturate
+    assert not quant.pairs_fit_int16(np.array([[127, 2, 0, 0]]))
+    assert not quant.pairs_fit_int16(np.array([[0, 0, -100, -29]]))
+    wl = Conv2dWorkload(1, 8, 4, 4, 8, 1, 1, layout="NHWC")
+    cfg = int8_dispatch.fallback_config(wl, PROFILES["avx2"], "avx2", narrow=True)
+    assert cfg.dot == "tvmq_pmaddubsw_8x4"
+    w = np.zeros(wl.weight_shape, np.int8)
+    int8_dispatch.pack_weight(w + 8, wl, cfg)
+    w[3, 0], w[3, 1] = 127, 2
+    with pytest.raises(ValueError, match="saturate"):
+        int8_dispatch.pack_weight(w, wl, cfg)
+    assert registry.select("conv2d", "w8a8", PROFILES["avx2"]).fallback_config(wl, PROFILES["avx2"]).dot \
+        == "tvmq_pmaddwd_8x2"

@@ -21,7 +21,7 @@ from typing import Any
 from ..common import TemplateDispatch
 from ..kernel import KernelDef, KernelKey
 from ..space import ConfigType
-from ..intrinsics import AMX_16X64, DOT_PRODUCTS, PIXEL_DOT_PRODUCTS, VNNI_16X4
+from ..intrinsics import AMX_16X64, DOT_PRODUCTS, PIXEL_DOT_PRODUCTS, PMADDUBSW_8X4, PMADDWD_8X2, VNNI_16X4
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import int8_dot, int8_pointwise, int8_rows
@@ -36,9 +36,12 @@ def _template(cfg: Any) -> ModuleType:
 
 
 def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
-                    data_dtype: str = "uint8") -> Config:
+                    data_dtype: str = "uint8", narrow: bool = False) -> Config:
     """``data_dtype``: int16 (W8A16) takes the int16 pixel forms and never VNNI / AMX (whose
-    instructions multiply unsigned bytes)."""
+    instructions multiply unsigned bytes). ``narrow``: the weights are known to fit
+    ``vpmaddubsw`` (int4 values, ``quant.pairs_fit_int16``): on AVX2 the direct conv then takes
+    ``PMADDUBSW_8X4`` (32 products per instruction instead of ``vpmaddwd``'s 16, and the uint8
+    input read in place)."""
     pixel_dots = [d.name for d in PIXEL_DOT_PRODUCTS.values() if d.isa == isa and d.a_dtype == data_dtype]
     if int8_pointwise.applies(wl) and pixel_dots:  # (AMX has no pixel form: tiles do both)
         return int8_pointwise.fallback_config(wl, features, pixel_dots[0])
@@ -47,6 +50,8 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
     if isa == "amx" and not amx_fits(wl):
         isa = "avx512_vnni"
     dot = next(d.name for d in DOT_PRODUCTS.values() if d.isa == isa)
+    if narrow and isa == PMADDUBSW_8X4.isa and data_dtype == "uint8":
+        dot = PMADDUBSW_8X4.name
     if data_dtype == "uint8" and _wide_window(wl, isa):
         return int8_rows.DotRowsConv2dConfig(ic_bn=min(64, -(-wl.in_per_group // 4) * 4), oc_bn=16, reg_n=3,
                                              rows=4, dot=dot)
@@ -111,6 +116,8 @@ def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) ->
         dots = same[:1]
     else:
         space, dots = [], [start.dot]
+        if start.dot == PMADDUBSW_8X4.name:  # narrow weights: vpmaddwd is exact on them too
+            dots.append(PMADDWD_8X2.name)
     if features.amx_int8 and data_dtype_of(start) == "uint8":
         # on an AMX target: AMX tiles and the VNNI forms, measured against each other per layer
         # (neither wins everywhere: ``amx_pays``), whichever kernel the layer was given
