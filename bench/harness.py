@@ -476,6 +476,10 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
         if spec.get("calib"):
             calib = _calib(spec["calib"])
             stats = collect(spec["model"], calib, progress=log)
+            if spec.get("narrow_weights"):
+                from tvmq.recipe import with_recipe  # deferred: imports TVM
+
+                stats = with_recipe(stats, narrow_weights=True)
             extra = {"calibration_s": time.perf_counter() - t, "calibration_samples": len(calib)}
             features = detect_host().with_isa(spec["isa"]) if spec.get("isa") else None
             r = tvmq.build(spec["model"], spec["out"], plan="w8a8", stats=stats, features=features,

@@ -48,13 +48,19 @@ def isa_variant(isa: str) -> str:
     return f"tvmq W8A8 {isa}"
 
 
+NARROW = "tvmq W8A8 narrow"
+
+
 def mode_of(args: argparse.Namespace) -> dict[str, Any]:
     """``MODES[precision]`` with one more tvmq W8A8 variant per ``--isa`` (a build for that ISA
-    level, untuned), after the untuned build, and its ratios to the int8 rivals."""
+    level, untuned) and with ``--narrow-weights`` (the recipe's 7-bit conv weights), after the
+    untuned build, and their ratios to the int8 rivals."""
     mode = MODES[args.precision]
-    if not getattr(args, "isa_list", None):
+    if not getattr(args, "isa_list", None) and not getattr(args, "narrow_weights", False):
         return mode
     extra = {isa_variant(i): ("tvmq", isa_variant(i)) for i in args.isa_list}
+    if args.narrow_weights:
+        extra[NARROW] = ("tvmq", NARROW)
     variants = dict(mode["variants"])
     items = list(variants.items())
     at = list(variants).index(TVMQ) + 1
@@ -99,6 +105,9 @@ def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str
     for isa in args.isa_list:
         todo.append((isa_variant(isa), {**spec, "isa": isa}, d.parent / f"{d.name}_{isa}" / "model.so",
                      {**stamp, "isa": isa}))
+    if args.narrow_weights:
+        todo.append((NARROW, {**spec, "narrow_weights": True}, d.parent / f"{d.name}_narrow" / "model.so",
+                     {**stamp, "narrow_weights": True}))
     if args.db:
         from tvmq.tune import TuningDatabase  # deferred: imports TVM
 
@@ -251,11 +260,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--isa", dest="isa_list", action="append", default=[], choices=ISA_LEVELS,
                    help="w8a8: also a tvmq W8A8 build for this ISA level (untuned; repeatable), e.g. "
                         "avx512_vnni beside the host's amx")
+    p.add_argument("--narrow-weights", action="store_true",
+                   help="w8a8: also a tvmq W8A8 build with the recipe's narrow (7-bit) conv weights, which "
+                        "take vpmaddubsw on AVX2 (tvmq compile --narrow-weights)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.repeat < 1 or args.warmup < 0 or args.calib < 1:
         p.error("--rounds, --repeat and --calib must be >= 1, --warmup >= 0")
-    if (args.db or args.isa_list) and args.precision == "fp32":
-        p.error("--db and --isa: w8a8 only")
+    if (args.db or args.isa_list or args.narrow_weights) and args.precision == "fp32":
+        p.error("--db, --isa and --narrow-weights: w8a8 only")
     return args
 
 

@@ -37,7 +37,10 @@ def openvino_rows(model_path: str | Path, x: np.ndarray, calib: np.ndarray) -> l
 
 
 def plan_of(model: str, spec: str) -> Any:
-    """A uniform spec, or 'mixed': W4A8 with the depthwise, first and last layers at W8A8."""
+    """A uniform spec, or 'mixed': W4A8 with the depthwise, first and last layers at W8A8
+    ('w8a8-narrow': W8A8, the recipe's narrow conv weights)."""
+    if spec == "w8a8-narrow":
+        return "w8a8"
     if spec != "mixed":
         return spec
     from tvmq.frontend import prepare  # deferred: imports TVM
@@ -58,8 +61,14 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
     for spec, method, requant in ([("w8a8", m, q) for m in args.methods.split(",") if m for q in requants]
                                   + [(p, "percentile", requants[0]) for p in args.plans.split(",") if p]):
         t = time.perf_counter()
+        if spec == "w8a8-narrow":  # 7-bit conv weights: vpmaddubsw on AVX2 (tvmq.recipe.weight_bits)
+            from tvmq.recipe import with_recipe  # deferred: imports TVM
+
+            spec_stats = with_recipe(stats, narrow_weights=True)
+        else:
+            spec_stats = stats
         r = tvmq.build(args.model, tmp / f"{spec}_{method}_{requant}", plan=plan_of(args.model, spec),
-                       stats=stats, range_method=method, requant=requant)
+                       stats=spec_stats, range_method=method, requant=requant)
         build_s = time.perf_counter() - t
         run = h.tvmq_run(r.library)
         exact = h.bit_exact(r, run, x, args.check)
@@ -88,7 +97,8 @@ def main() -> int:
     ap = h.argument_parser(__doc__, n=1000, calib=256,
                            methods=("percentile,mse", "W8A8 rows: activation range methods"),
                            plans=("w8a16,w4a8,mixed,bf16", "more tvmq rows (percentile ranges): uniform "
-                                  "specs or 'mixed' (W4A8, depthwise, first, last W8A8); '' for none"),
+                                  "specs, 'mixed' (W4A8, depthwise, first, last W8A8) or 'w8a8-narrow' "
+                                  "(W8A8, 7-bit conv weights); '' for none"),
                            check=(20, "images checked bit-exact vs simulation"),
                            requant=("float", "tvmq's requantization(s), float and/or dyadic: W8A8 rows "
                                     "for each; the extra plans take the first"))

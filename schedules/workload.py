@@ -88,11 +88,16 @@ class Conv2dWorkload:
     groups: int = 1
     epilogue: Epilogue = Epilogue()
     layout: Layout = "NCHW"
+    # the int8 weights are known to keep every same-signed pair of input channels within 128 in
+    # magnitude (``quant.pairs_fit_int16``): kernels may use ``vpmaddubsw`` (AVX2), exact then
+    narrow_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
-        ints = [f.name for f in dataclasses.fields(self) if f.name not in ("epilogue", "layout")]
+        if not isinstance(self.narrow_weights, bool):
+            raise TypeError(f"Conv2dWorkload.narrow_weights must be a bool, got {self.narrow_weights!r}")
+        ints = [f.name for f in dataclasses.fields(self) if f.name not in ("epilogue", "layout", "narrow_weights")]
         for name in ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -156,10 +161,13 @@ class Conv2dWorkload:
         return (self.batch, self.out_channels, self.out_height, self.out_width)
 
     def to_json(self) -> dict:
-        """The fields, the epilogue's ``to_json``; ``layout`` only where it is not ``NCHW``."""
+        """The fields, the epilogue's ``to_json``; ``layout`` only where it is not ``NCHW``,
+        ``narrow_weights`` only where it is true."""
         d = {**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}
         if d["layout"] == "NCHW":
             del d["layout"]
+        if not d["narrow_weights"]:
+            del d["narrow_weights"]
         return d
 
     def key(self) -> str:

@@ -261,9 +261,11 @@ def test_recipe_options_switch_the_steps(fmnist_stats: ActivationStats) -> None:
     pm = prepare(MODEL)
     layer = next(l for l in pm.layers if l.op == "conv2d" and l.name != pm.layers.names[0])
     w, spec = _weights(pm, layer.name), QuantSpec.parse("w4a8")
-    assert recipe_options(fmnist_stats) == {"gptq": True, "bias_correction": True, "hessian_clipping": False}
+    assert recipe_options(fmnist_stats) == {"gptq": True, "bias_correction": True, "hessian_clipping": False,
+                                          "narrow_weights": False}
     plain = with_recipe(fmnist_stats, gptq=False, bias_correction=False)
-    assert recipe_options(plain) == {"gptq": False, "bias_correction": False, "hessian_clipping": False}
+    assert recipe_options(plain) == {"gptq": False, "bias_correction": False, "hessian_clipping": False,
+                                   "narrow_weights": False}
     rtn = quantize_layer(layer.name, w, None, layer.groups, spec, plain)
     np.testing.assert_array_equal(rtn.wq, quant.quantize_weights(w, 4)[0])
     g = quantize_layer(layer.name, w, None, layer.groups, spec, fmnist_stats)
@@ -399,3 +401,28 @@ def _accurate_and_equal_to_its_program(result) -> None:  # type: ignore[no-untyp
         if i % 10 == 0:
             np.testing.assert_array_equal(got, result.program.run([x[i:i + 1]])[0])
     assert (np.array(preds) == y).mean() >= 0.8
+
+
+def test_narrow_weights_take_vpmaddubsw_and_the_library_equals_its_program(fmnist_stats: ActivationStats,
+                                                                            tmp_path: Path) -> None:
+    """The recipe's ``narrow_weights``: ungrouped W8A8 convs get 7-bit weights (-63..63: every
+    pair within ``vpmaddubsw``'s exact range), depthwise and dense keep 8 bits; on AVX2 those
+    convs run ``vpmaddubsw`` (the manifest's configs), elsewhere nothing changes but the
+    weights; the library equals its numpy program and stays accurate."""
+    from schedules.target_features import detect_host
+
+    from .isa import PROFILES, can_execute
+
+    pm = prepare(MODEL)
+    narrow = with_recipe(fmnist_stats, narrow_weights=True)
+    for layer in pm.layers:
+        q = quantize_layer(layer.name, _weights(pm, layer.name), None, layer.groups, QuantSpec.parse("w8a8"), narrow)
+        assert int(np.abs(q.wq).max()) == (63 if layer.op == "conv2d" and layer.groups == 1 else 127)
+    features = detect_host().with_isa("avx2") if can_execute("avx2") else PROFILES["avx2"]
+    result = tvmq.build(MODEL, tmp_path, plan="w8a8", stats=narrow, features=features)
+    assert result.manifest_data["recipe"]["narrow_weights"]
+    dots = {k["config"].get("dot") for k in result.manifest_data["kernels"].values()
+            if k["kernel"] == "conv2d/w8a8/avx2"}
+    assert dots == {"tvmq_pmaddubsw_8x4"}
+    if can_execute("avx2"):
+        _accurate_and_equal_to_its_program(result)

@@ -231,7 +231,7 @@ def _quantization(args: argparse.Namespace, features, progress, model=None):  # 
                         hessians=args.gptq or args.hessian_clipping,
                         input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
     return plan, with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction,
-                             hessian_clipping=args.hessian_clipping)
+                             hessian_clipping=args.hessian_clipping, narrow_weights=args.narrow_weights)
 
 
 def _ptq_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -282,8 +282,8 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
                       eval_data=args.eval_data, eval_labels=args.eval_labels, resume=args.resume,
                       requant=args.requant, equalize=args.equalize, gptq=args.gptq,
                       bias_correction=args.bias_correction, hessian_clipping=args.hessian_clipping,
-                      input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size,
-                      progress=progress)
+                      narrow_weights=args.narrow_weights, input_shapes=_parse_shapes(args.input_shape),
+                      batch_size=args.batch_size, progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
     meas = f"{r.measured_ms:.2f} ms measured" if r.measured_ms is not None else "not measured"
@@ -314,7 +314,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
              else collect(model, data, features=features, progress=progress,
                           hessians=args.gptq or args.hessian_clipping, **shapes))
     stats = with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction,
-                        hessian_clipping=args.hessian_clipping)
+                        hessian_clipping=args.hessian_clipping, narrow_weights=args.narrow_weights)
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
     r = analyze(model, stats, data, specs=specs, range_method=args.range, features=features,
                 output=args.output, progress=progress,
@@ -452,6 +452,9 @@ def _ptq_options(p: argparse.ArgumentParser) -> None:
                         "inputs (their Hessian) instead of the weights' own error")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the biases as they are (default: corrected for the weights' mean rounding error)")
+    p.add_argument("--narrow-weights", action="store_true",
+                   help="W8A8 convs with 7-bit weights (-63..63): exact on AVX2's vpmaddubsw, which runs twice the "
+                        "products of vpmaddwd (the trade onnxruntime and OpenVINO make there); costs accuracy")
 
 
 def _write_atomic(path: Path, text: str) -> None:

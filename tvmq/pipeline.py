@@ -226,7 +226,7 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
                   context: str = "alone", sensitivity: Any = None, latency_margin: float = 0.05,
                   eval_data: Any = None, eval_labels: Any = None, resume: bool = True,
                   requant: str = "float", equalize: bool = False, gptq: bool = False,
-                  bias_correction: bool = True, hessian_clipping: bool = False,
+                  bias_correction: bool = True, hessian_clipping: bool = False, narrow_weights: bool = False,
                   input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
                   progress: Callable[[str], None] = lambda m: None) -> MixedResult:
     """The whole pipeline into ``output_dir`` (``model.so``, ``manifest.json``, ``report.html``,
@@ -276,7 +276,8 @@ def compile_mixed(model: Any, calibration: Any, output_dir: Any, *, latency_budg
         sensitivity_samples=sensitivity_samples, measure=measure, context=context,
         given_sensitivity=sensitivity, latency_margin=latency_margin, eval_data=eval_data,
         eval_labels=eval_labels, resume=resume, progress=progress, pm=prepare(model, **shapes), requant=requant,
-        recipe={"gptq": gptq, "bias_correction": bias_correction, "hessian_clipping": hessian_clipping},
+        recipe={"gptq": gptq, "bias_correction": bias_correction, "hessian_clipping": hessian_clipping,
+                "narrow_weights": narrow_weights},
         shapes=shapes)
     for step in STEPS:
         step(ctx)

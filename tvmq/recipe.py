@@ -39,7 +39,7 @@ from .errors import TvmqError
 from .gptq import MIN_PATCHES_PER_COLUMN, gptq_clip_round, gptq_round, hessian_scales
 
 # the recipe's optional steps and their defaults (``recipe_options``)
-RECIPE_DEFAULTS = {"gptq": True, "bias_correction": True, "hessian_clipping": False}
+RECIPE_DEFAULTS = {"gptq": True, "bias_correction": True, "hessian_clipping": False, "narrow_weights": False}
 
 
 def recipe_options(stats: Any) -> dict[str, bool]:
@@ -177,6 +177,20 @@ def _corrected(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray, raw_bias: np
     return b
 
 
+NARROW_BITS = 7  # levels -63..63: every pair of weights sums to at most 126 in magnitude
+
+
+def weight_bits(spec: Any, weight: np.ndarray, groups: int, narrow: bool) -> int:
+    """``spec``'s weight bits, 7 where the recipe's ``narrow_weights`` option is on and the
+    layer is an ungrouped W8A8 conv: its weights then fit ``vpmaddubsw``
+    (``quant.pairs_fit_int16``), which runs twice the products per instruction of the exact
+    ``vpmaddwd`` on AVX2 (the trade onnxruntime and OpenVINO make there, by saturating or by
+    halving the weights); the layer is still exact integer code, at one weight bit less."""
+    if narrow and spec.w_bits == 8 and spec.a_bits == 8 and weight.ndim == 4 and groups == 1:
+        return NARROW_BITS
+    return int(spec.w_bits)
+
+
 def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, groups: int, spec: Any,
                    stats: Any, method: str = "minmax", *, bias_correction: bool | None = None) -> QuantizedLayer:
     """``weight`` / ``bias`` of layer ``name`` at the integer ``spec`` (a ``QuantSpec``), with
@@ -186,32 +200,33 @@ def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, group
     opts = recipe_options(stats)
     if bias_correction is None:
         bias_correction = opts["bias_correction"]
-    wq, s_w = quant.quantize_weights(weight, spec.w_bits)
+    bits = weight_bits(spec, weight, groups, opts["narrow_weights"])
+    wq, s_w = quant.quantize_weights(weight, bits)
     hessian = stats.hessian(name) if opts["gptq"] or opts["hessian_clipping"] else None
     if hessian is not None and not gptq_applies(stats, name, hessian):
         hessian = None
     if hessian is not None and opts["hessian_clipping"] and opts["gptq"]:  # steps 1b + 1c together
-        wq, s_w = _cached(("gptq_clip", name, spec.w_bits, groups), (weight, s_w, hessian),
-                          lambda: gptq_clip_round(weight, s_w, spec.w_bits, hessian, groups))
+        wq, s_w = _cached(("gptq_clip", name, bits, groups), (weight, s_w, hessian),
+                          lambda: gptq_clip_round(weight, s_w, bits, hessian, groups))
     elif hessian is not None and opts["hessian_clipping"]:  # step 1b: clipping for the output error
-        s_w = _cached(("scales", name, spec.w_bits, groups), (weight, hessian),
-                      lambda: hessian_scales(weight, spec.w_bits, hessian, groups))
+        s_w = _cached(("scales", name, bits, groups), (weight, hessian),
+                      lambda: hessian_scales(weight, bits, hessian, groups))
         shape = (-1,) + (1,) * (weight.ndim - 1)
-        hi = 2 ** (spec.w_bits - 1) - 1
+        hi = 2 ** (bits - 1) - 1
         wq = np.clip(np.round(weight / s_w.reshape(shape)), -hi, hi).astype(np.int8)
     elif hessian is not None and opts["gptq"]:
-        wq = _gptq_cached(name, weight, s_w, spec.w_bits, hessian, groups)
+        wq = _gptq_cached(name, weight, s_w, bits, hessian, groups)
     raw = None if bias is None else np.asarray(bias, np.float64)
     in_stats = stats.get(name, "in")
     mean = np.asarray(in_stats.channel_mean, np.float64) if bias_correction else None
     b = _corrected(weight, wq, s_w, raw, mean, groups)
     lo, hi = in_stats.range(method)
     if spec.a_bits == 16:
-        qmax = int16_qmax(wq if spec.w_bits == 8 else quant.quantize_weights(weight, 8)[0])
+        qmax = int16_qmax(wq if bits == 8 else quant.quantize_weights(weight, 8)[0])
         scale, zp = max(abs(lo), abs(hi), 1e-12) / qmax, 0
     else:
         (scale, zp), qmax = quant.activation_params(lo, hi), 255
-    return QuantizedLayer(name, weight, wq, s_w, b, scale, zp, qmax, spec.w_bits, raw, mean, groups)
+    return QuantizedLayer(name, weight, wq, s_w, b, scale, zp, qmax, bits, raw, mean, groups)
 
 
 _GPTQ_CACHE: dict[tuple[Any, ...], np.ndarray] = {}

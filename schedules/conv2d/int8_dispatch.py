@@ -50,7 +50,7 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
     if isa == "amx" and not amx_fits(wl):
         isa = "avx512_vnni"
     dot = next(d.name for d in DOT_PRODUCTS.values() if d.isa == isa)
-    if narrow and isa == PMADDUBSW_8X4.isa and data_dtype == "uint8":
+    if (narrow or wl.narrow_weights) and isa == PMADDUBSW_8X4.isa and data_dtype == "uint8":
         dot = PMADDUBSW_8X4.name
     if data_dtype == "uint8" and _wide_window(wl, isa):
         return int8_rows.DotRowsConv2dConfig(ic_bn=min(64, -(-wl.in_per_group // 4) * 4), oc_bn=16, reg_n=3,

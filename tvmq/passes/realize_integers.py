@@ -52,7 +52,7 @@ from tvm import relax, te
 
 from schedules import elementwise, quant, reference, registry
 from schedules.target_features import TargetFeatures
-from schedules.workload import LAYOUTS
+from schedules.workload import LAYOUTS, Conv2dWorkload
 
 from .. import specs
 from ..errors import TvmqError
@@ -624,6 +624,15 @@ class _IntRewriter(relax.PyExprMutator):
         self.owner.record.weight_bytes[m.layer.name] = int(packed.nbytes)
         return packed
 
+    def _narrowed(self, m: LayerMatch, wl: Any, wq: np.ndarray) -> Any:
+        """``wl`` marked ``narrow_weights`` where the layer is a W8A8 ungrouped conv whose int8
+        weights fit ``vpmaddubsw`` (``quant.pairs_fit_int16`` over input-channel pairs): the
+        recipe's ``narrow_weights`` option makes them so; the AVX2 kernel then takes it."""
+        if (self.owner.plan[m.layer.name].name == "w8a8" and isinstance(wl, Conv2dWorkload) and wl.groups == 1
+                and quant.pairs_fit_int16(np.moveaxis(wq, 1, -1))):
+            return replace(wl, narrow_weights=True)
+        return wl
+
     def _kernel(self, m: LayerMatch, wl: Any) -> tuple[Any, relax.GlobalVar, Any]:
         """The layer's integer kernel for workload ``wl``: (KernelDef, typed GlobalVar, config)."""
         catalog = self.owner.catalog
@@ -686,6 +695,7 @@ class _IntRewriter(relax.PyExprMutator):
         qx, ql, bias_q = self._int_input(m)
         wq, s_w = ql.wq, ql.w_scale
         scale = (qx.scale * s_w).astype(np.float32)
+        wl = self._narrowed(m, wl, wq)
         kernel, gv, cfg = self._kernel(m, wl)
         buf = kernel.output_shape(wl, cfg)
         args = [self._view(qx.var, kernel.input_shape(wl, cfg)),
@@ -750,6 +760,7 @@ class _IntRewriter(relax.PyExprMutator):
         else:
             mult, shift = quant.quantize_multiplier(s_in * s_w / s_out)
             requant = [relax.const(mult), relax.const(shift)]
+        wl = self._narrowed(m, wl, wq)
         kernel, gv, cfg = self._kernel(m, wl)
         buf = kernel.output_shape(wl, cfg)
         args: list[relax.Expr] = [self._view(qx.var, kernel.input_shape(wl, cfg)),
