@@ -292,9 +292,9 @@ class KernelCatalog:
         return self._typed[gv.name_hint]
 
     def lowered(self, kernel: registry.KernelDef, gv: relax.GlobalVar, cfg: Any,
-                epilogue: Epilogue, layout: str = "NCHW") -> LoweredLayer:
+                epilogue: Epilogue, layout: str = "NCHW", narrow_weights: bool = False) -> LoweredLayer:
         return LoweredLayer(str(kernel.key), gv.name_hint, asdict(cfg), epilogue.to_json(),
-                            self.config_source[gv.name_hint], layout)
+                            self.config_source[gv.name_hint], layout, narrow_weights)
 
 
 @dataclass

@@ -723,7 +723,8 @@ class _IntRewriter(relax.PyExprMutator):
             "in": {"scale": qx.scale, "zero_point": qx.zp}, "out": "fp32 (dequantized from int32)",
             "w_scales": s_w.tolist(), "weight_sqnr_db": ql.weight_sqnr_db(),
             "clamp": None, "residual": False, **_raised(ql)}
-        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, wl.epilogue)
+        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(
+            kernel, gv, cfg, wl.epilogue, narrow_weights=getattr(wl, "narrow_weights", False))
 
     def _int_layer(self, binding: relax.VarBinding, p: IntCall) -> None:
         m = p.match
@@ -806,7 +807,8 @@ class _IntRewriter(relax.PyExprMutator):
             "in": {"scale": s_in, "zero_point": zp_in}, "out": {"scale": s_out, "zero_point": zp_out},
             "w_scales": s_w.tolist(), "weight_sqnr_db": ql.weight_sqnr_db(),
             "clamp": [lo, hi], "residual": residual is not None, **_raised(ql)}
-        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(kernel, gv, cfg, ep, layout)
+        self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(
+            kernel, gv, cfg, ep, layout, narrow_weights=getattr(wl, "narrow_weights", False))
 
 
 # RealizeIntegers compiles every spec (``tvmq.specs``); W4A8 and W8A8 layers share uint8

@@ -25,10 +25,14 @@ class LoweredLayer:
     epilogue: dict[str, Any]
     config_source: str  # "fallback", or where a tuned configuration came from
     layout: str = "NCHW"  # the activations' (``Conv2dWorkload.layout``): NCHW or NHWC
+    narrow_weights: bool = False  # ``Conv2dWorkload.narrow_weights``: the manifest says so where true
 
     def to_json(self) -> dict[str, Any]:
-        return {"kernel": self.kernel, "function": self.function, "config": self.config,
-                "epilogue": self.epilogue, "layout": self.layout, "config_source": self.config_source}
+        d = {"kernel": self.kernel, "function": self.function, "config": self.config,
+             "epilogue": self.epilogue, "layout": self.layout, "config_source": self.config_source}
+        if self.narrow_weights:
+            d["narrow_weights"] = True
+        return d
 
 
 @dataclass
