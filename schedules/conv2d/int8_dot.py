@@ -109,8 +109,14 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> D
         if divisors[0] >= min(4, wl.out_width):
             reg_n = divisors[0]
     # channel blocks outside the rows: the order inside each tile measured within 1% on
-    # MobileNetV2 and 9% slower on ResNet-50 end to end (Zen 4); the tuner may pick it per layer
-    return DotConv2dConfig(ic_bn=ic_bn, oc_bn=vecs * d.lanes, reg_n=reg_n, dot=dot)
+    # MobileNetV2 and 9% slower on ResNet-50 end to end (Zen 4); the tuner may pick it per layer.
+    # AVX2, channels-last: inside. Each task then writes whole pixels; outside, two threads write
+    # 16-byte channel blocks of the same cache lines (false sharing). Measured per layer on a Zen 3
+    # core pair (1 | 2 threads, outside / inside): MobileNetV2's 96->576 1.32 | 1.74, 16->96 1.08 |
+    # 1.12, 576->96 2.04 | 1.35, first conv 0.76 | 1.60; ResNet-50's 64->256 1.41 | 1.09,
+    # 1024->256 0.95 | 1.67, 3x3s 0.91-1.16 | 1.01
+    inside = wl.nhwc and d.isa == "avx2"
+    return DotConv2dConfig(ic_bn=ic_bn, oc_bn=vecs * d.lanes, reg_n=reg_n, dot=dot, blocks_inside=inside)
 
 
 def packed_weight_shape(wl: Conv2dWorkload, cfg: DotConv2dConfig) -> tuple[int, ...]:
