@@ -465,3 +465,19 @@ def test_predictor_features_keep_their_columns() -> None:
         row = predictor.feature_vector("dense/fp32/generic", "fp32", wl, {"type": name, "oc_bn": 16})
         onehot = row[first:first + len(predictor.CONFIG_TYPES)]
         assert onehot == [float(j == i) for j in range(len(predictor.CONFIG_TYPES))]
+
+
+def test_narrow_weight_tasks_are_the_workloads_a_narrow_build_compiles() -> None:
+    """``extract_tasks(narrow_weights=True)``: every ungrouped W8A8 conv task is a
+    ``narrow_weights`` workload (on AVX2 its fallback takes ``vpmaddubsw``), as in a build with
+    the recipe's narrow weights, so ``tvmq tune --narrow-weights`` records match that build."""
+    features = PROFILES["avx2"]
+    pm = prepare(MODEL)
+    narrow = [t for t in extract_tasks(pm, ["w8a8"], features, narrow_weights=True, conversions=False)
+              if t.kind == "kernel" and t.kernel.startswith("conv2d/")]
+    assert narrow and all(t.workload.narrow_weights for t in narrow)
+    assert {registry.get(registry.KernelKey.parse(t.kernel)).fallback_config(t.workload, features).dot
+            for t in narrow} == {"tvmq_pmaddubsw_8x4"}
+    plain = [t for t in extract_tasks(pm, ["w8a8"], features, conversions=False)
+             if t.kind == "kernel" and t.kernel.startswith("conv2d/")]
+    assert plain and any(not t.workload.narrow_weights for t in plain)

@@ -501,7 +501,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     features = _features(args.isa)
     progress = _Progress(args.quiet)
     pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
-    tasks = extract_tasks(pm, specs, features)
+    tasks = extract_tasks(pm, specs, features, narrow_weights=args.narrow_weights)
     db = TuningDatabase(args.db)
     progress(f"{len(tasks)} tasks ({sum(t.kind == 'kernel' for t in tasks)} kernels, "
              f"{sum(t.kind == 'conversion' for t in tasks)} conversions) for {len(pm.layers)} layers x "
@@ -632,6 +632,8 @@ def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t.add_argument("--summary", metavar="FILE.json", help="also write the summary as JSON")
     t.add_argument("--batch-size", type=COUNT, default=1)
     t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    t.add_argument("--narrow-weights", action="store_true",
+                   help="tune the kernels of builds compiled with --narrow-weights (7-bit W8A8 conv weights)")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_tune)
 

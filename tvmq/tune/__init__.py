@@ -23,12 +23,13 @@ __all__ = ["DatabaseError", "LatencyPredictor", "LatencyTable", "MeasureResult",
 
 def tune_model(model, specs, *, db, trials: int = 16, features=None, threads: int = 1,  # type: ignore[no-untyped-def]
                rpc=None, seed: int = 0, progress: bool = True, input_shapes=None, batch_size: int = 1,
-               measurer: Measurer | None = None) -> TuneSummary:
+               measurer: Measurer | None = None, narrow_weights: bool = False) -> TuneSummary:
     """Extract the tasks of ``model`` for ``specs`` and tune them into ``db`` (a path or a
-    ``TuningDatabase``); ``rpc``: ``(tracker_host, port, key)``."""
+    ``TuningDatabase``); ``rpc``: ``(tracker_host, port, key)``; ``narrow_weights``: the tasks
+    of builds with the recipe's narrow weights (``extract_tasks``)."""
     features = features or detect_host()
     pm = prepare(model, input_shapes=input_shapes, batch_size=batch_size)
-    tasks = extract_tasks(pm, list(specs), features)
+    tasks = extract_tasks(pm, list(specs), features, narrow_weights=narrow_weights)
     database = db if isinstance(db, TuningDatabase) else TuningDatabase(db)
     own = measurer is None
     measurer = measurer or RunnerMeasurer(features, threads=threads, rpc=rpc)

@@ -121,15 +121,18 @@ def conversion_task_key(name: str, shape: tuple[int, ...]) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
-def _placeholder_stats(layers: Any) -> Any:
+def _placeholder_stats(layers: Any, narrow_weights: bool = False) -> Any:
     t = TensorStats(count=1, min=0.0, max=1.0, percentile_lo=0.0, percentile_hi=1.0, mse_lo=0.0, mse_hi=1.0)
     return ActivationStats({l.name: {"in": t, "out": t} for l in layers}, samples=1,
-                           meta={"placeholder": "task extraction only"})
+                           meta={"placeholder": "task extraction only",
+                                 "recipe": {"narrow_weights": bool(narrow_weights)}})
 
 
 def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
-                  conversions: bool = True) -> list[TuneTask]:
-    """The distinct tasks of a prepared model (``tvmq.frontend.prepare``) for ``specs``."""
+                  conversions: bool = True, narrow_weights: bool = False) -> list[TuneTask]:
+    """The distinct tasks of a prepared model (``tvmq.frontend.prepare``) for ``specs``;
+    ``narrow_weights``: the workloads of builds with the recipe's 7-bit conv weights (their W8A8
+    convs are ``Conv2dWorkload.narrow_weights`` workloads, ``vpmaddubsw`` on AVX2)."""
     check_specs(list(specs), "the specs to tune")
     tasks: dict[str, TuneTask] = {}
     keys: dict[tuple[str, str], str] = {}  # (kernel, workload key) -> task key
@@ -151,7 +154,7 @@ def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
             lower: Any = LowerToKernels(pm.layers, params, pm.param_layer, features, Lowering(), configs=record)
         else:
             lower = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan,
-                                    _placeholder_stats(pm.layers), Lowering(), configs=record)
+                                    _placeholder_stats(pm.layers, narrow_weights), Lowering(), configs=record)
         lower(mod)
     if conversions:
         for layer in pm.layers:
