@@ -57,13 +57,15 @@ class Instruction:
     isa: str  # the ``schedules.target_features`` ISA level that has it
     lanes: int  # int32 / float32 accumulator lanes
     macs: int  # multiply-accumulates per instruction (per accumulator vector)
-    kind: str  # "vnni", "pmaddwd" (+ an add), "fma"
+    kind: str  # "vnni", "pmaddwd" (+ an add), "pmaddubsw" (+ a pmaddwd by ones and an add), "fma"
 
 
 INSTRUCTIONS = (
     Instruction("vpdpbusd zmm (u8 x s8)", "avx512_vnni", 16, 64, "vnni"),
     Instruction("vpmaddwd + vpaddd zmm (s16 x s16)", "avx512", 16, 32, "pmaddwd"),
     Instruction("vpmaddwd + vpaddd ymm (s16 x s16)", "avx2", 8, 16, "pmaddwd"),
+    # the rivals' AVX2 int8 instruction, tvmq's for int4 and narrow weights (saturates otherwise)
+    Instruction("vpmaddubsw + vpmaddwd(1) + vpaddd ymm (u8 x s8)", "avx2", 8, 32, "pmaddubsw"),
     Instruction("vfmadd zmm (fp32)", "avx512", 16, 16, "fma"),
     Instruction("vfmadd ymm (fp32)", "avx2", 8, 8, "fma"),
 )
@@ -88,6 +90,12 @@ def _step(ins: Instruction) -> Callable[[Any, Any, Any], Any]:
         return lambda acc, a, b: tirx.call_llvm_pure_intrin(
             f"int32x{n}", f"llvm.x86.avx512.vpdpbusd.{n * 32}", acc,
             tirx.reinterpret(f"uint8x{4 * n}", a), tirx.reinterpret(f"int8x{4 * n}", b))
+    if ins.kind == "pmaddubsw":  # u8 x s8 pairs into int16, the pairs of pairs into int32 by ones
+        return lambda acc, a, b: acc + tirx.call_llvm_pure_intrin(
+            f"int32x{n}", "llvm.x86.avx2.pmadd.wd",
+            tirx.call_llvm_pure_intrin(f"int16x{2 * n}", "llvm.x86.avx2.pmadd.ub.sw",
+                                       tirx.reinterpret(f"uint8x{4 * n}", acc), tirx.reinterpret(f"int8x{4 * n}", b)),
+            tirx.reinterpret(f"int16x{2 * n}", a))
     pmadd = "llvm.x86.avx512.pmaddw.d.512" if n == 16 else "llvm.x86.avx2.pmadd.wd"
     # one operand is the accumulator itself: with both loop-invariant, LLVM would hoist the
     # multiply and leave only the adds
