@@ -421,7 +421,9 @@ def _latency_table(ctx: MixedContext) -> None:
     allocation problem."""
     if ctx.db is not None:
         path = ctx.out / "latency_table.json"
-        key = _key(ctx, "model", "db", "features", "shapes", specs=ctx.specs, threads=ctx.threads)
+        narrow = bool(ctx.recipe.get("narrow_weights"))
+        key = _key(ctx, "model", "db", "features", "shapes", specs=ctx.specs, threads=ctx.threads,
+                   **({"narrow_weights": True} if narrow else {}))
         if _reusable(ctx, "latency_table", key, path):
             ctx.table = LatencyTable.load(path)
             ctx.progress(f"latency_table: reused {path} (same model, database and options): "
@@ -430,7 +432,7 @@ def _latency_table(ctx: MixedContext) -> None:
             _forget(ctx, "latency_table")
             device = device_fingerprint(ctx.features, ctx.threads)
             ctx.table = LatencyTable.from_database(TuningDatabase(ctx.db), device["id"], model=ctx.pm,
-                                                   specs=ctx.specs, features=ctx.features)
+                                                   specs=ctx.specs, features=ctx.features, narrow_weights=narrow)
             _atomic(path, ctx.table.save)
             _remember(ctx, "latency_table", key, path)
             ctx.progress(f"latency table: {ctx.table.counts()}")

@@ -91,17 +91,19 @@ class LatencyTable:
     def from_database(cls, db: TuningDatabase, device: Mapping[str, Any] | str, *,
                       model: Any = None, tasks: list[TuneTask] | None = None,
                       specs: list[str] = ("w8a8",), features: TargetFeatures | None = None,  # type: ignore[assignment]
-                      predict: bool = True, seed: int = 0) -> LatencyTable:
+                      predict: bool = True, seed: int = 0, narrow_weights: bool = False) -> LatencyTable:
         """The table of ``model`` (a prepared model, or its ``tasks``) for ``specs`` on ``device``
         (a fingerprint or its id). Unmeasured entries are predicted (``predict=True``, the
-        predictor trained on the device's records; its held-out error is kept) or an error."""
+        predictor trained on the device's records; its held-out error is kept) or an error.
+        ``narrow_weights``: the kernels of builds with the recipe's narrow weights
+        (``extract_tasks``)."""
         features = features or detect_host()
         dev_id = device if isinstance(device, str) else device["id"]
         dev = db.devices().get(dev_id, {"id": dev_id})
         if tasks is None:
             if model is None:
                 raise TvmqError("LatencyTable.from_database needs the model or its tasks")
-            tasks = extract_tasks(model, list(specs), features)
+            tasks = extract_tasks(model, list(specs), features, narrow_weights=narrow_weights)
         records = [r for r in db.query(device_id=dev_id) if r.ok]
         predictor = None
         layers: dict[str, dict[str, dict[str, Any]]] = {}
