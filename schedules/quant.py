@@ -229,6 +229,10 @@ def activation_params(lo: float, hi: float, bits: int = 8, signed: bool = False)
     return scale, zp
 
 
+# the largest |w0| + |w1| of a same-signed weight pair that ``vpmaddubsw`` keeps exact
+PAIR_LIMIT = 128
+
+
 def pairs_fit_int16(packed: np.ndarray, pair_axis: int = -1) -> bool:
     """Whether ``vpmaddubsw`` is exact on int8 weights ``packed`` whose ``pair_axis`` holds
     consecutive input channels, paired (0, 1), (2, 3), ...: for any uint8 activations the pair
@@ -242,7 +246,3 @@ def pairs_fit_int16(packed: np.ndarray, pair_axis: int = -1) -> bool:
     pos = np.maximum(a, 0) + np.maximum(b, 0)
     neg = np.maximum(-a, 0) + np.maximum(-b, 0)
     return bool(w.size == 0 or max(int(pos.max()), int(neg.max())) <= PAIR_LIMIT)
-
-
-# the largest |w0| + |w1| of a same-signed weight pair that ``vpmaddubsw`` keeps exact
-PAIR_LIMIT = 128
