@@ -69,8 +69,9 @@ def test_vnni_targets_select_the_quad_kernel_where_it_covers(features) -> None: 
         assert isinstance(kernel.fallback_config(wl, features), ChannelsLastDepthwiseConfig), wl
     nchw = replace(base, layout="NCHW")
     assert isinstance(kernel.fallback_config(nchw, features), DepthwiseConfig)
-    # no quad kernel below avx512_vnni, and no W4A8 twin of it (its TIR is built directly)
-    assert registry.select("depthwise_conv2d", "w8a8", features.with_isa("avx512")).key.isa == "generic"
+    # no quad kernel below avx512_vnni (AVX-512 without VNNI: the AVX2 pair kernel), and no W4A8
+    # twin of it (its TIR is built directly)
+    assert registry.select("depthwise_conv2d", "w8a8", features.with_isa("avx512")).key.isa == "avx2"
     assert registry.select("depthwise_conv2d", "w4a8", features).key.isa == "generic"
 
 

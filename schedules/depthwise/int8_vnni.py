@@ -13,22 +13,10 @@ the quad holds four input rows, shared by two output rows (weights ``(w0, w1, w2
 ``vpermt2b`` where the CPU has VBMI). The accumulators start at the bias; the epilogue is the
 float32 requantization of ``common.requantize_float_expr`` (no residual).
 
-The TIR is built directly (no TE compute / schedule): straight-line code per tile, generated
-here, the border tiles (first / last row group, first / last column tile) statically
-specialised so that the interior has no tests. Every tile addresses its input and output
-through a base pointer (a ``DeclBuffer`` over ``address_of``), every load / store is base +
-constant (with ``data[0, h, w, c]`` indices LLVM spilled ~40 offsets per tile: -35%). The base
-offsets are ``Bind`` variables computed from other ``Bind`` variables, so that no expression
-inside a ``DeclBuffer`` is shared with later statements: TVM 0.27's TIR CSE
-(``tirx.CommonSubexprElim``) hoists such a shared expression (``cb * 16`` in the address and in
-the bias / scale loads) into a ``Bind`` it places *after* the ``DeclBuffer``s it also rewrote
-("variable cse_v2 has been used before definition"). The ``vpdpbusd`` calls are
-``call_llvm_intrin`` (not pure): TIR's simplifier otherwise inlines each accumulator's chain
-into its users (the expression size grows with the chain); LLVM sees the same intrinsic.
+The TIR is built by ``columns.build`` (straight-line tiles, specialised borders, base
+pointers: see there); this module adds the quad product.
 
-Covered (``covers``): NHWC, batch 1, depthwise multiplier 1, channels a multiple of 16, 3x3,
-stride 1 or 2 (both axes), dilation 1, every padding 0 or 1, float32 requantization to uint8
-without a residual. Everything else takes the portable kernel's configurations
+Covered (``covers``): ``columns.covers`` with channels a multiple of 16. Everything else takes the portable kernel's configurations
 (``depthwise.int8``), which this kernel also builds (the template is part of the config).
 
 Measured (Zen 4, 1 thread, the 10 MobileNetV2 depthwise shapes): 50-64 GMAC/s against 31-37
@@ -40,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import te, tirx
 
 from ..common import TemplateDispatch, int8_epilogue, int8_operands
@@ -48,7 +35,8 @@ from ..kernel import KernelDef, KernelKey
 from ..space import ConfigType, grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
-from . import int8, int8_nhwc
+from . import columns, int8, int8_nhwc
+from .columns import i32
 
 __all__ = ["CONFIG_TYPES", "DepthwiseQuadConfig", "build", "candidates", "compute", "covers",
            "fallback_config", "kernels", "pack_weight"]
@@ -74,13 +62,7 @@ class DepthwiseQuadConfig:
 
 def covers(wl: Conv2dWorkload) -> bool:
     """Whether the quad template builds ``wl`` (see the module docstring)."""
-    ep = wl.epilogue
-    return (wl.nhwc and wl.is_depthwise and wl.batch == 1 and wl.in_channels == wl.out_channels
-            and wl.in_channels % LANES == 0 and (wl.kernel_h, wl.kernel_w) == (3, 3)
-            and wl.stride_h == wl.stride_w and wl.stride_h in (1, 2)
-            and wl.dilation_h == wl.dilation_w == 1
-            and all(p in (0, 1) for p in (wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right))
-            and ep.requant == "float" and not ep.residual and not ep.out_float and not ep.out_int16)
+    return columns.covers(wl, LANES)
 
 
 def _check(wl: Conv2dWorkload, cfg: DepthwiseQuadConfig) -> None:
@@ -167,154 +149,41 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseQuadConfig, sample: bool = F
     raise TypeError(f"{cfg} is built directly in TIR (int8_vnni.build), not scheduled from TE")
 
 
-def _i32(v: int) -> tirx.IntImm:
-    return tirx.IntImm("int32", v)
+class _QuadProduct:
+    """``columns.ColumnProduct``: the input rows of a column interleaved into one uint8 quad,
+    one ``vpdpbusd`` per (output row, kernel column) that reads it."""
+
+    lanes = LANES
+
+    def start(self, emit: columns.Emit, weight: tirx.Buffer, cb: tirx.Var, rows: int) -> dict:
+        return {(k, rw): emit.bind("w", "int8x64", tirx.BufferLoad(
+            weight, [cb, i32(3 * k + rw), tirx.Ramp(i32(0), i32(1), 4 * LANES)]))
+            for k in range(rows) for rw in range(3)}
+
+    def init(self, emit: columns.Emit, bias: tirx.Expr) -> tirx.Var:
+        return emit.bind("b", "int32x16", bias)
+
+    def column(self, emit: columns.Emit, wv, rows: list, uses: list, acc: dict) -> None:  # type: ignore[no-untyped-def]
+        zero16 = tirx.Broadcast(tirx.IntImm("uint8", 0), LANES)
+        four = len(rows) == 4
+        idx = []
+        for lane in range(LANES):
+            idx += [i32(lane), i32(16 + lane), i32(64 + lane), i32((80 if four else 64) + lane)]
+        q = emit.bind("q", "uint8x64", tirx.Shuffle(
+            [rows[0], rows[1], zero16, zero16, rows[2], rows[3] if four else zero16, zero16, zero16], idx))
+        for k, t, rw in uses:
+            acc[k, t] = emit.bind("acc", "int32x16", tirx.call_llvm_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[k, t], q, wv[k, rw]))
+
+    def finish(self, emit: columns.Emit, out: tirx.Buffer, pixels: list, rq: columns.Requant) -> None:
+        columns.store_requantized(emit, out, pixels, rq, LANES)
 
 
 def build(wl: Conv2dWorkload, cfg: DepthwiseQuadConfig) -> tirx.PrimFunc:
-    """The kernel's PrimFunc. Arguments: data ``[1, H, W, C]`` u8, weight (``pack_weight``),
-    bias s32[C], scale f32[C], qparams s32[4] ``(x_zp, out_zp, lo, hi)``, out ``[1, Ho, Wo, C]`` u8."""
+    """The kernel's PrimFunc (``columns.build``'s arguments; weight ``pack_weight``'s int8)."""
     _check(wl, cfg)
-    H, W, C, s = wl.height, wl.width, wl.in_channels, wl.stride_h
-    pt, pl = wl.pad_top, wl.pad_left
-    Ho, Wo, T, ro = wl.out_height, wl.out_width, cfg.tile, cfg.rows
-    ntile = Wo // T
-    data = tirx.decl_buffer(wl.data_shape, "uint8", "data")
-    weight = tirx.decl_buffer(packed_weight_shape(wl, cfg), "int8", "weight")
-    bias = tirx.decl_buffer((C,), "int32", "bias")
-    scale = tirx.decl_buffer((C,), "float32", "scale")
-    qp = tirx.decl_buffer((4,), "int32", "qparams")
-    out = tirx.decl_buffer(wl.out_shape, "uint8", "out")
-    # flat views: a tile's base offset is one Bind variable (see the module docstring: CSE)
-    ptr = lambda n: tirx.Var(n, tvm.ir.PointerType(tvm.ir.PrimType("uint8")))  # noqa: E731
-    dflat = tirx.decl_buffer((H * W * C,), "uint8", "data_flat", data=ptr("data_flat_p"))
-    oflat = tirx.decl_buffer((Ho * Wo * C,), "uint8", "out_flat", data=ptr("out_flat_p"))
-    yv, cb, xo = tirx.Var("y", "int32"), tirx.Var("cb", "int32"), tirx.Var("xo", "int32")
-    counter = [0]
-
-    def fresh(name: str, dtype: str) -> tirx.Var:
-        counter[0] += 1
-        return tirx.Var(f"{name}{counter[0]}", tvm.ir.PrimType(dtype))
-
-    zpv = tirx.Broadcast(tirx.Cast("uint8", tirx.BufferLoad(qp, [_i32(0)])), LANES)
-    zero16 = tirx.Broadcast(tirx.IntImm("uint8", 0), LANES)
-
-    def row_inside(y0: int | None, r: int) -> bool:
-        """Input row ``r`` of a tile at output row ``y0`` (None: an interior group) is inside."""
-        return y0 is None or 0 <= y0 * s - pt + r < H
-
-    def col_inside(x0: int | None, col: int) -> bool:
-        return x0 is None or 0 <= x0 * T * s - pl + col < W
-
-    def tile(y0: int | None, x0: int | None, nro: int) -> tirx.Stmt:
-        """``nro`` output rows from ``y0``, columns of tile ``x0``; a None coordinate is the
-        loop variable's (an interior tile: every row / column it reads is inside)."""
-        ye = yv * ro if y0 is None else _i32(y0)
-        xe = xo if x0 is None else _i32(x0)
-        stmts: list = []
-        c0 = fresh("c0_", "int32")
-        stmts.append(tirx.Bind(c0, cb * LANES))
-        wv = {}
-        for k in range(nro):
-            for rw in range(3):
-                v = fresh("w", "int8x64")
-                stmts.append(tirx.Bind(v, tirx.BufferLoad(
-                    weight, [cb, _i32(3 * k + rw), tirx.Ramp(_i32(0), _i32(1), 4 * LANES)])))
-                wv[k, rw] = v
-        xoff, ooff = fresh("xoff", "int32"), fresh("ooff", "int32")
-        stmts.append(tirx.Bind(xoff, (ye * (s * W) + xe * (T * s)) * C + c0))
-        stmts.append(tirx.Bind(ooff, (ye * Wo + xe * T) * C + c0))
-        xb = tirx.decl_buffer((H * W * C,), "uint8", "xv", data=ptr("xp"))
-        ob = tirx.decl_buffer((Ho * Wo * C,), "uint8", "ov", data=ptr("op"))
-        stmts.append(tirx.DeclBuffer(xb, data=tirx.address_of(tirx.BufferLoad(dflat, [xoff]))))
-        stmts.append(tirx.DeclBuffer(ob, data=tirx.address_of(tirx.BufferLoad(oflat, [ooff]))))
-        init = fresh("b", "int32x16")
-        stmts.append(tirx.Bind(init, tirx.BufferLoad(bias, [tirx.Ramp(c0, _i32(1), LANES)])))
-        acc = {(k, t): init for k in range(nro) for t in range(T)}
-        nrows = nro + 2
-        for col in range((T - 1) * s + 3):
-            rows = []
-            for r in range(nrows):
-                if row_inside(y0, r) and col_inside(x0, col):
-                    off = ((r - pt) * W + (col - pl)) * C  # from the base (row y0*s, column x0*T*s)
-                    rows.append(tirx.BufferLoad(xb, [tirx.Ramp(_i32(off), _i32(1), LANES)]))
-                else:
-                    rows.append(zpv)
-            r3 = rows[3] if nrows == 4 else zero16
-            idx = []
-            for lane in range(LANES):
-                idx += [_i32(lane), _i32(16 + lane), _i32(64 + lane), _i32((80 if nrows == 4 else 64) + lane)]
-            q = fresh("q", "uint8x64")
-            stmts.append(tirx.Bind(q, tirx.Shuffle(
-                [rows[0], rows[1], zero16, zero16, rows[2], r3, zero16, zero16], idx)))
-            for rw in range(3):
-                if (col - rw) % s:
-                    continue
-                t = (col - rw) // s
-                if not 0 <= t < T:
-                    continue
-                for k in range(nro):
-                    a = fresh("acc", "int32x16")
-                    stmts.append(tirx.Bind(a, tirx.call_llvm_intrin(
-                        "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[k, t], q, wv[k, rw])))
-                    acc[k, t] = a
-        ch = tirx.Ramp(c0, _i32(1), LANES)
-        out_zp = tirx.BufferLoad(qp, [_i32(1)])
-        lo = tirx.Cast("float32", tirx.BufferLoad(qp, [_i32(2)]) - out_zp)
-        hi = tirx.Cast("float32", tirx.BufferLoad(qp, [_i32(3)]) - out_zp)
-        for k in range(nro):
-            for t in range(T):
-                # common.requantize_float_expr without a residual (the bias is in the accumulator)
-                f = tirx.Cast("float32x16", acc[k, t]) * tirx.BufferLoad(scale, [ch])
-                f = tirx.Min(tirx.Max(f, tirx.Broadcast(lo, LANES)), tirx.Broadcast(hi, LANES))
-                v = tirx.call_llvm_pure_intrin("int32x16", "llvm.lrint", f) + tirx.Broadcast(out_zp, LANES)
-                stmts.append(tirx.BufferStore(ob, tirx.Cast("uint8x16", v),
-                                              [tirx.Ramp(_i32((k * Wo + t) * C), _i32(1), LANES)]))
-        return tirx.SeqStmt(stmts)
-
-    def interior_ok(y0: int | None, nro: int, x0: int | None) -> None:
-        """An interior coordinate's extremes read no padding (else the tile would need tests)."""
-        for r in range(nro + 2):
-            assert y0 is None or row_inside(y0, r), (wl, cfg, "row", y0, r)
-        for col in range((T - 1) * s + 3):
-            assert x0 is None or col_inside(x0, col), (wl, cfg, "column", x0, col)
-
-    def tiles(y0: int | None, nro: int) -> tirx.Stmt:
-        """The column tiles (and channel blocks) of the row group at ``y0``."""
-        cases = [(0, _i32(0))] if ntile == 1 else [(0, xo == 0), (ntile - 1, xo == ntile - 1)]
-        body = None
-        if ntile > 2:
-            for x in (1, ntile - 2):
-                interior_ok(None, nro, x)
-            body = tile(y0, None, nro)
-        for x0, cond in reversed(cases):
-            b = tile(y0, x0, nro)
-            body = b if body is None else tirx.IfThenElse(cond, b, body)
-        cl = tirx.For(cb, _i32(0), _i32(C // LANES), tirx.ForKind.SERIAL, body)
-        if cfg.tile_outer:
-            return tirx.For(xo, _i32(0), _i32(ntile), tirx.ForKind.SERIAL, cl)
-        xl = tirx.For(xo, _i32(0), _i32(ntile), tirx.ForKind.SERIAL, body)
-        return tirx.For(cb, _i32(0), _i32(C // LANES), tirx.ForKind.SERIAL, xl)
-
-    ngroup = Ho // ro  # full groups of ``ro`` output rows; an odd last row (ro=2) gets a 1-row body
-    if ngroup == 1:
-        rowbody = tiles(0, ro)
-    else:
-        rowbody = None
-        if ngroup > 2:
-            for g in (1, ngroup - 2):
-                for r in range(ro + 2):
-                    assert row_inside(g * ro, r), (wl, cfg, "row", g, r)
-            rowbody = tiles(None, ro)
-        for g in (ngroup - 1, 0):
-            b = tiles(g * ro, ro)
-            rowbody = b if rowbody is None else tirx.IfThenElse(yv == g, b, rowbody)
-    body = tirx.For(yv, _i32(0), _i32(ngroup), tirx.ForKind.PARALLEL, rowbody)
-    if Ho % ro:
-        body = tirx.SeqStmt([body, tiles(Ho - 1, 1)])
-    body = tirx.SeqStmt([tirx.DeclBuffer(dflat, data=data.data), tirx.DeclBuffer(oflat, data=out.data), body])
-    attrs = tvm.ir.make_node("ir.DictAttrs", **{"global_symbol": "main", "tirx.noalias": True})
-    return tirx.PrimFunc([data, weight, bias, scale, qp, out], body, attrs=attrs)
+    return columns.build(wl, cfg.tile, cfg.rows, cfg.tile_outer, _QuadProduct(),
+                         packed_weight_shape(wl, cfg), "int8")
 
 
 class _Quad:

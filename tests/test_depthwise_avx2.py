@@ -1,0 +1,154 @@
+"""``depthwise_conv2d/w8a8/avx2`` (``schedules.depthwise.int8_avx2``): the vpmaddwd row-pair
+depthwise 3x3 kernel, built directly in TIR on ``columns.build``'s skeleton.
+
+Selection, configuration space, weight packing and cross-compilation run on any host; the
+executing checks (bit-exact against ``reference.conv2d_w8a8`` with float32 requantization over
+shapes, every configuration of the space, extreme operands; no write past the output) need a
+CPU with AVX2 and skip elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import tvm
+
+from schedules import reference, registry, space
+from schedules.depthwise.fp32 import DepthwiseConfig
+from schedules.depthwise.int8_avx2 import DepthwisePairConfig, covers, pack_weight
+from schedules.depthwise.int8_nhwc import ChannelsLastDepthwiseConfig
+from schedules.depthwise.int8_vnni import DepthwiseQuadConfig
+from schedules.workload import Conv2dWorkload
+
+from .isa import COOPERLAKE, HASWELL, HOST, SKYLAKE, can_execute, skip_reason
+from .test_depthwise_vnni import MOBILENETV2, ODD, RELU6, _id, _operands, dw
+from .test_int8_kernels import compile_for
+from .test_kernel_bounds import CANARY, _guarded
+
+KEY = registry.KernelKey("depthwise_conv2d", "w8a8", "avx2")
+EXECUTES = pytest.mark.skipif(not can_execute("avx2"), reason=skip_reason(
+    "avx2", "its compilation is checked here by test_pair_kernel_cross_compiles_to_vpmaddwd"))
+# channels a multiple of 8 but not of 16 (the quad kernel's block)
+EIGHTS = [dw(8, 9, 9, 1), dw(24, 14, 14, 1), dw(40, 7, 7, 2), dw(8, 1, 1, 1), dw(56, 5, 11, 2, (1, 0, 0, 1))]
+
+
+def _kernel():  # type: ignore[no-untyped-def]
+    return registry.get(KEY)
+
+
+@pytest.mark.parametrize("features", [HASWELL, SKYLAKE], ids=["haswell", "skylake"])
+def test_avx2_targets_select_the_pair_kernel_where_it_covers(features) -> None:  # type: ignore[no-untyped-def]
+    """AVX2 and AVX-512 without VNNI take it; VNNI targets keep the quad kernel."""
+    kernel = registry.select("depthwise_conv2d", "w8a8", features)
+    assert kernel.key == KEY
+    for wl in MOBILENETV2 + ODD + EIGHTS:
+        assert isinstance(kernel.fallback_config(wl, features), DepthwisePairConfig), wl
+    base = MOBILENETV2[2]
+    others = [replace(base, epilogue=replace(RELU6, residual=True)), replace(base, epilogue=replace(RELU6, requant="dyadic")),
+              dw(12, 14, 14, 1), dw(32, 14, 14, 1, (2, 2, 2, 2)), replace(base, batch=2)]
+    for wl in others:
+        assert not covers(wl)
+        assert isinstance(kernel.fallback_config(wl, features), ChannelsLastDepthwiseConfig), wl
+    assert isinstance(kernel.fallback_config(replace(base, layout="NCHW"), features), DepthwiseConfig)
+    assert registry.select("depthwise_conv2d", "w8a8", COOPERLAKE).key.isa == "avx512_vnni"
+    assert isinstance(registry.select("depthwise_conv2d", "w8a8", COOPERLAKE).fallback_config(base, COOPERLAKE),
+                      DepthwiseQuadConfig)
+    # no W4A8 twin of a directly built kernel
+    assert registry.select("depthwise_conv2d", "w4a8", features).key.isa == "generic"
+
+
+def test_pair_tuning_space_starts_at_the_fallback_and_offers_todays_kernel() -> None:
+    kernel, wl = _kernel(), MOBILENETV2[4]
+    configs = kernel.tuning_space(wl, HASWELL)
+    assert configs[0] == kernel.fallback_config(wl, HASWELL)
+    assert {type(c) for c in configs} == {DepthwisePairConfig, ChannelsLastDepthwiseConfig}
+    assert len(set(configs)) == len(configs)
+    for cfg in configs:
+        assert space.config_from_json(space.config_to_json(cfg)) == cfg
+        if isinstance(cfg, DepthwisePairConfig):
+            assert wl.out_width % cfg.tile == 0 and cfg.rows * cfg.tile * cfg.cb // 8 <= 10
+
+
+def test_pair_weights_hold_each_tap_once_per_output_row() -> None:
+    """int16 lanes ``2j + i`` of pair ``p``: rows (0, 1) and (2, -) for the tile's first output
+    row, (-, 0) and (1, 2) for its second."""
+    wl = dw(16, 8, 8, 1)
+    w = np.arange(-72, 72).astype(np.int8).reshape(wl.weight_shape)
+    packed = pack_weight(w, wl, DepthwisePairConfig(8, 2, 2))
+    assert packed.dtype == np.int16 and packed.shape == (2, 6, 2, 16)
+    c, rw = 11, 2  # block 1, lane j = 3
+    b, j = divmod(c, 8)
+    lanes = {(k, p): tuple(packed[b, 3 * k + rw, p, 2 * j:2 * j + 2]) for k in (0, 1) for p in (0, 1)}
+    taps = w[c, 0, :, rw]
+    assert lanes == {(0, 0): (taps[0], taps[1]), (0, 1): (taps[2], 0), (1, 0): (0, taps[0]), (1, 1): (taps[1], taps[2])}
+
+
+@pytest.mark.parametrize("wl", [MOBILENETV2[2], MOBILENETV2[3], MOBILENETV2[9], ODD[0], EIGHTS[-1]], ids=_id)
+def test_pair_kernel_cross_compiles_to_vpmaddwd(wl: Conv2dWorkload) -> None:
+    """With TVM's default pipeline (TIR CSE on) for a Haswell target, on any host."""
+    kernel = _kernel()
+    cfg = kernel.fallback_config(wl, HASWELL)
+    asm = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(HASWELL.target_json())).mod.inspect_source("s")
+    assert "vpmaddwd" in asm and "vpmaxub" in asm
+
+
+def _run(wl: Conv2dWorkload, cfg, seed: int = 0, out=None, extreme: bool = False):  # type: ignore[no-untyped-def]
+    kernel = _kernel()
+    x, w, bias, scale, x_zp, out_zp, lo, hi = _operands(wl, seed)
+    if extreme:  # every product and the accumulators at their largest; scales that saturate
+        x = np.where(x > 127, 255, 0).astype(np.uint8)
+        w = np.where(w >= 0, 127, -128).astype(np.int8)
+        scale = np.where(np.arange(wl.in_channels) % 3 == 0, np.float32(3e4), scale).astype(np.float32)
+    args = [tvm.runtime.tensor(a) for a in (x, kernel.pack_weight(w, wl, cfg), bias, scale,
+                                            np.array([x_zp, out_zp, lo, hi], np.int32))]
+    if out is None:
+        out = tvm.runtime.empty(wl.out_shape, "uint8")
+    compile_for(kernel, wl, cfg, HOST)(*args, out)
+    expected = reference.conv2d_w8a8(x, w, bias, scale, None, x_zp, out_zp, lo, hi, wl)
+    return out, expected
+
+
+@EXECUTES
+@pytest.mark.parametrize("wl", MOBILENETV2 + ODD + EIGHTS, ids=_id)
+def test_pair_kernel_is_bit_exact(wl: Conv2dWorkload) -> None:
+    cfg = _kernel().fallback_config(wl, HOST.with_isa("avx2"))
+    assert isinstance(cfg, DepthwisePairConfig)
+    out, expected = _run(wl, cfg, seed=wl.height)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+@EXECUTES
+@pytest.mark.parametrize("wl", [dw(16, 9, 9, 1), dw(16, 7, 12, 2), dw(16, 5, 6, 1, (0, 1, 1, 0))], ids=_id)
+def test_every_pair_configuration_is_bit_exact(wl: Conv2dWorkload) -> None:
+    """Every block / tile / row count / loop order of the space (odd output heights: a 1-row tail)."""
+    for cfg in _kernel().tuning_space(wl, HOST.with_isa("avx2")):
+        if isinstance(cfg, DepthwisePairConfig):
+            out, expected = _run(wl, cfg, seed=cfg.tile)
+            np.testing.assert_array_equal(out.numpy(), expected, err_msg=str(cfg))
+
+
+@EXECUTES
+@pytest.mark.parametrize("cfg", [DepthwisePairConfig(8, 7), DepthwisePairConfig(16, 1, 2)], ids=str)
+def test_pair_kernel_is_exact_at_the_extremes(cfg: DepthwisePairConfig) -> None:
+    """Largest products (255 x -128 in every tap), scales that push the float far past the
+    clamp (and past int32: the upper clamp must come before the conversion)."""
+    wl = dw(32, 14, 14, 1, ep=replace(RELU6, activation="none"))
+    out, expected = _run(wl, cfg, seed=3, extreme=True)
+    assert {0, 255} <= set(np.unique(expected))
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+@EXECUTES
+@pytest.mark.parametrize("wl", [dw(16, 7, 7, 1), dw(48, 9, 9, 2), dw(8, 13, 17, 2), dw(32, 5, 9, 2, (1, 0, 0, 1)),
+                                dw(16, 1, 1, 1), dw(16, 8, 8, 1, (0, 0, 0, 0))], ids=_id)
+def test_pair_kernel_writes_nothing_past_its_output(wl: Conv2dWorkload) -> None:
+    cfgs = {_kernel().fallback_config(wl, HOST.with_isa("avx2")), DepthwisePairConfig(8, 1, 2 if wl.stride_h == 1 else 1, False)}
+    if wl.in_channels % 16 == 0:
+        cfgs.add(DepthwisePairConfig(16, 1))
+    for cfg in cfgs:
+        whole, tail, out = _guarded(wl.out_shape, "uint8")
+        out, expected = _run(wl, cfg, out=out)
+        assert (tail == CANARY).all(), f"{cfg} wrote {np.count_nonzero(tail != CANARY)} byte(s) past its output"
+        np.testing.assert_array_equal(out.numpy(), expected)
