@@ -45,7 +45,7 @@ ODD = ([dw(16, n, n, s) for n in range(1, 10) for s in (1, 2)]
 
 def _id(wl: Conv2dWorkload) -> str:
     return (f"c{wl.in_channels}-{wl.height}x{wl.width}-s{wl.stride_h}-p{wl.pad_top}{wl.pad_left}"
-            f"{wl.pad_bottom}{wl.pad_right}-{wl.epilogue.activation}")
+            f"{wl.pad_bottom}{wl.pad_right}-{wl.epilogue.activation}" + (f"-k{wl.kernel_h}" if wl.kernel_h != 3 else ""))
 
 
 def _kernel():  # type: ignore[no-untyped-def]

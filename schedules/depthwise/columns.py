@@ -1,4 +1,5 @@
-"""The skeleton of the directly built depthwise 3x3 kernels (``int8_vnni``, ``int8_avx2``): a
+"""The skeleton of the directly built depthwise kernels (``int8_vnni`` 3x3, ``int8_avx2`` 3x3 and
+5x5): a
 tile of ``rows`` output rows x ``tile`` output columns x one block of channels, channels last,
 walked input column by input column.
 
@@ -6,13 +7,13 @@ Per tile, every input column the tile reads is loaded once (the input rows of th
 vector of the block's channels each; the input zero point where the tap falls on padding) and
 handed to the kernel's ``ColumnProduct``, which combines the rows into the vectors its
 instruction takes (VNNI: one uint8 quad; AVX2: int16 pairs) and adds them into the accumulators
-of the (up to 3) output columns that read that input column. Then the float32 requantization
+of the (up to kernel width) output columns that read that input column. Then the float32 requantization
 (``common.requantize_float_expr`` without a residual: the bias is the accumulators' start)
 stores the block's channels of each output pixel as one vector.
 
 The TIR is built directly (no TE compute / schedule): straight-line code per tile, the border
-tiles (first / last row group, first / last column tile) statically specialised so that the
-interior has no tests. Every tile addresses its input and output through a base pointer (a
+tiles (the first and last row group and column tile, and any other that reads padding: 5x5 with
+padding 2) statically specialised so that the interior has no tests. Every tile addresses its input and output through a base pointer (a
 ``DeclBuffer`` over ``address_of``), every load / store is base + constant (with ``data[0, h,
 w, c]`` indices LLVM spilled ~40 offsets per tile: -35% on Zen 4). The base offsets are
 ``Bind`` variables computed from other ``Bind`` variables, so that no expression inside a
@@ -23,8 +24,8 @@ before definition"). Products are ``call_llvm_intrin`` (not pure): TIR's simplif
 inlines each accumulator's chain into its users (the expression size grows with the chain).
 
 Covered (``covers``): NHWC, batch 1, depthwise multiplier 1, channels a multiple of the block,
-3x3, stride 1 or 2 (both axes), dilation 1, every padding 0 or 1, float32 requantization to
-uint8 without a residual.
+a square kernel of the product's sizes, stride 1 or 2 (both axes), dilation 1, each padding at
+most half the kernel, float32 requantization to uint8 without a residual.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ def i32(v: int) -> tirx.IntImm:
     return tirx.IntImm("int32", v)
 
 
-def covers(wl: Conv2dWorkload, lanes: int) -> bool:
-    """Whether the column skeleton builds ``wl`` with ``lanes`` channels per block."""
+def covers(wl: Conv2dWorkload, lanes: int, sizes: tuple[int, ...] = (3,)) -> bool:
+    """Whether the column skeleton builds ``wl`` with ``lanes`` channels per block and square
+    kernels of ``sizes`` (each side padded by at most half the kernel)."""
     ep = wl.epilogue
+    k = wl.kernel_h
     return (wl.nhwc and wl.is_depthwise and wl.batch == 1 and wl.in_channels == wl.out_channels
-            and wl.in_channels % lanes == 0 and (wl.kernel_h, wl.kernel_w) == (3, 3)
+            and wl.in_channels % lanes == 0 and k == wl.kernel_w and k in sizes
             and wl.stride_h == wl.stride_w and wl.stride_h in (1, 2)
             and wl.dilation_h == wl.dilation_w == 1
-            and all(p in (0, 1) for p in (wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right))
+            and all(0 <= p <= k // 2 for p in (wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right))
             and ep.requant == "float" and not ep.residual and not ep.out_float and not ep.out_int16)
 
 
@@ -83,7 +86,7 @@ class ColumnProduct(Protocol):
 
     def column(self, emit: Emit, state: Any, rows: list[tirx.Expr],
                uses: list[tuple[int, int, int]], acc: dict[tuple[int, int], Any]) -> None:
-        """Add input column ``rows`` (``rows + 2`` uint8 vectors) into ``acc[k, t]`` for each
+        """Add input column ``rows`` (``rows - 1 + R`` uint8 vectors: ``R`` the kernel size) into ``acc[k, t]`` for each
         ``(k, t, rw)`` of ``uses``: output row ``k`` of the tile, output column ``t``, kernel
         column ``rw``."""
 
@@ -134,10 +137,12 @@ def build(wl: Conv2dWorkload, tile_cols: int, rows: int, tile_outer: bool, produ
     ``weight_dtype``), bias s32[C], scale f32[C], qparams s32[4] ``(x_zp, out_zp, lo, hi)``,
     out ``[1, Ho, Wo, C]`` u8."""
     L = product.lanes
+    R = wl.kernel_h  # = kernel_w
     H, W, C, s = wl.height, wl.width, wl.in_channels, wl.stride_h
     pt, pl = wl.pad_top, wl.pad_left
     Ho, Wo, T, ro = wl.out_height, wl.out_width, tile_cols, rows
     ntile = Wo // T
+    ncols = (T - 1) * s + R  # input columns a tile reads
     data = tirx.decl_buffer(wl.data_shape, "uint8", "data")
     weight = tirx.decl_buffer(weight_shape, weight_dtype, "weight")
     bias = tirx.decl_buffer((C,), "int32", "bias")
@@ -175,13 +180,13 @@ def build(wl: Conv2dWorkload, tile_cols: int, rows: int, tile_outer: bool, produ
         emit.stmts.append(tirx.DeclBuffer(ob, data=tirx.address_of(tirx.BufferLoad(oflat, [ooff]))))
         init = product.init(emit, tirx.BufferLoad(bias, [tirx.Ramp(c0, i32(1), L)]))
         acc = {(k, t): init for k in range(nro) for t in range(T)}
-        for col in range((T - 1) * s + 3):
-            uses = [(k, (col - rw) // s, rw) for rw in range(3) for k in range(nro)
+        for col in range(ncols):
+            uses = [(k, (col - rw) // s, rw) for rw in range(R) for k in range(nro)
                     if (col - rw) % s == 0 and 0 <= (col - rw) // s < T]
             if not uses:
                 continue
             loaded = []
-            for r in range(nro + 2):
+            for r in range(nro - 1 + R):
                 if row_inside(y0, r) and col_inside(x0, col):
                     off = ((r - pt) * W + (col - pl)) * C  # from the base (row y0*s, column x0*T*s)
                     loaded.append(tirx.BufferLoad(xb, [tirx.Ramp(i32(off), i32(1), L)]))
@@ -192,24 +197,22 @@ def build(wl: Conv2dWorkload, tile_cols: int, rows: int, tile_outer: bool, produ
         product.finish(emit, ob, pixels, Requant(scale, c0, qp))
         return tirx.SeqStmt(emit.stmts)
 
-    def interior_ok(y0: int | None, nro: int, x0: int | None) -> None:
-        """An interior coordinate's extremes read no padding (else the tile would need tests)."""
-        for r in range(nro + 2):
-            assert y0 is None or row_inside(y0, r), (wl, "row", y0, r)
-        for col in range((T - 1) * s + 3):
-            assert x0 is None or col_inside(x0, col), (wl, "column", x0, col)
+    def specialised(count: int, var: tirx.Var, inside: Callable[[int], bool],
+                    make: Callable[[int | None], tirx.Stmt]) -> tirx.Stmt:
+        """The body of a loop ``var`` over ``count`` indices: the first and the last and any
+        other whose tile would read padding (``not inside(i)``) each its own statically
+        specialised body, the rest one body on the loop variable (``make(None)``)."""
+        border = sorted({0, count - 1} | {i for i in range(count) if not inside(i)})
+        body = make(None) if len(border) < count else None
+        for i in reversed(border):
+            b = make(i)
+            body = b if body is None else tirx.IfThenElse(var == i, b, body)
+        return body
 
     def tiles(y0: int | None, nro: int) -> tirx.Stmt:
         """The column tiles (and channel blocks) of the row group at ``y0``."""
-        cases = [(0, i32(0))] if ntile == 1 else [(0, xo == 0), (ntile - 1, xo == ntile - 1)]
-        body = None
-        if ntile > 2:
-            for x in (1, ntile - 2):
-                interior_ok(None, nro, x)
-            body = tile(y0, None, nro)
-        for x0, cond in reversed(cases):
-            b = tile(y0, x0, nro)
-            body = b if body is None else tirx.IfThenElse(cond, b, body)
+        body = specialised(ntile, xo, lambda x: all(col_inside(x, c) for c in range(ncols)),
+                           lambda x0: tile(y0, x0, nro))
         cl = tirx.For(cb, i32(0), i32(C // L), tirx.ForKind.SERIAL, body)
         if tile_outer:
             return tirx.For(xo, i32(0), i32(ntile), tirx.ForKind.SERIAL, cl)
@@ -217,18 +220,8 @@ def build(wl: Conv2dWorkload, tile_cols: int, rows: int, tile_outer: bool, produ
         return tirx.For(cb, i32(0), i32(C // L), tirx.ForKind.SERIAL, xl)
 
     ngroup = Ho // ro  # full groups of ``ro`` output rows; an odd last row (ro=2) gets a 1-row body
-    if ngroup == 1:
-        rowbody = tiles(0, ro)
-    else:
-        rowbody = None
-        if ngroup > 2:
-            for g in (1, ngroup - 2):
-                for r in range(ro + 2):
-                    assert row_inside(g * ro, r), (wl, "row", g, r)
-            rowbody = tiles(None, ro)
-        for g in (ngroup - 1, 0):
-            b = tiles(g * ro, ro)
-            rowbody = b if rowbody is None else tirx.IfThenElse(yv == g, b, rowbody)
+    rowbody = specialised(ngroup, yv, lambda g: all(row_inside(g * ro, r) for r in range(ro - 1 + R)),
+                          lambda g: tiles(None if g is None else g * ro, ro))
     body = tirx.For(yv, i32(0), i32(ngroup), tirx.ForKind.PARALLEL, rowbody)
     if Ho % ro:
         body = tirx.SeqStmt([body, tiles(Ho - 1, 1)])
