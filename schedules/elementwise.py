@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 
+import tvm
 from tvm import te, tirx
 
 from . import bf16
@@ -109,6 +110,51 @@ def lookup_u8(shape: tuple[int, ...], from_nhwc: bool = False, to_nhwc: bool = F
         return table[i[1] if per_channel else 0, code]
 
     return [q, table, te.compute(nhwc(shape) if to_nhwc else shape, look, name="lookup")]
+
+
+def lookup_u8_shuffle(shape: tuple[int, ...]) -> tirx.PrimFunc:
+    """``lookup_u8`` for one uint8 -> uint8 table, input and output in the same layout (any
+    ``shape``), on AVX2 ``vpshufb``: per 32 bytes, the low nibbles index each 16-entry slice of
+    the table (``vpshufb``, the slice in both 128-bit lanes) and the high nibble picks the slice
+    (``vpcmpeqb`` + ``vpblendvb``): 16 x 3 vector instructions per 32 elements instead of a
+    scalar load per element (LLVM's vectorised form of ``table[q]`` extracts, loads and inserts
+    each byte: ~2.3 cycles per element on a Zen 3). The elements past the last whole 32 take the
+    scalar ``table[q]``. Built directly in TIR (no schedule); the same values as ``lookup_u8``."""
+    size = 1
+    for d in shape:
+        size *= int(d)
+    lanes, i32 = 32, (lambda v: tirx.IntImm("int32", v))  # noqa: E731
+    q = tirx.decl_buffer(shape, "uint8", "q")
+    table = tirx.decl_buffer((1, 256), "uint8", "table")
+    out = tirx.decl_buffer(shape, "uint8", "lookup")
+    qf = tirx.decl_buffer((size,), "uint8", "q_flat", data=q.data)
+    tf = tirx.decl_buffer((256,), "uint8", "table_flat", data=table.data)
+    of = tirx.decl_buffer((size,), "uint8", "out_flat", data=out.data)
+    bcast = lambda v: tirx.Broadcast(tirx.IntImm("uint8", v), lanes)  # noqa: E731
+    i, j = tirx.Var("i", "int32"), tirx.Var("j", "int32")
+    x = tirx.Var("x", tvm.ir.PrimType("uint8x32"))
+    lo, hi = tirx.Var("lo", tvm.ir.PrimType("uint8x32")), tirx.Var("hi", tvm.ir.PrimType("uint8x32"))
+    res: tirx.PrimExpr = bcast(0)
+    for c in range(16):
+        half = tirx.BufferLoad(tf, [tirx.Ramp(i32(16 * c), i32(1), 16)])
+        piece = tirx.Shuffle([half, half], [i32(k) for k in range(lanes)])  # in both 128-bit lanes
+        looked = tirx.call_llvm_pure_intrin("uint8x32", "llvm.x86.avx2.pshuf.b", piece, lo)
+        res = tirx.Select(hi == bcast(c), looked, res) if c else looked
+    body = tirx.SeqStmt([
+        tirx.Bind(x, tirx.BufferLoad(qf, [tirx.Ramp(i * lanes, i32(1), lanes)])),
+        tirx.Bind(lo, tirx.bitwise_and(x, bcast(15))),
+        tirx.Bind(hi, tirx.shift_right(x, bcast(4))),
+        tirx.BufferStore(of, res, [tirx.Ramp(i * lanes, i32(1), lanes)])])
+    stmts = [tirx.DeclBuffer(qf, data=q.data), tirx.DeclBuffer(tf, data=table.data), tirx.DeclBuffer(of, data=out.data)]
+    whole = size // lanes
+    if whole:
+        stmts.append(tirx.For(i, i32(0), i32(whole), tirx.ForKind.PARALLEL if whole >= 64 else tirx.ForKind.SERIAL,
+                              body))
+    if size % lanes:
+        stmts.append(tirx.For(j, i32(whole * lanes), i32(size % lanes), tirx.ForKind.SERIAL, tirx.BufferStore(
+            of, tirx.BufferLoad(tf, [tirx.Cast("int32", tirx.BufferLoad(qf, [j]))]), [j])))
+    attrs = tvm.ir.make_node("ir.DictAttrs", **{"global_symbol": "main", "tirx.noalias": True, "tirx.is_scheduled": True})
+    return tirx.PrimFunc([q, table, out], tirx.SeqStmt(stmts), attrs=attrs)
 
 
 def global_avg_pool_u8(shape: tuple[int, int, int, int], nhwc_in: bool = False) -> list[te.Tensor]:

@@ -141,3 +141,26 @@ def test_integer_multiply_bit_exact(isa: str) -> None:
 
 def elementwise_layout(a: np.ndarray, nhwc: bool) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if nhwc else a
+
+
+@pytest.mark.parametrize("shape", [(1, 56, 56, 64), (1, 7, 7, 3), (1, 5, 5, 33), (1, 1, 1, 1), (2, 64), (1, 9, 9, 40)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_shuffle_lookup_equals_the_table(shape: tuple[int, ...]) -> None:
+    """``lookup_u8_shuffle`` (AVX2 ``vpshufb``, 32 bytes at a time, a scalar tail) is
+    ``table[q]`` for every code: a permutation table and all 256 codes in every position.
+    Compiled for a Haswell target on any host (checked for ``vpshufb``); run where AVX2 is."""
+    from .isa import HASWELL, can_execute
+
+    ex = tvm.compile(tvm.IRModule({"main": elementwise.lookup_u8_shuffle(shape)}),
+                     target=tvm.target.Target(HASWELL.target_json()))
+    size = int(np.prod(shape))
+    assert ("vpshufb" in ex.mod.inspect_source("s")) == (size >= 32)  # (fewer: the scalar tail only)
+    if not can_execute("avx2"):
+        pytest.skip("this CPU cannot execute avx2 instructions: run `make test` on a CPU whose /proc/cpuinfo "
+                    "lists avx2 (the compilation is checked above)")
+    rng = np.random.default_rng(sum(shape))
+    q = ((np.arange(size) * 7 + 3) % 256).astype(np.uint8).reshape(shape)  # every code, shifted per lane
+    for table in (rng.permutation(256).astype(np.uint8)[None], rng.integers(0, 256, (1, 256)).astype(np.uint8)):
+        out = tvm.runtime.empty(shape, "uint8")
+        ex(tvm.runtime.tensor(q), tvm.runtime.tensor(table), out)
+        np.testing.assert_array_equal(out.numpy(), table[0][q])

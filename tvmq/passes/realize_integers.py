@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 
 from schedules import elementwise, quant, reference, registry
 from schedules.target_features import TargetFeatures
@@ -156,7 +156,8 @@ class _IntRewriter(relax.PyExprMutator):
         if key not in self._funcs:
             # opaque to FuseOps (its fusion of reshape + these mis-maps buffers); ScheduleGeneric
             # still schedules them
-            pf = te.create_prim_func(make()).with_attrs(
+            made = make()  # TE tensors, or a PrimFunc built directly (already scheduled)
+            pf = (made if isinstance(made, tirx.PrimFunc) else te.create_prim_func(made)).with_attrs(
                 {"global_symbol": f"tvmq_{key[0]}_{len(self._funcs)}", "op_pattern": 8})
             self._funcs[key] = self.builder_.add_func(pf, f"tvmq_{key[0]}_{len(self._funcs)}")
         return self._funcs[key]
@@ -183,10 +184,13 @@ class _IntRewriter(relax.PyExprMutator):
         """``table[src]`` (NCHW ``shape``, written in ``layout``; ``table`` ``[1 or C, 256]``),
         recorded for the numpy program."""
         dtype, per_channel = str(table.dtype), table.shape[0] > 1
-        gv = self._func(("lookup", shape, src.layout, layout, dtype, per_channel),
-                        lambda: elementwise.lookup_u8(shape, src.layout == "NHWC", layout == "NHWC", dtype,
-                                                      per_channel))
         out_shape = elementwise.nhwc(shape) if layout == "NHWC" else shape
+        # one uint8 table, no layout change: AVX2's vpshufb form (6x faster on a Zen 3)
+        shuffle = (dtype == "uint8" and not per_channel and src.layout == layout
+                   and self.owner.catalog.features.avx2)
+        gv = self._func(("lookup", shape, src.layout, layout, dtype, per_channel, shuffle),
+                        lambda: elementwise.lookup_u8_shuffle(out_shape) if shuffle else
+                        elementwise.lookup_u8(shape, src.layout == "NHWC", layout == "NHWC", dtype, per_channel))
         v = self.builder_.emit(relax.call_tir(gv, [src.var, relax.const(table)], relax.TensorType(out_shape, dtype)),
                                name_hint=name)
 
