@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tvm
 
-from schedules import reference, registry, space
+from schedules import registry
 from schedules.depthwise.fp32 import DepthwiseConfig
 from schedules.depthwise.int8_avx2 import DepthwisePairConfig, covers, pack_weight
 from schedules.depthwise.int8_nhwc import ChannelsLastDepthwiseConfig
@@ -22,8 +22,8 @@ from schedules.depthwise.int8_vnni import DepthwiseQuadConfig
 from schedules.workload import Conv2dWorkload
 
 from .isa import COOPERLAKE, HASWELL, HOST, SKYLAKE, can_execute, skip_reason
-from .test_depthwise_vnni import MOBILENETV2, ODD, RELU6, _id, _operands, dw
-from .test_int8_kernels import compile_for
+from .test_depthwise_vnni import MOBILENETV2, ODD, RELU6, _id, column_kernel_space, dw
+from .test_depthwise_vnni import _run as run_column_kernel
 from .test_kernel_bounds import CANARY, _guarded
 
 KEY = registry.KernelKey("depthwise_conv2d", "w8a8", "avx2")
@@ -72,15 +72,9 @@ def test_avx2_targets_select_the_pair_kernel_where_it_covers(features) -> None: 
 
 
 def test_pair_tuning_space_starts_at_the_fallback_and_offers_todays_kernel() -> None:
-    kernel, wl = _kernel(), MOBILENETV2[4]
-    configs = kernel.tuning_space(wl, HASWELL)
-    assert configs[0] == kernel.fallback_config(wl, HASWELL)
-    assert {type(c) for c in configs} == {DepthwisePairConfig, ChannelsLastDepthwiseConfig}
-    assert len(set(configs)) == len(configs)
-    for cfg in configs:
-        assert space.config_from_json(space.config_to_json(cfg)) == cfg
-        if isinstance(cfg, DepthwisePairConfig):
-            assert wl.out_width % cfg.tile == 0 and cfg.rows * cfg.tile * cfg.cb // 8 <= 10
+    own = column_kernel_space(_kernel(), HASWELL, DepthwisePairConfig)
+    assert {c.cb for c in own} == {8, 16} and {c.rows for c in own} == {1, 2}
+    assert all(c.rows * c.tile * c.cb // 8 <= 10 for c in own)
 
 
 def test_pair_weights_hold_each_tap_once_per_output_row() -> None:
@@ -116,19 +110,7 @@ def test_pair_kernel_cross_compiles_to_vpmaddwd(wl: Conv2dWorkload) -> None:
 
 
 def _run(wl: Conv2dWorkload, cfg, seed: int = 0, out=None, extreme: bool = False):  # type: ignore[no-untyped-def]
-    kernel = _kernel()
-    x, w, bias, scale, x_zp, out_zp, lo, hi = _operands(wl, seed)
-    if extreme:  # every product and the accumulators at their largest; scales that saturate
-        x = np.where(x > 127, 255, 0).astype(np.uint8)
-        w = np.where(w >= 0, 127, -128).astype(np.int8)
-        scale = np.where(np.arange(wl.in_channels) % 3 == 0, np.float32(3e4), scale).astype(np.float32)
-    args = [tvm.runtime.tensor(a) for a in (x, kernel.pack_weight(w, wl, cfg), bias, scale,
-                                            np.array([x_zp, out_zp, lo, hi], np.int32))]
-    if out is None:
-        out = tvm.runtime.empty(wl.out_shape, "uint8")
-    compile_for(kernel, wl, cfg, HOST)(*args, out)
-    expected = reference.conv2d_w8a8(x, w, bias, scale, None, x_zp, out_zp, lo, hi, wl)
-    return out, expected
+    return run_column_kernel(wl, cfg, seed, out, _kernel(), extreme)
 
 
 @EXECUTES

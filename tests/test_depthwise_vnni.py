@@ -75,16 +75,24 @@ def test_vnni_targets_select_the_quad_kernel_where_it_covers(features) -> None: 
     assert registry.select("depthwise_conv2d", "w4a8", features).key.isa == "generic"
 
 
-def test_quad_tuning_space_starts_at_the_fallback_and_offers_todays_kernel() -> None:
-    kernel, wl = _kernel(), MOBILENETV2[4]
-    configs = kernel.tuning_space(wl, COOPERLAKE)
-    assert configs[0] == kernel.fallback_config(wl, COOPERLAKE)
-    assert {type(c) for c in configs} == {DepthwiseQuadConfig, ChannelsLastDepthwiseConfig}
+def column_kernel_space(kernel, features, config_cls: type) -> list:  # type: ignore[no-untyped-def]
+    """A column kernel's space on MobileNetV2's 192-channel 28x28 depthwise: the fallback first,
+    its own configurations and the portable kernel's, no duplicate, each through JSON and back,
+    every tile dividing the width. Returns its own configurations."""
+    wl = MOBILENETV2[4]
+    configs = kernel.tuning_space(wl, features)
+    assert configs[0] == kernel.fallback_config(wl, features)
+    assert {type(c) for c in configs} == {config_cls, ChannelsLastDepthwiseConfig}
     assert len(set(configs)) == len(configs)
     for cfg in configs:
         assert space.config_from_json(space.config_to_json(cfg)) == cfg
-        if isinstance(cfg, DepthwiseQuadConfig):
-            assert wl.out_width % cfg.tile == 0
+    own = [c for c in configs if isinstance(c, config_cls)]
+    assert all(wl.out_width % c.tile == 0 for c in own)
+    return own
+
+
+def test_quad_tuning_space_starts_at_the_fallback_and_offers_todays_kernel() -> None:
+    assert column_kernel_space(_kernel(), COOPERLAKE, DepthwiseQuadConfig)
 
 
 @pytest.mark.parametrize("features", [COOPERLAKE, CASCADELAKE], ids=["cooperlake", "cascadelake"])
@@ -112,11 +120,18 @@ def _operands(wl: Conv2dWorkload, seed: int):  # type: ignore[no-untyped-def]
     return x, w, bias, scale, x_zp, out_zp, lo, hi
 
 
-def _run(wl: Conv2dWorkload, cfg, seed: int = 0, out=None):  # type: ignore[no-untyped-def]
+def _run(wl: Conv2dWorkload, cfg, seed: int = 0, out=None, kernel=None, extreme: bool = False):  # type: ignore[no-untyped-def]
+    """Run ``kernel`` (default: the quad kernel) with ``cfg`` on random operands (``extreme``:
+    every product and accumulator at its largest, scales that push the float past int32);
+    returns (output, the reference)."""
     from .test_int8_kernels import compile_for
 
-    kernel = _kernel()
+    kernel = kernel or _kernel()
     x, w, bias, scale, x_zp, out_zp, lo, hi = _operands(wl, seed)
+    if extreme:
+        x = np.where(x > 127, 255, 0).astype(np.uint8)
+        w = np.where(w >= 0, 127, -128).astype(np.int8)
+        scale = np.where(np.arange(wl.in_channels) % 3 == 0, np.float32(3e4), scale).astype(np.float32)
     args = [tvm.runtime.tensor(a) for a in (x, kernel.pack_weight(w, wl, cfg), bias, scale,
                                             np.array([x_zp, out_zp, lo, hi], np.int32))]
     if out is None:

@@ -37,9 +37,13 @@ from typing import Any, Protocol
 import tvm
 from tvm import tirx
 
+from ..common import TemplateDispatch
+from ..kernel import KernelDef, KernelKey
+from ..space import ConfigType
 from ..workload import Conv2dWorkload
+from . import int8, int8_nhwc
 
-__all__ = ["ColumnProduct", "Emit", "Requant", "build", "covers", "i32", "store_requantized"]
+__all__ = ["ColumnProduct", "Emit", "Requant", "build", "column_kernel", "covers", "i32", "store_requantized"]
 
 
 def i32(v: int) -> tirx.IntImm:
@@ -228,3 +232,33 @@ def build(wl: Conv2dWorkload, tile_cols: int, rows: int, tile_outer: bool, produ
     body = tirx.SeqStmt([tirx.DeclBuffer(dflat, data=data.data), tirx.DeclBuffer(oflat, data=out.data), body])
     attrs = tvm.ir.make_node("ir.DictAttrs", **{"global_symbol": "main", "tirx.noalias": True})
     return tirx.PrimFunc([data, weight, bias, scale, qp, out], body, attrs=attrs)
+
+
+def column_kernel(key: KernelKey, config_cls: type, compute: Callable, pack_weight: Callable,
+                  build_fn: Callable, candidates: Callable, fallback_config: Callable, description: str,
+                  requires: Callable) -> tuple[tuple[ConfigType, ...], KernelDef]:
+    """A column kernel's registration: its configurations (``config_cls``) built directly by
+    ``build_fn(wl, cfg)``, every other configuration by the portable kernel
+    (``depthwise.int8``'s templates: the template is part of the config). Returns the module's
+    ``CONFIG_TYPES`` and its ``KernelDef``."""
+
+    def schedule(sch, wl, cfg, sample=False):  # type: ignore[no-untyped-def]
+        raise TypeError(f"{cfg} is built directly in TIR, not scheduled from TE")
+
+    class Template:
+        pass
+
+    Template.compute = staticmethod(compute)  # type: ignore[attr-defined]
+    Template.schedule = staticmethod(schedule)  # type: ignore[attr-defined]
+    Template.pack_weight = staticmethod(pack_weight)  # type: ignore[attr-defined]
+    Template.input_shape = staticmethod(int8_nhwc.input_shape)  # type: ignore[attr-defined]
+    Template.output_shape = staticmethod(int8_nhwc.output_shape)  # type: ignore[attr-defined]
+    dispatch = TemplateDispatch(lambda cfg: Template if isinstance(cfg, config_cls) else int8._dispatch.template_of(cfg))
+
+    def build_direct(wl, cfg):  # type: ignore[no-untyped-def]
+        return build_fn(wl, cfg) if isinstance(cfg, config_cls) else None
+
+    kernel = KernelDef(key, dispatch.compute, dispatch.schedule, fallback_config, dispatch.pack_weight,
+                       dispatch.input_shape, dispatch.output_shape, description, requires=requires,
+                       build_direct=build_direct)
+    return (ConfigType(config_cls, lambda start, wl, features: candidates(wl, features)),), kernel

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import TemplateDispatch, int8_epilogue
+from ..common import int8_epilogue
 from ..kernel import KernelDef, KernelKey
-from ..space import ConfigType, grid
+from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import columns, int8, int8_nhwc
@@ -163,10 +163,6 @@ def compute(wl: Conv2dWorkload, cfg: DepthwisePairConfig, weight: te.Tensor | No
     return [data, weight, *args, out]
 
 
-def schedule(sch, wl: Conv2dWorkload, cfg: DepthwisePairConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
-    raise TypeError(f"{cfg} is built directly in TIR (int8_avx2.build), not scheduled from TE")
-
-
 class _PairProduct:
     """``columns.ColumnProduct``: a column's rows interleaved into int16 pairs, one
     ``vpmaddwd`` per (pair, 8 channels, output row, kernel column) that reads it."""
@@ -245,29 +241,13 @@ def build(wl: Conv2dWorkload, cfg: DepthwisePairConfig) -> tirx.PrimFunc:
                          packed_weight_shape(wl, cfg), "int16")
 
 
-class _Pair:
-    compute = staticmethod(compute)
-    schedule = staticmethod(schedule)
-    pack_weight = staticmethod(pack_weight)
-    input_shape = staticmethod(int8_nhwc.input_shape)
-    output_shape = staticmethod(int8_nhwc.output_shape)
-
-
-_dispatch = TemplateDispatch(lambda cfg: _Pair if isinstance(cfg, DepthwisePairConfig)
-                             else int8._dispatch.template_of(cfg))
-
-
-def _build_direct(wl: Conv2dWorkload, cfg) -> tirx.PrimFunc | None:  # type: ignore[no-untyped-def]
-    return build(wl, cfg) if isinstance(cfg, DepthwisePairConfig) else None
-
-
-CONFIG_TYPES = (ConfigType(DepthwisePairConfig, lambda start, wl, features: candidates(wl, features)),)
+CONFIG_TYPES, _KERNEL = columns.column_kernel(
+    KernelKey("depthwise_conv2d", "w8a8", "avx2"), DepthwisePairConfig, compute, pack_weight, build, candidates,
+    fallback_config,
+    "u8 x s8 depthwise 3x3 / 5x5 on vpmaddwd (vertical taps in int16 pairs), float32 "
+    "requantization; the portable kernel for other shapes / epilogues",
+    lambda f: f.avx2)
 
 
 def kernels() -> list[KernelDef]:
-    return [KernelDef(KernelKey("depthwise_conv2d", "w8a8", "avx2"), _dispatch.compute,
-                      _dispatch.schedule, fallback_config, _dispatch.pack_weight, _dispatch.input_shape,
-                      _dispatch.output_shape,
-                      "u8 x s8 depthwise 3x3 on vpmaddwd (vertical taps in int16 pairs), float32 "
-                      "requantization; the portable kernel for other shapes / epilogues",
-                      requires=lambda f: f.avx2, build_direct=_build_direct)]
+    return [_KERNEL]

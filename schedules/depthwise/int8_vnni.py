@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from ..common import TemplateDispatch, int8_epilogue, int8_operands
+from ..common import int8_epilogue, int8_operands
 from ..kernel import KernelDef, KernelKey
-from ..space import ConfigType, grid
+from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 from . import columns, int8, int8_nhwc
@@ -145,10 +145,6 @@ def compute(wl: Conv2dWorkload, cfg: DepthwiseQuadConfig, weight: te.Tensor | No
     return [data, weight, *args, out]
 
 
-def schedule(sch, wl: Conv2dWorkload, cfg: DepthwiseQuadConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
-    raise TypeError(f"{cfg} is built directly in TIR (int8_vnni.build), not scheduled from TE")
-
-
 class _QuadProduct:
     """``columns.ColumnProduct``: the input rows of a column interleaved into one uint8 quad,
     one ``vpdpbusd`` per (output row, kernel column) that reads it."""
@@ -186,29 +182,13 @@ def build(wl: Conv2dWorkload, cfg: DepthwiseQuadConfig) -> tirx.PrimFunc:
                          packed_weight_shape(wl, cfg), "int8")
 
 
-class _Quad:
-    compute = staticmethod(compute)
-    schedule = staticmethod(schedule)
-    pack_weight = staticmethod(pack_weight)
-    input_shape = staticmethod(int8_nhwc.input_shape)
-    output_shape = staticmethod(int8_nhwc.output_shape)
-
-
-_dispatch = TemplateDispatch(lambda cfg: _Quad if isinstance(cfg, DepthwiseQuadConfig)
-                             else int8._dispatch.template_of(cfg))
-
-
-def _build_direct(wl: Conv2dWorkload, cfg) -> tirx.PrimFunc | None:  # type: ignore[no-untyped-def]
-    return build(wl, cfg) if isinstance(cfg, DepthwiseQuadConfig) else None
-
-
-CONFIG_TYPES = (ConfigType(DepthwiseQuadConfig, lambda start, wl, features: candidates(wl, features)),)
+CONFIG_TYPES, _KERNEL = columns.column_kernel(
+    KernelKey("depthwise_conv2d", "w8a8", "avx512_vnni"), DepthwiseQuadConfig, compute, pack_weight, build, candidates,
+    fallback_config,
+    "u8 x s8 depthwise 3x3 on vpdpbusd (vertical taps in u8 quads), float32 "
+    "requantization; the portable kernel for other shapes / epilogues",
+    lambda f: f.avx512_vnni)
 
 
 def kernels() -> list[KernelDef]:
-    return [KernelDef(KernelKey("depthwise_conv2d", "w8a8", "avx512_vnni"), _dispatch.compute,
-                      _dispatch.schedule, fallback_config, _dispatch.pack_weight, _dispatch.input_shape,
-                      _dispatch.output_shape,
-                      "u8 x s8 depthwise 3x3 on vpdpbusd (vertical taps in u8 quads), float32 "
-                      "requantization; the portable kernel for other shapes / epilogues",
-                      requires=lambda f: f.avx512_vnni, build_direct=_build_direct)]
+    return [_KERNEL]
