@@ -106,9 +106,9 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures) -> list:
         _check(wl, cfg)
         return cfg
 
-    pairs = (grid(make, cb=[8, 16], tile=range(1, MAX_ACCUMULATORS + 1), rows=[1, 2], tile_outer=[False, True])
-             if covers(wl, HALF) else [])
-    return pairs + int8_nhwc.candidates(wl, features)
+    own = (grid(make, cb=[8, 16], tile=range(1, MAX_ACCUMULATORS + 1), rows=[1, 2], tile_outer=[False, True])
+           if covers(wl, HALF) else [])
+    return own + int8_nhwc.candidates(wl, features)
 
 
 def pairs(wl: Conv2dWorkload) -> int:
