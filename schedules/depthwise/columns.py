@@ -1,27 +1,27 @@
 """The skeleton of the directly built depthwise kernels (``int8_vnni`` 3x3, ``int8_avx2`` 3x3 and
-5x5): a
-tile of ``rows`` output rows x ``tile`` output columns x one block of channels, channels last,
-walked input column by input column.
+5x5): a tile of ``rows`` output rows x ``tile`` output columns x one block of channels, channels
+last, walked input column by input column.
 
 Per tile, every input column the tile reads is loaded once (the input rows of that column, one
 vector of the block's channels each; the input zero point where the tap falls on padding) and
-handed to the kernel's ``ColumnProduct``, which combines the rows into the vectors its
-instruction takes (VNNI: one uint8 quad; AVX2: int16 pairs) and adds them into the accumulators
-of the (up to kernel width) output columns that read that input column. Then the float32 requantization
-(``common.requantize_float_expr`` without a residual: the bias is the accumulators' start)
-stores the block's channels of each output pixel as one vector.
+handed to the kernel's ``ColumnProduct``, which combines the rows into the vectors its instruction
+takes (VNNI: one uint8 quad; AVX2: int16 pairs) and adds them into the accumulators of the (up to
+kernel width) output columns that read that input column. Then the float32 requantization
+(``common.requantize_float_expr`` without a residual: the bias is the accumulators' start) stores
+the block's channels of each output pixel as one vector.
 
-The TIR is built directly (no TE compute / schedule): straight-line code per tile, the border
-tiles (the first and last row group and column tile, and any other that reads padding: 5x5 with
-padding 2) statically specialised so that the interior has no tests. Every tile addresses its input and output through a base pointer (a
-``DeclBuffer`` over ``address_of``), every load / store is base + constant (with ``data[0, h,
-w, c]`` indices LLVM spilled ~40 offsets per tile: -35% on Zen 4). The base offsets are
-``Bind`` variables computed from other ``Bind`` variables, so that no expression inside a
-``DeclBuffer`` is shared with later statements: TVM 0.27's TIR CSE (``tirx.CommonSubexprElim``)
-hoists such a shared expression (``cb * 16`` in the address and in the bias / scale loads) into
-a ``Bind`` it places *after* the ``DeclBuffer``s it also rewrote ("variable cse_v2 has been used
-before definition"). Products are ``call_llvm_intrin`` (not pure): TIR's simplifier otherwise
-inlines each accumulator's chain into its users (the expression size grows with the chain).
+The TIR is built directly (no TE compute / schedule): straight-line code per tile, the border tiles
+(the first and last row group and column tile, and any other that reads padding: 5x5 with padding
+2) statically specialised so that the interior has no tests. Every tile addresses its input and
+output through a base pointer (a ``DeclBuffer`` over ``address_of``), every load / store is base +
+constant (with ``data[0, h, w, c]`` indices LLVM spilled ~40 offsets per tile: -35% on Zen 4). The
+base offsets are ``Bind`` variables computed from other ``Bind`` variables, so that no expression
+inside a ``DeclBuffer`` is shared with later statements: TVM 0.27's TIR CSE
+(``tirx.CommonSubexprElim``) hoists such a shared expression (``cb * 16`` in the address and in the
+bias / scale loads) into a ``Bind`` it places *after* the ``DeclBuffer``s it also rewrote
+("variable cse_v2 has been used before definition"). Products are ``call_llvm_intrin`` (not pure):
+TIR's simplifier otherwise inlines each accumulator's chain into its users (the expression size
+grows with the chain).
 
 Covered (``covers``): NHWC, batch 1, depthwise multiplier 1, channels a multiple of the block,
 a square kernel of the product's sizes, stride 1 or 2 (both axes), dilation 1, each padding at
@@ -90,9 +90,9 @@ class ColumnProduct(Protocol):
 
     def column(self, emit: Emit, state: Any, rows: list[tirx.Expr],
                uses: list[tuple[int, int, int]], acc: dict[tuple[int, int], Any]) -> None:
-        """Add input column ``rows`` (``rows - 1 + R`` uint8 vectors: ``R`` the kernel size) into ``acc[k, t]`` for each
-        ``(k, t, rw)`` of ``uses``: output row ``k`` of the tile, output column ``t``, kernel
-        column ``rw``."""
+        """Add input column ``rows`` (``rows - 1 + R`` uint8 vectors, ``R`` the kernel size) into
+        ``acc[k, t]`` for each ``(k, t, rw)`` of ``uses``: output row ``k`` of the tile, output
+        column ``t``, kernel column ``rw``."""
 
     def finish(self, emit: Emit, out: tirx.Buffer, pixels: list[tuple[int, Any]], rq: Requant) -> None:
         """Requantize and store the tile: accumulator ``value`` of each ``(offset, value)`` of

@@ -15,14 +15,13 @@ that read it. ``rows=2`` (stride 1): four input rows make two pairs shared by tw
 (weights ``(w0, w1), (w2, 0)`` and ``(0, w0), (w1, w2)``). 5x5: five rows in three pairs (15
 ``vpmaddwd`` per pixel and 8 channels instead of 25), six for ``rows=2``.
 
-Weights are packed as int16 (they are memory operands of ``vpmaddwd``: 12 weight vectors per
-block do not fit AVX2's 16 registers beside the accumulators, and an int8 copy would need a
-sign extension per use). The skeleton (tiles, borders, base pointers, epilogue) is
-``columns.build``'s; covered: ``columns.covers`` with channels a multiple of ``cb``, 3x3 or 5x5.
-Measured on a Zen 3 (1 thread): MobileNetV2's 3x3 shapes 10-22 GMAC/s (the portable kernel's
-fallback 8-17), 5x5 at 14x14 22.6 against 11.8. Everything
-else takes the portable kernel's configurations (``depthwise.int8``), which this kernel also
-builds (the template is part of the config).
+Weights are packed as int16 (they are memory operands of ``vpmaddwd``: 12 weight vectors per block
+do not fit AVX2's 16 registers beside the accumulators, and an int8 copy would need a sign
+extension per use). The skeleton (tiles, borders, base pointers, epilogue) is ``columns.build``'s;
+covered: ``columns.covers`` with channels a multiple of ``cb``, 3x3 or 5x5. Measured on an AMD EPYC Zen 3
+(AVX2, 1 thread): MobileNetV2's 3x3 shapes 10-22 GMAC/s (the portable kernel's fallback 8-17), 5x5 at 14x14
+22.6 against 11.8. Everything else takes the portable kernel's configurations (``depthwise.int8``),
+which this kernel also builds (the template is part of the config).
 """
 
 from __future__ import annotations
