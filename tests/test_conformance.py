@@ -69,6 +69,7 @@ REFUSED: list[tuple[str, str, bool]] = [
     # parameters given as graph inputs (their values known only at run time)
     (r"test_(constant|edge|reflect|wrap)_pad", _GRAPH_INPUT, True),
     (r"test_reduce_mean_", _GRAPH_INPUT, True),
+    (r"test_resize_", _GRAPH_INPUT, True),
     (r"test_reshape_", _GRAPH_INPUT, True),
     (r"test_split_variable_parts_", _GRAPH_INPUT, True),
     (r"test_unsqueeze_", _GRAPH_INPUT, True),
@@ -77,6 +78,12 @@ REFUSED: list[tuple[str, str, bool]] = [
 ]
 # the same with those parameters as initializers: all pass but these
 REFUSED_WITH_CONSTANTS: list[tuple[str, str, bool]] = [
+    # linear / cubic Resize in the forms TVM's importer computes differently from ONNX (nearest:
+    # tvmq's own gathers, every form passes)
+    (r"test_resize_.*_antialias", "antialias=1", True),
+    (r"test_resize_.*_half_pixel_symmetric", "half_pixel_symmetric", True),
+    (r"test_resize_downsample_scales_(linear|cubic)", "do not give a whole output size", True),
+    (r"test_resize_tf_crop_and_resize_axes_", "the axes attribute", True),
     (r"test_pow_types_int", "a base of type", True),
     (r"test_(reshape_allowzero_reordered|split_zero_size_splits_)", "size 0 in dimension 0", False),
 ]

@@ -371,3 +371,113 @@ def test_a_residual_layer_whose_scale_would_pass_one_half_widens_its_output(tmp_
     lib = tvmq.load(r.library)
     for xi in x[:4]:
         np.testing.assert_array_equal(lib.run({"x": xi[None]})["y"], r.program.run([xi[None]])[0])
+
+
+# --- detection / segmentation upsampling: Resize nearest and ConvTranspose ----------------------
+def _resize(mode: str, coord: str, nearest: str, sizes: list[int] | None, scales: list[float] | None) -> tuple:
+    ins = ["r", "", "", "sizes"] if sizes else ["r", "", "scales"]
+    node = helper.make_node("Resize", ins, ["u"], name="resize", mode=mode, coordinate_transformation_mode=coord,
+                            nearest_mode=nearest)
+    inits = _ints(sizes=sizes) if sizes else [numpy_helper.from_array(np.array(scales, np.float32), "scales")]
+    return node, inits
+
+
+@pytest.mark.parametrize("coord,nearest,sizes,scales", [
+    ("asymmetric", "floor", None, [1, 1, 2, 2]),  # PP-OCR's FPN
+    ("half_pixel", "round_prefer_floor", [1, 8, 13, 7], None),  # up on H, down on W, by odd ratios
+    ("align_corners", "round_prefer_ceil", [1, 8, 16, 16], None),
+    ("pytorch_half_pixel", "ceil", None, [1, 1, 1.5, 3.0]),
+])
+def test_a_nearest_resize_is_a_gather_of_uint8_codes(tmp_path: Path, coord: str, nearest: str,
+                                                     sizes: list[int] | None, scales: list[float] | None) -> None:
+    """``Resize`` nearest between two convs: tvmq computes the indices (one constant gather per
+    resized axis, ``onnx_graph.resize_nearest_to_gathers``); fp32 equals onnxruntime exactly (a
+    selection of elements after the same conv), W8A8 gathers the uint8 codes (no island) and
+    equals its numpy program."""
+    rng = np.random.default_rng(20)
+    resize, inits = _resize("nearest", coord, nearest, sizes, scales)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), resize,
+             helper.make_node("Conv", ["u", "w1", "b1"], ["y"], name="conv1", pads=[1, 1, 1, 1])]
+    model = _save(tmp_path / "m.onnx", nodes, inits + _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(4, 8, 3, 3),
+                                                                b1=(4,)), [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    fp32 = tvmq.load(tvmq.build(model, tmp_path / "fp32").library)
+    ref = ort_session(model)
+    for xi in x[:4]:
+        want = ref.run(None, {"x": xi})[0]
+        got = fp32.run({"x": xi})["y"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    manifest = _w8a8_equals_program(tmp_path, model, x)
+    assert manifest["float_islands"] == []
+
+
+@pytest.mark.parametrize("plan", ["w8a8", "w4a8"])
+def test_a_conv_transpose_whose_kernel_is_its_stride_is_a_conv_layer(tmp_path: Path, plan: str) -> None:
+    """A 2x2 stride-2 ``ConvTranspose`` with a batch norm after it (a DB text detector's head):
+    a 1x1 conv layer to 4x the channels (the batch norm folded into it) and a depth-to-space on
+    the uint8 codes; fp32 equals onnxruntime, the quantized library its numpy program."""
+    rng = np.random.default_rng(21)
+    bn = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+          (("g", rng.uniform(0.5, 1.5, 6)), ("be", rng.standard_normal(6) * 0.1),
+           ("mu", rng.standard_normal(6) * 0.1), ("var", rng.uniform(0.5, 1.5, 6)))]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ConvTranspose", ["r", "wt", "bt"], ["t"], name="up", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["t", "g", "be", "mu", "var"], ["n"]),
+             helper.make_node("Relu", ["n"], ["nr"]),
+             helper.make_node("Conv", ["nr", "w1", "b1"], ["y"], name="conv1")]
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), wt=(8, 6, 2, 2), bt=(6,), w1=(2, 6, 1, 1), b1=(2,)) + bn
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    r = tvmq.build(model, tmp_path / "fp32")
+    assert [layer["name"] for layer in r.manifest_data["layers"]] == ["conv0", "up", "conv1"]
+    fp32, ref = tvmq.load(r.library), ort_session(model)
+    for xi in x[:4]:
+        np.testing.assert_allclose(fp32.run({"x": xi})["y"], ref.run(None, {"x": xi})[0], rtol=1e-5, atol=1e-5)
+    manifest = _w8a8_equals_program(tmp_path, model, x, plan, min_sqnr=25 if plan == "w8a8" else 12)
+    assert manifest["float_islands"] == []
+
+
+def test_other_conv_transposes_compile_and_run_in_float_in_quantized_plans(tmp_path: Path) -> None:
+    """A 3x3 stride-2 ``ConvTranspose`` with padding and ``output_shape`` (overlapping windows):
+    TVM's transposed conv, equal to onnxruntime in fp32 (``output_shape`` becomes the pads and
+    output padding it implies: TVM's importer ignores it); a float island in W8A8, still equal
+    to the numpy program."""
+    rng = np.random.default_rng(22)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ConvTranspose", ["r", "wt", "bt"], ["t"], name="up", kernel_shape=[3, 3],
+                              strides=[2, 2], output_shape=[16, 16]),
+             helper.make_node("Relu", ["t"], ["tr"]),
+             helper.make_node("Conv", ["tr", "w1", "b1"], ["y"], name="conv1")]
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), wt=(8, 4, 3, 3), bt=(4,), w1=(2, 4, 1, 1), b1=(2,))
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    fp32, ref = tvmq.load(tvmq.build(model, tmp_path / "fp32").library), ort_session(model)
+    for xi in x[:4]:
+        want = ref.run(None, {"x": xi})[0]
+        assert want.shape == (1, 2, 16, 16)
+        np.testing.assert_allclose(fp32.run({"x": xi})["y"], want, rtol=1e-5, atol=1e-5)
+    r = tvmq.build(model, tmp_path / "w8a8", plan="w8a8", stats=collect(model, x[:, 0]))
+    assert [i["reason"] for i in r.manifest_data["float_islands"]]
+    q = tvmq.load(r.library)
+    for xi in x[:4]:
+        got = q.run({"x": xi})["y"]
+        if r.program is not None:
+            np.testing.assert_array_equal(got, r.program.run([xi])[0])
+        want = ref.run(None, {"x": xi})[0]
+        assert 10 * np.log10((want ** 2).sum() / ((got - want) ** 2).sum()) > 25
+
+
+def test_a_linear_resize_tvm_would_compute_differently_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Linear ``Resize`` at scales that give no whole output size: TVM's importer takes its
+    coordinates from the sizes, ONNX from the scale; refused before any compile work."""
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", mode="linear")
+    model = _save(tmp_path / "m.onnx", [node], [numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32),
+                                                                        "scales")], [1, 3, 5, 5])
+    with pytest.raises(tvmq.TvmqError, match=r"^Resize node 'up': mode linear with scales \[1.0, 1.0, 1.5, 1.5\] "
+                                             r"that do not give a whole output size"):
+        tvmq.build(model, tmp_path / "out")

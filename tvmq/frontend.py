@@ -30,7 +30,7 @@ SUPPORTED_OPS = frozenset({
     "GlobalMaxPool", "ReduceMean", "Flatten", "Reshape", "Transpose", "Softmax", "HardSigmoid",
     "HardSwish", "Sigmoid", "Tanh", "PRelu", "LeakyRelu", "Pad", "Dropout", "Identity",
     "Constant", "ConstantOfShape", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "LRN",
-    "Slice", "Split", "Exp", "Sqrt", "Pow", "Neg", "Abs",
+    "Slice", "Split", "Exp", "Sqrt", "Pow", "Neg", "Abs", "Resize", "ConvTranspose",
 })
 
 LAYER_OPS = ("conv2d", "depthwise_conv2d", "dense")
@@ -56,6 +56,7 @@ CONSTANT_INPUTS: dict[str, dict[int, str]] = {
     "Unsqueeze": {1: "the axes"},
     "ConstantOfShape": {0: "the shape"},
     "Dropout": {2: "training_mode"},
+    "Resize": {1: "the roi", 2: "the scales", 3: "the sizes"},
 }
 
 
@@ -483,6 +484,13 @@ def _clean_graph(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
         if not og.fold_constants(g):
             break
     check_constant_inputs(g)
+    shapes = og.static_shapes(g)
+    _refuse([f"{_node_label(n)}: mode {og.attrs(n).get('mode', b'').decode()} with {form} is not supported "
+             f"(Resize: mode nearest in every form; linear and cubic without antialias, axes or an aspect "
+             f"policy, at scales that give whole output sizes)" for n, form in og.resize_problems(g, shapes)])
+    og.explicit_output_shape(g, shapes)
+    if og.resize_nearest_to_gathers(g, shapes) + og.conv_transpose_to_conv(g, shapes):
+        og.fold_constants(g)
     og.fold_into_conv(g)
     og.decompose_batch_norm(g)
     og.fold_constants(g)

@@ -367,3 +367,231 @@ def check_single_graph_domain(g: Graph) -> None:
            if n.domain not in ("", "ai.onnx")]
     if bad:
         raise UnsupportedModelError("custom-domain operators are not supported: " + ", ".join(bad))
+
+
+def _resize_source_coords(mode: str, x: np.ndarray, length_in: int, length_out: int,
+                          scale: np.float32) -> np.ndarray | None:
+    """ONNX ``Resize``'s ``coordinate_transformation_mode``: the input coordinate of every output
+    coordinate ``x`` (float32, in onnxruntime's order of operations); None for a mode this does
+    not compute (``tf_crop_and_resize``)."""
+    f = np.float32
+    half = f(0.5)
+    if mode == "half_pixel":
+        return (x + half) / scale - half
+    if mode == "half_pixel_symmetric":
+        adjustment = f(length_out) / (scale * f(length_in))
+        offset = f(length_in) / f(2) * (f(1) - adjustment)
+        return offset + (x + half) / scale - half
+    if mode == "pytorch_half_pixel":
+        return (x + half) / scale - half if length_out > 1 else np.zeros_like(x)
+    if mode == "align_corners":
+        return np.zeros_like(x) if length_out == 1 else x * f(length_in - 1) / f(length_out - 1)
+    if mode == "asymmetric":
+        return x / scale
+    return None
+
+
+def _nearest_index(mode: str, coord: np.ndarray, length_in: int) -> np.ndarray | None:
+    """ONNX ``Resize``'s ``nearest_mode`` on input coordinates, clamped into the input."""
+    if mode == "round_prefer_floor":  # a tie goes down, otherwise to nearest
+        tie = coord == np.trunc(coord) + np.float32(0.5)
+        idx = np.where(tie, np.floor(coord), np.sign(coord) * np.floor(np.abs(coord) + np.float32(0.5)))
+    elif mode == "round_prefer_ceil":  # std::round: ties away from zero
+        idx = np.sign(coord) * np.floor(np.abs(coord) + np.float32(0.5))
+    elif mode == "floor":
+        idx = np.floor(coord)
+    elif mode == "ceil":
+        idx = np.ceil(coord)
+    else:
+        return None
+    return np.clip(idx, 0, length_in - 1).astype(np.int64)
+
+
+def _text(value: object, default: str) -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def resize_problems(g: Graph, shapes: dict[str, tuple[int, ...]]) -> list[tuple[onnx.NodeProto, str]]:
+    """``(node, form)`` for each linear / cubic ``Resize`` in a form that TVM's importer computes
+    differently from ONNX (its coordinates use ``input / output`` sizes, not the given scale) or
+    not at all; ``nearest`` is computed by tvmq in every form (``resize_nearest_to_gathers``)."""
+    problems = []
+    for n in g.nodes:
+        a = attrs(n)
+        if n.op_type != "Resize" or _text(a.get("mode"), "nearest") == "nearest":
+            continue
+        coord_mode = _text(a.get("coordinate_transformation_mode"), "half_pixel")
+        scales = g.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        x_shape = shapes.get(n.input[0])
+        if a.get("antialias", 0):
+            problems.append((n, "antialias=1"))
+        elif coord_mode == "half_pixel_symmetric":
+            problems.append((n, "coordinate_transformation_mode half_pixel_symmetric"))
+        elif "axes" in a:
+            problems.append((n, "the axes attribute"))
+        elif _text(a.get("keep_aspect_ratio_policy"), "stretch") != "stretch":
+            problems.append((n, f"keep_aspect_ratio_policy {_text(a.get('keep_aspect_ratio_policy'), '')}"))
+        elif (scales is not None and scales.size and x_shape is not None and len(x_shape) == scales.size
+              and any(float(d) * float(s) != np.floor(float(d) * float(s))
+                      for d, s in zip(x_shape, scales.reshape(-1)))):
+            problems.append((n, f"scales {[round(float(v), 6) for v in scales.reshape(-1)]} that do not give a whole output size "
+                                f"for input {list(x_shape)}"))
+    return problems
+
+
+def resize_nearest_to_gathers(g: Graph, shapes: dict[str, tuple[int, ...]]) -> int:
+    """``Resize`` in mode ``nearest`` (opset 11 and later) with constant scales or sizes and a
+    static input becomes one ``Gather`` of constant indices per axis whose indices are not the
+    identity, the indices computed here as onnxruntime does (float32 coordinates, its rounding).
+    A selection of input elements: exact in fp32, and on uint8 codes an integer data movement in
+    quantized plans. Other modes (linear, cubic) and ``tf_crop_and_resize`` stay ``Resize``
+    (TVM's importer; the forms it gets wrong are refused by ``resize_problems``). Returns the
+    count rewritten."""
+    if g.opset < 11:
+        return 0
+    done = 0
+    kept: list[onnx.NodeProto] = []
+    for n in g.nodes:
+        a = attrs(n)
+        x_shape = shapes.get(n.input[0]) if n.op_type == "Resize" else None
+        coord_mode = _text(a.get("coordinate_transformation_mode"), "half_pixel")
+        consts = [g.consts.get(i) if i else None for i in list(n.input[1:4]) + [""] * (4 - len(n.input))]
+        scales, sizes = consts[1], consts[2]
+        given = [i for i in n.input[2:4] if i]
+        if (x_shape is None or _text(a.get("mode"), "nearest") != "nearest" or coord_mode == "tf_crop_and_resize"
+                or any(i not in g.consts for i in given)):
+            kept.append(n)
+            continue
+        rank = len(x_shape)
+        axes = [int(ax) % rank for ax in a.get("axes", range(rank))]
+        out_shape, scale = list(x_shape), [np.float32(1)] * rank
+        policy = _text(a.get("keep_aspect_ratio_policy"), "stretch")
+        if sizes is not None and sizes.size and policy != "stretch":  # one scale for every axis
+            ratios = [float(size) / x_shape[ax] for ax, size in zip(axes, sizes.reshape(-1))]
+            common = min(ratios) if policy == "not_larger" else max(ratios)
+            for ax in axes:
+                out_shape[ax] = int(common * x_shape[ax] + 0.5)  # (rounded half up)
+                scale[ax] = np.float32(common)
+        elif sizes is not None and sizes.size:
+            for ax, size in zip(axes, sizes.reshape(-1)):
+                out_shape[ax] = int(size)
+                scale[ax] = np.float32(size) / np.float32(x_shape[ax])
+        elif scales is not None and scales.size:
+            for ax, s in zip(axes, scales.reshape(-1).astype(np.float32)):
+                scale[ax] = np.float32(s)
+                out_shape[ax] = int(np.floor(np.float64(x_shape[ax]) * np.float64(s)))
+        else:
+            kept.append(n)
+            continue
+        indices = []
+        for ax in range(rank):
+            coords = _resize_source_coords(coord_mode, np.arange(out_shape[ax], dtype=np.float32),
+                                           x_shape[ax], out_shape[ax], scale[ax])
+            idx = None if coords is None or out_shape[ax] < 1 else _nearest_index(
+                _text(a.get("nearest_mode"), "round_prefer_floor"), coords, x_shape[ax])
+            indices.append(idx)
+        if any(i is None for i in indices):
+            kept.append(n)
+            continue
+        moved = [ax for ax in range(rank) if not np.array_equal(indices[ax], np.arange(x_shape[ax]))]
+        src = n.input[0]
+        if not moved:
+            kept.append(helper.make_node("Identity", [src], [n.output[0]], name=n.name))
+        for k, ax in enumerate(moved):
+            name = f"{n.name or n.output[0]}__resize{ax}"
+            g.consts[f"{name}_indices"] = indices[ax].astype(np.uint32)  # (unsigned: imported as a plain take)
+            out = n.output[0] if k == len(moved) - 1 else f"{name}_out"
+            kept.append(helper.make_node("Gather", [src, f"{name}_indices"], [out], name=name, axis=ax))
+            src = out
+        done += 1
+    g.nodes = kept
+    return done
+
+
+def explicit_output_shape(g: Graph, shapes: dict[str, tuple[int, ...]]) -> int:
+    """``ConvTranspose``'s ``output_shape`` (which TVM's importer ignores) rewritten as the
+    ``pads`` and ``output_padding`` it implies (ONNX: the total padding
+    ``stride (in - 1) + output_padding + (k - 1) dilation + 1 - out``, its larger half at the
+    beginning unless ``auto_pad`` is SAME_UPPER; a negative total is output padding: more output
+    rows at the end). Nodes whose input shape or kernel is not static keep it. Returns
+    the count rewritten."""
+    done = 0
+    for n in g.nodes:
+        a = attrs(n)
+        x_shape = shapes.get(n.input[0]) if n.op_type == "ConvTranspose" and "output_shape" in a else None
+        if x_shape is None or n.input[1] not in shapes:
+            continue
+        spatial = len(x_shape) - 2
+        kernel = list(a.get("kernel_shape", shapes[n.input[1]][2:]))
+        strides, dil = list(a.get("strides", [1] * spatial)), list(a.get("dilations", [1] * spatial))
+        extra = list(a.get("output_padding", [0] * spatial))
+        out = list(a["output_shape"])[-spatial:]
+        upper = _text(a.get("auto_pad"), "NOTSET") == "SAME_UPPER"
+        begin, end = [0] * spatial, [0] * spatial
+        for i in range(spatial):
+            total = strides[i] * (x_shape[2 + i] - 1) + extra[i] + (kernel[i] - 1) * dil[i] + 1 - out[i]
+            if total < 0:
+                extra[i] -= total
+            else:
+                small, big = total // 2, total - total // 2
+                begin[i], end[i] = (small, big) if upper else (big, small)
+        kept = [at for at in n.attribute if at.name not in ("auto_pad", "pads", "output_padding", "output_shape")]
+        del n.attribute[:]
+        n.attribute.extend(kept + [helper.make_attribute("pads", begin + end),
+                                   helper.make_attribute("output_padding", extra)])
+        done += 1
+    return done
+
+
+def conv_transpose_to_conv(g: Graph, shapes: dict[str, tuple[int, ...]]) -> int:
+    """A 2-D ``ConvTranspose`` whose kernel equals its stride (no padding, dilation, groups or
+    output padding: the input pixels' windows tile the output without overlap, as the 2x2
+    stride-2 upsampling of detection heads) becomes a 1x1 ``Conv`` to ``C_out kh kw`` channels
+    and a depth-to-space (``Reshape``, ``Transpose``, ``Reshape``): a layer tvmq quantizes and
+    runs on its conv kernels like any other, with the same sums (one product per input channel
+    for each output). Other forms stay ``ConvTranspose`` (TVM's importer; float in quantized
+    plans). Returns the count rewritten."""
+    done = 0
+    kept: list[onnx.NodeProto] = []
+    for n in g.nodes:
+        if n.op_type != "ConvTranspose" or len(n.input) < 2 or n.input[1] not in g.consts:
+            kept.append(n)
+            continue
+        a = attrs(n)
+        w = np.asarray(g.consts[n.input[1]])
+        x_shape = shapes.get(n.input[0])
+        bias = g.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if (w.ndim != 4 or x_shape is None or len(x_shape) != 4 or a.get("group", 1) != 1
+                or (len(n.input) > 2 and n.input[2] and bias is None)):
+            kept.append(n)
+            continue
+        cin, cout, kh, kw = w.shape
+        nb, _, h, wd = x_shape
+        plain = (list(a.get("strides", [1, 1])) == [kh, kw] and not any(a.get("pads", [0] * 4))
+                 and list(a.get("dilations", [1, 1])) == [1, 1] and not any(a.get("output_padding", [0, 0]))
+                 and list(a.get("output_shape", [h * kh, wd * kw]))[-2:] == [h * kh, wd * kw]
+                 and _text(a.get("auto_pad"), "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
+        if not plain:
+            kept.append(n)
+            continue
+        name = n.name or n.output[0]
+        g.consts[f"{name}__weight"] = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(cout * kh * kw, cin, 1, 1))
+        ins = [n.input[0], f"{name}__weight"]
+        if bias is not None:
+            g.consts[f"{name}__bias"] = np.repeat(np.asarray(bias).reshape(-1), kh * kw)
+            ins.append(f"{name}__bias")
+        g.consts[f"{name}__split"] = np.array([nb, cout, kh, kw, h, wd], np.int64)
+        g.consts[f"{name}__joined"] = np.array([nb, cout, h * kh, wd * kw], np.int64)
+        kept += [
+            helper.make_node("Conv", ins, [f"{name}__taps"], name=name, kernel_shape=[1, 1]),
+            helper.make_node("Reshape", [f"{name}__taps", f"{name}__split"], [f"{name}__split_out"],
+                             name=f"{name}__split"),
+            helper.make_node("Transpose", [f"{name}__split_out"], [f"{name}__spread"], name=f"{name}__spread",
+                             perm=[0, 1, 4, 2, 5, 3]),
+            helper.make_node("Reshape", [f"{name}__spread", f"{name}__joined"], [n.output[0]], name=f"{name}__joined"),
+        ]
+        done += 1
+    g.nodes = kept
+    return done

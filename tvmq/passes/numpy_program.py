@@ -27,6 +27,7 @@ MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
 PAD, STRIDED_SLICE = tvm.ir.Op.get("relax.nn.pad"), tvm.ir.Op.get("relax.strided_slice")
 CONCAT, ASTYPE = tvm.ir.Op.get("relax.concat"), tvm.ir.Op.get("relax.astype")
+TAKE = tvm.ir.Op.get("relax.take")
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,15 @@ def tensor_args(call: relax.Call) -> list[int]:
     return list(range(len(call.args)))
 
 
+def take_indices(call: relax.Call) -> tuple[np.ndarray, int] | None:
+    """``(indices, axis)`` of a take whose indices are a constant (a nearest ``Resize``'s
+    gathers, ``onnx_graph.resize_nearest_to_gathers``), else None."""
+    idx = call.args[1]
+    if not (isinstance(idx, tvm.ir.Constant) and hasattr(idx.value, "numpy")) or call.attrs.axis is None:
+        return None
+    return idx.value.numpy().astype(np.int64), int(call.attrs.axis) % len(call.args[0].ty.shape)
+
+
 def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
     """numpy for a float op between layers that gives TVM's result bit for bit (its legalized
     TOPI compute: one rounding per elementwise op, sums in loop order), as a function of the
@@ -202,4 +212,7 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
         return lambda x: x.astype(np.float32)
     if op == AVG_POOL and is_global_avg_pool(call):  # topi: the window sum, then one division
         return lambda x: reference.mean_in_order(x, [2, 3], True)
+    if op == TAKE and take_indices(call) is not None:
+        index, axis = take_indices(call)  # type: ignore[misc]
+        return lambda x, _: np.take(x, index, axis=axis)
     return None

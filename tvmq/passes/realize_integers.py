@@ -15,7 +15,7 @@ when the producer is an integer layer, else a ``quantize`` kernel with the calib
 byte, the same kernel after an in-kernel unpack; int32 bias with the input zero point folded in, dyadic requantization, ReLU / ReLU6 as clamp bounds, a residual branch rescaled in
 integers) producing uint8, and a ``dequantize`` for any float consumer. The ops between layers
 that have an integer form stay integer (``_int_passthrough``, ``_lookup``, ``_int_concat``,
-``_int_multiply``, ``_int_shuffle``: pooling, reshapes, slices, zero pads, concats, products,
+``_int_multiply``, ``_int_shuffle``: pooling, reshapes, slices, gathers, zero pads, concats, products,
 elementwise functions as lookup tables); ``DeadCodeElimination`` then drops every float twin
 nobody reads. Any other op runs in float32 between a dequantize and a quantize (a float
 island, ``Lowering.islands``), never a refusal. W8A16 layers read int16
@@ -63,8 +63,8 @@ from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, 
                             emit_float_layer, finish_module, float_call)
 from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU
 from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, PRELU, RESHAPE,
-                            STRIDED_SLICE, SUBTRACT, NumpyProgram, QTensor, avg_pool_geometry, float_op,
-                            is_global_avg_pool, max_pool_geometry, slice_index, tensor_args)
+                            STRIDED_SLICE, SUBTRACT, TAKE, NumpyProgram, QTensor, avg_pool_geometry, float_op,
+                            is_global_avg_pool, max_pool_geometry, slice_index, take_indices, tensor_args)
 
 # elementwise float ops evaluated on the 256 values of a uint8 tensor (``_IntRewriter._lookup``):
 # those numpy_program.float_op reproduces, and these (float64, rounded once to float32)
@@ -76,7 +76,7 @@ UNARY_TABLES: dict[Any, Callable[[np.ndarray], np.ndarray]] = {
 ELEMENTWISE = (ADD, SUBTRACT, MULTIPLY, DIVIDE, MAXIMUM, MINIMUM, RELU, CLIP, PRELU)
 
 # ops with an integer form on a quantized tensor (``_IntRewriter._int_passthrough``)
-INT_FORMS = (MEAN, RESHAPE, MAX_POOL, AVG_POOL, STRIDED_SLICE, PAD, PERMUTE)
+INT_FORMS = (MEAN, RESHAPE, MAX_POOL, AVG_POOL, STRIDED_SLICE, PAD, PERMUTE, TAKE)
 from .records import Island, Lowering
 
 if TYPE_CHECKING:  # (calibration sits above the passes: it compiles with them)
@@ -512,7 +512,7 @@ class _IntRewriter(relax.PyExprMutator):
             qt, made = gap, (gap.var, gap.layout)
         elif call.op in (AVG_POOL, MAX_POOL):
             made = self._int_window_pool(call, qt, out_shape)
-        elif call.op in (STRIDED_SLICE, PAD):
+        elif call.op in (STRIDED_SLICE, PAD, TAKE):
             made = self._int_data_movement(call, qt)
         elif call.op == PERMUTE:  # (a channel shuffle's transpose: in NCHW order)
             axes = None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
@@ -594,10 +594,20 @@ class _IntRewriter(relax.PyExprMutator):
         return v, layout
 
     def _int_data_movement(self, call: relax.Call, qt: QTensor) -> tuple[relax.Var, str] | None:
-        """A strided slice, or a constant pad whose value is 0.0 (the zero point stands for it
-        exactly), on the integer tensor in its own layout (axes mapped for NHWC)."""
+        """A strided slice, a take of constant indices, or a constant pad whose value is 0.0 (the
+        zero point stands for it exactly), on the integer tensor in its own layout (axes mapped
+        for NHWC)."""
         rank = len(self._shape(qt.var))
         axis = (lambda a: (0, 3, 1, 2)[a % 4]) if qt.layout == "NHWC" and rank == 4 else (lambda a: a % rank)
+        if call.op == TAKE:  # a gather of constant indices along one axis (a nearest resize)
+            taken = take_indices(call)
+            if taken is None:
+                return None
+            index, along = taken[0], axis(taken[1])
+            expr = relax.op.take(qt.var, relax.const(index.astype(np.int32)), axis=along)
+            v = self.builder_.emit(expr, name_hint="take_q")
+            self.program.record(v, lambda a: np.take(a, index, axis=along), [qt.var])
+            return v, qt.layout
         if call.op == STRIDED_SLICE:
             index = slice_index(call)
             if index is None:
