@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -325,6 +328,43 @@ def mean_in_order(x: np.ndarray, axes: list[int], keepdims: bool) -> np.ndarray:
     if keepdims:
         out = out.reshape([1 if d in axes else n for d, n in enumerate(x.shape)])
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _libm_expf() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6").expf
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return fn
+
+
+def has_libm_expf() -> bool:
+    """Whether the C library's ``expf`` is at hand (``libm_expf``)."""
+    return _libm_expf() is not None
+
+
+def libm_expf(x: np.ndarray) -> np.ndarray:
+    """``expf`` of the C library, element by element: the function a compiled float exp calls
+    (TVM's LLVM code calls ``expf`` through the PLT: the same libm, the same bits); numpy's own
+    ``exp`` rounds differently in some last places."""
+    fn = _libm_expf()
+    assert fn is not None, "no C library expf"
+    flat = np.asarray(x, np.float32).ravel()
+    return np.fromiter((fn(float(v)) for v in flat), np.float32, flat.size).reshape(np.shape(x))
+
+
+def softmax_in_order(x: np.ndarray, axis: int) -> np.ndarray:
+    """``relax.nn.softmax`` as TVM computes it in float32 (``topi.nn.softmax``): the maximum along
+    ``axis`` subtracted, ``expf`` (``libm_expf``), the sum from 0 in index order, one division."""
+    x = np.asarray(x, np.float32)
+    axis %= x.ndim
+    e = libm_expf(np.subtract(x, x.max(axis=axis, keepdims=True), dtype=np.float32))
+    total = np.zeros(tuple(1 if d == axis else n for d, n in enumerate(x.shape)), np.float32)
+    for j in range(x.shape[axis]):
+        total = np.add(total, np.take(e, [j], axis=axis), dtype=np.float32)
+    return np.divide(e, total, dtype=np.float32)
 
 
 # -- native bf16 kernels (AVX512-BF16 ``vdpbf16ps``), bit for bit ---------------------------------

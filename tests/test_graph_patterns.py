@@ -481,3 +481,19 @@ def test_a_linear_resize_tvm_would_compute_differently_is_refused_in_one_line(tm
     with pytest.raises(tvmq.TvmqError, match=r"^Resize node 'up': mode linear with scales \[1.0, 1.0, 1.5, 1.5\] "
                                              r"that do not give a whole output size"):
         tvmq.build(model, tmp_path / "out")
+
+
+def test_a_softmax_head_is_in_the_numpy_program(tmp_path: Path) -> None:
+    """A classifier ending in ``Exp`` and ``Softmax`` (float ops after the last layer): the
+    compiled code calls the C library's ``expf``, the numpy program calls the same one
+    (``reference.libm_expf``) and sums in the same order, so the library still equals it."""
+    rng = np.random.default_rng(23)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w1", "b1"], ["l"], name="fc", transB=1),
+             helper.make_node("Exp", ["l"], ["e"]), helper.make_node("Softmax", ["e"], ["y"], axis=-1)]
+    model = _save(tmp_path / "m.onnx", nodes, _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(10, 8), b1=(10,)),
+                  [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    _w8a8_equals_program(tmp_path, model, x)

@@ -27,7 +27,7 @@ MEAN, RESHAPE = tvm.ir.Op.get("relax.mean"), tvm.ir.Op.get("relax.reshape")
 MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.nn.avg_pool2d")
 PAD, STRIDED_SLICE = tvm.ir.Op.get("relax.nn.pad"), tvm.ir.Op.get("relax.strided_slice")
 CONCAT, ASTYPE = tvm.ir.Op.get("relax.concat"), tvm.ir.Op.get("relax.astype")
-TAKE = tvm.ir.Op.get("relax.take")
+TAKE, SOFTMAX, EXP = tvm.ir.Op.get("relax.take"), tvm.ir.Op.get("relax.nn.softmax"), tvm.ir.Op.get("relax.exp")
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,11 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
         return lambda x: x.astype(np.float32)
     if op == AVG_POOL and is_global_avg_pool(call):  # topi: the window sum, then one division
         return lambda x: reference.mean_in_order(x, [2, 3], True)
+    if op == SOFTMAX and reference.has_libm_expf():
+        axis = int(a.axis)
+        return lambda x: reference.softmax_in_order(x, axis)
+    if op == EXP and reference.has_libm_expf():
+        return reference.libm_expf
     if op == TAKE and take_indices(call) is not None:
         index, axis = take_indices(call)  # type: ignore[misc]
         return lambda x, _: np.take(x, index, axis=axis)
