@@ -259,6 +259,23 @@ def _madd(a: np.ndarray, b: np.ndarray, c: np.ndarray, fma: bool) -> np.ndarray:
     return c + np.asarray(a, np.float32) * np.asarray(b, np.float32)
 
 
+def matmul_in_order(a: np.ndarray, b: np.ndarray, fma: bool = True) -> np.ndarray:
+    """``relax.matmul`` of two float32 tensors as TVM's legalized compute runs it (numpy's
+    broadcasting and 1-D rules): each output accumulated from 0 over the reduction index in
+    order, a fused multiply-add each (``fma=False``: a multiply, then an add)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    acc = np.zeros(np.broadcast_shapes(a2.shape[:-1] + (1,), b2.shape[:-2] + (1, b2.shape[-1])), np.float32)
+    for k in range(a2.shape[-1]):
+        acc = _madd(a2[..., :, k:k + 1], b2[..., k:k + 1, :], acc, fma)
+    if b.ndim == 1:
+        acc = acc[..., 0]
+    if a.ndim == 1:
+        acc = acc[..., 0, :] if b.ndim > 1 else acc[..., 0]
+    return acc
+
+
 def _float_epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue,
                     residual: np.ndarray | None) -> np.ndarray:
     """``schedules.common.finish`` in float32: + bias (if the epilogue has one), + residual,
@@ -353,6 +370,21 @@ def libm_expf(x: np.ndarray) -> np.ndarray:
     assert fn is not None, "no C library expf"
     flat = np.asarray(x, np.float32).ravel()
     return np.fromiter((fn(float(v)) for v in flat), np.float32, flat.size).reshape(np.shape(x))
+
+
+def sigmoid_libm(x: np.ndarray) -> np.ndarray:
+    """TVM's float32 sigmoid on LLVM: ``1 / (1 + expf(0 - x))``, one rounding per operation."""
+    one = np.float32(1)
+    return np.divide(one, one + libm_expf(np.float32(0) - np.asarray(x, np.float32)), dtype=np.float32)
+
+
+def tanh_libm(x: np.ndarray) -> np.ndarray:
+    """TVM's float32 tanh on LLVM: ``(1 - expf(-2x)) / (1 + expf(-2x))`` for ``x >= 0``, else
+    ``(expf(2x) - 1) / (expf(2x) + 1)``, one rounding per operation."""
+    x = np.asarray(x, np.float32)
+    one = np.float32(1)
+    down, up = libm_expf(np.float32(-2) * x), libm_expf(np.float32(2) * x)
+    return np.where(x >= 0, (one - down) / (one + down), (up - one) / (up + one)).astype(np.float32)
 
 
 def softmax_in_order(x: np.ndarray, axis: int) -> np.ndarray:

@@ -497,3 +497,21 @@ def test_a_softmax_head_is_in_the_numpy_program(tmp_path: Path) -> None:
                   [1, 3, 8, 8])
     x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
     _w8a8_equals_program(tmp_path, model, x)
+
+
+@pytest.mark.parametrize("mode", ["edge", "reflect"])
+def test_an_edge_or_reflect_pad_copies_the_codes(tmp_path: Path, mode: str) -> None:
+    """``Pad`` in mode edge / reflect before a conv (Caffe-era exports, OpenNSFW): a copy of the
+    uint8 codes in their layout (no island), equal to the numpy program; fp32 equals onnxruntime."""
+    rng = np.random.default_rng(24)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Pad", ["r", "pads"], ["p"], mode=mode),
+             helper.make_node("Conv", ["p", "w1", "b1"], ["y"], name="conv1", strides=[2, 2])]
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(4, 8, 3, 3), b1=(4,)) + _ints(pads=[0, 0, 1, 2, 0, 0, 2, 1])
+    model = _save(tmp_path / "m.onnx", nodes, inits, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    fp32, ref = tvmq.load(tvmq.build(model, tmp_path / "fp32").library), ort_session(model)
+    for xi in x[:4]:
+        np.testing.assert_allclose(fp32.run({"x": xi})["y"], ref.run(None, {"x": xi})[0], rtol=1e-5, atol=1e-5)
+    assert _w8a8_equals_program(tmp_path, model, x)["float_islands"] == []

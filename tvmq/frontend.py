@@ -489,6 +489,7 @@ def _clean_graph(g: og.Graph, input_shapes: dict[str, tuple[int, ...]] | None,
              f"(Resize: mode nearest in every form; linear and cubic without antialias, axes or an aspect "
              f"policy, at scales that give whole output sizes)" for n, form in og.resize_problems(g, shapes)])
     og.explicit_output_shape(g, shapes)
+    og.unsigned_gather_indices(g, shapes)
     if og.resize_nearest_to_gathers(g, shapes) + og.conv_transpose_to_conv(g, shapes):
         og.fold_constants(g)
     og.fold_into_conv(g)
@@ -588,8 +589,8 @@ def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
 
 @contextlib.contextmanager
 def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
-    """Import ``Clip`` with constant bounds as ``relax.clip`` and a constant ``Pad`` as
-    ``relax.nn.pad`` (for the duration of one import).
+    """Import ``Clip`` with constant bounds as ``relax.clip`` and a ``Pad`` (constant, edge or
+    reflect) as ``relax.nn.pad`` (for the duration of one import).
 
     TVM 0.27's importer lowers both straight to TIR calls (``emit_te``): that hides ReLU6 from
     the epilogue fusion of ``LowerToKernels`` and costs a full extra pass over memory per layer
@@ -643,11 +644,13 @@ def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
     class Pad(original_pad):  # type: ignore[misc, valid-type]
         @classmethod
         def _lower_pad(cls, bb, inputs, attr, params, allowed_modes):  # type: ignore[no-untyped-def]
-            if attr.get("mode", b"constant").decode("utf-8") != "constant":
+            mode = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}.get(
+                attr.get("mode", b"constant").decode("utf-8"))
+            if mode is None:
                 return original_pad._lower_pad(bb, inputs, attr, params, allowed_modes)
             before, after, value = cls._parse_pads_and_axes(inputs, params)
             widths = [int(w) for pair in zip(before, after) for w in pair]
-            return relax.op.nn.pad(inputs[0], widths, "constant", float(value))
+            return relax.op.nn.pad(inputs[0], widths, mode, float(value or 0.0))
 
     def patched_map():  # type: ignore[no-untyped-def]
         table = original_map()

@@ -413,6 +413,29 @@ def _text(value: object, default: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def unsigned_gather_indices(g: Graph, shapes: dict[str, tuple[int, ...]]) -> int:
+    """``Gather`` with constant indices into a static axis: negative indices made positive and
+    the indices unsigned, which TVM's importer takes as they are (signed ones get a run-time
+    ``where(i < 0, i + dim, i)`` from the tensor's shape: ops the numpy program and the integer
+    data movement cannot see through). Out-of-range indices are left to the importer. Returns
+    the count rewritten."""
+    done = 0
+    for n in g.nodes:
+        x_shape = shapes.get(n.input[0]) if n.op_type == "Gather" and n.input[1] in g.consts else None
+        idx = np.asarray(g.consts[n.input[1]]) if x_shape else None
+        if idx is None or idx.dtype.kind != "i":
+            continue
+        dim = x_shape[attrs(n).get("axis", 0) % len(x_shape)]
+        fixed = np.where(idx < 0, idx + dim, idx)
+        if fixed.size and (fixed.min() < 0 or fixed.max() >= dim):
+            continue
+        name = f"{n.input[1]}__unsigned{dim}"
+        g.consts[name] = fixed.astype(np.uint32)
+        n.input[1] = name
+        done += 1
+    return done
+
+
 def resize_problems(g: Graph, shapes: dict[str, tuple[int, ...]]) -> list[tuple[onnx.NodeProto, str]]:
     """``(node, form)`` for each linear / cubic ``Resize`` in a form that TVM's importer computes
     differently from ONNX (its coordinates use ``input / output`` sizes, not the given scale) or

@@ -8,6 +8,7 @@ sums in loop order).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +29,9 @@ MAX_POOL, AVG_POOL = tvm.ir.Op.get("relax.nn.max_pool2d"), tvm.ir.Op.get("relax.
 PAD, STRIDED_SLICE = tvm.ir.Op.get("relax.nn.pad"), tvm.ir.Op.get("relax.strided_slice")
 CONCAT, ASTYPE = tvm.ir.Op.get("relax.concat"), tvm.ir.Op.get("relax.astype")
 TAKE, SOFTMAX, EXP = tvm.ir.Op.get("relax.take"), tvm.ir.Op.get("relax.nn.softmax"), tvm.ir.Op.get("relax.exp")
+SQUEEZE, EXPAND_DIMS = tvm.ir.Op.get("relax.squeeze"), tvm.ir.Op.get("relax.expand_dims")
+MATMUL, SIGMOID, TANH = tvm.ir.Op.get("relax.matmul"), tvm.ir.Op.get("relax.sigmoid"), tvm.ir.Op.get("relax.tanh")
+SQRT, SPLIT = tvm.ir.Op.get("relax.sqrt"), tvm.ir.Op.get("relax.split")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class NumpyProgram:
         self.aliases: dict[relax.Var, relax.Var] = {}
         self.params: list[relax.Var] = []
         self.outputs: list[relax.Var] = []
+        self.unsimulated: dict[relax.Var, str] = {}  # ops emitted without a numpy form, by name
 
     def record(self, var: relax.Var, fn: Callable[..., np.ndarray], inputs: list[relax.Var],
                *, is_float: bool = False) -> None:
@@ -69,30 +74,54 @@ class NumpyProgram:
             return False
         return True
 
+    def missing(self) -> list[str]:
+        """The ops on the way to an output that no recorded op reproduces (their names)."""
+        seen: set[relax.Var] = set()
+        lost: set[str] = set()
+
+        stack = list(self.outputs)
+        while stack:
+            v = self._resolve(stack.pop())
+            if v in seen or v in self.params:
+                continue
+            seen.add(v)
+            if v not in self.ops:
+                lost.add(self.unsimulated.get(v, "an op"))
+            else:
+                stack.extend(self.ops[v][1])
+        return sorted(lost)
+
     def _resolve(self, v: relax.Var) -> relax.Var:
         while v in self.aliases:
             v = self.aliases[v]
         return v
 
     def _deps(self, v: relax.Var, seen: set[relax.Var]) -> None:
-        v = self._resolve(v)
-        if v in seen or v in self.params:
-            return
-        seen.add(v)
-        for i in self.ops[v][1]:  # KeyError: an op tvmq does not simulate
-            self._deps(i, seen)
+        stack = [v]
+        while stack:
+            v = self._resolve(stack.pop())
+            if v in seen or v in self.params:
+                continue
+            seen.add(v)
+            stack.extend(self.ops[v][1])  # KeyError: an op tvmq does not simulate
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         env: dict[relax.Var, np.ndarray] = dict(zip(self.params, inputs))
-
-        def value(v: relax.Var) -> np.ndarray:
-            v = self._resolve(v)
-            if v not in env:
+        for out in self.outputs:  # depth first with an explicit stack (graphs deeper than Python's recursion)
+            stack = [self._resolve(out)]
+            while stack:
+                v = stack[-1]
+                if v in env:
+                    stack.pop()
+                    continue
                 fn, ins = self.ops[v]
-                env[v] = fn(*[value(i) for i in ins])
-            return env[v]
-
-        return [value(o) for o in self.outputs]
+                todo = [i for i in map(self._resolve, ins) if i not in env]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                env[v] = fn(*[env[self._resolve(i)] for i in ins])
+                stack.pop()
+        return [env[self._resolve(o)] for o in self.outputs]
 
 
 def max_pool_geometry(call: relax.Call, out_shape: tuple[int, ...]) -> tuple | None:
@@ -139,9 +168,22 @@ def slice_index(call: relax.Call) -> tuple[slice, ...] | None:
 def tensor_args(call: relax.Call) -> list[int]:
     """Positions of the tensor arguments of a float op (clip's bounds and reshape's shape are
     attributes, read by ``float_op``)."""
-    if call.op in (CLIP, RESHAPE, STRIDED_SLICE):
+    if call.op in (CLIP, RESHAPE, STRIDED_SLICE, SQUEEZE, EXPAND_DIMS):
         return [0]
     return list(range(len(call.args)))
+
+
+# pads that copy the tensor's own elements (relax's mode: numpy's), exact on any element type
+PAD_MODES = {"replicate": "edge", "reflect": "reflect"}
+
+
+def pad_pairs(call: relax.Call) -> list[tuple[int, int]]:
+    widths = [int(w) for w in call.attrs.pad_width]
+    return list(zip(widths[::2], widths[1::2]))
+
+
+def copy_pad(x: np.ndarray, pairs: list[tuple[int, int]], mode: str) -> np.ndarray:
+    return np.pad(x, pairs, mode=mode)  # type: ignore[call-overload]
 
 
 def take_indices(call: relax.Call) -> tuple[np.ndarray, int] | None:
@@ -153,14 +195,19 @@ def take_indices(call: relax.Call) -> tuple[np.ndarray, int] | None:
     return idx.value.numpy().astype(np.int64), int(call.attrs.axis) % len(call.args[0].ty.shape)
 
 
-def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
+def float_op(call: relax.Call, fma: bool = True) -> Callable[..., np.ndarray] | None:
     """numpy for a float op between layers that gives TVM's result bit for bit (its legalized
-    TOPI compute: one rounding per elementwise op, sums in loop order), as a function of the
-    call's tensor arguments; None for an op tvmq does not reproduce (or one on other types)."""
-    if str(getattr(call.ty, "dtype", "")) != "float32":
-        return None
+    TOPI compute: one rounding per elementwise op, sums in loop order, with fused multiply-adds
+    where the target has them: ``fma``), as a function of the call's tensor arguments; None
+    for an op tvmq does not reproduce (or one on other types)."""
     a = call.attrs
     op = call.op
+    if op == SPLIT and all(str(getattr(f, "dtype", "")) == "float32" for f in getattr(call.ty, "fields", [])):
+        axis, parts = int(a.axis), a.indices_or_sections  # (a tuple: its items are TupleGetItems)
+        cuts = int(parts) if hasattr(parts, "value") or isinstance(parts, int) else [int(i) for i in parts]
+        return lambda x: tuple(np.split(x, cuts, axis=axis))
+    if str(getattr(call.ty, "dtype", "")) != "float32":
+        return None
     if op == ADD:
         return lambda x, y: np.add(x, y, dtype=np.float32)
     if op == SUBTRACT:
@@ -183,7 +230,7 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
     if op == CLIP:
         lo, hi = np.float32(call.args[1].value), np.float32(call.args[2].value)
         return lambda x: np.maximum(np.minimum(x, hi), lo)
-    if op == RESHAPE:
+    if op in (RESHAPE, SQUEEZE, EXPAND_DIMS):
         shape = tuple(int(d) for d in call.ty.shape)
         return lambda x: x.reshape(shape)
     if op == PERMUTE:
@@ -202,6 +249,8 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
         widths = [int(w) for w in a.pad_width]
         pairs, value = list(zip(widths[::2], widths[1::2])), np.float32(float(a.pad_value))
         return lambda x: np.pad(x, pairs, constant_values=value)
+    if op == PAD and a.pad_mode in PAD_MODES:
+        return functools.partial(copy_pad, pairs=pad_pairs(call), mode=PAD_MODES[a.pad_mode])
     if op == STRIDED_SLICE:
         index = slice_index(call)
         return None if index is None else (lambda x: np.ascontiguousarray(x[index]))
@@ -212,11 +261,15 @@ def float_op(call: relax.Call) -> Callable[..., np.ndarray] | None:
         return lambda x: x.astype(np.float32)
     if op == AVG_POOL and is_global_avg_pool(call):  # topi: the window sum, then one division
         return lambda x: reference.mean_in_order(x, [2, 3], True)
+    if op == MATMUL:
+        return functools.partial(reference.matmul_in_order, fma=fma)
+    if op == SQRT:  # (sqrtss / vsqrtps and numpy: IEEE, correctly rounded)
+        return lambda x: np.sqrt(x, dtype=np.float32)
     if op == SOFTMAX and reference.has_libm_expf():
         axis = int(a.axis)
         return lambda x: reference.softmax_in_order(x, axis)
-    if op == EXP and reference.has_libm_expf():
-        return reference.libm_expf
+    if op in (EXP, SIGMOID, TANH) and reference.has_libm_expf():
+        return {EXP: reference.libm_expf, SIGMOID: reference.sigmoid_libm, TANH: reference.tanh_libm}[op]
     if op == TAKE and take_indices(call) is not None:
         index, axis = take_indices(call)  # type: ignore[misc]
         return lambda x, _: np.take(x, index, axis=axis)

@@ -62,9 +62,10 @@ from ..recipe import QuantizedLayer, int16_qmax, quantize_layer
 from .lower_kernels import (FloatCall, KernelCatalog, LayerMatch, LayerMatcher, const_value,
                             emit_float_layer, finish_module, float_call)
 from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU
-from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, PRELU, RESHAPE,
-                            STRIDED_SLICE, SUBTRACT, TAKE, NumpyProgram, QTensor, avg_pool_geometry, float_op,
-                            is_global_avg_pool, max_pool_geometry, slice_index, take_indices, tensor_args)
+from .numpy_program import (AVG_POOL, CONCAT, DIVIDE, MAX_POOL, MEAN, MULTIPLY, PAD, PAD_MODES, PRELU, RESHAPE,
+                            STRIDED_SLICE, SUBTRACT, TAKE, NumpyProgram, QTensor, avg_pool_geometry, copy_pad,
+                            float_op, is_global_avg_pool, max_pool_geometry, pad_pairs, slice_index, take_indices,
+                            tensor_args)
 
 # elementwise float ops evaluated on the 256 values of a uint8 tensor (``_IntRewriter._lookup``):
 # those numpy_program.float_op reproduces, and these (float64, rounded once to float32)
@@ -460,9 +461,17 @@ class _IntRewriter(relax.PyExprMutator):
         if isinstance(value, relax.Call) and (self._lookup(binding, value) or self._int_concat(binding, value)
                                               or self._int_multiply(binding, value)):
             return
-        fn = float_op(value) if isinstance(value, relax.Call) else None
+        if isinstance(value, relax.TupleGetItem):  # an item of a split: recorded where the split is
+            super().visit_var_binding_(binding)
+            tup, index = self.visit_expr(value.tuple_value), int(value.index)
+            if isinstance(tup, relax.Var):
+                self.program.record(self.visit_expr(binding.var), lambda t: t[index], [tup], is_float=True)
+            return
+        fn = float_op(value, self.owner.catalog.features.fused_multiply_add) if isinstance(value, relax.Call) else None
         if fn is None:
             super().visit_var_binding_(binding)
+            if isinstance(value, relax.Call):  # (what the numpy program lacks, named in the build's note)
+                self.program.unsimulated[self.visit_expr(binding.var)] = _op_name(value)
             return
         # a float op tvmq reproduces: re-emitted as it is, and recorded for the numpy program
         new_call = self.visit_expr(value)
@@ -621,14 +630,18 @@ class _IntRewriter(relax.PyExprMutator):
             fn: Callable[[np.ndarray], np.ndarray] = lambda a: np.ascontiguousarray(a[tuple(moved)])
         else:
             attrs = call.attrs
-            if attrs.pad_mode != "constant" or float(attrs.pad_value) != 0.0:
+            if attrs.pad_mode not in PAD_MODES and (attrs.pad_mode != "constant" or float(attrs.pad_value) != 0.0):
                 return None
-            pairs = list(zip([int(w) for w in attrs.pad_width][::2], [int(w) for w in attrs.pad_width][1::2]))
             moved_pairs = [(0, 0)] * rank
-            for a, pair in enumerate(pairs):
+            for a, pair in enumerate(pad_pairs(call)):
                 moved_pairs[axis(a)] = pair
-            expr = relax.op.nn.pad(qt.var, [w for pair in moved_pairs for w in pair], "constant", float(qt.zp))
-            fn = lambda a: np.pad(a, moved_pairs, constant_values=np.uint8(qt.zp))  # noqa: E731
+            widths = [w for pair in moved_pairs for w in pair]
+            if attrs.pad_mode in PAD_MODES:  # edge / reflect: copies of the codes themselves
+                expr = relax.op.nn.pad(qt.var, widths, attrs.pad_mode)
+                fn = functools.partial(copy_pad, pairs=moved_pairs, mode=PAD_MODES[attrs.pad_mode])
+            else:
+                expr = relax.op.nn.pad(qt.var, widths, "constant", float(qt.zp))
+                fn = lambda a: np.pad(a, moved_pairs, constant_values=np.uint8(qt.zp))  # noqa: E731
         v = self.builder_.emit(expr, name_hint="slice_q" if call.op == STRIDED_SLICE else "pad_q")
         self.program.record(v, fn, [qt.var])
         return v, qt.layout
@@ -893,11 +906,15 @@ class RealizeIntegers:
         new_main = rw.visit_expr(mod["main"])
         program = rw.program
         program.params = list(new_main.params)
+        tuples: dict[relax.Var, relax.Tuple] = {}  # (a model's outputs, bound as one tuple)
         for block in new_main.body.blocks:
             for b in block.bindings:
                 if isinstance(b.value, relax.Var):
                     program.aliases[b.var] = b.value
+                elif isinstance(b.value, relax.Tuple):
+                    tuples[b.var] = b.value
         body = new_main.body.body
+        body = tuples.get(program._resolve(body), body) if isinstance(body, relax.Var) else body
         program.outputs = list(body.fields) if isinstance(body, relax.Tuple) else [body]
         self.record.program = program
         self.record.islands = _islands(new_main, rw)
