@@ -1,10 +1,12 @@
-"""Boundary kernels (quantize, dequantize, integer average pool) bit-exact against numpy."""
+"""Boundary kernels (quantize, dequantize, integer pooling, gathers and pads of codes) bit-exact against numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tvm import te
 
 from schedules import elementwise, reference
@@ -164,3 +166,41 @@ def test_shuffle_lookup_equals_the_table(shape: tuple[int, ...]) -> None:
         out = tvm.runtime.empty(shape, "uint8")
         ex(tvm.runtime.tensor(q), tvm.runtime.tensor(table), out)
         np.testing.assert_array_equal(out.numpy(), table[0][q])
+
+
+@given(shape=st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(2, 9), st.integers(2, 9)),
+       axis=st.integers(0, 3), data=st.data())
+@settings(max_examples=10, deadline=None)
+def test_integer_gather_and_copy_pads_equal_numpy(shape: tuple[int, ...], axis: int, data: st.DataObject) -> None:
+    """The integer forms of a nearest ``Resize`` (a take of constant indices) and of edge /
+    reflect ``Pad`` (``RealizeIntegers._int_data_movement``) on uint8 codes, legalized and
+    scheduled as in a model build, equal ``np.take`` / ``np.pad`` (``numpy_program.copy_pad``)
+    over drawn shapes, indices and widths."""
+    from tvm import relax
+
+    from tvmq.passes.numpy_program import copy_pad
+    from tvmq.passes.schedule_generic import ScheduleGeneric
+
+    rng = np.random.default_rng(len(shape) * 7 + axis)
+    q = rng.integers(0, 256, shape).astype(np.uint8)
+    index = np.array(data.draw(st.lists(st.integers(0, shape[axis] - 1), min_size=1, max_size=12)), np.int32)
+    widths = [data.draw(st.integers(0, d - 1)) for d in shape for _ in range(2)]  # (reflect: below the size)
+    mode = data.draw(st.sampled_from(["replicate", "reflect"]))
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            taken = bb.emit(relax.op.take(x, relax.const(index), axis=axis))
+            padded = bb.emit(relax.op.nn.pad(x, widths, mode))
+            out = bb.emit_output(relax.Tuple([taken, padded]))
+        bb.emit_func_output(out)
+    features = HOST.with_isa(LEVELS[0])
+    target = tvm.target.Target(features.target_json())
+    with target:
+        mod = ScheduleGeneric(features.fp32_lanes)(relax.transform.LegalizeOps()(bb.get()))
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    got_take, got_pad = vm["main"](tvm.runtime.tensor(q))
+    np.testing.assert_array_equal(got_take.numpy(), np.take(q, index, axis=axis))
+    pairs = list(zip(widths[::2], widths[1::2]))
+    numpy_mode = {"replicate": "edge", "reflect": "reflect"}[mode]
+    np.testing.assert_array_equal(got_pad.numpy(), copy_pad(q, pairs, numpy_mode))

@@ -459,8 +459,8 @@ def resize_problems(g: Graph, shapes: dict[str, tuple[int, ...]]) -> list[tuple[
         elif (scales is not None and scales.size and x_shape is not None and len(x_shape) == scales.size
               and any(float(d) * float(s) != np.floor(float(d) * float(s))
                       for d, s in zip(x_shape, scales.reshape(-1)))):
-            problems.append((n, f"scales {[round(float(v), 6) for v in scales.reshape(-1)]} that do not give a whole output size "
-                                f"for input {list(x_shape)}"))
+            given = [round(float(v), 6) for v in scales.reshape(-1)]
+            problems.append((n, f"scales {given} that do not give a whole output size for input {list(x_shape)}"))
     return problems
 
 

@@ -3,7 +3,9 @@
 ``RealizeIntegers`` records every op it emits (``NumpyProgram.record``): the integer ops, the
 float layers in their kernels' summation order, and the float ops between layers that
 ``float_op`` reproduces exactly (TVM's legalized TOPI compute: one rounding per elementwise op,
-sums in loop order).
+sums in loop order, a matmul's fused multiply-adds; exp, sigmoid, tanh and softmax through the C
+library's ``expf``, which the compiled code calls). Quantized builds do not fuse these ops (one
+PrimFunc each: ``compiler.lowering_passes``), so no multiply and add are contracted across them.
 """
 
 from __future__ import annotations
