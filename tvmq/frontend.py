@@ -589,8 +589,9 @@ def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
 
 @contextlib.contextmanager
 def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
-    """Import ``Clip`` with constant bounds as ``relax.clip`` and a ``Pad`` (constant, edge or
-    reflect) as ``relax.nn.pad`` (for the duration of one import).
+    """Import ``Clip`` with constant bounds as ``relax.clip``, a ``Pad`` (constant, edge or
+    reflect) as ``relax.nn.pad`` and a ``Gather`` of unsigned constant indices as one
+    ``relax.take`` (for the duration of one import).
 
     TVM 0.27's importer lowers both straight to TIR calls (``emit_te``): that hides ReLU6 from
     the epilogue fusion of ``LowerToKernels`` and costs a full extra pass over memory per layer
@@ -604,6 +605,7 @@ def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
     original_map = of._get_convert_map
     original_clip = original_map()["Clip"]
     original_pad = original_map()["Pad"]
+    original_gather = original_map()["Gather"]
 
     def _bound(expr: Any, attr_value: Any, default: float) -> float | None:
         if expr is None:
@@ -652,10 +654,22 @@ def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
             widths = [int(w) for pair in zip(before, after) for w in pair]
             return relax.op.nn.pad(inputs[0], widths, mode, float(value or 0.0))
 
+    class Gather(original_gather):  # type: ignore[misc, valid-type]
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):  # type: ignore[no-untyped-def]
+            data, indices = inputs[0], inputs[1]
+            if (isinstance(indices, tvm_ir_constant()) and str(indices.value.dtype).startswith("uint")
+                    and not isinstance(data, relax.ShapeExpr)):
+                # (onnx_graph.unsigned_gather_indices: in range by construction; "clip" keeps
+                # TOPI from warning, once per take, that "fast" trusts them)
+                return relax.op.take(data, indices, attr.get("axis", 0), mode="clip")
+            return original_gather._impl_v13(bb, inputs, attr, params)
+
     def patched_map():  # type: ignore[no-untyped-def]
         table = original_map()
         table["Clip"] = Clip
         table["Pad"] = Pad
+        table["Gather"] = Gather
         return table
 
     of._get_convert_map = patched_map

@@ -613,7 +613,7 @@ class _IntRewriter(relax.PyExprMutator):
             if taken is None:
                 return None
             index, along = taken[0], axis(taken[1])
-            expr = relax.op.take(qt.var, relax.const(index.astype(np.int32)), axis=along)
+            expr = relax.op.take(qt.var, relax.const(index.astype(np.int32)), axis=along, mode="clip")
             v = self.builder_.emit(expr, name_hint="take_q")
             self.program.record(v, lambda a: np.take(a, index, axis=along), [qt.var])
             return v, qt.layout
