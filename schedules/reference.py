@@ -347,19 +347,37 @@ def mean_in_order(x: np.ndarray, axes: list[int], keepdims: bool) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _libm_expf() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+@functools.lru_cache(maxsize=2)
+def _libm(name: str, args: int) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     try:
-        fn = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6").expf
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6"), name)
     except (OSError, AttributeError):
         return None
-    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float] * args
     return fn
 
 
+def _libm_expf() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    return _libm("expf", 1)
+
+
 def has_libm_expf() -> bool:
-    """Whether the C library's ``expf`` is at hand (``libm_expf``)."""
-    return _libm_expf() is not None
+    """Whether the C library's ``expf`` (and ``powf``) is at hand (``libm_expf``)."""
+    return _libm_expf() is not None and _libm("powf", 2) is not None
+
+
+def power_llvm(x: np.ndarray, exponent: float) -> np.ndarray:
+    """``x ** exponent`` (a constant) as LLVM compiles ``pow`` with it: ``x * x`` for 2,
+    ``|sqrt(x)|`` (and +inf at -inf) for 0.5, the C library's ``powf`` otherwise."""
+    x = np.asarray(x, np.float32)
+    if exponent == 2.0:
+        return x * x
+    if exponent == 0.5:
+        return np.where(x == -np.inf, np.float32(np.inf), np.abs(np.sqrt(x))).astype(np.float32)
+    fn, e = _libm("powf", 2), float(np.float32(exponent))
+    assert fn is not None, "no C library powf"
+    flat = x.ravel()
+    return np.fromiter((fn(float(v), e) for v in flat), np.float32, flat.size).reshape(x.shape)
 
 
 def libm_expf(x: np.ndarray) -> np.ndarray:

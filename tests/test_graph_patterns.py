@@ -515,3 +515,27 @@ def test_an_edge_or_reflect_pad_copies_the_codes(tmp_path: Path, mode: str) -> N
     for xi in x[:4]:
         np.testing.assert_allclose(fp32.run({"x": xi})["y"], ref.run(None, {"x": xi})[0], rtol=1e-5, atol=1e-5)
     assert _w8a8_equals_program(tmp_path, model, x)["float_islands"] == []
+
+
+def test_a_layer_norm_of_float_ops_is_in_the_numpy_program(tmp_path: Path) -> None:
+    """LayerNorm exported as ops (SVTR / PP-OCRv4's recognizer): ``ReduceMean``, ``Sub``,
+    ``Pow`` 2 (LLVM folds it to ``x * x``), ``Sqrt``, ``Div`` after a layer, a float island
+    the numpy program reproduces (and ``Pow`` 3 through the C library's ``powf``)."""
+    rng = np.random.default_rng(25)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["c"], ["mu"], axes=[1]),
+             helper.make_node("Sub", ["c", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]),
+             helper.make_node("Pow", ["n", "three"], ["n3"]),
+             helper.make_node("Conv", ["n3", "w1", "b1"], ["y"], name="conv1")]
+    consts = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("two", 2.0), ("three", 3.0),
+                                                                              ("eps", 1e-5))]
+    model = _save(tmp_path / "m.onnx", nodes, _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(4, 8, 1, 1), b1=(4,))
+                  + consts, [1, 3, 8, 8])
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    manifest = _w8a8_equals_program(tmp_path, model, x, min_sqnr=15)
+    assert {o["op"] for island in manifest["float_islands"] for o in island["ops"]} >= {"power", "sqrt"}

@@ -159,6 +159,7 @@ def test_fp32_ops_between_convs_run_channels_last(tmp_path: Path) -> None:
 # equals its numpy program bit for bit where it has one
 WHOLE_MODELS = ["fmnist", "mobilenetv2", *(f"light_{n}" for n in ("squeezenet", "shufflenet", "resnet50",
                                                                   "densenet121", "inception_v1", "inception_v2"))]
+WITH_LRN = {"light_inception_v1"}
 # 2.5-7.5 minutes each on 2 busy cores (densenet121: 120 layers): outside the default suite
 HEAVY = {"light_resnet50", "light_densenet121", "light_inception_v1", "light_inception_v2"}
 
@@ -200,11 +201,12 @@ def test_a_whole_model_compiles_at_w8a8_w4a8_and_a_mixed_plan_under_a_size_budge
         got = m.run({input_name: x[:1]})
         assert all(np.isfinite(v).all() for v in got.values())
         # the numpy program, where one exists: the uniform W8A8 and W4A8 builds have one (a
-        # softmax ending the model included: reference.softmax_in_order); a mixed plan whose
-        # float island ends in a global mean has none (densenet121: a bf16 layer inside its
-        # last dense block)
+        # softmax ending the model included: reference.softmax_in_order) but where an LRN lies
+        # before the output (TVM imports it as a 3-D average pool over channels: no numpy form
+        # yet); a mixed plan whose float island ends in a global mean has none (densenet121: a
+        # bf16 layer inside its last dense block)
         if r is not mixed.build:
-            assert r.program is not None, name
+            assert (r.program is None) == (name in WITH_LRN), name
         if r.program is not None:
             for value, want in zip(got.values(), r.program.run([x[:1]])):
                 np.testing.assert_array_equal(value, want)

@@ -338,7 +338,8 @@ def float_call(m: LayerMatch, precision: str, catalog: KernelCatalog, record: Lo
     def simulate(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         """numpy, bit for bit: this kernel's summation order and roundings (NCHW in and out)."""
         nchw_out = tuple(m.workload.out_shape[i] for i in from_kernel) if len(out_shape) == 4 else out_shape
-        res = None if residual is None else residual.reshape(nchw_out).transpose(to_kernel)
+        res = None if residual is None else residual.reshape(nchw_out)
+        res = res.transpose(to_kernel) if res is not None and res.ndim == 4 else res
         x = x.reshape(in_shape).transpose(to_kernel) if len(in_shape) == 4 else x.reshape(in_shape)
         y = kernel.float_reference(m.workload, cfg, x, m.weight, m.bias, res, fma=features.fused_multiply_add)
         return (y.transpose(from_kernel) if y.ndim == 4 else y).reshape(out_shape)

@@ -21,7 +21,7 @@ from tvm import relax
 from schedules import reference
 
 from ..errors import TvmqError
-from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU
+from .lower_kernels import ADD, CLIP, MAXIMUM, MINIMUM, PERMUTE, RELU, const_value
 
 MULTIPLY, SUBTRACT = tvm.ir.Op.get("relax.multiply"), tvm.ir.Op.get("relax.subtract")
 DIVIDE, PRELU = tvm.ir.Op.get("relax.divide"), tvm.ir.Op.get("relax.nn.prelu")
@@ -33,7 +33,7 @@ CONCAT, ASTYPE = tvm.ir.Op.get("relax.concat"), tvm.ir.Op.get("relax.astype")
 TAKE, SOFTMAX, EXP = tvm.ir.Op.get("relax.take"), tvm.ir.Op.get("relax.nn.softmax"), tvm.ir.Op.get("relax.exp")
 SQUEEZE, EXPAND_DIMS = tvm.ir.Op.get("relax.squeeze"), tvm.ir.Op.get("relax.expand_dims")
 MATMUL, SIGMOID, TANH = tvm.ir.Op.get("relax.matmul"), tvm.ir.Op.get("relax.sigmoid"), tvm.ir.Op.get("relax.tanh")
-SQRT, SPLIT = tvm.ir.Op.get("relax.sqrt"), tvm.ir.Op.get("relax.split")
+SQRT, SPLIT, POWER = tvm.ir.Op.get("relax.sqrt"), tvm.ir.Op.get("relax.split"), tvm.ir.Op.get("relax.power")
 
 
 @dataclass(frozen=True)
@@ -265,6 +265,9 @@ def float_op(call: relax.Call, fma: bool = True) -> Callable[..., np.ndarray] | 
         return lambda x: reference.mean_in_order(x, [2, 3], True)
     if op == MATMUL:
         return functools.partial(reference.matmul_in_order, fma=fma)
+    exponent = const_value(call.args[1]) if op == POWER else None
+    if exponent is not None and exponent.size == 1 and reference.has_libm_expf():  # a constant exponent
+        return lambda x, _: reference.power_llvm(x, float(exponent.reshape(())))
     if op == SQRT:  # (sqrtss / vsqrtps and numpy: IEEE, correctly rounded)
         return lambda x: np.sqrt(x, dtype=np.float32)
     if op == SOFTMAX and reference.has_libm_expf():
