@@ -15,7 +15,7 @@ when the producer is an integer layer, else a ``quantize`` kernel with the calib
 byte, the same kernel after an in-kernel unpack; int32 bias with the input zero point folded in, dyadic requantization, ReLU / ReLU6 as clamp bounds, a residual branch rescaled in
 integers) producing uint8, and a ``dequantize`` for any float consumer. The ops between layers
 that have an integer form stay integer (``_int_passthrough``, ``_lookup``, ``_int_concat``,
-``_int_multiply``, ``_int_shuffle``: pooling, reshapes, slices, gathers, zero pads, concats, products,
+``_int_multiply``, ``_int_shuffle``: pooling, reshapes, slices, gathers, pads, concats, products,
 elementwise functions as lookup tables); ``DeadCodeElimination`` then drops every float twin
 nobody reads. Any other op runs in float32 between a dequantize and a quantize (a float
 island, ``Lowering.islands``), never a refusal. W8A16 layers read int16
@@ -510,8 +510,9 @@ class _IntRewriter(relax.PyExprMutator):
     def _int_passthrough(self, binding: relax.VarBinding, call: relax.Call, x: relax.Var) -> bool:
         """An op on an integer tensor that has an exact integer form stays integer: pooling
         (global average pooling into its consumer's quantization, the others at the input's),
-        reshapes and transposes, strided slices, a zero pad with the zero point; False where
-        this form has none (the op then runs in float, a float island)."""
+        reshapes and transposes, strided slices, takes of constant indices (nearest resizes), a
+        zero pad with the zero point, edge / reflect pads; False where this form has none (the op
+        then runs in float, a float island)."""
         qt = self.q[x]
         out_shape = self._shape(binding.var)
         if call.op == MEAN or (call.op == AVG_POOL and is_global_avg_pool(call)):
