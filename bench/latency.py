@@ -53,7 +53,7 @@ NARROW = "tvmq W8A8 narrow"
 
 def mode_of(args: argparse.Namespace) -> dict[str, Any]:
     """``MODES[precision]`` with one more tvmq W8A8 variant per ``--isa`` (a build for that ISA
-    level, untuned) and with ``--narrow-weights`` (the recipe's 7-bit conv weights), after the
+    level, untuned) and with ``--narrow-weights`` (the recipe's pair-fitted conv weights), after the
     untuned build, and their ratios to the int8 rivals."""
     mode = MODES[args.precision]
     if not getattr(args, "isa_list", None) and not getattr(args, "narrow_weights", False):
@@ -261,7 +261,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="w8a8: also a tvmq W8A8 build for this ISA level (untuned; repeatable), e.g. "
                         "avx512_vnni beside the host's amx")
     p.add_argument("--narrow-weights", action="store_true",
-                   help="w8a8: also a tvmq W8A8 build with the recipe's narrow (7-bit) conv weights, which "
+                   help="w8a8: also a tvmq W8A8 build with the recipe's narrow (pair-fitted) conv weights, which "
                         "take vpmaddubsw on AVX2 (tvmq compile --narrow-weights)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.repeat < 1 or args.warmup < 0 or args.calib < 1:

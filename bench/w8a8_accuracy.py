@@ -61,7 +61,7 @@ def tvmq_rows(args: Any, x: np.ndarray, stats: Any, tmp: Path) -> list[dict[str,
     for spec, method, requant in ([("w8a8", m, q) for m in args.methods.split(",") if m for q in requants]
                                   + [(p, "percentile", requants[0]) for p in args.plans.split(",") if p]):
         t = time.perf_counter()
-        if spec == "w8a8-narrow":  # 7-bit conv weights: vpmaddubsw on AVX2 (tvmq.recipe.weight_bits)
+        if spec == "w8a8-narrow":  # pair-fitted conv weights: vpmaddubsw on AVX2 (tvmq.recipe.pair_fit)
             from tvmq.recipe import with_recipe  # deferred: imports TVM
 
             spec_stats = with_recipe(stats, narrow_weights=True)
@@ -98,7 +98,7 @@ def main() -> int:
                            methods=("percentile,mse", "W8A8 rows: activation range methods"),
                            plans=("w8a16,w4a8,mixed,bf16", "more tvmq rows (percentile ranges): uniform "
                                   "specs, 'mixed' (W4A8, depthwise, first, last W8A8) or 'w8a8-narrow' "
-                                  "(W8A8, 7-bit conv weights); '' for none"),
+                                  "(W8A8, pair-fitted conv weights); '' for none"),
                            check=(20, "images checked bit-exact vs simulation"),
                            requant=("float", "tvmq's requantization(s), float and/or dyadic: W8A8 rows "
                                     "for each; the extra plans take the first"))

@@ -233,6 +233,29 @@ def activation_params(lo: float, hi: float, bits: int = 8, signed: bool = False)
 PAIR_LIMIT = 128
 
 
+def pair_sums(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(positive, negative)`` part sums of the pairs (0, 1), (2, 3), ... of the last axis
+    (an odd last channel paired with 0)."""
+    if w.shape[-1] % 2:
+        w = np.concatenate([w, np.zeros(w.shape[:-1] + (1,), w.dtype)], axis=-1)
+    a, b = w[..., 0::2], w[..., 1::2]
+    return np.maximum(a, 0) + np.maximum(b, 0), np.maximum(-a, 0) + np.maximum(-b, 0)
+
+
+def pair_fit_scales(w: np.ndarray) -> np.ndarray:
+    """Per-output-channel scales of conv weights ``w`` (OIHW) at which 8-bit rounding gives
+    weights ``vpmaddubsw`` is exact on (``pairs_fit_int16`` over input-channel pairs): each
+    channel's step set by the larger of its largest weight and its largest same-signed pair
+    sum, over 127. Rounding then adds at most 1/2 to each, so a pair sums to at most 128. A
+    channel loses at most one bit (a pair of two maximal weights), most lose a fraction of one;
+    7-bit weights (every channel at -63..63) would lose one everywhere."""
+    flat = np.moveaxis(np.asarray(w, np.float64), 1, -1).reshape(w.shape[0], -1, w.shape[1])
+    pos, neg = pair_sums(flat)
+    amax = np.abs(flat).reshape(w.shape[0], -1).max(axis=1)
+    top = np.maximum(amax, np.maximum(pos, neg).reshape(w.shape[0], -1).max(axis=1))
+    return np.where(top > 0, top / 127, 1.0)
+
+
 def pairs_fit_int16(packed: np.ndarray, pair_axis: int = -1) -> bool:
     """Whether ``vpmaddubsw`` is exact on int8 weights ``packed`` whose ``pair_axis`` holds
     consecutive input channels, paired (0, 1), (2, 3), ...: for any uint8 activations the pair
@@ -240,9 +263,7 @@ def pairs_fit_int16(packed: np.ndarray, pair_axis: int = -1) -> bool:
     pair sum to at most 128 (255 x 128 = 32640 <= 32767). Always true of int4 weights; false of
     most full-range int8 weights (why W8A8 keeps ``vpmaddwd``, ``schedules.intrinsics``)."""
     w = np.moveaxis(np.asarray(packed, np.int32), pair_axis, -1)
-    if w.shape[-1] % 2:
-        w = np.concatenate([w, np.zeros(w.shape[:-1] + (1,), np.int32)], axis=-1)
-    a, b = w[..., 0::2], w[..., 1::2]
-    pos = np.maximum(a, 0) + np.maximum(b, 0)
-    neg = np.maximum(-a, 0) + np.maximum(-b, 0)
-    return bool(w.size == 0 or max(int(pos.max()), int(neg.max())) <= PAIR_LIMIT)
+    if w.size == 0:
+        return True
+    pos, neg = pair_sums(w)
+    return max(int(pos.max()), int(neg.max())) <= PAIR_LIMIT

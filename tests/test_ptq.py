@@ -159,6 +159,52 @@ def test_gptq_has_less_output_error_than_rounding_to_nearest(bits: int, groups: 
     assert out_err(q) < 0.8 * out_err(q_rtn), (out_err(q), out_err(q_rtn))
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_pair_constrained_gptq_keeps_vpmaddubsw_exact(clip: bool) -> None:
+    """``pairs``: the rounded weights of an ungrouped conv fit ``vpmaddubsw`` (every same-signed
+    input-channel pair at most 128; odd channel counts too) at any scale, also where plain
+    GPTQ would not, and the output error stays far below 7-bit weights' (the alternative)."""
+    rng = np.random.default_rng(11)
+    k, c, taps, n = 16, 7, 3, 3000
+    d = c * taps * taps
+    x = rng.standard_normal((1, d, n)) + 0.5 * rng.standard_normal((1, 1, n))  # correlated inputs
+    h = np.matmul(x, x.transpose(0, 2, 1))
+    w = rng.standard_normal((k, c, taps, taps)) * np.where(rng.random((k, c, taps, taps)) < 0.1, 4, 1)
+    s = quant.pair_fit_scales(w)
+    w2 = w.reshape(k, d)
+
+    def out_err(q: np.ndarray, sc: np.ndarray) -> float:
+        return float(np.sum(np.matmul(q.reshape(k, d) * sc[:, None] - w2, x[0]) ** 2))
+
+    if clip:
+        q, s = gptq_clip_round(w, s, 8, h, pairs=True)
+    else:
+        q = gptq_round(w, s, 8, h, pairs=True)
+        assert not quant.pairs_fit_int16(np.moveaxis(gptq_round(w, s * 0.7, 8, h), 1, -1))
+        q_tight = gptq_round(w, s * 0.7, 8, h, pairs=True)  # a step the pairs do not fit: clipped
+        assert quant.pairs_fit_int16(np.moveaxis(q_tight, 1, -1))
+    assert q.dtype == np.int8 and np.abs(q).max() <= 127
+    assert quant.pairs_fit_int16(np.moveaxis(q, 1, -1))
+    q7, s7 = quant.quantize_weights(w, 7)
+    assert out_err(q, s) < 0.5 * out_err(q7, s7)
+    with pytest.raises(ValueError, match="ungrouped"):
+        gptq_round(w2, s, 8, h, pairs=True)
+
+
+def test_pair_fit_scales_round_into_the_pair_bound() -> None:
+    """Rounding to nearest at ``pair_fit_scales`` fits ``vpmaddubsw`` without clipping, and
+    each channel's step is the smallest that does (its largest weight or pair at 127)."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((32, 9, 3, 3)) ** 3
+    s = quant.pair_fit_scales(w)
+    q = np.round(w / s[:, None, None, None]).astype(np.int8)
+    assert quant.pairs_fit_int16(np.moveaxis(q, 1, -1))
+    pos, neg = quant.pair_sums(np.moveaxis(w / s[:, None, None, None], 1, -1))
+    top = np.maximum(np.abs(w / s[:, None, None, None]).reshape(32, -1).max(1),
+                     np.maximum(pos, neg).reshape(32, -1).max(1))
+    np.testing.assert_allclose(top, 127)
+
+
 def test_gptq_on_a_diagonal_hessian_rounds_to_nearest() -> None:
     """Uncorrelated inputs: nothing to compensate, GPTQ is rounding to nearest."""
     rng = np.random.default_rng(4)
@@ -405,10 +451,12 @@ def _accurate_and_equal_to_its_program(result) -> None:  # type: ignore[no-untyp
 
 def test_narrow_weights_take_vpmaddubsw_and_the_library_equals_its_program(fmnist_stats: ActivationStats,
                                                                             tmp_path: Path) -> None:
-    """The recipe's ``narrow_weights``: ungrouped W8A8 convs get 7-bit weights (-63..63: every
-    pair within ``vpmaddubsw``'s exact range), depthwise and dense keep 8 bits; on AVX2 those
-    convs run ``vpmaddubsw`` (the manifest's configs), elsewhere nothing changes but the
-    weights; the library equals its numpy program and stays accurate."""
+    """The recipe's ``narrow_weights``: ungrouped W8A8 convs get 8-bit weights whose every
+    input-channel pair is within ``vpmaddubsw``'s exact range (``pairs_fit_int16``), at most
+    127 and at least one channel's largest weight at 127 or its largest pair at 127-128;
+    depthwise and dense keep plain 8 bits; on AVX2 those convs run ``vpmaddubsw`` (the
+    manifest's configs), elsewhere nothing changes but the weights; the library equals its
+    numpy program and stays accurate."""
     from schedules.target_features import detect_host
 
     from .isa import PROFILES, can_execute
@@ -417,7 +465,11 @@ def test_narrow_weights_take_vpmaddubsw_and_the_library_equals_its_program(fmnis
     narrow = with_recipe(fmnist_stats, narrow_weights=True)
     for layer in pm.layers:
         q = quantize_layer(layer.name, _weights(pm, layer.name), None, layer.groups, QuantSpec.parse("w8a8"), narrow)
-        assert int(np.abs(q.wq).max()) == (63 if layer.op == "conv2d" and layer.groups == 1 else 127)
+        assert int(np.abs(q.wq).max()) <= 127
+        if layer.op == "conv2d" and layer.groups == 1:
+            assert quant.pairs_fit_int16(np.moveaxis(q.wq, 1, -1)), layer.name
+            pos, neg = quant.pair_sums(np.moveaxis(q.wq.astype(np.int32), 1, -1))
+            assert max(int(pos.max()), int(neg.max())) >= 120  # the step is not wider than the bound needs
     features = detect_host().with_isa("avx2") if can_execute("avx2") else PROFILES["avx2"]
     result = tvmq.build(MODEL, tmp_path, plan="w8a8", stats=narrow, features=features)
     assert result.manifest_data["recipe"]["narrow_weights"]

@@ -117,6 +117,57 @@ def _manifest(model: Any, pm: PreparedModel, features: TargetFeatures, plan: Any
     }
 
 
+def _check_writable(out: Path) -> None:
+    """An ``ArtifactError`` now, before any compiling, where ``out`` cannot become the output
+    directory (a file there, or its nearest existing parent not writable: tried, not read from
+    the permission bits, which do not bind root)."""
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"output path exists and is not a directory: {out}")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tvmq-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtifactError(f"cannot create output directory {out}: {existing}: {e.strerror or e}") from None
+
+
+def _write_artifacts(out: Path, ex: Any, manifest_of: Callable[[], dict[str, Any]],
+                     timings: dict[str, float]) -> tuple[Path, Path, dict[str, Any]]:
+    """``out/model.so`` and ``out/manifest.json`` (``manifest_of()`` once the library is
+    exported, its record added), written under temporary names and renamed when complete: a
+    reader never sees half a model.so or manifest (a stale pair in between is refused by the
+    library record)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot create output directory {out}: {e.strerror}") from None
+    lib, mpath = out / "model.so", out / "manifest.json"
+    tmp_lib, tmp_manifest = out / f".model.{os.getpid()}.tmp.so", out / f".manifest.{os.getpid()}.tmp.json"
+    t = time.perf_counter()
+    try:
+        try:
+            ex.export_library(str(tmp_lib))
+        except Exception as e:  # the linker: a full disk, a read-only folder
+            raise ArtifactError(f"cannot write {lib}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
+        timings["export"] = time.perf_counter() - t
+        manifest = manifest_of()
+        manifest["library"] = library_record(tmp_lib)  # tvmq.load refuses a library that differs
+        tmp_manifest.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp_lib, lib)
+        os.replace(tmp_manifest, mpath)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {out}: {e.strerror}") from None
+    finally:
+        tmp_lib.unlink(missing_ok=True)
+        tmp_manifest.unlink(missing_ok=True)
+    return lib, mpath, manifest
+
+
 def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
           features: TargetFeatures | None = None,
           input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 1,
@@ -145,19 +196,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     >>> m = tvmq.load(r.library); m.run({"input": x})   # doctest: +SKIP
     """
     out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"output path exists and is not a directory: {out}")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    try:  # tried, not read from the permission bits (they do not bind root)
-        if not existing.is_dir():
-            raise NotADirectoryError(20, "not a directory")
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tvmq-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ArtifactError(f"cannot create output directory {out}: {existing}: {e.strerror or e}") from None
+    _check_writable(out)
     if requant not in REQUANT_MODES:
         raise TvmqError(f"unknown requantization {requant!r}; choose from {', '.join(REQUANT_MODES)}")
     features = features or detect_host()
@@ -191,30 +230,7 @@ def build(model: str | os.PathLike, output_dir: str | os.PathLike, *,
     if tuning is not None:
         tuning["layers"] = sources
         progress("kernel configurations: " + ", ".join(f"{n} layer(s) {s}" for s, n in sorted(sources.items())))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArtifactError(f"cannot create output directory {out}: {e.strerror}") from None
-    # written under temporary names and renamed when complete: a reader never sees half a
-    # model.so or manifest (a stale pair in between is refused by the library record)
-    lib, mpath = out / "model.so", out / "manifest.json"
-    tmp_lib, tmp_manifest = out / f".model.{os.getpid()}.tmp.so", out / f".manifest.{os.getpid()}.tmp.json"
-    t = time.perf_counter()
-    try:
-        try:
-            ex.export_library(str(tmp_lib))
-        except Exception as e:  # the linker: a full disk, a read-only folder
-            raise ArtifactError(f"cannot write {lib}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
-        timings["export"] = time.perf_counter() - t
-        manifest = _manifest(model, pm, features, plan, lowered, kernels, tuning, range_method, timings,
-                             requant if lowered.qparams else None, stats)
-        manifest["library"] = library_record(tmp_lib)  # tvmq.load refuses a library that differs
-        tmp_manifest.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp_lib, lib)
-        os.replace(tmp_manifest, mpath)
-    except OSError as e:
-        raise ArtifactError(f"cannot write {out}: {e.strerror}") from None
-    finally:
-        tmp_lib.unlink(missing_ok=True)
-        tmp_manifest.unlink(missing_ok=True)
+    lib, mpath, manifest = _write_artifacts(out, ex, lambda: _manifest(
+        model, pm, features, plan, lowered, kernels, tuning, range_method, timings,
+        requant if lowered.qparams else None, stats), timings)
     return BuildResult(lib, mpath, manifest, timings, lowered.program)

@@ -453,8 +453,9 @@ def _ptq_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the biases as they are (default: corrected for the weights' mean rounding error)")
     p.add_argument("--narrow-weights", action="store_true",
-                   help="W8A8 convs with 7-bit weights (-63..63): exact on AVX2's vpmaddubsw, which runs twice the "
-                        "products of vpmaddwd (the trade onnxruntime and OpenVINO make there); costs accuracy")
+                   help="W8A8 convs with 8-bit weights whose input-channel pairs fit AVX2's vpmaddubsw (exact on "
+                        "them; twice the products of vpmaddwd: the trade onnxruntime and OpenVINO make there); "
+                        "costs a little accuracy")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -633,7 +634,7 @@ def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t.add_argument("--batch-size", type=COUNT, default=1)
     t.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     t.add_argument("--narrow-weights", action="store_true",
-                   help="tune the kernels of builds compiled with --narrow-weights (7-bit W8A8 conv weights)")
+                   help="tune the kernels of builds compiled with --narrow-weights (pair-fitted W8A8 conv weights)")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_tune)
 

@@ -587,25 +587,13 @@ def _conv_info(g: og.Graph, n: onnx.NodeProto, shapes: dict) -> LayerInfo:
                      dilations=(int(dil[0]), int(dil[1])), groups=groups)
 
 
-@contextlib.contextmanager
-def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
-    """Import ``Clip`` with constant bounds as ``relax.clip``, a ``Pad`` (constant, edge or
-    reflect) as ``relax.nn.pad`` and a ``Gather`` of unsigned constant indices as one
-    ``relax.take`` (for the duration of one import).
-
-    TVM 0.27's importer lowers both straight to TIR calls (``emit_te``): that hides ReLU6 from
-    the epilogue fusion of ``LowerToKernels`` and costs a full extra pass over memory per layer
-    (``Max``/``Min`` are worse: ``stack`` + reduce), and it hides a pad's widths and value from
-    ``RealizeIntegers`` (an integer pad with the zero point) and the numpy program. This is the
-    one place tvmq touches the importer's converter table; the original table is restored on exit.
-    """
+def _relax_converters(table: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The converters ``_ops_as_relax_ops`` puts in the importer's ``table``: subclasses of
+    its ``Clip``, ``Pad`` and ``Gather`` that emit Relax ops where their inputs allow and
+    defer to the original otherwise."""
     from tvm import relax  # (deferred: reading and checking a model needs no TVM)
-    from tvm.relax.frontend.onnx import onnx_frontend as of  # (deferred: as above)
 
-    original_map = of._get_convert_map
-    original_clip = original_map()["Clip"]
-    original_pad = original_map()["Pad"]
-    original_gather = original_map()["Gather"]
+    original_clip, original_pad, original_gather = table["Clip"], table["Pad"], table["Gather"]
 
     def _bound(expr: Any, attr_value: Any, default: float) -> float | None:
         if expr is None:
@@ -665,12 +653,28 @@ def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
                 return relax.op.take(data, indices, attr.get("axis", 0), mode="clip")
             return original_gather._impl_v13(bb, inputs, attr, params)
 
+    return {"Clip": Clip, "Pad": Pad, "Gather": Gather}
+
+
+@contextlib.contextmanager
+def _ops_as_relax_ops():  # type: ignore[no-untyped-def]
+    """Import ``Clip`` with constant bounds as ``relax.clip``, a ``Pad`` (constant, edge or
+    reflect) as ``relax.nn.pad`` and a ``Gather`` of unsigned constant indices as one
+    ``relax.take`` (for the duration of one import).
+
+    TVM 0.27's importer lowers both straight to TIR calls (``emit_te``): that hides ReLU6 from
+    the epilogue fusion of ``LowerToKernels`` and costs a full extra pass over memory per layer
+    (``Max``/``Min`` are worse: ``stack`` + reduce), and it hides a pad's widths and value from
+    ``RealizeIntegers`` (an integer pad with the zero point) and the numpy program. This is the
+    one place tvmq touches the importer's converter table; the original table is restored on exit.
+    """
+    from tvm.relax.frontend.onnx import onnx_frontend as of  # (deferred: as above)
+
+    original_map = of._get_convert_map
+    converters = _relax_converters(original_map())
+
     def patched_map():  # type: ignore[no-untyped-def]
-        table = original_map()
-        table["Clip"] = Clip
-        table["Pad"] = Pad
-        table["Gather"] = Gather
-        return table
+        return {**original_map(), **converters}
 
     of._get_convert_map = patched_map
     try:

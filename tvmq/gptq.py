@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from schedules.quant import PAIR_LIMIT
+
 # damping: this fraction of the mean diagonal is added to H (GPTQ's default is 0.01)
 DAMP = 0.01
 # a Hessian from fewer patches than this many per weight column (a classifier seeing one vector
@@ -124,11 +126,25 @@ def _inverse_cholesky(h: np.ndarray) -> np.ndarray:
     raise np.linalg.LinAlgError("the Hessian does not factor")
 
 
+def _partners(weight_shape: tuple[int, ...]) -> np.ndarray:
+    """For each im2col column ``(c, r, s)`` of an ungrouped conv, the column of the same tap in
+    input channel ``c ^ 1`` (the pair ``vpmaddubsw`` multiplies together), -1 for none."""
+    c, taps = weight_shape[1], int(np.prod(weight_shape[2:], dtype=np.int64))
+    ch = np.repeat(np.arange(c), taps)
+    other = ch ^ 1
+    return np.where(other < c, other * taps + np.tile(np.arange(taps), c), -1)
+
+
 def gptq_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: np.ndarray,
-               groups: int = 1) -> np.ndarray:
+               groups: int = 1, pairs: bool = False) -> np.ndarray:
     """The integer weights (``int8`` storage, ``[-(2^(b-1)-1), 2^(b-1)-1]``) of ``weight``
     (``[K, C/groups, ...]``) at the per-output-channel ``scales``, rounded with error feedback
-    under ``hessian`` (``[groups, d, d]``, ``HessianSum``)."""
+    under ``hessian`` (``[groups, d, d]``, ``HessianSum``). ``pairs`` (8-bit ungrouped convs):
+    each weight is clipped so that it and the already rounded weight of its input-channel pair
+    keep ``schedules.quant.pairs_fit_int16`` (same-signed parts summing to at most 128); the
+    clipping error is fed forward like any rounding error."""
+    if pairs and (groups != 1 or weight.ndim != 4):
+        raise ValueError("pair-constrained rounding is for ungrouped conv weights")
     k = weight.shape[0]
     kg = k // groups
     w = weight.astype(np.float64).reshape(groups, kg, -1).copy()  # [G, Kg, d]
@@ -146,12 +162,19 @@ def gptq_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: np.nd
     h = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
     u = _inverse_cholesky(h)
     q = np.empty_like(w)
+    if pairs:  # the partner of permuted column i, as a permuted column
+        partner = _partners(weight.shape)[perm[0]]
+        where = np.argsort(perm[0])
+        partner = np.where(partner >= 0, where[np.maximum(partner, 0)], -1)
     for b0 in range(0, d, BLOCK):
         b1 = min(d, b0 + BLOCK)
         err = np.empty((groups, kg, b1 - b0))
         for i in range(b0, b1):
             col = w[:, :, i]
             qi = np.clip(np.round(col / s[:, :, 0]), -hi, hi)
+            if pairs and 0 <= partner[i] < i:
+                other = q[:, :, partner[i]]
+                qi = np.clip(qi, np.maximum(-other, 0) - PAIR_LIMIT, PAIR_LIMIT - np.maximum(other, 0))
             q[:, :, i] = qi
             e = (col - qi * s[:, :, 0]) / u[:, i, i][:, None]
             err[:, :, i - b0] = e
@@ -200,12 +223,13 @@ GPTQ_CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 1.05, 1.1)
 
 
 def gptq_clip_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: np.ndarray, groups: int = 1,
-                    factors: tuple[float, ...] = GPTQ_CLIP_FACTORS) -> tuple[np.ndarray, np.ndarray]:
+                    factors: tuple[float, ...] = GPTQ_CLIP_FACTORS, pairs: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(integer weights, scales)``: GPTQ (``gptq_round``) at ``scales * f`` for every ``f`` of
     ``factors``, and per output channel the one with the least output error
     ``(w_q s - w) H (w_q s - w)^T``. GPTQ rounds each output channel on its own (the error
     feedback runs along a channel's inputs), so a channel's result does not depend on the
-    others' scales: picking rows is GPTQ at the picked scales."""
+    others' scales: picking rows is GPTQ at the picked scales. ``pairs``: as ``gptq_round``."""
     k = weight.shape[0]
     kg = k // groups
     w = weight.astype(np.float64).reshape(groups, kg, -1)
@@ -217,7 +241,7 @@ def gptq_clip_round(weight: np.ndarray, scales: np.ndarray, bits: int, hessian: 
     s_best = base.copy()
     for f in factors:
         s = base * f
-        q = gptq_round(weight, s, bits, hessian, groups)
+        q = gptq_round(weight, s, bits, hessian, groups, pairs)
         delta = q.reshape(groups, kg, d).astype(np.float64) * s.reshape(groups, kg, 1) - w
         err = (np.matmul(delta, h) * delta).sum(axis=2).reshape(k)
         better = err < best

@@ -13,7 +13,9 @@ statistics of its input, at spec ``w<b>a<a>``:
    option (off by default; needs the Hessian too) chooses each channel's clipping for the
    layer's output error under the Hessian instead of the weights' own error: with GPTQ, GPTQ at
    7 factors of the MSE-clipped scales and the best per channel (``gptq_clip_round``); without,
-   the best of 36 clipping ratios rounded to nearest (``hessian_scales``);
+   the best of 36 clipping ratios rounded to nearest (``hessian_scales``); the ``narrow_weights``
+   option (off by default) gives ungrouped W8A8 convs weights that AVX2's ``vpmaddubsw`` is
+   exact on (``pair_fit``);
 2. bias correction (the recipe's ``bias_correction`` option, on by default):
    ``b - E[(s_w W_q - W) x]`` with ``x`` replaced by the calibrated per-channel input mean
    (Nagel et al. 2019): the mean output shift that rounding the weights causes is removed;
@@ -177,18 +179,15 @@ def _corrected(weight: np.ndarray, wq: np.ndarray, s_w: np.ndarray, raw_bias: np
     return b
 
 
-NARROW_BITS = 7  # levels -63..63: every pair of weights sums to at most 126 in magnitude
-
-
-def weight_bits(spec: Any, weight: np.ndarray, groups: int, narrow: bool) -> int:
-    """``spec``'s weight bits, 7 where the recipe's ``narrow_weights`` option is on and the
-    layer is an ungrouped W8A8 conv: its weights then fit ``vpmaddubsw``
-    (``quant.pairs_fit_int16``), which runs twice the products per instruction of the exact
-    ``vpmaddwd`` on AVX2 (the trade onnxruntime and OpenVINO make there, by saturating or by
-    halving the weights); the layer is still exact integer code, at one weight bit less."""
-    if narrow and spec.w_bits == 8 and spec.a_bits == 8 and weight.ndim == 4 and groups == 1:
-        return NARROW_BITS
-    return int(spec.w_bits)
+def pair_fit(spec: Any, weight: np.ndarray, groups: int, narrow: bool) -> bool:
+    """Whether the recipe's ``narrow_weights`` option applies to a layer: an ungrouped W8A8
+    conv. Its 8-bit weights are then chosen so that every same-signed pair of input channels
+    sums to at most 128 (``quant.pairs_fit_int16``): scales from ``quant.pair_fit_scales``, and
+    GPTQ's rounding kept inside the pair bound. ``vpmaddubsw`` is exact on them and runs twice
+    the products per instruction of the exact ``vpmaddwd`` on AVX2 (the trade onnxruntime and
+    OpenVINO make there by saturating or by halving the weights); the layer stays exact integer
+    code, at a fraction of a weight bit less where a channel's large weights share a pair."""
+    return narrow and spec.w_bits == 8 and spec.a_bits == 8 and weight.ndim == 4 and groups == 1
 
 
 def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, groups: int, spec: Any,
@@ -200,22 +199,27 @@ def quantize_layer(name: str, weight: np.ndarray, bias: np.ndarray | None, group
     opts = recipe_options(stats)
     if bias_correction is None:
         bias_correction = opts["bias_correction"]
-    bits = weight_bits(spec, weight, groups, opts["narrow_weights"])
-    wq, s_w = quant.quantize_weights(weight, bits)
+    bits = int(spec.w_bits)
+    pairs = pair_fit(spec, weight, groups, opts["narrow_weights"])
+    if pairs:
+        s_w = quant.pair_fit_scales(weight)
+        wq = np.round(weight / s_w.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(np.int8)
+    else:
+        wq, s_w = quant.quantize_weights(weight, bits)
     hessian = stats.hessian(name) if opts["gptq"] or opts["hessian_clipping"] else None
     if hessian is not None and not gptq_applies(stats, name, hessian):
         hessian = None
     if hessian is not None and opts["hessian_clipping"] and opts["gptq"]:  # steps 1b + 1c together
-        wq, s_w = _cached(("gptq_clip", name, bits, groups), (weight, s_w, hessian),
-                          lambda: gptq_clip_round(weight, s_w, bits, hessian, groups))
-    elif hessian is not None and opts["hessian_clipping"]:  # step 1b: clipping for the output error
+        wq, s_w = _cached(("gptq_clip", name, bits, groups, pairs), (weight, s_w, hessian),
+                          lambda: gptq_clip_round(weight, s_w, bits, hessian, groups, pairs=pairs))
+    elif hessian is not None and opts["hessian_clipping"] and not pairs:  # 1b: clipping for the output error
         s_w = _cached(("scales", name, bits, groups), (weight, hessian),
                       lambda: hessian_scales(weight, bits, hessian, groups))
         shape = (-1,) + (1,) * (weight.ndim - 1)
         hi = 2 ** (bits - 1) - 1
         wq = np.clip(np.round(weight / s_w.reshape(shape)), -hi, hi).astype(np.int8)
     elif hessian is not None and opts["gptq"]:
-        wq = _gptq_cached(name, weight, s_w, bits, hessian, groups)
+        wq = _gptq_cached(name, weight, s_w, bits, hessian, groups, pairs)
     raw = None if bias is None else np.asarray(bias, np.float64)
     in_stats = stats.get(name, "in")
     mean = np.asarray(in_stats.channel_mean, np.float64) if bias_correction else None
@@ -243,13 +247,13 @@ def _cached(key: tuple[Any, ...], arrays: tuple[np.ndarray, ...], make: Any) -> 
 
 
 def _gptq_cached(name: str, weight: np.ndarray, s_w: np.ndarray, bits: int, hessian: np.ndarray,
-                 groups: int) -> np.ndarray:
+                 groups: int, pairs: bool = False) -> np.ndarray:
     """``gptq_round``, remembered for the same layer, weights, scales, bits and Hessian (the
     sensitivity analysis and the build quantize a layer at the same spec more than once)."""
-    key = (name, bits, groups, weight.shape, hash(np.ascontiguousarray(weight, np.float32).tobytes()),
+    key = (name, bits, groups, pairs, weight.shape, hash(np.ascontiguousarray(weight, np.float32).tobytes()),
            hash(np.ascontiguousarray(s_w).tobytes()), hash(np.ascontiguousarray(hessian).tobytes()), hessian.shape)
     if key not in _GPTQ_CACHE:
         if len(_GPTQ_CACHE) > 512:
             _GPTQ_CACHE.clear()
-        _GPTQ_CACHE[key] = gptq_round(weight, s_w, bits, hessian, groups)
+        _GPTQ_CACHE[key] = gptq_round(weight, s_w, bits, hessian, groups, pairs)
     return _GPTQ_CACHE[key]

@@ -139,7 +139,10 @@ def build(wl: Conv2dWorkload, tile_cols: int, rows: int, tile_outer: bool, produ
           weight_shape: tuple[int, ...], weight_dtype: str) -> tirx.PrimFunc:
     """The kernel's PrimFunc. Arguments: data ``[1, H, W, C]`` u8, weight (``weight_shape``,
     ``weight_dtype``), bias s32[C], scale f32[C], qparams s32[4] ``(x_zp, out_zp, lo, hi)``,
-    out ``[1, Ho, Wo, C]`` u8."""
+    out ``[1, Ho, Wo, C]`` u8.
+
+    Over 80 lines: one TIR program written out with ``tirx.ir_builder``, in the order the
+    loops nest; pieces of it would pass a dozen buffers and loop variables to each other."""
     L = product.lanes
     R = wl.kernel_h  # = kernel_w
     H, W, C, s = wl.height, wl.width, wl.in_channels, wl.stride_h

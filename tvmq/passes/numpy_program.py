@@ -197,6 +197,18 @@ def take_indices(call: relax.Call) -> tuple[np.ndarray, int] | None:
     return idx.value.numpy().astype(np.int64), int(call.attrs.axis) % len(call.args[0].ty.shape)
 
 
+# float32 elementwise ops without attributes, one IEEE rounding each (as TOPI computes them)
+_ELEMENTWISE: dict[str, Callable[..., np.ndarray]] = {
+    "relax.add": lambda x, y: np.add(x, y, dtype=np.float32),
+    "relax.subtract": lambda x, y: np.subtract(x, y, dtype=np.float32),
+    "relax.multiply": lambda x, y: np.multiply(x, y, dtype=np.float32),
+    "relax.divide": lambda x, y: np.divide(x, y, dtype=np.float32),
+    "relax.maximum": np.maximum, "relax.minimum": np.minimum,
+    "relax.nn.relu": lambda x: np.maximum(x, np.float32(0)),
+    "relax.sqrt": lambda x: np.sqrt(x, dtype=np.float32),  # (sqrtss / vsqrtps and numpy: correctly rounded)
+}
+
+
 def float_op(call: relax.Call, fma: bool = True) -> Callable[..., np.ndarray] | None:
     """numpy for a float op between layers that gives TVM's result bit for bit (its legalized
     TOPI compute: one rounding per elementwise op, sums in loop order, with fused multiply-adds
@@ -210,20 +222,9 @@ def float_op(call: relax.Call, fma: bool = True) -> Callable[..., np.ndarray] | 
         return lambda x: tuple(np.split(x, cuts, axis=axis))
     if str(getattr(call.ty, "dtype", "")) != "float32":
         return None
-    if op == ADD:
-        return lambda x, y: np.add(x, y, dtype=np.float32)
-    if op == SUBTRACT:
-        return lambda x, y: np.subtract(x, y, dtype=np.float32)
-    if op == MULTIPLY:
-        return lambda x, y: np.multiply(x, y, dtype=np.float32)
-    if op == DIVIDE:
-        return lambda x, y: np.divide(x, y, dtype=np.float32)
-    if op == MAXIMUM:
-        return lambda x, y: np.maximum(x, y)
-    if op == MINIMUM:
-        return lambda x, y: np.minimum(x, y)
-    if op == RELU:
-        return lambda x: np.maximum(x, np.float32(0))
+    simple = _ELEMENTWISE.get(str(op.name) if isinstance(op, tvm.ir.Op) else "")
+    if simple is not None:
+        return simple
     if op == PRELU and int(a.axis) == 1:  # topi: x > 0 ? x : x * slope (slopes along axis 1)
         def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
             s = slope.reshape(-1, *([1] * (x.ndim - 2))) if slope.ndim == 1 else slope
@@ -268,8 +269,6 @@ def float_op(call: relax.Call, fma: bool = True) -> Callable[..., np.ndarray] | 
     exponent = const_value(call.args[1]) if op == POWER else None
     if exponent is not None and exponent.size == 1 and reference.has_libm_expf():  # a constant exponent
         return lambda x, _: reference.power_llvm(x, float(exponent.reshape(())))
-    if op == SQRT:  # (sqrtss / vsqrtps and numpy: IEEE, correctly rounded)
-        return lambda x: np.sqrt(x, dtype=np.float32)
     if op == SOFTMAX and reference.has_libm_expf():
         axis = int(a.axis)
         return lambda x: reference.softmax_in_order(x, axis)

@@ -52,7 +52,7 @@ from tvm import relax, te, tirx
 
 from schedules import elementwise, quant, reference, registry
 from schedules.target_features import TargetFeatures
-from schedules.workload import LAYOUTS, Conv2dWorkload
+from schedules.workload import LAYOUTS, Conv2dWorkload, Epilogue
 
 from .. import specs
 from ..errors import TvmqError
@@ -754,21 +754,16 @@ class _IntRewriter(relax.PyExprMutator):
         self.owner.record.kernels[m.layer.name] = self.owner.catalog.lowered(
             kernel, gv, cfg, wl.epilogue, narrow_weights=getattr(wl, "narrow_weights", False))
 
-    def _int_layer(self, binding: relax.VarBinding, p: IntCall) -> None:
-        m = p.match
-        if p.edge and not m.epilogue.residual:
-            self._int_edge_layer(binding, p)
-            return
-        wl, ep = m.workload, m.epilogue
-        layout = self._layout(m, binding.var)
-        qx, ql, bias_q = self._int_input(m, layout)
-        wq, s_w = ql.wq, ql.w_scale
-        s_in, zp_in = qx.scale, qx.zp
+    def _int_output(self, m: LayerMatch, var: relax.Var, ep: Epilogue, max_in_scale: float
+                    ) -> tuple[tuple[float, float], float, int, int, int, Epilogue]:
+        """An integer layer's output: ``(range, scale, zero point, clamp lo, hi, epilogue)``;
+        uint8, or int16 where a W8A16 layer reads it (the epilogue then says ``out_int16``).
+        ``max_in_scale``: the largest ``s_in * s_w``."""
         out_range = self.owner.stats.get(m.layer.name, "out").range(self.owner.method)
-        qmax16 = self.owner.demand16.get(binding.var)
+        qmax16 = self.owner.demand16.get(var)
         # a kernel that fuses a residual requantizes with scales <= 0.5 (schedules.quant): where
         # a scale would exceed it, the output range widens until it does not
-        floor = (float((s_in * s_w).max()) / float(quant.FUSED_REQUANT_SCALE_LIMIT) * (1 + 2 ** -20)
+        floor = (max_in_scale / float(quant.FUSED_REQUANT_SCALE_LIMIT) * (1 + 2 ** -20)
                  if ep.residual and self.owner.requant == "float" else 0.0)
         if qmax16 is None:
             s_out, zp_out = quant.activation_params(*out_range)
@@ -780,7 +775,33 @@ class _IntRewriter(relax.PyExprMutator):
             s_out, zp_out = max(abs(out_range[0]), abs(out_range[1]), 1e-12, floor * qmax16) / qmax16, 0
             lo, hi = _act_bounds16(ep, s_out, qmax16)
             ep = replace(ep, out_int16=True)
-        ep = replace(ep, requant=self.owner.requant)
+        return out_range, s_out, zp_out, lo, hi, replace(ep, requant=self.owner.requant)
+
+    def _int_residual(self, m: LayerMatch, ep: Epilogue, layout: str, buf: tuple[int, ...], s_out: float
+                      ) -> tuple[relax.Expr, tuple[Any, ...], list[relax.Expr]]:
+        """The residual a kernel adds in its epilogue, as uint8 codes in ``layout`` viewed as the
+        output ``buf``: (that view, the simulation's residual parameters, the kernel arguments)."""
+        r = self.visit_expr(m.residual)
+        qr = self._u8_or_table(r) or self._quantize_float_residual(m, r, layout)
+        rv = self._view(self._in_layout(qr, layout).var, buf)
+        if ep.requant == "float":
+            r_scale = quant.residual_scale(qr.scale / s_out)  # (<= 2**22: see there)
+            return rv, (qr.zp, r_scale), [rv, relax.const(np.array([qr.zp], np.int32)),
+                                          relax.const(np.array([r_scale]))]
+        (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
+        return rv, (qr.zp, int(r_m), int(r_s)), [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
+
+    def _int_layer(self, binding: relax.VarBinding, p: IntCall) -> None:
+        m = p.match
+        if p.edge and not m.epilogue.residual:
+            self._int_edge_layer(binding, p)
+            return
+        wl, ep = m.workload, m.epilogue
+        layout = self._layout(m, binding.var)
+        qx, ql, bias_q = self._int_input(m, layout)
+        wq, s_w = ql.wq, ql.w_scale
+        s_in, zp_in = qx.scale, qx.zp
+        out_range, s_out, zp_out, lo, hi, ep = self._int_output(m, binding.var, ep, float((s_in * s_w).max()))
         wl = replace(wl, epilogue=ep, **({"layout": layout} if layout != "NCHW" else {}))
         out_dtype = "int16" if ep.out_int16 else "uint8"
         if ep.requant == "float":  # one float32 scale per channel (schedules.quant)
@@ -799,17 +820,8 @@ class _IntRewriter(relax.PyExprMutator):
         sim_inputs = [qx.var]
         residual = None
         if ep.residual:
-            r = self.visit_expr(m.residual)
-            qr = self._u8_or_table(r) or self._quantize_float_residual(m, r, layout)
-            rv = self._view(self._in_layout(qr, layout).var, tuple(buf))
-            if ep.requant == "float":
-                r_scale = quant.residual_scale(qr.scale / s_out)  # (<= 2**22: see there)
-                args += [rv, relax.const(np.array([qr.zp], np.int32)), relax.const(np.array([r_scale]))]
-                residual = (qr.zp, r_scale)
-            else:
-                (r_m,), (r_s,) = quant.quantize_multiplier(qr.scale / s_out)
-                args += [rv, relax.const(np.array([qr.zp, r_m, r_s], np.int32))]
-                residual = (qr.zp, int(r_m), int(r_s))
+            rv, residual, extra = self._int_residual(m, ep, layout, tuple(buf), s_out)
+            args += extra
             sim_inputs.append(rv)
         y = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType(buf, out_dtype)), name_hint="yq")
 

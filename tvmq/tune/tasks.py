@@ -131,7 +131,7 @@ def _placeholder_stats(layers: Any, narrow_weights: bool = False) -> Any:
 def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
                   conversions: bool = True, narrow_weights: bool = False) -> list[TuneTask]:
     """The distinct tasks of a prepared model (``tvmq.frontend.prepare``) for ``specs``;
-    ``narrow_weights``: the workloads of builds with the recipe's 7-bit conv weights (their W8A8
+    ``narrow_weights``: the workloads of builds with the recipe's pair-fitted conv weights (their W8A8
     convs are ``Conv2dWorkload.narrow_weights`` workloads, ``vpmaddubsw`` on AVX2)."""
     check_specs(list(specs), "the specs to tune")
     tasks: dict[str, TuneTask] = {}
