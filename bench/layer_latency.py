@@ -240,27 +240,31 @@ def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
     return values
 
 
-def as_lowered(wl: Any, spec: str) -> Any:
+def as_lowered(wl: Any, spec: str, narrow: bool = False) -> Any:
     """``wl`` as ``RealizeIntegers`` lowers a layer of ``spec`` by default: integer kernels
-    requantize in float32, and uint8-activation convs read and write channels-last."""
+    requantize in float32, and uint8-activation convs read and write channels-last; ``narrow``:
+    ungrouped W8A8 convs with the recipe's narrow (pair-fitted) weights."""
     if spec == "fp32" or spec == "bf16":
         return wl
     wl = dataclasses.replace(wl, epilogue=dataclasses.replace(wl.epilogue, requant="float"))
     if spec in ("w8a8", "w4a8") and hasattr(wl, "layout"):
         wl = dataclasses.replace(wl, layout="NHWC")
+    if narrow and spec == "w8a8" and hasattr(wl, "layout") and wl.groups == 1:
+        wl = dataclasses.replace(wl, narrow_weights=True)
     return wl
 
 
 class TvmqKernel:
     """One tvmq kernel compiled for a workload (fallback config), with its arguments."""
 
-    def __init__(self, wl: Any, spec: str, features: Any, target: Any, rng: np.random.Generator) -> None:
+    def __init__(self, wl: Any, spec: str, features: Any, target: Any, rng: np.random.Generator,
+                 narrow: bool = False) -> None:
         import tvm  # deferred: TVM
 
         from schedules import registry
 
         t0 = time.perf_counter()
-        wl = as_lowered(wl, spec)
+        wl = as_lowered(wl, spec, narrow)
         kernel = registry.select_for(wl, spec, features)
         cfg = kernel.fallback_config(wl, features)
         func = kernel.build_primfunc(wl, cfg)
@@ -459,7 +463,7 @@ def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: A
     variants: dict[str, Any] = {}
     for spec in args.spec_list:
         try:
-            variants[spec] = TvmqKernel(wl, spec, features, target, rng)
+            variants[spec] = TvmqKernel(wl, spec, features, target, rng, args.narrow_weights)
         except Exception as e:  # noqa: BLE001
             results[spec] = {"ok": False, "error": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=3)}
@@ -774,6 +778,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                   min_repeat_ms=(20, "minimum duration of one repeat in ms (default 20)"),
                   seed=(0, "seed of the random arguments (default 0)"), top=(25, "functions: rows printed"),
                   range=("percentile", "functions: activation range method of a quantized --plan"))
+    p.add_argument("--narrow-weights", action="store_true",
+                   help="layers: W8A8 convs with the recipe's narrow weights (vpmaddubsw on AVX2)")
     p.add_argument("--plan", help="functions: precision plan (w8a8, or a plan JSON; default fp32)")
     p.add_argument("--stats", help="functions: calibration statistics JSON (tvmq calibrate) of a --plan")
     args = p.parse_args(argv)
@@ -793,7 +799,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def settings(args: argparse.Namespace, features: Any) -> dict[str, Any]:
     return {"models": args.model_list, "specs": args.spec_list, "threads": args.threads, "limit": args.limit,
             "repeat": args.repeat, "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms,
-            "seed": args.seed,
+            "seed": args.seed, "narrow_weights": args.narrow_weights,
             "epilogue": "Epilogue(bias=True, activation='relu'); integer specs requant='float'",
             "layout": "w8a8 / w4a8 convs NHWC (as the models lower them), the rest NCHW", "isa": features.isa,
             "target": features.target_json(), "features": dataclasses.asdict(features),
@@ -833,6 +839,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     run = h.Run("layer_latency")
     instruction = ISA_INSTRUCTION.get(features.isa if features.isa != "amx" else "avx512_vnni")
+    if args.narrow_weights and features.isa == "avx2":
+        instruction = next(i for i in INSTRUCTIONS if i.kind == "pmaddubsw")
     peak = None if instruction is None else measure(instruction, target)
     overhead = ort_call_overhead_ms(args.threads)
     print(f"onnxruntime per-call overhead (one-element Relu): {overhead * 1e3:.1f} us", flush=True)

@@ -80,6 +80,19 @@ def test_compile_w8a8_from_the_command_line(tmp_path: Path) -> None:
     assert "in w8a8" in r.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["range_method"] == "percentile" and manifest["precision"] == ["w8a8"]
+    # narrow (pair-fitted) conv weights by default where the target's W8A8 convs run on AVX2
+    assert manifest["recipe"]["narrow_weights"] == (manifest["isa"] == "avx2")
+    if manifest["isa"] == "avx2":  # every ungrouped conv then takes vpmaddubsw
+        convs = [k for k in manifest["kernels"].values() if k["kernel"] == "conv2d/w8a8/avx2"]
+        assert convs and all(k.get("narrow_weights") for k in convs)
+    r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w8a8", "--calibration",
+             str(tmp_path / "calib.npz"), "--isa", "avx2", "--exact-weights", "-o", str(tmp_path / "exact"))
+    assert r.returncode == 0, r.stderr
+    exact = json.loads((tmp_path / "exact" / "manifest.json").read_text())
+    assert exact["isa"] == "avx2" and not exact["recipe"]["narrow_weights"]
+    r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w8a8", "--narrow-weights", "--exact-weights",
+             "-o", str(out))
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
     r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w8a8", "-o", str(out))
     assert r.returncode == 2 and "needs --calibration" in r.stderr
     r = _cli("compile", str(FMNIST_DIR / "model.onnx"), "--bits", "w3a8", "-o", str(out))
