@@ -82,6 +82,7 @@ def test_compile_w8a8_from_the_command_line(tmp_path: Path) -> None:
     assert manifest["range_method"] == "percentile" and manifest["precision"] == ["w8a8"]
     # narrow (pair-fitted) conv weights by default where the target's W8A8 convs run on AVX2
     assert manifest["recipe"]["narrow_weights"] == (manifest["isa"] == "avx2")
+    assert ("fitted to vpmaddubsw's pairs" in r.stderr) == (manifest["isa"] == "avx2")  # said in one line
     if manifest["isa"] == "avx2":  # every ungrouped conv then takes vpmaddubsw
         convs = [k for k in manifest["kernels"].values() if k["kernel"] == "conv2d/w8a8/avx2"]
         assert convs and all(k.get("narrow_weights") for k in convs)

@@ -231,7 +231,7 @@ def _quantization(args: argparse.Namespace, features, progress, model=None):  # 
                         hessians=args.gptq or args.hessian_clipping,
                         input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
     return plan, with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction,
-                             hessian_clipping=args.hessian_clipping, narrow_weights=_narrow_weights(args, features))
+                             hessian_clipping=args.hessian_clipping, narrow_weights=_narrow_weights(args, features, progress))
 
 
 def _ptq_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -282,7 +282,7 @@ def _compile_mixed(args: argparse.Namespace, features, progress) -> int:  # type
                       eval_data=args.eval_data, eval_labels=args.eval_labels, resume=args.resume,
                       requant=args.requant, equalize=args.equalize, gptq=args.gptq,
                       bias_correction=args.bias_correction, hessian_clipping=args.hessian_clipping,
-                      narrow_weights=_narrow_weights(args, features), input_shapes=_parse_shapes(args.input_shape),
+                      narrow_weights=_narrow_weights(args, features, progress), input_shapes=_parse_shapes(args.input_shape),
                       batch_size=args.batch_size, progress=progress)
     counts = ", ".join(f"{s} x{list(r.plan.values()).count(s)}" for s in specs if s in r.plan.values())
     pred = f"{r.predicted_ms:.2f} ms predicted, " if args.db else ""
@@ -314,7 +314,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
              else collect(model, data, features=features, progress=progress,
                           hessians=args.gptq or args.hessian_clipping, **shapes))
     stats = with_recipe(stats, gptq=args.gptq, bias_correction=args.bias_correction,
-                        hessian_clipping=args.hessian_clipping, narrow_weights=_narrow_weights(args, features))
+                        hessian_clipping=args.hessian_clipping, narrow_weights=_narrow_weights(args, features, progress))
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
     r = analyze(model, stats, data, specs=specs, range_method=args.range, features=features,
                 output=args.output, progress=progress,
@@ -466,13 +466,16 @@ def _weights_options(p: argparse.ArgumentParser, what: str) -> None:
                    help="full-range 8-bit W8A8 conv weights (the default on AVX-512, VNNI and AMX targets)")
 
 
-def _narrow_weights(args: argparse.Namespace, features: Any) -> bool:
+def _narrow_weights(args: argparse.Namespace, features: Any, progress: Callable[[str], None]) -> bool:
     """The recipe's ``narrow_weights``: as ``--narrow-weights`` / ``--exact-weights`` say, else on
     where the target's W8A8 convs run on AVX2 (narrow weights change nothing elsewhere but
-    cost a little accuracy)."""
+    cost a little accuracy); the default choice is said in one line."""
     if getattr(args, "narrow_weights", None) is not None:
         return bool(args.narrow_weights)
-    return features.isa == "avx2"
+    if features.isa != "avx2":
+        return False
+    progress("AVX2 target: W8A8 conv weights fitted to vpmaddubsw's pairs (--exact-weights: full range)")
+    return True
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -519,7 +522,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     features = _features(args.isa)
     progress = _Progress(args.quiet)
     pm = prepare(args.model, input_shapes=_parse_shapes(args.input_shape), batch_size=args.batch_size)
-    tasks = extract_tasks(pm, specs, features, narrow_weights=_narrow_weights(args, features))
+    narrow = "w8a8" in specs and _narrow_weights(args, features, progress)
+    tasks = extract_tasks(pm, specs, features, narrow_weights=narrow)
     db = TuningDatabase(args.db)
     progress(f"{len(tasks)} tasks ({sum(t.kind == 'kernel' for t in tasks)} kernels, "
              f"{sum(t.kind == 'conversion' for t in tasks)} conversions) for {len(pm.layers)} layers x "
