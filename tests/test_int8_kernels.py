@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from schedules import quant, reference, registry, space
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
-from .isa import HOST, PROFILES, can_execute, isa_params
+from .isa import HOST, PROFILES, can_execute, isa_params, skip_reason
 
 _CACHE: dict = {}
 CHECKED_BY = ("the kernel's compilation is checked here by "
@@ -100,6 +100,26 @@ def depthwise_cases(draw):  # type: ignore[no-untyped-def]
     wl = Conv2dWorkload(1, c, hw, hw + draw(st.integers(0, 5)), c, k, k, stride, stride,
                         pad, pad, pad, pad, groups=c)
     return wl, draw(st.integers(0, 2 ** 16))
+
+
+@pytest.mark.parametrize("width", [5, 7])
+def test_w8a8_narrow_weights_whole_row_tile_bit_exact(width: int) -> None:
+    """Pair-fitted weights on AVX2 (``vpmaddubsw``): a kxk conv whose output row is at most 7
+    pixels takes one tile of the whole row (``int8_dot.fallback_config``), exact."""
+    wl = Conv2dWorkload(1, 37, width, width, 32, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "none"),
+                        narrow_weights=True)
+    xq, _, bias_q, m, s, x_zp, out_zp = _operands(wl, width)
+    w = np.random.default_rng(width).standard_normal(wl.weight_shape)
+    wq = np.round(w / quant.pair_fit_scales(w)[:, None, None, None]).astype(np.int8)
+    features = HOST.with_isa("avx2") if can_execute("avx2") else PROFILES["avx2"]
+    kernel = registry.select(registry.op_of(wl), "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    assert (cfg.dot, cfg.reg_n) == ("tvmq_pmaddubsw_8x4", width)
+    compile_for(kernel, wl, cfg, features)  # (compiles on any host)
+    if not can_execute("avx2"):
+        pytest.skip(skip_reason("avx2"))
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, "avx2"), expected)
 
 
 @pytest.mark.parametrize("isa", isa_params("depthwise_conv2d", "w8a8"))
