@@ -8,8 +8,8 @@
   conv kernel on that instruction;
 - ``w4a4`` (``w4a4_storage``): whether 4-bit activations *stored* between layers could pay: per
   layer input, a copy vs a nibble pack + unpack (generic schedule);
-- ``functions`` (printed only): every PrimFunc of the first model's compiled module, timed alone,
-  times its call count: where the end-to-end time goes.
+
+Where a whole model's time goes, per kernel and layer inside real runs: ``tvmq bench out/ --profile``.
 """
 
 from __future__ import annotations
@@ -725,49 +725,10 @@ def w4a4_main(args: argparse.Namespace, path: Path, features: Any, target: Any) 
     h.write_results(args.out, "w4a4_storage", {"rows": rows, "total": total}, "\n".join(lines))
 
 
-def functions_main(args: argparse.Namespace, path: Path, features: Any, target: Any) -> None:
-    """``--mode functions``: every PrimFunc ``main`` calls, timed alone on random arguments, times
-    its call count, largest first (``--plan`` w8a8 or a plan JSON needs ``--stats``); the sum
-    approximates end-to-end latency minus the VM's overhead."""
-    import tvm  # deferred: TVM
-    from tvm import relax
-
-    from tvmq.calibration import ActivationStats
-    from tvmq.compiler import lower_module
-    from tvmq.frontend import prepare
-    from tvmq.plan import PrecisionPlan
-
-    pm, lowering = prepare(str(path)), {}
-    if args.plan:
-        plan = (PrecisionPlan.load(args.plan, pm.layers) if args.plan.endswith(".json")
-                else PrecisionPlan.uniform(pm.layers, args.plan))
-        lowering = {"plan": plan, "range_method": args.range, "stats": ActivationStats.load(args.stats)}
-    mod = lower_module(pm, features, **lowering).mod
-    calls: Counter[str] = Counter()
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    relax.analysis.post_order_visit(mod["main"], lambda e: calls.update(
-        [e.args[0].name_hint] if isinstance(e, relax.Call) and e.op == call_tir else []))
-    rng, rows = np.random.default_rng(args.seed), []
-    for gv, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or gv.name_hint not in calls:
-            continue
-        ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-        tensors = [tvm.runtime.tensor(np.asarray(rng.random([int(d) for d in p.shape])).astype(p.dtype))
-                   for p in func.params]
-        t = ex.jit().time_evaluator("main", tvm.cpu(), number=5, repeat=5)(*tensors).median * 1e3
-        layer = func.attrs["tvmq.layer"] if func.attrs is not None and "tvmq.layer" in func.attrs else ""
-        rows.append((t * calls[gv.name_hint], t, calls[gv.name_hint], gv.name_hint, str(layer)))
-    rows.sort(reverse=True)
-    print(f"{'total ms':>9} {'ms/call':>8} {'calls':>5}  function (first layer)")
-    for tot, per, n, name, layer in rows[: args.top]:
-        print(f"{tot:9.3f} {per:8.3f} {n:5d}  {name} {('(' + layer + ')') if layer else ''}")
-    print(f"{sum(r[0] for r in rows):9.3f} ms in {len(rows)} functions ({args.threads} thread(s))")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = h.argument_parser(__doc__)
-    p.add_argument("--mode", choices=["layers", "peak", "w4a4", "functions"], default="layers",
-                   help="what to measure (default layers; w4a4 and functions: the first of --models)")
+    p.add_argument("--mode", choices=["layers", "peak", "w4a4"], default="layers",
+                   help="what to measure (default layers; w4a4: the first of --models)")
     h.model_option(p, threads="1")
     p.add_argument("--specs", dest="spec_list", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
                    help=f"comma-separated tvmq precisions (default: the registry's, {','.join(SPECS)} first)")
@@ -776,15 +737,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     h.add_options(p, repeat=(15, "timed repeats per tvmq kernel, over all rounds (default 15)"),
                   rounds=(3, "interleaved rounds per workload, the repeats split between them (default 3)"),
                   min_repeat_ms=(20, "minimum duration of one repeat in ms (default 20)"),
-                  seed=(0, "seed of the random arguments (default 0)"), top=(25, "functions: rows printed"),
-                  range=("percentile", "functions: activation range method of a quantized --plan"))
+                  seed=(0, "seed of the random arguments (default 0)"))
     p.add_argument("--narrow-weights", action="store_true",
                    help="layers: W8A8 convs with the recipe's narrow weights (vpmaddubsw on AVX2)")
-    p.add_argument("--plan", help="functions: precision plan (w8a8, or a plan JSON; default fp32)")
-    p.add_argument("--stats", help="functions: calibration statistics JSON (tvmq calibrate) of a --plan")
     args = p.parse_args(argv)
-    if args.plan and not args.stats:
-        p.error("--plan needs --stats (tvmq calibrate writes them)")
     if len(args.thread_list) != 1:
         p.error("--threads takes one thread count here")
     args.threads = args.thread_list[0]
@@ -834,8 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode != "layers":
         if not found:
             sys.exit(f"layer_latency: error: no model found: {skipped}")
-        mode_main = w4a4_main if args.mode == "w4a4" else functions_main
-        mode_main(args, next(iter(found.values())), features, target)
+        w4a4_main(args, next(iter(found.values())), features, target)
         return 0
     run = h.Run("layer_latency")
     instruction = ISA_INSTRUCTION.get(features.isa if features.isa != "amx" else "avx512_vnni")

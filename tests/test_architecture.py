@@ -168,6 +168,8 @@ x = np.load(sys.argv[2])
 m = tvmq.load(sys.argv[1])
 np.save(sys.argv[3], np.stack([m.run({m.input_names[0]: xi})[m.output_names[0]] for xi in x]))
 assert not [k for k in sys.modules if k.startswith(("tvm.relax", "tvmq.builder", "tvmq.compiler"))]
+p = m.profile(warmup=1, repeat=2)
+assert any(r.layers and r.calls for r in p.rows), p.table()
 print(m.benchmark(warmup=1, repeat=3).median_ms > 0)
 """
 

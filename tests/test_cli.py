@@ -48,6 +48,31 @@ def test_bench_compare_reports_both_runtimes(fmnist_compiled: Path) -> None:
         assert row["n"] == 5 and row["threads"] == 1 and 0 < row["median_ms"] < 1000
 
 
+def test_bench_profile_times_every_kernel_with_its_layers(fmnist_compiled: Path) -> None:
+    """``bench --profile``: every kernel function of the manifest is timed inside the runs, once
+    per layer it computes, and named with those layers; text and JSON; no ``--compare``."""
+    r = _cli("bench", str(fmnist_compiled), "--threads", "1", "--repeat", "3", "--warmup", "1",
+             "--profile", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["runs"] == 3 and data["threads"] == 1 and data["total_ms"] > 0
+    rows = {row["function"]: row for row in data["functions"]}
+    kernels = json.loads((fmnist_compiled / "manifest.json").read_text())["kernels"]
+    for layer, k in kernels.items():
+        row = rows[k["function"]]
+        assert layer in row["layers"]
+        assert row["calls"] == len(row["layers"]) and row["ms"] > 0
+    assert [row["ms"] for row in data["functions"]] == sorted((row["ms"] for row in data["functions"]),
+                                                              reverse=True)
+    text = _cli("bench", str(fmnist_compiled), "--threads", "1", "--repeat", "2", "--profile", "--top", "2")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].split() == ["ms/run", "share", "calls", "function", "(layers)"]
+    assert len(lines) == 1 + 2 + 2 and "ms per run, median of 2, 1 thread(s)" in lines[-1]
+    both = _cli("bench", str(fmnist_compiled), "--profile", "--compare", str(FMNIST_DIR / "model.onnx"))
+    assert both.returncode == 2 and "does not take --compare" in both.stderr
+
+
 def test_info_lists_layers() -> None:
     r = _cli("info", str(FMNIST_DIR / "model.onnx"))
     assert r.returncode == 0, r.stderr

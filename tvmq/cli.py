@@ -3,6 +3,7 @@
     tvmq compile model.onnx -o out/ [--isa avx2] [--batch-size 1] [--input-shape name=1,3,224,224]
     tvmq compile model.onnx --bits w8a8 --calibration calib.npz [--keep-fp32 first] -o out/
     tvmq bench out/ [--threads 1] [--repeat 50] [--compare model.onnx]
+    tvmq bench out/ --profile [--top 20]   # time per compiled function (and its layers) in a run
     tvmq info model.onnx          # layer table, unsupported ops, without compiling
     tvmq calibrate model.onnx --data calib.npz -o calibration.json
     tvmq tune model.onnx --specs w8a8,w4a8,w8a16,bf16,fp32 --trials 16 --db tuning.jsonl [--rpc host:port:key]
@@ -353,6 +354,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     m = load(args.model)
     rng = np.random.default_rng(0)
     feeds = {n: rng.standard_normal(s).astype(d) for n, s, d in m.inputs}
+    if args.profile:
+        if args.compare:
+            raise TvmqError("--profile times tvmq's own functions: it does not take --compare")
+        p = m.profile(feeds, warmup=args.warmup, repeat=args.repeat, threads=args.threads)
+        print(json.dumps(p.to_json()) if args.json else p.table(args.top))
+        return 0
     r = m.benchmark(feeds, warmup=args.warmup, repeat=args.repeat, threads=args.threads)
     rows = [("tvmq", r)]
     if args.compare:
@@ -700,6 +707,10 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     b.add_argument("--repeat", type=COUNT, default=50)
     b.add_argument("--compare", metavar="MODEL.onnx", help="also time onnxruntime on this model")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--profile", action="store_true",
+                   help="time each compiled function inside --repeat runs (the Relax VM's instrument hook): "
+                        "where the time goes, with the layers each function computes")
+    b.add_argument("--top", type=COUNT, default=20, help="--profile: the functions shown (default 20)")
     b.set_defaults(func=cmd_bench)
 
 

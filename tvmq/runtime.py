@@ -92,8 +92,47 @@ def time_calls(fn: Any, *, warmup: int = 10, repeat: int = 50, threads: int = 1)
     return BenchmarkResult.from_samples(samples, threads)
 
 
+@dataclass(frozen=True)
+class ProfileRow:
+    """One compiled function of a model: ``calls`` per run, ``ms`` per run (its calls summed,
+    median over the runs), the layers it computes (the manifest's ``kernels``)."""
+
+    function: str
+    calls: int
+    ms: float
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where one run's time goes: ``rows`` largest first; ``total_ms`` the median wall time of
+    an instrumented run (the rest over the rows' sum: the VM and the instrumentation)."""
+
+    rows: tuple[ProfileRow, ...]
+    total_ms: float
+    runs: int
+    threads: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total_ms": self.total_ms, "runs": self.runs, "threads": self.threads,
+                "functions": [{"function": r.function, "calls": r.calls, "ms": r.ms, "layers": list(r.layers)}
+                              for r in self.rows]}
+
+    def table(self, top: int | None = None) -> str:
+        """The rows as text: ms per run, share of the total, calls, function (its layers)."""
+        lines = [f"{'ms/run':>8} {'share':>6} {'calls':>5}  function (layers)"]
+        for r in self.rows[:top]:
+            layers = ", ".join(r.layers[:3]) + (f", ... ({len(r.layers)})" if len(r.layers) > 3 else "")
+            lines.append(f"{r.ms:8.3f} {r.ms / self.total_ms:6.1%} {r.calls:5d}  {r.function}"
+                         + (f" ({layers})" if layers else ""))
+        rest = self.total_ms - sum(r.ms for r in self.rows)
+        lines.append(f"{rest:8.3f} {rest / self.total_ms:6.1%} {'':5}  (VM and instrumentation: the rest)")
+        lines.append(f"{self.total_ms:8.3f} ms per run, median of {self.runs}, {self.threads} thread(s)")
+        return "\n".join(lines)
+
+
 class Module:
-    """A compiled tvmq model: ``run`` and ``benchmark``."""
+    """A compiled tvmq model: ``run``, ``benchmark`` and ``profile``."""
 
     def __init__(self, library: Path, manifest: dict[str, Any]) -> None:
         tvm = _tvm()
@@ -104,9 +143,9 @@ class Module:
             request_amx_permission()
         self.inputs, self.output_names = _io_specs(library, manifest)
         try:
-            lib = tvm.runtime.load_module(str(library))
+            self._lib = tvm.runtime.load_module(str(library))
             self._dev = tvm.cpu()
-            self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
+            self._vm = tvm.runtime.vm.VirtualMachine(self._lib, self._dev)
         except Exception as e:  # a shared library that is not a tvmq model (no Relax VM inside)
             text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ArtifactError(f"cannot load {library}: not a tvmq model library ({text})") from None
@@ -163,6 +202,50 @@ class Module:
     def benchmark(self, feeds: Mapping[str, np.ndarray] | np.ndarray | None = None, *,
                   warmup: int = 10, repeat: int = 50, threads: int | None = None) -> BenchmarkResult:
         """Time ``repeat`` calls after ``warmup`` (random inputs unless ``feeds`` is given)."""
+        args, n_threads = self._timing_setup(feeds, warmup, repeat, threads)
+        main = self._vm["main"]
+        return time_calls(lambda: main(*args), warmup=warmup, repeat=repeat, threads=n_threads)
+
+    def profile(self, feeds: Mapping[str, np.ndarray] | np.ndarray | None = None, *,
+                warmup: int = 3, repeat: int = 10, threads: int | None = None) -> Profile:
+        """Time every compiled function inside ``repeat`` runs after ``warmup`` (the Relax VM's
+        instrument hook around each call; random inputs unless ``feeds`` is given): where the
+        time goes, per kernel, in the graph as it runs (caches warm from the layers before)."""
+        args, n_threads = self._timing_setup(feeds, warmup, repeat, threads)
+        vm = _tvm().runtime.vm.VirtualMachine(self._lib, self._dev)  # its own VM: ``run`` stays unhooked
+        main = vm["main"]
+        for _ in range(warmup):
+            main(*args)
+        started: dict[str, float] = {}
+        run: dict[str, list[float]] = {}
+
+        def instrument(func: Any, symbol: str, before: bool, ret: Any, *call_args: Any) -> int:
+            now = time.perf_counter()
+            if before:
+                started[symbol] = now
+            else:
+                run.setdefault(symbol, []).append(now - started.pop(symbol, now))
+            return 0  # VMInstrumentReturnKind.NoOp: run the call as usual
+
+        vm.set_instrument(instrument)
+        runs, walls = [], []
+        for _ in range(repeat):
+            run = {}
+            t = time.perf_counter()
+            main(*args)
+            walls.append((time.perf_counter() - t) * 1e3)
+            runs.append(run)
+        layers: dict[str, list[str]] = {}
+        for layer, k in (self.manifest.get("kernels") or {}).items():
+            layers.setdefault(k.get("function", ""), []).append(layer)
+        rows = [ProfileRow(f, len(runs[0].get(f, [])), statistics.median(sum(r.get(f, [])) * 1e3 for r in runs),
+                           tuple(layers.get(f, []))) for f in {f for r in runs for f in r}]
+        rows.sort(key=lambda r: -r.ms)
+        return Profile(tuple(rows), statistics.median(walls), repeat, n_threads)
+
+    def _timing_setup(self, feeds: Mapping[str, np.ndarray] | np.ndarray | None, warmup: int, repeat: int,
+                      threads: int | None) -> tuple[list[Any], int]:
+        """The arguments (random where ``feeds`` is None) and the thread count, the pool sized."""
         if repeat < 1 or warmup < 0:
             raise TvmqError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
         if threads is not None and threads < 1:
@@ -172,9 +255,7 @@ class Module:
         if feeds is None:
             rng = np.random.default_rng(0)
             feeds = {n: rng.standard_normal(s).astype(d) for n, s, d in self.inputs}
-        args = self._convert(feeds)
-        main = self._vm["main"]
-        return time_calls(lambda: main(*args), warmup=warmup, repeat=repeat, threads=n_threads)
+        return self._convert(feeds), n_threads
 
 
 def load(path: str | os.PathLike) -> Module:
