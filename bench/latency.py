@@ -115,8 +115,9 @@ def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str
         merged.parent.mkdir(parents=True, exist_ok=True)
         merged.unlink(missing_ok=True)
         TuningDatabase.merge(args.db, merged)
-        todo.append((TVMQ_TUNED, {**spec, "db": str(merged)}, merged.parent / "model.so",
-                     {**stamp, "db_sha256": h.sha256_file(merged)}))
+        narrow = {"narrow_weights": True} if args.narrow_weights else {}  # as `tvmq tune` measured them on AVX2
+        todo.append((TVMQ_TUNED, {**spec, "db": str(merged), **narrow}, merged.parent / "model.so",
+                     {**stamp, "db_sha256": h.sha256_file(merged), **narrow}))
     src = m["rival_onnx"] = h.rival_onnx(m["onnx"], d / "rival.onnx")  # itself, or a folded copy
     base = {"onnx_sha256": h.sha256_file(src), "calib_sha256": sha, "python": sys.executable,
             "recipe_sha256": {p.name: h.sha256_file(p) for p in (Path(h.__file__), Path(__file__))}}
@@ -233,7 +234,8 @@ def header(args: argparse.Namespace, run: h.Run, result: dict[str, Any], models:
     if args.precision == "fp32":
         return ("fp32 batch-1 latency, tvmq (untuned) vs onnxruntime and OpenVINO (f32 precision hint). "
                 f"{timing}{run.load_note()}." + h.interference_note(rows))
-    tuned = f" and tuned on the kernels' best records in {', '.join(map(str, args.db))}" if args.db else ""
+    tuned = (f" and tuned{' (narrow weights)' if args.narrow_weights else ''} on the kernels' best records in "
+             f"{', '.join(map(str, args.db))}" if args.db else "")
     calib = "; ".join(f"{n}: {m['calibration']['calibration']}" for n, m in models.items()) or "-"
     return (f"W8A8 batch-1 latency, tvmq (untuned{tuned}, integer-only W8A8, {RANGE_METHOD} ranges) vs "
             f"onnxruntime int8 (QDQ) and OpenVINO int8 (NNCF), onnxruntime fp32 as the baseline. {timing}"
@@ -262,7 +264,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "avx512_vnni beside the host's amx")
     p.add_argument("--narrow-weights", action="store_true",
                    help="w8a8: also a tvmq W8A8 build with the recipe's narrow (pair-fitted) conv weights, which "
-                        "take vpmaddubsw on AVX2 (tvmq compile --narrow-weights)")
+                        "take vpmaddubsw on AVX2 (tvmq compile --narrow-weights); the tuned build (--db) then "
+                        "has them too")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.repeat < 1 or args.warmup < 0 or args.calib < 1:
         p.error("--rounds, --repeat and --calib must be >= 1, --warmup >= 0")

@@ -122,6 +122,31 @@ def test_w8a8_narrow_weights_whole_row_tile_bit_exact(width: int) -> None:
     np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, "avx2"), expected)
 
 
+@pytest.mark.parametrize("wl, tile", [
+    (Conv2dWorkload(1, 40, 14, 14, 32, 1, 1, layout="NHWC", narrow_weights=True), ("DotRowsConv2dConfig", 2, 16)),
+    (Conv2dWorkload(1, 24, 14, 14, 48, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC", narrow_weights=True),
+     ("DotRowsConv2dConfig", 2, 16)),
+    (Conv2dWorkload(1, 64, 7, 7, 24, 1, 1, layout="NHWC", narrow_weights=True), ("DotConv2dConfig", 7, 8)),
+    (Conv2dWorkload(1, 32, 14, 14, 40, 1, 1, 2, 2, layout="NHWC", narrow_weights=True), ("DotConv2dConfig", 7, 8)),
+], ids=["1x1-14px", "3x3-14px", "1x1-7px", "1x1-s2-7px"])
+def test_w8a8_narrow_weights_small_map_tiles_bit_exact(wl: Conv2dWorkload, tile: tuple[str, int, int]) -> None:
+    """Pair-fitted weights on AVX2: on maps whose width a 4-pixel tile does not divide, the
+    fallback takes a 2 x 2 pixel tile of 16 channels (even maps) or a whole row of 8 channels
+    (1x1s up to 7 pixels; ``int8_dispatch._small_map_tile``), exact."""
+    xq, _, bias_q, m, s, x_zp, out_zp = _operands(wl, wl.out_width)
+    w = np.random.default_rng(wl.in_channels).standard_normal(wl.weight_shape)
+    wq = np.round(w / quant.pair_fit_scales(w)[:, None, None, None]).astype(np.int8)
+    features = HOST.with_isa("avx2") if can_execute("avx2") else PROFILES["avx2"]
+    kernel = registry.select(registry.op_of(wl), "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    assert (type(cfg).__name__, cfg.reg_n, cfg.oc_bn, cfg.dot) == (*tile, "tvmq_pmaddubsw_8x4")
+    compile_for(kernel, wl, cfg, features)  # (compiles on any host)
+    if not can_execute("avx2"):
+        pytest.skip(skip_reason("avx2"))
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    np.testing.assert_array_equal(_run(wl, xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, "avx2"), expected)
+
+
 @pytest.mark.parametrize("isa", isa_params("depthwise_conv2d", "w8a8"))
 @given(depthwise_cases())
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,8 +6,9 @@ group]``, input repack, instruction, epilogue and numpy reference), but each reg
 weight vector loaded for a step serves ``rows * reg_n`` pixels instead of ``reg_n``. Where the
 output is narrow (ResNet-50's 7x7 maps), ``int8_dot``'s one-row tile holds at most
 ``out_width`` pixels and leaves most of AVX-512's 32 vector registers idle; this template is a
-tuning candidate of the W8A8 conv kernels beside ``int8_dot`` (``int8_dispatch``), never their
-fallback.
+tuning candidate of the W8A8 conv kernels beside ``int8_dot`` (``int8_dispatch``), and their
+fallback for VNNI kxk convs over wide maps and AVX2 ``vpmaddubsw`` convs on 14-pixel maps
+(``int8_dispatch.fallback_config``).
 
 Knobs (``DotRowsConv2dConfig``): ``int8_dot``'s ``ic_bn``, ``oc_bn``, ``reg_n`` and ``dot``, and
 ``rows`` (a divisor of the output height, at least 2). Not for AMX tiles (``int8_dot`` has them).
