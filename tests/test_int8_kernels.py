@@ -102,19 +102,21 @@ def depthwise_cases(draw):  # type: ignore[no-untyped-def]
     return wl, draw(st.integers(0, 2 ** 16))
 
 
+@pytest.mark.parametrize("narrow", [True, False], ids=["vpmaddubsw", "vpmaddwd"])
 @pytest.mark.parametrize("width", [5, 7])
-def test_w8a8_narrow_weights_whole_row_tile_bit_exact(width: int) -> None:
-    """Pair-fitted weights on AVX2 (``vpmaddubsw``): a kxk conv whose output row is at most 7
-    pixels takes one tile of the whole row (``int8_dot.fallback_config``), exact."""
+def test_w8a8_whole_row_tile_bit_exact(width: int, narrow: bool) -> None:
+    """AVX2, pair-fitted weights (``vpmaddubsw``) or exact ones (``vpmaddwd``): a kxk conv whose
+    output row is at most 7 pixels takes one tile of the whole row (``int8_dot.fallback_config``), exact."""
     wl = Conv2dWorkload(1, 37, width, width, 32, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "none"),
-                        narrow_weights=True)
-    xq, _, bias_q, m, s, x_zp, out_zp = _operands(wl, width)
-    w = np.random.default_rng(width).standard_normal(wl.weight_shape)
-    wq = np.round(w / quant.pair_fit_scales(w)[:, None, None, None]).astype(np.int8)
+                        narrow_weights=narrow)
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, width)
+    if narrow:
+        w = np.random.default_rng(width).standard_normal(wl.weight_shape)
+        wq = np.round(w / quant.pair_fit_scales(w)[:, None, None, None]).astype(np.int8)
     features = HOST.with_isa("avx2") if can_execute("avx2") else PROFILES["avx2"]
     kernel = registry.select(registry.op_of(wl), "w8a8", features)
     cfg = kernel.fallback_config(wl, features)
-    assert (cfg.dot, cfg.reg_n) == ("tvmq_pmaddubsw_8x4", width)
+    assert (cfg.dot, cfg.reg_n) == ("tvmq_pmaddubsw_8x4" if narrow else "tvmq_pmaddwd_8x2", width)
     compile_for(kernel, wl, cfg, features)  # (compiles on any host)
     if not can_execute("avx2"):
         pytest.skip(skip_reason("avx2"))

@@ -35,7 +35,7 @@ from ..common import (
     stack_tile_pixels,
     vectorize_channels_last_store,
 )
-from ..intrinsics import AMX_16X64, DOT_PRODUCTS, PMADDUBSW_8X4, DotProduct, amx_intrinsics
+from ..intrinsics import AMX_16X64, DOT_PRODUCTS, PMADDUBSW_8X4, PMADDWD_8X2, DotProduct, amx_intrinsics
 from ..quant import pairs_fit_int16
 from ..space import grid
 from ..target_features import TargetFeatures
@@ -99,10 +99,11 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> D
     spare = 5 if d is PMADDUBSW_8X4 else 2
     max_regs = stack_tile_pixels(vecs * d.lanes, (registers - spare - vecs) // vecs)
     reg_n = register_tile(wl.out_width, max_regs)
-    if d is PMADDUBSW_8X4 and max_regs < wl.out_width <= 7 and wl.kernel_h * wl.kernel_w > 1:
+    if d in (PMADDUBSW_8X4, PMADDWD_8X2) and max_regs < wl.out_width <= 7 and wl.kernel_h * wl.kernel_w > 1:
         # a whole row of at most 7 pixels beats the padded 4-pixel tiles despite its spills:
         # ResNet-50's 3x3 512->512 at 7 pixels 92 vs 82 GMAC/s (Zen 3 core, interleaved, 9 rounds),
-        # while at 14 pixels and more a 7-pixel tile ties or loses
+        # while at 14 pixels and more a 7-pixel tile ties or loses; on vpmaddwd (exact 8-bit
+        # weights) its two 7-pixel 3x3s -15% and -23% (Zen 3, 5 rounds)
         reg_n = wl.out_width
     ic_bn = min(32 if d is PMADDUBSW_8X4 else 16, ceil_div(wl.in_per_group, d.group) * d.group)
     unpadded = not (wl.pad_top or wl.pad_left or wl.pad_bottom or wl.pad_right)
