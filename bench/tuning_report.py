@@ -72,7 +72,7 @@ def section(name: str, r: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         p = r["predicted_sum_ms"]["w8a8"]
         lines.append(f"Predicted W8A8 layer sum (measured kernels + conversions): {p:.2f} ms; tuned library "
                      f"measured end to end: {measured:.2f} ms ({100 * (p / measured - 1):+.1f}%).")
-    lines += ["", h.md_table(["W8A8 task", "layers", "fallback min us", "best min us", "speedup", "s"], [
+    lines += ["", h.md_table(["W8A8 task", "layers", "fallback us", "best us", "speedup", "s"], [
         [t["workload"], len(t["layers"]), f"{t['fallback_us']:.1f}", f"{t['best_us']:.1f}",
          f"{t['fallback_us'] / t['best_us']:.2f}x", f"{t['seconds']:.1f}"]
         for t in summary["tasks"] if t["spec"] == "w8a8" and t["best_us"]], "lr")]

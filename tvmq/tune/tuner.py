@@ -9,6 +9,12 @@ appended to the database before the next batch; a task whose records already rea
 is skipped, and a rerun after a kill continues with the budget that is left, so an interrupted
 and resumed run measures as many candidates as an uninterrupted one. The seed fixes every random
 choice (per task: the seed and the task key).
+
+Then a playoff: the fallback and the ``PLAYOFF_SIZE - 1`` fastest other configurations of the
+search are measured again in ``PLAYOFF_ROUNDS`` rounds, the order reversed every other round, and
+the database ranks them by the median of those rounds (``TuningDatabase.ranked_us``): side by side
+in time, so that a moment of load on a shared machine does not crown a slower configuration. A
+rerun measures only the rounds the database lacks (after a kill, the rest).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
@@ -170,21 +177,67 @@ def tune(tasks: list[TuneTask], db: TuningDatabase, measurer: Measurer, features
                 done.add(_cid(cfg))
             measured += len(chosen)
             bar.update(i, len(plans), task, len(done), budget, _best_us(db, task, dev), advance=len(chosen))
+        if fallback is not None:
+            measured += _playoff(task, fallback, space_, db, measurer, dev)
         recs = db.query(task.key, task.spec, dev)
         ok = [r for r in recs if r.ok]
-        fb = [r for r in ok if fallback is None or r.config_id == _cid(fallback)]
-        best_r = min(ok, key=lambda r: r.min_us) if ok else None
+        ranked = db.ranked_us(task.key, task.spec, dev)
+        fb_us = ranked.get(_cid(fallback)) if fallback is not None else (min(ranked.values()) if ranked else None)
+        best_r = db.best(task.key, task.spec, dev)
         status = "failed" if not ok else ("tuned" if measured else "cached")
         summary.results.append(TaskResult(
-            task, measured, len(recs), fb[0].min_us if fb else None,
-            best_r.min_us if best_r else None, best_r.config if best_r else None,
-            time.perf_counter() - ts, status))
+            task, measured, len(recs), fb_us, ranked[best_r.config_id] if best_r else None,
+            best_r.config if best_r else None, time.perf_counter() - ts, status))
         if log is not None and not ok:
             log(f"warning: every candidate of {task.describe()} [{task.spec}] failed: "
                 f"{recs[-1].error if recs else 'no record'}")
     bar.finish()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+PLAYOFF_SIZE = 4  # the fallback and the three fastest others of the search
+PLAYOFF_ROUNDS = 3
+
+
+def _finalists(task: TuneTask, fallback: Any, space_: list[Any], db: TuningDatabase, dev: str) -> list[Any]:
+    """The fallback and the ``PLAYOFF_SIZE - 1`` fastest other configurations by their search
+    records; none where the fallback failed or nothing else succeeded."""
+    by_cid = {_cid(c): c for c in space_}
+    fastest: dict[str, float] = {}
+    for r in db.query(task.key, task.spec, dev):
+        if r.ok and not r.playoff and r.config_id in by_cid:
+            fastest[r.config_id] = min(fastest.get(r.config_id, math.inf), r.min_us)
+    fb = _cid(fallback)
+    others = sorted((c for c in fastest if c != fb), key=lambda c: (fastest[c], c))[: PLAYOFF_SIZE - 1]
+    return [fallback] + [by_cid[c] for c in others] if fb in fastest and others else []
+
+
+def _playoff(task: TuneTask, fallback: Any, space_: list[Any], db: TuningDatabase, measurer: Measurer,
+             dev: str) -> int:
+    """The finalists' rounds that the database lacks (all of them the first time; after a kill,
+    the rest; a finalist that a longer search added, its own), appended as records whose latency
+    names the round; how many were measured."""
+    finalists = _finalists(task, fallback, space_, db, dev)
+    if not finalists:
+        return 0
+    done = Counter(r.config_id for r in db.query(task.key, task.spec, dev) if r.playoff)
+    n = 0
+    for rnd in range(PLAYOFF_ROUNDS):
+        due = [c for c in finalists if done[_cid(c)] <= rnd]
+        if not due:
+            continue
+        if rnd % 2:
+            due.reverse()
+        for cfg, res in zip(due, measurer.measure(task, due)):
+            latency = None if res.latency is None else {**res.latency, "playoff": rnd + 1}
+            db.append(TuningRecord(
+                task=task.key, kernel=task.kernel, spec=task.spec, workload=task.workload_json(),
+                config=_cfg_json(cfg), latency=latency, device=measurer.device, error=res.error,
+                tvmq=__version__, tvm=tvm.__version__))
+            done[_cid(cfg)] += latency is not None
+            n += 1
+    return n
 
 
 def _cfg_json(cfg: Any) -> dict[str, Any]:
