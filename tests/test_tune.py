@@ -323,6 +323,28 @@ def test_playoff_overrules_a_lucky_search_measurement(fmnist_tasks, tmp_path: Pa
     assert s.results[0].best_us == s.results[0].fallback_us == 100.0
 
 
+def test_playoff_includes_a_fallback_the_search_never_measured(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A database written before the kernel's fallback changed holds no record of today's
+    fallback: the search, its budget spent, measures nothing, and the playoff still sets the
+    fallback beside the three fastest others, side by side (its rounds with theirs)."""
+    _, tasks = fmnist_tasks
+    task = next(t for t in tasks if t.kind == "kernel" and t.spec == "w8a8")
+    fb = registry.get(registry.KernelKey.parse(task.kernel)).fallback_config(task.workload, FEATURES)
+    others = [c for c in space.config_space(fb, task.workload, FEATURES) if c != fb][:4]
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    m = ScriptedMeasurer(lambda t, cfg: 100.0 if cfg == fb else _synthetic_us(t, cfg))
+    for cfg, res in zip(others, m.measure(task, others)):  # an older search: every trial but the fallback
+        db.append(TuningRecord(task=task.key, kernel=task.kernel, spec=task.spec, workload=task.workload_json(),
+                               config=space.config_to_json(cfg), latency=res.latency, device=m.device))
+    m.calls = 0
+    tune([task], db, m, FEATURES, trials=4, progress=False)
+    played = [r for r in db if r.playoff]
+    assert m.calls == len(played) == PLAYOFF_ROUNDS * PLAYOFF_SIZE
+    fb_id = json.dumps(space.config_to_json(fb), sort_keys=True)
+    assert [r.latency["playoff"] for r in played if r.config_id == fb_id] == [1, 2, 3]
+    assert [r.config_id for r in played][:PLAYOFF_SIZE][0] == fb_id  # the first round starts with it
+
+
 def test_real_tuning_run_then_compile_uses_it_bit_exactly(fmnist_tasks, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import tvmq
     from tvmq.calibration import collect

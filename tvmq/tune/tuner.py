@@ -202,15 +202,21 @@ PLAYOFF_ROUNDS = 3
 
 def _finalists(task: TuneTask, fallback: Any, space_: list[Any], db: TuningDatabase, dev: str) -> list[Any]:
     """The fallback and the ``PLAYOFF_SIZE - 1`` fastest other configurations by their search
-    records; none where the fallback failed or nothing else succeeded."""
+    records; none where nothing else succeeded. (The fallback plays even without a search record
+    of its own, which a database written before the kernel's fallback changed lacks.)"""
     by_cid = {_cid(c): c for c in space_}
     fastest: dict[str, float] = {}
+    failed = set()
     for r in db.query(task.key, task.spec, dev):
         if r.ok and not r.playoff and r.config_id in by_cid:
             fastest[r.config_id] = min(fastest.get(r.config_id, math.inf), r.min_us)
+        elif not r.ok:
+            failed.add(r.config_id)
     fb = _cid(fallback)
     others = sorted((c for c in fastest if c != fb), key=lambda c: (fastest[c], c))[: PLAYOFF_SIZE - 1]
-    return [fallback] + [by_cid[c] for c in others] if fb in fastest and others else []
+    if not others or (fb not in fastest and fb in failed):
+        return []
+    return [fallback] + [by_cid[c] for c in others]
 
 
 def _playoff(task: TuneTask, fallback: Any, space_: list[Any], db: TuningDatabase, measurer: Measurer,
