@@ -26,13 +26,12 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-
-import numpy as np
 
 from schedules.target_features import TargetFeatures
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
@@ -230,16 +229,21 @@ class TuningDatabase:
         a neighbour that slows a whole window down (a shared VM) can make a slower configuration
         look fastest: on a 2-core Zen 3 VM several search winners were 5-25% slower than the
         fallback when measured side by side."""
-        ok = [r for r in self.query(task, spec, device_id) if r.ok]
-        playoff = [r for r in ok if r.playoff]
-        if playoff:
-            rounds: dict[str, list[float]] = {}
-            for r in playoff:
+        rounds: dict[str, list[float]] = {}
+        for r in self.query(task, spec, device_id):
+            if r.playoff:
                 rounds.setdefault(r.config_id, []).append(r.min_us)
-            return {c: float(np.median(v)) for c, v in rounds.items()}
+        if rounds:
+            return {c: statistics.median(v) for c, v in rounds.items()}
+        return self.search_fastest_us(task, spec, device_id)
+
+    def search_fastest_us(self, task: str, spec: str, device_id: str) -> dict[str, float]:
+        """Each configuration's fastest repeat over its successful search records (playoff
+        records left out), microseconds by ``config_id``."""
         fastest: dict[str, float] = {}
-        for r in ok:
-            fastest[r.config_id] = min(fastest.get(r.config_id, math.inf), r.min_us)
+        for r in self.query(task, spec, device_id):
+            if r.ok and not r.playoff:
+                fastest[r.config_id] = min(fastest.get(r.config_id, math.inf), r.min_us)
         return fastest
 
     def best(self, task: str, spec: str, device_id: str) -> TuningRecord | None:

@@ -205,16 +205,11 @@ def _finalists(task: TuneTask, fallback: Any, space_: list[Any], db: TuningDatab
     records; none where nothing else succeeded. (The fallback plays even without a search record
     of its own, which a database written before the kernel's fallback changed lacks.)"""
     by_cid = {_cid(c): c for c in space_}
-    fastest: dict[str, float] = {}
-    failed = set()
-    for r in db.query(task.key, task.spec, dev):
-        if r.ok and not r.playoff and r.config_id in by_cid:
-            fastest[r.config_id] = min(fastest.get(r.config_id, math.inf), r.min_us)
-        elif not r.ok:
-            failed.add(r.config_id)
+    fastest = {c: us for c, us in db.search_fastest_us(task.key, task.spec, dev).items() if c in by_cid}
     fb = _cid(fallback)
     others = sorted((c for c in fastest if c != fb), key=lambda c: (fastest[c], c))[: PLAYOFF_SIZE - 1]
-    if not others or (fb not in fastest and fb in failed):
+    failed = any(r.config_id == fb and not r.ok for r in db.query(task.key, task.spec, dev))
+    if not others or (fb not in fastest and failed):
         return []
     return [fallback] + [by_cid[c] for c in others]
 
