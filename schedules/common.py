@@ -123,9 +123,10 @@ def keep_tile_in_registers(sch, init_b, out_b, tile_loop) -> None:  # type: igno
 
 
 def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]
-    """The input repack ``[N, blocks, H, W, lanes]``: parallel over (n, block, row)."""
-    pn, pb, ph, _, pc = sch.get_loops(pack_b)
-    sch.parallel(sch.fuse(pn, pb, ph))
+    """The input repack ``[N, blocks, (phases,) H, W, lanes]``: parallel over everything but the
+    columns and lanes."""
+    *outer, _, pc = sch.get_loops(pack_b)
+    sch.parallel(sch.fuse(*outer))
     sch.unroll(pc)
 
 

@@ -183,122 +183,196 @@ def _px_vnni_16x4_impl(A: T.Buffer((16, 4), "uint8", offset_factor=1),
 
 
 # --- AMX tiles: tdpbusd, M pixels x 16 channels x 64 input channels per instruction ---------
+AMX_TILES = 8  # tile registers tmm0..tmm7
+
+
+def amx_tile_plan(rows: int, cols: int) -> tuple[int, int]:
+    """The tile registers of a block of ``rows x cols`` accumulator tiles (``rows`` groups of
+    pixels, ``cols`` groups of 16 channels): the accumulators first (tmm ``i * cols + j``), then
+    one A tile per row (from the first returned), then one B tile per column (from the second);
+    at most ``AMX_TILES`` in all."""
+    if rows < 1 or cols < 1 or rows * cols + rows + cols > AMX_TILES:
+        raise ValueError(f"a block of {rows} x {cols} AMX tiles needs {rows * cols + rows + cols} "
+                         f"tile registers; there are {AMX_TILES}")
+    return rows * cols, rows * cols + rows
+
+
+def _block_buffer(m: int, rows: int, width: int):  # type: ignore[no-untyped-def]
+    """A block's buffer: shape ``(m, width)`` for one row of tiles, ``(rows, m, width)`` else;
+    its whole region; fresh symbolic strides (the last 1)."""
+    shape = (m, width) if rows == 1 else (rows, m, width)
+    strides = [*(tirx.Var(f"s{i}", "int32") for i in range(len(shape) - 1)), 1]
+    return shape, tuple(slice(0, e) for e in shape), strides
+
+
 @functools.lru_cache(maxsize=None)
-def amx_tile_ops(m: int, acc_dtype: str):  # type: ignore[no-untyped-def]
-    """The accumulator tile's zero and store intrinsics, for every AMX dot product (``tdpbusd``
+def amx_tile_ops(m: int, acc_dtype: str, rows: int = 1, cols: int = 1):  # type: ignore[no-untyped-def]
+    """The accumulator tiles' zero and store intrinsics, for every AMX dot product (``tdpbusd``
     here, ``tdpbf16ps`` in ``intrinsics_bf16``): ``(zero_desc, zero_impl, store_desc,
-    store_impl)`` over an ``m x 16`` tile of ``acc_dtype`` (int32 / float32, 4 bytes: 64 bytes
-    a row). ``zero`` is the init block (``ldtilecfg``: tmm0 = C with ``m`` rows, tmm1 = A with
-    ``m`` rows, tmm2 = B with 16 rows, 64 bytes each; then ``tilezero`` tmm0), ``store`` the
-    ``tilestored`` of tmm0 into the tile's buffer, which the epilogue reads."""
+    store_impl)`` over a block of ``rows x cols`` tiles of ``m`` pixels x 16 channels of
+    ``acc_dtype`` (int32 / float32, 4 bytes: 64 bytes a tile row), a buffer ``(m, 16 * cols)``
+    (one row of tiles) or ``(rows, m, 16 * cols)``. ``zero`` is the init block (``ldtilecfg``
+    of ``amx_tile_plan``'s registers: accumulators and A tiles ``m`` rows, B tiles 16 rows, 64
+    bytes each; then ``tilezero`` of each accumulator), ``store`` the ``tilestored`` of each
+    accumulator into the block's buffer, which the epilogue reads."""
     if not 1 <= m <= 16:
         raise ValueError(f"AMX tiles have 1..16 rows, got {m}")
+    first_a, first_b = amx_tile_plan(rows, cols)
     zero = tirx.const(0, acc_dtype)
+    flat = rows == 1
+
+    def buffer():  # type: ignore[no-untyped-def]
+        return _block_buffer(m, rows, 16 * cols)
+
+    shape, full, st = buffer()
 
     @T.prim_func(s_tir=True)
     def zero_desc(c: T.handle) -> None:
-        sc = T.int32()
-        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
+        C = T.match_buffer(c, shape, acc_dtype, offset_factor=1, strides=st)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:m, 0:16])
-            for i, j in T.grid(m, 16):
+            T.writes(C[full])
+            for idx in T.grid(*shape):
                 with T.sblock("init"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    C[vi, vj] = zero
+                    if flat:
+                        vi, vj = T.axis.remap("SS", idx)
+                        C[vi, vj] = zero
+                    else:
+                        vy, vi, vj = T.axis.remap("SSS", idx)
+                        C[vy, vi, vj] = zero
+
+    shape, full, st = buffer()
 
     @T.prim_func(s_tir=True)
     def zero_impl(c: T.handle) -> None:
-        sc = T.int32()
-        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
+        C = T.match_buffer(c, shape, acc_dtype, offset_factor=1, strides=st)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:m, 0:16])
+            T.writes(C[full])
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             for i in range(64):
                 cfg[i] = T.uint8(0)
             cfg[0] = T.uint8(1)  # palette 1
-            for t in range(3):
-                cfg[16 + 2 * t] = T.uint8(64)  # bytes per row of tmm0..2
-            cfg[48] = T.uint8(m)  # rows: tmm0 (C)
-            cfg[49] = T.uint8(m)  # tmm1 (A)
-            cfg[50] = T.uint8(16)  # tmm2 (B)
+            for t in T.unroll(first_b + cols):
+                cfg[16 + 2 * t] = T.uint8(64)  # bytes per row of every tile used
+                cfg[48 + t] = T.Select(t < first_b, T.uint8(m), T.uint8(16))  # rows: C and A m, B 16
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.uint8(0)))
+            for t in T.unroll(rows * cols):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.Cast("uint8", t)))
+
+    shape, full, st = buffer()
+    _, _, st_d = buffer()
 
     @T.prim_func(s_tir=True)
     def store_desc(c: T.handle, d: T.handle) -> None:
-        sc = T.int32()
-        sd = T.int32()
-        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
-        D = T.match_buffer(d, (m, 16), acc_dtype, offset_factor=1, strides=[sd, 1])
+        C = T.match_buffer(c, shape, acc_dtype, offset_factor=1, strides=st)
+        D = T.match_buffer(d, shape, acc_dtype, offset_factor=1, strides=st_d)
         with T.sblock("root"):
-            T.reads(C[0:m, 0:16])
-            T.writes(D[0:m, 0:16])
-            for i, j in T.grid(m, 16):
+            T.reads(C[full])
+            T.writes(D[full])
+            for idx in T.grid(*shape):
                 with T.sblock("store"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    D[vi, vj] = C[vi, vj]
+                    if flat:
+                        vi, vj = T.axis.remap("SS", idx)
+                        D[vi, vj] = C[vi, vj]
+                    else:
+                        vy, vi, vj = T.axis.remap("SSS", idx)
+                        D[vy, vi, vj] = C[vy, vi, vj]
+
+    shape, full, st = buffer()
+    _, _, st_d = buffer()
 
     @T.prim_func(s_tir=True)
     def store_impl(c: T.handle, d: T.handle) -> None:
-        sc = T.int32()
-        sd = T.int32()
-        C = T.match_buffer(c, (m, 16), acc_dtype, offset_factor=1, strides=[sc, 1])
-        D = T.match_buffer(d, (m, 16), acc_dtype, offset_factor=1, strides=[sd, 1])
+        C = T.match_buffer(c, shape, acc_dtype, offset_factor=1, strides=st)
+        D = T.match_buffer(d, shape, acc_dtype, offset_factor=1, strides=st_d)
         with T.sblock("root"):
-            T.reads(C[0:m, 0:16])
-            T.writes(D[0:m, 0:16])
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(0),
-                                          T.address_of(D[0, 0]), T.Cast("int64", sd * 4)))
+            T.reads(C[full])
+            T.writes(D[full])
+            for i in T.unroll(rows):
+                for j in T.unroll(cols):
+                    if flat:
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.Cast("uint8", j),
+                                                      T.address_of(D[0, j * 16]), T.Cast("int64", st_d[0] * 4)))
+                    else:
+                        T.evaluate(T.call_llvm_intrin(
+                            "void", "llvm.x86.tilestored64", T.Cast("uint8", i * cols + j),
+                            T.address_of(D[i, 0, j * 16]), T.Cast("int64", st_d[1] * 4)))
 
     return zero_desc, zero_impl, store_desc, store_impl
 
 
-def amx_intrinsics(m: int) -> tuple[str, str, str]:
-    """Register (once) and name the three AMX intrinsics for ``m`` tile rows (output pixels).
+@functools.lru_cache(maxsize=None)
+def amx_intrinsics(m: int, rows: int = 1, cols: int = 1) -> tuple[str, str, str]:
+    """Register (once) and name the three AMX intrinsics for a block of ``rows x cols`` tiles
+    of ``m`` pixels x 16 output channels (``amx_tile_plan``'s registers).
 
-    tmm0 = the ``m x 16`` int32 accumulator, tmm1 = activations (``m`` rows of 64 uint8 input
-    channels, row stride = the pixel stride), tmm2 = weights (16 rows of 16 output channels x 4,
-    VNNI-packed). ``zero`` and ``store``: ``amx_tile_ops``; ``dot`` (the update: two
-    ``tileloadd`` + ``tdpbusd``; the accumulator stays in tmm0 between calls). Correct because a
-    thread finishes one output tile before it starts the next (the schedule's loop order).
-    Every process must request AMX permission first (``tvmq.runtime`` does).
+    The accumulators are ``m x 16`` int32 tiles; an A tile holds ``m`` pixels of 64 uint8
+    input channels (row stride = the pixel stride), a B tile the weights of 16 output channels
+    (16 rows of 16 channels x 4 input channels, VNNI-packed; row stride 64 bytes per column of
+    tiles). ``zero`` and ``store``: ``amx_tile_ops``; ``dot`` (the update: ``rows + cols``
+    ``tileloadd`` and ``rows * cols`` ``tdpbusd``; the accumulators stay in their registers
+    between calls). Independent accumulators keep several ``tdpbusd`` in flight (a chain on one
+    tile waits out the instruction's latency at every step) and each loaded tile serves
+    ``rows`` or ``cols`` of them. Correct because a thread finishes one block before it starts
+    the next (the schedule's loop order). Every process must request AMX permission first
+    (``tvmq.runtime`` does).
     """
-    zero_desc, zero_impl, store_desc, store_impl = amx_tile_ops(m, "int32")
+    zero_desc, zero_impl, store_desc, store_impl = amx_tile_ops(m, "int32", rows, cols)
+    first_a, first_b = amx_tile_plan(rows, cols)
+    flat = rows == 1
+    width = 16 * cols
+
+    def buffers():  # type: ignore[no-untyped-def]
+        return _block_buffer(m, rows, 64), _block_buffer(m, rows, width)
+
+    (a_shape, a_full, a_st), (c_shape, c_full, c_st) = buffers()
 
     @T.prim_func(s_tir=True)
     def dot_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sa = T.int32()
-        sc = T.int32()
-        A = T.match_buffer(a, (m, 64), "uint8", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (16, 16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=a_st)
+        B = T.match_buffer(b, (16, width, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=c_st)
         with T.sblock("root"):
-            T.reads(C[0:m, 0:16], A[0:m, 0:64], B[0:16, 0:16, 0:4])
-            T.writes(C[0:m, 0:16])
-            for i, j, kf, ks in T.grid(m, 16, 16, 4):
+            T.reads(C[c_full], A[a_full], B[0:16, 0:width, 0:4])
+            T.writes(C[c_full])
+            for idx in T.grid(*c_shape, 16, 4):
                 with T.sblock("update"):
-                    vi, vj, vkf, vks = T.axis.remap("SSRR", [i, j, kf, ks])
-                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vkf * 4 + vks], "int32") * T.cast(B[vkf, vj, vks], "int32")
+                    if flat:
+                        vi, vj, vkf, vks = T.axis.remap("SSRR", idx)
+                        C[vi, vj] = C[vi, vj] + T.cast(A[vi, vkf * 4 + vks], "int32") \
+                            * T.cast(B[vkf, vj, vks], "int32")
+                    else:
+                        vy, vi, vj, vkf, vks = T.axis.remap("SSSRR", idx)
+                        C[vy, vi, vj] = C[vy, vi, vj] + T.cast(A[vy, vi, vkf * 4 + vks], "int32") \
+                            * T.cast(B[vkf, vj, vks], "int32")
+
+    (a_shape, a_full, a_st), (c_shape, c_full, c_st) = buffers()
 
     @T.prim_func(s_tir=True)
     def dot_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        sa = T.int32()
-        sc = T.int32()
-        A = T.match_buffer(a, (m, 64), "uint8", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (16, 16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (m, 16), "int32", offset_factor=1, strides=[sc, 1])
+        A = T.match_buffer(a, a_shape, "uint8", offset_factor=1, strides=a_st)
+        B = T.match_buffer(b, (16, width, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, c_shape, "int32", offset_factor=1, strides=c_st)
         with T.sblock("root"):
-            T.reads(C[0:m, 0:16], A[0:m, 0:64], B[0:16, 0:16, 0:4])
-            T.writes(C[0:m, 0:16])
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(1),
-                                          T.address_of(A[0, 0]), T.Cast("int64", sa)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.uint8(2),
-                                          T.address_of(B[0, 0, 0]), T.int64(64)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.uint8(0), T.uint8(1), T.uint8(2)))
+            T.reads(C[c_full], A[a_full], B[0:16, 0:width, 0:4])
+            T.writes(C[c_full])
+            for j in T.unroll(cols):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("uint8", first_b + j),
+                                              T.address_of(B[0, j * 16, 0]), T.int64(64 * cols)))
+            for i in T.unroll(rows):
+                if flat:
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("uint8", first_a),
+                                                  T.address_of(A[0, 0]), T.Cast("int64", a_st[0])))
+                else:
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.Cast("uint8", first_a + i),
+                                                  T.address_of(A[i, 0, 0]), T.Cast("int64", a_st[1])))
+                for j in T.unroll(cols):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.Cast("uint8", i * cols + j),
+                                                  T.Cast("uint8", first_a + i), T.Cast("uint8", first_b + j)))
 
-    names = (f"tvmq_amx_zero_{m}", f"tvmq_amx_dot_{m}x16x64", f"tvmq_amx_store_{m}")
+    block = "" if rows == cols == 1 else f"_{rows}x{cols}"
+    names = (f"tvmq_amx_zero_{m}{block}", f"tvmq_amx_dot_{m}x16x64{block}", f"tvmq_amx_store_{m}{block}")
     for name, desc, impl in zip(names, (zero_desc, dot_desc, store_desc), (zero_impl, dot_impl, store_impl)):
         TensorIntrin.register(name, desc, impl, override=True)
     return names

@@ -13,7 +13,6 @@ import tvm
 
 import tvmq
 from schedules import quant, reference, registry
-from schedules.conv2d import int8_dispatch
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 from tvmq.calibration import collect
 
@@ -74,13 +73,14 @@ def test_float_requantization_channels_last_both_loop_orders(wl: Conv2dWorkload,
 @pytest.mark.parametrize("stride", [1, 2])
 def test_float_requantization_wide_3x3_on_the_multi_row_tile(isa: str, variant: str, stride: int) -> None:
     """A 3x3 conv over a 56-wide map takes ``int8_rows``' tile at the VNNI level
-    (``int8_dispatch._wide_window``): the same integers as numpy."""
+    (``int8_dispatch._wide_window``) and a block of two rows of tiles at the AMX level: the same
+    integers as numpy."""
     wl = Conv2dWorkload(1, 16, 56, 56, 24, 3, 3, stride, stride, 1, 1, 1, 1, epilogue=FLOAT, layout="NHWC")
     features = HOST.with_isa(isa)
     cfg = registry.select("conv2d", "w8a8", features).fallback_config(wl, features)
-    # (AMX: a strided conv takes the VNNI form, and with it the VNNI tile)
-    vnni = isa == "avx512_vnni" or (isa == "amx" and not int8_dispatch.amx_fits(wl))
-    assert (type(cfg).__name__ == "DotRowsConv2dConfig") == vnni
+    # (AMX: a block of two rows of AMX tiles, strided too, ``int8_dispatch._amx_block``)
+    assert (type(cfg).__name__ == "DotRowsConv2dConfig") == (isa in ("avx512_vnni", "amx"))
+    assert (getattr(cfg, "dot", None) == "tvmq_amx") == (isa == "amx")
     _check_conv(wl, isa, variant)
 
 

@@ -87,13 +87,14 @@ def test_w4a8_conv_and_depthwise_bit_exact(isa: str, case, unpack: str) -> None:
 @pytest.mark.parametrize("stride", [1, 2])
 def test_w4a8_wide_3x3_conv_on_the_multi_row_tile_bit_exact(isa: str, stride: int) -> None:
     """A 3x3 conv over a 56-wide map: at the VNNI level its fallback is ``int8_rows``' tile
-    (``int8_dispatch._wide_window``), whose W4A8 twin equals numpy too."""
+    (``int8_dispatch._wide_window``), at the AMX level a block of two rows of tiles; their W4A8
+    twins equal numpy too."""
     wl = Conv2dWorkload(1, 16, 56, 56, 24, 3, 3, stride, stride, 1, 1, 1, 1)
     features = HOST if isa is None else HOST.with_isa(isa)
     base = registry.select("conv2d", "w4a8", features).fallback_config(wl, features).base
-    # (AMX: a strided conv takes the VNNI form, and with it the VNNI tile)
-    vnni = features.isa == "avx512_vnni" or (features.isa == "amx" and not int8_dispatch.amx_fits(wl))
-    assert (type(base).__name__ == "DotRowsConv2dConfig") == vnni
+    # (AMX: a block of two rows of AMX tiles, strided too, ``int8_dispatch._amx_block``)
+    assert (type(base).__name__ == "DotRowsConv2dConfig") == (features.isa in ("avx512_vnni", "amx"))
+    assert (getattr(base, "dot", None) == "tvmq_amx") == (features.isa == "amx")
     _check_w4a8_conv(isa, wl, 3, False, "call")
 
 

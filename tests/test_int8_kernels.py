@@ -305,8 +305,6 @@ def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, is
     lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
                       target=tvm.target.Target(features.target_json()))
     asm = lib.mod.inspect_source("s")
-    if isa == "amx" and wl.stride_w != 1:
-        instruction = "vpdpbusd"  # strided convs take the VNNI form on AMX machines
     assert instruction in asm
     if isa != "avx2":
         assert "zmm" in asm
@@ -314,13 +312,15 @@ def test_dot_product_kernels_compile_to_their_instruction(wl: Conv2dWorkload, is
 
 @pytest.mark.parametrize("precision", ["w8a8", "w4a8"])
 def test_a_model_build_gives_amx_only_the_layers_it_pays_for(precision: str) -> None:
-    """``registry.select_for``: on an AMX target, deep reductions take the AMX kernel, shallow
-    or widening convs (and strided ones) the VNNI kernel; ``select`` alone stays AMX."""
+    """``registry.select_for``: on an AMX target, convs from 64 channels or more to 32 or more
+    take the AMX kernel (strided ones too), shallow ones (a first conv), narrow outputs and
+    one-pixel-wide ones the VNNI kernel; ``select`` alone stays AMX."""
     features = PROFILES["amx"]
-    deep = [Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1), Conv2dWorkload(1, 512, 28, 28, 128, 1, 1)]
-    shallow = [Conv2dWorkload(1, 24, 56, 56, 144, 1, 1), Conv2dWorkload(1, 512, 7, 7, 2048, 1, 1),
-               Conv2dWorkload(1, 16, 56, 56, 24, 3, 3, 1, 1, 1, 1, 1, 1),
-               Conv2dWorkload(1, 256, 28, 28, 256, 3, 3, 2, 2, 1, 1, 1, 1)]
+    deep = [Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1), Conv2dWorkload(1, 512, 28, 28, 128, 1, 1),
+            Conv2dWorkload(1, 512, 7, 7, 2048, 1, 1), Conv2dWorkload(1, 256, 28, 28, 256, 3, 3, 2, 2, 1, 1, 1, 1)]
+    shallow = [Conv2dWorkload(1, 24, 56, 56, 144, 1, 1), Conv2dWorkload(1, 144, 56, 56, 24, 1, 1),
+               Conv2dWorkload(1, 3, 224, 224, 64, 7, 7, 2, 2, 3, 3, 3, 3),
+               Conv2dWorkload(1, 16, 56, 56, 24, 3, 3, 1, 1, 1, 1, 1, 1), Conv2dWorkload(1, 256, 4, 1, 256, 1, 1)]
     for wl in deep + shallow:
         assert registry.select("conv2d", precision, features).key.isa == "amx"
         assert registry.select_for(wl, precision, features).key.isa == ("amx" if wl in deep else "avx512_vnni")
@@ -375,6 +375,57 @@ def test_amx_kernels_compile_when_the_output_is_one_tile(wl: Conv2dWorkload, pre
                       target=tvm.target.Target(features.target_json()))
     asm = lib.mod.inspect_source("s")
     assert instruction in asm and "tilestored" in asm
+
+
+AMX_BLOCK_WORKLOADS = [
+    Conv2dWorkload(1, 70, 6, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC"),  # padded; channels ragged
+    Conv2dWorkload(1, 64, 12, 13, 48, 3, 3, 2, 2, 1, 1, 1, 1, layout="NHWC"),  # strided, 6 x 7 out
+    Conv2dWorkload(1, 130, 12, 12, 32, 1, 1, 2, 2, layout="NHWC"),  # strided 1x1: phases, no padding
+    Conv2dWorkload(1, 64, 6, 10, 32, 3, 3, 1, 1, 2, 2, 2, 2, dilation_h=2, dilation_w=2),  # dilated, NCHW
+    Conv2dWorkload(1, 24, 11, 12, 20, 5, 5, 2, 2, 2, 1, 2, 1, epilogue=Epilogue(True, "relu"), layout="NHWC"),
+]
+
+
+def _amx_blocks(wl: Conv2dWorkload) -> list:  # type: ignore[type-arg]
+    """Every block of AMX tiles (1-3 rows x 16 or 32 channels) that fits the tile registers and
+    divides ``wl``'s output height, with tiles of 2..4 pixels (several per row)."""
+    from schedules.conv2d.int8_dot import DotConv2dConfig
+    from schedules.conv2d.int8_rows import DotRowsConv2dConfig
+
+    out = []
+    for oc_bn in (16, 32):
+        out.append(DotConv2dConfig(64, oc_bn, 3, "tvmq_amx"))
+        for rows in (2, 3):
+            if wl.out_height % rows == 0 and rows * (oc_bn // 16) + rows + oc_bn // 16 <= 8:
+                out.append(DotRowsConv2dConfig(64, oc_bn, 2 + rows % 2, rows, "tvmq_amx"))
+    return out
+
+
+@pytest.mark.parametrize("wl", AMX_BLOCK_WORKLOADS, ids=["3x3", "3x3-s2", "1x1-s2", "dilated-nchw", "5x5-s2"])
+def test_amx_tile_blocks_bit_exact(wl: Conv2dWorkload) -> None:
+    """AMX blocks of several accumulator tiles (``intrinsics.amx_intrinsics(m, rows, cols)``:
+    output rows x 16-channel tiles, each loaded A and B tile serving several ``tdpbusd``) and
+    strided convs on the phase-split input (``int8_dot.pack_phases``), against the numpy
+    reference; the extreme int8 values, every block the registers hold. Executed where the CPU
+    has AMX-INT8, cross-compiled (asm checked for ``tdpbusd``) elsewhere."""
+    features = HOST.with_isa("amx") if can_execute("amx") else PROFILES["amx"]
+    kernel = registry.select("conv2d", "w8a8", features)
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 7, extreme=True)
+    bias_q = (bias_q // 64).astype(np.int32)
+    expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
+    blocks = _amx_blocks(wl)
+    assert len(blocks) >= 3
+    for cfg in blocks:
+        lib = compile_for(kernel, wl, cfg, features)
+        if not can_execute("amx"):
+            assert "tdpbusd" in lib.mod.inspect_source("s")
+            continue
+        args = [tvm.runtime.tensor(a) for a in (
+            xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
+            np.array([x_zp, out_zp, 0, 255], np.int32))]
+        out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
+        lib(*args, out)
+        np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected, err_msg=str(cfg))
 
 
 TEMPLATE_WORKLOADS = [

@@ -115,17 +115,26 @@ def pack_input(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, pad_value
     tiles of the padded output width) and in channels up to a multiple of ``ic_bn`` per group.
     ``dtype`` converts the values (the integer kernels widen uint8 to int16 here).
     """
-    n_, h_, w_ = wl.batch, wl.height, wl.width
-    g, cg = wl.groups, wl.in_per_group
-    icb = ceil_div(cg, cfg.ic_bn)
-    ic_bn = cfg.ic_bn
-    pt, pl = wl.pad_top, wl.pad_left
-    hp = h_ + pt + wl.pad_bottom
+    hp = wl.height + wl.pad_top + wl.pad_bottom
     owp = padded_width(wl.out_width, cfg.reg_n)
-    wp = max(w_ + pl + wl.pad_right, (owp - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
+    wp = max(wl.width + wl.pad_left + wl.pad_right, (owp - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
+    pack = padded_input(wl, cfg.ic_bn, data, pad_value, dtype)
+    return te.compute((wl.batch, wl.groups * ceil_div(wl.in_per_group, cfg.ic_bn), hp, wp, cfg.ic_bn), pack,
+                      name="data_pack")
+
+
+def padded_input(wl: Conv2dWorkload, ic_bn: int, data: te.Tensor, pad_value: tirx.PrimExpr,
+                 dtype: str | None = None):  # type: ignore[no-untyped-def]
+    """``value(n, gb, h, w, ci)``: the input at channel ``ci`` of block ``gb`` (``ic_bn``
+    channels, whole blocks per group), row ``h`` and column ``w`` of the padded image, or
+    ``pad_value`` outside the image and the group's channels; converted to ``dtype``."""
+    h_, w_ = wl.height, wl.width
+    cg = wl.in_per_group
+    icb = ceil_div(cg, ic_bn)
+    pt, pl = wl.pad_top, wl.pad_left
     dtype = dtype or data.dtype
 
-    def pack(n, gb, h, w, ci):  # type: ignore[no-untyped-def]
+    def value(n, gb, h, w, ci):  # type: ignore[no-untyped-def]
         grp, blk = gb // icb, gb % icb
         c = blk * ic_bn + ci
         inside = tirx.all(h >= pt, h < h_ + pt, w >= pl, w < w_ + pl)
@@ -134,7 +143,7 @@ def pack_input(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, pad_value
         return tirx.if_then_else(inside, load_data(wl, data, n, grp * cg + c, h - pt, w - pl).astype(dtype),
                                  pad_value.astype(dtype))
 
-    return te.compute((n_, g * icb, hp, wp, ic_bn), pack, name="data_pack")
+    return value
 
 
 def conv_body(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, weight: te.Tensor,

@@ -4,9 +4,10 @@ choice is part of the config), like ``fp32``, and a third the tuner may choose.
 * ``int8_pointwise``: 1x1 / stride 1 / unpadded / ungrouped convs as an integer GEMM on NCHW,
   vectorised along pixels.
 * ``int8_dot``: everything else as an NCHWc register-tiled direct conv, vectorised along
-  output channels (on AMX, every conv of stride 1: a tile of pixels x 16 channels per
-  ``tdpbusd``; strided ones take VNNI).
-* ``int8_rows``: ``int8_dot`` with a tile of several output rows (a tuning candidate only).
+  output channels (on AMX: tiles of pixels x 16 channels per ``tdpbusd``, one or two side by
+  side, the input of a strided conv split by phase).
+* ``int8_rows``: ``int8_dot`` with a tile of several output rows (on AMX, blocks of tiles of
+  two rows: the fallback where the output height is even, ``_amx_block``).
 
 ``dot_family`` (the ISA level's instruction: ``avx2``, ``avx512``, ``avx512_vnni``) picks the
 instruction of the templates (``schedules.intrinsics``).
@@ -56,7 +57,27 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures, isa: str,
         return int8_rows.DotRowsConv2dConfig(ic_bn=min(64, -(-wl.in_per_group // 4) * 4), oc_bn=16, reg_n=3,
                                              rows=4, dot=dot)
     base = int8_dot.fallback_config(wl, features, dot)
+    if dot == AMX_16X64.name:
+        return _amx_block(wl, base)
     return _small_map_tile(wl, base) if dot == PMADDUBSW_8X4.name else base
+
+
+def _amx_block(wl: Conv2dWorkload, base: int8_dot.DotConv2dConfig) -> Config:
+    """AMX convs: a block of 2 output rows x 2 tiles of 16 channels (four accumulators, two A
+    and two B tiles: all eight tile registers) where the output height is even, else one row x
+    2 tiles; 1 tile of 16 channels where the group's channels are not whole blocks of 32 (or one
+    block of 17-31): a ragged last block stores its channels one by one, MobileNetV2's 24->144
+    at 56x56 1.4x slower than one tile. Measured per layer on an
+    Emerald Rapids core (1 thread, medians of 5 interleaved rounds), against ``base``'s one tile
+    per output block: ResNet-50's convs 0.43-1.01x (3x3 64->64 at 56x56 0.223 -> 0.160 ms,
+    1024->256 at 14x14 0.068 -> 0.049, 64->256 at 56x56 0.476 -> 0.211; strided convs, which
+    took VNNI, 0.25-0.75x of it); the sum of its layers 12.1 -> 7.7 ms, 6.5 with ``amx_pays``'
+    VNNI layers."""
+    k = wl.out_per_group
+    cols = 2 if k % 32 == 0 or 16 < k < 32 else 1
+    if wl.out_height % 2 == 0:
+        return int8_rows.DotRowsConv2dConfig(ic_bn=64, oc_bn=16 * cols, reg_n=base.reg_n, rows=2, dot=base.dot)
+    return int8_dot.DotConv2dConfig(ic_bn=64, oc_bn=16 * cols, reg_n=base.reg_n, dot=base.dot)
 
 
 def _small_map_tile(wl: Conv2dWorkload, base: int8_dot.DotConv2dConfig) -> Config:
@@ -78,23 +99,22 @@ def _small_map_tile(wl: Conv2dWorkload, base: int8_dot.DotConv2dConfig) -> Confi
 
 
 def amx_fits(wl: Conv2dWorkload) -> bool:
-    """An AMX tile loads rows of consecutive pixels (at least two): strided convs and
-    one-pixel-wide outputs take the VNNI form."""
-    return wl.stride_w == 1 and wl.out_width > 1
+    """An AMX tile loads at least two rows of pixels (a strided conv's input is split by
+    phase, ``int8_dot.pack_phases``, so that they are consecutive): one-pixel-wide outputs take
+    the VNNI form."""
+    return wl.out_width > 1
 
 
 def amx_pays(wl: Conv2dWorkload) -> bool:
     """Whether a layer is compiled with the AMX kernel rather than the VNNI one
-    (``registry.select_for``): AMX tiles fit (``amx_fits``) and the reduction has
-    at least 384 terms (input channels x kernel taps) and no more output channels than that.
-    Each AMX tile carries a fixed cost (tile configuration, store, epilogue) that only a deep
-    reduction repays; wide and shallow convs (expansions) run faster on VNNI. Measured per layer
-    on a 5th-gen Xeon core (Emerald Rapids, 1 thread, interleaved minima), AMX / VNNI: ResNet-50's
-    3x3s 0.33-0.71, 512->128 / 1024->256 / 2048->512 1x1s 0.46-0.71, but 64->256 2.29,
-    128->512 1.56, 512->2048 1.11; MobileNetV2's 576->96 0.76, 960->320 0.83, its expansions
-    1.4-4.2 (16->96 at 112x112 4.2). The tuner measures both forms per layer."""
-    depth = wl.in_per_group * wl.kernel_h * wl.kernel_w
-    return amx_fits(wl) and depth >= 384 and wl.out_per_group <= depth
+    (``registry.select_for``): AMX tiles fit (``amx_fits``), the group has at least 64 input
+    channels (a tile step takes 64: fewer are padded, a first conv's 3 to 64) and at least 32
+    output channels (one block of two tiles). Measured per layer on an Emerald Rapids core (1
+    thread, medians of 5 interleaved rounds, ``_amx_block``'s tiles / VNNI): ResNet-50's convs
+    0.29-0.76 but its 64-channel 1x1s 1.0 and its first conv 3.5; MobileNetV2's 1x1s from 192
+    or more channels 0.35-0.83, from 64 / 96 / 160 channels 0.8-1.2, from 16-32 channels or to 24
+    channels 1.3-2.5. The tuner measures both forms per layer."""
+    return amx_fits(wl) and wl.in_per_group >= 64 and wl.out_per_group >= 32
 
 
 def _wide_window(wl: Conv2dWorkload, isa: str) -> bool:

@@ -40,10 +40,14 @@ from ..quant import pairs_fit_int16
 from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
-from .fp32_direct import conv_output, input_shape, load_data, output_shape, pack_input
+from .fp32_direct import conv_output, input_shape, output_shape, pack_input, padded_input
 
-__all__ = ["DotConv2dConfig", "candidates", "channel_blocks", "compute", "fallback_config", "input_shape",
+__all__ = ["AMX_OC_BN", "DotConv2dConfig", "candidates", "channel_blocks", "compute", "fallback_config", "input_shape",
            "output_shape", "pack_weight", "schedule"]
+
+
+# AMX: output channels per block, one or two tiles of 16 (``intrinsics.amx_intrinsics``' cols)
+AMX_OC_BN = (16, 32)
 
 
 @dataclass(frozen=True)
@@ -69,11 +73,11 @@ class DotConv2dConfig:
             raise ValueError(f"oc_bn={self.oc_bn} must be a positive multiple of {d.lanes} ({d.name})")
         if self.reg_n < 1:
             raise ValueError("reg_n must be >= 1")
-        if d is AMX_16X64 and (self.ic_bn != 64 or self.oc_bn != 16 or not 2 <= self.reg_n <= 16
+        if d is AMX_16X64 and (self.ic_bn != 64 or self.oc_bn not in AMX_OC_BN or not 2 <= self.reg_n <= 16
                                or self.blocks_inside):
             # (a one-row tile does not tensorize: TVM drops the unit pixel loop the intrinsic
             # description has)
-            raise ValueError(f"AMX tiles need ic_bn=64, oc_bn=16, 2<=reg_n<=16, got {self}")
+            raise ValueError(f"AMX tiles need ic_bn=64, oc_bn in {AMX_OC_BN}, 2<=reg_n<=16, got {self}")
 
     @property
     def dot_product(self) -> DotProduct:
@@ -161,19 +165,24 @@ def dot_conv_body(wl: Conv2dWorkload, wshape: tuple[int, ...], reg_n: int, dpack
     """The blocked conv ``[N, G, OCB, OH, OWp, oc_bn]`` over weights packed ``wshape`` =
     ``[G*OCB, ICB, R, S, ic_bn/grp, oc_bn, grp]`` (a dot-product instruction's channel groups
     innermost) and the repacked input ``dpack`` (``direct``: the NHWC input itself, see
-    ``reads_input_directly``); ``value`` maps each loaded operand to the accumulation type
-    (int32 here; bf16 bits to float32 in ``bf16_dot``)."""
+    ``reads_input_directly``; a 7-dimensional ``dpack``: ``pack_phases``' layout); ``value``
+    maps each loaded operand to the accumulation type (int32 here; bf16 bits to float32 in
+    ``bf16_dot``)."""
     gk, icb, r_, s_, icq, oc_bn, grp = wshape
     ocb = gk // wl.groups
+    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
     if direct:
         cg, ic_bn = wl.in_per_group, icq * grp
 
-        def load(n, gi, c_blk, c_grp, c_in, h, w):  # type: ignore[no-untyped-def]
-            return dpack[n, h, w, gi * cg + c_blk * ic_bn + c_grp * grp + c_in]
+        def load(n, gi, c_blk, c_grp, c_in, y, rh, x, rw):  # type: ignore[no-untyped-def]
+            return dpack[n, y * sh + rh * dh, x * sw + rw * dw, gi * cg + c_blk * ic_bn + c_grp * grp + c_in]
+    elif len(dpack.shape) == 7:
+        def load(n, gi, c_blk, c_grp, c_in, y, rh, x, rw):  # type: ignore[no-untyped-def]
+            th, tw = rh * dh, rw * dw
+            return dpack[n, gi * icb + c_blk, th % sh, tw % sw, y + th // sh, x + tw // sw, c_grp * grp + c_in]
     else:
-        def load(n, gi, c_blk, c_grp, c_in, h, w):  # type: ignore[no-untyped-def]
-            return dpack[n, gi * icb + c_blk, h, w, c_grp * grp + c_in]
-    sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
+        def load(n, gi, c_blk, c_grp, c_in, y, rh, x, rw):  # type: ignore[no-untyped-def]
+            return dpack[n, gi * icb + c_blk, y * sh + rh * dh, x * sw + rw * dw, c_grp * grp + c_in]
     rc = te.reduce_axis((0, icb), "rc")
     rh = te.reduce_axis((0, r_), "rh")
     rw = te.reduce_axis((0, s_), "rw")
@@ -182,10 +191,26 @@ def dot_conv_body(wl: Conv2dWorkload, wshape: tuple[int, ...], reg_n: int, dpack
     return te.compute(
         (wl.batch, wl.groups, ocb, wl.out_height, padded_width(wl.out_width, reg_n), oc_bn),
         lambda n, gi, b, y, x, ko: te.sum(
-            value(load(n, gi, rc, rq, rg, y * sh + rh * dh, x * sw + rw * dw))
+            value(load(n, gi, rc, rq, rg, y, rh, x, rw))
             * value(weight[gi * ocb + b, rc, rh, rw, rq, ko, rg]),
             axis=[rc, rh, rw, rq, rg]),
         name="conv")
+
+
+def pack_phases(wl: Conv2dWorkload, cfg: DotConv2dConfig, data: te.Tensor, pad_value,  # type: ignore[no-untyped-def]
+                dtype: str | None = None) -> te.Tensor:
+    """A strided conv's input for AMX tiles, ``[N, G*ICB, SH, SW, HP/SH, WP/SW, ic_bn]``: the
+    padded input (``fp32_direct.padded_input``) split by the phase of each row and column
+    modulo the stride, so that the pixels one tile row of output reads (every ``stride``-th
+    column) are consecutive, as a tile load wants them, and the rows of a block of output rows
+    too."""
+    sh, sw = wl.stride_h, wl.stride_w
+    hph = wl.out_height + (wl.kernel_h - 1) * wl.dilation_h // sh
+    wph = padded_width(wl.out_width, cfg.reg_n) + (wl.kernel_w - 1) * wl.dilation_w // sw
+    value = padded_input(wl, cfg.ic_bn, data, pad_value, dtype)
+    return te.compute((wl.batch, wl.groups * ceil_div(wl.in_per_group, cfg.ic_bn), sh, sw, hph, wph, cfg.ic_bn),
+                      lambda n, gb, ph, pw, hh, wh, ci: value(n, gb, hh * sh + ph, wh * sw + pw, ci),
+                      name="data_pack")
 
 
 def reads_input_directly(wl: Conv2dWorkload, cfg: DotConv2dConfig, data_dtype: str = "uint8") -> bool:
@@ -211,7 +236,8 @@ def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
         conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, data, weight,
                              lambda v: v.astype("int32"), direct=True)
     else:
-        dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype)
+        pack = pack_phases if d is AMX_16X64 and (wl.stride_h > 1 or wl.stride_w > 1) else pack_input
+        dpack = pack(wl, cfg, data, qp[0], d.a_dtype)
         conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, dpack, weight,
                              lambda v: v.astype("int32"))
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
@@ -260,36 +286,46 @@ def finish_dot_schedule(sch, wl: Conv2dWorkload, cfg, init, out_b, xo) -> None: 
 
 
 def _schedule_amx(sch, wl: Conv2dWorkload, cfg: DotConv2dConfig, sample: bool) -> None:  # type: ignore[no-untyped-def]
-    """One AMX tile per (row, ``reg_n`` pixels, 16 channels): zeroed, accumulated over
-    ``(ICB, R, S)`` in tmm0 by ``tdpbusd`` (64 input channels per op), stored once to an int32
-    tile buffer that the epilogue reads. The tile size is fixed by the intrinsics, so
-    ``reg_n`` is not sampled."""
-    schedule_amx_tiles(sch, wl, cfg.reg_n, amx_intrinsics(cfg.reg_n))
+    """One block of AMX tiles per (row, ``reg_n`` pixels, ``oc_bn`` channels): one or two
+    accumulators side by side, zeroed, accumulated over ``(ICB, R, S)`` by ``tdpbusd`` (64
+    input channels per op), stored once to an int32 buffer that the epilogue reads. The tile
+    size is fixed by the intrinsics, so ``reg_n`` is not sampled."""
+    schedule_amx_tiles(sch, wl, cfg.reg_n, amx_intrinsics(cfg.reg_n, 1, cfg.oc_bn // 16), oc_bn=cfg.oc_bn)
 
 
-def schedule_amx_tiles(sch, wl: Conv2dWorkload, reg_n: int, intrinsics: tuple[str, str, str]) -> None:  # type: ignore[no-untyped-def]
+def schedule_amx_tiles(sch, wl: Conv2dWorkload, reg_n: int, intrinsics: tuple[str, str, str],  # type: ignore[no-untyped-def]
+                       rows: int = 1, oc_bn: int = 16) -> None:
     """The AMX tile schedule of a ``dot_conv_body`` conv, whatever the tile instruction
-    (``tdpbusd`` here, ``tdpbf16ps`` in ``bf16_dot``): ``reg_n`` pixels x 16 channels per tile,
-    ``intrinsics`` = (zero, dot, store) tensor intrinsic names. A channels-last epilogue reads
-    each pixel's 16 accumulators (one row of the tile buffer) as one vector and stores its 16
-    channels at once; left to LLVM it vectorised along the pixels instead, with gathers and a
-    scalar store per byte (MobileNetV2's 16->96 1x1 at 112x112: 7.8x slower than VNNI)."""
+    (``tdpbusd`` here, ``tdpbf16ps`` in ``bf16_dot``): a block of ``rows`` output rows x
+    ``reg_n`` pixels x ``oc_bn`` channels (``rows x oc_bn/16`` tiles of ``reg_n`` x 16),
+    ``intrinsics`` = (zero, dot, store) tensor intrinsic names for that block. A channels-last
+    epilogue reads each pixel's accumulators (one row of the block buffer) as one vector and
+    stores its channels at once; left to LLVM it vectorised along the pixels instead, with
+    gathers and a scalar store per byte (MobileNetV2's 16->96 1x1 at 112x112: 7.8x slower than
+    VNNI)."""
     zero, dot, store = intrinsics
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
     xo, xi = sch.split(x, [None, reg_n])
-    sch.reorder(n, gi, b, y, xo, rc, rh, rw, xi, ko, rq, rg)
+    if rows > 1:
+        yo, yi = sch.split(y, [None, rows])
+        sch.reorder(n, gi, b, yo, xo, rc, rh, rw, yi, xi, ko, rq, rg)
+        pixels, outer = yi, yo
+    else:
+        sch.reorder(n, gi, b, y, xo, rc, rh, rw, xi, ko, rq, rg)
+        pixels, outer = xi, y
     tile = sch.cache_write(conv_b, 0, "global")
     sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
     sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
-    sch.parallel(sch.fuse(n, gi, b, y))
+    sch.parallel(sch.fuse(n, gi, b, outer))
     init = sch.decompose_reduction(conv_b, rc)
-    sch.tensorize(sch.get_loops(init)[-2], zero)
-    sch.tensorize(xi, dot)
-    sch.tensorize(sch.get_loops(tile)[-2], store)
+    depth = 2 if rows == 1 else 3  # the block's loops: (rows,) pixels, channels
+    sch.tensorize(sch.get_loops(init)[-depth], zero)
+    sch.tensorize(pixels, dot)
+    sch.tensorize(sch.get_loops(tile)[-depth], store)
     if wl.nhwc:
-        vectorize_channels_last_store(sch, out_b, wl.out_per_group, 16)
+        vectorize_channels_last_store(sch, out_b, wl.out_per_group, oc_bn)
     schedule_repack(sch, sch.get_sblock("data_pack"))
 
 
@@ -306,8 +342,8 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[D
     tile fits the vector registers; on AMX every tile height (2..16)."""
     d = DOT_PRODUCTS[dot]
     if d is AMX_16X64:
-        return grid(lambda reg_n: DotConv2dConfig(64, 16, reg_n, dot),
-                    reg_n=range(2, min(16, wl.out_width) + 1))
+        return grid(lambda oc_bn, reg_n: DotConv2dConfig(64, oc_bn, reg_n, dot),
+                    oc_bn=AMX_OC_BN, reg_n=range(2, min(16, wl.out_width) + 1))
     regs = features.vector_registers
     oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
 

@@ -11,7 +11,10 @@ fallback for VNNI kxk convs over wide maps and AVX2 ``vpmaddubsw`` convs on 14-p
 (``int8_dispatch.fallback_config``).
 
 Knobs (``DotRowsConv2dConfig``): ``int8_dot``'s ``ic_bn``, ``oc_bn``, ``reg_n`` and ``dot``, and
-``rows`` (a divisor of the output height, at least 2). Not for AMX tiles (``int8_dot`` has them).
+``rows`` (a divisor of the output height, at least 2). On AMX (``dot`` ``tvmq_amx``) the block
+is ``rows`` x ``oc_bn/16`` accumulator tiles of ``reg_n`` pixels (``int8_dot.schedule_amx_tiles``,
+``intrinsics.amx_intrinsics``), as many as the eight tile registers hold with their A and B tiles;
+AMX convs take two rows of two tiles where the output height is even (``int8_dispatch._amx_block``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 from tvm import te
 
 from ..common import split_tile
-from ..intrinsics import AMX_16X64, DOT_PRODUCTS, DotProduct
+from ..intrinsics import AMX_16X64, AMX_TILES, DOT_PRODUCTS, DotProduct, amx_intrinsics, amx_tile_plan
 from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
@@ -45,10 +48,10 @@ class DotRowsConv2dConfig:
 
     def __post_init__(self) -> None:
         DotConv2dConfig(self.ic_bn, self.oc_bn, self.reg_n, self.dot)  # the same checks
-        if DOT_PRODUCTS[self.dot] is AMX_16X64:
-            raise ValueError("AMX tiles are int8_dot's (DotConv2dConfig)")
         if self.rows < 2:
             raise ValueError(f"rows must be >= 2 (one row is int8_dot's tile), got {self.rows}")
+        if DOT_PRODUCTS[self.dot] is AMX_16X64:
+            amx_tile_plan(self.rows, self.oc_bn // 16)  # the block fits the tile registers
 
     @property
     def dot_product(self) -> DotProduct:
@@ -77,6 +80,10 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DotRowsConv2dConfig, sample: bool = F
     parallel over (batch, channel blocks, row blocks), repack parallel by rows."""
     _check(wl, cfg)
     d = cfg.dot_product
+    if d is AMX_16X64:
+        int8_dot.schedule_amx_tiles(sch, wl, cfg.reg_n, amx_intrinsics(cfg.reg_n, cfg.rows, cfg.oc_bn // 16),
+                                    rows=cfg.rows, oc_bn=cfg.oc_bn)
+        return
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     n, gi, b, y, x, ko, rc, rh, rw, rq, rg = sch.get_loops(conv_b)
@@ -100,8 +107,14 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[D
     count from 2 that divides the output height, and every ``reg_n`` whose ``rows * reg_n`` tile
     fits the vector registers (none on AMX, or where the output has one row)."""
     d = DOT_PRODUCTS[dot]
-    if d is AMX_16X64:
-        return []
+    rows = [r for r in range(2, wl.out_height + 1) if wl.out_height % r == 0]
+    if d is AMX_16X64:  # blocks of tiles that fit the tile registers, each tile 2..16 pixels
+
+        def block(oc_bn: int, rows: int, reg_n: int) -> DotRowsConv2dConfig:
+            return DotRowsConv2dConfig(64, oc_bn, reg_n, rows, dot)
+
+        return grid(block, oc_bn=int8_dot.AMX_OC_BN, rows=[r for r in rows if r < AMX_TILES // 2],
+                    reg_n=range(2, min(16, wl.out_width) + 1))
     regs = features.vector_registers
     oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
 
@@ -110,6 +123,6 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[D
             raise ValueError("tile does not fit the registers")
         return DotRowsConv2dConfig(ic_bn, oc_bn, reg_n, rows, dot)
 
-    rows = [r for r in range(2, min(wl.out_height, regs) + 1) if wl.out_height % r == 0]
+    rows = [r for r in rows if r <= regs]
     return grid(make, ic_bn=int8_dot.channel_blocks(wl.in_per_group, d.group, 64), oc_bn=oc, rows=rows,
                 reg_n=range(1, min(wl.out_width, regs) + 1))
