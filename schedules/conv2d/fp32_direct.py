@@ -108,14 +108,18 @@ def needs_repack(wl: Conv2dWorkload, cfg: Conv2dConfig) -> bool:
 
 
 def pack_input(wl: Conv2dWorkload, cfg: Conv2dConfig, data: te.Tensor, pad_value: tirx.PrimExpr,
-               dtype: str | None = None) -> te.Tensor:
+               dtype: str | None = None, out_height: int | None = None) -> te.Tensor:
     """The input repacked as ``[N, G*ICB, HP, WP, ic_bn]`` (channel blocks innermost).
 
     Padded with ``pad_value`` spatially (``pad_*``, and on the right up to the whole register
     tiles of the padded output width) and in channels up to a multiple of ``ic_bn`` per group.
     ``dtype`` converts the values (the integer kernels widen uint8 to int16 here).
+    ``out_height``: the output rows the conv computes, where more than the output's (rows of
+    padding below, as many as they read).
     """
     hp = wl.height + wl.pad_top + wl.pad_bottom
+    if out_height:
+        hp = max(hp, (out_height - 1) * wl.stride_h + (wl.kernel_h - 1) * wl.dilation_h + 1)
     owp = padded_width(wl.out_width, cfg.reg_n)
     wp = max(wl.width + wl.pad_left + wl.pad_right, (owp - 1) * wl.stride_w + (wl.kernel_w - 1) * wl.dilation_w + 1)
     pack = padded_input(wl, cfg.ic_bn, data, pad_value, dtype)

@@ -75,7 +75,7 @@ def _amx_block(wl: Conv2dWorkload, base: int8_dot.DotConv2dConfig) -> Config:
     VNNI layers."""
     k = wl.out_per_group
     cols = 2 if k % 32 == 0 or 16 < k < 32 else 1
-    if wl.out_height % 2 == 0:
+    if wl.out_height % 2 == 0 or wl.out_height >= 7:  # (an odd height computes one row of padding)
         return int8_rows.DotRowsConv2dConfig(ic_bn=64, oc_bn=16 * cols, reg_n=base.reg_n, rows=2, dot=base.dot)
     return int8_dot.DotConv2dConfig(ic_bn=64, oc_bn=16 * cols, reg_n=base.reg_n, dot=base.dot)
 

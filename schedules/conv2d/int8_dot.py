@@ -161,13 +161,15 @@ def check_narrow(packed: np.ndarray, d: DotProduct) -> None:
 
 
 def dot_conv_body(wl: Conv2dWorkload, wshape: tuple[int, ...], reg_n: int, dpack: te.Tensor,
-                  weight: te.Tensor, value, direct: bool = False) -> te.Tensor:  # type: ignore[no-untyped-def]
+                  weight: te.Tensor, value, direct: bool = False,  # type: ignore[no-untyped-def]
+                  height: int | None = None) -> te.Tensor:
     """The blocked conv ``[N, G, OCB, OH, OWp, oc_bn]`` over weights packed ``wshape`` =
     ``[G*OCB, ICB, R, S, ic_bn/grp, oc_bn, grp]`` (a dot-product instruction's channel groups
     innermost) and the repacked input ``dpack`` (``direct``: the NHWC input itself, see
     ``reads_input_directly``; a 7-dimensional ``dpack``: ``pack_phases``' layout); ``value``
     maps each loaded operand to the accumulation type (int32 here; bf16 bits to float32 in
-    ``bf16_dot``)."""
+    ``bf16_dot``); ``height``: output rows computed (default the output height; more: rows of
+    padding, ``padded_height``)."""
     gk, icb, r_, s_, icq, oc_bn, grp = wshape
     ocb = gk // wl.groups
     sh, sw, dh, dw = wl.stride_h, wl.stride_w, wl.dilation_h, wl.dilation_w
@@ -189,7 +191,7 @@ def dot_conv_body(wl: Conv2dWorkload, wshape: tuple[int, ...], reg_n: int, dpack
     rq = te.reduce_axis((0, icq), "rq")
     rg = te.reduce_axis((0, grp), "rg")
     return te.compute(
-        (wl.batch, wl.groups, ocb, wl.out_height, padded_width(wl.out_width, reg_n), oc_bn),
+        (wl.batch, wl.groups, ocb, height or wl.out_height, padded_width(wl.out_width, reg_n), oc_bn),
         lambda n, gi, b, y, x, ko: te.sum(
             value(load(n, gi, rc, rq, rg, y, rh, x, rw))
             * value(weight[gi * ocb + b, rc, rh, rw, rq, ko, rg]),
@@ -205,12 +207,21 @@ def pack_phases(wl: Conv2dWorkload, cfg: DotConv2dConfig, data: te.Tensor, pad_v
     column) are consecutive, as a tile load wants them, and the rows of a block of output rows
     too."""
     sh, sw = wl.stride_h, wl.stride_w
-    hph = wl.out_height + (wl.kernel_h - 1) * wl.dilation_h // sh
+    hph = padded_height(wl, cfg) + (wl.kernel_h - 1) * wl.dilation_h // sh
     wph = padded_width(wl.out_width, cfg.reg_n) + (wl.kernel_w - 1) * wl.dilation_w // sw
     value = padded_input(wl, cfg.ic_bn, data, pad_value, dtype)
     return te.compute((wl.batch, wl.groups * ceil_div(wl.in_per_group, cfg.ic_bn), sh, sw, hph, wph, cfg.ic_bn),
                       lambda n, gb, ph, pw, hh, wh, ci: value(n, gb, hh * sh + ph, wh * sw + pw, ci),
                       name="data_pack")
+
+
+def padded_height(wl: Conv2dWorkload, cfg) -> int:  # type: ignore[no-untyped-def]
+    """The output rows an AMX block of ``cfg.rows`` rows computes: the output height rounded up
+    to whole blocks (the rows past it are computed from padding and never stored), so that an
+    odd height (ResNet-50's 7x7 maps) takes blocks of two rows too. Other kernels: the output
+    height (``int8_rows`` requires a divisor there)."""
+    rows = getattr(cfg, "rows", 1)
+    return ceil_div(wl.out_height, rows) * rows if cfg.dot_product is AMX_16X64 else wl.out_height
 
 
 def reads_input_directly(wl: Conv2dWorkload, cfg: DotConv2dConfig, data_dtype: str = "uint8") -> bool:
@@ -236,10 +247,13 @@ def compute(wl: Conv2dWorkload, cfg: DotConv2dConfig,
         conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, data, weight,
                              lambda v: v.astype("int32"), direct=True)
     else:
-        pack = pack_phases if d is AMX_16X64 and (wl.stride_h > 1 or wl.stride_w > 1) else pack_input
-        dpack = pack(wl, cfg, data, qp[0], d.a_dtype)
+        height = padded_height(wl, cfg)
+        if d is AMX_16X64 and (wl.stride_h > 1 or wl.stride_w > 1):
+            dpack = pack_phases(wl, cfg, data, qp[0], d.a_dtype)
+        else:
+            dpack = pack_input(wl, cfg, data, qp[0], d.a_dtype, out_height=height)
         conv = dot_conv_body(wl, packed_weight_shape(wl, cfg), cfg.reg_n, dpack, weight,
-                             lambda v: v.astype("int32"))
+                             lambda v: v.astype("int32"), height=height)
     oc_bn, kg = cfg.oc_bn, wl.out_per_group
     out = conv_output(wl, lambda n, gi, kk, y, x, index: epilogue(
         conv[n, gi, kk // oc_bn, y, x, kk % oc_bn], gi * kg + kk, index))

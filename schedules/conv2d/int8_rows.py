@@ -59,7 +59,7 @@ class DotRowsConv2dConfig:
 
 
 def _check(wl: Conv2dWorkload, cfg: DotRowsConv2dConfig) -> None:
-    if wl.out_height % cfg.rows:
+    if wl.out_height % cfg.rows and cfg.dot_product is not AMX_16X64:  # (AMX pads: ``int8_dot.padded_height``)
         raise ValueError(f"rows={cfg.rows} does not divide the output height {wl.out_height}")
 
 
@@ -105,7 +105,8 @@ def schedule(sch, wl: Conv2dWorkload, cfg: DotRowsConv2dConfig, sample: bool = F
 def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[DotRowsConv2dConfig]:
     """The tuning candidates on instruction ``dot``: ``int8_dot``'s channel blocks, every row
     count from 2 that divides the output height, and every ``reg_n`` whose ``rows * reg_n`` tile
-    fits the vector registers (none on AMX, or where the output has one row)."""
+    fits the vector registers (none where the output has one row); on AMX blocks of 2 or 3 rows
+    (any height: ``int8_dot.padded_height``) of one or two tiles of 2..16 pixels."""
     d = DOT_PRODUCTS[dot]
     rows = [r for r in range(2, wl.out_height + 1) if wl.out_height % r == 0]
     if d is AMX_16X64:  # blocks of tiles that fit the tile registers, each tile 2..16 pixels
@@ -113,7 +114,7 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures, dot: str) -> list[D
         def block(oc_bn: int, rows: int, reg_n: int) -> DotRowsConv2dConfig:
             return DotRowsConv2dConfig(64, oc_bn, reg_n, rows, dot)
 
-        return grid(block, oc_bn=int8_dot.AMX_OC_BN, rows=[r for r in rows if r < AMX_TILES // 2],
+        return grid(block, oc_bn=int8_dot.AMX_OC_BN, rows=range(2, min(wl.out_height, AMX_TILES // 2 - 1) + 1),
                     reg_n=range(2, min(16, wl.out_width) + 1))
     regs = features.vector_registers
     oc = [d.lanes, 2 * d.lanes] if wl.out_per_group > d.lanes else [d.lanes]
