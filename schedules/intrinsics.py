@@ -214,7 +214,8 @@ def amx_tile_ops(m: int, acc_dtype: str, rows: int = 1, cols: int = 1):  # type:
     (one row of tiles) or ``(rows, m, 16 * cols)``. ``zero`` is the init block (``ldtilecfg``
     of ``amx_tile_plan``'s registers: accumulators and A tiles ``m`` rows, B tiles 16 rows, 64
     bytes each; then ``tilezero`` of each accumulator), ``store`` the ``tilestored`` of each
-    accumulator into the block's buffer, which the epilogue reads."""
+    accumulator into the block's buffer, which the epilogue reads. Over 80 lines: four
+    TVMScript functions over the same block buffer."""
     if not 1 <= m <= 16:
         raise ValueError(f"AMX tiles have 1..16 rows, got {m}")
     first_a, first_b = amx_tile_plan(rows, cols)

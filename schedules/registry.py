@@ -28,7 +28,7 @@ OPS = ("conv2d", "depthwise_conv2d", "dense")
 KERNEL_MODULES = (
     "conv2d.fp32", "conv2d.int8_dispatch", "conv2d.bf16_dot", "dense.bf16_dot", "depthwise.fp32",
     "dense.fp32", "conv2d.int8_portable", "depthwise.int8", "dense.int8", "depthwise.int8_vnni",
-    "depthwise.int8_avx2",
+    "depthwise.int8_avx2", "dense.int8_dot",
 )
 
 

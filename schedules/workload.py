@@ -206,6 +206,12 @@ class DenseWorkload:
     def out_shape(self) -> tuple[int, int]:
         return (self.batch, self.out_features)
 
+    def as_conv(self) -> Conv2dWorkload:
+        """The same layer as the 1x1 conv of ``batch`` one-pixel channels-last images (the
+        same integers; ``[N, C]`` and ``[N, 1, 1, C]`` are the same memory)."""
+        return Conv2dWorkload(self.batch, self.in_features, 1, 1, self.out_features, 1, 1, epilogue=self.epilogue,
+                              layout="NHWC")
+
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "epilogue": self.epilogue.to_json()}
 

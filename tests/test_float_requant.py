@@ -139,7 +139,8 @@ def test_float_requantization_dense_is_bit_exact(isa: str) -> None:
     kernel = registry.select("dense", "w8a8", features)
     cfg = kernel.fallback_config(wl, features)
     got = _run(kernel, cfg, compile_for(kernel, wl, cfg, features), wl,
-               [xq, kernel.pack_weight(wq, wl, cfg), bias_q, scale, np.array([0, 9, 0, 255], np.int32)], "uint8")
+               [xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg), bias_q, scale,
+                np.array([0, 9, 0, 255], np.int32)], "uint8")
     np.testing.assert_array_equal(got, reference.dense_w8a8(xq, wq, bias_q, scale, None, 9, 0, 255))
 
 

@@ -255,9 +255,11 @@ def test_w8a8_dense_bit_exact(isa: str, n: int, c: int, k: int, seed: int) -> No
     out_zp = int(rng.integers(0, 256))
     kernel, cfg, ex = _kernel(wl, isa)
     out = tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8")
-    ex(*[tvm.runtime.tensor(a) for a in (xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
-                                         np.array([0, out_zp, 0, 255], np.int32))], out)
-    np.testing.assert_array_equal(out.numpy(), reference.dense_w8a8(xq, wq, bias_q, m, s, out_zp, 0, 255))
+    # (the dot-product kernels take [N, 1, 1, C] and give [N, 1, 1, K]: views of [N, C], [N, K])
+    ex(*[tvm.runtime.tensor(a) for a in (xq.reshape(kernel.input_shape(wl, cfg)), kernel.pack_weight(wq, wl, cfg),
+                                         bias_q, m, s, np.array([0, out_zp, 0, 255], np.int32))], out)
+    np.testing.assert_array_equal(out.numpy().reshape(n, k),
+                                  reference.dense_w8a8(xq, wq, bias_q, m, s, out_zp, 0, 255))
 
 
 @pytest.mark.parametrize("isa", CONV_ISAS)

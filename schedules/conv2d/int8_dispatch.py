@@ -24,7 +24,7 @@ from ..kernel import KernelDef, KernelKey
 from ..space import ConfigType
 from ..intrinsics import AMX_16X64, DOT_PRODUCTS, PIXEL_DOT_PRODUCTS, PMADDUBSW_8X4, PMADDWD_8X2, VNNI_16X4
 from ..target_features import TargetFeatures
-from ..workload import Conv2dWorkload
+from ..workload import Conv2dWorkload, DenseWorkload
 from . import int8_dot, int8_pointwise, int8_rows
 
 Config = int8_dot.DotConv2dConfig | int8_pointwise.PointwiseDotConfig | int8_rows.DotRowsConv2dConfig
@@ -148,7 +148,10 @@ def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) ->
     """A pointwise start: the pointwise candidates on its instruction, then the direct conv's
     on the channel form of the same ISA level's instruction; a direct start: the direct conv's
     on its instruction. After the direct conv's candidates, those of its multi-row tile
-    (``int8_rows``) on the same instruction."""
+    (``int8_rows``) on the same instruction. A dense layer's (``dense.int8_dot``): one-pixel
+    direct convs."""
+    if isinstance(wl, DenseWorkload):
+        return _one_pixel_space(start, wl, features)
     if isinstance(start, int8_pointwise.PointwiseDotConfig):
         space: list[Config] = list(int8_pointwise.candidates(wl, features, start.dot))
         same = [d.name for d in DOT_PRODUCTS.values() if d.isa == start.dot_product.isa]
@@ -165,6 +168,20 @@ def config_space(start: Config, wl: Conv2dWorkload, features: TargetFeatures) ->
     for dot in dots:
         space += int8_dot.candidates(wl, features, dot) + int8_rows.candidates(wl, features, dot)
     return space
+
+
+def _one_pixel_space(start: int8_dot.DotConv2dConfig, wl: DenseWorkload,
+                     features: TargetFeatures) -> list[int8_dot.DotConv2dConfig]:
+    """A dense layer's candidates (``dense.int8_dot``): the direct conv's channel blocks on the
+    start's instruction with one pixel, and one to eight vectors of output channels."""
+    lanes = start.dot_product.lanes
+    out = [start]
+    for c in int8_dot.candidates(wl.as_conv(), features, start.dot):
+        for vecs in (1, 2, 4, 8):
+            cfg = int8_dot.DotConv2dConfig(c.ic_bn, vecs * lanes, 1, c.dot)
+            if cfg not in out:
+                out.append(cfg)
+    return out
 
 
 CONFIG_TYPES = (ConfigType(int8_dot.DotConv2dConfig, config_space, tensorized=True),
