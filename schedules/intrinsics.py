@@ -38,7 +38,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from tvm import tirx
+import tvm
+from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -301,6 +302,79 @@ def amx_tile_ops(m: int, acc_dtype: str, rows: int = 1, cols: int = 1):  # type:
                             T.address_of(D[i, 0, j * 16]), T.Cast("int64", st_d[1] * 4)))
 
     return zero_desc, zero_impl, store_desc, store_impl
+
+
+def _is_tile_config(stmt) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``stmt`` is the ``ldtilecfg`` call of ``amx_tile_ops``' zero intrinsic."""
+    call = stmt.value if isinstance(stmt, tirx.Evaluate) else None
+    return (isinstance(call, tvm.ir.expr.Call) and getattr(call.op, "name", "") == "tirx.call_llvm_intrin"
+            and int(call.args[0]) == int(T.llvm_lookup_intrinsic_id("llvm.x86.ldtilecfg")))
+
+
+def _take_tile_config(stmt):  # type: ignore[no-untyped-def]
+    """``(stmt without its tile configuration, the configuration's statements or None)``: the
+    statements of the sequence that ends with the first ``ldtilecfg`` under ``stmt`` (the
+    configuration buffer, its bytes, the call), cut out of it."""
+    if isinstance(stmt, tirx.SeqStmt):
+        seq = list(stmt.seq)
+        for i, s in enumerate(seq):
+            if _is_tile_config(s):
+                rest = seq[i + 1:]
+                return (rest[0] if len(rest) == 1 else tirx.SeqStmt(rest)), seq[:i + 1]
+            inner, taken = _take_tile_config(s)
+            if taken:
+                return tirx.SeqStmt(seq[:i] + [inner] + seq[i + 1:]), taken
+        return stmt, None
+    if isinstance(stmt, tirx.For):
+        body, taken = _take_tile_config(stmt.body)
+        if taken:
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
+                            stmt.annotations), taken
+        return stmt, None
+    if isinstance(stmt, s_tir.SBlockRealize):
+        block, taken = _take_tile_config(stmt.block)
+        return (s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block), taken) if taken else (stmt, None)
+    if isinstance(stmt, s_tir.SBlock):
+        body, taken = _take_tile_config(stmt.body)
+        if taken:
+            return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
+                                stmt.alloc_buffers, stmt.match_buffers, stmt.annotations), taken
+        return stmt, None
+    return stmt, None
+
+
+def hoist_tile_config(func):  # type: ignore[no-untyped-def]
+    """``func`` (a scheduled kernel) with the AMX tile configuration (``ldtilecfg``, ~50 ns
+    on an Emerald Rapids core, as much as four ``tdpbusd``) moved from the zero intrinsic of
+    every block of tiles to the start of each iteration of the kernel's parallel loop (the
+    schedule makes those iterations few: ``int8_dot.schedule_amx_tiles``). Correct because the
+    configuration is one per kernel (every block has the same tiles) and each parallel
+    iteration runs on one thread, whose tile state it is. Kernels without AMX tiles are
+    returned as they are."""
+
+    def visit(stmt):  # type: ignore[no-untyped-def]
+        if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.PARALLEL:
+            body, taken = _take_tile_config(stmt.body)
+            if not taken:
+                return stmt, False
+            config = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "amx_tile_config", tirx.SeqStmt(taken)))
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, tirx.SeqStmt([config, body]),
+                            stmt.thread_binding, stmt.annotations), True
+        if isinstance(stmt, tirx.SeqStmt):
+            seq, changed = zip(*(visit(s) for s in stmt.seq))
+            return (tirx.SeqStmt(list(seq)), True) if any(changed) else (stmt, False)
+        if isinstance(stmt, s_tir.SBlockRealize):
+            block, changed = visit(stmt.block)
+            return (s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block), True) if changed else (stmt, False)
+        if isinstance(stmt, s_tir.SBlock):
+            body, changed = visit(stmt.body)
+            if changed:
+                return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
+                                    stmt.alloc_buffers, stmt.match_buffers, stmt.annotations), True
+        return stmt, False
+
+    body, changed = visit(func.body)
+    return func.with_body(body) if changed else func
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ import numpy as np
 from tvm import s_tir, te
 
 from . import bf16, reference, space
+from .intrinsics import hoist_tile_config
 from .target_features import TargetFeatures
 from .workload import Conv2dWorkload, DenseWorkload, Workload
 
@@ -116,7 +117,7 @@ class KernelDef:
         func = te.create_prim_func(self.compute(workload, config))
         sch = s_tir.Schedule(func, seed=sample_seed)
         self.schedule(sch, workload, config, sample_seed is not None)
-        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        return hoist_tile_config(sch.mod["main"]).with_attr("tirx.is_scheduled", True)
 
     def design_space(self, workload: Workload, config: Any) -> Callable[[Any], None]:
         """The schedule template as a MetaSchedule ``ScheduleFn`` body (knobs sampled)."""

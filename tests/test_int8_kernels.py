@@ -430,6 +430,23 @@ def test_amx_tile_blocks_bit_exact(wl: Conv2dWorkload) -> None:
         np.testing.assert_array_equal(out.numpy().reshape(wl.out_shape), expected, err_msg=str(cfg))
 
 
+@pytest.mark.parametrize("precision", ["w8a8", "bf16"])
+def test_amx_tile_configuration_once_per_parallel_task(precision: str) -> None:
+    """``intrinsics.hoist_tile_config``: the AMX kernels configure their tiles (``ldtilecfg``)
+    once at the start of each parallel task, not in every block's zero step; the blocks still
+    zero their accumulators. Cross-compiled (its results: the bit-exact AMX tests)."""
+    features = PROFILES["amx"]
+    wl = Conv2dWorkload(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC" if precision == "w8a8" else "NCHW")
+    kernel = registry.select("conv2d", precision, features)
+    func = kernel.build_primfunc(wl, kernel.fallback_config(wl, features))
+    script = func.script()
+    assert script.count("llvm.x86.ldtilecfg") == 1 and script.count('T.sblock("amx_tile_config")') == 1
+    head, _, tail = script.partition('T.sblock("amx_tile_config")')
+    assert "T.parallel(" in head.splitlines()[-2] and "llvm.x86.tilezero" in tail
+    asm = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json())).mod.inspect_source("s")
+    assert asm.count("ldtilecfg") == 1 and "tilezero" in asm
+
+
 TEMPLATE_WORKLOADS = [
     Conv2dWorkload(1, 24, 10, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=Epilogue(True, "relu")),
     Conv2dWorkload(1, 32, 8, 8, 48, 1, 1, epilogue=Epilogue(True, "none")),

@@ -332,6 +332,10 @@ def schedule_amx_tiles(sch, wl: Conv2dWorkload, reg_n: int, intrinsics: tuple[st
     tile = sch.cache_write(conv_b, 0, "global")
     sch.reverse_compute_at(tile, xo, preserve_unit_loops=True)
     sch.reverse_compute_at(out_b, xo, preserve_unit_loops=True)
+    blocks = int(sch.get(outer).extent)
+    inner = serial_row_blocks(blocks, int(sch.get(n).extent) * int(sch.get(gi).extent) * int(sch.get(b).extent))
+    if inner > 1:  # (a split of the fused loop would not blockize: split the row blocks first)
+        outer = sch.split(outer, [None, inner])[0]
     sch.parallel(sch.fuse(n, gi, b, outer))
     init = sch.decompose_reduction(conv_b, rc)
     depth = 2 if rows == 1 else 3  # the block's loops: (rows,) pixels, channels
@@ -341,6 +345,14 @@ def schedule_amx_tiles(sch, wl: Conv2dWorkload, reg_n: int, intrinsics: tuple[st
     if wl.nhwc:
         vectorize_channels_last_store(sch, out_b, wl.out_per_group, oc_bn)
     schedule_repack(sch, sch.get_sblock("data_pack"))
+
+
+def serial_row_blocks(blocks: int, others: int, tasks: int = 16) -> int:
+    """How many of an AMX kernel's ``blocks`` row blocks each parallel task runs in a row (a
+    divisor of ``blocks``; ``others``: the parallel iterations of the loops outside them): as many
+    as leave at least ``tasks`` tasks for the threads. Each task configures the tiles once
+    (``intrinsics.hoist_tile_config``) and then runs its blocks."""
+    return max(d for d in range(1, blocks + 1) if blocks % d == 0 and others * (blocks // d) >= min(tasks, others * blocks))
 
 
 def channel_blocks(channels: int, group: int, limit: int) -> list[int]:
