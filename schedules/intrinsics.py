@@ -311,6 +311,23 @@ def _is_tile_config(stmt) -> bool:  # type: ignore[no-untyped-def]
             and int(call.args[0]) == int(T.llvm_lookup_intrinsic_id("llvm.x86.ldtilecfg")))
 
 
+def _child(stmt):  # type: ignore[no-untyped-def]
+    """The one child statement of a loop, block or block realization (else None)."""
+    if isinstance(stmt, (tirx.For, s_tir.SBlock)):
+        return stmt.body
+    return stmt.block if isinstance(stmt, s_tir.SBlockRealize) else None
+
+
+def _with_child(stmt, child):  # type: ignore[no-untyped-def]
+    """``stmt`` (a loop, block or block realization) with its child statement replaced."""
+    if isinstance(stmt, tirx.For):
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, child, stmt.thread_binding, stmt.annotations)
+    if isinstance(stmt, s_tir.SBlockRealize):
+        return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, child)
+    return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, child, stmt.init,
+                        stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
+
+
 def _take_tile_config(stmt):  # type: ignore[no-untyped-def]
     """``(stmt without its tile configuration, the configuration's statements or None)``: the
     statements of the sequence that ends with the first ``ldtilecfg`` under ``stmt`` (the
@@ -325,22 +342,9 @@ def _take_tile_config(stmt):  # type: ignore[no-untyped-def]
             if taken:
                 return tirx.SeqStmt(seq[:i] + [inner] + seq[i + 1:]), taken
         return stmt, None
-    if isinstance(stmt, tirx.For):
-        body, taken = _take_tile_config(stmt.body)
-        if taken:
-            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
-                            stmt.annotations), taken
-        return stmt, None
-    if isinstance(stmt, s_tir.SBlockRealize):
-        block, taken = _take_tile_config(stmt.block)
-        return (s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block), taken) if taken else (stmt, None)
-    if isinstance(stmt, s_tir.SBlock):
-        body, taken = _take_tile_config(stmt.body)
-        if taken:
-            return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
-                                stmt.alloc_buffers, stmt.match_buffers, stmt.annotations), taken
-        return stmt, None
-    return stmt, None
+    child = _child(stmt)
+    inner, taken = (stmt, None) if child is None else _take_tile_config(child)
+    return (_with_child(stmt, inner), taken) if taken else (stmt, None)
 
 
 def hoist_tile_config(func):  # type: ignore[no-untyped-def]
@@ -358,20 +362,13 @@ def hoist_tile_config(func):  # type: ignore[no-untyped-def]
             if not taken:
                 return stmt, False
             config = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "amx_tile_config", tirx.SeqStmt(taken)))
-            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, tirx.SeqStmt([config, body]),
-                            stmt.thread_binding, stmt.annotations), True
+            return _with_child(stmt, tirx.SeqStmt([config, body])), True
         if isinstance(stmt, tirx.SeqStmt):
             seq, changed = zip(*(visit(s) for s in stmt.seq))
             return (tirx.SeqStmt(list(seq)), True) if any(changed) else (stmt, False)
-        if isinstance(stmt, s_tir.SBlockRealize):
-            block, changed = visit(stmt.block)
-            return (s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block), True) if changed else (stmt, False)
-        if isinstance(stmt, s_tir.SBlock):
-            body, changed = visit(stmt.body)
-            if changed:
-                return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
-                                    stmt.alloc_buffers, stmt.match_buffers, stmt.annotations), True
-        return stmt, False
+        child = _child(stmt)
+        inner, changed = (stmt, False) if child is None else visit(child)
+        return (_with_child(stmt, inner), True) if changed else (stmt, False)
 
     body, changed = visit(func.body)
     return func.with_body(body) if changed else func
