@@ -4,8 +4,8 @@
   onnxruntime's one-layer ``Conv`` / ``QLinearConv``, w8a8 as a share of its instruction's peak;
 - ``peak`` (``dot_peak``): one core's multiply-accumulate peak per dot-product instruction tvmq's
   kernels use, issued back to back on ``ACCUMULATORS`` independent register accumulators (more
-  than latency x throughput: throughput bound; no loads, no epilogue), in GMAC/s: the ceiling of a
-  conv kernel on that instruction;
+  than latency x throughput: throughput bound; no loads, no epilogue; AMX ``tdpbusd`` on
+  ``AMX_ACCUMULATORS`` tiles), in GMAC/s: the ceiling of a conv kernel on that instruction;
 - ``w4a4`` (``w4a4_storage``): whether 4-bit activations *stored* between layers could pay: per
   layer input, a copy vs a nibble pack + unpack (generic schedule);
 
@@ -34,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bench import harness as h
-from tvmq.runtime import BenchmarkResult
+from tvmq.runtime import BenchmarkResult, request_amx_permission
 
 SPECS = ("fp32", "bf16", "w8a8", "w4a8", "w8a16")  # measured by default, in this order
 ORT_FP32, ORT_INT8 = "ort_fp32", "ort_int8"
@@ -68,9 +68,13 @@ INSTRUCTIONS = (
     Instruction("vpmaddubsw + vpmaddwd(1) + vpaddd ymm (u8 x s8)", "avx2", 8, 32, "pmaddubsw"),
     Instruction("vfmadd zmm (fp32)", "avx512", 16, 16, "fma"),
     Instruction("vfmadd ymm (fp32)", "avx2", 8, 8, "fma"),
+    # a 16 x 16 int32 tile += 16 x 64 u8 times 64 x 16 s8 (``AMX_ACCUMULATORS`` tiles in flight)
+    Instruction("tdpbusd tmm (u8 x s8, 16 x 16 x 64)", "amx", 256, 16384, "amx"),
 )
 # the integer instruction of each ISA level's W8A8 kernels
-ISA_INSTRUCTION = {"avx512_vnni": INSTRUCTIONS[0], "avx512": INSTRUCTIONS[1], "avx2": INSTRUCTIONS[2]}
+ISA_INSTRUCTION = {"amx": INSTRUCTIONS[6], "avx512_vnni": INSTRUCTIONS[0], "avx512": INSTRUCTIONS[1],
+                   "avx2": INSTRUCTIONS[2]}
+AMX_ACCUMULATORS = 4  # tiles tmm0-3, as in the kernels' 2 x 2 blocks (A: tmm4, B: tmm6)
 
 
 def _executes(features: Any, isa: str) -> bool:
@@ -126,11 +130,43 @@ def _template(ins: Instruction) -> Any:  # type: ignore[no-untyped-def]
     return main
 
 
+def _amx_template() -> Any:  # type: ignore[no-untyped-def]
+    """``main(a, b, out, n)``: one A and one B tile loaded, then ``n`` iterations of
+    ``AMX_ACCUMULATORS`` ``tdpbusd`` on independent accumulator tiles (no loads, no stores
+    inside the loop), the first tile stored at the end."""
+    from tvm.script import tirx as T  # deferred: TVM
+
+    def intrin(name: str, *args: Any) -> Any:
+        return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
+
+    @T.prim_func
+    def main(a: T.Buffer((1024,), "uint8"), b: T.Buffer((1024,), "int8"), out: T.Buffer((256,), "int32"), n: T.int32):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        cfg = T.decl_buffer((64,), "uint8", scope="local")
+        for i in range(64):
+            cfg[i] = T.uint8(0)
+        cfg[0] = T.uint8(1)
+        for t in T.unroll(8):
+            cfg[16 + 2 * t] = T.uint8(64)
+            cfg[48 + t] = T.uint8(16)
+        intrin("ldtilecfg", T.address_of(cfg[0]))
+        intrin("tileloadd64", T.uint8(4), T.address_of(a[0]), T.int64(64))
+        intrin("tileloadd64", T.uint8(6), T.address_of(b[0]), T.int64(64))
+        for t in T.unroll(AMX_ACCUMULATORS):
+            intrin("tilezero", T.Cast("uint8", t))
+        for i in range(n):
+            for t in T.unroll(AMX_ACCUMULATORS):
+                intrin("tdpbusd", T.Cast("uint8", t), T.uint8(4), T.uint8(6))
+        intrin("tilestored64", T.uint8(0), T.address_of(out[0]), T.int64(64))
+    return main
+
+
 def peak_kernel(ins: Instruction, target: Any) -> Callable[..., Any]:
-    """``f(a, b, out, n)``: ``n`` iterations of ``ACCUMULATORS`` ``ins`` on registers."""
+    """``f(a, b, out, n)``: ``n`` iterations of ``ACCUMULATORS`` ``ins`` on registers
+    (``AMX_ACCUMULATORS`` tiles for AMX)."""
     import tvm  # deferred: TVM
 
-    lib = tvm.compile(tvm.IRModule({"main": _template(ins)}), target=target)
+    lib = tvm.compile(tvm.IRModule({"main": _amx_template() if ins.kind == "amx" else _template(ins)}), target=target)
     return lib.jit()["main"] if hasattr(lib, "jit") else lib["main"]
 
 
@@ -140,8 +176,13 @@ def measure(ins: Instruction, target: Any, seconds: float = 0.3, rounds: int = 5
 
     f = peak_kernel(ins, target)
     dtype = np.float32 if ins.kind == "fma" else np.int32
-    args = [tvm.runtime.tensor(np.ones(ins.lanes, dtype)), tvm.runtime.tensor(np.ones(ins.lanes, dtype)),
-            tvm.runtime.tensor(np.zeros(ACCUMULATORS * ins.lanes, dtype))]
+    accumulators = AMX_ACCUMULATORS if ins.kind == "amx" else ACCUMULATORS
+    if ins.kind == "amx":
+        args = [tvm.runtime.tensor(np.ones(1024, np.uint8)), tvm.runtime.tensor(np.ones(1024, np.int8)),
+                tvm.runtime.tensor(np.zeros(256, np.int32))]
+    else:
+        args = [tvm.runtime.tensor(np.ones(ins.lanes, dtype)), tvm.runtime.tensor(np.ones(ins.lanes, dtype)),
+                tvm.runtime.tensor(np.zeros(ACCUMULATORS * ins.lanes, dtype))]
     n = 10_000
     while True:  # calibrate the iteration count to ~seconds
         t0 = time.perf_counter()
@@ -155,7 +196,7 @@ def measure(ins: Instruction, target: Any, seconds: float = 0.3, rounds: int = 5
     for _ in range(rounds):
         t0 = time.perf_counter()
         f(*args, n)
-        rates.append(n * ACCUMULATORS / (time.perf_counter() - t0))
+        rates.append(n * accumulators / (time.perf_counter() - t0))
     per_s = float(np.median(rates))
     return {"instruction": ins.name, "isa": ins.isa, "gmac_s": per_s * ins.macs / 1e9,
             "instructions_per_ns": per_s / 1e9, "macs_per_instruction": ins.macs, "rates": rates}
@@ -537,20 +578,26 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool, peak_gops: float | None = None) -> str:
+def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool, peak_gops: float | None = None,
+          amx_gops: float | None = None) -> str:
     """The per-workload table (with GOPS, w8a8's share of the instruction's peak, and the sum
-    row) or the per-kind one."""
+    row) or the per-kind one. ``amx_gops``: the AMX peak, for the rows whose w8a8 kernel is the
+    AMX one (the others, and the sum, against ``peak_gops``)."""
     variants = (*specs, *RIVALS)
     cols = [c for c in RATIO_COLUMNS if c[1] in variants and c[2] in variants]
     gops = [v for v in ("w8a8", ORT_INT8) if v in variants] if by_layer else []
 
-    def cells(medians: dict[str, float | None], macs: int) -> list[str]:
+    def cells(medians: dict[str, float | None], macs: int, peak: float | None = peak_gops) -> list[str]:
         return ([fmt_ms(medians[v]) for v in variants]
                 + [fmt(None if not medians[v] or medians[v] <= 0 else 2 * macs / medians[v] / 1e6, 1)
                    for v in gops]
-                + ([fmt(None if not medians["w8a8"] or medians["w8a8"] <= 0
-                        else 2 * macs / medians["w8a8"] / 1e6 / peak_gops * 100, 0)] if with_peak else [])
+                + ([fmt(None if not medians["w8a8"] or medians["w8a8"] <= 0 or not peak
+                        else 2 * macs / medians["w8a8"] / 1e6 / peak * 100, 0)] if with_peak else [])
                 + [fmt(div(medians[a], medians[b])) for _, a, b in cols])
+
+    def row_peak(r: dict[str, Any]) -> float | None:
+        amx = str(r["results"].get("w8a8", {}).get("kernel", "")).endswith("/amx")
+        return amx_gops if amx else peak_gops
 
     with_peak = bool(peak_gops) and "w8a8" in gops
     head = ([label(v) for v in variants] + [f"GOPS {label(v).split()[-1]}" for v in gops]
@@ -560,7 +607,8 @@ def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool, peak_gops
             [cat, s["layers"], f"{s['macs'] / 1e6:.1f}", *cells(s["median_ms"], s["macs"])]
             for cat, s in model["by_category"].items()], "lr")
     rows = [[f"{short_name(r['first'])} x{r['count']}", r["shape"], f"{r['macs'] / 1e6:.1f}",
-             *cells({v: median_of(r["results"], v) for v in variants}, r["macs"])] for r in model["rows"]]
+             *cells({v: median_of(r["results"], v) for v in variants}, r["macs"], row_peak(r))]
+            for r in model["rows"]]
     s = model["sum"]
     rows.append([f"**sum** ({s['layers']} layers)", "each x count", f"{s['macs'] / 1e6:.1f}",
                  *cells(s["median_ms"], s["macs"])])
@@ -636,14 +684,17 @@ def render(result: dict[str, Any]) -> str:
            "channels-last, integer kernels with float32 requantization. Epilogue bias + ReLU (ORT: Conv + Relu fused, Gemm + Relu "
            "and QGemm for dense). GOPS = 2 x MACs / time; ratios below 1: the first is faster; the sum row "
            "adds each workload's time x its count.", ""]
-    peak = result.get("peak")
+    peak, amx = result.get("peak"), result.get("peak_amx")
     peak_gops = 2 * peak["gmac_s"] * s["threads"] if peak else None
-    if peak:
-        out += [f"Peak: `{peak['instruction']}` back to back on registers (`--mode peak`, same machine, "
-                f"same run) {peak['gmac_s']:.1f} GMAC/s per core = {peak_gops:.1f} GOPS on {s['threads']} "
-                "thread(s); `w8a8 % of peak` is the w8a8 kernel's GOPS over it.", ""]
+    amx_gops = 2 * amx["gmac_s"] * s["threads"] if amx else None
+    for p, gops in ((peak, peak_gops), (amx, amx_gops)):
+        if p:
+            out += [f"Peak: `{p['instruction']}` back to back on registers (`--mode peak`, same machine, "
+                    f"same run) {p['gmac_s']:.1f} GMAC/s per core = {gops:.1f} GOPS on {s['threads']} "
+                    "thread(s); `w8a8 % of peak` is the w8a8 kernel's GOPS over its instruction's peak"
+                    + (" (rows on AMX kernels: the AMX peak; the sum: the VNNI one)" if amx else "") + ".", ""]
     for name, model in result["models"].items():
-        out += [f"### {name}", "", table(model, s["specs"], True, peak_gops), "",
+        out += [f"### {name}", "", table(model, s["specs"], True, peak_gops, amx_gops), "",
                 table(model, s["specs"], False), ""]
     spare = max(0, m["nproc"] - s["threads"])
     notes = [n for name, model in result["models"].items()
@@ -654,11 +705,13 @@ def render(result: dict[str, Any]) -> str:
 
 def peak_main(args: argparse.Namespace, features: Any) -> None:
     """``--mode peak``: every instruction the host executes, one thread, into ``dot_peak``."""
+    request_amx_permission()
     info, results = h.machine_info(), peaks(features)
     rows = [[r["instruction"], r["isa"], r["macs_per_instruction"], f"{r['instructions_per_ns']:.2f}",
              f"{r['gmac_s']:.1f}"] for r in results.values()]
     report = (f"Multiply-accumulate peak of one core, {h.machine_line(info)}: each instruction back to "
-              f"back on {ACCUMULATORS} register accumulators (`python -m bench.layer_latency --mode peak`)."
+              f"back on {ACCUMULATORS} register accumulators, AMX on {AMX_ACCUMULATORS} accumulator tiles "
+              "(`python -m bench.layer_latency --mode peak`)."
               "\n\n" + h.md_table(["instruction", "ISA level", "MAC / instr", "instr / ns", "GMAC/s"], rows,
                                    "lllrr"))
     h.write_results(args.out, "dot_peak", {"machine": info, "versions": h.versions(),
@@ -796,14 +849,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     instruction = ISA_INSTRUCTION.get(features.isa if features.isa != "amx" else "avx512_vnni")
     if args.narrow_weights and features.isa == "avx2":
         instruction = next(i for i in INSTRUCTIONS if i.kind == "pmaddubsw")
+    request_amx_permission()
     peak = None if instruction is None else measure(instruction, target)
+    peak_amx = measure(ISA_INSTRUCTION["amx"], target) if features.isa == "amx" else None
     overhead = ort_call_overhead_ms(args.threads)
     print(f"onnxruntime per-call overhead (one-element Relu): {overhead * 1e3:.1f} us", flush=True)
     with tempfile.TemporaryDirectory(prefix="tvmq-layer-") as tmp:
         models = {name: measure_model(name, path, args, features, target, Path(tmp))
                   for name, path in found.items()}
     result = run.record(versions=versions, settings=settings(args, features), ort_call_overhead_ms=overhead,
-                        peak=peak, models=models, skipped=skipped)
+                        peak=peak, peak_amx=peak_amx, models=models, skipped=skipped)
     h.write_results(args.out, "layer_latency", result, render(result))
     return 0
 
