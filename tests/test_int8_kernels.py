@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedules import quant, reference, registry, space
+from schedules.conv2d import int8_dot
 from schedules.workload import Conv2dWorkload, DenseWorkload, Epilogue
 
 from .isa import HOST, PROFILES, can_execute, isa_params, skip_reason
@@ -380,6 +381,7 @@ def test_amx_kernels_compile_when_the_output_is_one_tile(wl: Conv2dWorkload, pre
 
 
 AMX_BLOCK_WORKLOADS = [
+    Conv2dWorkload(1, 128, 6, 28, 48, 1, 1, layout="NHWC"),  # read in place where the tile divides the width
     Conv2dWorkload(1, 70, 6, 9, 40, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC"),  # padded; channels ragged
     Conv2dWorkload(1, 64, 13, 13, 48, 3, 3, 2, 2, 1, 1, 1, 1, layout="NHWC"),  # strided, 7 x 7 out
     Conv2dWorkload(1, 130, 12, 12, 32, 1, 1, 2, 2, layout="NHWC"),  # strided 1x1: phases, no padding
@@ -403,7 +405,8 @@ def _amx_blocks(wl: Conv2dWorkload) -> list:  # type: ignore[type-arg]
     return out
 
 
-@pytest.mark.parametrize("wl", AMX_BLOCK_WORKLOADS, ids=["3x3", "3x3-s2", "1x1-s2", "dilated-nchw", "5x5-s2"])
+@pytest.mark.parametrize("wl", AMX_BLOCK_WORKLOADS, ids=["1x1-in-place", "3x3", "3x3-s2", "1x1-s2", "dilated-nchw",
+                                                     "5x5-s2"])
 def test_amx_tile_blocks_bit_exact(wl: Conv2dWorkload) -> None:
     """AMX blocks of several accumulator tiles (``intrinsics.amx_intrinsics(m, rows, cols)``:
     output rows x 16-channel tiles, each loaded A and B tile serving several ``tdpbusd``) and
@@ -417,6 +420,8 @@ def test_amx_tile_blocks_bit_exact(wl: Conv2dWorkload) -> None:
     expected = reference.conv2d_w8a8(xq, wq, bias_q, m, s, x_zp, out_zp, 0, 255, wl)
     blocks = _amx_blocks(wl)
     assert len(blocks) >= 3
+    in_place = [int8_dot.reads_input_directly(wl, replace(c, reg_n=14)) for c in blocks]
+    assert all(in_place) == (wl.kernel_h == 1 and wl.stride_h == 1)
     for cfg in blocks:
         lib = compile_for(kernel, wl, cfg, features)
         if not can_execute("amx"):
