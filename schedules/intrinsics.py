@@ -353,7 +353,12 @@ def hoist_tile_config(func):  # type: ignore[no-untyped-def]
     every block of tiles to the start of each iteration of the kernel's parallel loop (the
     schedule makes those iterations few: ``int8_dot.schedule_amx_tiles``). Correct because the
     configuration is one per kernel (every block has the same tiles) and each parallel
-    iteration runs on one thread, whose tile state it is. Kernels without AMX tiles are
+    iteration runs on one thread, whose tile state it is.
+
+    Each iteration saves the thread's tile configuration first (``sttilecfg``) and loads it
+    back at its end: other AMX code in the process may keep its own configured between calls
+    (onnxruntime's int8 GEMM loads one per thread, once; after a tvmq kernel had changed it on
+    that thread, its next ``tdpbusd`` raised #UD: SIGILL). Kernels without AMX tiles are
     returned as they are."""
 
     def visit(stmt):  # type: ignore[no-untyped-def]
@@ -361,8 +366,14 @@ def hoist_tile_config(func):  # type: ignore[no-untyped-def]
             body, taken = _take_tile_config(stmt.body)
             if not taken:
                 return stmt, False
-            config = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "amx_tile_config", tirx.SeqStmt(taken)))
-            return _with_child(stmt, tirx.SeqStmt([config, body])), True
+            saved = tirx.decl_buffer((64,), "uint8", name="saved_tile_config", scope="local")
+
+            def config(name: str) -> tirx.Stmt:
+                return tirx.Evaluate(tirx.call_llvm_intrin("void", f"llvm.x86.{name}",
+                                                           tirx.address_of(tirx.BufferLoad(saved, [0]))))
+
+            tiles = tirx.SeqStmt([tirx.AllocBuffer(saved), config("sttilecfg"), *taken, body, config("ldtilecfg")])
+            return _with_child(stmt, s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "amx_tiles", tiles))), True
         if isinstance(stmt, tirx.SeqStmt):
             seq, changed = zip(*(visit(s) for s in stmt.seq))
             return (tirx.SeqStmt(list(seq)), True) if any(changed) else (stmt, False)

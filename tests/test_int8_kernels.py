@@ -445,11 +445,58 @@ def test_amx_tile_configuration_once_per_parallel_task(precision: str) -> None:
     kernel = registry.select("conv2d", precision, features)
     func = kernel.build_primfunc(wl, kernel.fallback_config(wl, features))
     script = func.script()
-    assert script.count("llvm.x86.ldtilecfg") == 1 and script.count('T.sblock("amx_tile_config")') == 1
-    head, _, tail = script.partition('T.sblock("amx_tile_config")')
+    # (the kernel's configuration, and the caller's loaded back at the end of each task)
+    assert script.count("llvm.x86.ldtilecfg") == 2 and script.count("llvm.x86.sttilecfg") == 1
+    head, _, tail = script.partition('T.sblock("amx_tiles")')
     assert "T.parallel(" in head.splitlines()[-2] and "llvm.x86.tilezero" in tail
     asm = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json())).mod.inspect_source("s")
-    assert asm.count("ldtilecfg") == 1 and "tilezero" in asm
+    assert asm.count("ldtilecfg") == 2 and asm.count("sttilecfg") == 1 and "tilezero" in asm
+
+
+def _tile_config_access(name: str, target):  # type: ignore[no-untyped-def]
+    """A function that loads (``ldtilecfg``) or stores (``sttilecfg``) the thread's tile
+    configuration from / into a 64-byte buffer."""
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def main(cfg: T.Buffer((64,), "uint8")):
+        T.func_attr({"global_symbol": "main"})
+        T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", T.address_of(cfg[0])))
+
+    return tvm.compile(tvm.IRModule({"main": main}), target=target).jit()["main"]
+
+
+@pytest.mark.skipif(not can_execute("amx"), reason=skip_reason("amx", "its compilation: "
+                                                                 "test_amx_tile_configuration_once_per_parallel_task"))
+def test_an_amx_kernel_leaves_the_callers_tile_configuration() -> None:
+    """Other AMX code in the process keeps its tile configuration loaded between calls
+    (onnxruntime's int8 GEMM: once per thread); a tvmq kernel run on that thread in between must
+    leave it as it found it, or that code's next tile instruction raises #UD (SIGILL, seen in
+    ``bench.layer_latency`` on an Emerald Rapids). One thread, so the kernel runs on this one."""
+    from tvmq.runtime import request_amx_permission, set_num_threads
+
+    assert request_amx_permission()
+    features = HOST.with_isa("amx")
+    target = tvm.target.Target(features.target_json())
+    wl = Conv2dWorkload(1, 64, 6, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC")
+    kernel = registry.select("conv2d", "w8a8", features)
+    cfg = kernel.fallback_config(wl, features)
+    ex = compile_for(kernel, wl, cfg, features)
+    xq, wq, bias_q, m, s, x_zp, out_zp = _operands(wl, 3)
+    args = [tvm.runtime.tensor(a) for a in (xq, kernel.pack_weight(wq, wl, cfg), bias_q, m, s,
+                                            np.array([x_zp, out_zp, 0, 255], np.int32))]
+    theirs = np.zeros(64, np.uint8)
+    theirs[0], theirs[16:32:2], theirs[48:56] = 1, 64, 16  # palette 1, 8 tiles of 16 x 64 bytes
+    load, store = _tile_config_access("ldtilecfg", target), _tile_config_access("sttilecfg", target)
+    set_num_threads(1)
+    try:
+        load(tvm.runtime.tensor(theirs))
+        ex(*args, tvm.runtime.empty(kernel.output_shape(wl, cfg), "uint8"))
+        after = tvm.runtime.tensor(np.zeros(64, np.uint8))
+        store(after)
+    finally:
+        set_num_threads(HOST.num_cores)
+    np.testing.assert_array_equal(after.numpy(), theirs)
 
 
 TEMPLATE_WORKLOADS = [
