@@ -350,16 +350,18 @@ def _take_tile_config(stmt):  # type: ignore[no-untyped-def]
 def hoist_tile_config(func):  # type: ignore[no-untyped-def]
     """``func`` (a scheduled kernel) with the AMX tile configuration (``ldtilecfg``, ~50 ns
     on an Emerald Rapids core, as much as four ``tdpbusd``) moved from the zero intrinsic of
-    every block of tiles to the start of each iteration of the kernel's parallel loop (the
-    schedule makes those iterations few: ``int8_dot.schedule_amx_tiles``). Correct because the
-    configuration is one per kernel (every block has the same tiles) and each parallel
-    iteration runs on one thread, whose tile state it is.
+    every block of tiles to the start of each parallel task: the kernel's parallel loop is
+    wrapped in TVM's ``pragma_parallel_launch_point``, whose body every task (one per thread)
+    runs once, splitting the loop's iterations among them as a plain parallel loop would.
+    Correct because the configuration is one per kernel (every block has the same tiles) and a
+    task runs on one thread, whose tile state it is.
 
-    Each iteration saves the thread's tile configuration first (``sttilecfg``) and loads it
-    back at its end: other AMX code in the process may keep its own configured between calls
+    Each task saves the thread's tile configuration first (``sttilecfg``) and loads it back at
+    its end: other AMX code in the process may keep its own configured between calls
     (onnxruntime's int8 GEMM loads one per thread, once; after a tvmq kernel had changed it on
-    that thread, its next ``tdpbusd`` raised #UD: SIGILL). Kernels without AMX tiles are
-    returned as they are."""
+    that thread, its next ``tdpbusd`` raised #UD: SIGILL). Once per task instead of once per
+    loop iteration: ResNet-50's AMX layers (Emerald Rapids, 1 thread) 5.66 -> 5.23 ms. Kernels
+    without AMX tiles are returned as they are."""
 
     def visit(stmt):  # type: ignore[no-untyped-def]
         if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.PARALLEL:
@@ -372,8 +374,12 @@ def hoist_tile_config(func):  # type: ignore[no-untyped-def]
                 return tirx.Evaluate(tirx.call_llvm_intrin("void", f"llvm.x86.{name}",
                                                            tirx.address_of(tirx.BufferLoad(saved, [0]))))
 
-            tiles = tirx.SeqStmt([tirx.AllocBuffer(saved), config("sttilecfg"), *taken, body, config("ldtilecfg")])
-            return _with_child(stmt, s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "amx_tiles", tiles))), True
+            tiles = tirx.SeqStmt([tirx.AllocBuffer(saved), config("sttilecfg"), *taken, _with_child(stmt, body),
+                                  config("ldtilecfg")])
+            block = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "amx_tiles", tiles))
+            if isinstance(stmt.extent, tirx.IntImm) and stmt.extent.value == 1:
+                return block, True  # (lowering drops the loop: it runs on the calling thread)
+            return tirx.AttrStmt(tirx.IntImm("int32", 0), "pragma_parallel_launch_point", tirx.IntImm("int32", 0), block), True
         if isinstance(stmt, tirx.SeqStmt):
             seq, changed = zip(*(visit(s) for s in stmt.seq))
             return (tirx.SeqStmt(list(seq)), True) if any(changed) else (stmt, False)

@@ -438,8 +438,9 @@ def test_amx_tile_blocks_bit_exact(wl: Conv2dWorkload) -> None:
 @pytest.mark.parametrize("precision", ["w8a8", "bf16"])
 def test_amx_tile_configuration_once_per_parallel_task(precision: str) -> None:
     """``intrinsics.hoist_tile_config``: the AMX kernels configure their tiles (``ldtilecfg``)
-    once at the start of each parallel task, not in every block's zero step; the blocks still
-    zero their accumulators. Cross-compiled (its results: the bit-exact AMX tests)."""
+    once at the start of each parallel task (the parallel loop inside TVM's parallel launch
+    point, the configuration before it), not in every block's zero step or loop iteration; the
+    blocks still zero their accumulators. Cross-compiled (its results: the bit-exact AMX tests)."""
     features = PROFILES["amx"]
     wl = Conv2dWorkload(1, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC" if precision == "w8a8" else "NCHW")
     kernel = registry.select("conv2d", precision, features)
@@ -448,7 +449,9 @@ def test_amx_tile_configuration_once_per_parallel_task(precision: str) -> None:
     # (the kernel's configuration, and the caller's loaded back at the end of each task)
     assert script.count("llvm.x86.ldtilecfg") == 2 and script.count("llvm.x86.sttilecfg") == 1
     head, _, tail = script.partition('T.sblock("amx_tiles")')
-    assert "T.parallel(" in head.splitlines()[-2] and "llvm.x86.tilezero" in tail
+    assert '"pragma_parallel_launch_point"' in head.splitlines()[-2]
+    before, _, loop = tail.partition("T.parallel(")
+    assert "llvm.x86.sttilecfg" in before and "llvm.x86.ldtilecfg" in before and "llvm.x86.tilezero" in loop
     asm = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json())).mod.inspect_source("s")
     assert asm.count("ldtilecfg") == 2 and asm.count("sttilecfg") == 1 and "tilezero" in asm
 
