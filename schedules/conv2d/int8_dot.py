@@ -205,12 +205,14 @@ def pack_phases(wl: Conv2dWorkload, cfg: DotConv2dConfig, data: te.Tensor, pad_v
     padded input (``fp32_direct.padded_input``) split by the phase of each row and column
     modulo the stride, so that the pixels one tile row of output reads (every ``stride``-th
     column) are consecutive, as a tile load wants them, and the rows of a block of output rows
-    too."""
+    too. Only the phases the taps read (a 1x1's first: a quarter of a stride-2 input)."""
     sh, sw = wl.stride_h, wl.stride_w
-    hph = padded_height(wl, cfg) + (wl.kernel_h - 1) * wl.dilation_h // sh
-    wph = padded_width(wl.out_width, cfg.reg_n) + (wl.kernel_w - 1) * wl.dilation_w // sw
+    th, tw = (wl.kernel_h - 1) * wl.dilation_h, (wl.kernel_w - 1) * wl.dilation_w
+    hph = padded_height(wl, cfg) + th // sh
+    wph = padded_width(wl.out_width, cfg.reg_n) + tw // sw
     value = padded_input(wl, cfg.ic_bn, data, pad_value, dtype)
-    return te.compute((wl.batch, wl.groups * ceil_div(wl.in_per_group, cfg.ic_bn), sh, sw, hph, wph, cfg.ic_bn),
+    return te.compute((wl.batch, wl.groups * ceil_div(wl.in_per_group, cfg.ic_bn), min(sh, th + 1), min(sw, tw + 1),
+                       hph, wph, cfg.ic_bn),
                       lambda n, gb, ph, pw, hh, wh, ci: value(n, gb, hh * sh + ph, wh * sw + pw, ci),
                       name="data_pack")
 
