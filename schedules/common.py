@@ -124,10 +124,17 @@ def keep_tile_in_registers(sch, init_b, out_b, tile_loop) -> None:  # type: igno
 
 def schedule_repack(sch, pack_b) -> None:  # type: ignore[no-untyped-def]
     """The input repack ``[N, blocks, (phases,) H, W, lanes]``: parallel over everything but the
-    columns and lanes."""
+    columns and lanes; the lanes one vector where they are 16 or more, else unrolled. Unrolled,
+    LLVM compiled some widths to scalar byte moves: an AMX int8 3x3 at 28x28 (its repack exactly
+    as wide as the padded input) 0.142 ms -> 0.084 vectorised, 64->64 at 56x56 0.165 -> 0.084, the
+    bf16 AMX 3x3 at 28x28 0.304 -> 0.261 (Emerald Rapids, 1 thread); VNNI, AVX2 and fp32 kernels
+    unchanged within 2%."""
     *outer, _, pc = sch.get_loops(pack_b)
     sch.parallel(sch.fuse(*outer))
-    sch.unroll(pc)
+    if int(sch.get(pc).extent) >= 16:
+        sch.vectorize(pc)
+    else:
+        sch.unroll(pc)
 
 
 def has_block(sch, name: str) -> bool:  # type: ignore[no-untyped-def]
