@@ -168,10 +168,11 @@ def _counts(text: str) -> list[int]:
 
 def model_options(threads: str = "1,2") -> dict[str, Any]:
     """``--models`` (as ``model_list``), ``--mobilenetv2``, ``--threads`` (as ``thread_list``)."""
-    return {"models": (",".join(ALL_MODELS), f"comma-separated subset of {','.join(ALL_MODELS)} (default: "
-                       "all)", {"dest": "model_list", "type": _model_list}),
-            "mobilenetv2": (DEFAULT_MOBILENETV2, "MobileNetV2 ONNX file (default "
-                            ".cache/models/mobilenetv2.onnx)"),
+    names = ",".join(ALL_MODELS)
+    return {"models": (names, f"comma-separated subset of {names} (default: all)",
+                       {"dest": "model_list", "type": _model_list}),
+            "mobilenetv2": (DEFAULT_MOBILENETV2,
+                            "MobileNetV2 ONNX file (default .cache/models/mobilenetv2.onnx)"),
             "threads": (threads, f"comma-separated thread counts (default {threads})",
                         {"dest": "thread_list", "type": _counts})}
 
@@ -484,15 +485,15 @@ def worker_time(spec: dict[str, Any]) -> dict[str, Any]:
         import onnxruntime as ort
 
         sess = ort_session(spec["model"], threads)
-        call = lambda: sess.run(None, feeds)  # noqa: E731
-        outputs = lambda: dict(zip([o.name for o in sess.get_outputs()], call()))  # noqa: E731
-        info = {"version": ort.__version__}
+        call, outputs, info = (lambda: sess.run(None, feeds),
+                               lambda: dict(zip([o.name for o in sess.get_outputs()], call())),
+                               {"version": ort.__version__})
     else:
         ov, _ = import_openvino()
         core = ov.Core()
         compiled, req, ov_info = ov_compile(core, core.read_model(spec["model"]), threads)
-        call = lambda: req.infer(feeds)  # noqa: E731
-        outputs = lambda: {o.get_any_name(): np.asarray(call()[o]) for o in compiled.outputs}  # noqa: E731
+        call, outputs = (lambda: req.infer(feeds),
+                         lambda: {o.get_any_name(): np.asarray(call()[o]) for o in compiled.outputs})
         info = {"version": ov.__version__, "kernels": ov_info["kernels"], "precision": ov_info["precision"],
                 "ov_threads": ov_info["threads"]}
     for _ in range(spec["warmup"] if spec["kind"] != "tvmq" else 0):
