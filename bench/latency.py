@@ -1,12 +1,8 @@
-"""Batch-1 end-to-end CPU latency, tvmq beside its rivals in one run (``python -m bench.latency
-PRECISION``): ``fp32`` times tvmq fp32 (untuned), onnxruntime fp32 and OpenVINO fp32 (f32 precision
-hint) into ``fp32_latency``; ``w8a8`` times tvmq's integer-only W8A8 (untuned, and tuned with
-``--db``) beside onnxruntime int8 (QDQ) and OpenVINO int8 (NNCF), onnxruntime fp32 as the
-baseline, into ``w8a8_latency``."""
+"""Batch-1 end-to-end CPU latency, tvmq beside its rivals (``python -m bench.latency fp32|w8a8``, results
+``fp32_latency`` / ``w8a8_latency``; see bench/README.md)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -22,8 +18,8 @@ from bench import harness as h
 from schedules.target_features import ISA_LEVELS
 from tvmq.runtime import BenchmarkResult
 
-ORT_FP32, TVMQ, TVMQ_TUNED = "onnxruntime fp32", "tvmq W8A8", "tvmq W8A8 tuned"
-ORT_INT8, OV_INT8 = "onnxruntime int8 (QDQ)", "OpenVINO int8 (NNCF)"
+ORT_FP32, TVMQ, TVMQ_TUNED, NARROW = "onnxruntime fp32", "tvmq W8A8", "tvmq W8A8 tuned", "tvmq W8A8 narrow"
+INT8_RIVALS = ORT_INT8, OV_INT8 = "onnxruntime int8 (QDQ)", "OpenVINO int8 (NNCF)"
 # per precision: {variant: (worker kind, table column)} in table order, also within a round; the
 # reference the outputs are compared with; the OpenVINO variant and the packages it needs; the
 # ratio columns {ratio key: column}
@@ -33,43 +29,32 @@ MODES = {
                           "openvino": ("openvino", "OpenVINO median ms (p10-p90)")},
              "ref": "onnxruntime", "tvmq": ("tvmq",), "ov": ("openvino", ("openvino",)),
              "ratios": {"tvmq/onnxruntime": "ratio tvmq/ort", "tvmq/openvino": "ratio tvmq/OpenVINO"}},
-    "w8a8": {"variants": {ORT_FP32: ("onnxruntime", ORT_FP32), TVMQ: ("tvmq", TVMQ),
-                          TVMQ_TUNED: ("tvmq", TVMQ_TUNED), ORT_INT8: ("onnxruntime", ORT_INT8),
-                          OV_INT8: ("openvino", OV_INT8)},
+    "w8a8": {"variants": {v: (k, v) for v, k in ((ORT_FP32, "onnxruntime"), (TVMQ, "tvmq"),
+                                                 (TVMQ_TUNED, "tvmq"), (ORT_INT8, "onnxruntime"),
+                                                 (OV_INT8, "openvino"))},
              "ref": ORT_FP32, "tvmq": (TVMQ, TVMQ_TUNED), "ov": (OV_INT8, ("openvino", "nncf")),
-             "ratios": {**{f"tvmq/{v}": f"ratio tvmq/{v}" for v in (ORT_INT8, OV_INT8)},
-                        **{f"tuned/{v}": f"ratio tuned/{v}" for v in (ORT_INT8, OV_INT8)},
+             "ratios": {**{f"{t}/{v}": f"ratio {t}/{v}" for t in ("tvmq", "tuned") for v in INT8_RIVALS},
                         f"tvmq/{TVMQ_TUNED}": "tuning speedup (untuned/tuned)"}},
 }
 RANGE_METHOD = "percentile"
 
 
-def isa_variant(isa: str) -> str:
-    return f"tvmq W8A8 {isa}"
-
-
-NARROW = "tvmq W8A8 narrow"
-
-
-def mode_of(args: argparse.Namespace) -> dict[str, Any]:
-    """``MODES[precision]`` with one more tvmq W8A8 variant per ``--isa`` (a build for that ISA
-    level, untuned) and with ``--narrow-weights`` (the recipe's pair-fitted conv weights), after the
-    untuned build, and their ratios to the int8 rivals."""
+def mode_of(args: Any) -> dict[str, Any]:
+    """``MODES[precision]`` with a tvmq W8A8 variant per ``--isa`` and one for ``--narrow-weights``
+    after the untuned build, and their ratios to the int8 rivals."""
     mode = MODES[args.precision]
-    if not getattr(args, "isa_list", None) and not getattr(args, "narrow_weights", False):
+    extra = [f"tvmq W8A8 {i}" for i in args.isa_list] + [NARROW] * args.narrow_weights
+    if not extra:
         return mode
-    extra = {isa_variant(i): ("tvmq", isa_variant(i)) for i in args.isa_list}
-    if args.narrow_weights:
-        extra[NARROW] = ("tvmq", NARROW)
-    variants = dict(mode["variants"])
-    items = list(variants.items())
-    at = list(variants).index(TVMQ) + 1
-    variants = dict(items[:at] + list(extra.items()) + items[at:])
-    ratios = {**mode["ratios"], **{f"{v}/{r}": f"ratio {v}/{r}" for v in extra for r in (ORT_INT8, OV_INT8)}}
-    return {**mode, "variants": variants, "tvmq": (*mode["tvmq"], *extra), "ratios": ratios}
+    items = list(mode["variants"].items())
+    at = list(mode["variants"]).index(TVMQ) + 1
+    return {**mode, "variants": dict(items[:at] + [(v, ("tvmq", v)) for v in extra] + items[at:]),
+            "tvmq": (*mode["tvmq"], *extra),
+            "ratios": {**mode["ratios"],
+                       **{f"{v}/{r}": f"ratio {v}/{r}" for v in extra for r in INT8_RIVALS}}}
 
 
-def calibration_inputs(name: str, onnx_path: Path, args: argparse.Namespace) -> tuple[np.ndarray, str, bool]:
+def calibration_inputs(name: str, onnx_path: Path, args: Any) -> tuple[np.ndarray, str, bool]:
     """``(calib [N, ...], description, real_images)`` for one model."""
     (_, shape, dtype), = h.onnx_input_specs(onnx_path)
     why = ""
@@ -87,9 +72,9 @@ def calibration_inputs(name: str, onnx_path: Path, args: argparse.Namespace) -> 
     return calib, f"{args.calib} seeded random normal inputs" + (f" (FALLBACK: {why})" if why else ""), False
 
 
-def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str | None) -> list[tuple]:
+def builds(m: dict[str, Any], args: Any, d: Path, ov_missing: str | None) -> list[tuple]:
     """``(variant, worker spec, output, stamp)`` of every build ``m`` needs: tvmq's, and in w8a8
-    the tuned one (``--db``) and the rivals' int8 models, on one calibration set."""
+    the ``--isa`` / narrow / tuned (``--db``) ones and the rivals' int8 models, on one calibration set."""
     sources = {"onnx_sha256": h.sha256_file(m["onnx"]), "tvmq_sources": h.tvmq_source_hash(),
                "python": sys.executable}
     if args.precision == "fp32":
@@ -101,13 +86,13 @@ def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str
     spec = {"kind": "build", "model": str(m["onnx"]), "calib": str(d / "calib.npz"),
             "range_method": RANGE_METHOD}
     stamp = {**sources, "plan": "w8a8", "range_method": RANGE_METHOD, "calib_sha256": sha}
+    narrow = {"narrow_weights": True} if args.narrow_weights else {}
     todo = [(TVMQ, spec, d / "model.so", stamp)]
-    for isa in args.isa_list:
-        todo.append((isa_variant(isa), {**spec, "isa": isa}, d.parent / f"{d.name}_{isa}" / "model.so",
-                     {**stamp, "isa": isa}))
-    if args.narrow_weights:
-        todo.append((NARROW, {**spec, "narrow_weights": True}, d.parent / f"{d.name}_narrow" / "model.so",
-                     {**stamp, "narrow_weights": True}))
+    todo += [(f"tvmq W8A8 {isa}", {**spec, "isa": isa}, d.parent / f"{d.name}_{isa}" / "model.so",
+              {**stamp, "isa": isa}) for isa in args.isa_list]
+    if narrow:
+        todo.append((NARROW, {**spec, **narrow}, d.parent / f"{d.name}_narrow" / "model.so",
+                     {**stamp, **narrow}))
     if args.db:
         from tvmq.tune import TuningDatabase  # deferred: imports TVM
 
@@ -115,7 +100,7 @@ def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str
         merged.parent.mkdir(parents=True, exist_ok=True)
         merged.unlink(missing_ok=True)
         TuningDatabase.merge(args.db, merged)
-        narrow = {"narrow_weights": True} if args.narrow_weights else {}  # as `tvmq tune` measured them on AVX2
+        # narrow weights in the tuned build too: as `tvmq tune` measured them on AVX2
         todo.append((TVMQ_TUNED, {**spec, "db": str(merged), **narrow}, merged.parent / "model.so",
                      {**stamp, "db_sha256": h.sha256_file(merged), **narrow}))
     src = m["rival_onnx"] = h.rival_onnx(m["onnx"], d / "rival.onnx")  # itself, or a folded copy
@@ -132,8 +117,7 @@ def builds(m: dict[str, Any], args: argparse.Namespace, d: Path, ov_missing: str
     return todo
 
 
-def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
-                  ov_missing: str | None) -> dict[str, Any]:
+def prepare_model(name: str, onnx_path: Path, args: Any, ov_missing: str | None) -> dict[str, Any]:
     """The seeded benchmark input and every variant's artifact (builds cached while their stamp matches)."""
     mode = mode_of(args)
     d = h.BUILD_DIR / (name if args.precision == "fp32" else f"w8a8_{name}")
@@ -162,14 +146,13 @@ def prepare_model(name: str, onnx_path: Path, args: argparse.Namespace,
     return m
 
 
-def bench_model(m: dict[str, Any], threads: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def bench_model(m: dict[str, Any], threads: int, args: Any, tmp: Path) -> dict[str, Any]:
     """Interleaved rounds of every available variant for one (model, threads)."""
     mode, art = mode_of(args), m["artifacts"]
-    kinds = {v: kind for v, (kind, _) in mode["variants"].items() if v in art}
     specs = {v: {"kind": k, "input": str(m["input"]), ("library" if k == "tvmq" else "model"): str(art[v])}
-             for v, k in kinds.items()}
-    slug = {v: "".join(c if c.isalnum() else "_" for c in v) for v in specs}
-    outputs = {v: tmp / f"{m['name']}-{threads}-{slug[v]}.npz" for v in specs}
+             for v, (k, _) in mode["variants"].items() if v in art}
+    outputs = {v: tmp / f"{m['name']}-{threads}-{''.join(c if c.isalnum() else '_' for c in v)}.npz"
+               for v in specs}
     res = h.run_rounds(m["name"], threads, specs, args, outputs, dict(m["errors"]))
     stats = {v: BenchmarkResult.from_samples(s, threads).to_json() for v, s in res["samples"].items() if s}
     short = {TVMQ: "tvmq", TVMQ_TUNED: "tuned"}
@@ -189,9 +172,23 @@ def bench_model(m: dict[str, Any], threads: int, args: argparse.Namespace, tmp: 
     return row
 
 
-def model_notes(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -> list[str]:
-    """Skipped variants, the rival.onnx substitution, the conv/dense kernels each rival runs."""
-    notes = list(dict.fromkeys(f"- {v}: skipped, {why}" for row in rows for v, why in row["skipped"].items()))
+def report(args: Any, run: h.Run, result: dict[str, Any], models: dict[str, dict[str, Any]],
+           rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
+    """The header, the table, and its notes: failures, noise, skipped variants, the rival.onnx
+    substitution, the conv/dense kernels each rival runs."""
+    mode, fp32 = mode_of(args), args.precision == "fp32"
+    tuned = any(TVMQ_TUNED in m["artifacts"] or TVMQ_TUNED in m["errors"] for m in models.values())
+    shown = [v for v in mode["variants"] if v != TVMQ_TUNED or tuned]
+    keys = [(k, t) for k, t in mode["ratios"].items() if tuned or TVMQ_TUNED not in k and "tuned/" not in k]
+    cells = [[row["model"], row["threads"],
+              *["skipped" if v in row["skipped"] else
+                "failed" if (s := row["stats"].get(v)) is None and row["errors"].get(v) else "-" if s is None
+                else f"{s['median_ms']:.2f} ({s['p10_ms']:.2f}-{s['p90_ms']:.2f})" for v in shown],
+              *[f"{r:.2f}" if (r := row["ratios"].get(k)) else "-" for k, _ in keys],
+              *([f"{d:.1e}" if (d := row["rel_max_diff"]) is not None else "-"] if fp32 else [])]
+             for row in rows]
+    notes = h.row_notes(rows) + list(dict.fromkeys(f"- {v}: skipped, {why}" for row in rows
+                                                    for v, why in row["skipped"].items()))
     for name, m in models.items():
         if m["rival_onnx"] != m["onnx"]:
             notes.append(f"- {name}: the rivals quantize `{m['rival_onnx'].name}` in the build folder, the "
@@ -199,83 +196,50 @@ def model_notes(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]]) -
                          "initializer listed as a graph input, and opset >= 13 (without it NNCF quantizes "
                          "no conv of light_resnet50, onnxruntime's quantizer fails)")
         for v in m["artifacts"]:
-            k = m["builds"].get(v, {}).get("kernels") or next(
-                (i["kernels"] for row in rows if row["model"] == name
-                 for i in row["worker_info"].get(v, []) if i.get("kernels")), None)
-            if k:
+            if k := m["builds"].get(v, {}).get("kernels") or next(
+                    (i["kernels"] for row in rows if row["model"] == name
+                     for i in row["worker_info"].get(v, []) if i.get("kernels")), None):
                 notes.append(f"- {name} {v} conv/dense kernels: {k}")
-    return notes
-
-
-def markdown_table(rows: list[dict[str, Any]], models: dict[str, dict[str, Any]], args: argparse.Namespace,
-                   skipped: dict[str, str]) -> str:
-    mode = mode_of(args)
-    tuned = any(TVMQ_TUNED in m["artifacts"] or TVMQ_TUNED in m["errors"] for m in models.values())
-    shown = [v for v in mode["variants"] if v != TVMQ_TUNED or tuned]
-    keys = [(k, t) for k, t in mode["ratios"].items() if tuned or TVMQ_TUNED not in k and "tuned/" not in k]
-    fp32 = args.precision == "fp32"
-    cells = [[row["model"], row["threads"],
-              *["skipped" if v in row["skipped"] else h.fmt_stat(row["stats"].get(v), row["errors"].get(v))
-                for v in shown],
-              *[f"{r:.2f}" if (r := row["ratios"].get(k)) else "-" for k, _ in keys],
-              *([f"{d:.1e}" if (d := row["rel_max_diff"]) is not None else "-"] if fp32 else [])]
-             for row in rows]
-    notes = (h.row_notes(rows) + model_notes(rows, models)
-             + [f"- {name}: skipped, {why}" for name, why in skipped.items()])
+    notes += [f"- {name}: skipped, {why}" for name, why in skipped.items()]
     head = ["model", "threads", *(mode["variants"][v][1] for v in shown), *(t for _, t in keys),
             *(["rel. max diff (vs ort)"] if fp32 else [])]
-    return h.md_table(head, cells, "lr", notes)
-
-
-def header(args: argparse.Namespace, run: h.Run, result: dict[str, Any], models: dict[str, Any],
-           rows: list[dict[str, Any]]) -> str:
     timing = (f"{h.machine_line(result['machine'])}; {args.rounds} rounds x {args.repeat} timed calls per "
               "variant, fresh process each; ")
-    if args.precision == "fp32":
-        return ("fp32 batch-1 latency, tvmq (untuned) vs onnxruntime and OpenVINO (f32 precision hint). "
+    if fp32:
+        text = ("fp32 batch-1 latency, tvmq (untuned) vs onnxruntime and OpenVINO (f32 precision hint). "
                 f"{timing}{run.load_note()}." + h.interference_note(rows))
-    tuned = (f" and tuned{' (narrow weights)' if args.narrow_weights else ''} on the kernels' best records in "
-             f"{', '.join(map(str, args.db))}" if args.db else "")
-    calib = "; ".join(f"{n}: {m['calibration']['calibration']}" for n, m in models.items()) or "-"
-    return (f"W8A8 batch-1 latency, tvmq (untuned{tuned}, integer-only W8A8, {RANGE_METHOD} ranges) vs "
-            f"onnxruntime int8 (QDQ) and OpenVINO int8 (NNCF), onnxruntime fp32 as the baseline. {timing}"
-            f"calibration ({args.calib} inputs, the same for all three quantizers): {calib}; "
-            f"{run.load_note()}."
-            + h.interference_note(rows) + "\n\nCells: median ms (p10-p90) over all timed calls; ratio = "
-            "median(tvmq W8A8) / median(rival), below 1: tvmq is faster.")
+    else:
+        tuned_how = (f" and tuned{' (narrow weights)' if args.narrow_weights else ''} on the kernels' best "
+                     f"records in {', '.join(map(str, args.db))}" if args.db else "")
+        calib = "; ".join(f"{n}: {m['calibration']['calibration']}" for n, m in models.items()) or "-"
+        text = (f"W8A8 batch-1 latency, tvmq (untuned{tuned_how}, integer-only W8A8, {RANGE_METHOD} ranges) "
+                "vs onnxruntime int8 (QDQ) and OpenVINO int8 (NNCF), onnxruntime fp32 as the baseline. "
+                f"{timing}calibration ({args.calib} inputs, the same for all three quantizers): {calib}; "
+                f"{run.load_note()}." + h.interference_note(rows) + "\n\nCells: median ms (p10-p90) over all "
+                "timed calls; ratio = median(tvmq W8A8) / median(rival), below 1: tvmq is faster.")
+    return f"{text}\n\n{h.md_table(head, cells, 'lr', notes)}\n"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = h.argument_parser(__doc__, rounds=(5, "interleaved rounds (default 5)"),
-                          warmup=(10, "untimed calls per process (default 10)"),
-                          repeat=(30, "timed calls per process (default 30)"),
-                          seed=(0, "seed of the random input (default 0)"),
-                          calib=(32, "w8a8: calibration inputs per model (default 32)"))
-    p.add_argument("precision", choices=list(MODES), help="fp32 (fp32_latency) or w8a8 (w8a8_latency)")
-    h.model_option(p)
-    p.add_argument("--rebuild", action="store_true", help="recompile even if a build is cached")
-    p.add_argument("--db", type=Path, action="append", default=[],
-                   help="w8a8: tuning database(s) (tvmq tune): adds the 'tvmq W8A8 tuned' variant")
-    p.add_argument("--imagenet-root", type=Path, default=h.DEFAULT_IMAGENET,
-                   help="w8a8: imagenet-sample folder for mobilenetv2's calibration (default "
-                        "../shared/data/imagenet-sample)")
-    p.add_argument("--isa", dest="isa_list", action="append", default=[], choices=ISA_LEVELS,
-                   help="w8a8: also a tvmq W8A8 build for this ISA level (untuned; repeatable), e.g. "
-                        "avx512_vnni beside the host's amx")
-    p.add_argument("--narrow-weights", action="store_true",
-                   help="w8a8: also a tvmq W8A8 build with the recipe's narrow (pair-fitted) conv weights, which "
-                        "take vpmaddubsw on AVX2 (tvmq compile --narrow-weights); the tuned build (--db) then "
-                        "has them too")
+def main(argv: Sequence[str] | None = None) -> int:
+    p = h.argument_parser(
+        __doc__, ("precision", list(MODES), "fp32 (fp32_latency) or w8a8 (w8a8_latency)"),
+        rounds=(5, "interleaved rounds (default 5)"), warmup=(10, "untimed calls per process (default 10)"),
+        repeat=(30, "timed calls per process (default 30)"), seed=(0, "seed of the random input (default 0)"),
+        calib=(32, "w8a8: calibration inputs per model (default 32)"), **h.model_options(),
+        rebuild=(False, "recompile even if a build is cached"),
+        db=([], "w8a8: tuning database(s) (tvmq tune): adds the 'tvmq W8A8 tuned' variant",
+            {"type": Path, "action": "append"}),
+        imagenet_root=(h.DEFAULT_IMAGENET, "w8a8: imagenet-sample folder for mobilenetv2's calibration"),
+        isa=([], "w8a8: also a tvmq W8A8 build for this ISA level (untuned; repeatable), e.g. avx512_vnni "
+             "beside the host's amx", {"dest": "isa_list", "action": "append", "choices": ISA_LEVELS,
+                                       "type": str}),
+        narrow_weights=(False, "w8a8: also a tvmq W8A8 build with the recipe's narrow (pair-fitted) conv "
+                        "weights (vpmaddubsw on AVX2); the tuned build (--db) then has them too"))
     args = p.parse_args(argv)
     if args.rounds < 1 or args.repeat < 1 or args.warmup < 0 or args.calib < 1:
         p.error("--rounds, --repeat and --calib must be >= 1, --warmup >= 0")
     if (args.db or args.isa_list or args.narrow_weights) and args.precision == "fp32":
         p.error("--db, --isa and --narrow-weights: w8a8 only")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
     mode, name = mode_of(args), f"{args.precision}_latency"
     run = h.Run(name)
     # found, not imported: OpenVINO's thread pool must not live in the parent
@@ -313,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "build_errors": m["errors"], "build_error": m["errors"].get(tvmq_variant)}
                 for n, m in models.items()},
         skipped=skipped, results=rows)
-    table = markdown_table(rows, models, args, skipped)
-    h.write_results(args.out, name, result, f"{header(args, run, result, models, rows)}\n\n{table}\n")
+    h.write_results(args.out, name, result, report(args, run, result, models, rows, skipped))
     return 0
 
 

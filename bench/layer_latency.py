@@ -1,20 +1,10 @@
-"""Kernel-level latency on real layer shapes (``--mode``, each its own results file):
-
-- ``layers`` (``layer_latency``): every tvmq precision's kernel per distinct layer workload, beside
-  onnxruntime's one-layer ``Conv`` / ``QLinearConv``, w8a8 as a share of its instruction's peak;
-- ``peak`` (``dot_peak``): one core's multiply-accumulate peak per dot-product instruction tvmq's
-  kernels use, issued back to back on ``ACCUMULATORS`` independent register accumulators (more
-  than latency x throughput: throughput bound; no loads, no epilogue; AMX ``tdpbusd`` on
-  ``AMX_ACCUMULATORS`` tiles), in GMAC/s: the ceiling of a conv kernel on that instruction;
-- ``w4a4`` (``w4a4_storage``): whether 4-bit activations *stored* between layers could pay: per
-  layer input, a copy vs a nibble pack + unpack (generic schedule);
-
-Where a whole model's time goes, per kernel and layer inside real runs: ``tvmq bench out/ --profile``.
-"""
+"""Kernel-level latency on real layer shapes (``--mode``, each its own results file; see bench/README.md):
+``layers`` (``layer_latency``) every tvmq precision's kernel per distinct layer workload beside onnxruntime's
+one-layer ``Conv`` / ``QLinearConv``; ``peak`` (``dot_peak``) one core's multiply-accumulate peak per
+dot-product instruction; ``w4a4`` (``w4a4_storage``) copy vs nibble pack + unpack per layer input."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -23,9 +13,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +32,15 @@ LABELS = {ORT_FP32: "ORT Conv fp32", ORT_INT8: "ORT QLinearConv"}
 # (column label, numerator, denominator) of the ratio columns, shown when both are measured
 RATIO_COLUMNS = (("w8a8/QLinearConv", "w8a8", ORT_INT8), ("w4a8/w8a8", "w4a8", "w8a8"),
                  ("w8a16/w8a8", "w8a16", "w8a8"))
-X_ZP, OUT_ZP = 3, 5
-OPSET = 17
+X_ZP, OUT_ZP, OPSET = 3, 5, 17
 LAYOUT_NODES = {("com.microsoft.nchwc", "ReorderInput"), ("com.microsoft.nchwc", "ReorderOutput"),
                 ("", "Transpose")}
-
 ACCUMULATORS = 12  # vectors; 12 x 64 B stays under TVM's 1 KB stack limit (kept in registers)
-
-
-@dataclass(frozen=True)
-class Instruction:
-    name: str
-    isa: str  # the ``schedules.target_features`` ISA level that has it
-    lanes: int  # int32 / float32 accumulator lanes
-    macs: int  # multiply-accumulates per instruction (per accumulator vector)
-    kind: str  # "vnni", "pmaddwd" (+ an add), "pmaddubsw" (+ a pmaddwd by ones and an add), "fma"
-
-
+AMX_ACCUMULATORS = 4  # tiles tmm0-3, as in the kernels' 2 x 2 blocks (A: tmm4, B: tmm6)
+# isa: the ``schedules.target_features`` level that has it; lanes: int32 / float32 accumulator lanes;
+# macs: per instruction (per accumulator); kind: "vnni", "pmaddwd" (+ an add), "pmaddubsw" (+ a
+# pmaddwd by ones and an add), "fma", "amx"
+Instruction = namedtuple("Instruction", "name isa lanes macs kind")
 INSTRUCTIONS = (
     Instruction("vpdpbusd zmm (u8 x s8)", "avx512_vnni", 16, 64, "vnni"),
     Instruction("vpmaddwd + vpaddd zmm (s16 x s16)", "avx512", 16, 32, "pmaddwd"),
@@ -74,37 +55,28 @@ INSTRUCTIONS = (
 # the integer instruction of each ISA level's W8A8 kernels
 ISA_INSTRUCTION = {"amx": INSTRUCTIONS[6], "avx512_vnni": INSTRUCTIONS[0], "avx512": INSTRUCTIONS[1],
                    "avx2": INSTRUCTIONS[2]}
-AMX_ACCUMULATORS = 4  # tiles tmm0-3, as in the kernels' 2 x 2 blocks (A: tmm4, B: tmm6)
-
-
-def _executes(features: Any, isa: str) -> bool:
-    from schedules.target_features import ISA_LEVELS  # deferred: TVM
-
-    return ISA_LEVELS.index(features.isa) <= ISA_LEVELS.index(isa) and isa != "generic"
 
 
 def _step(ins: Instruction) -> Callable[[Any, Any, Any], Any]:
     """``acc, a, b -> acc'``: one ``ins`` on accumulator vector ``acc``."""
     from tvm import tirx  # deferred: TVM
 
-    n = ins.lanes
+    n, call, cast = ins.lanes, tirx.call_llvm_pure_intrin, tirx.reinterpret
     if ins.kind == "fma":
-        return lambda acc, a, b: tirx.call_llvm_pure_intrin(f"float32x{n}", "llvm.fma", a, b, acc)
+        return lambda acc, a, b: call(f"float32x{n}", "llvm.fma", a, b, acc)
     if ins.kind == "vnni":
-        return lambda acc, a, b: tirx.call_llvm_pure_intrin(
-            f"int32x{n}", f"llvm.x86.avx512.vpdpbusd.{n * 32}", acc,
-            tirx.reinterpret(f"uint8x{4 * n}", a), tirx.reinterpret(f"int8x{4 * n}", b))
+        return lambda acc, a, b: call(f"int32x{n}", f"llvm.x86.avx512.vpdpbusd.{n * 32}", acc,
+                                      cast(f"uint8x{4 * n}", a), cast(f"int8x{4 * n}", b))
     if ins.kind == "pmaddubsw":  # u8 x s8 pairs into int16, the pairs of pairs into int32 by ones
-        return lambda acc, a, b: acc + tirx.call_llvm_pure_intrin(
+        return lambda acc, a, b: acc + call(
             f"int32x{n}", "llvm.x86.avx2.pmadd.wd",
-            tirx.call_llvm_pure_intrin(f"int16x{2 * n}", "llvm.x86.avx2.pmadd.ub.sw",
-                                       tirx.reinterpret(f"uint8x{4 * n}", acc), tirx.reinterpret(f"int8x{4 * n}", b)),
-            tirx.reinterpret(f"int16x{2 * n}", a))
+            call(f"int16x{2 * n}", "llvm.x86.avx2.pmadd.ub.sw", cast(f"uint8x{4 * n}", acc),
+                 cast(f"int8x{4 * n}", b)), cast(f"int16x{2 * n}", a))
     pmadd = "llvm.x86.avx512.pmaddw.d.512" if n == 16 else "llvm.x86.avx2.pmadd.wd"
     # one operand is the accumulator itself: with both loop-invariant, LLVM would hoist the
     # multiply and leave only the adds
-    return lambda acc, a, b: acc + tirx.call_llvm_pure_intrin(
-        f"int32x{n}", pmadd, tirx.reinterpret(f"int16x{2 * n}", acc), tirx.reinterpret(f"int16x{2 * n}", b))
+    return lambda acc, a, b: acc + call(f"int32x{n}", pmadd, cast(f"int16x{2 * n}", acc),
+                                        cast(f"int16x{2 * n}", b))
 
 
 def _template(ins: Instruction) -> Any:  # type: ignore[no-untyped-def]
@@ -123,8 +95,8 @@ def _template(ins: Instruction) -> Any:  # type: ignore[no-untyped-def]
             acc[T.Ramp(j * lanes, 1, lanes)] = T.Broadcast(T.Cast(dt, 0), lanes)
         for i in range(n):
             for j in T.unroll(ACCUMULATORS):
-                acc[T.Ramp(j * lanes, 1, lanes)] = step(acc[T.Ramp(j * lanes, 1, lanes)], a[T.Ramp(0, 1, lanes)],
-                                                        b[T.Ramp(0, 1, lanes)])
+                acc[T.Ramp(j * lanes, 1, lanes)] = step(acc[T.Ramp(j * lanes, 1, lanes)],
+                                                        a[T.Ramp(0, 1, lanes)], b[T.Ramp(0, 1, lanes)])
         for j in T.unroll(ACCUMULATORS):
             out[T.Ramp(j * lanes, 1, lanes)] = acc[T.Ramp(j * lanes, 1, lanes)]
     return main
@@ -132,15 +104,15 @@ def _template(ins: Instruction) -> Any:  # type: ignore[no-untyped-def]
 
 def _amx_template() -> Any:  # type: ignore[no-untyped-def]
     """``main(a, b, out, n)``: one A and one B tile loaded, then ``n`` iterations of
-    ``AMX_ACCUMULATORS`` ``tdpbusd`` on independent accumulator tiles (no loads, no stores
-    inside the loop), the first tile stored at the end."""
+    ``AMX_ACCUMULATORS`` ``tdpbusd`` on independent accumulator tiles, the first tile stored."""
     from tvm.script import tirx as T  # deferred: TVM
 
     def intrin(name: str, *args: Any) -> Any:
         return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{name}", *args))
 
     @T.prim_func
-    def main(a: T.Buffer((1024,), "uint8"), b: T.Buffer((1024,), "int8"), out: T.Buffer((256,), "int32"), n: T.int32):
+    def main(a: T.Buffer((1024,), "uint8"), b: T.Buffer((1024,), "int8"), out: T.Buffer((256,), "int32"),
+             n: T.int32):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         cfg = T.decl_buffer((64,), "uint8", scope="local")
         for i in range(64):
@@ -161,53 +133,33 @@ def _amx_template() -> Any:  # type: ignore[no-untyped-def]
     return main
 
 
-def peak_kernel(ins: Instruction, target: Any) -> Callable[..., Any]:
-    """``f(a, b, out, n)``: ``n`` iterations of ``ACCUMULATORS`` ``ins`` on registers
-    (``AMX_ACCUMULATORS`` tiles for AMX)."""
-    import tvm  # deferred: TVM
-
-    lib = tvm.compile(tvm.IRModule({"main": _amx_template() if ins.kind == "amx" else _template(ins)}), target=target)
-    return lib.jit()["main"] if hasattr(lib, "jit") else lib["main"]
-
-
 def measure(ins: Instruction, target: Any, seconds: float = 0.3, rounds: int = 5) -> dict[str, Any]:
-    """GMAC/s (median of ``rounds`` calls of about ``seconds``) and instructions per ns."""
+    """``ins`` back to back on registers: GMAC/s (median of ``rounds`` calls of about ``seconds``)
+    and instructions per ns."""
     import tvm  # deferred: TVM
 
-    f = peak_kernel(ins, target)
+    amx = ins.kind == "amx"
+    lib = tvm.compile(tvm.IRModule({"main": _amx_template() if amx else _template(ins)}), target=target)
+    f = lib.jit()["main"] if hasattr(lib, "jit") else lib["main"]
     dtype = np.float32 if ins.kind == "fma" else np.int32
-    accumulators = AMX_ACCUMULATORS if ins.kind == "amx" else ACCUMULATORS
-    if ins.kind == "amx":
-        args = [tvm.runtime.tensor(np.ones(1024, np.uint8)), tvm.runtime.tensor(np.ones(1024, np.int8)),
-                tvm.runtime.tensor(np.zeros(256, np.int32))]
-    else:
-        args = [tvm.runtime.tensor(np.ones(ins.lanes, dtype)), tvm.runtime.tensor(np.ones(ins.lanes, dtype)),
-                tvm.runtime.tensor(np.zeros(ACCUMULATORS * ins.lanes, dtype))]
+    args = [tvm.runtime.tensor(v) for v in (
+        (np.ones(1024, np.uint8), np.ones(1024, np.int8), np.zeros(256, np.int32)) if amx else
+        (np.ones(ins.lanes, dtype), np.ones(ins.lanes, dtype), np.zeros(ACCUMULATORS * ins.lanes, dtype)))]
     n = 10_000
     while True:  # calibrate the iteration count to ~seconds
         t0 = time.perf_counter()
         f(*args, n)
-        dt = time.perf_counter() - t0
-        if dt > seconds / 4:
+        if (dt := time.perf_counter() - t0) > seconds / 4:
             break
         n *= 4
-    n = int(n * seconds / dt)
-    rates = []
+    n, rates = int(n * seconds / dt), []
     for _ in range(rounds):
         t0 = time.perf_counter()
         f(*args, n)
-        rates.append(n * accumulators / (time.perf_counter() - t0))
+        rates.append(n * (AMX_ACCUMULATORS if amx else ACCUMULATORS) / (time.perf_counter() - t0))
     per_s = float(np.median(rates))
     return {"instruction": ins.name, "isa": ins.isa, "gmac_s": per_s * ins.macs / 1e9,
             "instructions_per_ns": per_s / 1e9, "macs_per_instruction": ins.macs, "rates": rates}
-
-
-def peaks(features: Any) -> dict[str, dict[str, Any]]:
-    """Every instruction the host executes, by name, measured on one thread."""
-    from tvm.target import Target  # deferred: TVM
-
-    target = Target(features.target_json())
-    return {ins.name: measure(ins, target) for ins in INSTRUCTIONS if _executes(features, ins.isa)}
 
 
 def label(variant: str) -> str:
@@ -222,34 +174,30 @@ def short_name(name: str) -> str:
     return "/".join(p for p, nxt in zip(parts, parts[1:] + [""]) if not nxt.startswith(p + ".")) or name
 
 
-def category(wl: Any) -> str:
-    if not hasattr(wl, "kernel_h"):
-        return "dense"
-    return "depthwise" if wl.is_depthwise else "1x1" if wl.kernel_h == wl.kernel_w == 1 else "kxk"
-
-
-def shape_summary(wl: Any) -> str:
-    if not hasattr(wl, "kernel_h"):
-        return f"{wl.in_features}->{wl.out_features} dense"
-    k = f"{wl.kernel_h}x{wl.kernel_w}"
-    stride = f"s{wl.stride_h}" if wl.stride_h == wl.stride_w else f"s{wl.stride_h}x{wl.stride_w}"
-    if wl.is_depthwise:
-        return f"dw {wl.in_channels} {k} {stride} {wl.height}x{wl.width}"
-    g = f" g{wl.groups}" if wl.groups > 1 else ""
-    d = f" d{wl.dilation_h}" if (wl.dilation_h, wl.dilation_w) != (1, 1) else ""
-    return f"{wl.in_channels}->{wl.out_channels} {k} {stride}{g}{d} {wl.height}x{wl.width}"
-
-
 def distinct_workloads(layers: Any, epilogue: Any) -> list[dict[str, Any]]:
+    """Each distinct workload: its layers, MACs, category and shape summary."""
     from tvmq.passes.lower_kernels import layer_workload  # deferred: imports TVM
 
     by_key: dict[str, dict[str, Any]] = {}
     for layer in layers:
         wl = layer_workload(layer, epilogue)
         by_key.setdefault(wl.key(), {"workload": wl, "layers": []})["layers"].append(layer.name)
-    return [{**e, "first": e["layers"][0], "count": len(e["layers"]), "macs": int(e["workload"].macs),
-             "category": category(e["workload"]),
-             "shape": shape_summary(e["workload"])} for e in by_key.values()]
+    out = []
+    for e in by_key.values():
+        wl = e["workload"]
+        if not hasattr(wl, "kernel_h"):
+            kind, shape = "dense", f"{wl.in_features}->{wl.out_features} dense"
+        else:
+            k = f"{wl.kernel_h}x{wl.kernel_w}"
+            stride = f"s{wl.stride_h}" if wl.stride_h == wl.stride_w else f"s{wl.stride_h}x{wl.stride_w}"
+            kind = "depthwise" if wl.is_depthwise else "1x1" if wl.kernel_h == wl.kernel_w == 1 else "kxk"
+            g = f" g{wl.groups}" if wl.groups > 1 else ""
+            d = f" d{wl.dilation_h}" if (wl.dilation_h, wl.dilation_w) != (1, 1) else ""
+            shape = (f"dw {wl.in_channels} {k} {stride} {wl.height}x{wl.width}" if wl.is_depthwise else
+                     f"{wl.in_channels}->{wl.out_channels} {k} {stride}{g}{d} {wl.height}x{wl.width}")
+        out.append({**e, "first": e["layers"][0], "count": len(e["layers"]), "macs": int(wl.macs),
+                    "category": kind, "shape": shape})
+    return out
 
 
 def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
@@ -267,36 +215,22 @@ def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
             v = rng.integers(2 ** 30, 2 ** 31, shape, dtype=np.int64).astype(np.int32)
         elif name == "shift":
             v = rng.integers(38, 43, shape).astype(np.int32)
-        elif name == "out":
+        elif name == "out" or not (dtype in ints or dtype in ("float32", "uint16")):
             v = np.zeros(shape, dtype)
         elif dtype == "float32":
             v = (rng.standard_normal(shape) * (1.0 if name == "data" else 0.05)).astype(np.float32)
         elif dtype == "uint16":  # bf16 bit patterns: real bf16 values, no NaN or denormals
             v = to_bf16_bits((rng.standard_normal(shape) * 0.05).astype(np.float32))
-        elif dtype in ints:  # activations, int4 weights two per byte, weights, bias
+        else:  # activations, int4 weights two per byte, weights, bias
             v = rng.integers(*ints[dtype], shape).astype(dtype)
-        else:
-            v = np.zeros(shape, dtype)
         values.append(v)
     return values
 
 
-def as_lowered(wl: Any, spec: str, narrow: bool = False) -> Any:
-    """``wl`` as ``RealizeIntegers`` lowers a layer of ``spec`` by default: integer kernels
-    requantize in float32, and uint8-activation convs read and write channels-last; ``narrow``:
-    ungrouped W8A8 convs with the recipe's narrow (pair-fitted) weights."""
-    if spec == "fp32" or spec == "bf16":
-        return wl
-    wl = dataclasses.replace(wl, epilogue=dataclasses.replace(wl.epilogue, requant="float"))
-    if spec in ("w8a8", "w4a8") and hasattr(wl, "layout"):
-        wl = dataclasses.replace(wl, layout="NHWC")
-    if narrow and spec == "w8a8" and hasattr(wl, "layout") and wl.groups == 1:
-        wl = dataclasses.replace(wl, narrow_weights=True)
-    return wl
-
-
 class TvmqKernel:
-    """One tvmq kernel compiled for a workload (fallback config), with its arguments."""
+    """One tvmq kernel compiled for a workload (fallback config), with its arguments. The workload as
+    ``RealizeIntegers`` lowers a layer of ``spec`` by default: integer kernels requantize in float32,
+    uint8-activation convs are channels-last; ``narrow``: ungrouped W8A8 convs with narrow weights."""
 
     def __init__(self, wl: Any, spec: str, features: Any, target: Any, rng: np.random.Generator,
                  narrow: bool = False) -> None:
@@ -304,8 +238,13 @@ class TvmqKernel:
 
         from schedules import registry
 
-        t0 = time.perf_counter()
-        wl = as_lowered(wl, spec, narrow)
+        t0, conv, replace = time.perf_counter(), hasattr(wl, "layout"), dataclasses.replace
+        if spec not in ("fp32", "bf16"):
+            wl = replace(wl, epilogue=replace(wl.epilogue, requant="float"))
+            if spec in ("w8a8", "w4a8") and conv:
+                wl = replace(wl, layout="NHWC")
+            if narrow and spec == "w8a8" and conv and wl.groups == 1:
+                wl = replace(wl, narrow_weights=True)
         kernel = registry.select_for(wl, spec, features)
         cfg = kernel.fallback_config(wl, features)
         func = kernel.build_primfunc(wl, cfg)
@@ -320,22 +259,30 @@ class TvmqKernel:
         import tvm  # deferred: TVM
 
         args = [tvm.runtime.tensor(v) for v in self.values]
-        res = self.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat,
-                                      min_repeat_ms=min_repeat_ms)(*args)
-        return [float(t) * 1e3 for t in res.results]
+        timer = self.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat,
+                                        min_repeat_ms=min_repeat_ms)
+        return [float(t) * 1e3 for t in timer(*args).results]
 
 
-def conv_attributes(wl: Any) -> dict[str, Any]:
-    return {"kernel_shape": [wl.kernel_h, wl.kernel_w], "strides": [wl.stride_h, wl.stride_w],
-            "pads": [wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right],
-            "dilations": [wl.dilation_h, wl.dilation_w], "group": wl.groups}
+def onnx_model(nodes: list, x: tuple, y: tuple, inits: list = (), opsets: Sequence[Any] = (),
+               ir_version: int | None = 8) -> bytes:
+    """One graph's serialized model; ``x`` / ``y``: (name, element type, shape) of its input / output."""
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info(*x)],
+                              [helper.make_tensor_value_info(*y)], list(inits))
+    model = helper.make_model(graph, opset_imports=list(opsets) or [helper.make_opsetid("", OPSET)],
+                              producer_name="tvmq-layer-latency")
+    model.ir_version = ir_version
+    return model.SerializeToString()
 
 
 def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[bytes, dict[str, np.ndarray]]:
     """A one-layer ONNX model of ``wl`` (Conv + Relu / QLinearConv, or Gemm + Relu / QGemm), feeds."""
     dense = not hasattr(wl, "kernel_h")
-    k = wl.out_features if dense else wl.out_channels
-    inits = []
+    k, inits = wl.out_features if dense else wl.out_channels, []
+    attrs = {} if dense else {"kernel_shape": [wl.kernel_h, wl.kernel_w],
+                              "strides": [wl.stride_h, wl.stride_w],
+                              "pads": [wl.pad_top, wl.pad_left, wl.pad_bottom, wl.pad_right],
+                              "dilations": [wl.dilation_h, wl.dilation_w], "group": wl.groups}
 
     def init(name: str, value: Any) -> str:
         inits.append(numpy_helper.from_array(np.asarray(value), name))
@@ -353,24 +300,17 @@ def rival_model(wl: Any, quantized: bool, rng: np.random.Generator) -> tuple[byt
         qy = [init("y_scale", np.float32(0.05)), init("y_zp", np.uint8(OUT_ZP))]
         nodes = [helper.make_node("QGemm", ["x", *qin, *qw, init("bias", bias), *qy], ["y"],
                                   domain="com.microsoft", transB=1) if dense else
-                 helper.make_node("QLinearConv", ["x", *qin, *qw, *qy, init("bias", bias)], ["y"],
-                                  **conv_attributes(wl))]
+                 helper.make_node("QLinearConv", ["x", *qin, *qw, *qy, init("bias", bias)], ["y"], **attrs)]
         elem = TensorProto.UINT8
     else:
         x = rng.standard_normal(wl.data_shape).astype(np.float32)
         w, b = init("w", w_float), init("bias", (rng.standard_normal(k) * 0.1).astype(np.float32))
         nodes = [helper.make_node("Gemm", ["x", w, b], ["acc"], transB=1) if dense
-                 else helper.make_node("Conv", ["x", w, b], ["acc"], **conv_attributes(wl)),
+                 else helper.make_node("Conv", ["x", w, b], ["acc"], **attrs),
                  helper.make_node("Relu", ["acc"], ["y"])]
         elem = TensorProto.FLOAT
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", elem, wl.data_shape)],
-                              [helper.make_tensor_value_info("y", elem, wl.out_shape)], inits)
-    opsets = [helper.make_opsetid("", OPSET)]
-    if quantized and dense:
-        opsets.append(helper.make_opsetid("com.microsoft", 1))
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="tvmq-layer-latency")
-    model.ir_version = 8
-    return model.SerializeToString(), {"x": x}
+    opsets = [helper.make_opsetid(*o) for o in [("", OPSET)] + [("com.microsoft", 1)] * (dense and quantized)]
+    return onnx_model(nodes, ("x", elem, wl.data_shape), ("y", elem, wl.out_shape), inits, opsets), {"x": x}
 
 
 def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
@@ -398,14 +338,12 @@ def strip_layout(opt: Any, feeds: dict[str, np.ndarray], threads: int
     got = {**dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds))), in_name: feeds[in_name]}
     in_shape, out_shape = got[new_in].shape, got[new_out].shape
     del sess
-    graph = helper.make_graph(nodes, "layer_kernel", [helper.make_tensor_value_info(new_in, elem, in_shape)],
-                              [helper.make_tensor_value_info(new_out, elem, out_shape)], list(g.initializer))
-    model = helper.make_model(graph, opset_imports=list(opt.opset_import))
-    model.ir_version = opt.ir_version
+    model = onnx_model(nodes, (new_in, elem, in_shape), (new_out, elem, out_shape), g.initializer,
+                       opt.opset_import, opt.ir_version)
     x, rng = feeds[in_name], np.random.default_rng(0)
     x_new = (rng.integers(0, 256, in_shape).astype(x.dtype) if x.dtype == np.uint8
              else rng.standard_normal(in_shape).astype(x.dtype))
-    return model.SerializeToString(), {new_in: x_new}, stripped
+    return model, {new_in: x_new}, stripped
 
 
 def session_samples(sess: Any, feeds: dict[str, np.ndarray], budget_s: float, min_n: int) -> list[float]:
@@ -431,8 +369,7 @@ class OrtLayer:
         opt = onnx.load(str(opt_path))
         self.info: dict[str, Any] = {"graph_nodes": node_types(opt), "optimized_nodes": node_types(opt),
                                      "stripped_nodes": []}
-        stripped = strip_layout(opt, feeds, threads)
-        if stripped is not None:
+        if (stripped := strip_layout(opt, feeds, threads)) is not None:
             model2, feeds2, gone = stripped
             self.kernel = (h.ort_session(model2, threads, str(opt_path)), feeds2)
             self.info.update(optimized_nodes=node_types(onnx.load(str(opt_path))), stripped_nodes=gone,
@@ -448,19 +385,7 @@ class OrtLayer:
         return k, session_samples(self.graph[0], graph_feeds, budget_s, min_n)
 
 
-def ort_call_overhead_ms(threads: int) -> float:
-    """onnxruntime's per-call overhead: the median time of a one-element ``Relu``."""
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    sess, feeds = h.ort_session(model.SerializeToString(), threads), {"x": np.ones(1, np.float32)}
-    return h.median_ms(lambda: sess.run(None, feeds), warmup=200, repeat=2000)
-
-
-def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any, target: Any,
-                  tmp: Path) -> dict[str, Any]:
+def measure_model(name: str, path: Path, args: Any, features: Any, target: Any, tmp: Path) -> dict[str, Any]:
     from schedules import registry  # deferred: imports TVM
     from schedules.workload import Epilogue
     from tvmq.frontend import prepare
@@ -471,19 +396,16 @@ def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any
     print(f"[{name}] {len(layers)} layers, {total} distinct workloads"
           + (f", measuring the first {len(workloads)} (--limit)" if len(workloads) < total else ""),
           flush=True)
-    rng = np.random.default_rng(args.seed)
-    rows = []
+    rng, rows = np.random.default_rng(args.seed), []
     for i, entry in enumerate(workloads):
         wl = entry["workload"]
-        row: dict[str, Any] = {k: v for k, v in entry.items() if k != "workload"}
-        row.update(workload=json.loads(wl.key()), op=registry.op_of(wl))
         meter, load0 = h.CpuMeter(), os.getloadavg()[0]
         results = measure_workload(wl, args, features, target, rng, tmp)
         other, wall = meter.other_cores(), time.perf_counter() - meter.wall
-        row.update(other_cpu_cores=None if other is None else round(other, 3),
-                   loadavg_1m=[load0, os.getloadavg()[0]], wall_s=round(wall, 2), results=results,
-                   ratios=ratios({v: median_of(results, v) for v in results}))
-        rows.append(row)
+        rows.append({**{k: v for k, v in entry.items() if k != "workload"}, "workload": json.loads(wl.key()),
+                     "op": registry.op_of(wl), "other_cpu_cores": None if other is None else round(other, 3),
+                     "loadavg_1m": [load0, os.getloadavg()[0]], "wall_s": round(wall, 2), "results": results,
+                     "ratios": ratios({v: median_of(results, v) for v in results})})
         cells = " ".join(f"{v}=" + (f"{results[v]['median_ms']:.3f}" if results[v].get("ok") else "ERR")
                          for v in (*args.spec_list, *RIVALS))
         print(f"  [{i + 1}/{len(workloads)}] {short_name(entry['first'])} x{entry['count']} "
@@ -496,30 +418,29 @@ def measure_model(name: str, path: Path, args: argparse.Namespace, features: Any
             "sum": summed(rows, args.spec_list), "by_category": by_category}
 
 
-def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: Any,
-                     rng: np.random.Generator, tmp: Path) -> dict[str, Any]:
+def measure_workload(wl: Any, args: Any, features: Any, target: Any, rng: np.random.Generator,
+                     tmp: Path) -> dict[str, Any]:
     """Every variant of one workload in ``--rounds`` interleaved rounds (the order reversed every
     other round), the samples pooled; a variant that fails is reported, the others still run."""
     results: dict[str, Any] = {}
     variants: dict[str, Any] = {}
+
+    def failed(v: str, e: Exception, **more: Any) -> None:
+        results[v] = {"ok": False, "error": f"{type(e).__name__}: {e}", **more}
+
     for spec in args.spec_list:
         try:
             variants[spec] = TvmqKernel(wl, spec, features, target, rng, args.narrow_weights)
         except Exception as e:  # noqa: BLE001
-            results[spec] = {"ok": False, "error": f"{type(e).__name__}: {e}",
-                             "traceback": traceback.format_exc(limit=3)}
+            failed(spec, e, traceback=traceback.format_exc(limit=3))
     for rival, quantized in ((ORT_FP32, False), (ORT_INT8, True)):
         try:
-            model, feeds = rival_model(wl, quantized, rng)
-            variants[rival] = OrtLayer(model, feeds, args.threads, tmp,
+            variants[rival] = OrtLayer(*rival_model(wl, quantized, rng), args.threads, tmp,
                                        max(0.05, args.repeat * args.min_repeat_ms / 1e4))
         except Exception as e:  # noqa: BLE001
-            results[rival] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    samples: dict[str, list[float]] = {v: [] for v in variants}
-    graph_samples: dict[str, list[float]] = {v: [] for v in variants}
-    round_medians: dict[str, list[float]] = {v: [] for v in variants}
-    budget_s = args.repeat * args.min_repeat_ms / 1e3
-    order = list(variants)
+            failed(rival, e)
+    samples, graph_samples, round_medians = ({v: [] for v in variants} for _ in range(3))
+    budget_s, order = args.repeat * args.min_repeat_ms / 1e3, list(variants)
     for r in range(args.rounds):
         for v in [v for v in (order if r % 2 == 0 else order[::-1]) if v not in results]:
             try:
@@ -529,7 +450,7 @@ def measure_workload(wl: Any, args: argparse.Namespace, features: Any, target: A
                     got, graph = variants[v].round(budget_s / args.rounds, 10)
                     graph_samples[v] += graph
             except Exception as e:  # noqa: BLE001
-                results[v] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+                failed(v, e)
                 continue
             samples[v] += got
             round_medians[v].append(statistics.median(got))
@@ -586,20 +507,17 @@ def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool, peak_gops
     variants = (*specs, *RIVALS)
     cols = [c for c in RATIO_COLUMNS if c[1] in variants and c[2] in variants]
     gops = [v for v in ("w8a8", ORT_INT8) if v in variants] if by_layer else []
+    with_peak = bool(peak_gops) and "w8a8" in gops
+
+    def rate(t: float | None, macs: int) -> float | None:
+        return None if not t or t <= 0 else 2 * macs / t / 1e6
 
     def cells(medians: dict[str, float | None], macs: int, peak: float | None = peak_gops) -> list[str]:
-        return ([fmt_ms(medians[v]) for v in variants]
-                + [fmt(None if not medians[v] or medians[v] <= 0 else 2 * macs / medians[v] / 1e6, 1)
-                   for v in gops]
-                + ([fmt(None if not medians["w8a8"] or medians["w8a8"] <= 0 or not peak
-                        else 2 * macs / medians["w8a8"] / 1e6 / peak * 100, 0)] if with_peak else [])
+        w8a8 = rate(medians.get("w8a8"), macs)
+        return ([fmt_ms(medians[v]) for v in variants] + [fmt(rate(medians[v], macs), 1) for v in gops]
+                + ([fmt(None if w8a8 is None or not peak else w8a8 / peak * 100, 0)] if with_peak else [])
                 + [fmt(div(medians[a], medians[b])) for _, a, b in cols])
 
-    def row_peak(r: dict[str, Any]) -> float | None:
-        amx = str(r["results"].get("w8a8", {}).get("kernel", "")).endswith("/amx")
-        return amx_gops if amx else peak_gops
-
-    with_peak = bool(peak_gops) and "w8a8" in gops
     head = ([label(v) for v in variants] + [f"GOPS {label(v).split()[-1]}" for v in gops]
             + (["w8a8 % of peak"] if with_peak else []) + [c[0] for c in cols])
     if not by_layer:
@@ -607,20 +525,20 @@ def table(model: dict[str, Any], specs: Sequence[str], by_layer: bool, peak_gops
             [cat, s["layers"], f"{s['macs'] / 1e6:.1f}", *cells(s["median_ms"], s["macs"])]
             for cat, s in model["by_category"].items()], "lr")
     rows = [[f"{short_name(r['first'])} x{r['count']}", r["shape"], f"{r['macs'] / 1e6:.1f}",
-             *cells({v: median_of(r["results"], v) for v in variants}, r["macs"], row_peak(r))]
-            for r in model["rows"]]
+             *cells({v: median_of(r["results"], v) for v in variants}, r["macs"],
+                    amx_gops if str(r["results"].get("w8a8", {}).get("kernel", "")).endswith("/amx")
+                    else peak_gops)] for r in model["rows"]]
     s = model["sum"]
     rows.append([f"**sum** ({s['layers']} layers)", "each x count", f"{s['macs'] / 1e6:.1f}",
                  *cells(s["median_ms"], s["macs"])])
     return h.md_table(["layer (first, count)", "shape", "MMAC", *head], rows, "llr")
 
 
-def count_of(keys: Sequence[str]) -> str:
-    return ", ".join(f"{k} x{n}" for k, n in sorted(Counter(keys).items()))
-
-
 def model_notes(name: str, model: dict[str, Any], specs: Sequence[str], spare_cores: float) -> list[str]:
     """W4A8 vs W8A8, the kernels and graphs that ran, the edge-conversion sums, failures, noise."""
+    def count_of(keys: Sequence[str]) -> str:
+        return ", ".join(f"{k} x{n}" for k, n in sorted(Counter(keys).items()))
+
     rows, notes, s = model["rows"], [], model["sum"]
     if "w4a8" in specs and "w8a8" in specs:
         faster = [r for r in rows if (r["ratios"]["w4a8/w8a8"] or 1) < 0.95]
@@ -629,33 +547,31 @@ def model_notes(name: str, model: dict[str, Any], specs: Sequence[str], spare_co
                      f"({sum(r['count'] for r in faster)} layers), at least 5% slower on {len(slower)} "
                      f"({sum(r['count'] for r in slower)} layers), within 5% on "
                      f"{len(rows) - len(faster) - len(slower)}")
-    ok = [(r, v, r["results"][v]) for r in rows for v in (*specs, *RIVALS) if r["results"][v].get("ok")]
-    notes.append(f"{name} tvmq kernels (workloads): "
-                 + count_of([f"`{res['kernel']}`" for _, v, res in ok if v in specs]))
-    notes.append(f"{name} onnxruntime graphs timed, as optimized (workloads): " + count_of(
-        [f"{label(v)}: " + "+".join(res["optimized_nodes"])
-         + (f" (edges stripped: {'+'.join(res['stripped_nodes'])})" if res["stripped_nodes"] else "")
-         for _, v, res in ok if v in RIVALS]))
+    ok = [(v, r["results"][v]) for r in rows for v in (*specs, *RIVALS) if r["results"][v].get("ok")]
     g = s["rival_graph_median_ms"]
-    notes.append(f"{name}: onnxruntime's one-layer graphs as built, with the layout conversions it adds at "
-                 "their edges (NCHWc reorders, NHWC transposes; paid once per network, not per layer), sum "
-                 f"to {fmt_ms(g[ORT_FP32])} ms (Conv fp32) and {fmt_ms(g[ORT_INT8])} ms (QLinearConv) "
-                 f"instead of {fmt_ms(s['median_ms'][ORT_FP32])} and {fmt_ms(s['median_ms'][ORT_INT8])}")
+    def graph(v: str, res: dict[str, Any]) -> str:
+        gone = res["stripped_nodes"]
+        return f"{label(v)}: " + "+".join(res["optimized_nodes"]) + (
+            f" (edges stripped: {'+'.join(gone)})" if gone else "")
+
+    notes += [f"{name} tvmq kernels (workloads): "
+              + count_of([f"`{res['kernel']}`" for v, res in ok if v in specs]),
+              f"{name} onnxruntime graphs timed, as optimized (workloads): "
+              + count_of([graph(v, res) for v, res in ok if v in RIVALS]),
+              f"{name}: onnxruntime's one-layer graphs as built, with the layout conversions it adds at "
+              "their edges (NCHWc reorders, NHWC transposes; paid once per network, not per layer), sum to "
+              f"{fmt_ms(g[ORT_FP32])} ms (Conv fp32) and {fmt_ms(g[ORT_INT8])} ms (QLinearConv) instead of "
+              f"{fmt_ms(s['median_ms'][ORT_FP32])} and {fmt_ms(s['median_ms'][ORT_INT8])}"]
     notes += [f"{name} {short_name(r['first'])} {label(v)} FAILED: {res['error']}"
               for r in rows for v, res in r["results"].items() if not res.get("ok")]
-    noisy = []
-    for r in rows:
-        spread = [v for v, res in r["results"].items()
-                  if res.get("ok") and min(m := res["round_medians_ms"]) > 0
-                  and max(m) / min(m) > h.NOISY_ROUND_SPREAD]
-        if spread:
-            noisy.append(f"{short_name(r['first'])} ({', '.join(spread)})")
+    noisy = [f"{short_name(r['first'])} ({', '.join(spread)})" for r in rows
+             if (spread := [v for v, res in r["results"].items() if res.get("ok") and min(
+                 m := res["round_medians_ms"]) > 0 and max(m) / min(m) > h.NOISY_ROUND_SPREAD])]
     if noisy:
         notes.append(f"{name}: noisy (per-round medians more than {(h.NOISY_ROUND_SPREAD - 1) * 100:.0f}% "
                      "apart): " + ", ".join(noisy))
     if contended := [r for r in rows if (r["other_cpu_cores"] or 0) > spare_cores + 0.1]:
-        where = ", ".join(f"{short_name(r['first'])} ({r['other_cpu_cores']:.2f} cores)"
-                          for r in contended)
+        where = ", ".join(f"{short_name(r['first'])} ({r['other_cpu_cores']:.2f} cores)" for r in contended)
         notes.append(f"{name}: other processes wanted more than the {spare_cores:g} spare core(s) while "
                      f"measuring {where}")
     if model["measured_workloads"] < model["distinct_workloads"]:
@@ -681,18 +597,17 @@ def render(result: dict[str, Any]) -> str:
            f"overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a one-element Relu), on its "
            "optimized one-layer graph minus the layout conversions at its edges (a network pays them once; "
            "the notes give the sums with them). tvmq's kernels as the models lower them: w8a8 / w4a8 convs "
-           "channels-last, integer kernels with float32 requantization. Epilogue bias + ReLU (ORT: Conv + Relu fused, Gemm + Relu "
-           "and QGemm for dense). GOPS = 2 x MACs / time; ratios below 1: the first is faster; the sum row "
-           "adds each workload's time x its count.", ""]
+           "channels-last, integer kernels with float32 requantization. Epilogue bias + ReLU (ORT: Conv + "
+           "Relu fused, Gemm + Relu and QGemm for dense). GOPS = 2 x MACs / time; ratios below 1: the first "
+           "is faster; the sum row adds each workload's time x its count.", ""]
     peak, amx = result.get("peak"), result.get("peak_amx")
-    peak_gops = 2 * peak["gmac_s"] * s["threads"] if peak else None
-    amx_gops = 2 * amx["gmac_s"] * s["threads"] if amx else None
+    peak_gops, amx_gops = (2 * p["gmac_s"] * s["threads"] if p else None for p in (peak, amx))
     for p, gops in ((peak, peak_gops), (amx, amx_gops)):
         if p:
             out += [f"Peak: `{p['instruction']}` back to back on registers (`--mode peak`, same machine, "
                     f"same run) {p['gmac_s']:.1f} GMAC/s per core = {gops:.1f} GOPS on {s['threads']} "
                     "thread(s); `w8a8 % of peak` is the w8a8 kernel's GOPS over its instruction's peak"
-                    + (" (rows on AMX kernels: the AMX peak; the sum: the VNNI one)" if amx else "") + ".", ""]
+                    + (" (rows on AMX kernels: the AMX peak; the sum: the VNNI one)." if amx else "."), ""]
     for name, model in result["models"].items():
         out += [f"### {name}", "", table(model, s["specs"], True, peak_gops, amx_gops), "",
                 table(model, s["specs"], False), ""]
@@ -703,42 +618,23 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def peak_main(args: argparse.Namespace, features: Any) -> None:
-    """``--mode peak``: every instruction the host executes, one thread, into ``dot_peak``."""
-    request_amx_permission()
-    info, results = h.machine_info(), peaks(features)
-    rows = [[r["instruction"], r["isa"], r["macs_per_instruction"], f"{r['instructions_per_ns']:.2f}",
-             f"{r['gmac_s']:.1f}"] for r in results.values()]
-    report = (f"Multiply-accumulate peak of one core, {h.machine_line(info)}: each instruction back to "
-              f"back on {ACCUMULATORS} register accumulators, AMX on {AMX_ACCUMULATORS} accumulator tiles "
-              "(`python -m bench.layer_latency --mode peak`)."
-              "\n\n" + h.md_table(["instruction", "ISA level", "MAC / instr", "instr / ns", "GMAC/s"], rows,
-                                   "lllrr"))
-    h.write_results(args.out, "dot_peak", {"machine": info, "versions": h.versions(),
-                                           "accumulators": ACCUMULATORS, "peaks": results}, report)
-
-
 def pack_kernels(shape: tuple[int, ...]) -> dict[str, list[Any]]:
     """TE ``copy``, ``pack`` (two 4-bit values per byte) and ``unpack`` of a uint8 NCHW tensor."""
     from tvm import te, tirx  # deferred: TVM
 
-    n, c, hh, w = shape
-    half, u8 = (w + 1) // 2, lambda v: tirx.const(v, "uint8")
+    (n, c, hh, w), half, u8 = shape, (shape[3] + 1) // 2, (lambda v: tirx.const(v, "uint8"))
     x = te.placeholder(shape, "uint8", name="x")
-    copy = te.compute(shape, lambda *i: x[i], name="copy")
-    packed = te.compute((n, c, hh, half), lambda a, b, y, j: (
-        tirx.min(x[a, b, y, 2 * j], u8(15))
-        | (tirx.min(tirx.if_then_else(2 * j + 1 < w, x[a, b, y, tirx.min(2 * j + 1, w - 1)], u8(0)),
-                    u8(15)) << u8(4))),
-        name="pack")
     p = te.placeholder((n, c, hh, half), "uint8", name="p")
-    unpacked = te.compute(shape, lambda a, b, y,
-                          k: (p[a, b, y, k // 2] >> ((k % 2) * 4).astype("uint8")) & u8(15),
-                          name="unpack")
-    return {"copy": [x, copy], "pack": [x, packed], "unpack": [p, unpacked]}
+    return {"copy": [x, te.compute(shape, lambda *i: x[i], name="copy")],
+            "pack": [x, te.compute((n, c, hh, half), lambda a, b, y, j: (
+                tirx.min(x[a, b, y, 2 * j], u8(15))
+                | (tirx.min(tirx.if_then_else(2 * j + 1 < w, x[a, b, y, tirx.min(2 * j + 1, w - 1)], u8(0)),
+                            u8(15)) << u8(4))), name="pack")],
+            "unpack": [p, te.compute(shape, lambda a, b, y, k: (
+                p[a, b, y, k // 2] >> ((k % 2) * 4).astype("uint8")) & u8(15), name="unpack")]}
 
 
-def w4a4_main(args: argparse.Namespace, path: Path, features: Any, target: Any) -> None:
+def w4a4_main(args: Any, path: Path, features: Any, target: Any) -> None:
     """``--mode w4a4``: without sub-byte arithmetic 4-bit activations only save traffic: per layer
     input, ``copy`` vs ``pack`` + ``unpack``; storage pays only if pack + unpack < copy / 2."""
     import tvm  # deferred: TVM
@@ -757,9 +653,8 @@ def w4a4_main(args: argparse.Namespace, path: Path, features: Any, target: Any) 
             mod = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
             values = [tvm.runtime.tensor(rng.integers(0, 256, [int(d) for d in b.shape]).astype("uint8"))
                       for b in func.params]
-            t = mod.time_evaluator("main", tvm.cpu(), number=20, repeat=args.repeat,
-                                   min_repeat_ms=10)(*values)
-            row[name + "_us"] = float(np.median(t.results)) * 1e6
+            timer = mod.time_evaluator("main", tvm.cpu(), number=20, repeat=args.repeat, min_repeat_ms=10)
+            row[name + "_us"] = float(np.median(timer(*values).results)) * 1e6
         row["pays"] = row["pack_us"] + row["unpack_us"] < row["copy_us"] / 2
         rows.append(row)
         print(row, flush=True)
@@ -778,69 +673,56 @@ def w4a4_main(args: argparse.Namespace, path: Path, features: Any, target: Any) 
     h.write_results(args.out, "w4a4_storage", {"rows": rows, "total": total}, "\n".join(lines))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = h.argument_parser(__doc__)
-    p.add_argument("--mode", choices=["layers", "peak", "w4a4"], default="layers",
-                   help="what to measure (default layers; w4a4: the first of --models)")
-    h.model_option(p, threads="1")
-    p.add_argument("--specs", dest="spec_list", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
-                   help=f"comma-separated tvmq precisions (default: the registry's, {','.join(SPECS)} first)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="measure only the first N distinct workloads of each model (quick runs)")
-    h.add_options(p, repeat=(15, "timed repeats per tvmq kernel, over all rounds (default 15)"),
-                  rounds=(3, "interleaved rounds per workload, the repeats split between them (default 3)"),
-                  min_repeat_ms=(20, "minimum duration of one repeat in ms (default 20)"),
-                  seed=(0, "seed of the random arguments (default 0)"))
-    p.add_argument("--narrow-weights", action="store_true",
-                   help="layers: W8A8 convs with the recipe's narrow weights (vpmaddubsw on AVX2)")
+def main(argv: Sequence[str] | None = None) -> int:
+    p = h.argument_parser(
+        __doc__, mode=("layers", "what to measure (default layers; w4a4: the first of --models)",
+                       {"choices": ["layers", "peak", "w4a4"]}), **h.model_options(threads="1"),
+        specs=(None, f"comma-separated tvmq precisions (default: the registry's, {','.join(SPECS)} first)",
+               {"dest": "spec_list", "type": lambda t: [s.strip() for s in t.split(",") if s.strip()]}),
+        limit=(None, "measure only the first N distinct workloads of each model (quick runs)", {"type": int}),
+        repeat=(15, "timed repeats per tvmq kernel, over all rounds (default 15)"),
+        rounds=(3, "interleaved rounds per workload, the repeats split between them (default 3)"),
+        min_repeat_ms=(20, "minimum duration of one repeat in ms (default 20)"),
+        seed=(0, "seed of the random arguments (default 0)"),
+        narrow_weights=(False, "layers: W8A8 convs with the recipe's narrow weights (vpmaddubsw on AVX2)"))
     args = p.parse_args(argv)
     if len(args.thread_list) != 1:
         p.error("--threads takes one thread count here")
     args.threads = args.thread_list[0]
     if args.spec_list == []:
         p.error("--specs is empty")
-    args.error = p.error  # the precisions are checked against the registry once tvm is imported
     if min(args.repeat, args.rounds, 1 if args.limit is None else args.limit) < 1 or args.min_repeat_ms < 0:
         p.error("--repeat, --rounds and --limit must be >= 1, --min-repeat-ms >= 0")
-    return args
-
-
-def settings(args: argparse.Namespace, features: Any) -> dict[str, Any]:
-    return {"models": args.model_list, "specs": args.spec_list, "threads": args.threads, "limit": args.limit,
-            "repeat": args.repeat, "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms,
-            "seed": args.seed, "narrow_weights": args.narrow_weights,
-            "epilogue": "Epilogue(bias=True, activation='relu'); integer specs requant='float'",
-            "layout": "w8a8 / w4a8 convs NHWC (as the models lower them), the rest NCHW", "isa": features.isa,
-            "target": features.target_json(), "features": dataclasses.asdict(features),
-            "tvmq_qparams": [X_ZP, OUT_ZP, 0, 255], "tvmq_qparams_int16_activations": [0, OUT_ZP, 0, 255],
-            "ort_session": {"intra_op_num_threads": args.threads, "inter_op_num_threads": 1,
-                            "graph_optimization_level": "ORT_ENABLE_ALL",
-                            "providers": ["CPUExecutionProvider"]},
-            "timed_call": {"tvmq": "time_evaluator('main', number=1, repeat, min_repeat_ms)",
-                           "onnxruntime": "InferenceSession.run(None, feeds), one call per sample"}}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before tvm is imported: it sizes the pool
     import tvm  # deferred: after TVM_NUM_THREADS is set
 
     from schedules import registry
-    from schedules.target_features import detect_host
+    from schedules.target_features import ISA_LEVELS, detect_host
 
     known = {k.precision for k in registry.registered_keys()}
     if args.spec_list is None:
         args.spec_list = [s for s in SPECS if s in known] + sorted(known - set(SPECS))
     elif unknown := [s for s in args.spec_list if s not in known]:
-        args.error(f"unknown precision(s) {unknown}; the kernel registry has {sorted(known)}")
+        p.error(f"unknown precision(s) {unknown}; the kernel registry has {sorted(known)}")
     versions = h.versions(tvm.__version__)  # taken at the start: the sources the kernels were built from
     features = detect_host()
     target = tvm.target.Target(features.target_json())
-    if args.mode == "peak":
-        peak_main(args, features)
+    if args.mode == "peak":  # every instruction the host executes, one thread
+        request_amx_permission()
+        info = h.machine_info()
+        results = {i.name: measure(i, target) for i in INSTRUCTIONS if i.isa != "generic"
+                   and ISA_LEVELS.index(features.isa) <= ISA_LEVELS.index(i.isa)}
+        rows = [[r["instruction"], r["isa"], r["macs_per_instruction"], f"{r['instructions_per_ns']:.2f}",
+                 f"{r['gmac_s']:.1f}"] for r in results.values()]
+        report = (f"Multiply-accumulate peak of one core, {h.machine_line(info)}: each instruction back to "
+                  f"back on {ACCUMULATORS} register accumulators, AMX on {AMX_ACCUMULATORS} accumulator "
+                  "tiles (`python -m bench.layer_latency --mode peak`).\n\n" + h.md_table(
+                      ["instruction", "ISA level", "MAC / instr", "instr / ns", "GMAC/s"], rows, "lllrr"))
+        h.write_results(args.out, "dot_peak", {"machine": info, "versions": h.versions(),
+                                               "accumulators": ACCUMULATORS, "peaks": results}, report)
         return 0
     found, skipped = h.find_models(args)
-    if args.mode != "layers":
+    if args.mode == "w4a4":
         if not found:
             sys.exit(f"layer_latency: error: no model found: {skipped}")
         w4a4_main(args, next(iter(found.values())), features, target)
@@ -852,13 +734,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     request_amx_permission()
     peak = None if instruction is None else measure(instruction, target)
     peak_amx = measure(ISA_INSTRUCTION["amx"], target) if features.isa == "amx" else None
-    overhead = ort_call_overhead_ms(args.threads)
+    relu = onnx_model([helper.make_node("Relu", ["x"], ["y"])], ("x", TensorProto.FLOAT, [1]),
+                      ("y", TensorProto.FLOAT, [1]))
+    sess, feeds = h.ort_session(relu, args.threads), {"x": np.ones(1, np.float32)}
+    overhead = h.median_ms(lambda: sess.run(None, feeds), warmup=200, repeat=2000)  # onnxruntime's per call
     print(f"onnxruntime per-call overhead (one-element Relu): {overhead * 1e3:.1f} us", flush=True)
     with tempfile.TemporaryDirectory(prefix="tvmq-layer-") as tmp:
         models = {name: measure_model(name, path, args, features, target, Path(tmp))
                   for name, path in found.items()}
-    result = run.record(versions=versions, settings=settings(args, features), ort_call_overhead_ms=overhead,
-                        peak=peak, peak_amx=peak_amx, models=models, skipped=skipped)
+    settings = {
+        "models": args.model_list, "specs": args.spec_list, "threads": args.threads, "limit": args.limit,
+        "repeat": args.repeat, "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms, "seed": args.seed,
+        "narrow_weights": args.narrow_weights,
+        "epilogue": "Epilogue(bias=True, activation='relu'); integer specs requant='float'",
+        "layout": "w8a8 / w4a8 convs NHWC (as the models lower them), the rest NCHW", "isa": features.isa,
+        "target": features.target_json(), "features": dataclasses.asdict(features),
+        "tvmq_qparams": [X_ZP, OUT_ZP, 0, 255], "tvmq_qparams_int16_activations": [0, OUT_ZP, 0, 255],
+        "ort_session": {"intra_op_num_threads": args.threads, "inter_op_num_threads": 1,
+                        "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]},
+        "timed_call": {"tvmq": "time_evaluator('main', number=1, repeat, min_repeat_ms)",
+                       "onnxruntime": "InferenceSession.run(None, feeds), one call per sample"}}
+    result = run.record(versions=versions, settings=settings, ort_call_overhead_ms=overhead, peak=peak,
+                        peak_amx=peak_amx, models=models, skipped=skipped)
     h.write_results(args.out, "layer_latency", result, render(result))
     return 0
 

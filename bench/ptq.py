@@ -1,11 +1,7 @@
-"""Post-training steps on a real image classifier (default: MobileNetV2) on imagenet-sample:
-cross-layer equalization (CLE), GPTQ rounding, bias correction (BC), alone and together, per recipe
-(``--variants``). ``ablation`` (results ``ptq_ablation``): W8A8, W4A8 with the depthwise, first and
-last layers at W8A8 ("mixed"), uniform W4A8; top-1 and agreement with fp32 (all images, and the
-ones not used for calibration), the seconds each step took. ``budgets`` (``ptq_budgets``): the
-smallest weight-size budget within 1 point of fp32: the sensitivity analysis runs with each recipe
-(so the allocator sees that recipe's per-layer errors), the allocator picks a plan for each
-``--budgets`` (x the W8A8 weight bytes; 0.5x = every layer at 4 bits), each plan built and scored.
+"""Post-training steps (CLE, GPTQ, bias correction) on a real image classifier (default: MobileNetV2), per
+recipe (``--variants``; see bench/README.md). ``ablation`` (``ptq_ablation``): W8A8, mixed and uniform W4A8,
+top-1 and agreement with fp32, seconds per step. ``budgets`` (``ptq_budgets``): per recipe, the sensitivity
+analysis, the allocator's plan per ``--budgets`` (x the W8A8 weight bytes), each built and scored.
 Every library is checked bit for bit against its numpy program."""
 
 from __future__ import annotations
@@ -19,19 +15,11 @@ from typing import Any
 
 from bench import harness as h
 
-# (label, equalize, gptq, bias correction[, Hessian clipping])
-VARIANTS = {
-    "none": (False, False, False),
-    "bc": (False, False, True),
-    "cle": (True, False, False),
-    "cle+bc": (True, False, True),
-    "gptq": (False, True, False),
-    "gptq+bc": (False, True, True),
-    "cle+gptq": (True, True, False),
-    "cle+gptq+bc": (True, True, True),
-    "bc+hc": (False, False, True, True),
-    "gptq+bc+hc": (False, True, True, True),
-}
+# label: (equalize, gptq, bias correction[, Hessian clipping])
+VARIANTS = {"none": (False, False, False), "bc": (False, False, True), "cle": (True, False, False),
+            "cle+bc": (True, False, True), "gptq": (False, True, False), "gptq+bc": (False, True, True),
+            "cle+gptq": (True, True, False), "cle+gptq+bc": (True, True, True),
+            "bc+hc": (False, False, True, True), "gptq+bc+hc": (False, True, True, True)}
 DEFAULT_VARIANTS = {"ablation": ",".join(VARIANTS), "budgets": "bc,gptq+bc"}
 
 
@@ -45,30 +33,17 @@ def quantize_seconds(model: Any, stats: Any, plan: Any) -> float:
     recipe._GPTQ_CACHE.clear()
     t = time.perf_counter()
     for l in pm.layers:
-        w = next(v for k, v in pm.params.items() if pm.param_layer[k] == l.name and k.endswith(".weight"))
-        b = next((v for k, v in pm.params.items() if pm.param_layer[k] == l.name and k.endswith(".bias")), None)
+        own = {k: v for k, v in pm.params.items() if pm.param_layer[k] == l.name}
+        w = next(v for k, v in own.items() if k.endswith(".weight"))
+        b = next((v for k, v in own.items() if k.endswith(".bias")), None)
         recipe.quantize_layer(l.name, w, b, l.groups, plan[l.name], stats, "percentile")
     return time.perf_counter() - t
 
 
-def ablation_plans(args: Any, model: Any) -> list[tuple[str, Any, dict[str, Any]]]:
-    """``--plans`` on ``model`` (equalization keeps the layer names), each with its recipe seconds."""
-    from tvmq.frontend import prepare
-    from tvmq.plan import PrecisionPlan
-
+def plans_of(args: Any, model: Any, stats: Any, calib: Any) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(label, plan, row fields): ablation, ``--plans`` on ``model`` (equalization keeps the layer
+    names); budgets, the sensitivity analysis with this recipe and the allocator's plan per budget."""
     from bench.w8a8_accuracy import plan_of
-
-    layers, out = prepare(model).layers, []
-    for p in [p for p in args.plans.split(",") if p]:
-        plan = plan_of(args.model, p)
-        plan = (PrecisionPlan.uniform(layers, plan) if isinstance(plan, str)
-                else PrecisionPlan({n: plan[n] for n in layers.names}, layers))
-        out.append((p, plan, {"plan": p}))
-    return out
-
-
-def budget_plans(args: Any, model: Any, stats: Any, calib: Any) -> list[tuple[str, Any, dict[str, Any]]]:
-    """The sensitivity analysis of ``model`` with this recipe, and the allocator's plan per budget."""
     from tvmq import specs as specs_
     from tvmq.allocate import allocate
     from tvmq.frontend import prepare
@@ -76,7 +51,12 @@ def budget_plans(args: Any, model: Any, stats: Any, calib: Any) -> list[tuple[st
     from tvmq.plan import PrecisionPlan, QuantSpec
     from tvmq.sensitivity import analyze
 
-    pm, specs, t = prepare(model), list(specs_.NAMES), time.perf_counter()
+    pm = prepare(model)
+    if args.mode == "ablation":
+        return [(p, PrecisionPlan.uniform(pm.layers, plan) if isinstance(plan := plan_of(args.model, p), str)
+                 else PrecisionPlan({n: plan[n] for n in pm.layers.names}, pm.layers), {"plan": p})
+                for p in args.plans.split(",") if p]
+    specs, t = list(specs_.NAMES), time.perf_counter()
     sens = analyze(model, stats, calib, specs=[s for s in specs if s != "fp32"], range_method=args.method,
                    limit=args.samples, contexts=["alone"])
     sens_s = time.perf_counter() - t
@@ -92,39 +72,9 @@ def budget_plans(args: Any, model: Any, stats: Any, calib: Any) -> list[tuple[st
     return out
 
 
-def tables(args: Any, rows: list[dict[str, Any]], head: str, labelled: bool, fp32_top1: float,
-           times: dict[str, float], stats: dict[bool, Any]) -> list[str]:
-    """The mode's table under ``head``, its notes."""
-    def pct(v: float) -> str:
-        return f"{100 * v:.1f}%"
-
-    def top(r: dict[str, Any]) -> list[str]:
-        return [pct(r["top1"]), f"{100 * (r['top1'] - fp32_top1):+.1f}"] if labelled else ["-", "-"]
-
-    if args.mode == "budgets":
-        return [head, "", h.md_table(
-            ["recipe", "size budget", "weights MB", "specs", "predicted SQNR dB", "top-1", "vs fp32 (pt)",
-             "agreement", "agreement held-out", "bit-exact"],
-            [[r["variant"], f"{r['budget']:.2f}x", f"{r['weight_bytes'] / 1e6:.2f}",
-              " ".join(f"{s} x{n}" for s, n in sorted(r["specs"].items())), f"{r['predicted_sqnr_db']:.1f}",
-              *top(r), pct(r["agreement"]), pct(r["agreement_held_out"]), r["bit_exact"]] for r in rows]),
-            "", "Sensitivity analysis seconds: " + ", ".join(dict.fromkeys(
-                f"{r['variant']} {r['sensitivity_s']:.0f}" for r in rows))]
-    calibration = ", ".join(f"{times[f'collect_{eq}'] - stats[eq].meta['hessian_seconds']:.1f}s"
-                            for eq in sorted(stats))
-    return [head, "", "Seconds: CLE = the equalization pass; Hessians = summing X X^T in the calibration "
-            f"pass ({args.calib} images; the calibration pass itself: {calibration}); recipe = quantizing "
-            "every layer's weights (clipping search, GPTQ, bias correction) at the plan's specs.", "",
-            h.md_table(
-                ["variant", "plan", "top-1", "vs fp32 (pt)", "agreement", "agreement held-out", "CLE s",
-                 "Hessians s", "recipe s", "build s", "bit-exact"],
-                [[r["variant"], r["plan"], *top(r), pct(r["agreement"]), pct(r["agreement_held_out"]),
-                  f"{r['cle_s']:.1f}", f"{r['hessian_s']:.1f}", f"{r['recipe_s']:.1f}", f"{r['build_s']:.0f}",
-                  r["bit_exact"]] for r in rows])]
-
-
 def main() -> int:
-    ap = h.argument_parser(__doc__, n=1000, calib=256,
+    ap = h.argument_parser(__doc__, ("mode", ["ablation", "budgets"], None), n=1000, calib=256,
+                           **h.IMAGE_OPTIONS,
                            variants=("", f"recipes, of {', '.join(VARIANTS)} (default: ablation all, "
                                      f"budgets {DEFAULT_VARIANTS['budgets']})"),
                            plans=("w8a8,mixed,w4a8",
@@ -133,13 +83,10 @@ def main() -> int:
                            samples=(32, "budgets: calibration samples the sensitivity analysis runs on"),
                            check=(5, "images checked bit-exact against the numpy program, per library"),
                            method=("percentile", "activation range method"),
-                           name=("", "results file name (NAME.md / NAME.json; default ptq_MODE)"))
-    ap.add_argument("mode", choices=["ablation", "budgets"])
-    ap.add_argument("--ort-int8", action="store_true",
-                    help="ablation: also score onnxruntime int8 (quantize_static QDQ, per-channel, MinMax) on the "
-                         "same calibration images")
-    args = h.image_bench_args(ap)
-    if args is None:
+                           name=("", "results file name (NAME.md / NAME.json; default ptq_MODE)"),
+                           ort_int8=(False, "ablation: also score onnxruntime int8 (quantize_static QDQ, "
+                                     "per-channel, MinMax) on the same calibration images"))
+    if (args := h.image_bench_args(ap)) is None:
         return 0
     import tvmq  # deferred: imports TVM, after TVM_NUM_THREADS is set
     from tvmq import specs as specs_
@@ -164,26 +111,21 @@ def main() -> int:
         t = time.perf_counter()
         stats[eq] = collect(models[eq], calib, hessians=True)
         times[f"collect_{eq}"] = time.perf_counter() - t
-        print(f"equalize={eq}: {times[f'cle_{eq}']:.1f}s, calibration + Hessians {times[f'collect_{eq}']:.1f}s "
-              f"(Hessians {stats[eq].meta['hessian_seconds']:.1f}s)", flush=True)
+        print(f"equalize={eq}: {times[f'cle_{eq}']:.1f}s, calibration + Hessians {times[f'collect_{eq}']:.1f}"
+              f"s (Hessians {stats[eq].meta['hessian_seconds']:.1f}s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.ort_int8 and args.mode == "ablation":
             t = time.perf_counter()
-            q = h.ort_session(h.ort_int8(Path(args.model), calib, Path(tmp) / "int8.onnx"), 1)
+            q = h.ort_run(h.ort_int8(Path(args.model), calib, Path(tmp) / "int8.onnx"))
             quant_s = time.perf_counter() - t
-            name = q.get_inputs()[0].name
-            pred = h.predictions(lambda a: q.run(None, {name: a})[0], x)
             rows.append({"variant": "onnxruntime int8 (QDQ, per-channel, MinMax)", "plan": "w8a8",
-                         **h.top1(pred, y, fp32), "agreement_held_out": float((pred[held] == fp32[held]).mean()),
-                         "top1_held_out": float((pred[held] == y[held]).mean()), "cle_s": 0.0, "hessian_s": 0.0,
+                         **h.top1(h.predictions(q, x), y, fp32, held), "cle_s": 0.0, "hessian_s": 0.0,
                          "recipe_s": quant_s, "build_s": 0.0, "bit_exact": "-"})
             print(f"onnxruntime int8 agree {100 * rows[-1]['agreement']:.1f}", flush=True)
         for v in variants:
             eq, gptq, bc, hc = (VARIANTS[v] + (False,))[:4]
             st = with_recipe(stats[eq], gptq=gptq, bias_correction=bc, hessian_clipping=hc)
-            plans = (ablation_plans(args, models[eq]) if args.mode == "ablation"
-                     else budget_plans(args, models[eq], st, calib))
-            for label, plan, row in plans:
+            for label, plan, row in plans_of(args, models[eq], st, calib):
                 if args.mode == "ablation":
                     row.update(cle_s=times[f"cle_{eq}"] if eq else 0.0,
                                hessian_s=stats[eq].meta["hessian_seconds"] if gptq or hc else 0.0,
@@ -193,11 +135,8 @@ def main() -> int:
                                range_method=args.method)
                 build_s = time.perf_counter() - t
                 run = h.tvmq_run(r.library)
-                pred = h.predictions(run, x)
-                row = {"variant": v, **row, **h.top1(pred, y, fp32),
-                       "agreement_held_out": float((pred[held] == fp32[held]).mean()),
-                       "top1_held_out": float((pred[held] == y[held]).mean()), "build_s": build_s,
-                       "bit_exact": h.bit_exact(r, run, x, args.check),
+                row = {"variant": v, **row, **h.top1(h.predictions(run, x), y, fp32, held),
+                       "build_s": build_s, "bit_exact": h.bit_exact(r, run, x, args.check),
                        "weight_bytes": r.manifest_data["weight_bytes"],
                        "recipe": {k: (val if k != "equalize" or val is None else  # without the pairs
                                       {kk: vv for kk, vv in val.items() if kk != "pairs"})
@@ -212,14 +151,42 @@ def main() -> int:
             f"calibration, also scored; 'held-out' = the other {len(x) - args.calib})"
             + (f", sensitivity on {args.samples} calibration images, specs {', '.join(specs_.NAMES)}"
                if args.mode == "budgets" else "")
-            + f", {h.machine_line(info)}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-            f"activation ranges: {args.method}; "
+            + f", {h.machine_line(info)}, {h.utc_now()}; activation ranges: {args.method}; "
             + (f"fp32 (onnxruntime) top-1 {100 * fp32_top1:.1f}%" if labelled
                else "not an ImageNet classifier: agreement with fp32 (onnxruntime) only"))
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%"
+
+    def cells(r: dict[str, Any], *more: Any) -> list[Any]:
+        top = [pct(r["top1"]), f"{100 * (r['top1'] - fp32_top1):+.1f}"] if labelled else ["-", "-"]
+        return [*top, pct(r["agreement"]), pct(r["agreement_held_out"]), *more, r["bit_exact"]]
+
+    if args.mode == "budgets":
+        lines = [head, "", h.md_table(
+            ["recipe", "size budget", "weights MB", "specs", "predicted SQNR dB", "top-1", "vs fp32 (pt)",
+             "agreement", "agreement held-out", "bit-exact"],
+            [[r["variant"], f"{r['budget']:.2f}x", f"{r['weight_bytes'] / 1e6:.2f}",
+              " ".join(f"{s} x{n}" for s, n in sorted(r["specs"].items())), f"{r['predicted_sqnr_db']:.1f}",
+              *cells(r)] for r in rows]),
+            "", "Sensitivity analysis seconds: " + ", ".join(dict.fromkeys(
+                f"{r['variant']} {r['sensitivity_s']:.0f}" for r in rows))]
+    else:
+        calibration = ", ".join(f"{times[f'collect_{eq}'] - stats[eq].meta['hessian_seconds']:.1f}s"
+                                for eq in sorted(stats))
+        lines = [head, "", "Seconds: CLE = the equalization pass; Hessians = summing X X^T in the "
+                 f"calibration pass ({args.calib} images; the calibration pass itself: {calibration}); "
+                 "recipe = quantizing every layer's weights (clipping search, GPTQ, bias correction) at the "
+                 "plan's specs.", "",
+                 h.md_table(["variant", "plan", "top-1", "vs fp32 (pt)", "agreement", "agreement held-out",
+                             "CLE s", "Hessians s", "recipe s", "build s", "bit-exact"],
+                            [[r["variant"], r["plan"], *cells(r, f"{r['cle_s']:.1f}", f"{r['hessian_s']:.1f}",
+                                                              f"{r['recipe_s']:.1f}", f"{r['build_s']:.0f}")]
+                             for r in rows])]
     h.write_results(Path(args.out), args.name or f"ptq_{args.mode}",
                     {"rows": rows, "n": len(x), "calib": args.calib, "model": Path(args.model).name,
                      "fp32_top1": fp32_top1 if labelled else None, "times": times, "machine": info},
-                    "\n".join(tables(args, rows, head, labelled, fp32_top1, times, stats)) + "\n")
+                    "\n".join(lines) + "\n")
     return 0
 
 
