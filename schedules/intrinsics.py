@@ -374,7 +374,11 @@ def hoist_tile_config(func):  # type: ignore[no-untyped-def]
                 return tirx.Evaluate(tirx.call_llvm_intrin("void", f"llvm.x86.{name}",
                                                            tirx.address_of(tirx.BufferLoad(saved, [0]))))
 
-            tiles = tirx.SeqStmt([tirx.AllocBuffer(saved), config("sttilecfg"), *taken, _with_child(stmt, body),
+            # every byte written first: lowering sizes the buffer by the region accessed, which
+            # the two instructions' address alone makes one byte (``sttilecfg`` stores 64)
+            i = tirx.Var("i", "int32")
+            clear = tirx.For(i, 0, 64, tirx.ForKind.SERIAL, tirx.BufferStore(saved, tirx.const(0, "uint8"), [i]))
+            tiles = tirx.SeqStmt([tirx.AllocBuffer(saved), clear, config("sttilecfg"), *taken, _with_child(stmt, body),
                                   config("ldtilecfg")])
             block = s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [], "amx_tiles", tiles))
             if isinstance(stmt.extent, tirx.IntImm) and stmt.extent.value == 1:

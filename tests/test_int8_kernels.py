@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -452,8 +453,13 @@ def test_amx_tile_configuration_once_per_parallel_task(precision: str) -> None:
     assert '"pragma_parallel_launch_point"' in head.splitlines()[-2]
     before, _, loop = tail.partition("T.parallel(")
     assert "llvm.x86.sttilecfg" in before and "llvm.x86.ldtilecfg" in before and "llvm.x86.tilezero" in loop
-    asm = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json())).mod.inspect_source("s")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(features.target_json()))
+    asm = lib.mod.inspect_source("s")
     assert asm.count("ldtilecfg") == 2 and asm.count("sttilecfg") == 1 and "tilezero" in asm
+    # the buffer sttilecfg stores 64 bytes into is allocated 64 bytes (not the one its address reads)
+    sizes = re.findall(r"%saved_tile_config = (?:alloca \[(\d+) x i8\]|[^\n]*AllocWorkspace[^\n]*|[^\n]*i64 (\d+), i32 1, i32 8\))",
+                       lib.mod.inspect_source("ll"))
+    assert sizes and all(int(a or b) >= 64 for a, b in sizes), sizes
 
 
 def _tile_config_access(name: str, target):  # type: ignore[no-untyped-def]
