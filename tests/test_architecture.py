@@ -224,3 +224,28 @@ def test_no_long_function_without_a_reason() -> None:
                     if lines > 80 and "Over 80 lines:" not in (ast.get_docstring(node) or ""):
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+THREADS_ENV = """
+import os, sys, tvm, tvmq
+from tvmq.runtime import set_num_threads
+assert "TVM_NUM_THREADS" not in os.environ
+m = tvmq.load(sys.argv[1])
+pool = tvm.get_global_func("runtime.NumThreads")()
+assert os.environ["TVM_NUM_THREADS"] == str(pool), (os.environ["TVM_NUM_THREADS"], pool)
+set_num_threads(3)
+assert os.environ["TVM_NUM_THREADS"] == "3"
+print("ok")
+"""
+
+
+def test_loading_a_model_pins_the_concurrency_each_parallel_launch_reads(fmnist_compiled: Path) -> None:
+    """TVM reads its concurrency at every parallel launch, from ``TVM_NUM_THREADS`` or else from
+    the CPU count (which glibc reads from sysfs: a file opened per launch, ~100 per ResNet-50
+    inference). ``tvmq.load`` sets the variable, where unset, to TVM's pool size, and
+    ``set_num_threads`` to the threads it asks for."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-c", THREADS_ENV, str(fmnist_compiled)],
+                       env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "ok"
