@@ -183,7 +183,7 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, sample: bool = F
     sch.unroll(ko_o)
     sch.tensorize(ko_i, intrin)
     keep_tile_in_registers(sch, init, out_b, xo)
-    schedule_repack(sch, sch.get_sblock("data_pack"))
+    schedule_repack(sch, sch.get_sblock("data_pack"), wl.in_per_group % cfg.ic_bn == 0)
 
 
 def _schedule_amx(sch, wl: Conv2dWorkload, cfg: Bf16DotConv2dConfig, emulated: bool) -> None:  # type: ignore[no-untyped-def]

@@ -269,7 +269,7 @@ def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig, sample: bool = False) -
     schedule_register_tile(sch, conv_b, out_b, outer=[n, gi, b, y], x=x,
                            reductions=[rc, rh, rw, ri], lane=ko, reg_n=cfg.reg_n, sample=sample)
     if pack_b is not None:
-        schedule_repack(sch, pack_b)
+        schedule_repack(sch, pack_b, wl.in_per_group % cfg.ic_bn == 0)
 
 
 def candidates(wl: Conv2dWorkload, features: TargetFeatures) -> list[Conv2dConfig]:

@@ -305,7 +305,7 @@ def finish_dot_schedule(sch, wl: Conv2dWorkload, cfg, init, out_b, xo) -> None: 
         vectorize_channels_last_store(sch, out_b, wl.out_per_group, cfg.oc_bn)
     keep_tile_in_registers(sch, init, out_b, xo)
     if has_block(sch, "data_pack"):
-        schedule_repack(sch, sch.get_sblock("data_pack"))
+        schedule_repack(sch, sch.get_sblock("data_pack"), wl.in_per_group % cfg.ic_bn == 0)
 
 
 def _schedule_amx(sch, wl: Conv2dWorkload, cfg: DotConv2dConfig, sample: bool) -> None:  # type: ignore[no-untyped-def]
@@ -354,7 +354,8 @@ def schedule_amx_tiles(sch, wl: Conv2dWorkload, reg_n: int, intrinsics: tuple[st
     if wl.nhwc:
         vectorize_channels_last_store(sch, out_b, wl.out_per_group, oc_bn)
     if has_block(sch, "data_pack"):  # (not where the conv reads its input in place)
-        schedule_repack(sch, sch.get_sblock("data_pack"))
+        lanes = int(sch.get(sch.get_loops(sch.get_sblock("data_pack"))[-1]).extent)
+        schedule_repack(sch, sch.get_sblock("data_pack"), wl.in_per_group % lanes == 0)
 
 
 def serial_row_blocks(blocks: int, others: int, tasks: int = 16) -> int:
