@@ -230,7 +230,7 @@ def kernel_arguments(func: Any, rng: np.random.Generator) -> list[np.ndarray]:
 class TvmqKernel:
     """One tvmq kernel compiled for a workload (fallback config), with its arguments. The workload as
     ``RealizeIntegers`` lowers a layer of ``spec`` by default: integer kernels requantize in float32,
-    uint8-activation convs are channels-last; ``narrow``: ungrouped W8A8 convs with narrow weights."""
+    uint8-activation convs and fp32 ones are channels-last; ``narrow``: ungrouped W8A8 convs with narrow weights."""
 
     def __init__(self, wl: Any, spec: str, features: Any, target: Any, rng: np.random.Generator,
                  narrow: bool = False) -> None:
@@ -239,6 +239,8 @@ class TvmqKernel:
         from schedules import registry
 
         t0, conv, replace = time.perf_counter(), hasattr(wl, "layout"), dataclasses.replace
+        if spec == "fp32" and conv:
+            wl = replace(wl, layout="NHWC")
         if spec not in ("fp32", "bf16"):
             wl = replace(wl, epilogue=replace(wl.epilogue, requant="float"))
             if spec in ("w8a8", "w4a8") and conv:
@@ -596,7 +598,7 @@ def render(result: dict[str, Any]) -> str:
            f"`InferenceSession.run` calls for ~{s['repeat'] * s['min_repeat_ms']} ms, with its per-call "
            f"overhead ({result['ort_call_overhead_ms'] * 1e3:.1f} us for a one-element Relu), on its "
            "optimized one-layer graph minus the layout conversions at its edges (a network pays them once; "
-           "the notes give the sums with them). tvmq's kernels as the models lower them: w8a8 / w4a8 convs "
+           "the notes give the sums with them). tvmq's kernels as the models lower them: w8a8 / w4a8 / fp32 convs "
            "channels-last, integer kernels with float32 requantization. Epilogue bias + ReLU (ORT: Conv + "
            "Relu fused, Gemm + Relu and QGemm for dense). GOPS = 2 x MACs / time; ratios below 1: the first "
            "is faster; the sum row adds each workload's time x its count.", ""]
@@ -747,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": args.repeat, "rounds": args.rounds, "min_repeat_ms": args.min_repeat_ms, "seed": args.seed,
         "narrow_weights": args.narrow_weights,
         "epilogue": "Epilogue(bias=True, activation='relu'); integer specs requant='float'",
-        "layout": "w8a8 / w4a8 convs NHWC (as the models lower them), the rest NCHW", "isa": features.isa,
+        "layout": "w8a8 / w4a8 / fp32 convs NHWC (as the models lower them), the rest NCHW", "isa": features.isa,
         "target": features.target_json(), "features": dataclasses.asdict(features),
         "tvmq_qparams": [X_ZP, OUT_ZP, 0, 255], "tvmq_qparams_int16_activations": [0, OUT_ZP, 0, 255],
         "ort_session": {"intra_op_num_threads": args.threads, "inter_op_num_threads": 1,

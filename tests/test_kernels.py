@@ -10,6 +10,7 @@ host; AVX-512 code generation is checked by cross-compiling on any host.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from fractions import Fraction
 
@@ -376,23 +377,51 @@ _W8A8_TILES = [Conv2dWorkload(1, 16, 112, 112, 96, 1, 1, layout="NHWC"),
                Conv2dWorkload(1, 144, 56, 56, 24, 1, 1, layout="NHWC"),
                Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC"),
                Conv2dWorkload(1, 3, 224, 224, 32, 3, 3, 2, 2, 1, 1, 1, 1, layout="NHWC")]
-_FP32_TILES = [Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1),  # the direct conv (1x1s are
-               Conv2dWorkload(1, 3, 224, 224, 32, 3, 3, 2, 2, 1, 1, 1, 1)]  # fp32_pointwise's)
+_FP32_TILES = [Conv2dWorkload(1, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1, 1, 1, layout="NHWC"),
+               Conv2dWorkload(1, 3, 224, 224, 32, 3, 3, 2, 2, 1, 1, 1, 1, layout="NHWC"),
+               Conv2dWorkload(1, 512, 7, 7, 2048, 1, 1, layout="NHWC",
+                              epilogue=Epilogue(activation="relu", residual=True))]
 
 
 @pytest.mark.parametrize("isa", ["avx512_vnni", "avx512", "avx2"])
-@pytest.mark.parametrize("spec, wl", [("w8a8", w) for w in _W8A8_TILES] + [("fp32", w) for w in _FP32_TILES],
-                         ids=["16-96", "24-144", "144-24", "3x3", "first", "fp32-3x3", "fp32-first"])
-def test_fallback_register_tiles_stay_on_the_stack(isa: str, spec: str, wl: Conv2dWorkload) -> None:
-    """A register tile of STACK_TILE_BYTES or more lands in a heap workspace (TVM's
-    kMaxStackAlloca) and spills on every reduction step: the fallback configs stay below it,
-    and a dot-product conv's channel block leaves no ragged last block where a one-vector
-    block would not."""
+@pytest.mark.parametrize("wl", _W8A8_TILES, ids=["16-96", "24-144", "144-24", "3x3", "first"])
+def test_fallback_register_tiles_stay_on_the_stack(isa: str, wl: Conv2dWorkload) -> None:
+    """A W8A8 register tile of STACK_TILE_BYTES or more lands in a heap workspace (TVM's
+    kMaxStackAlloca): the dot-product fallback configs stay below it, and a dot-product conv's
+    channel block leaves no ragged last block where a one-vector block would not."""
     from schedules.common import STACK_TILE_BYTES
 
     features = PROFILES[isa]
-    cfg = registry.select(registry.op_of(wl), spec, features).fallback_config(wl, features)
+    cfg = registry.select(registry.op_of(wl), "w8a8", features).fallback_config(wl, features)
     assert cfg.reg_n * cfg.oc_bn * 4 < STACK_TILE_BYTES, cfg
     lanes = features.fp32_lanes
-    if spec == "w8a8" and cfg.oc_bn > lanes:  # two vectors: whole pairs, or one block
+    if cfg.oc_bn > lanes:  # two vectors: whole pairs, or one block
         assert wl.out_channels % cfg.oc_bn == 0 or wl.out_channels < cfg.oc_bn, cfg
+
+
+def _hottest_block(asm: str, instruction: str) -> list[str]:
+    """The instructions of the assembly's basic block with the most ``instruction``s."""
+    blocks = [[line.strip() for line in b.splitlines()[1:] if line.strip() and not line.strip().startswith(".")]
+              for b in re.split(r"\n(?=\.LBB)", asm)]
+    return max(blocks, key=lambda b: sum(line.startswith(instruction) for line in b))
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("wl", _FP32_TILES, ids=["3x3", "first", "7x7-residual"])
+def test_fp32_fallback_tile_stays_in_registers(isa: str, wl: Conv2dWorkload) -> None:
+    """The fp32 direct conv's fallback tile (on AVX-512 up to 14 x 2 vectors: over
+    STACK_TILE_BYTES, a heap workspace that LLVM still promotes to registers) is accumulated in
+    registers: in the block with the FMAs, one register per tile vector, none reloaded from memory
+    (a spilled tile is moved back into its registers before every reduction step)."""
+    features = PROFILES[isa]
+    kernel = registry.select("conv2d", "fp32", features)
+    cfg = kernel.fallback_config(wl, features)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.build_primfunc(wl, cfg)}),
+                      target=tvm.target.Target(features.target_json()))
+    body = _hottest_block(lib.mod.inspect_source("s"), "vfmadd")
+    # AT&T operand order: the accumulator is an FMA's last operand, a load's destination its last
+    accumulators = {line.split(",")[-1].strip() for line in body if line.startswith("vfmadd")}
+    assert len(accumulators) == cfg.reg_n * cfg.oc_bn // features.fp32_lanes, (cfg, sorted(accumulators))
+    reloads = [line for line in body if line.startswith("vmov") and "(" in line.split(",")[0]
+               and line.split(",")[-1].strip() in accumulators]
+    assert not reloads, (cfg, reloads)

@@ -11,11 +11,13 @@ channels up to a multiple of ``ic_bn`` per group), multiplies with weights packe
 ReLU / clip) is applied as the tile is written back to NCHW. Channel counts that are not a multiple
 of the block sizes are padded inside the kernel, so every shape takes the vector path.
 
-Knobs (``Conv2dConfig``): ``ic_bn``, ``oc_bn`` (the vector width, from the target), ``reg_n``.
+Knobs (``Conv2dConfig``): ``ic_bn``, ``oc_bn`` (the vector width, from the target), ``reg_n``,
+``rows_outside`` (channels-last only: the loop order, see ``fallback_config``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,19 +34,29 @@ from ..common import (
     schedule_register_tile,
     schedule_repack,
     stack_tile_pixels,
+    vectorize_channels_last_store,
 )
 from ..space import grid
 from ..target_features import TargetFeatures
 from ..workload import Conv2dWorkload
 
 
+# weights (elements) up to which a channels-last fallback config puts the rows outside: 512 KiB
+# of fp32, a quarter of this Emerald Rapids core's L2 (a Zen 3 / 4 core has 0.5 / 1 MiB)
+ROWS_OUTSIDE_WEIGHTS = 128 * 1024
+
+
 @dataclass(frozen=True)
 class Conv2dConfig:
-    """Blocking of one conv kernel: input / output channel blocks and the register tile width."""
+    """Blocking of one conv kernel: input / output channel blocks and the register tile width.
+    ``rows_outside``: the output rows outside the output channel blocks (each row's channels all
+    computed before the next row), else the channel blocks outside (each block's weights
+    reused over every row); channels-last workloads only."""
 
     ic_bn: int
     oc_bn: int
     reg_n: int
+    rows_outside: bool = False
 
     def __post_init__(self) -> None:
         for name in ("ic_bn", "oc_bn", "reg_n"):
@@ -56,28 +68,52 @@ def fallback_config(wl: Conv2dWorkload, features: TargetFeatures) -> Conv2dConfi
     """A good configuration chosen from the shape alone (no tuning).
 
     The accumulator tile is ``reg_n`` pixels x ``oc_bn`` channels, ``oc_bn`` one or two vectors,
-    sized to leave a few of the vector registers (16 ymm / 32 zmm) for the weight vectors and the
-    broadcast input. ``ic_bn`` = 8 input channels per block (or a divisor of the per-group input
-    channels, so that no padding is multiplied; the whole input when it is smaller).
-    Measured on AVX2 (ResNet-50 / MobileNetV2 layers) 1.2-1.4x faster than 16/8/8.
+    sized to leave a few of the vector registers for the weight vectors and the broadcast input:
+    16 ymm (AVX2), at most 6 x 2 or 14 x 1 vectors, ``ic_bn`` = 8 input channels per block,
+    measured on AVX2 (ResNet-50 / MobileNetV2 layers) 1.2-1.4x faster than 16/8/8; 32 zmm, up
+    to 14 pixels x 2 vectors (28 accumulators; LLVM keeps such a tile in registers though it is
+    over ``STACK_TILE_BYTES``: the reduction loop's only memory operands are the weight vectors
+    and the broadcast inputs) and ``ic_bn`` = 16. Emerald Rapids core, 1 thread, every candidate
+    timed: ResNet-50's 3x3s 1.12-1.25x faster than 7 x 2 vectors with ``ic_bn`` = 8 (64->64 at
+    56x56 1.58 -> 1.30 ms, 256->256 at 14x14 1.57 -> 1.25), its 1x1s within +-10%. ``ic_bn``
+    otherwise divides the per-group input channels where it can, so that no padding is
+    multiplied (the whole input when it is smaller).
+
+    Channels-last, rows outside the channel blocks where the weights are small
+    (``ROWS_OUTSIDE_WEIGHTS``): each row of the output written whole (channel blocks outside, a
+    row's pixels are written as ``oc_bn``-channel pieces strided by the whole pixel, once per
+    block, and a fused residual read the same way) while the weights stay in cache. Where they
+    are large the channel blocks stay outside: rows outside would stream all the weights once
+    per row. Emerald Rapids core, 1 thread, fallback tiles, bit-exact: ResNet-50's 64->256 1x1
+    with residual at 56x56 0.88 -> 0.73 ms, 128->512 with residual at 28x28 0.67 -> 0.64,
+    256->64 at 56x56 0.67 -> 0.64; with 2.4 MB of weights (256->256 3x3 at 14x14) 1.45 -> 1.81,
+    so those keep the blocks outside.
     """
     lanes = features.fp32_lanes
-    accumulators = 28 if features.vector_registers >= 32 else 14
+    wide = features.vector_registers >= 32
     cg, kg = wl.in_per_group, wl.out_per_group
-    if cg <= 8:
+    block = 16 if wide else 8
+    if cg <= block:
         ic_bn = cg
+    elif cg % block == 0:
+        ic_bn = block
     elif cg % 8 == 0:
         ic_bn = 8
     else:
         divisors = [d for d in range(16, 3, -1) if cg % d == 0]
         ic_bn = divisors[0] if divisors else 8
     if kg >= 2 * lanes:
-        oc_bn, max_regs = 2 * lanes, (accumulators - 2) // 2
+        oc_bn = 2 * lanes
     else:
         oc_bn = lanes if kg > lanes // 2 else max(4, 1 << (kg - 1).bit_length())
-        max_regs = accumulators
-    reg_n = register_tile(wl.out_width, stack_tile_pixels(oc_bn, max_regs))
-    return Conv2dConfig(ic_bn=ic_bn, oc_bn=oc_bn, reg_n=reg_n)
+    if wide:
+        max_regs = 14
+    else:
+        max_regs = 6 if oc_bn == 2 * lanes else 14
+        max_regs = stack_tile_pixels(oc_bn, max_regs)
+    reg_n = register_tile(wl.out_width, max_regs)
+    rows_outside = wl.nhwc and math.prod(wl.weight_shape) <= ROWS_OUTSIDE_WEIGHTS
+    return Conv2dConfig(ic_bn=ic_bn, oc_bn=oc_bn, reg_n=reg_n, rows_outside=rows_outside)
 
 
 def packed_weight_shape(wl: Conv2dWorkload, cfg: Conv2dConfig) -> tuple[int, ...]:
@@ -258,23 +294,29 @@ def reduction_order(wl: Conv2dWorkload, cfg: Conv2dConfig) -> list[tuple[int, in
 def schedule(sch, wl: Conv2dWorkload, cfg: Conv2dConfig, sample: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Register-tiled NCHWc schedule; ``sch`` is a ``tvm.s_tir.Schedule`` of ``compute``.
 
-    The conv block iterates over the padded channel space (no tails); the NCHW epilogue is
-    computed per register tile (``reverse_compute_at``), which shrinks the accumulator buffer to
-    the tile and lets LLVM keep it in registers.
+    The conv block iterates over the padded channel space (no tails); the epilogue is computed
+    per register tile (``reverse_compute_at``), which shrinks the accumulator buffer to the tile
+    and lets LLVM keep it in registers; channels-last, each pixel's ``oc_bn`` channels are
+    stored as one vector (with a fused residual, unrolled scalar code measured 1.25x slower on
+    ResNet-50's 64->256 1x1 at 56x56).
     """
     conv_b = sch.get_sblock("conv")
     out_b = sch.get_sblock("out")
     pack_b = sch.get_sblock("data_pack") if needs_repack(wl, cfg) else None
     n, gi, b, y, x, ko, rc, rh, rw, ri = sch.get_loops(conv_b)
-    schedule_register_tile(sch, conv_b, out_b, outer=[n, gi, b, y], x=x,
+    outer = [n, gi, y, b] if cfg.rows_outside and wl.nhwc else [n, gi, b, y]
+    schedule_register_tile(sch, conv_b, out_b, outer=outer, x=x,
                            reductions=[rc, rh, rw, ri], lane=ko, reg_n=cfg.reg_n, sample=sample)
+    if wl.nhwc:
+        vectorize_channels_last_store(sch, out_b, wl.out_per_group, cfg.oc_bn)
     if pack_b is not None:
         schedule_repack(sch, pack_b, wl.in_per_group % cfg.ic_bn == 0)
 
 
 def candidates(wl: Conv2dWorkload, features: TargetFeatures) -> list[Conv2dConfig]:
     """The tuning candidates: input-channel blocks up to 32, one or two vectors of output
-    channels, every ``reg_n`` whose tile fits the vector registers."""
+    channels, every ``reg_n`` whose tile fits the vector registers; channels-last, both loop
+    orders."""
     lanes = features.fp32_lanes
     regs = features.vector_registers
     ic = [b for b in (4, 8, 16, 32) if b <= wl.in_per_group] or [wl.in_per_group]
@@ -282,9 +324,10 @@ def candidates(wl: Conv2dWorkload, features: TargetFeatures) -> list[Conv2dConfi
         ic.append(wl.in_per_group)
     oc = [lanes, 2 * lanes] if wl.out_per_group > lanes else [fallback_config(wl, features).oc_bn]
 
-    def make(ic_bn: int, oc_bn: int, reg_n: int) -> Conv2dConfig:
+    def make(ic_bn: int, oc_bn: int, reg_n: int, rows_outside: bool) -> Conv2dConfig:
         if reg_n * ceil_div(oc_bn, lanes) > regs - 2:
             raise ValueError("tile does not fit the registers")
-        return Conv2dConfig(ic_bn, oc_bn, reg_n)
+        return Conv2dConfig(ic_bn, oc_bn, reg_n, rows_outside)
 
-    return grid(make, ic_bn=ic, oc_bn=oc, reg_n=range(1, min(wl.out_width, regs) + 1))
+    return grid(make, ic_bn=ic, oc_bn=oc, reg_n=range(1, min(wl.out_width, regs) + 1),
+                rows_outside=(False, True) if wl.nhwc else (False,))
