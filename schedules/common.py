@@ -28,7 +28,12 @@ def padded_width(width: int, reg_n: int) -> int:
 
 
 def apply_activation(x: tirx.PrimExpr, ep: Epilogue) -> tirx.PrimExpr:
-    """ReLU / clip in fp32, as the epilogue asks."""
+    """ReLU / clip / a hardswish in fp32, as the epilogue asks (the hardswish forms in the order of
+    ``Epilogue``'s, each operation rounded to float32 as the unfused graph's are)."""
+    if ep.activation in ("hardswish", "hardswish_mul_div"):
+        six = tirx.const(6.0, "float32")
+        relu6 = tirx.min(tirx.max(x + tirx.const(3.0, "float32"), tirx.const(0.0, "float32")), six)
+        return x * (relu6 / six) if ep.activation == "hardswish" else (x * relu6) / six
     if ep.activation == "relu":
         return tirx.max(x, tirx.const(0.0, "float32"))
     if ep.activation == "clip":

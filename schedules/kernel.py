@@ -15,7 +15,10 @@ from tvm import s_tir, te
 from . import bf16, reference, space
 from .intrinsics import hoist_tile_config
 from .target_features import TargetFeatures
-from .workload import Conv2dWorkload, DenseWorkload, Workload
+from .workload import INTEGER_ACTIVATIONS, Conv2dWorkload, DenseWorkload, Workload
+
+
+FLOAT_PRECISIONS = ("fp32", "bf16")  # kernels whose epilogue is float arithmetic throughout
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ class KernelDef:
         search space the tuner explores). A configuration the kernel builds directly
         (``build_direct``) has no knobs to sample.
         """
+        if self.key.precision not in FLOAT_PRECISIONS and workload.epilogue.activation not in INTEGER_ACTIVATIONS:
+            raise ValueError(f"{self.key}: an integer epilogue applies {', '.join(INTEGER_ACTIVATIONS)}, "
+                             f"not {workload.epilogue.activation}")
         if self.build_direct is not None:
             direct = self.build_direct(workload, config)
             if direct is not None:

@@ -28,6 +28,8 @@ def _epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue, axis: int,
         acc = np.maximum(acc, 0)
     elif ep.activation == "clip":
         acc = np.clip(acc, ep.clip_min, ep.clip_max)
+    elif ep.activation in ("hardswish", "hardswish_mul_div"):
+        acc = acc * (np.clip(acc + 3, 0, 6) / 6)
     return acc
 
 
@@ -292,6 +294,9 @@ def _float_epilogue(acc: np.ndarray, bias: np.ndarray | None, ep: Epilogue,
         acc = np.maximum(acc, np.float32(0))
     elif ep.activation == "clip":
         acc = np.minimum(np.maximum(acc, np.float32(ep.clip_min)), np.float32(ep.clip_max))
+    elif ep.activation in ("hardswish", "hardswish_mul_div"):
+        relu6 = np.minimum(np.maximum(acc + np.float32(3), np.float32(0)), np.float32(6))
+        acc = acc * (relu6 / np.float32(6)) if ep.activation == "hardswish" else (acc * relu6) / np.float32(6)
     return acc
 
 

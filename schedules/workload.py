@@ -12,7 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-Activation = Literal["none", "relu", "clip"]
+Activation = Literal["none", "relu", "clip", "hardswish", "hardswish_mul_div"]
+ACTIVATIONS = ("none", "relu", "clip", "hardswish", "hardswish_mul_div")
+# the activations an integer epilogue applies (its clamp bounds); hardswish only in float kernels
+INTEGER_ACTIVATIONS = ("none", "relu", "clip")
 Layout = Literal["NCHW", "NHWC"]
 LAYOUTS = ("NCHW", "NHWC")
 Requant = Literal["dyadic", "float"]
@@ -25,7 +28,10 @@ class Epilogue:
 
     ``bias`` adds a per-output-channel vector; ``residual`` adds a tensor of the output's shape
     (a residual connection); ``activation`` is applied last: ``relu`` is ``max(x, 0)``, ``clip``
-    is ``min(max(x, clip_min), clip_max)`` (ReLU6 is ``clip`` with 0 and 6).
+    is ``min(max(x, clip_min), clip_max)`` (ReLU6 is ``clip`` with 0 and 6), ``hardswish`` is
+    ``x * (min(max(x + 3, 0), 6) / 6)``, four float32 operations in that order (ONNX HardSwish as
+    TVM imports it), ``hardswish_mul_div`` ``(x * min(max(x + 3, 0), 6)) / 6`` (as exporters spell
+    it out); float kernels only: an integer epilogue refuses them.
 
     ``requant`` (integer kernels that requantize): ``dyadic``, the integer-only multiplier and
     shift, or ``float``, one float32 scale per output channel (``schedules.quant``). A workload's
@@ -42,7 +48,7 @@ class Epilogue:
     requant: Requant = "dyadic"
 
     def __post_init__(self) -> None:
-        if self.activation not in ("none", "relu", "clip"):
+        if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}")
         if self.out_float and self.out_int16:
             raise ValueError("an epilogue dequantizes (out_float) or requantizes to int16, not both")

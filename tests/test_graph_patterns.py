@@ -237,6 +237,37 @@ def test_squeeze_excitation_hard_swish_sigmoid_and_concat(tmp_path: Path) -> Non
     assert manifest["float_islands"] == []
 
 
+def test_an_fp32_build_fuses_both_spellings_of_hard_swish_into_the_convs(tmp_path: Path) -> None:
+    """ONNX HardSwish (TVM imports it as ``x * (clip(x + 3, 0, 6) / 6)``) and the spelled-out
+    ``Add, Clip, Mul, Div`` (``(x * clip(x + 3, 0, 6)) / 6``) after a conv and a depthwise conv:
+    an fp32 build fuses each into the layer's epilogue in its own order of operations and stays
+    equal to onnxruntime; a conv output with another user keeps its HardSwish apart; W8A8 is
+    unchanged (lookup tables, equal to the numpy program)."""
+    rng = np.random.default_rng(11)
+    three, zero, six = (numpy_helper.from_array(np.array(v, np.float32), n)
+                        for n, v in (("three", 3.0), ("zero", 0.0), ("six", 6.0)))
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["a"], ["ah"]),
+             helper.make_node("Conv", ["ah", "w1", "b1"], ["d"], name="dw1", pads=[1, 1, 1, 1], group=8),
+             helper.make_node("Add", ["d", "three"], ["d3"]),
+             helper.make_node("Clip", ["d3", "zero", "six"], ["dc"]),
+             helper.make_node("Mul", ["d", "dc"], ["dm"]),
+             helper.make_node("Div", ["dm", "six"], ["dh"]),
+             helper.make_node("Conv", ["dh", "w2", "b2"], ["e"], name="pw2"),
+             helper.make_node("HardSwish", ["e"], ["eh"]),
+             helper.make_node("Add", ["eh", "e"], ["y"])]  # e has another user: not fused
+    inits = _weights(rng, w0=(8, 3, 3, 3), b0=(8,), w1=(8, 1, 3, 3), b1=(8,), w2=(8, 8, 1, 1), b2=(8,))
+    model = _save(tmp_path / "m.onnx", nodes, inits + [three, zero, six], [1, 3, 10, 10])
+    x = rng.standard_normal((6, 1, 3, 10, 10)).astype(np.float32) * 2
+    r = tvmq.build(model, tmp_path / "fp32")
+    acts = {name: k["epilogue"]["activation"] for name, k in r.manifest_data["kernels"].items()}
+    assert acts == {"conv0": "hardswish", "dw1": "hardswish_mul_div", "pw2": "none"}, acts
+    got, ref = tvmq.load(r.library), ort_session(model)
+    for xi in x:
+        np.testing.assert_allclose(got.run({"x": xi})["y"], ref.run(None, {"x": xi})[0], rtol=1e-5, atol=1e-5)
+    _w8a8_equals_program(tmp_path, model, x)
+
+
 def test_a_concat_of_branches_stays_integer(tmp_path: Path) -> None:
     """Inception-style branches (two convs of different output ranges and a Sigmoid of a
     third) concatenated on channels, then a conv: the inputs are requantized to one scale by

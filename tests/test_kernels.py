@@ -82,6 +82,8 @@ RELU6 = Epilogue(True, "clip", 0.0, 6.0)
 NONE = Epilogue(False, "none")
 RES_RELU = Epilogue(True, "relu", residual=True)  # ResNet: conv + bias + skip, then ReLU
 RES = Epilogue(True, "none", residual=True)       # MobileNetV2: projection + skip
+HSWISH = Epilogue(True, "hardswish")               # PP-LCNet (ONNX HardSwish as TVM imports it)
+HSWISH_MD = Epilogue(True, "hardswish_mul_div", residual=True)  # spelled out: (x * relu6(x + 3)) / 6
 
 # (N, C, H, W, K, R, S, stride, pad, dilation, groups, epilogue)
 CONVS = [
@@ -108,6 +110,7 @@ DEPTHWISE = [
     (1, 16, 9, 9, 5, 1, 2, NONE),     # 5x5
     (2, 24, 7, 7, 3, 2, 1, RELU6),    # batch 2
     (1, 20, 9, 9, 3, 1, 1, RES_RELU),  # fused residual
+    (1, 24, 9, 9, 3, 1, 1, HSWISH),
 ]
 
 
@@ -158,6 +161,23 @@ def test_conv2d_channels_last_matches_reference(case, isa: str) -> None:  # type
     writes it (without a repack where nothing is padded)."""
     n, c, h, w, k, r, s, st, p, d, g, ep = case
     _check(Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep, "NHWC"), isa)
+
+
+@pytest.mark.parametrize("isa", CONV_ISAS)
+@pytest.mark.parametrize("rows_outside", [False, True])
+@pytest.mark.parametrize("ep", [HSWISH, HSWISH_MD, RES_RELU], ids=["hardswish", "hardswish_mul_div", "res_relu"])
+def test_conv2d_channels_last_loop_orders_and_hardswish(ep: Epilogue, rows_outside: bool, isa: str) -> None:
+    """Both loop orders of the channels-last direct conv (rows or channel blocks outside), each
+    with both HardSwish spellings and a residual, bit for bit against the kernel's reference; and
+    an integer kernel refuses a HardSwish (its epilogue clamps)."""
+    wl = Conv2dWorkload(1, 16, 10, 10, 40, 3, 3, 1, 1, 1, 1, 1, 1, epilogue=ep, layout="NHWC")
+    features = _features(isa)
+    kernel = registry.select("conv2d", "fp32", features)
+    _check(wl, isa, cfg=replace(kernel.fallback_config(wl, features), rows_outside=rows_outside))
+    if ep.activation.startswith("hardswish"):
+        w8a8 = registry.select("conv2d", "w8a8", features)
+        with pytest.raises(ValueError, match="integer epilogue"):
+            w8a8.build_primfunc(wl, w8a8.fallback_config(wl, features))
 
 
 @pytest.mark.parametrize("isa", DEPTHWISE_ISAS)

@@ -91,7 +91,8 @@ def lowering_passes(pm: PreparedModel, params: dict[str, np.ndarray], features: 
         # tensors calibration and sensitivity analysis read stay NCHW
         lower = LowerToKernels(pm.layers, params, pm.param_layer, features, record, taps=taps,
                                configs=configs, switchable=switchable,
-                               layout="NCHW" if taps or switchable else "NHWC")
+                               layout="NCHW" if taps or switchable else "NHWC",
+                               hardswish=not (taps or switchable))
     target = tvm.target.Target(features.target_json())
     legalize = legalize_passes(target)
     if isinstance(lower, RealizeIntegers):

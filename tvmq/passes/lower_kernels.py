@@ -6,7 +6,8 @@ parameters named ``tvmq.<i>.weight`` / ``tvmq.<i>.bias``), before ``BindParams``
 
 For every ``conv2d(x, W)`` / ``matmul(x, permute_dims(W))`` whose weight is a layer parameter, the
 chain ``-> add(bias) [-> add(residual)] [-> relu | clip | maximum(lo) [-> minimum(hi)]]`` after it
-(each link with a single user) is replaced by one ``call_tir`` of the kernel the registry selects, with the
+(each link with a single user; with ``hardswish``, instead of the activation, a HardSwish:
+``hardswish_links``) is replaced by one ``call_tir`` of the kernel the registry selects, with the
 weight packed ahead of time and the epilogue fused. Identical workloads share one ``PrimFunc``.
 
 Postcondition: no ``relax.nn.conv2d`` / ``relax.matmul`` is left on a layer weight; each kernel
@@ -49,6 +50,7 @@ def _op(name: str) -> tvm.ir.Op:
 CONV2D, MATMUL, ADD = _op("relax.nn.conv2d"), _op("relax.matmul"), _op("relax.add")
 RELU, MAXIMUM, MINIMUM = _op("relax.nn.relu"), _op("relax.maximum"), _op("relax.minimum")
 RESHAPE, PERMUTE, CLIP = _op("relax.reshape"), _op("relax.permute_dims"), _op("relax.clip")
+MULTIPLY, DIVIDE = _op("relax.multiply"), _op("relax.divide")
 
 
 def const_value(expr: relax.Expr) -> np.ndarray | None:
@@ -87,12 +89,14 @@ class _Analysis:
         self.value: dict[relax.Var, relax.Expr] = {}
         self.uses: dict[relax.Var, int] = {}
         self.user: dict[relax.Var, relax.VarBinding] = {}
+        self.users: dict[relax.Var, list[relax.VarBinding]] = {}
         for block in func.body.blocks:
             for b in block.bindings:
                 self.value[b.var] = b.value
                 for v in relax.analysis.free_vars(b.value):
                     self.uses[v] = self.uses.get(v, 0) + 1
                     self.user[v] = b
+                    self.users.setdefault(v, []).append(b)
         for v in relax.analysis.free_vars(func.body.body):
             self.uses[v] = self.uses.get(v, 0) + 2  # a function output is never fused away
 
@@ -100,14 +104,65 @@ class _Analysis:
         return self.user.get(var) if self.uses.get(var, 0) == 1 else None
 
 
+def hardswish_links(x: relax.Var, an: _Analysis) -> tuple[str, list[relax.Var]] | None:
+    """A HardSwish of ``x``: ``("hardswish", [add, clip, divide, multiply])`` for
+    ``multiply(x, divide(clip(add(x, 3), 0, 6), 6))`` (ONNX HardSwish as TVM imports it), or
+    ``("hardswish_mul_div", [add, clip, multiply, divide])`` for ``divide(multiply(x, clip(add(x,
+    3), 0, 6)), 6)`` (as exporters spell it out); multiplies' operands in either order, ``x`` with
+    exactly these two users and each link one user. Else None."""
+    users = an.users.get(x, [])
+    if an.uses.get(x) != 2 or len(users) != 2 or not all(isinstance(b.value, relax.Call) for b in users):
+        return None
+    add = next((b for b in users if b.value.op == ADD), None)
+    if add is None or _other_scalar(add.value, x) != 3.0:
+        return None
+    clip = an.single_user(add.var)
+    if clip is None or not isinstance(clip.value, relax.Call) or clip.value.op != CLIP \
+            or (float(clip.value.args[1].value), float(clip.value.args[2].value)) != (0.0, 6.0):
+        return None
+    nxt = an.single_user(clip.var)
+    if nxt is None or not isinstance(nxt.value, relax.Call):
+        return None
+    if nxt.value.op == DIVIDE and nxt.value.args[0].same_as(clip.var) and _other_scalar(nxt.value, clip.var) == 6.0:
+        mul = an.single_user(nxt.var)
+        if mul is not None and _multiplies(mul, x, nxt.var):
+            return "hardswish", [add.var, clip.var, nxt.var, mul.var]
+    elif _multiplies(nxt, x, clip.var):
+        div = an.single_user(nxt.var)
+        if div is not None and isinstance(div.value, relax.Call) and div.value.op == DIVIDE \
+                and div.value.args[0].same_as(nxt.var) and _other_scalar(div.value, nxt.var) == 6.0:
+            return "hardswish_mul_div", [add.var, clip.var, nxt.var, div.var]
+    return None
+
+
+def _multiplies(b: relax.VarBinding, x: relax.Var, y: relax.Var) -> bool:
+    """Whether ``b`` is ``multiply(x, y)`` or ``multiply(y, x)``."""
+    if not isinstance(b.value, relax.Call) or b.value.op != MULTIPLY:
+        return False
+    p, q = b.value.args
+    return bool((p.same_as(x) and q.same_as(y)) or (p.same_as(y) and q.same_as(x)))
+
+
+def _other_scalar(call: relax.Call, prev: relax.Var) -> float | None:
+    """The scalar constant operand of a binary ``call`` whose other operand is ``prev``."""
+    if len(call.args) != 2 or not any(a.same_as(prev) for a in call.args):
+        return None
+    other = call.args[1] if call.args[0].same_as(prev) else call.args[0]
+    value = const_value(other)
+    return float(value.reshape(())) if value is not None and value.size == 1 else None
+
+
 class LayerMatcher:
     """Finds every layer of ``main`` with the epilogue chain it absorbs (see the module docstring)."""
 
-    def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str]) -> None:
+    def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
+                 hardswish: bool = False) -> None:
         self.layers = layers
         self.params = params
         self.param_layer = param_layer
+        self.hardswish = hardswish  # also absorb a HardSwish (``hardswish_links``) as the activation
         self._claimed: set[relax.Var] = set()
+        self._hardswish: dict[relax.Var, str] = {}  # the first var of each HardSwish absorbed: its form
 
     def match(self, mod: tvm.IRModule) -> list[LayerMatch]:
         """Every layer of ``main`` with the epilogue chain it absorbs, in binding order."""
@@ -161,6 +216,12 @@ class LayerMatcher:
         """
         state = "bias"
         while True:
+            if self.hardswish and state in ("bias", "residual", "act"):
+                found = hardswish_links(chain[-1], an)
+                if found is not None and not self._claimed.intersection(found[1]):
+                    chain.extend(found[1])
+                    self._hardswish[found[1][0]] = found[0]
+                    break
             nxt = an.single_user(chain[-1])
             if nxt is None or not isinstance(nxt.value, relax.Call) or nxt.var in self._claimed:
                 break
@@ -220,6 +281,9 @@ class LayerMatcher:
         act, lo, hi = "none", float("-inf"), float("inf")
         for prev, var in zip(chain, chain[1:]):
             call = an.value[var]
+            if var in self._hardswish:
+                act = self._hardswish[var]
+                break
             if call.op == ADD and bias is None and residual is None and self._bias_name(call, prev, an):
                 bias = self.params[self._bias_name(call, prev, an)].reshape(-1)
             elif call.op == ADD:
@@ -498,14 +562,21 @@ class LowerToKernels:
         a conv's output goes on NHWC to the convs that read it, as input or residual, and is
         transposed back only for other users: ``record.layout_transforms`` lists the transposes
         left). Not with ``taps`` / ``switchable``, whose tensors are NCHW.
+    hardswish : also fuse a HardSwish after a layer (``hardswish_links``) into its epilogue (float
+        kernels; not with ``taps`` / ``switchable``, which see each layer's output as a quantized
+        build does, without it)
     """
 
     def __init__(self, layers: LayerTable, params: dict[str, np.ndarray], param_layer: dict[str, str],
                  features: TargetFeatures, record: Lowering, *, taps: bool = False,
-                 configs: ConfigChooser | None = None, switchable: bool = False, layout: str = "NCHW") -> None:
+                 configs: ConfigChooser | None = None, switchable: bool = False, layout: str = "NCHW",
+                 hardswish: bool = False) -> None:
         if layout not in ("NCHW", "NHWC") or (layout == "NHWC" and (taps or switchable)):
             raise ValueError(f"layout {layout!r} (NHWC is not for taps / switchable lowering)")
-        self.matcher = LayerMatcher(layers, params, param_layer)
+        if hardswish and (taps or switchable):
+            raise ValueError("hardswish fusion is not for taps / switchable lowering (their layer outputs "
+                             "are the ones before the activation a quantized build keeps apart)")
+        self.matcher = LayerMatcher(layers, params, param_layer, hardswish=hardswish)
         self.catalog = KernelCatalog(features, configs)
         self.record = record
         self.taps = taps
