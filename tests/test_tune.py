@@ -147,9 +147,12 @@ def test_tasks_are_distinct_workloads_with_their_layers(fmnist_tasks) -> None:  
     pm, tasks = fmnist_tasks
     kernels = [t for t in tasks if t.kind == "kernel"]
     assert {t.spec for t in kernels} == {"w8a8", "fp32"}
-    for spec in ("w8a8", "fp32"):
-        layers = sorted(l for t in kernels if t.spec == spec for l in t.layers)
-        assert layers == sorted(l.name for l in pm.layers)  # every layer, once per spec
+    layers = sorted(l for t in kernels if t.spec == "w8a8" for l in t.layers)
+    assert layers == sorted(l.name for l in pm.layers)  # every layer, once
+    for layout in ("NCHW", "NHWC"):  # fp32: every layer once per lowering (mixed plans', plain fp32 builds')
+        layers = sorted(l for t in kernels if t.spec == "fp32" and getattr(t.workload, "layout", layout) == layout
+                        for l in t.layers)
+        assert layers == sorted(l.name for l in pm.layers), layout
     assert len({t.key for t in tasks}) == len(tasks)
     # the same model twice: the same keys (identical workloads tune once)
     again = extract_tasks(pm, ["w8a8"], FEATURES)
@@ -532,6 +535,30 @@ def test_predictor_features_keep_their_columns() -> None:
         row = predictor.feature_vector("dense/fp32/generic", "fp32", wl, {"type": name, "oc_bn": 16})
         onehot = row[first:first + len(predictor.CONFIG_TYPES)]
         assert onehot == [float(j == i) for j in range(len(predictor.CONFIG_TYPES))]
+
+
+def test_fp32_tasks_cover_the_plain_fp32_build_and_its_tuned_configs_apply(tmp_path: Path) -> None:
+    """``extract_tasks(["fp32"])`` has the channels-last workloads a plain fp32 build compiles
+    (beside the NCHW ones of mixed plans' fp32 layers): a tuned record of one reaches that build."""
+    import tvmq
+    from tvmq.tune.tasks import workload_to_json
+
+    pm = prepare(MODEL)
+    tasks = [t for t in extract_tasks(pm, ["fp32"], FEATURES, conversions=False) if t.kind == "kernel"]
+    convs = [t for t in tasks if t.kernel.startswith("conv2d/")]
+    assert {t.workload.layout for t in convs} == {"NCHW", "NHWC"}
+    task = next(t for t in convs if t.workload.layout == "NHWC")
+    kernel = registry.get(registry.KernelKey.parse(task.kernel))
+    fb = kernel.fallback_config(task.workload, FEATURES)
+    other = next(c for c in space.config_space(fb, task.workload, FEATURES) if c != fb)
+    device = device_fingerprint(FEATURES, threads=1)
+    db = TuningDatabase(tmp_path / "db.jsonl")
+    db.append(TuningRecord(task=task.key, kernel=task.kernel, spec="fp32", workload=workload_to_json(task.workload),
+                           config=space.config_to_json(other), device=device,
+                           latency={"median_us": 1e-3, "min_us": 1e-3, "n": 1, "spread": 0.0}))
+    built = tvmq.build(MODEL, tmp_path / "fp32", features=FEATURES, db=tmp_path / "db.jsonl")
+    kern = built.manifest_data["kernels"][task.layers[0]]
+    assert kern["layout"] == "NHWC" and kern["config_source"] == "tuned", kern
 
 
 def test_narrow_weight_tasks_are_the_workloads_a_narrow_build_compiles() -> None:

@@ -110,6 +110,8 @@ class LatencyTable:
         conversions: dict[str, dict[str, dict[str, Any]]] = {}
         missing: list[TuneTask] = []
         for task in tasks:
+            if task.plain_fp32:  # (the allocator prices mixed plans: their fp32 layers are NCHW)
+                continue
             best = db.best(task.key, task.spec, dev_id)
             if best is not None:
                 entry = {"us": best.median_us, "source": "measured", "task": task.key,

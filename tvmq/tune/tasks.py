@@ -80,6 +80,9 @@ class TuneTask:
     spec: str
     workload: Any  # a Workload, or the conversion's tensor shape
     layers: list[str] = field(default_factory=list)  # where the model uses it
+    # compiled only by a plain fp32 build (channels-last, HardSwish fused); the fp32 layers of
+    # mixed plans, which the allocator prices, are the other fp32 tasks
+    plain_fp32: bool = False
 
     @property
     def macs(self) -> int:
@@ -129,13 +132,17 @@ def _placeholder_stats(layers: Any, narrow_weights: bool = False) -> Any:
 
 
 def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
-                  conversions: bool = True, narrow_weights: bool = False) -> list[TuneTask]:
+                  conversions: bool = True, narrow_weights: bool = False, plain_fp32: bool = True) -> list[TuneTask]:
     """The distinct tasks of a prepared model (``tvmq.frontend.prepare``) for ``specs``;
     ``narrow_weights``: the workloads of builds with the recipe's pair-fitted conv weights (their W8A8
-    convs are ``Conv2dWorkload.narrow_weights`` workloads, ``vpmaddubsw`` on AVX2)."""
+    convs are ``Conv2dWorkload.narrow_weights`` workloads, ``vpmaddubsw`` on AVX2); ``plain_fp32``
+    (with ``fp32`` in ``specs``): also the kernels a plain fp32 build compiles, channels-last with
+    HardSwish fused (``TuneTask.plain_fp32``), beside the NCHW ones of mixed plans' fp32 layers."""
     check_specs(list(specs), "the specs to tune")
     tasks: dict[str, TuneTask] = {}
     keys: dict[tuple[str, str], str] = {}  # (kernel, workload key) -> task key
+
+    plain = False  # whether the lowering running is a plain fp32 build's
 
     for spec in specs:
         def record(kernel: registry.KernelDef, wl: Workload, layer: str) -> tuple[Any, str]:
@@ -143,7 +150,8 @@ def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
             if cache not in keys:
                 keys[cache] = kernel_task_key(kernel, wl, features)
             key = keys[cache]
-            task = tasks.setdefault(key, TuneTask(key, "kernel", str(kernel.key), kernel.key.precision, wl))
+            task = tasks.setdefault(key, TuneTask(key, "kernel", str(kernel.key), kernel.key.precision, wl,
+                                                  plain_fp32=plain))
             if layer not in task.layers:
                 task.layers.append(layer)
             return kernel.fallback_config(wl, features), "fallback"
@@ -151,11 +159,15 @@ def extract_tasks(pm: Any, specs: list[str], features: TargetFeatures, *,
         mod, params = to_relax(pm)
         plan = PrecisionPlan.uniform(pm.layers, spec)
         if spec == "fp32":
-            lower: Any = LowerToKernels(pm.layers, params, pm.param_layer, features, Lowering(), configs=record)
+            LowerToKernels(pm.layers, params, pm.param_layer, features, Lowering(), configs=record)(mod)
+            if plain_fp32:  # (as ``compiler.lowering_passes`` lowers a plain fp32 build)
+                plain = True
+                LowerToKernels(pm.layers, params, pm.param_layer, features, Lowering(), configs=record,
+                               layout="NHWC", hardswish=True)(mod)
+                plain = False
         else:
-            lower = RealizeIntegers(pm.layers, params, pm.param_layer, features, plan,
-                                    _placeholder_stats(pm.layers, narrow_weights), Lowering(), configs=record)
-        lower(mod)
+            RealizeIntegers(pm.layers, params, pm.param_layer, features, plan,
+                            _placeholder_stats(pm.layers, narrow_weights), Lowering(), configs=record)(mod)
     if conversions:
         for layer in pm.layers:
             shape = tuple(int(s) for s in layer.input_shape)
