@@ -123,20 +123,42 @@ def test_conv2d_matches_reference(case, isa: str) -> None:  # type: ignore[no-un
 
 @pytest.mark.parametrize("isa", list(PROFILES))
 def test_conv2d_templates_and_repack_paths_are_exercised(isa: str) -> None:
-    """At every ISA level, CONVS take both templates and both paths of each."""
-    from schedules.conv2d import fp32_direct, fp32_pointwise
+    """At every ISA level, CONVS take both paths of the direct template by their fallbacks, and
+    both paths of the pointwise one by its own configs (``test_conv2d_pointwise_template``;
+    the fallback takes it on AVX2 wherever it applies, on AVX-512 on large maps only)."""
+    from schedules.conv2d import fp32, fp32_direct, fp32_pointwise
 
     wls = [Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep)
            for n, c, h, w, k, r, s, st, p, d, g, ep in CONVS]
-    cfgs = [registry.select("conv2d", "fp32", PROFILES[isa]).fallback_config(wl, PROFILES[isa])
-            for wl in wls]
-    pointwise = [wl for wl, c in zip(wls, cfgs) if isinstance(c, fp32_pointwise.PointwiseConfig)]
+    features = PROFILES[isa]
+    cfgs = [registry.select("conv2d", "fp32", features).fallback_config(wl, features) for wl in wls]
+    pointwise = [wl for wl in wls if fp32_pointwise.applies(wl)]
     direct = [(wl, c) for wl, c in zip(wls, cfgs) if isinstance(c, fp32_direct.Conv2dConfig)]
     assert len(pointwise) >= 3
     # the pointwise template with and without the pixel-padding copy
     assert {wl.height * wl.width % 16 == 0 for wl in pointwise} == {True, False}
     # the direct template with and without the NCHWc repack
     assert {fp32_direct.needs_repack(wl, c) for wl, c in direct} == {True, False}
+    # the fallback's choice of template: AVX2 pointwise wherever it applies, AVX-512 on large maps
+    big, small = Conv2dWorkload(1, 64, 56, 56, 256, 1, 1), Conv2dWorkload(1, 128, 28, 28, 512, 1, 1)
+    wide = features.vector_registers >= 32
+    assert fp32.pointwise_pays(big, features) and fp32.pointwise_pays(small, features) != wide
+    assert all(isinstance(c, fp32_pointwise.PointwiseConfig) == fp32.pointwise_pays(wl, features)
+               for wl, c in zip(wls, cfgs))
+
+
+@pytest.mark.parametrize("isa", CONV_ISAS)
+@pytest.mark.parametrize("case", [c for c in CONVS if c[5] == c[6] == 1 and c[7] == 1 and c[8] == 0 and c[10] == 1],
+                         ids=lambda c: "x".join(map(str, c[:11])))
+def test_conv2d_pointwise_template(case, isa: str) -> None:  # type: ignore[no-untyped-def]
+    """The pointwise template on every CONVS case it applies to, at every ISA level, whatever
+    template the fallback picks there."""
+    from schedules.conv2d import fp32_pointwise
+
+    n, c, h, w, k, r, s, st, p, d, g, ep = case
+    wl = Conv2dWorkload(n, c, h, w, k, r, s, st, st, p, p, p, p, d, d, g, ep)
+    assert fp32_pointwise.applies(wl)
+    _check(wl, isa, cfg=fp32_pointwise.fallback_config(wl, _features(isa)))
 
 
 @pytest.mark.parametrize("isa", CONV_ISAS)
